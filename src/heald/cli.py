@@ -1,0 +1,232 @@
+"""heald's command line (Typer + Rich).
+
+Every command that reports results takes ``--json`` and then prints JSON only on stdout.
+The configuration comes from ``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml`` (see
+:mod:`heald.config`); errors name the file, line and key and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from heald import __version__
+from heald.config import ConfigError, HealdConfig, load_config
+from heald.models import IncidentState
+
+app = typer.Typer(name="heald", help="heald: a self-healing control plane for services and CI.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+out = Console()
+err = Console(stderr=True)
+_state: dict[str, Any] = {"config_path": None}
+
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON only.")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+    raise typer.Exit(code)
+
+
+def config() -> HealdConfig:
+    try:
+        return load_config(_state["config_path"])
+    except ConfigError as exc:
+        fail(f"invalid configuration:\n{exc}")
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def open_store(cfg: HealdConfig):  # type: ignore[no-untyped-def]
+    from heald.store import Store
+
+    store = Store(cfg.database)
+    store.migrate()
+    return store
+
+
+@app.callback()
+def main_callback(
+    config_path: Path | None = typer.Option(None, "--config", "-c", envvar="HEALD_CONFIG",
+                                            help="heald.yaml to use (default ./heald.yaml, else built-in defaults)."),
+) -> None:
+    _state["config_path"] = config_path
+
+
+@app.command()
+def version() -> None:
+    """Print heald's version."""
+    out.print(__version__)
+
+
+@app.command()
+def serve(host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
+          port: int | None = typer.Option(None, help="Listen port (default: api.port).")) -> None:
+    """Run heald: the API, the probes, the managed services and the healing engine."""
+    import uvicorn
+
+    from heald.api.app import create_app
+    from heald.engine import Runtime
+    from heald.log import configure
+
+    cfg = config()
+    configure(cfg.log_level)
+    rt = Runtime(cfg)
+    rt.start()
+    try:
+        uvicorn.run(create_app(rt), host=host or cfg.api.host, port=port if port is not None else cfg.api.port,
+                    log_config=None, access_log=False)
+    finally:
+        rt.stop()
+
+
+@app.command()
+def demo(
+    fault: list[str] = typer.Option([], "--fault", "-f", help="Fault to inject (repeatable); default: all."),
+    json_out: bool = JsonOpt,
+    keep: bool = typer.Option(False, help="Keep the demo's work directory (state, logs) afterwards."),
+    workdir: Path | None = typer.Option(None, help="Work directory (default: a new temporary one)."),
+    timeout: float = typer.Option(60.0, help="Seconds to wait for each incident to end."),
+) -> None:
+    """Start a small real system, break it, and watch heald heal it; prints a table of faults,
+    times to detect and recover, diagnoses, remedies and outcomes."""
+    from heald.demo.runner import FAULTS, results_json, run_demo
+    from heald.log import configure
+
+    configure("warning")
+    for name in fault:
+        if name not in FAULTS:
+            fail(f"--fault: unknown fault {name!r}; expected one of: {', '.join(FAULTS)}")
+    results = run_demo(fault, console=None if json_out else err, workdir=workdir, keep=keep, timeout=timeout)
+    if json_out:
+        print_json(results_json(results))
+    else:
+        table = Table(title="heald demo")
+        for col in ("fault", "time to detect", "diagnosis", "remedy", "time to recover", "outcome"):
+            table.add_column(col)
+        for r in results:
+            table.add_row(r.fault, _secs(r.time_to_detect_s),
+                          f"{r.diagnosis} ({r.confidence:.2f})" if r.diagnosis else "—",
+                          r.remedy or "—", _secs(r.time_to_recover_s),
+                          f"[green]{r.outcome}[/]" if r.expected else f"[red]{r.outcome}[/]")
+        out.print(table)
+    if not all(r.expected for r in results):
+        raise typer.Exit(1)
+
+
+def _secs(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f} s"
+
+
+@app.command()
+def incidents(state: IncidentState | None = typer.Option(None, help="Only incidents in this state."),
+              limit: int = typer.Option(50, min=1, max=1000), json_out: bool = JsonOpt) -> None:
+    """List incidents, newest first."""
+    store = open_store(config())
+    rows = store.list_incidents(state=state, limit=limit)
+    if json_out:
+        print_json([{**i.model_dump(mode="json"), "time_to_detect_s": i.time_to_detect_s,
+                     "time_to_recover_s": i.time_to_recover_s} for i in rows])
+        return
+    table = Table(title="incidents")
+    for col in ("id", "state", "service", "title", "category", "attempts", "detected", "TTR"):
+        table.add_column(col)
+    for i in rows:
+        table.add_row(str(i.id), i.state.value, i.service or "—", i.title, i.category or "—", str(i.attempts),
+                      i.detected_at.strftime("%Y-%m-%d %H:%M:%S"), _secs(i.time_to_recover_s))
+    out.print(table)
+
+
+@app.command()
+def incident(incident_id: int = typer.Argument(..., help="The incident's id."), json_out: bool = JsonOpt) -> None:
+    """Show one incident with its diagnosis, decisions, actions, verification and timeline."""
+    from heald.store import NotFound
+
+    store = open_store(config())
+    try:
+        detail = store.incident_detail(incident_id)
+    except NotFound:
+        fail(f"no incident {incident_id}", 1)
+    if json_out:
+        print_json(detail)
+        return
+    inc = detail["incident"]
+    out.print(f"[bold]#{inc['id']} {inc['title']}[/]  state: [bold]{inc['state']}[/]  service: {inc['service']}")
+    out.print(f"detected {inc['detected_at']}; time to detect {_secs(inc['time_to_detect_s'])}; "
+              f"time to recover {_secs(inc['time_to_recover_s'])}")
+    if inc["closed_reason"]:
+        out.print(f"closed: {inc['closed_reason']}")
+    for d in detail["diagnoses"]:
+        out.print(f"diagnosis: [bold]{d['category']}[/] (confidence {d['confidence']:.2f}, {d['reasoner']}): {d['explanation']}")
+    timeline = Table(title="timeline")
+    for col in ("time", "actor", "event", "reason"):
+        timeline.add_column(col)
+    for e in detail["timeline"]:
+        timeline.add_row(e["ts"][11:23], e["actor"], e["event"], e["reason"])
+    out.print(timeline)
+
+
+def _verdict(incident_id: int, verdict: str, approver: str | None, comment: str, json_out: bool) -> None:
+    from heald.engine import client_send, submit_approval
+    from heald.store import InvalidTransition, NotFound
+
+    cfg = config()
+    store = open_store(cfg)
+    who = approver or getpass.getuser()
+    try:
+        result = submit_approval(store, incident_id, who, verdict, comment, client_send(cfg))
+    except NotFound:
+        fail(f"no incident {incident_id}", 1)
+    except InvalidTransition as exc:
+        fail(str(exc), 1)
+    if json_out:
+        print_json(result)
+    elif not result["counted"]:
+        out.print(f"{who} had already given a verdict on incident {incident_id}; it counts once.")
+    else:
+        out.print(f"{verdict}d incident {incident_id} as {who} "
+                  f"({result['approvals']}/{result['required']} approvals).")
+
+
+@app.command()
+def approve(incident_id: int, approver: str | None = typer.Option(None, "--as", help="Approver identity (default: your user name)."),
+            comment: str = typer.Option("", help="Why."), json_out: bool = JsonOpt) -> None:
+    """Approve the remedy an incident is waiting on."""
+    _verdict(incident_id, "approve", approver, comment, json_out)
+
+
+@app.command()
+def reject(incident_id: int, approver: str | None = typer.Option(None, "--as", help="Identity (default: your user name)."),
+           comment: str = typer.Option("", help="Why."), json_out: bool = JsonOpt) -> None:
+    """Reject the remedy an incident is waiting on; the healing ends, escalated."""
+    _verdict(incident_id, "reject", approver, comment, json_out)
+
+
+@audit_app.command("verify")
+def audit_verify(json_out: bool = JsonOpt) -> None:
+    """Check the audit log's hash chain; exit 1 and name the first entry altered or removed."""
+    report = open_store(config()).verify_audit()
+    if json_out:
+        print_json(report.as_dict())
+    elif report.intact:
+        out.print(f"[green]audit chain intact[/]: {report.entries} entries")
+    else:
+        out.print(f"[red]audit chain broken[/] at entry {report.first_bad_seq}: {report.problem}")
+    if not report.intact:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,236 @@
+"""heald's configuration: one YAML file (``heald.yaml``) validated by pydantic.
+
+The file is found by ``--config``, else ``$HEALD_CONFIG``, else ``./heald.yaml`` if it exists;
+with none, the embedded defaults apply (SQLite under ``./.heald``). Environment variables
+``HEALD_<KEY>`` override top-level keys (``HEALD_DATABASE_URL``, ``HEALD_ENVIRONMENT``).
+Relative paths in the file are relative to the file's directory.
+
+Errors raise :class:`ConfigError`, whose message names the file, the line, the key and what
+was expected.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from heald.models import Risk
+from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, read_yaml
+
+Seconds = Annotated[float, Field(gt=0, description="seconds")]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProbeConfig(_Section):
+    """An active check of a service: HTTP GET, TCP connect, or process liveness."""
+
+    type: Literal["http", "tcp", "process"] = "http"
+    name: str | None = None
+    url: str | None = Field(default=None, description="for type http")
+    host: str = "127.0.0.1"
+    port: int | None = Field(default=None, ge=1, le=65535, description="for type tcp")
+    expect_status: list[int] = Field(default_factory=lambda: list(range(200, 400)))
+    interval_seconds: Seconds = 1.0
+    timeout_seconds: Seconds = 1.0
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> ProbeConfig:
+        if self.type == "http" and not self.url:
+            raise ValueError("an http probe needs 'url'")
+        if self.type == "tcp" and self.port is None:
+            raise ValueError("a tcp probe needs 'port'")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.type == "http":
+            return f"http {self.url}"
+        if self.type == "tcp":
+            return f"tcp {self.host}:{self.port}"
+        return "process"
+
+
+class ServiceConfig(_Section):
+    """A service heald watches and heals. With ``command`` it is managed: heald starts it as a
+    child process, supervises it and may restart it."""
+
+    command: list[str] | None = Field(default=None, min_length=1)
+    cwd: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    probes: list[ProbeConfig] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    start_timeout_seconds: Seconds = 10.0
+    stop_timeout_seconds: Seconds = 5.0
+
+
+class HealingConfig(_Section):
+    """Bounds on every healing loop (DESIGN.md invariant 4)."""
+
+    group_wait_seconds: float = Field(default=0.5, ge=0, description="wait for more signals before diagnosing")
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    cooldown_seconds: float = Field(default=5.0, ge=0, description="between two attempts on one incident")
+    stabilization_seconds: float = Field(default=2.0, ge=0, description="checks must pass this long")
+    verify_interval_seconds: Seconds = 0.25
+    verify_timeout_seconds: Seconds = 30.0
+    approval_ttl_seconds: Seconds = 3600.0
+
+
+class PolicyConfig(_Section):
+    """The gate: risk × confidence × environment → auto, approval, escalate."""
+
+    auto_min_confidence: float = Field(default=0.9, ge=0, le=1)
+    escalate_below_confidence: float = Field(default=0.7, ge=0, le=1)
+    auto_max_risk: Risk = Risk.low
+    approvals_by_risk: dict[Risk, int] = Field(
+        default_factory=lambda: {Risk.low: 1, Risk.medium: 1, Risk.high: 2, Risk.critical: 2}
+    )
+
+
+class CorrelationConfig(_Section):
+    """How signals become incidents."""
+
+    group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1)
+
+
+class ApiConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8077, ge=0, le=65535)
+
+
+class HealdConfig(_Section):
+    """The whole configuration (the top level of ``heald.yaml``)."""
+
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite:///<state_dir>/heald.db"
+    )
+    state_dir: Path = Path(".heald")
+    environment: str = "development"
+    executor_id: str = Field(default="local", description="this worker's id, unique per heald process sharing a database")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    api: ApiConfig = Field(default_factory=ApiConfig)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    runbooks: list[Path] = Field(default_factory=list, description="extra runbook files or directories")
+    default_runbooks: bool = True
+    healing: HealingConfig = Field(default_factory=HealingConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
+    source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme = v.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"expected a sqlite:/// or postgresql:// URL, got scheme {scheme!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _deps_exist(self) -> HealdConfig:
+        for name, svc in self.services.items():
+            for dep in svc.depends_on:
+                if dep not in self.services:
+                    raise ValueError(f"service {name!r} depends on {dep!r}, which is not a configured service")
+        return self
+
+    def resolve_paths(self, base: Path) -> None:
+        """Make relative paths absolute against ``base`` (the config file's directory)."""
+        if not self.state_dir.is_absolute():
+            self.state_dir = (base / self.state_dir).resolve()
+        self.runbooks = [p if p.is_absolute() else (base / p).resolve() for p in self.runbooks]
+        for svc in self.services.values():
+            if svc.cwd is not None and not svc.cwd.is_absolute():
+                svc.cwd = (base / svc.cwd).resolve()
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL of heald's store."""
+        return self.database_url or f"sqlite:///{self.state_dir / 'heald.db'}"
+
+    @property
+    def dbos_database(self) -> str:
+        """The URL of DBOS's system database: a SQLite file beside the store, or the same
+        PostgreSQL database (DBOS keeps its tables in the ``dbos`` schema)."""
+        url = self.database
+        if url.startswith("sqlite"):
+            return f"sqlite:///{self.state_dir / 'dbos.sqlite'}"
+        return url
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names file, line, key and what was expected."""
+
+
+ENV_OVERRIDES = {
+    "HEALD_DATABASE_URL": "database_url",
+    "HEALD_STATE_DIR": "state_dir",
+    "HEALD_ENVIRONMENT": "environment",
+    "HEALD_EXECUTOR_ID": "executor_id",
+    "HEALD_LOG_LEVEL": "log_level",
+}
+
+
+def config_path(explicit: Path | None = None) -> Path | None:
+    """The config file to use: ``explicit``, else ``$HEALD_CONFIG``, else ``./heald.yaml`` if
+    present, else None (embedded defaults)."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("HEALD_CONFIG")
+    if env:
+        return Path(env)
+    default = Path("heald.yaml")
+    return default if default.exists() else None
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> HealdConfig:
+    """Load and validate the configuration (see the module docstring for the search order).
+
+    ``overrides`` are top-level keys applied after the file and the environment.
+    Raises ConfigError naming the file, line, key and what was expected.
+    """
+    path = config_path(path)
+    data: dict[str, Any] = {}
+    text = ""
+    where = "(embedded defaults)"
+    if path is not None:
+        where = str(path)
+        try:
+            text, loaded = read_yaml(path)
+        except YamlFileError as exc:
+            raise ConfigError(str(exc)) from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}:1: (top level): expected a mapping of keys, got {type(loaded).__name__}")
+        data = dict(loaded)
+    env_keys = []
+    for var, key in ENV_OVERRIDES.items():
+        if os.environ.get(var):
+            data[key] = os.environ[var]
+            env_keys.append(key)
+    data.update(overrides or {})
+    try:
+        cfg = HealdConfig.model_validate(data)
+    except ValidationError as err:
+        problems = describe_validation_error(where, text, err)
+        problems = [
+            YamlProblem(f"${next(v for v, k in ENV_OVERRIDES.items() if k == p.key)}", 0, p.key, p.message)
+            if p.key in env_keys
+            else p
+            for p in problems
+        ]
+        raise ConfigError("\n".join(str(p) for p in problems)) from err
+    cfg.source_file = path.resolve() if path is not None else None
+    cfg.resolve_paths(path.resolve().parent if path is not None else Path.cwd())
+    return cfg

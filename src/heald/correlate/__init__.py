@@ -1,0 +1,95 @@
+"""Correlation: signals become incidents.
+
+:func:`ingest` is the stage's entry: it fingerprints a signal, stores it, and joins it to the
+open incident with the same fingerprint or grouping key, or opens a new incident. It runs in
+the caller's transaction, so a signal that was accepted is stored before anything answers
+(DESIGN.md invariant 6), and writers on one grouping key are serialized.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from heald.config import HealdConfig
+from heald.correlate.fingerprint import fingerprint, group_key
+from heald.models import OPEN_STATES, Signal, SignalStatus, utcnow
+from heald.store import audit
+from heald.store.db import lock
+from heald.store.tables import IncidentRow, SignalRow
+
+__all__ = ["IngestResult", "fingerprint", "group_key", "ingest"]
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What :func:`ingest` did: the stored signal's id, the incident it joined or opened (None
+    when it joined nothing), whether that incident is new, and why it was suppressed, if so."""
+
+    signal_id: int
+    incident_id: int | None
+    opened: bool
+    suppressed_by: str | None = None
+
+
+def _open_incident(session: Session, fp: str, key: str) -> IncidentRow | None:
+    open_states = [s.value for s in OPEN_STATES]
+    by_fp = sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
+        SignalRow.fingerprint == fp, IncidentRow.state.in_(open_states)).order_by(IncidentRow.id.desc()).limit(1)
+    row = session.scalar(by_fp)
+    if row is not None:
+        return row
+    by_key = sa.select(IncidentRow).where(IncidentRow.group_key == key, IncidentRow.state.in_(open_states)) \
+        .order_by(IncidentRow.id.desc()).limit(1)
+    return session.scalar(by_key)
+
+
+def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | None = None) -> IngestResult:
+    """Store ``signal`` and correlate it (see the module docstring). Returns IngestResult.
+
+    A firing signal joins the open incident with its fingerprint, else the open incident with
+    its grouping key (``correlation.group_by``), else opens one in state ``observing``. A
+    resolved signal is stored with the open incident it resolves, and never opens one.
+    """
+    now = utcnow()
+    fp = signal.fingerprint or fingerprint(signal)
+    key = group_key(signal, config.correlation.group_by)
+    lock(session, f"heald.correlate.{key}")
+    incident = _open_incident(session, fp, key)
+    opened = False
+    starts_at = signal.starts_at or now
+    if incident is None and signal.status == SignalStatus.firing:
+        labels = {"service": signal.service or "", **signal.labels} if signal.service else dict(signal.labels)
+        incident = IncidentRow(
+            title=(signal.summary or labels.get("alertname") or signal.kind)[:200]
+            + (f" on {signal.service}" if signal.service and not signal.summary else ""),
+            service=signal.service, state="observing", severity=signal.severity.value, fingerprint=fp,
+            group_key=key, labels=labels, category=None, environment=config.environment, attempts=0,
+            started_at=starts_at, detected_at=now, updated_at=now,
+        )
+        session.add(incident)
+        session.flush()
+        opened = True
+    elif incident is not None and starts_at < incident.started_at:
+        incident.started_at = starts_at
+    row = SignalRow(
+        source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
+        severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
+        annotations=signal.annotations, fingerprint=fp, starts_at=starts_at, ends_at=signal.ends_at,
+        received_at=now, raw_ref=signal.raw_ref, incident_id=incident.id if incident else None,
+        suppressed_by=signal.suppressed_by,
+    )
+    session.add(row)
+    session.flush()
+    who = actor or f"source:{signal.source}"
+    if opened:
+        audit.append(session, actor=who, event="incident.opened", incident_id=incident.id,
+                     reason=signal.summary or f"{signal.kind} from {signal.source}",
+                     details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})
+    elif incident is not None:
+        audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
+                     reason=signal.summary or f"{signal.kind} from {signal.source}",
+                     details={"signal_id": row.id, "fingerprint": fp})
+    return IngestResult(row.id, incident.id if incident else None, opened, signal.suppressed_by)

@@ -1,0 +1,461 @@
+"""The engine: one durable DBOS workflow heals one incident.
+
+:func:`heal_incident` is the whole pipeline in order, top to bottom: wait for the group to
+fill, diagnose and plan, decide, wait for approval if needed, act, verify, learn; repeat with
+the next candidate while attempts remain; end resolved, escalated or failed. Each stage is a
+DBOS step, so a heald killed at any point resumes the workflow on restart, replaying completed
+steps from their recorded results instead of running them again. The act step is additionally
+guarded by the action's idempotency key and the remedy's snapshot, so a crash *inside* it does
+not apply the remedy twice either (DESIGN.md invariants 3 and 4).
+
+:class:`Runtime` holds what the steps use (configuration, store, supervisor, runbooks) and
+wires sources to correlation: :meth:`Runtime.ingest` stores a signal and starts the healing of
+the incident it opens.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from dbos import DBOS, DBOSClient, SetWorkflowID
+
+from heald import __version__, correlate, remedies
+from heald._failpoints import failpoint
+from heald.config import HealdConfig
+from heald.diagnose import RunbookReasoner, diagnose
+from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.learn import success_rates
+from heald.models import (
+    Action,
+    ActionStatus,
+    DecisionKind,
+    Incident,
+    IncidentState,
+    Outcome,
+    OutcomeResult,
+    RemedyCandidate,
+    Signal,
+    SignalStatus,
+    utcnow,
+)
+from heald.plan import make_plan
+from heald.policy import decide
+from heald.sources.probes import ProbeRunner
+from heald.store import InvalidTransition, NotFound, Store
+from heald.supervise import Supervisor
+from heald.verify import checks_for, verify
+
+log = structlog.get_logger("heald.engine")
+
+APPROVAL_TOPIC = "approval"
+_runtime: Runtime | None = None
+
+
+def runtime() -> Runtime:
+    """The running Runtime of this process. Raises RuntimeError when none was started."""
+    if _runtime is None:
+        raise RuntimeError("heald's runtime is not started in this process")
+    return _runtime
+
+
+def workflow_id(incident_id: int) -> str:
+    return f"incident-{incident_id}"
+
+
+def dbos_config(config: HealdConfig) -> dict[str, Any]:
+    """DBOS's configuration for heald: its system database, a version pinned to heald's (so a
+    restarted heald recovers the workflows the previous one left), this worker's executor id."""
+    return {"name": "heald", "system_database_url": config.dbos_database, "application_version": __version__,
+            "executor_id": config.executor_id, "log_level": "WARNING",
+            "notification_listener_polling_interval_sec": 0.1}
+
+
+class Runtime:
+    """A running heald: store, supervisor, probes, runbooks and the DBOS engine.
+
+    ``manage_services`` starts (or adopts) the managed services; ``run_probes`` runs the
+    probes. One Runtime per process (DBOS is a per-process singleton).
+    """
+
+    def __init__(self, config: HealdConfig, *, manage_services: bool = True, run_probes: bool = True):
+        self.config = config
+        self.store = Store(config.database)
+        self.supervisor = Supervisor(config)
+        self.runbooks: list[Runbook] = load_runbooks(config.runbooks, config.default_runbooks)
+        self.reasoners = [RunbookReasoner(self.runbooks)]
+        self.manage_services = manage_services
+        self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
+        self.started = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Migrate the store, adopt or start managed services, launch DBOS (which resumes any
+        healing a previous heald left unfinished), start missing workflows, start probes."""
+        global _runtime
+        if _runtime is not None and _runtime is not self:
+            raise RuntimeError("another heald Runtime is already running in this process")
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store.migrate()
+        _runtime = self
+        services = self.supervisor.start_all() if self.manage_services else {}
+        DBOS(config=dbos_config(self.config))  # type: ignore[arg-type]
+        DBOS.launch()
+        self.started = True
+        self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
+                          details={"executor_id": self.config.executor_id, "services": services,
+                                   "database": self.store.engine.url.render_as_string(hide_password=True)})
+        self.resume_open_incidents()
+        if self.probes:
+            self.probes.start()
+
+    def stop(self, *, stop_services: bool = False) -> None:
+        """Stop probes and DBOS; with ``stop_services`` also the managed services."""
+        global _runtime
+        if self.probes:
+            self.probes.stop()
+        if self.started:
+            DBOS.destroy(destroy_registry=False)
+            self.started = False
+        if stop_services:
+            self.supervisor.stop_all()
+        self.store.close()
+        if _runtime is self:
+            _runtime = None
+
+    def resume_open_incidents(self) -> int:
+        """Start the workflow of every open incident that has none (a crash between storing a
+        signal and starting its workflow). Idempotent: a workflow id is never started twice."""
+        started = 0
+        for inc in self.store.list_incidents(limit=10_000):
+            if not inc.state.terminal:
+                self.start_healing(inc.id)
+                started += 1
+        return started
+
+    # -- intake ----------------------------------------------------------------------------
+    def ingest(self, signal: Signal, actor: str | None = None) -> correlate.IngestResult:
+        """Store and correlate ``signal``; start healing the incident it opens."""
+        with self.store.tx() as session:
+            result = correlate.ingest(session, signal, self.config, actor=actor)
+        log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
+                 incident_id=result.incident_id, opened=result.opened)
+        if result.opened and result.incident_id is not None:
+            self.start_healing(result.incident_id)
+        return result
+
+    def start_healing(self, incident_id: int) -> None:
+        """Start (or find, if already started) the durable workflow of an incident."""
+        with SetWorkflowID(workflow_id(incident_id)):
+            DBOS.start_workflow(heal_incident, incident_id)
+
+    # -- approvals -------------------------------------------------------------------------
+    def approve(self, incident_id: int, approver: str, verdict: str, comment: str = "") -> dict[str, Any]:
+        """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
+        return submit_approval(self.store, incident_id, approver, verdict, comment,
+                               lambda wf, msg: DBOS.send(wf, msg, topic=APPROVAL_TOPIC))
+
+
+def submit_approval(store: Store, incident_id: int, approver: str, verdict: str, comment: str,
+                    send: Any) -> dict[str, Any]:
+    """Record ``verdict`` (``approve`` or ``reject``) by ``approver`` on the incident's pending
+    decision and send the workflow a wake-up through ``send(workflow_id, message)``.
+
+    Returns {"incident_id", "counted", "approvals", "required", "state"}. An approver counts
+    once per decision (``counted`` False on a repeat). Raises NotFound, and InvalidTransition
+    when the incident is not awaiting approval.
+    """
+    if verdict not in ("approve", "reject"):
+        raise ValueError(f"verdict: expected 'approve' or 'reject', got {verdict!r}")
+    inc = store.get_incident(incident_id)
+    if inc.state != IncidentState.awaiting_approval:
+        raise InvalidTransition(f"incident {incident_id} is {inc.state.value}, not awaiting_approval")
+    decision_id = store.latest_decision_id(incident_id)
+    assert decision_id is not None
+    counted = store.add_approval(incident_id, decision_id, approver, verdict, comment)
+    send(workflow_id(incident_id), {"decision_id": decision_id, "approver": approver, "verdict": verdict})
+    votes = store.approvals_for(incident_id, decision_id)
+    required = next((d["required_approvals"] for d in store.decisions_for(incident_id) if d["id"] == decision_id), 1)
+    return {"incident_id": incident_id, "counted": counted,
+            "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"}),
+            "required": required, "state": store.get_incident(incident_id).state.value}
+
+
+def client_send(config: HealdConfig) -> Any:
+    """A ``send`` for :func:`submit_approval` from a process that does not run the engine (the
+    CLI): a DBOS client on the system database."""
+    def send(wf: str, message: dict[str, Any]) -> None:
+        client = DBOSClient(system_database_url=config.dbos_database, application_name="heald")
+        try:
+            client.send(wf, message, topic=APPROVAL_TOPIC)
+        finally:
+            client.destroy()
+    return send
+
+
+# == the workflow ==========================================================================
+
+@DBOS.workflow(max_recovery_attempts=50)
+def heal_incident(incident_id: int) -> str:
+    """Heal one incident; returns its final state. Reads top to bottom as the pipeline."""
+    cfg = runtime().config.healing
+    if cfg.group_wait_seconds > 0:
+        DBOS.sleep(cfg.group_wait_seconds)  # let correlated signals join before diagnosing
+    tried: list[str] = []
+    attempt = 0
+    while True:
+        attempt += 1
+        found = diagnose_step(incident_id, attempt, tried)
+        if found.get("closed"):
+            return found["closed"]
+        decision = decide_step(incident_id, attempt, found)
+        if decision["kind"] in (DecisionKind.escalate.value, DecisionKind.refuse.value):
+            return close_step(incident_id, IncidentState.escalated.value, decision["reason"], None)
+        if decision["kind"] == DecisionKind.approval.value:
+            verdict = await_approval(incident_id, decision)
+            if verdict != "approved":
+                return close_step(incident_id, IncidentState.escalated.value, verdict, None)
+        candidate = decision["candidate"]
+        acted = act_step(incident_id, attempt, candidate)
+        if acted.get("closed"):
+            return acted["closed"]
+        if acted["status"] == ActionStatus.succeeded.value:
+            verification = verify_step(incident_id, acted["action_id"], found.get("verify", {}))
+        else:
+            verification = {"passed": False, "reason": f"the remedy failed: {acted['output'][-300:]}"}
+        learn_step(incident_id, attempt, found["category"], candidate["remedy"], verification["passed"])
+        if verification["passed"]:
+            return close_step(incident_id, IncidentState.resolved.value,
+                              f"healed by {candidate['remedy']}: {verification['reason']}", verification)
+        if acted.get("undo") is not None:
+            undo_step(incident_id, acted["action_id"], candidate)
+        tried.append(candidate["remedy"])
+        if attempt >= cfg.max_attempts:
+            return close_step(incident_id, IncidentState.escalated.value,
+                              f"attempt budget spent: {attempt} of {cfg.max_attempts} attempts made, none healed it; "
+                              f"last: {verification['reason']}", None)
+        if cfg.cooldown_seconds > 0:
+            DBOS.sleep(cfg.cooldown_seconds)
+
+
+def _firing(signals: list[Signal]) -> bool:
+    """Is any fingerprint of these signals still firing (its latest signal not resolved)?"""
+    latest: dict[str, SignalStatus] = {}
+    for s in signals:
+        latest[s.fingerprint or ""] = s.status
+    return any(st == SignalStatus.firing for st in latest.values())
+
+
+def _close_if_resolved_by_source(rt: Runtime, incident: Incident, signals: list[Signal]) -> str | None:
+    """Never act on a resolved alert: when every signal has resolved, end the incident."""
+    if _firing(signals):
+        return None
+    ended = max((s.ends_at or s.received_at or utcnow() for s in signals if s.status == SignalStatus.resolved),
+                default=utcnow())
+    rt.store.transition(incident.id, IncidentState.resolved, reason="every signal resolved at its source before heald acted",
+                        recovered_at=ended)
+    rt.store.add_outcome(Outcome(incident_id=incident.id, category=incident.category or "unknown", remedy=None,
+                                 result=OutcomeResult.healed, time_to_detect_s=incident.time_to_detect_s,
+                                 time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
+    return IncidentState.resolved.value
+
+
+@DBOS.step()
+def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str, Any]:
+    """Diagnose and plan. Returns {"category", "confidence", "candidates", "verify", ...} or
+    {"closed": state} when the incident ended (its signals resolved)."""
+    rt = runtime()
+    inc = rt.store.get_incident(incident_id)
+    if inc.state.terminal:
+        return {"closed": inc.state.value}
+    signals = rt.store.signals_for(incident_id)
+    if (closed := _close_if_resolved_by_source(rt, inc, signals)) is not None:
+        return {"closed": closed}
+    rt.store.transition(incident_id, IncidentState.diagnosing, reason=f"attempt {attempt}: diagnosing {len(signals)} signals")
+    rt.store.bump_attempts(incident_id, attempt)
+    finding = diagnose(inc, signals, rt.reasoners)
+    rt.store.add_diagnosis(incident_id, finding.diagnosis)
+    result = make_plan(incident_id, finding, signals, set(tried), success_rates(rt.store, finding.diagnosis.category))
+    rt.store.add_plan(result.plan)
+    for why in result.dropped:
+        rt.store.record(actor="heald", event="plan.candidate_dropped", incident_id=incident_id, reason=why)
+    verify_overrides = finding.runbook.verify.model_dump(exclude_none=True) if finding.runbook else {}
+    return {"category": finding.diagnosis.category, "confidence": finding.diagnosis.confidence,
+            "diagnosis": finding.diagnosis.model_dump(mode="json"),
+            "candidates": [c.model_dump(mode="json") for c in result.plan.candidates], "verify": verify_overrides}
+
+
+@DBOS.step()
+def decide_step(incident_id: int, attempt: int, found: dict[str, Any]) -> dict[str, Any]:
+    """Run the gate on the best candidate; record the decision. Returns the decision as a dict
+    with its ``decision_id``."""
+    rt = runtime()
+    from heald.models import Diagnosis
+
+    rt.store.transition(incident_id, IncidentState.deciding, reason="the gate decides")
+    candidates = [RemedyCandidate.model_validate(c) for c in found["candidates"]]
+    d = decide(Diagnosis.model_validate(found["diagnosis"]), candidates[0] if candidates else None, rt.config.policy,
+               attempt=attempt, max_attempts=rt.config.healing.max_attempts)
+    decision_id = rt.store.add_decision(incident_id, d)
+    return {"decision_id": decision_id, "kind": d.kind.value, "reason": d.reason,
+            "required_approvals": d.required_approvals,
+            "candidate": d.candidate.model_dump(mode="json") if d.candidate else None}
+
+
+def await_approval(incident_id: int, decision: dict[str, Any]) -> str:
+    """Wait (durably) until enough distinct approvers approve, one rejects, or the TTL passes.
+    Returns ``approved`` or the reason it was not."""
+    ttl = runtime().config.healing.approval_ttl_seconds
+    enter_approval_step(incident_id, decision)
+    deadline = now_step() + ttl
+    while True:
+        status = approval_status_step(incident_id, decision["decision_id"], decision["required_approvals"])
+        if status["verdict"] == "approved":
+            return "approved"
+        if status["verdict"] == "rejected":
+            return f"rejected by {status['by']}: {status['comment'] or 'no reason given'}"
+        remaining = deadline - now_step()
+        if remaining <= 0:
+            return expire_approval_step(incident_id, ttl)
+        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=min(remaining, 300.0))
+
+
+@DBOS.step()
+def now_step() -> float:
+    """The wall clock (epoch seconds), recorded so a replay sees the same value."""
+    return time.time()
+
+
+@DBOS.step()
+def enter_approval_step(incident_id: int, decision: dict[str, Any]) -> None:
+    n = decision["required_approvals"]
+    runtime().store.transition(incident_id, IncidentState.awaiting_approval,
+                               reason=f"waiting for {n} approval{'s' if n > 1 else ''}: {decision['reason']}",
+                               details={"decision_id": decision["decision_id"], "remedy": decision["candidate"]["remedy"]})
+
+
+@DBOS.step()
+def approval_status_step(incident_id: int, decision_id: int, required: int) -> dict[str, Any]:
+    votes = runtime().store.approvals_for(incident_id, decision_id)
+    for v in votes:
+        if v["verdict"] == "reject":
+            return {"verdict": "rejected", "by": v["approver"], "comment": v["comment"]}
+    approvers = {v["approver"] for v in votes if v["verdict"] == "approve"}
+    return {"verdict": "approved" if len(approvers) >= required else "pending", "count": len(approvers)}
+
+
+@DBOS.step()
+def expire_approval_step(incident_id: int, ttl: float) -> str:
+    reason = f"approval expired: no decision within {ttl:g} s"
+    runtime().store.record(actor="heald", event="approval.expired", incident_id=incident_id, reason=reason)
+    return reason
+
+
+@DBOS.step()
+def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[str, Any]:
+    """Apply the candidate remedy at most once (idempotency key + guard; see the module
+    docstring). Returns {"action_id", "status", "output", "undo"} or {"closed": state}."""
+    rt = runtime()
+    inc = rt.store.get_incident(incident_id)
+    if inc.state.terminal:
+        return {"closed": inc.state.value}
+    if (closed := _close_if_resolved_by_source(rt, inc, rt.store.signals_for(incident_id))) is not None:
+        return {"closed": closed}
+    remedy = remedies.get(candidate["remedy"])
+    params = remedies.validate_params(remedy.name, candidate["params"])
+    ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=inc)
+    rt.store.transition(incident_id, IncidentState.acting, reason=f"applying {remedy.name} to {remedy.target(params)}",
+                        details={"remedy": remedy.name, "params": candidate["params"]})
+    key = f"{workflow_id(incident_id)}:attempt-{attempt}:{remedy.name}"
+    try:
+        snapshot = remedy.snapshot(params, ctx)
+    except remedies.RemedyError as exc:
+        snapshot = {"error": str(exc)}
+    action, new = rt.store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy.name,
+                                               params=candidate["params"], idempotency_key=key, snapshot=snapshot))
+    assert action.id is not None
+    if not new and action.status != ActionStatus.started:
+        return {"action_id": action.id, "status": action.status.value, "output": action.output, "undo": action.undo}
+    if not new and remedy.already_applied(params, ctx, action.snapshot):
+        done = rt.store.finish_action(action.id, ActionStatus.succeeded,
+                                      "already applied before heald restarted (the guard saw its effect); not applied again")
+        return {"action_id": action.id, "status": done.status.value, "output": done.output, "undo": None}
+    try:
+        result = remedy.apply(params, ctx)
+    except Exception as exc:  # any failure of a remedy is an outcome, recorded with its reason
+        failed = rt.store.finish_action(action.id, ActionStatus.failed, f"{exc.__class__.__name__}: {exc}")
+        return {"action_id": action.id, "status": failed.status.value, "output": failed.output, "undo": None}
+    failpoint("act.after_apply")
+    done = rt.store.finish_action(action.id, ActionStatus.succeeded, result.output, result.undo)
+    return {"action_id": action.id, "status": done.status.value, "output": done.output, "undo": result.undo}
+
+
+@DBOS.step()
+def verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Re-check the system over the stabilization window; record the verification."""
+    failpoint("verify.before")
+    rt = runtime()
+    cfg = rt.config.healing
+    rt.store.transition(incident_id, IncidentState.verifying, reason="verifying recovery")
+    inc = rt.store.get_incident(incident_id)
+    v = verify(incident_id, checks_for(inc, rt.config, rt.store, rt.supervisor),
+               stabilization=overrides.get("stabilization_seconds", cfg.stabilization_seconds),
+               interval=cfg.verify_interval_seconds,
+               timeout=overrides.get("timeout_seconds", cfg.verify_timeout_seconds), action_id=action_id)
+    rt.store.add_verification(v)
+    return {"passed": v.passed, "reason": v.reason,
+            "recovered_at": v.recovered_at.isoformat() if v.recovered_at else None}
+
+
+@DBOS.step()
+def learn_step(incident_id: int, attempt: int, category: str, remedy: str, healed: bool) -> None:
+    """Record the attempt's outcome for learning (:mod:`heald.learn`)."""
+    runtime().store.add_outcome(Outcome(incident_id=incident_id, category=category, remedy=remedy, attempt=attempt,
+                                        result=OutcomeResult.healed if healed else OutcomeResult.not_healed))
+
+
+@DBOS.step()
+def undo_step(incident_id: int, action_id: int, candidate: dict[str, Any]) -> None:
+    """Undo a remedy that did not heal, when it has an undo."""
+    rt = runtime()
+    remedy = remedies.get(candidate["remedy"])
+    action = next(a for a in rt.store.actions_for(incident_id) if a.id == action_id)
+    params = remedies.validate_params(remedy.name, candidate["params"])
+    ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=rt.store.get_incident(incident_id))
+    try:
+        out = remedy.undo(params, ctx, action.undo or {}).output
+        rt.store.record(actor="heald", event="action.undone", incident_id=incident_id, reason=out,
+                        details={"action_id": action_id, "remedy": remedy.name})
+    except Exception as exc:  # a failed undo is recorded, and the incident goes on to escalate
+        rt.store.record(actor="heald", event="action.undo_failed", incident_id=incident_id,
+                        reason=f"{exc.__class__.__name__}: {exc}", details={"action_id": action_id})
+
+
+@DBOS.step()
+def close_step(incident_id: int, state: str, reason: str, verification: dict[str, Any] | None) -> str:
+    """End the incident (resolved or escalated) with its outcome and timings."""
+    rt = runtime()
+    inc = rt.store.get_incident(incident_id)
+    if inc.state.terminal:
+        return inc.state.value
+    target = IncidentState(state)
+    fields: dict[str, Any] = {}
+    if verification and verification.get("recovered_at"):
+        fields["recovered_at"] = datetime.fromisoformat(verification["recovered_at"]).astimezone(UTC)
+    try:
+        inc = rt.store.transition(incident_id, target, reason=reason, **fields)
+    except (InvalidTransition, NotFound):
+        log.exception("close.failed", incident_id=incident_id, state=state)
+        inc = rt.store.transition(incident_id, IncidentState.failed, reason=f"could not close as {state}: {reason}")
+        return inc.state.value
+    actions = rt.store.actions_for(incident_id)
+    rt.store.add_outcome(Outcome(
+        incident_id=incident_id, category=inc.category or "unknown",
+        remedy=actions[-1].remedy if actions and target == IncidentState.resolved else None,
+        result=OutcomeResult.healed if target == IncidentState.resolved else OutcomeResult.escalated,
+        attempt=0, time_to_detect_s=inc.time_to_detect_s, time_to_recover_s=inc.time_to_recover_s))
+    return inc.state.value

@@ -1,0 +1,55 @@
+"""Planning: from a diagnosis to ranked candidate remedies.
+
+:func:`make_plan` renders the matched runbook's remedies with the incident's signal labels,
+validates each against the catalog (an invalid one is dropped with its reason), drops remedies
+already tried on this incident, and ranks the rest by learned success rate (runbook order
+breaks ties, so with no history the runbook author's order holds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from heald import remedies
+from heald.diagnose import Finding, signal_context
+from heald.diagnose.runbooks import render
+from heald.learn import Posterior
+from heald.models import Plan, RemedyCandidate, Signal, SignalStatus
+
+
+@dataclass
+class PlanResult:
+    plan: Plan
+    dropped: list[str] = field(default_factory=list)
+
+
+def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: set[str],
+              rates: dict[str, Posterior]) -> PlanResult:
+    """Build the plan. ``tried`` holds remedy names already applied on this incident; ``rates``
+    the learned posteriors for the diagnosed category."""
+    candidates: list[RemedyCandidate] = []
+    dropped: list[str] = []
+    if finding.runbook is not None:
+        firing = [s for s in reversed(signals) if s.status == SignalStatus.firing] or list(reversed(signals))
+        context = signal_context(next((s for s in firing if finding.runbook.applies_to(s)), firing[0]))
+        for rr in finding.runbook.remedies:
+            if rr.remedy in tried:
+                dropped.append(f"{rr.remedy}: already tried on this incident")
+                continue
+            try:
+                params = render(rr.params, context)
+                validated = remedies.validate_params(rr.remedy, params)
+            except KeyError as exc:
+                dropped.append(f"{rr.remedy}: parameter refers to label {exc.args[0]!r}, which the signals lack")
+                continue
+            except remedies.RemedyParamsError as exc:
+                dropped.append(str(exc))
+                continue
+            post = rates.get(rr.remedy)
+            candidates.append(RemedyCandidate(remedy=rr.remedy, params=validated.model_dump(mode="json"), risk=rr.risk,
+                                              runbook=finding.runbook.name,
+                                              success_rate=post.mean if post else None,
+                                              samples=post.samples if post else 0))
+    order = {id(c): i for i, c in enumerate(candidates)}
+    candidates.sort(key=lambda c: (-(c.success_rate if c.success_rate is not None else 0.5), order[id(c)]))
+    return PlanResult(Plan(incident_id=incident_id, candidates=candidates), dropped)

@@ -1,0 +1,49 @@
+"""Sources: where signals come from.
+
+A webhook source is a plugin with a tiny contract (as Keep's providers): ``parse(headers,
+body) -> list[Signal]``, raising :class:`SourceError` naming the field and what was expected,
+and optionally ``verify(headers, body, secret) -> bool`` when the sender signs its requests.
+Sources register themselves in :data:`WEBHOOK_SOURCES`; the API serves each at
+``POST /v1/webhooks/<name>`` and the core knows none by name. Active checks (probes) live in
+:mod:`heald.sources.probes`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+from heald.models import Signal
+
+
+class SourceError(ValueError):
+    """A payload a source cannot accept. ``field`` is the dotted path of the bad field."""
+
+    def __init__(self, field: str, expected: str, got: object = None):
+        self.field = field
+        self.expected = expected
+        detail = f"{field}: expected {expected}"
+        if got is not None:
+            detail += f", got {got!r}"[:200]
+        super().__init__(detail)
+
+
+class WebhookSource(Protocol):
+    """A source that receives HTTP requests."""
+
+    name: str
+
+    def parse(self, headers: Mapping[str, str], body: bytes) -> list[Signal]:
+        """Turn one request into signals. Raises SourceError."""
+        ...
+
+
+WEBHOOK_SOURCES: dict[str, WebhookSource] = {}
+
+
+def register_source(source: WebhookSource) -> WebhookSource:
+    WEBHOOK_SOURCES[source.name] = source
+    return source
+
+
+from heald.sources import generic as _generic  # noqa: E402,F401

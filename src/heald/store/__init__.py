@@ -1,0 +1,440 @@
+"""heald's store: incidents, signals, the records of every healing step, and the audit chain.
+
+:class:`Store` is the one way the rest of heald reads and writes them. Every state change is
+written in the same transaction as its audit entry (DESIGN.md invariant 5). The schema comes
+from the Alembic migrations, applied by :meth:`Store.migrate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from heald.models import (
+    ALLOWED_TRANSITIONS,
+    Action,
+    ActionStatus,
+    AuditEntry,
+    Decision,
+    Diagnosis,
+    Incident,
+    IncidentState,
+    Outcome,
+    Plan,
+    Signal,
+    Verification,
+    utcnow,
+)
+from heald.store import audit
+from heald.store.db import create_engine
+from heald.store.tables import (
+    ActionRow,
+    ApprovalRow,
+    AuditRow,
+    DecisionRow,
+    DiagnosisRow,
+    IncidentRow,
+    OutcomeRow,
+    PlanRow,
+    SignalRow,
+    VerificationRow,
+)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class StoreError(RuntimeError):
+    """A request the store refuses: an unknown incident, a transition the state machine forbids."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class InvalidTransition(StoreError):
+    pass
+
+
+def incident_model(row: IncidentRow) -> Incident:
+    return Incident(
+        id=row.id, title=row.title, service=row.service, state=IncidentState(row.state),
+        severity=row.severity, fingerprint=row.fingerprint, group_key=row.group_key,
+        labels=row.labels or {}, category=row.category, environment=row.environment,
+        attempts=row.attempts, started_at=row.started_at, detected_at=row.detected_at,
+        updated_at=row.updated_at, recovered_at=row.recovered_at, closed_at=row.closed_at,
+        closed_reason=row.closed_reason,
+    )
+
+
+def signal_model(row: SignalRow) -> Signal:
+    return Signal(
+        id=row.id, source=row.source, kind=row.kind, service=row.service, status=row.status,
+        severity=row.severity, summary=row.summary, labels=row.labels or {},
+        annotations=row.annotations or {}, fingerprint=row.fingerprint, starts_at=row.starts_at,
+        ends_at=row.ends_at, received_at=row.received_at, raw_ref=row.raw_ref,
+        incident_id=row.incident_id, suppressed_by=row.suppressed_by,
+    )
+
+
+def action_model(row: ActionRow) -> Action:
+    return Action(
+        id=row.id, incident_id=row.incident_id, attempt=row.attempt, remedy=row.remedy,
+        params=row.params, idempotency_key=row.idempotency_key, status=ActionStatus(row.status),
+        output=row.output, snapshot=row.snapshot, undo=row.undo, started_at=row.started_at, finished_at=row.finished_at,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value
+
+
+class Store:
+    """Persistence for heald. ``url`` is a SQLAlchemy URL (``sqlite:///path`` or
+    ``postgresql://…``). Thread-safe: each call uses its own session."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = create_engine(url)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- incidents -------------------------------------------------------------------------
+    def get_incident(self, incident_id: int) -> Incident:
+        """Raises NotFound."""
+        with self.tx() as s:
+            row = s.get(IncidentRow, incident_id)
+            if row is None:
+                raise NotFound(f"no incident {incident_id}")
+            return incident_model(row)
+
+    def list_incidents(self, state: IncidentState | None = None, service: str | None = None,
+                       limit: int = 100, offset: int = 0) -> list[Incident]:
+        """Incidents, newest first."""
+        stmt = sa.select(IncidentRow).order_by(IncidentRow.id.desc()).limit(limit).offset(offset)
+        if state is not None:
+            stmt = stmt.where(IncidentRow.state == state.value)
+        if service is not None:
+            stmt = stmt.where(IncidentRow.service == service)
+        with self.tx() as s:
+            return [incident_model(r) for r in s.scalars(stmt)]
+
+    def count_incidents_by_state(self) -> dict[str, int]:
+        with self.tx() as s:
+            rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
+            return {state: n for state, n in rows}
+
+    def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
+                   details: dict[str, Any] | None = None, **fields: Any) -> Incident:
+        """Move an incident to state ``to`` and audit it, in one transaction.
+
+        ``fields`` set other columns at the same time (``category``, ``recovered_at``, …).
+        A move to the state it is already in only updates ``fields`` (a replayed step).
+        Raises NotFound, InvalidTransition (the state machine forbids it).
+        """
+        with self.tx() as s:
+            row = s.get(IncidentRow, incident_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no incident {incident_id}")
+            current = IncidentState(row.state)
+            if current != to and to not in ALLOWED_TRANSITIONS.get(current, frozenset()):
+                raise InvalidTransition(f"incident {incident_id}: {current.value} → {to.value} is not allowed")
+            now = utcnow()
+            for key, value in fields.items():
+                setattr(row, key, value)
+            row.updated_at = now
+            if current != to:
+                row.state = to.value
+                if to.terminal:
+                    row.closed_at = now
+                    row.closed_reason = reason
+                audit.append(s, actor=actor, event="incident.transition", incident_id=incident_id,
+                             reason=reason, details={"from": current.value, "to": to.value, **(details or {})})
+            return incident_model(row)
+
+    def bump_attempts(self, incident_id: int, attempt: int) -> None:
+        """Record that attempt number ``attempt`` has begun (idempotent for a replay)."""
+        with self.tx() as s:
+            row = s.get(IncidentRow, incident_id)
+            if row is None:
+                raise NotFound(f"no incident {incident_id}")
+            row.attempts = max(row.attempts, attempt)
+
+    # -- signals ---------------------------------------------------------------------------
+    def signals_for(self, incident_id: int) -> list[Signal]:
+        with self.tx() as s:
+            rows = s.scalars(sa.select(SignalRow).where(SignalRow.incident_id == incident_id).order_by(SignalRow.id))
+            return [signal_model(r) for r in rows]
+
+    def count_signals_by_source(self) -> dict[str, int]:
+        with self.tx() as s:
+            rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
+            return {src: n for src, n in rows}
+
+    # -- healing records --------------------------------------------------------------------
+    def add_diagnosis(self, incident_id: int, d: Diagnosis, actor: str = "heald") -> Diagnosis:
+        with self.tx() as s:
+            row = DiagnosisRow(incident_id=incident_id, category=d.category, explanation=d.explanation,
+                               evidence=list(d.evidence), confidence=d.confidence, reasoner=d.reasoner,
+                               runbook=d.runbook, created_at=utcnow())
+            s.add(row)
+            inc = s.get(IncidentRow, incident_id)
+            if inc is not None:
+                inc.category = d.category
+            s.flush()
+            audit.append(s, actor=actor, event="diagnosis.made", incident_id=incident_id,
+                         reason=d.explanation or d.category,
+                         details={"category": d.category, "confidence": d.confidence, "reasoner": d.reasoner,
+                                  "runbook": d.runbook, "evidence": d.evidence[:20]})
+            return d.model_copy(update={"id": row.id, "incident_id": incident_id, "created_at": row.created_at})
+
+    def diagnoses_for(self, incident_id: int) -> list[Diagnosis]:
+        with self.tx() as s:
+            rows = s.scalars(sa.select(DiagnosisRow).where(DiagnosisRow.incident_id == incident_id).order_by(DiagnosisRow.id))
+            return [Diagnosis(id=r.id, incident_id=r.incident_id, category=r.category, explanation=r.explanation,
+                              evidence=r.evidence, confidence=r.confidence, reasoner=r.reasoner,
+                              runbook=r.runbook, created_at=r.created_at) for r in rows]
+
+    def add_plan(self, plan: Plan) -> Plan:
+        with self.tx() as s:
+            row = PlanRow(incident_id=plan.incident_id,
+                          candidates=[c.model_dump(mode="json") for c in plan.candidates], created_at=utcnow())
+            s.add(row)
+            s.flush()
+            audit.append(s, actor="heald", event="plan.made", incident_id=plan.incident_id,
+                         reason=f"{len(plan.candidates)} candidate remedies",
+                         details={"candidates": [{"remedy": c.remedy, "risk": c.risk.value,
+                                                  "success_rate": c.success_rate} for c in plan.candidates]})
+            return plan.model_copy(update={"created_at": row.created_at})
+
+    def plans_for(self, incident_id: int) -> list[Plan]:
+        with self.tx() as s:
+            rows = s.scalars(sa.select(PlanRow).where(PlanRow.incident_id == incident_id).order_by(PlanRow.id))
+            return [Plan(incident_id=incident_id, candidates=r.candidates, created_at=r.created_at) for r in rows]
+
+    def add_decision(self, incident_id: int, d: Decision) -> int:
+        """Record the gate's decision; returns its id (approvals refer to it)."""
+        with self.tx() as s:
+            row = DecisionRow(incident_id=incident_id, kind=d.kind.value, reason=d.reason,
+                              required_approvals=d.required_approvals,
+                              candidate=d.candidate.model_dump(mode="json") if d.candidate else None,
+                              created_at=utcnow())
+            s.add(row)
+            s.flush()
+            audit.append(s, actor="policy", event="gate.decided", incident_id=incident_id, reason=d.reason,
+                         details={"decision": d.kind.value, "required_approvals": d.required_approvals,
+                                  "remedy": d.candidate.remedy if d.candidate else None, "decision_id": row.id})
+            return row.id
+
+    def decisions_for(self, incident_id: int) -> list[dict[str, Any]]:
+        with self.tx() as s:
+            rows = s.scalars(sa.select(DecisionRow).where(DecisionRow.incident_id == incident_id).order_by(DecisionRow.id))
+            return [{"id": r.id, "kind": r.kind, "reason": r.reason, "required_approvals": r.required_approvals,
+                     "candidate": r.candidate, "created_at": r.created_at} for r in rows]
+
+    def latest_decision_id(self, incident_id: int) -> int | None:
+        with self.tx() as s:
+            return s.scalar(sa.select(sa.func.max(DecisionRow.id)).where(DecisionRow.incident_id == incident_id))
+
+    def add_approval(self, incident_id: int, decision_id: int, approver: str, verdict: str, comment: str = "") -> bool:
+        """Record one approver's verdict (``approve``/``reject``) on a decision.
+
+        An approver counts once per decision: a repeat returns False and records nothing.
+        """
+        try:
+            with self.tx() as s:
+                s.add(ApprovalRow(incident_id=incident_id, decision_id=decision_id, approver=approver,
+                                  verdict=verdict, comment=comment, created_at=utcnow()))
+                s.flush()
+                audit.append(s, actor=f"user:{approver}", event=f"approval.{verdict}", incident_id=incident_id,
+                             reason=comment or verdict, details={"decision_id": decision_id})
+            return True
+        except IntegrityError:
+            return False
+
+    def approvals_for(self, incident_id: int, decision_id: int | None = None) -> list[dict[str, Any]]:
+        stmt = sa.select(ApprovalRow).where(ApprovalRow.incident_id == incident_id).order_by(ApprovalRow.id)
+        if decision_id is not None:
+            stmt = stmt.where(ApprovalRow.decision_id == decision_id)
+        with self.tx() as s:
+            return [{"approver": r.approver, "verdict": r.verdict, "comment": r.comment,
+                     "decision_id": r.decision_id, "created_at": r.created_at} for r in s.scalars(stmt)]
+
+    def begin_action(self, action: Action) -> tuple[Action, bool]:
+        """Record that an action is about to be applied, keyed by its idempotency key.
+
+        Returns (action, new): when the key exists already (a replay after a crash) the stored
+        action is returned with ``new`` False and nothing is written.
+        """
+        with self.tx() as s:
+            existing = s.scalar(sa.select(ActionRow).where(ActionRow.idempotency_key == action.idempotency_key))
+            if existing is not None:
+                return action_model(existing), False
+            row = ActionRow(incident_id=action.incident_id, attempt=action.attempt, remedy=action.remedy,
+                            params=action.params, idempotency_key=action.idempotency_key,
+                            status=ActionStatus.started.value, output="", snapshot=action.snapshot,
+                            undo=None, started_at=utcnow())
+            s.add(row)
+            s.flush()
+            audit.append(s, actor="heald", event="action.started", incident_id=action.incident_id,
+                         reason=f"applying {action.remedy}",
+                         details={"action_id": row.id, "remedy": action.remedy, "params": action.params,
+                                  "attempt": action.attempt, "idempotency_key": action.idempotency_key})
+            return action_model(row), True
+
+    def finish_action(self, action_id: int, status: ActionStatus, output: str,
+                      undo: dict[str, Any] | None = None, actor: str = "heald") -> Action:
+        with self.tx() as s:
+            row = s.get(ActionRow, action_id)
+            if row is None:
+                raise NotFound(f"no action {action_id}")
+            row.status, row.output, row.undo, row.finished_at = status.value, output[-20_000:], undo, utcnow()
+            audit.append(s, actor=actor, event=f"action.{status.value}", incident_id=row.incident_id,
+                         reason=output[-500:] or status.value,
+                         details={"action_id": action_id, "remedy": row.remedy})
+            return action_model(row)
+
+    def actions_for(self, incident_id: int) -> list[Action]:
+        with self.tx() as s:
+            rows = s.scalars(sa.select(ActionRow).where(ActionRow.incident_id == incident_id).order_by(ActionRow.id))
+            return [action_model(r) for r in rows]
+
+    def count_actions_by(self) -> dict[tuple[str, str], int]:
+        """{(remedy, status): count} over all actions."""
+        with self.tx() as s:
+            rows = s.execute(sa.select(ActionRow.remedy, ActionRow.status, sa.func.count())
+                             .group_by(ActionRow.remedy, ActionRow.status))
+            return {(r, st): n for r, st, n in rows}
+
+    def add_verification(self, v: Verification) -> Verification:
+        with self.tx() as s:
+            row = VerificationRow(incident_id=v.incident_id, action_id=v.action_id, passed=v.passed, reason=v.reason,
+                                  checks=[c.model_dump(mode="json") for c in v.checks[-200:]],
+                                  recovered_at=v.recovered_at, started_at=v.started_at or utcnow(),
+                                  finished_at=v.finished_at or utcnow())
+            s.add(row)
+            s.flush()
+            audit.append(s, actor="heald", event="verification.passed" if v.passed else "verification.failed",
+                         incident_id=v.incident_id, reason=v.reason,
+                         details={"action_id": v.action_id, "checks": len(v.checks),
+                                  "recovered_at": v.recovered_at.isoformat() if v.recovered_at else None})
+            return v
+
+    def verifications_for(self, incident_id: int) -> list[Verification]:
+        with self.tx() as s:
+            rows = s.scalars(sa.select(VerificationRow).where(VerificationRow.incident_id == incident_id).order_by(VerificationRow.id))
+            return [Verification(incident_id=r.incident_id, action_id=r.action_id, passed=r.passed, reason=r.reason,
+                                 checks=r.checks, recovered_at=r.recovered_at, started_at=r.started_at,
+                                 finished_at=r.finished_at) for r in rows]
+
+    def add_outcome(self, o: Outcome) -> Outcome:
+        with self.tx() as s:
+            row = OutcomeRow(incident_id=o.incident_id, category=o.category, remedy=o.remedy, result=o.result.value,
+                             attempt=o.attempt, time_to_detect_s=o.time_to_detect_s,
+                             time_to_recover_s=o.time_to_recover_s, created_at=utcnow())
+            s.add(row)
+            s.flush()
+            audit.append(s, actor="heald", event="outcome.recorded", incident_id=o.incident_id,
+                         reason=f"{o.remedy or 'no remedy'}: {o.result.value}",
+                         details=o.model_dump(mode="json", exclude={"created_at"}))
+            return o.model_copy(update={"created_at": row.created_at})
+
+    def outcomes(self, incident_id: int | None = None, category: str | None = None) -> list[Outcome]:
+        stmt = sa.select(OutcomeRow).order_by(OutcomeRow.id)
+        if incident_id is not None:
+            stmt = stmt.where(OutcomeRow.incident_id == incident_id)
+        if category is not None:
+            stmt = stmt.where(OutcomeRow.category == category)
+        with self.tx() as s:
+            return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=r.result,
+                            attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
+                            time_to_recover_s=r.time_to_recover_s, created_at=r.created_at)
+                    for r in s.scalars(stmt)]
+
+    def recovery_times(self) -> list[float]:
+        """Time to recover (seconds) of every healed incident."""
+        with self.tx() as s:
+            rows = s.scalars(sa.select(OutcomeRow.time_to_recover_s).where(
+                OutcomeRow.result == "healed", OutcomeRow.time_to_recover_s.is_not(None)))
+            return [float(x) for x in rows]
+
+    def incident_detail(self, incident_id: int) -> dict[str, Any]:
+        """Everything known about one incident, as JSON-ready data: the incident, its signals,
+        diagnoses, plans, decisions, approvals, actions, verifications, outcomes and its
+        timeline (its audit entries in order). Raises NotFound."""
+        inc = self.get_incident(incident_id)
+
+        def dump(items: list[Any]) -> list[Any]:
+            return [i.model_dump(mode="json") if hasattr(i, "model_dump") else _jsonable(i) for i in items]
+
+        return {
+            "incident": {**inc.model_dump(mode="json"), "time_to_detect_s": inc.time_to_detect_s,
+                         "time_to_recover_s": inc.time_to_recover_s},
+            "signals": dump(self.signals_for(incident_id)),
+            "diagnoses": dump(self.diagnoses_for(incident_id)),
+            "plans": dump(self.plans_for(incident_id)),
+            "decisions": dump(self.decisions_for(incident_id)),
+            "approvals": dump(self.approvals_for(incident_id)),
+            "actions": dump(self.actions_for(incident_id)),
+            "verifications": dump(self.verifications_for(incident_id)),
+            "outcomes": dump(self.outcomes(incident_id=incident_id)),
+            "timeline": dump(self.audit_entries(incident_id=incident_id, limit=10_000)),
+        }
+
+    # -- audit -----------------------------------------------------------------------------
+    def record(self, *, actor: str, event: str, reason: str = "", incident_id: int | None = None,
+               details: dict[str, Any] | None = None) -> AuditEntry:
+        """Append a standalone audit entry (for events with no other row to write)."""
+        with self.tx() as s:
+            return audit.append(s, actor=actor, event=event, reason=reason, incident_id=incident_id, details=details)
+
+    def audit_entries(self, incident_id: int | None = None, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        """Audit entries in chain order, optionally for one incident, after ``after_seq``."""
+        stmt = sa.select(AuditRow).where(AuditRow.seq > after_seq).order_by(AuditRow.seq).limit(limit)
+        if incident_id is not None:
+            stmt = stmt.where(AuditRow.incident_id == incident_id)
+        with self.tx() as s:
+            return [audit.to_entry(r) for r in s.scalars(stmt)]
+
+    def last_audit_seq(self) -> int:
+        """The sequence number of the newest audit entry (0 when the log is empty)."""
+        with self.tx() as s:
+            return s.scalar(sa.select(sa.func.max(AuditRow.seq))) or 0
+
+    def verify_audit(self) -> audit.AuditReport:
+        with self.tx() as s:
+            return audit.verify(s)
+
+    def now(self) -> datetime:
+        return utcnow()

@@ -1,0 +1,184 @@
+"""SQLAlchemy 2 table mappings of heald's store.
+
+The schema is created and changed only by the Alembic migrations in ``migrations/versions``;
+these classes must match them (``tests/store/test_migrations.py`` checks that they do).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime, stored as naive UTC (SQLite keeps no zone)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON(), list[Any]: sa.JSON()}
+
+
+class IncidentRow(Base):
+    __tablename__ = "incidents"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    title: Mapped[str] = mapped_column(sa.String(500))
+    service: Mapped[str | None] = mapped_column(sa.String(200), index=True)
+    state: Mapped[str] = mapped_column(sa.String(32), index=True)
+    severity: Mapped[str] = mapped_column(sa.String(16))
+    fingerprint: Mapped[str] = mapped_column(sa.String(128), index=True)
+    group_key: Mapped[str] = mapped_column(sa.String(128), index=True)
+    labels: Mapped[dict[str, Any]]
+    category: Mapped[str | None] = mapped_column(sa.String(100))
+    environment: Mapped[str] = mapped_column(sa.String(100))
+    attempts: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime]
+    detected_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    recovered_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    closed_reason: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class SignalRow(Base):
+    __tablename__ = "signals"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(sa.String(100), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(100))
+    service: Mapped[str | None] = mapped_column(sa.String(200))
+    status: Mapped[str] = mapped_column(sa.String(16))
+    severity: Mapped[str] = mapped_column(sa.String(16))
+    summary: Mapped[str] = mapped_column(sa.Text)
+    labels: Mapped[dict[str, Any]]
+    annotations: Mapped[dict[str, Any]]
+    fingerprint: Mapped[str] = mapped_column(sa.String(128), index=True)
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime | None]
+    received_at: Mapped[datetime]
+    raw_ref: Mapped[str | None] = mapped_column(sa.String(500))
+    incident_id: Mapped[int | None] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    suppressed_by: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+class DiagnosisRow(Base):
+    __tablename__ = "diagnoses"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    category: Mapped[str] = mapped_column(sa.String(100))
+    explanation: Mapped[str] = mapped_column(sa.Text)
+    evidence: Mapped[list[Any]]
+    confidence: Mapped[float]
+    reasoner: Mapped[str] = mapped_column(sa.String(100))
+    runbook: Mapped[str | None] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime]
+
+
+class PlanRow(Base):
+    __tablename__ = "plans"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    candidates: Mapped[list[Any]]
+    created_at: Mapped[datetime]
+
+
+class DecisionRow(Base):
+    __tablename__ = "decisions"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.Text)
+    required_approvals: Mapped[int] = mapped_column(default=0)
+    candidate: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime]
+
+
+class ApprovalRow(Base):
+    __tablename__ = "approvals"
+    __table_args__ = (sa.UniqueConstraint("incident_id", "decision_id", "approver", name="uq_approval_once"),)
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    decision_id: Mapped[int] = mapped_column(sa.ForeignKey("decisions.id"))
+    approver: Mapped[str] = mapped_column(sa.String(200))
+    verdict: Mapped[str] = mapped_column(sa.String(16))
+    comment: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+
+
+class ActionRow(Base):
+    __tablename__ = "actions"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    attempt: Mapped[int]
+    remedy: Mapped[str] = mapped_column(sa.String(100))
+    params: Mapped[dict[str, Any]]
+    idempotency_key: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    status: Mapped[str] = mapped_column(sa.String(16))
+    output: Mapped[str] = mapped_column(sa.Text)
+    snapshot: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    undo: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class VerificationRow(Base):
+    __tablename__ = "verifications"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    action_id: Mapped[int | None] = mapped_column(sa.ForeignKey("actions.id"))
+    passed: Mapped[bool]
+    reason: Mapped[str] = mapped_column(sa.Text)
+    checks: Mapped[list[Any]]
+    recovered_at: Mapped[datetime | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+
+
+class OutcomeRow(Base):
+    __tablename__ = "outcomes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    category: Mapped[str] = mapped_column(sa.String(100), index=True)
+    remedy: Mapped[str | None] = mapped_column(sa.String(100))
+    result: Mapped[str] = mapped_column(sa.String(32))
+    attempt: Mapped[int]
+    time_to_detect_s: Mapped[float | None]
+    time_to_recover_s: Mapped[float | None]
+    created_at: Mapped[datetime]
+
+
+class AuditRow(Base):
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)
+    ts: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    event: Mapped[str] = mapped_column(sa.String(100))
+    incident_id: Mapped[int | None] = mapped_column(index=True)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    details: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class AuditHeadRow(Base):
+    """The newest entry of the chain, so that removing entries from the end is detected too."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"))
+    hash: Mapped[str] = mapped_column(sa.String(64))

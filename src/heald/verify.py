@@ -1,0 +1,99 @@
+"""Verification: did the system recover after a remedy?
+
+:func:`verify` polls checks every ``interval`` seconds until they have all passed continuously
+for ``stabilization`` seconds (passed) or ``timeout`` seconds have gone by (failed). A failure
+inside the window restarts it. ``recovered_at`` is when the final passing streak began: the
+moment the system was healthy again, which is what time-to-recover measures.
+
+Checks are the service's probes when it has any; otherwise that every signal of the incident
+has been resolved by its source (an alert that stops firing).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from heald.config import HealdConfig
+from heald.models import CheckResult, Incident, SignalStatus, Verification, utcnow
+from heald.sources.probes import run_probe
+from heald.store import Store
+from heald.supervise import Supervisor
+
+Check = Callable[[], CheckResult]
+
+
+def probe_checks(config: HealdConfig, service: str, supervisor: Supervisor | None) -> list[Check]:
+    """One check per configured probe of ``service``."""
+    svc = config.services.get(service)
+    if svc is None:
+        return []
+
+    def make(probe):  # type: ignore[no-untyped-def]
+        def check() -> CheckResult:
+            r = run_probe(probe, service, supervisor)
+            return CheckResult(name=probe.label, ok=r.ok, detail=r.detail, at=r.at)
+        return check
+
+    return [make(p) for p in svc.probes]
+
+
+def alert_resolved_check(store: Store, incident_id: int) -> Check:
+    """Passes when every fingerprint that fired in the incident has a later resolved signal."""
+    def check() -> CheckResult:
+        signals = store.signals_for(incident_id)
+        state: dict[str, SignalStatus] = {}
+        for s in signals:
+            state[s.fingerprint or ""] = s.status
+        firing = sorted(fp for fp, st in state.items() if st == SignalStatus.firing)
+        return CheckResult(name="alerts resolved", ok=not firing,
+                           detail="all resolved" if not firing else f"{len(firing)} still firing", at=utcnow())
+    return check
+
+
+def checks_for(incident: Incident, config: HealdConfig, store: Store, supervisor: Supervisor | None) -> list[Check]:
+    """The checks that verify ``incident``: its service's probes, else its alerts resolving."""
+    checks = probe_checks(config, incident.service, supervisor) if incident.service else []
+    return checks or [alert_resolved_check(store, incident.id)]
+
+
+def verify(incident_id: int, checks: list[Check], *, stabilization: float, interval: float, timeout: float,
+           action_id: int | None = None, sleep: Callable[[float], None] = time.sleep) -> Verification:
+    """Poll ``checks`` (see the module docstring); all durations in seconds.
+
+    Keeps at most the last 200 check results. Never raises: a check that raises fails.
+    """
+    started = utcnow()
+    t0 = time.monotonic()
+    streak_start: datetime | None = None
+    streak_t = 0.0
+    history: list[CheckResult] = []
+    reason = ""
+    while True:
+        results = []
+        for check in checks:
+            try:
+                results.append(check())
+            except Exception as exc:  # a broken check is a failed check, with its reason kept
+                results.append(CheckResult(name=getattr(check, "__name__", "check"), ok=False,
+                                           detail=f"check raised {exc.__class__.__name__}: {exc}", at=utcnow()))
+        history.extend(results)
+        history = history[-200:]
+        now = time.monotonic()
+        if all(r.ok for r in results):
+            if streak_start is None:
+                streak_start, streak_t = results[0].at if results else utcnow(), now
+            if now - streak_t >= stabilization:
+                return Verification(incident_id=incident_id, action_id=action_id, passed=True,
+                                    reason=f"all {len(checks)} checks passed for {now - streak_t:.1f} s",
+                                    checks=history, recovered_at=streak_start, started_at=started, finished_at=utcnow())
+        else:
+            failing = [r for r in results if not r.ok]
+            reason = "; ".join(f"{r.name}: {r.detail}" for r in failing)
+            streak_start = None
+        if now - t0 >= timeout:
+            return Verification(incident_id=incident_id, action_id=action_id, passed=False,
+                                reason=f"not stable within {timeout:g} s; last failure: {reason or 'none'}",
+                                checks=history, recovered_at=None, started_at=started, finished_at=utcnow())
+        sleep(interval)
