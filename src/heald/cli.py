@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from heald import __version__
@@ -34,7 +35,7 @@ JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON only."
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -230,3 +231,7 @@ def audit_verify(json_out: bool = JsonOpt) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

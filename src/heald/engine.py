@@ -15,6 +15,7 @@ the incident it opens.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from datetime import UTC, datetime
@@ -119,6 +120,9 @@ class Runtime:
         if self.probes:
             self.probes.stop()
         if self.started:
+            # Workflows still waiting (an approval, a cooldown) stay PENDING and resume at the next
+            # start; their threads fail noisily as DBOS goes away, which is expected here.
+            logging.getLogger("dbos").setLevel(logging.CRITICAL)
             DBOS.destroy(destroy_registry=False)
             self.started = False
         if stop_services:

@@ -1,9 +1,10 @@
 """Planning: from a diagnosis to ranked candidate remedies.
 
 :func:`make_plan` renders the matched runbook's remedies with the incident's signal labels,
-validates each against the catalog (an invalid one is dropped with its reason), drops remedies
-already tried on this incident, and ranks the rest by learned success rate (runbook order
-breaks ties, so with no history the runbook author's order holds).
+validates each against the catalog (an invalid one is dropped with its reason), and ranks them:
+remedies not yet tried on this incident first, then by learned success rate, then in runbook
+order (so with no history the runbook author's order holds). A remedy already tried stays a
+candidate (a restart can fail once and work the next time); the attempt budget bounds retries.
 """
 
 from __future__ import annotations
@@ -33,9 +34,6 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
         firing = [s for s in reversed(signals) if s.status == SignalStatus.firing] or list(reversed(signals))
         context = signal_context(next((s for s in firing if finding.runbook.applies_to(s)), firing[0]))
         for rr in finding.runbook.remedies:
-            if rr.remedy in tried:
-                dropped.append(f"{rr.remedy}: already tried on this incident")
-                continue
             try:
                 params = render(rr.params, context)
                 validated = remedies.validate_params(rr.remedy, params)
@@ -51,5 +49,6 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
                                               success_rate=post.mean if post else None,
                                               samples=post.samples if post else 0))
     order = {id(c): i for i, c in enumerate(candidates)}
-    candidates.sort(key=lambda c: (-(c.success_rate if c.success_rate is not None else 0.5), order[id(c)]))
+    candidates.sort(key=lambda c: (c.remedy in tried, -(c.success_rate if c.success_rate is not None else 0.5),
+                                   order[id(c)]))
     return PlanResult(Plan(incident_id=incident_id, candidates=candidates), dropped)

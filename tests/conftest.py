@@ -1,0 +1,144 @@
+"""Shared fixtures: real SQLite files, a real PostgreSQL database per test, real HTTP servers
+and real heald runtimes on loopback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from heald.config import HealdConfig
+from heald.store import Store
+from heald.store.db import normalize_url
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CORPUS = SHARED / "corpus"
+POSTGRES_URL = os.environ.get("HEALD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database on the test server, dropped afterwards.
+
+    Fails (does not skip) when the server does not answer: CI must run these. Set
+    HEALD_TEST_POSTGRES_URL=none to skip them deliberately on a machine without PostgreSQL.
+    """
+    if POSTGRES_URL == "none":
+        pytest.skip("HEALD_TEST_POSTGRES_URL=none: PostgreSQL tests deliberately skipped")
+    admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    name = f"heald_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The store URL, once for a SQLite file and once for a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'heald.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    s.migrate()
+    yield s
+    s.close()
+
+
+def free_port() -> int:
+    from heald.demo.runner import free_port as fp
+
+    return fp()
+
+
+class Switchable:
+    """A real HTTP server on loopback whose answer a test can switch (status code)."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.hits = 0
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.hits += 1
+                self.send_response(outer.status)
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/healthz"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_target() -> Iterator[Switchable]:
+    t = Switchable()
+    yield t
+    t.close()
+
+
+def make_config(tmp_path: Path, **data: object) -> HealdConfig:
+    """A validated HealdConfig with state under ``tmp_path`` and fast healing timings."""
+    base: dict[str, object] = {
+        "state_dir": str(tmp_path / "state"),
+        "healing": {"group_wait_seconds": 0.05, "cooldown_seconds": 0.2, "stabilization_seconds": 0.3,
+                    "verify_interval_seconds": 0.05, "verify_timeout_seconds": 3.0},
+    }
+    for k, v in data.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}  # type: ignore[dict-item]
+        else:
+            base[k] = v
+    cfg = HealdConfig.model_validate(base)
+    cfg.resolve_paths(tmp_path)
+    return cfg
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` until it returns a truthy value; return it. Fails the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def heald_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "heald.cli", *args]
+
+
+def run_heald(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(heald_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env={**os.environ, **(env or {})})

@@ -1,0 +1,108 @@
+"""A heald killed with SIGKILL in the middle of a healing resumes it when restarted, and never
+applies a completed remedy twice. heald runs as a real subprocess (``heald serve``); a fail
+point (``HEALD_FAILPOINTS``) holds it at a known point while the test kills it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from heald.models import ActionStatus, IncidentState
+from heald.store import Store
+from tests.conftest import free_port, heald_cmd, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def write_config(tmp_path: Path) -> tuple[Path, int, Path]:
+    shop_port, api_port = free_port(), free_port()
+    starts = tmp_path / "shop.starts"
+    cfg = {
+        "state_dir": str(tmp_path / "state"),
+        "api": {"port": api_port},
+        "log_level": "warning",
+        "services": {"shop": {
+            "command": [sys.executable, "-m", "heald.demo.shop", "--port", str(shop_port), "--starts-file", str(starts)],
+            "probes": [{"url": f"http://127.0.0.1:{shop_port}/healthz", "interval_seconds": 0.1,
+                        "timeout_seconds": 0.5, "failure_threshold": 2}]}},
+        "healing": {"group_wait_seconds": 0.1, "stabilization_seconds": 0.5, "verify_interval_seconds": 0.1},
+    }
+    path = tmp_path / "heald.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path, api_port, starts
+
+
+def start_heald(config: Path, log: Path, failpoints: str = "") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HEALD_FAILPOINTS": failpoints}
+    return subprocess.Popen(heald_cmd("--config", str(config), "serve"), env=env,
+                            stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+
+
+def api_up(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def shop_pid(tmp_path: Path) -> int:
+    return json.loads((tmp_path / "state" / "services" / "shop.json").read_text())["pid"]
+
+
+@pytest.mark.parametrize("failpoint", ["verify.before", "act.after_apply"])
+def test_sigkill_mid_healing_resumes_and_applies_the_remedy_once(tmp_path: Path, failpoint: str) -> None:
+    """verify.before: the remedy step completed and DBOS recorded it; the replay must skip it.
+    act.after_apply: the restart happened but neither heald nor DBOS recorded its end; the
+    replay must see the effect through the remedy's guard and not restart again."""
+    config, api_port, starts = write_config(tmp_path)
+    log = tmp_path / "heald.log"
+    heald = start_heald(config, log, failpoints=failpoint)
+    second = None
+    try:
+        wait_for(lambda: api_up(api_port) and starts.exists(), what="heald and the shop to start")
+        os.kill(shop_pid(tmp_path), signal.SIGKILL)
+        wait_for(lambda: f"failpoint {failpoint} reached" in log.read_text(), timeout=30, what=f"fail point {failpoint}")
+        heald.send_signal(signal.SIGKILL)
+        heald.wait(timeout=10)
+
+        store = Store(f"sqlite:///{tmp_path / 'state' / 'heald.db'}")
+        [inc] = store.list_incidents()
+        assert inc.state == IncidentState.acting  # killed mid-healing
+        [action] = store.actions_for(inc.id)
+        expected = ActionStatus.succeeded if failpoint == "verify.before" else ActionStatus.started
+        assert action.status == expected
+        # first start + the one restart (the new process writes its line as it starts)
+        wait_for(lambda: len(starts.read_text().splitlines()) == 2, timeout=10, what="the restarted shop")
+
+        second = start_heald(config, log)
+        done = wait_for(lambda: (i := store.get_incident(inc.id)).state.terminal and i, timeout=60,
+                        what="the resumed healing to end")
+        assert done.state == IncidentState.resolved, done.closed_reason
+        actions = store.actions_for(inc.id)
+        assert len(actions) == 1 and actions[0].status == ActionStatus.succeeded
+        if failpoint == "act.after_apply":
+            assert "not applied again" in actions[0].output
+        time.sleep(1.0)  # a second restart would have written its line by now
+        assert len(starts.read_text().splitlines()) == 2, "the remedy ran twice"
+        events = [e.event for e in store.audit_entries(incident_id=inc.id)]
+        assert events.count("action.started") == 1
+        assert store.verify_audit().intact
+        store.close()
+    finally:
+        for p in (heald, second):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(timeout=15)
+        try:
+            os.killpg(shop_pid(tmp_path), signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):
+            pass

@@ -1,0 +1,174 @@
+"""The healing workflow end to end, in process, with real processes, probes and SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import textwrap
+from pathlib import Path
+
+from heald.models import ActionStatus, IncidentState, Signal, SignalStatus
+from tests.conftest import free_port, make_config, wait_for
+
+PY = sys.executable
+
+
+def runbook(tmp_path: Path, risk: str = "low", confidence: float = 0.95, name: str = "svc-broken") -> Path:
+    p = tmp_path / "runbooks.yaml"
+    p.write_text(textwrap.dedent(f"""
+        runbooks:
+          - name: {name}
+            match:
+              labels: ['alertname="SvcBroken"']
+            diagnosis: {{category: svc_broken, confidence: {confidence}, explanation: "svc is broken"}}
+            remedies:
+              - {{remedy: restart_process, risk: {risk}, params: {{service: "${{service}}"}}}}
+    """))
+    return p
+
+
+def alert(status: SignalStatus = SignalStatus.firing) -> Signal:
+    return Signal(source="test", service="svc", status=status, summary="svc broken",
+                  labels={"alertname": "SvcBroken", "service": "svc"})
+
+
+def sleeper_config(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
+    return make_config(tmp_path, services={"svc": {"command": [PY, "-c", "import time; time.sleep(600)"]}},
+                       runbooks=[str(runbook(tmp_path, **kw))])
+
+
+def terminal(rt, inc_id: int):  # type: ignore[no-untyped-def]
+    inc = rt.store.get_incident(inc_id)
+    return inc if inc.state.terminal else None
+
+
+def test_process_crash_is_healed_once(tmp_path: Path, start_runtime) -> None:
+    port = free_port()
+    starts = tmp_path / "starts"
+    cfg = make_config(tmp_path, services={"shop": {
+        "command": [PY, "-m", "heald.demo.shop", "--port", str(port), "--starts-file", str(starts)],
+        "probes": [{"url": f"http://127.0.0.1:{port}/healthz", "interval_seconds": 0.1, "timeout_seconds": 0.5,
+                    "failure_threshold": 2}]}})
+    rt = start_runtime(cfg)
+    wait_for(lambda: starts.exists() and rt.supervisor.get("shop").is_running(), what="shop up")
+    os.kill(rt.supervisor.get("shop").identity().pid, signal.SIGKILL)
+    inc = wait_for(lambda: rt.store.list_incidents(), what="incident")[0]
+    done = wait_for(lambda: terminal(rt, inc.id), what="incident to end")
+    assert done.state == IncidentState.resolved, done.closed_reason
+    assert done.category == "process_down"
+    assert done.recovered_at is not None and done.time_to_recover_s < 10
+    actions = rt.store.actions_for(inc.id)
+    assert [(a.remedy, a.status) for a in actions] == [("restart_process", ActionStatus.succeeded)]
+    assert len(starts.read_text().splitlines()) == 2
+    events = [e.event for e in rt.store.audit_entries(incident_id=inc.id)]
+    for expected in ("incident.opened", "diagnosis.made", "gate.decided", "action.started", "action.succeeded",
+                     "verification.passed", "outcome.recorded"):
+        assert expected in events
+    assert rt.store.verify_audit().intact
+
+
+def test_repeated_signals_join_one_incident(tmp_path: Path, start_runtime) -> None:
+    rt = start_runtime(sleeper_config(tmp_path, risk="high"), run_probes=False)
+    first = rt.ingest(alert())
+    for _ in range(5):
+        r = rt.ingest(alert())
+        assert r.incident_id == first.incident_id and not r.opened
+    assert len(rt.store.list_incidents()) == 1
+
+
+def test_attempt_budget_then_escalation_with_cooldown(tmp_path: Path, start_runtime) -> None:
+    """A restart that never heals: exactly max_attempts actions, cooldown between them, escalated."""
+    dead_port = free_port()
+    cfg = make_config(tmp_path, services={"svc": {
+        "command": [PY, "-c", "import time; time.sleep(600)"],
+        "probes": [{"type": "tcp", "port": dead_port, "interval_seconds": 0.1, "timeout_seconds": 0.2,
+                    "failure_threshold": 1}]}},
+        runbooks=[str(runbook(tmp_path))],
+        healing={"max_attempts": 3, "cooldown_seconds": 0.5, "verify_timeout_seconds": 0.4})
+    rt = start_runtime(cfg, run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="escalation")
+    assert done.state == IncidentState.escalated
+    assert "attempt budget spent" in done.closed_reason and "3 of 3" in done.closed_reason
+    actions = rt.store.actions_for(inc_id)
+    assert [a.attempt for a in actions] == [1, 2, 3]
+    for before, after in zip(actions, actions[1:]):
+        assert (after.started_at - before.finished_at).total_seconds() >= 0.5
+    outcomes = [o.result.value for o in rt.store.outcomes(incident_id=inc_id)]
+    assert outcomes == ["not_healed", "not_healed", "not_healed", "escalated"]
+
+
+def test_approval_then_heal(tmp_path: Path, start_runtime) -> None:
+    rt = start_runtime(sleeper_config(tmp_path, risk="medium"), run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval, what="approval wait")
+    assert rt.store.actions_for(inc_id) == []
+    result = rt.approve(inc_id, "alice", "approve", "go ahead")
+    assert result["counted"] and result["required"] == 1
+    wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.verifying, what="verifying")
+    rt.ingest(alert(SignalStatus.resolved))
+    done = wait_for(lambda: terminal(rt, inc_id), what="resolution")
+    assert done.state == IncidentState.resolved
+    assert [a.remedy for a in rt.store.actions_for(inc_id)] == ["restart_process"]
+
+
+def test_two_approvals_by_one_identity_count_once(tmp_path: Path, start_runtime) -> None:
+    rt = start_runtime(sleeper_config(tmp_path, risk="high"), run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval, what="approval wait")
+    assert rt.approve(inc_id, "alice", "approve")["counted"]
+    again = rt.approve(inc_id, "alice", "approve")
+    assert not again["counted"] and again["approvals"] == 1 and again["required"] == 2
+    import time
+
+    time.sleep(0.5)
+    assert rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval
+    rt.approve(inc_id, "bob", "approve")
+    wait_for(lambda: rt.store.actions_for(inc_id), what="the action after two approvals")
+
+
+def test_rejection_ends_the_healing(tmp_path: Path, start_runtime) -> None:
+    rt = start_runtime(sleeper_config(tmp_path, risk="medium"), run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval, what="approval wait")
+    rt.approve(inc_id, "carol", "reject", "not now")
+    done = wait_for(lambda: terminal(rt, inc_id), what="end")
+    assert done.state == IncidentState.escalated and "rejected by carol: not now" in done.closed_reason
+    assert rt.store.actions_for(inc_id) == []
+
+
+def test_approval_expires_and_escalates(tmp_path: Path, start_runtime) -> None:
+    cfg = sleeper_config(tmp_path, risk="medium")
+    cfg.healing.approval_ttl_seconds = 0.5
+    rt = start_runtime(cfg, run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    done = wait_for(lambda: terminal(rt, inc_id), what="expiry")
+    assert done.state == IncidentState.escalated and "approval expired" in done.closed_reason
+    assert rt.store.actions_for(inc_id) == []
+
+
+def test_unknown_cause_escalates_without_action(tmp_path: Path, start_runtime) -> None:
+    rt = start_runtime(sleeper_config(tmp_path), run_probes=False)
+    inc_id = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "Mystery"})).incident_id
+    done = wait_for(lambda: terminal(rt, inc_id), what="escalation")
+    assert done.state == IncidentState.escalated and "unknown" in done.closed_reason
+    assert rt.store.actions_for(inc_id) == []
+
+
+def test_low_confidence_escalates(tmp_path: Path, start_runtime) -> None:
+    rt = start_runtime(sleeper_config(tmp_path, confidence=0.5), run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    done = wait_for(lambda: terminal(rt, inc_id), what="escalation")
+    assert done.state == IncidentState.escalated and "confidence 0.50" in done.closed_reason
+
+
+def test_alert_resolved_before_action_starts_nothing(tmp_path: Path, start_runtime) -> None:
+    cfg = sleeper_config(tmp_path, risk="medium")
+    cfg.healing.group_wait_seconds = 1.0
+    rt = start_runtime(cfg, run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    rt.ingest(alert(SignalStatus.resolved))
+    done = wait_for(lambda: terminal(rt, inc_id), what="resolution")
+    assert done.state == IncidentState.resolved and "resolved at its source" in done.closed_reason
+    assert rt.store.actions_for(inc_id) == []

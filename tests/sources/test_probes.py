@@ -1,0 +1,75 @@
+"""Probes against a real HTTP server and real ports: thresholds, false alarms, recovery."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from heald.config import ProbeConfig
+from heald.models import SignalStatus
+from heald.sources.probes import ProbeRunner, run_probe
+from tests.conftest import free_port, make_config, wait_for
+
+
+def test_http_probe_results(http_target) -> None:
+    probe = ProbeConfig(url=http_target.url, timeout_seconds=0.5)
+    assert run_probe(probe, "x").ok
+    http_target.status = 503
+    r = run_probe(probe, "x")
+    assert not r.ok and r.detail == "HTTP 503"
+    dead = ProbeConfig(url=f"http://127.0.0.1:{free_port()}/", timeout_seconds=0.5)
+    assert "connection refused" in run_probe(dead, "x").detail
+
+
+def test_tcp_probe(tmp_path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert run_probe(ProbeConfig(type="tcp", port=s.getsockname()[1]), "x").ok
+    assert not run_probe(ProbeConfig(type="tcp", port=free_port(), timeout_seconds=0.3), "x").ok
+
+
+def runner(tmp_path, url: str, threshold: int):  # type: ignore[no-untyped-def]
+    cfg = make_config(tmp_path, services={"web": {"probes": [
+        {"url": url, "interval_seconds": 0.05, "timeout_seconds": 0.5, "failure_threshold": threshold}]}})
+    emitted, results = [], []
+    r = ProbeRunner(cfg, None, emitted.append, on_result=lambda s, p, res: results.append(res))
+    return r, emitted, results
+
+
+def test_threshold_fires_once_then_resolves(tmp_path, http_target) -> None:
+    r, emitted, results = runner(tmp_path, http_target.url, threshold=3)
+    r.start()
+    try:
+        wait_for(lambda: len(results) >= 2, what="probing")
+        http_target.status = 500
+        wait_for(lambda: emitted, what="firing signal")
+        first_fail = next(res for res in results if not res.ok)
+        n = len(results)
+        wait_for(lambda: len(results) >= n + 5, what="more probes")
+        assert len(emitted) == 1  # fires once per streak, not on every failed probe
+        sig = emitted[0]
+        assert sig.status == SignalStatus.firing and sig.kind == "probe_failed" and sig.service == "web"
+        assert sig.starts_at == first_fail.at and sig.annotations["consecutive_failures"] == "3"
+        http_target.status = 200
+        wait_for(lambda: len(emitted) == 2, what="resolved signal")
+        assert emitted[1].status == SignalStatus.resolved and emitted[1].fingerprint == sig.fingerprint
+    finally:
+        r.stop()
+
+
+def test_false_alarm_below_threshold_emits_nothing(tmp_path, http_target) -> None:
+    r, emitted, results = runner(tmp_path, http_target.url, threshold=3)
+    r.start()
+    try:
+        wait_for(lambda: len(results) >= 2, what="probing")
+        http_target.status = 500
+        wait_for(lambda: any(not x.ok for x in results), what="one failure")
+        http_target.status = 200
+        n = len(results)
+        wait_for(lambda: len(results) >= n + 5, what="more probes")
+        time.sleep(0.1)
+        assert emitted == []
+        assert sum(not x.ok for x in results) < 3
+    finally:
+        r.stop()
