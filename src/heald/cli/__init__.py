@@ -1,6 +1,7 @@
 """heald's command line (Typer + Rich).
 
-Every command that reports results takes ``--json`` and then prints JSON only on stdout.
+Commands of one area live in a module of their own under ``heald.cli`` that registers them on
+:data:`app` (or a sub-app) and is imported at the end of this file. Every command that reports results takes ``--json`` and then prints JSON only on stdout.
 The configuration comes from ``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml`` (see
 :mod:`heald.config`); errors name the file, line and key and exit with status 2.
 """
@@ -232,6 +233,3 @@ def audit_verify(json_out: bool = JsonOpt) -> None:
 def main() -> None:
     app()
 
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,62 @@
+"""Incidents and approvals: ``GET /v1/incidents``, ``GET /v1/incidents/{id}`` (with its
+timeline), ``POST /v1/incidents/{id}/approve`` and ``/reject``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from heald.engine import Runtime
+from heald.models import Incident, IncidentState
+from heald.store import InvalidTransition, NotFound
+
+
+class VerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    approver: str = Field(min_length=1, max_length=200, description="who approves or rejects")
+    comment: str = Field(default="", max_length=5000)
+
+
+def incident_json(inc: Incident) -> dict[str, Any]:
+    return {**inc.model_dump(mode="json"), "time_to_detect_s": inc.time_to_detect_s,
+            "time_to_recover_s": inc.time_to_recover_s}
+
+
+def routes(rt: Runtime) -> APIRouter:
+    router = APIRouter(tags=["incidents"])
+
+    @router.get("/v1/incidents")
+    def list_incidents(state: IncidentState | None = None, service: str | None = None,
+                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+        """Incidents, newest first, optionally only those in ``state``."""
+        return [incident_json(i) for i in rt.store.list_incidents(state=state, service=service, limit=limit, offset=offset)]
+
+    @router.get("/v1/incidents/{incident_id}")
+    def get_incident(incident_id: int) -> dict[str, Any]:
+        """One incident with its signals, diagnoses, plan, decisions, actions, verifications and timeline."""
+        try:
+            return rt.store.incident_detail(incident_id)
+        except NotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from exc
+
+    def verdict(incident_id: int, body: VerdictIn, kind: str) -> dict[str, Any]:
+        try:
+            return rt.approve(incident_id, body.approver, kind, body.comment)
+        except NotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from exc
+        except InvalidTransition as exc:
+            raise HTTPException(409, detail=str(exc)) from exc
+
+    @router.post("/v1/incidents/{incident_id}/approve", tags=["approvals"])
+    def approve(incident_id: int, body: VerdictIn) -> dict[str, Any]:
+        """Approve the pending remedy of an incident awaiting approval (409 otherwise)."""
+        return verdict(incident_id, body, "approve")
+
+    @router.post("/v1/incidents/{incident_id}/reject", tags=["approvals"])
+    def reject(incident_id: int, body: VerdictIn) -> dict[str, Any]:
+        """Reject the pending remedy: the healing ends, escalated to a human."""
+        return verdict(incident_id, body, "reject")
+
+    return router

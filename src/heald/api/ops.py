@@ -1,0 +1,37 @@
+"""Operations: ``GET /healthz``, ``GET /metrics`` (Prometheus text format) and
+``GET /v1/audit/verify``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from heald import __version__
+from heald.api.metrics import registry_for
+from heald.engine import Runtime
+
+
+def routes(rt: Runtime) -> APIRouter:
+    router = APIRouter(tags=["operations"])
+    registry = registry_for(rt.store)
+
+    @router.get("/v1/audit/verify", tags=["audit"])
+    def audit_verify() -> dict[str, Any]:
+        """Walk the audit chain; report it intact or the first entry altered or removed."""
+        return rt.store.verify_audit().as_dict()
+
+    @router.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        """Liveness and readiness: the database answers and the engine runs."""
+        rt.store.count_incidents_by_state()
+        return {"status": "ok", "version": __version__, "engine": rt.started}
+
+    @router.get("/metrics")
+    def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return router

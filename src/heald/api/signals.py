@@ -1,0 +1,74 @@
+"""Signals in: ``POST /v1/signals`` (heald's generic JSON schema; a 422 names the bad field)
+and ``POST /v1/webhooks/{source}`` (any registered webhook source, see :mod:`heald.sources`).
+
+A signal is stored (committed) before the 2xx answer is sent, so an accepted signal is never
+lost to a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from heald.engine import Runtime
+from heald.models import Severity, SignalStatus
+from heald.models import Signal as SignalModel
+from heald.sources import WEBHOOK_SOURCES, SourceError
+
+
+class SignalIn(BaseModel):
+    """A signal as a client sends it (heald's generic JSON schema)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(min_length=1, max_length=100, examples=["my-monitor"])
+    kind: str = Field(default="alert", min_length=1, max_length=100)
+    service: str | None = Field(default=None, max_length=200)
+    status: SignalStatus = SignalStatus.firing
+    severity: Severity = Severity.warning
+    summary: str = Field(default="", max_length=10_000)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    fingerprint: str | None = Field(default=None, max_length=128)
+    starts_at: datetime | None = Field(default=None, description="RFC 3339; default: when received")
+    ends_at: datetime | None = None
+
+
+class Accepted(BaseModel):
+    signal_id: int
+    incident_id: int | None
+    opened: bool
+    suppressed_by: str | None = None
+
+
+def routes(rt: Runtime) -> APIRouter:
+    router = APIRouter(tags=["signals"])
+
+    def accept(signal: SignalModel, actor: str | None = None) -> Accepted:
+        r = rt.ingest(signal, actor=actor)
+        return Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened, suppressed_by=r.suppressed_by)
+
+    @router.post("/v1/signals", status_code=202, response_model=Accepted)
+    def post_signal(body: SignalIn) -> Accepted:
+        """Accept one signal in heald's generic JSON schema."""
+        return accept(SignalModel.model_validate(body.model_dump(exclude_none=True)))
+
+    @router.post("/v1/webhooks/{source}", status_code=202)
+    async def post_webhook(source: str, request: Request) -> JSONResponse:
+        """Accept a payload from a registered webhook source; 404 for an unknown source, 422
+        naming the field for a payload the source rejects."""
+        plugin = WEBHOOK_SOURCES.get(source)
+        if plugin is None:
+            raise HTTPException(404, detail=f"unknown source {source!r}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
+        body = await request.body()
+        try:
+            signals = plugin.parse(request.headers, body)
+        except SourceError as exc:
+            return JSONResponse({"detail": [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}]}, 422)
+        accepted = [(await run_in_threadpool(accept, s, f"source:{source}")).model_dump() for s in signals]
+        return JSONResponse({"accepted": accepted}, 202)
+
+    return router

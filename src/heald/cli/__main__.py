@@ -1,0 +1,3 @@
+from heald.cli import main
+
+main()
