@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -42,13 +44,13 @@ def register(name: str) -> Callable[[Classifier], Classifier]:
 def classify(text: str, limit_bytes: int = 2_000_000) -> list[Classification]:
     """Run every classifier over ``text`` (its last ``limit_bytes`` characters, where failures
     are reported); findings sorted by confidence, highest first. A classifier that raises is
-    skipped: one broken rule must not hide the others' findings."""
+    skipped and logged."""
     tail = text[-limit_bytes:]
     found: list[Classification] = []
     for name, fn in CLASSIFIERS.items():
         try:
             for c in fn(tail):
                 found.append(c if c.classifier else Classification(c.category, c.confidence, c.evidence, c.details, name))
-        except Exception:  # noqa: BLE001 - see docstring
-            continue
+        except Exception:  # one broken rule must not hide the others' findings; it is logged
+            structlog.get_logger("heald.signatures").exception("classifier.failed", classifier=name)
     return sorted(found, key=lambda c: -c.confidence)
