@@ -27,7 +27,8 @@ from dbos import DBOS, DBOSClient, SetWorkflowID
 from heald import __version__, correlate, remedies
 from heald._failpoints import failpoint
 from heald.config import HealdConfig
-from heald.diagnose import RunbookReasoner, diagnose
+from heald.diagnose import Reasoner, RunbookReasoner, diagnose
+from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.runbooks import Runbook, load_runbooks
 from heald.learn import success_rates
 from heald.models import (
@@ -87,7 +88,7 @@ class Runtime:
         self.store = Store(config.database)
         self.supervisor = Supervisor(config)
         self.runbooks: list[Runbook] = load_runbooks(config.runbooks, config.default_runbooks)
-        self.reasoners = [RunbookReasoner(self.runbooks)]
+        self.reasoners: list[Reasoner] = [RunbookReasoner(self.runbooks), KnowledgeBaseReasoner()]
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
         self.started = False
@@ -281,8 +282,8 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str,
         return {"closed": closed}
     rt.store.transition(incident_id, IncidentState.diagnosing, reason=f"attempt {attempt}: diagnosing {len(signals)} signals")
     rt.store.bump_attempts(incident_id, attempt)
-    finding = diagnose(inc, signals, rt.reasoners)
-    rt.store.add_diagnosis(incident_id, finding.diagnosis)
+    finding = diagnose(inc, signals, rt.reasoners, rt.runbooks)
+    record_diagnosis(rt.store, incident_id, finding)
     result = make_plan(incident_id, finding, signals, set(tried), success_rates(rt.store, finding.diagnosis.category))
     rt.store.add_plan(result.plan)
     for why in result.dropped:
@@ -291,6 +292,18 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str,
     return {"category": finding.diagnosis.category, "confidence": finding.diagnosis.confidence,
             "diagnosis": finding.diagnosis.model_dump(mode="json"),
             "candidates": [c.model_dump(mode="json") for c in result.plan.candidates], "verify": verify_overrides}
+
+
+def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
+    """Store the diagnosis the gate will see, with every reasoner's own hypothesis and the
+    fallbacks taken (audit)."""
+    if len(finding.hypotheses) > 1 or finding.notes:
+        store.record(actor="heald", event="diagnosis.hypotheses", incident_id=incident_id,
+                     reason="; ".join([*(f"{h.reasoner}: {h.category} ({h.confidence:.2f})" for h in finding.hypotheses),
+                                       *finding.notes]),
+                     details={"hypotheses": [h.model_dump(mode="json", exclude_none=True) for h in finding.hypotheses],
+                              "notes": list(finding.notes)})
+    store.add_diagnosis(incident_id, finding.diagnosis)
 
 
 @DBOS.step()

@@ -26,13 +26,14 @@ class PlanResult:
 
 def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: set[str],
               rates: dict[str, Posterior]) -> PlanResult:
-    """Build the plan. ``tried`` holds remedy names already applied on this incident; ``rates``
+    """Build the plan: the runbook's remedies, then remedies the reasoner proposed itself
+    (``finding.remedies``). ``tried`` holds remedy names already applied on this incident; ``rates``
     the learned posteriors for the diagnosed category."""
     candidates: list[RemedyCandidate] = []
     dropped: list[str] = []
     if finding.runbook is not None:
         firing = [s for s in reversed(signals) if s.status == SignalStatus.firing] or list(reversed(signals))
-        context = signal_context(next((s for s in firing if finding.runbook.applies_to(s)), firing[0]))
+        context = signal_context(next((s for s in firing if finding.runbook.applies_to(s, finding.diagnosis.category)), firing[0]))
         for rr in finding.runbook.remedies:
             try:
                 params = render(rr.params, context)
@@ -48,6 +49,12 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
                                               runbook=finding.runbook.name,
                                               success_rate=post.mean if post else None,
                                               samples=post.samples if post else 0))
+    for proposed in finding.remedies:  # a reasoner's own proposals (validated against the catalog)
+        if any(c.remedy == proposed.remedy and c.params == proposed.params for c in candidates):
+            continue
+        post = rates.get(proposed.remedy)
+        candidates.append(proposed.model_copy(update={"success_rate": post.mean if post else None,
+                                                      "samples": post.samples if post else 0}))
     order = {id(c): i for i, c in enumerate(candidates)}
     candidates.sort(key=lambda c: (c.remedy in tried, -(c.success_rate if c.success_rate is not None else 0.5),
                                    order[id(c)]))

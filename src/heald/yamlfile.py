@@ -71,6 +71,16 @@ def _key_line(root: yaml.Node | None, loc: Sequence[str | int]) -> int:
     return node.start_mark.line + 1 if node is not None else 0
 
 
+def key_line(text: str, loc: Sequence[str | int]) -> int:
+    """The 1-based line of the key at ``loc`` (a path of keys and list indexes) in the YAML
+    document ``text``; 0 when the text does not parse."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return 0
+    return _key_line(root, loc)
+
+
 def describe_validation_error(file: str, text: str, err: ValidationError, prefix: Sequence[str | int] = ()) -> list[YamlProblem]:
     """Turn a pydantic ValidationError on data loaded from ``text`` into YamlProblems.
 
@@ -84,7 +94,7 @@ def describe_validation_error(file: str, text: str, err: ValidationError, prefix
     for e in err.errors():
         loc = [*prefix, *[p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-"))]]
         key = ".".join(str(p) for p in loc)
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not expected here)"
         elif e["type"] == "missing":

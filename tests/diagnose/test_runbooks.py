@@ -61,3 +61,76 @@ def test_user_runbook_overrides_a_default(tmp_path: Path) -> None:
                  "    diagnosis: {category: mine, confidence: 0.5}\n")
     rbs = load_runbooks([tmp_path])
     assert [r.diagnosis.category for r in rbs if r.name == "process-down"] == ["mine"]
+
+
+def test_match_on_source_fingerprint_and_log(tmp_path: Path) -> None:
+    p = tmp_path / "rb.yaml"
+    p.write_text("""runbooks:
+  - name: by-log
+    match: {source: [logs, generic], log: ['(?i)psycopg2?\\.OperationalError', 'could not connect']}
+    diagnosis: {category: database_unavailable, confidence: 0.9}
+  - name: by-fingerprint
+    match: {fingerprint: abc123}
+    diagnosis: {category: process_down, confidence: 0.8}
+""")
+    rbs = {r.name: r for r in load_runbooks([p], include_defaults=False)}
+    hit = Signal(source="logs", annotations={"log": "x\npsycopg2.OperationalError: could not connect to server"})
+    assert rbs["by-log"].applies_to(hit)
+    assert not rbs["by-log"].applies_to(hit.model_copy(update={"source": "probe"}))
+    assert not rbs["by-log"].applies_to(Signal(source="logs", summary="psycopg2.OperationalError: timeout"))
+    assert rbs["by-fingerprint"].applies_to(Signal(source="x", fingerprint="abc123"))
+    assert not rbs["by-fingerprint"].applies_to(Signal(source="x", fingerprint="abc124"))
+    assert rbs["by-log"].specificity == 3
+
+
+def test_category_runbook_rules(tmp_path: Path) -> None:
+    p = tmp_path / "rb.yaml"
+    p.write_text("runbooks:\n  - name: x\n    match: {labels: ['a=\"b\"']}\n")
+    with pytest.raises(YamlFileError, match=r"rb.yaml:2: runbooks.0: a runbook needs 'diagnosis'"):
+        load_runbooks([p], include_defaults=False)
+    p.write_text("runbooks:\n  - name: x\n    match: {category: disk_full}\n"
+                 "    diagnosis: {category: disk_full, confidence: 0.9}\n")
+    with pytest.raises(YamlFileError, match=r"takes its diagnosis from the reasoner"):
+        load_runbooks([p], include_defaults=False)
+
+
+def test_examples_are_checked_when_loading(tmp_path: Path) -> None:
+    p = tmp_path / "rb.yaml"
+    p.write_text("""runbooks:
+  - name: disk
+    match: {category: disk_full, labels: ['service="shop"']}
+    examples:
+      - {category: disk_full, signal: {source: logs, labels: {service: shop}}}
+      - {category: disk_full, signal: {source: logs, labels: {service: payments}}}
+""")
+    with pytest.raises(YamlFileError) as e:
+        load_runbooks([p], include_defaults=False)
+    assert [(x.line, x.key) for x in e.value.problems] == [(6, "runbooks.0.examples.1")]
+
+
+def test_runbooks_check_cli(tmp_path: Path) -> None:
+    from tests.conftest import run_heald
+
+    good = tmp_path / "good.yaml"
+    good.write_text("runbooks:\n  - name: odd\n    match: {source: probe}\n"
+                    "    diagnosis: {category: weird_thing, confidence: 0.8}\n")
+    r = run_heald("runbooks", "check", str(good), "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    data = json.loads(r.stdout)
+    assert data["ok"] and data["problems"] == [] and [x["name"] for x in data["runbooks"]] == ["odd"]
+    assert any("not in heald's vocabulary" in w["message"] for w in data["warnings"])
+    assert run_heald("runbooks", "check", str(good), "--strict", cwd=tmp_path).returncode == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runbooks:\n  - name: b\n    match:\n      log: '(unclosed'\n"
+                   "    diagnosis: {category: x, confidence: 2}\n")
+    r = run_heald("runbooks", "check", str(bad), cwd=tmp_path)
+    assert r.returncode == 1
+    assert f"{bad}:4: runbooks.0.match.log: invalid regex" in r.stderr
+    assert f"{bad}:5: runbooks.0.diagnosis.confidence" in r.stderr
+    r = run_heald("runbooks", "check", str(tmp_path / "missing.yaml"), cwd=tmp_path)
+    assert r.returncode == 1 and "no such file" in r.stderr
+    # without a path: what heald serve would load (the shipped library here)
+    r = run_heald("runbooks", "check", "--json", cwd=tmp_path)
+    assert r.returncode == 0 and "process-down" in r.stdout

@@ -233,3 +233,7 @@ def audit_verify(json_out: bool = JsonOpt) -> None:
 def main() -> None:
     app()
 
+
+
+# Commands of each area (registered on ``app`` when imported).
+from heald.cli import runbooks as _runbooks  # noqa: E402,F401

@@ -1,34 +1,62 @@
 """Diagnosis: what heald believes is wrong, and how sure it is.
 
-:func:`diagnose` is the stage's entry. It asks each reasoner for a hypothesis and keeps the
-best one; with no hypothesis at all the category is ``unknown`` with confidence 0, which the
-gate escalates. The runbook reasoner is the first; later reasoners (a failure-signature
-knowledge base, an LLM) plug in through :class:`Reasoner`.
+:func:`diagnose` is the stage's entry. It asks every reasoner for a hypothesis: the runbook
+reasoner (signals matching a runbook), the signature knowledge base (:mod:`heald.diagnose.kb`)
+and, when configured, an LLM (:mod:`heald.diagnose.llm`). A hypothesis without a runbook gets
+the most specific runbook that matches its category. The most confident hypothesis wins; when
+another reasoner's hypothesis disagrees with it (neither category explains the other, see
+:mod:`heald.diagnose.categories`), the gate sees the lower of the two confidences. With no
+hypothesis at all the category is ``unknown`` with confidence 0, which the gate escalates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+import structlog
+
+from heald.diagnose.categories import agree
 from heald.diagnose.runbooks import Runbook, match_labels, render
-from heald.models import Diagnosis, Incident, Signal, SignalStatus
+from heald.models import Diagnosis, Incident, RemedyCandidate, Signal, SignalStatus
+
+log = structlog.get_logger("heald.diagnose")
 
 
 class Reasoner(Protocol):
-    """Turns an incident and its signals into a hypothesis, or None when it has none."""
+    """Turns an incident and its signals into a hypothesis, or None when it has none. May raise
+    :class:`ReasonerUnavailable` (heald then falls back to the other reasoners)."""
 
     name: str
 
     def diagnose(self, incident: Incident, signals: list[Signal]) -> Finding | None: ...
 
 
+class ReasonerUnavailable(RuntimeError):
+    """A reasoner could not give a valid answer (endpoint down, answer invalid, circuit open).
+    ``usage`` is the accounting of what the attempt cost, if anything (see :class:`Finding`)."""
+
+    def __init__(self, reason: str, usage: dict[str, Any] | None = None):
+        super().__init__(reason)
+        self.usage = usage
+
+
 @dataclass(frozen=True)
 class Finding:
-    """A reasoner's hypothesis plus the runbook it came from (its remedies become the plan)."""
+    """A hypothesis plus the runbook whose remedies become the plan.
+
+    ``remedies`` are extra candidates a reasoner proposed (an LLM), already validated against
+    the catalog. After :func:`diagnose`: ``hypotheses`` holds every reasoner's own diagnosis,
+    ``notes`` what went wrong with reasoners that gave none (fallbacks), ``usage`` the LLM
+    accounting records (model, prompt/completion tokens, cost in USD, latency in seconds).
+    """
 
     diagnosis: Diagnosis
     runbook: Runbook | None = None
+    remedies: tuple[RemedyCandidate, ...] = ()
+    hypotheses: tuple[Diagnosis, ...] = ()
+    notes: tuple[str, ...] = ()
+    usage: tuple[dict[str, Any], ...] = field(default=())
 
 
 def signal_context(signal: Signal) -> dict[str, str]:
@@ -37,9 +65,14 @@ def signal_context(signal: Signal) -> dict[str, str]:
     return {**signal.annotations, **match_labels(signal)}
 
 
+def _firing_newest_first(signals: list[Signal]) -> list[Signal]:
+    return [s for s in reversed(signals) if s.status == SignalStatus.firing] or list(reversed(signals))
+
+
 class RunbookReasoner:
-    """Diagnoses by the most specific matching runbook (most matchers, then highest confidence);
-    each runbook is tried against the firing signals, newest first."""
+    """Diagnoses by the most specific matching runbook (most conditions, then highest
+    confidence); each runbook is tried against the firing signals, newest first. Runbooks that
+    match on a category are not used here: they give remedies to other reasoners' hypotheses."""
 
     name = "runbook"
 
@@ -47,9 +80,11 @@ class RunbookReasoner:
         self.runbooks = runbooks
 
     def diagnose(self, incident: Incident, signals: list[Signal]) -> Finding | None:
-        firing = [s for s in reversed(signals) if s.status == SignalStatus.firing] or list(reversed(signals))
+        firing = _firing_newest_first(signals)
         best: tuple[tuple[int, float], Runbook, Signal] | None = None
         for rb in self.runbooks:
+            if rb.diagnosis is None:
+                continue
             for sig in firing:
                 if rb.applies_to(sig):
                     rank = (rb.specificity, rb.diagnosis.confidence)
@@ -59,6 +94,7 @@ class RunbookReasoner:
         if best is None:
             return None
         _, rb, sig = best
+        assert rb.diagnosis is not None
         try:
             explanation = render(rb.diagnosis.explanation, signal_context(sig))
         except KeyError:
@@ -69,12 +105,81 @@ class RunbookReasoner:
                                  confidence=rb.diagnosis.confidence, reasoner=self.name, runbook=rb.name), rb)
 
 
-def diagnose(incident: Incident, signals: list[Signal], reasoners: list[Reasoner]) -> Finding:
-    """Ask every reasoner; keep the most confident finding. Never raises for lack of an answer:
-    returns category ``unknown`` with confidence 0."""
-    findings = [f for r in reasoners if (f := r.diagnose(incident, signals)) is not None]
+def runbook_for_category(runbooks: list[Runbook], category: str, signals: list[Signal]) -> Runbook | None:
+    """The most specific runbook that matches on ``category`` and whose other conditions hold
+    for one of the signals; None when there is none."""
+    best: tuple[int, Runbook] | None = None
+    for rb in runbooks:
+        if rb.match.category is None or category not in rb.match.categories:
+            continue
+        if any(rb.applies_to(s, category) for s in _firing_newest_first(signals)):
+            if best is None or rb.specificity > best[0]:
+                best = (rb.specificity, rb)
+    return best[1] if best else None
+
+
+def _agree(a: Finding, b: Finding) -> bool:
+    ca, cb = a.diagnosis.category, b.diagnosis.category
+    if agree(ca, cb):
+        return True
+    for f, other in ((a, cb), (b, ca)):
+        if f.runbook is not None and f.runbook.diagnosis is not None and other in f.runbook.diagnosis.explains:
+            return True
+    return False
+
+
+def diagnose(incident: Incident, signals: list[Signal], reasoners: list[Reasoner],
+             runbooks: list[Runbook] | None = None) -> Finding:
+    """Ask every reasoner; keep the most confident hypothesis (a runbook-backed one on a tie),
+    give it the runbook for its category when it has none, and lower its confidence to the
+    lowest confidence of any hypothesis that disagrees with it. Never raises for lack of an
+    answer: returns category ``unknown`` with confidence 0. A reasoner that raises is skipped
+    (the reason is kept in ``notes``)."""
+    findings: list[Finding] = []
+    notes: list[str] = []
+    usage: list[dict[str, Any]] = []
+    for r in reasoners:
+        try:
+            f = r.diagnose(incident, signals)
+        except ReasonerUnavailable as exc:
+            notes.append(f"{r.name}: {exc}; falling back to the other reasoners")
+            if exc.usage:
+                usage.append(exc.usage)
+            continue
+        except Exception as exc:  # a broken reasoner must not stop the healing; the others still answer
+            log.exception("reasoner.failed", reasoner=r.name)
+            notes.append(f"{r.name} failed: {exc.__class__.__name__}: {exc}")
+            continue
+        if f is None:
+            continue
+        usage.extend(f.usage)
+        if f.runbook is None and runbooks:
+            rb = runbook_for_category(runbooks, f.diagnosis.category, signals)
+            if rb is not None:
+                f = Finding(f.diagnosis.model_copy(update={"runbook": rb.name}), rb, f.remedies)
+        findings.append(f)
+    hypotheses = tuple(f.diagnosis for f in findings)
     if not findings:
         return Finding(Diagnosis(category="unknown", confidence=0.0, reasoner="none",
                                  explanation="no runbook or reasoner recognised these signals",
-                                 evidence=[f"{s.source}: {s.summary or s.kind}" for s in signals[:10]]))
-    return max(findings, key=lambda f: f.diagnosis.confidence)
+                                 evidence=[f"{s.source}: {s.summary or s.kind}" for s in signals[:10]]),
+                       notes=tuple(notes), usage=tuple(usage))
+    best = max(findings, key=lambda f: (f.diagnosis.confidence, f.runbook is not None or bool(f.remedies)))
+    d = best.diagnosis
+    against = [f for f in findings if not _agree(best, f)]
+    if against:
+        low = min(against, key=lambda f: f.diagnosis.confidence)
+        conf = min(d.confidence, low.diagnosis.confidence)
+        others = "; ".join(f"{f.diagnosis.reasoner} says {f.diagnosis.category} ({f.diagnosis.confidence:.2f})"
+                           for f in against)
+        d = d.model_copy(update={
+            "confidence": conf,
+            "explanation": f"{d.explanation} [reasoners disagree: {d.reasoner} says {d.category} "
+                           f"({best.diagnosis.confidence:.2f}), {others}; the gate sees the lower confidence {conf:.2f}]"})
+    else:
+        agreeing = sorted({f.diagnosis.reasoner for f in findings} - {d.reasoner})
+        if agreeing:
+            d = d.model_copy(update={"explanation": f"{d.explanation} [{', '.join(agreeing)} agree]"})
+    extra = [e for f in findings if f is not best for e in f.diagnosis.evidence if e not in d.evidence]
+    d = d.model_copy(update={"evidence": [*d.evidence, *extra][:30]})
+    return Finding(d, best.runbook, best.remedies, hypotheses, tuple(notes), tuple(usage))

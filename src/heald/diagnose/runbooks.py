@@ -19,6 +19,7 @@ line and key.
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Mapping
 from importlib import resources
@@ -29,15 +30,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from heald.matchers import Matcher, matches_all, parse_matcher
 from heald.models import Risk, Signal
-from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, read_yaml
+from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, key_line, read_yaml
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
 
+def _as_list(v: str | list[str] | None) -> list[str]:
+    if v is None:
+        return []
+    return [v] if isinstance(v, str) else list(v)
+
+
 class RunbookMatch(_Strict):
+    """What a runbook matches. Every condition given must hold (for one signal of the
+    incident); a list inside one condition means any of its values. ``category`` holds when a
+    reasoner (the signature knowledge base, the LLM) diagnosed one of those categories."""
+
     labels: list[str] = Field(default_factory=list, description="Alertmanager-style matchers, all must match")
+    source: str | list[str] | None = Field(default=None, description="the signal's source, e.g. probe, alertmanager, logs")
+    fingerprint: str | list[str] | None = Field(default=None, description="the signal's fingerprint (exact)")
+    log: str | list[str] | None = Field(default=None, description="regexes; every one must be found in the signal's text")
+    category: str | list[str] | None = Field(default=None, description="a category some reasoner diagnosed")
 
     @field_validator("labels")
     @classmethod
@@ -46,15 +61,48 @@ class RunbookMatch(_Strict):
             parse_matcher(text)
         return v
 
+    @field_validator("log")
+    @classmethod
+    def _regex(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for text in _as_list(v):
+            try:
+                re.compile(text)
+            except re.error as exc:
+                raise ValueError(f"invalid regex {text!r}: {exc}") from exc
+        return v
+
+    @field_validator("category")
+    @classmethod
+    def _category(cls, v: str | list[str] | None) -> str | list[str] | None:
+        for text in _as_list(v):
+            if not _CATEGORY.fullmatch(text):
+                raise ValueError(f"invalid category {text!r}: expected lowercase letters, digits, '_', '.', '-'")
+        return v
+
     @property
     def matchers(self) -> list[Matcher]:
         return [parse_matcher(t) for t in self.labels]
+
+    @property
+    def categories(self) -> list[str]:
+        return _as_list(self.category)
+
+    @property
+    def conditions(self) -> int:
+        """How many conditions this match states (its specificity)."""
+        return (len(self.labels) + len(_as_list(self.log)) + (self.source is not None)
+                + (self.fingerprint is not None) + (self.category is not None))
+
+
+_CATEGORY = re.compile(r"^[a-z0-9_.-]{1,100}$")
 
 
 class RunbookDiagnosis(_Strict):
     category: str = Field(min_length=1, max_length=100, pattern=r"^[a-z0-9_.-]+$")
     confidence: float = Field(ge=0, le=1)
     explanation: str = ""
+    explains: list[str] = Field(default_factory=list,
+                                description="categories this one explains (so a reasoner naming them agrees)")
 
 
 class RunbookRemedy(_Strict):
@@ -81,21 +129,58 @@ class RunbookVerify(_Strict):
     timeout_seconds: float | None = Field(default=None, gt=0)
 
 
+class RunbookExample(_Strict):
+    """A signal the runbook must match (for a category runbook, with the diagnosed
+    ``category``); loading fails when it does not, so examples stay true."""
+
+    signal: Signal
+    category: str | None = None
+
+
 class Runbook(_Strict):
     name: str = Field(min_length=1, max_length=200)
     description: str = ""
     match: RunbookMatch
-    diagnosis: RunbookDiagnosis
+    diagnosis: RunbookDiagnosis | None = None
     remedies: list[RunbookRemedy] = Field(default_factory=list)
     verify: RunbookVerify = Field(default_factory=RunbookVerify)
+    examples: list[RunbookExample] = Field(default_factory=list,
+                                           description="signals this runbook must match (checked when loading)")
     source_file: str | None = Field(default=None, exclude=True)
 
-    def applies_to(self, signal: Signal) -> bool:
-        return matches_all(self.match.matchers, match_labels(signal))
+    @model_validator(mode="after")
+    def _diagnosis_or_category(self) -> Runbook:
+        if self.diagnosis is None and self.match.category is None:
+            raise ValueError("a runbook needs 'diagnosis' (what it concludes) unless it matches on 'match.category'")
+        if self.diagnosis is not None and self.match.category is not None:
+            raise ValueError("a runbook that matches on 'match.category' takes its diagnosis from the reasoner "
+                             "that named the category; remove 'diagnosis' (or the category condition)")
+        return self
+
+    def applies_to(self, signal: Signal, category: str | None = None) -> bool:
+        """Do this runbook's signal conditions hold for ``signal`` (and, when the runbook
+        matches on categories, is ``category`` one of them)?"""
+        m = self.match
+        if m.category is not None and category not in m.categories:
+            return False
+        if m.source is not None and signal.source not in _as_list(m.source):
+            return False
+        if m.fingerprint is not None and signal.fingerprint not in _as_list(m.fingerprint):
+            return False
+        if m.log is not None:
+            text = signal_text(signal)
+            if not all(re.search(p, text, re.MULTILINE) for p in _as_list(m.log)):
+                return False
+        return matches_all(m.matchers, match_labels(signal))
 
     @property
     def specificity(self) -> int:
-        return len(self.match.labels)
+        return self.match.conditions
+
+    @property
+    def category(self) -> str:
+        """The category this runbook concludes (its diagnosis, else its first match.category)."""
+        return self.diagnosis.category if self.diagnosis else self.match.categories[0]
 
 
 class RunbookFile(_Strict):
@@ -104,8 +189,25 @@ class RunbookFile(_Strict):
 
 def match_labels(signal: Signal) -> dict[str, str]:
     """A signal's labels plus the pseudo-labels runbooks can match on."""
-    return {**signal.labels, "source": signal.source, "kind": signal.kind, "service": signal.service or "",
+    return {**signal.labels, "source": signal.source, "kind": signal.kind,
+            "service": signal.service or signal.labels.get("service", ""),
             "severity": signal.severity.value, "status": signal.status.value}
+
+
+def signal_text(signal: Signal) -> str:
+    """The text of a signal that log signatures and classifiers read: its labels as one
+    ``name=value`` line, its summary, then each annotation (``name: value``; a multi-line value,
+    such as log lines or a traceback, follows on lines of its own, verbatim)."""
+    lines = [" ".join(f"{k}={v}" for k, v in sorted(match_labels(signal).items()) if v)]
+    if signal.summary:
+        lines.append(signal.summary)
+    for k, v in signal.annotations.items():
+        if "\n" in v:
+            lines.append(f"{k}:")
+            lines.extend(v.splitlines())
+        else:
+            lines.append(f"{k}: {v}")
+    return "\n".join(lines)
 
 
 def render(value: Any, context: Mapping[str, str]) -> Any:
@@ -133,9 +235,15 @@ def load_file(path: Path) -> list[Runbook]:
     problems = []
     for i, rb in enumerate(parsed.runbooks):
         if rb.name in seen:
-            problems.append(YamlProblem(str(path), 0, f"runbooks.{i}.name", f"duplicate runbook name {rb.name!r} (also runbooks.{seen[rb.name]})"))
+            problems.append(YamlProblem(str(path), key_line(text, ["runbooks", i, "name"]), f"runbooks.{i}.name",
+                                        f"duplicate runbook name {rb.name!r} (also runbooks.{seen[rb.name]})"))
         seen[rb.name] = i
         rb.source_file = str(path)
+        for j, ex in enumerate(rb.examples):
+            if not rb.applies_to(ex.signal, ex.category):
+                loc = ["runbooks", i, "examples", j]
+                problems.append(YamlProblem(str(path), key_line(text, loc), ".".join(map(str, loc)),
+                                            f"this example does not match runbook {rb.name!r}"))
     if problems:
         raise YamlFileError(problems)
     return parsed.runbooks
