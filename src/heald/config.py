@@ -73,6 +73,49 @@ class ServiceConfig(_Section):
     stop_timeout_seconds: Seconds = 5.0
 
 
+DEFAULT_ERROR_PATTERN = (r"(?i)\b(?:error|err|critical|crit|fatal|panic|emerg|alert|exception|failed|failure)\b|"
+                         r"Traceback \(most recent call last\)|\"level\"\s*:\s*\"(?:error|critical|fatal)\"|"
+                         r"\blevel=(?:error|crit|fatal)|\bOut of memory\b|\bKilled process\b|No space left|"
+                         r"\b(?:HTTP/[\d.]+\"\s+|status[\"=: ]+)5\d\d\b")
+
+
+class LogSourceConfig(_Section):
+    """A log heald tails and mines for error templates (:mod:`heald.sources.logs`)."""
+
+    path: str = Field(description="a file to follow, or '-' for heald's standard input")
+    name: str | None = Field(default=None, description="the log's name in labels (default: the file name)")
+    service: str | None = Field(default=None, description="the service whose log it is")
+    labels: dict[str, str] = Field(default_factory=dict)
+    error_pattern: str = Field(default=DEFAULT_ERROR_PATTERN, description="a regex: records it finds are errors")
+    from_start: bool = Field(default=False, description="read the file from its start (default: only new lines)")
+    new_template_signals: bool = Field(default=True, description="signal an error template never seen before")
+    rate_window_seconds: Seconds = 60.0
+    rate_factor: float = Field(default=5.0, gt=1, description="a jump is this many times the template's earlier rate")
+    rate_min_count: int = Field(default=10, ge=1, description="…and at least this many lines in the window")
+    resolve_after_seconds: Seconds = Field(default=120.0, description="quiet this long → a resolved signal")
+    similarity_threshold: float = Field(default=0.5, gt=0, lt=1, description="drain3's sim_th")
+    max_templates: int = Field(default=2000, ge=10, le=1_000_000)
+    max_evidence_lines: int = Field(default=30, ge=1, le=1000)
+    max_line_bytes: int = Field(default=16_384, ge=256)
+    max_lines_per_poll: int = Field(default=5000, ge=1)
+    poll_interval_seconds: Seconds = 0.25
+
+    @field_validator("error_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"invalid regex: {exc}") from exc
+        return v
+
+    @property
+    def label(self) -> str:
+        return self.name or ("stdin" if self.path == "-" else Path(self.path).name)
+
+
 class HealingConfig(_Section):
     """Bounds on every healing loop (DESIGN.md invariant 4)."""
 
@@ -120,6 +163,7 @@ class HealdConfig(_Section):
     api: ApiConfig = Field(default_factory=ApiConfig)
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     runbooks: list[Path] = Field(default_factory=list, description="extra runbook files or directories")
+    logs: list[LogSourceConfig] = Field(default_factory=list, description="logs to tail and mine for errors")
     default_runbooks: bool = True
     healing: HealingConfig = Field(default_factory=HealingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
@@ -149,6 +193,9 @@ class HealdConfig(_Section):
         if not self.state_dir.is_absolute():
             self.state_dir = (base / self.state_dir).resolve()
         self.runbooks = [p if p.is_absolute() else (base / p).resolve() for p in self.runbooks]
+        for lg in self.logs:
+            if lg.path != "-" and not Path(lg.path).is_absolute():
+                lg.path = str((base / lg.path).resolve())
         for svc in self.services.values():
             if svc.cwd is not None and not svc.cwd.is_absolute():
                 svc.cwd = (base / svc.cwd).resolve()

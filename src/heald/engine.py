@@ -46,6 +46,7 @@ from heald.models import (
 )
 from heald.plan import make_plan
 from heald.policy import decide
+from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, NotFound, Store
 from heald.supervise import Supervisor
@@ -77,13 +78,15 @@ def dbos_config(config: HealdConfig) -> dict[str, Any]:
 
 
 class Runtime:
-    """A running heald: store, supervisor, probes, runbooks and the DBOS engine.
+    """A running heald: store, supervisor, probes, log tailers, runbooks, reasoners and the DBOS
+    engine.
 
     ``manage_services`` starts (or adopts) the managed services; ``run_probes`` runs the
-    probes. One Runtime per process (DBOS is a per-process singleton).
+    probes; ``tail_logs`` follows the configured logs. One Runtime per process (DBOS is a per-process singleton).
     """
 
-    def __init__(self, config: HealdConfig, *, manage_services: bool = True, run_probes: bool = True):
+    def __init__(self, config: HealdConfig, *, manage_services: bool = True, run_probes: bool = True,
+                 tail_logs: bool = True):
         self.config = config
         self.store = Store(config.database)
         self.supervisor = Supervisor(config)
@@ -91,6 +94,7 @@ class Runtime:
         self.reasoners: list[Reasoner] = [RunbookReasoner(self.runbooks), KnowledgeBaseReasoner()]
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
+        self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
         self.started = False
         self._lock = threading.Lock()
 
@@ -114,12 +118,16 @@ class Runtime:
         self.resume_open_incidents()
         if self.probes:
             self.probes.start()
+        for tailer in self.log_tailers:
+            tailer.start()
 
     def stop(self, *, stop_services: bool = False) -> None:
         """Stop probes and DBOS; with ``stop_services`` also the managed services."""
         global _runtime
         if self.probes:
             self.probes.stop()
+        for tailer in self.log_tailers:
+            tailer.stop()
         if self.started:
             # Workflows still waiting (an approval, a cooldown) stay PENDING and resume at the next
             # start; their threads fail noisily as DBOS goes away, which is expected here.

@@ -237,3 +237,4 @@ def main() -> None:
 
 # Commands of each area (registered on ``app`` when imported).
 from heald.cli import runbooks as _runbooks  # noqa: E402,F401
+from heald.cli import logs as _logs  # noqa: E402,F401
