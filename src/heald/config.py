@@ -116,6 +116,46 @@ class LogSourceConfig(_Section):
         return self.name or ("stdin" if self.path == "-" else Path(self.path).name)
 
 
+class LLMConfig(_Section):
+    """The optional LLM reasoner (:mod:`heald.diagnose.llm`): any OpenAI-compatible endpoint.
+
+    ``base_url``, ``model`` and the key may also come from the environment:
+    ``HEALD_LLM_BASE_URL``, ``HEALD_LLM_MODEL`` and the variable named by ``api_key_env``
+    (default ``HEALD_LLM_API_KEY``, then ``OPENAI_API_KEY``)."""
+
+    enabled: bool = False
+    base_url: str | None = Field(default=None, description="e.g. https://api.openai.com/v1, http://127.0.0.1:11434/v1")
+    model: str | None = None
+    api_key: str | None = Field(default=None, description="prefer api_key_env: a key in a file is a secret at rest")
+    api_key_env: str = "HEALD_LLM_API_KEY"
+    timeout_seconds: Seconds = 30.0
+    max_retries: int = Field(default=2, ge=0, le=10, description="retries of a failed call (connection, 429, 5xx)")
+    backoff_initial_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=8.0, ge=0)
+    circuit_failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that open the circuit")
+    circuit_reset_seconds: Seconds = Field(default=60.0, description="how long an open circuit refuses calls")
+    max_tokens: int = Field(default=1000, ge=16, le=100_000, description="completion tokens per call")
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    max_input_chars: int = Field(default=16_000, ge=1000, description="bound on the incident data sent")
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_object", description="what to ask the endpoint for (json_schema where it supports it)")
+    input_cost_per_million: float = Field(default=0.0, ge=0, description="USD per million prompt tokens")
+    output_cost_per_million: float = Field(default=0.0, ge=0, description="USD per million completion tokens")
+
+    def resolved(self) -> tuple[str | None, str | None, str | None]:
+        """(base_url, model, api_key) from the file, else the environment."""
+        base = self.base_url or os.environ.get("HEALD_LLM_BASE_URL") or os.environ.get("OPENAI_BASE_URL")
+        model = self.model or os.environ.get("HEALD_LLM_MODEL")
+        key = self.api_key or os.environ.get(self.api_key_env) or os.environ.get("OPENAI_API_KEY")
+        return base, model, key
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> LLMConfig:
+        if self.enabled and not self.resolved()[1]:
+            raise ValueError("the LLM reasoner is enabled but has no model: set 'model' or $HEALD_LLM_MODEL")
+        return self
+
+
 class HealingConfig(_Section):
     """Bounds on every healing loop (DESIGN.md invariant 4)."""
 
@@ -164,6 +204,7 @@ class HealdConfig(_Section):
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     runbooks: list[Path] = Field(default_factory=list, description="extra runbook files or directories")
     logs: list[LogSourceConfig] = Field(default_factory=list, description="logs to tail and mine for errors")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
     default_runbooks: bool = True
     healing: HealingConfig = Field(default_factory=HealingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)

@@ -92,6 +92,10 @@ class Runtime:
         self.supervisor = Supervisor(config)
         self.runbooks: list[Runbook] = load_runbooks(config.runbooks, config.default_runbooks)
         self.reasoners: list[Reasoner] = [RunbookReasoner(self.runbooks), KnowledgeBaseReasoner()]
+        if config.llm.enabled:
+            from heald.diagnose.llm import LLMReasoner
+
+            self.reasoners.append(LLMReasoner(config.llm, self.runbooks))
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
@@ -304,13 +308,15 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str,
 
 def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
     """Store the diagnosis the gate will see, with every reasoner's own hypothesis and the
-    fallbacks taken (audit)."""
+    fallbacks taken (audit), and what the LLM calls cost."""
     if len(finding.hypotheses) > 1 or finding.notes:
         store.record(actor="heald", event="diagnosis.hypotheses", incident_id=incident_id,
                      reason="; ".join([*(f"{h.reasoner}: {h.category} ({h.confidence:.2f})" for h in finding.hypotheses),
                                        *finding.notes]),
                      details={"hypotheses": [h.model_dump(mode="json", exclude_none=True) for h in finding.hypotheses],
                               "notes": list(finding.notes)})
+    for u in finding.usage:
+        store.add_llm_usage(incident_id, u)
     store.add_diagnosis(incident_id, finding.diagnosis)
 
 

@@ -62,3 +62,52 @@ def test_log_error_is_diagnosed_by_the_kb_and_healed(tmp_path: Path, start_runti
     assert detail["actions"][0]["remedy"] == "restart_process"
     assert starts.read_text().count("start") == 2
     assert detail["signals"][0]["source"] == "logs" and "Traceback" in detail["signals"][0]["annotations"]["log"]
+
+
+def test_llm_reasoner_in_the_workflow_with_accounting_and_fallback(tmp_path: Path, start_runtime) -> None:
+    import json
+
+    from heald.models import Signal
+    from tests.diagnose.fake_openai import FakeOpenAI
+
+    replies = iter([
+        (200, json.dumps({"category": "disk_full", "root_cause": "the volume is full",
+                          "reasoning_steps": ["ENOSPC in the log"], "confidence": 0.95, "evidence": [],
+                          "remedies": [{"remedy": "restart_process", "params": {"service": "svc"}}]}), 0),
+        (200, "sure! the disk is full", 0),
+    ])
+    server = FakeOpenAI(lambda body: next(replies))
+    try:
+        cfg = make_config(tmp_path, llm={"enabled": True, "base_url": server.url, "model": "test-model",
+                                         "api_key": "k", "input_cost_per_million": 2.0,
+                                         "output_cost_per_million": 8.0, "max_retries": 0})
+        rt = start_runtime(cfg, manage_services=False, run_probes=False)
+        assert [r.name for r in rt.reasoners] == ["runbook", "kb", "llm"]
+
+        def raise_incident(service: str) -> int:
+            rt.ingest(Signal(source="generic", service=service, summary="writes failing",
+                             labels={"alertname": "WritesFailing", "service": service},
+                             annotations={"log": "OSError: [Errno 28] No space left on device"}))
+            return wait_for(lambda: [i for i in rt.store.list_incidents() if i.service == service], what="incident")[0].id
+
+        first = raise_incident("svc")
+        wait_for(lambda: rt.store.get_incident(first).state == IncidentState.awaiting_approval, what="approval wait")
+        detail = rt.store.incident_detail(first)
+        d = detail["diagnoses"][0]
+        assert d["reasoner"] == "llm" and d["category"] == "disk_full" and "kb agree" in d["explanation"]
+        assert detail["plans"][0]["candidates"][0]["risk"] == "medium"  # an LLM's own proposal: approval needed
+        usage = detail["llm_usage"]
+        assert usage["calls"][0]["outcome"] == "ok" and usage["total"]["prompt_tokens"] == 1200
+        assert usage["total"]["cost_usd"] == 1200 * 2e-6 + 150 * 8e-6
+        assert any(e["event"] == "llm.usage" for e in detail["timeline"])
+        rt.approve(first, "alice", "reject", "not now")
+
+        second = raise_incident("other")
+        wait_for(lambda: rt.store.get_incident(second).state.terminal, what="second incident ends")
+        detail = rt.store.incident_detail(second)
+        assert detail["diagnoses"][0]["reasoner"] == "kb"  # fell back
+        assert detail["llm_usage"]["calls"][0]["outcome"] == "invalid"
+        notes = [e for e in detail["timeline"] if e["event"] == "diagnosis.hypotheses"]
+        assert notes and "answer rejected" in notes[0]["reason"]
+    finally:
+        server.close()

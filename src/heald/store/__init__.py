@@ -43,6 +43,7 @@ from heald.store.tables import (
     DecisionRow,
     DiagnosisRow,
     IncidentRow,
+    LlmUsageRow,
     OutcomeRow,
     PlanRow,
     SignalRow,
@@ -225,6 +226,32 @@ class Store:
             return [Diagnosis(id=r.id, incident_id=r.incident_id, category=r.category, explanation=r.explanation,
                               evidence=r.evidence, confidence=r.confidence, reasoner=r.reasoner,
                               runbook=r.runbook, created_at=r.created_at) for r in rows]
+
+    def add_llm_usage(self, incident_id: int, usage: dict[str, Any]) -> None:
+        """Record what one LLM reasoning cost: ``usage`` has reasoner, model, calls,
+        prompt_tokens, completion_tokens, cost_usd (USD), latency_s (seconds) and outcome
+        (``ok``, ``invalid``, ``error``)."""
+        with self.tx() as s:
+            fields = {k: usage[k] for k in ("reasoner", "model", "calls", "prompt_tokens", "completion_tokens",
+                                            "cost_usd", "latency_s", "outcome")}
+            s.add(LlmUsageRow(incident_id=incident_id, created_at=utcnow(), **fields))
+            s.flush()
+            audit.append(s, actor="heald", event="llm.usage", incident_id=incident_id,
+                         reason=f"{fields['model']}: {fields['prompt_tokens']}+{fields['completion_tokens']} tokens, "
+                                f"${fields['cost_usd']:.6f}, {fields['latency_s']:.2f} s ({fields['outcome']})",
+                         details=fields)
+
+    def llm_usage_for(self, incident_id: int) -> dict[str, Any]:
+        """An incident's LLM accounting: {"calls": [...], "total": {prompt_tokens,
+        completion_tokens, cost_usd, latency_s}}."""
+        with self.tx() as s:
+            rows = s.scalars(sa.select(LlmUsageRow).where(LlmUsageRow.incident_id == incident_id)
+                             .order_by(LlmUsageRow.id)).all()
+            calls = [{"reasoner": r.reasoner, "model": r.model, "calls": r.calls, "prompt_tokens": r.prompt_tokens,
+                      "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd, "latency_s": r.latency_s,
+                      "outcome": r.outcome, "created_at": r.created_at.isoformat()} for r in rows]
+        total = {k: sum(c[k] for c in calls) for k in ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")}
+        return {"calls": calls, "total": total}
 
     def add_plan(self, plan: Plan) -> Plan:
         with self.tx() as s:
@@ -409,6 +436,7 @@ class Store:
             "actions": dump(self.actions_for(incident_id)),
             "verifications": dump(self.verifications_for(incident_id)),
             "outcomes": dump(self.outcomes(incident_id=incident_id)),
+            "llm_usage": self.llm_usage_for(incident_id),
             "timeline": dump(self.audit_entries(incident_id=incident_id, limit=10_000)),
         }
 

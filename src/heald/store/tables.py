@@ -162,6 +162,21 @@ class OutcomeRow(Base):
     created_at: Mapped[datetime]
 
 
+class LlmUsageRow(Base):
+    __tablename__ = "llm_usage"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
+    reasoner: Mapped[str] = mapped_column(sa.String(100))
+    model: Mapped[str] = mapped_column(sa.String(200))
+    calls: Mapped[int]
+    prompt_tokens: Mapped[int]
+    completion_tokens: Mapped[int]
+    cost_usd: Mapped[float]
+    latency_s: Mapped[float]
+    outcome: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+
+
 class AuditRow(Base):
     __tablename__ = "audit_log"
     seq: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)
