@@ -74,6 +74,10 @@ class ServiceConfig(_Section):
 
 
 DEFAULT_ERROR_PATTERN = (r"(?i)\b(?:error|err|critical|crit|fatal|panic|emerg|alert|exception|failed|failure)\b|"
+                         r"\b[\w.$]*(?:Error|Exception)\b|OOMKilled|CrashLoopBackOff|BackOff|"
+                         r"\b(?:exited with (?:code|status) [1-9]|terminated by signal|killed|crash(?:ed)?|segfault|"
+                         r"core dumped|abort(?:ed)?|refused|denied|unreachable|unavailable|exceeded|timed out|"
+                         r"deadline|not found|cannot|can't|unable to)\b|"
                          r"Traceback \(most recent call last\)|\"level\"\s*:\s*\"(?:error|critical|fatal)\"|"
                          r"\blevel=(?:error|crit|fatal)|\bOut of memory\b|\bKilled process\b|No space left|"
                          r"\b(?:HTTP/[\d.]+\"\s+|status[\"=: ]+)5\d\d\b")

@@ -238,3 +238,4 @@ def main() -> None:
 # Commands of each area (registered on ``app`` when imported).
 from heald.cli import runbooks as _runbooks  # noqa: E402,F401
 from heald.cli import logs as _logs  # noqa: E402,F401
+from heald.cli import evaluate as _evaluate  # noqa: E402,F401

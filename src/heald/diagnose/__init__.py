@@ -107,13 +107,14 @@ class RunbookReasoner:
 
 def runbook_for_category(runbooks: list[Runbook], category: str, signals: list[Signal]) -> Runbook | None:
     """The most specific runbook that matches on ``category`` and whose other conditions hold
-    for one of the signals; None when there is none."""
+    for one of the signals (on a tie, the one loaded last: yours over the defaults); None when
+    there is none."""
     best: tuple[int, Runbook] | None = None
     for rb in runbooks:
         if rb.match.category is None or category not in rb.match.categories:
             continue
         if any(rb.applies_to(s, category) for s in _firing_newest_first(signals)):
-            if best is None or rb.specificity > best[0]:
+            if best is None or rb.specificity >= best[0]:  # on a tie the later (a user's, not a default) wins
                 best = (rb.specificity, rb)
     return best[1] if best else None
 

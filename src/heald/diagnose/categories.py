@@ -32,7 +32,7 @@ _NET = ("connection_refused", "network_timeout", "http_5xx", "unhandled_exceptio
 CATEGORIES: dict[str, Category] = {c.name: c for c in [
     # -- services ----------------------------------------------------------------------------
     Category("process_down", "the service's process is not running (crashed, killed, exited)", "service",
-             ("connection_refused", "http_5xx", "network_timeout")),
+             ("connection_refused", "http_5xx", "network_timeout", "dependency_down")),
     Category("dependency_down", "a service this one depends on is down or unreachable (upstream errors)", "service",
              _NET),
     Category("database_unavailable", "the service cannot reach or use its database or cache", "service", _NET),

@@ -33,7 +33,7 @@ class _Scored:
 
 
 def rank(found: list[tuple[str, Classification]]) -> list[_Scored]:
-    """Combine classifications (each with the name of the signal it came from) into scored
+    """Combine classifications (each with where it came from, may be '') into scored
     categories, best first (see the module docstring)."""
     by_cat: dict[str, list[tuple[str, Classification]]] = {}
     for where, c in found:
@@ -65,10 +65,10 @@ class KnowledgeBaseReasoner:
 
     def diagnose(self, incident: Incident, signals: list[Signal]) -> Finding | None:
         firing = [s for s in signals if s.status == SignalStatus.firing] or signals
-        found: list[tuple[str, Classification]] = []
-        for sig in firing[-50:]:
-            where = f"{sig.source}" + (f"/{sig.service}" if sig.service else "")
-            found.extend((where, c) for c in classify(signal_text(sig), self.limit_bytes))
+        # One text for the whole incident, so that a change in one signal and the failures in
+        # another are seen together; each signal's part starts with its labels line.
+        text = "\n".join(signal_text(s) for s in firing[-50:])
+        found = [("", c) for c in classify(text, self.limit_bytes)]
         ranked = [s for s in rank(found) if s.confidence >= MIN_CONFIDENCE]
         if not ranked:
             return None
@@ -78,11 +78,10 @@ class KnowledgeBaseReasoner:
         if competing is not None:
             conf = conf * (1 - 0.3 * competing.confidence)
         evidence: list[str] = []
-        for where, c in top.hits:
+        for _, c in top.hits:
             for line in c.evidence:
-                item = f"{where}: {line}"
-                if item not in evidence:
-                    evidence.append(item)
+                if line not in evidence:
+                    evidence.append(line)
         details = {k: v for _, c in top.hits for k, v in c.details.items() if v not in (None, "", [], {})}
         desc = CATEGORIES[top.category].description if top.category in CATEGORIES else top.category
         explanation = f"{desc} (recognised by {', '.join(sorted({c.classifier for _, c in top.hits}))})"

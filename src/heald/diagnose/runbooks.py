@@ -194,6 +194,10 @@ def match_labels(signal: Signal) -> dict[str, str]:
             "severity": signal.severity.value, "status": signal.status.value}
 
 
+#: Annotations that hold raw text (log lines, program output): always on lines of their own.
+LOG_ANNOTATIONS = frozenset({"log", "logs", "output", "stdout", "stderr", "traceback", "evidence", "excerpt"})
+
+
 def signal_text(signal: Signal) -> str:
     """The text of a signal that log signatures and classifiers read: its labels as one
     ``name=value`` line, its summary, then each annotation (``name: value``; a multi-line value,
@@ -202,7 +206,7 @@ def signal_text(signal: Signal) -> str:
     if signal.summary:
         lines.append(signal.summary)
     for k, v in signal.annotations.items():
-        if "\n" in v:
+        if "\n" in v or k in LOG_ANNOTATIONS:
             lines.append(f"{k}:")
             lines.extend(v.splitlines())
         else:

@@ -111,4 +111,5 @@ from heald.diagnose.signatures import network as _network  # noqa: E402,F401
 from heald.diagnose.signatures import resources as _resources  # noqa: E402,F401
 from heald.diagnose.signatures import http as _http  # noqa: E402,F401
 from heald.diagnose.signatures import alerts as _alerts  # noqa: E402,F401
+from heald.diagnose.signatures import changes as _changes  # noqa: E402,F401
 from heald.diagnose.signatures import ci as _ci  # noqa: E402,F401

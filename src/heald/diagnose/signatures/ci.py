@@ -144,7 +144,9 @@ RULES = [
                           r"Job (?:exceeded|timed out)|The job was canceled because it exceeded"), 0.88),
     # environment drift
     Rule("environment_drift", rx(r"\b[\w.\-]+: command not found|/bin/sh: \d+: [\w.\-]+: not found|"
-                                 r"Version [\d.]+ with arch \w+ not found|error: externally-managed-environment|"
+                                 r"[Vv]ersion '?[\d.]+'? with arch(?:itecture)? '?\w+'? (?:was )?not found|"
+                                 r"pyenv: version `[^']+' (?:is )?not installed|No such file or directory: '?python[\d.]*'?|"
+                                 r"python[\d.]*: (?:command )?not found|error: externally-managed-environment|"
                                  r"The specified python version file at|Unable to locate package|"
                                  r"No interpreter found for Python|InterpreterNotFound|"
                                  r"unsupported (?:python|interpreter) version|runner image \S+ is deprecated"), 0.8),

@@ -168,7 +168,7 @@ def categorize(exc: PyException) -> tuple[str, float] | None:
 def python_traceback(text: str) -> list[Classification]:
     """One Classification per distinct final exception type: the category of the most
     specific exception of its chain (confidence of that rule), else ``unhandled_exception``
-    (0.6). Evidence: the header, the last two frames and the exception lines; details:
+    (0.75). Evidence: the header, the last two frames and the exception lines; details:
     exception, message, module, file, line, function."""
     if "Traceback (most recent call last)" not in text:
         return []
@@ -180,7 +180,7 @@ def python_traceback(text: str) -> list[Classification]:
             cat = categorize(exc)
             if cat is not None and (best is None or cat[1] > best[1]):
                 best = cat
-        category, conf = best or ("unhandled_exception", 0.6)
+        category, conf = best or ("unhandled_exception", 0.75)
         key = (category, final.type)
         if key in found:
             continue
