@@ -142,6 +142,12 @@ RULES = [
     Rule("ci_timeout", rx(r"has exceeded the maximum execution time|\+{3,} Timeout \+{3,}|Failed: Timeout >[\d.]+s|"
                           r"The action has timed out|timed out after \d+ (?:minutes|seconds)|"
                           r"Job (?:exceeded|timed out)|The job was canceled because it exceeded"), 0.88),
+    Rule("ci_timeout", rx(r"Process completed with exit code 124\b|timeout: sending signal|"
+                          r"Terminated after \d+ ?(?:s|m|seconds|minutes)\b|Timed out waiting for"), 0.75),
+    # flaky tests (the flaky and pytest-rerunfailures plugins)
+    Rule("flaky_test", rx(r"Flaky Test Report|failed \(\d+ runs? remaining out of \d+\)|"
+                          r"passed \d+ out of the required \d+ times|\bRERUN\b.*\n?.*\bPASSED\b|"
+                          r"(?:test|tests) (?:is|are|were) flaky|marked flaky|flaky (?:test|failure) detected"), 0.8),
     # environment drift
     Rule("environment_drift", rx(r"\b[\w.\-]+: command not found|/bin/sh: \d+: [\w.\-]+: not found|"
                                  r"[Vv]ersion '?[\d.]+'? with arch(?:itecture)? '?\w+'? (?:was )?not found|"

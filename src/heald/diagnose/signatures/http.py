@@ -24,7 +24,7 @@ MIN_5XX = 3
 MIN_RATIO = 0.1
 
 _ACCESS = re.compile(r'"(?P<method>GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS) (?P<path>\S+) HTTP/[\d.]+"\s+(?P<status>[1-5]\d\d)\b')
-_FIELD = re.compile(r'"?\b(?:status|status_code|statusCode|http_status|response_status|code)"?\s*[:=]\s*"?(?P<status>[1-5]\d\d)\b')
+_FIELD = re.compile(r'"?\b(?:status|status_code|statusCode|http_status|response_status|code)"?\s*[:=]\s*"?(?P<status>[2-5]\d\d)\b')
 _PROBE = re.compile(r"\bHTTP (?P<status>5\d\d)\b")
 _CODE = re.compile(r'\b(?P<code>[A-Z][A-Z0-9]+(?:_[A-Z0-9]+){1,5})\b')
 _RATE = re.compile(r"(?:\b5xx\b|\bHTTP 5\d\d\b|server errors?|error[- ]rate|errors? per second|\b50[0-4] (?:rate|ratio)|"
