@@ -142,3 +142,19 @@ def heald_cmd(*args: str) -> list[str]:
 def run_heald(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(heald_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def open_tmp() -> Iterator[Path]:
+    """A fresh directory that every user can traverse (mode 0755, under the system's temp dir),
+    removed afterwards: the sandbox's unprivileged user must reach work trees, and pytest's own
+    ``tmp_path`` is private (0700) when the suite runs as root."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="heald-test-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

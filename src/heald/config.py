@@ -189,6 +189,26 @@ class CorrelationConfig(_Section):
     group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1)
 
 
+class SandboxConfig(_Section):
+    """Where untrusted work runs (:mod:`heald.sandbox`): the backend and the hard limits of one
+    run."""
+
+    backend: Literal["auto", "bubblewrap", "docker"] = Field(
+        default="auto", description="auto: bubblewrap if it works, else Docker if an engine answers, else refuse")
+    memory_mb: int = Field(default=2048, ge=64, description="address space per process (RLIMIT_AS), MiB")
+    cpu_seconds: int = Field(default=600, ge=1, description="CPU time per process (RLIMIT_CPU), seconds")
+    max_processes: int = Field(default=256, ge=4, description="processes and threads alive at once in one run")
+    file_size_mb: int = Field(default=1024, ge=1, description="largest file a run may write (RLIMIT_FSIZE), MiB")
+    open_files: int = Field(default=4096, ge=16, description="file descriptors per process (RLIMIT_NOFILE)")
+    tmp_size_mb: int = Field(default=512, ge=1, description="size of the run's private /tmp, MiB")
+    timeout_seconds: Seconds = Field(default=900.0, description="wall-clock limit of one run; the whole run is killed")
+    output_limit_kb: int = Field(default=1024, ge=16, description="output kept per run (first and last parts), KiB")
+    uid: int = Field(default=65534, ge=1, description="user the sandbox runs as when heald runs as root")
+    gid: int = Field(default=65534, ge=1, description="group the sandbox runs as when heald runs as root")
+    read_only_paths: list[Path] = Field(default_factory=list, description="extra host paths visible read-only")
+    docker_image: str = Field(default="python:3.11-slim", min_length=1, description="image of the Docker backend")
+
+
 class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8077, ge=0, le=65535)
@@ -213,6 +233,7 @@ class HealdConfig(_Section):
     healing: HealingConfig = Field(default_factory=HealingConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
 
     @field_validator("database_url")
@@ -241,6 +262,7 @@ class HealdConfig(_Section):
         for lg in self.logs:
             if lg.path != "-" and not Path(lg.path).is_absolute():
                 lg.path = str((base / lg.path).resolve())
+        self.sandbox.read_only_paths = [p if p.is_absolute() else (base / p).resolve() for p in self.sandbox.read_only_paths]
         for svc in self.services.values():
             if svc.cwd is not None and not svc.cwd.is_absolute():
                 svc.cwd = (base / svc.cwd).resolve()

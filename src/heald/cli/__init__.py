@@ -239,3 +239,4 @@ def main() -> None:
 from heald.cli import runbooks as _runbooks  # noqa: E402,F401
 from heald.cli import logs as _logs  # noqa: E402,F401
 from heald.cli import evaluate as _evaluate  # noqa: E402,F401
+from heald.cli import sandbox as _sandbox  # noqa: E402,F401
