@@ -165,6 +165,22 @@ class Runtime:
             self.start_healing(result.incident_id)
         return result
 
+    def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
+                        actor: str | None = None) -> list[correlate.IngestResult] | None:
+        """Store and correlate one webhook delivery's signals together with its delivery id;
+        None (nothing stored) for a redelivery. Starts healing the incidents they open."""
+        from heald.correlate.deliveries import ingest_delivery
+
+        with self.store.tx() as session:
+            results = ingest_delivery(session, source, delivery_id, signals, self.config, actor=actor)
+        if results is None:
+            log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
+            return None
+        for r in results:
+            if r.opened and r.incident_id is not None:
+                self.start_healing(r.incident_id)
+        return results
+
     def start_healing(self, incident_id: int) -> None:
         """Start (or find, if already started) the durable workflow of an incident."""
         with SetWorkflowID(workflow_id(incident_id)):

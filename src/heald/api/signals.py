@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from heald.engine import Runtime
 from heald.models import Severity, SignalStatus
 from heald.models import Signal as SignalModel
-from heald.sources import WEBHOOK_SOURCES, SourceError
+from heald.sources import WEBHOOK_SOURCES, SourceError, SourceIgnored
 
 
 class SignalIn(BaseModel):
@@ -66,9 +66,20 @@ def routes(rt: Runtime) -> APIRouter:
         body = await request.body()
         try:
             signals = plugin.parse(request.headers, body)
+        except SourceIgnored as exc:
+            return JSONResponse({"accepted": [], "ignored": True, "reason": exc.reason}, 202)
         except SourceError as exc:
             return JSONResponse({"detail": [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}]}, 422)
-        accepted = [(await run_in_threadpool(accept, s, f"source:{source}")).model_dump() for s in signals]
+        delivery = plugin.delivery_id(request.headers) if hasattr(plugin, "delivery_id") else None
+        if delivery:
+            results = await run_in_threadpool(rt.ingest_delivery, source, delivery, signals, f"source:{source}")
+            if results is None:
+                return JSONResponse({"accepted": [], "duplicate": True, "delivery": delivery,
+                                     "reason": f"delivery {delivery} was accepted before; this redelivery is dropped"}, 202)
+            accepted = [Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened,
+                                 suppressed_by=r.suppressed_by).model_dump() for r in results]
+        else:
+            accepted = [(await run_in_threadpool(accept, s, f"source:{source}")).model_dump() for s in signals]
         return JSONResponse({"accepted": accepted}, 202)
 
     return router

@@ -2,7 +2,10 @@
 
 A webhook source is a plugin with a tiny contract (as Keep's providers): ``parse(headers,
 body) -> list[Signal]``, raising :class:`SourceError` naming the field and what was expected,
-and optionally ``verify(headers, body, secret) -> bool`` when the sender signs its requests.
+and optionally ``verify(headers, body, secret) -> bool`` when the sender signs its requests and
+``delivery_id(headers) -> str | None`` when the sender names each delivery (a redelivery with a
+known id is dropped). ``parse`` raises :class:`SourceIgnored` for a payload that is valid but
+not something heald acts on (answered 202 with the reason).
 Sources register themselves in :data:`WEBHOOK_SOURCES`; the API serves each at
 ``POST /v1/webhooks/<name>`` and the core knows none by name. Active checks (probes) live in
 :mod:`heald.sources.probes`.
@@ -28,6 +31,15 @@ class SourceError(ValueError):
         super().__init__(detail)
 
 
+class SourceIgnored(Exception):
+    """A valid payload heald does not act on (a successful CI run, a ``ping``); ``reason`` says
+    why."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
 class WebhookSource(Protocol):
     """A source that receives HTTP requests."""
 
@@ -47,3 +59,4 @@ def register_source(source: WebhookSource) -> WebhookSource:
 
 
 from heald.sources import generic as _generic  # noqa: E402,F401
+from heald.sources import github as _github  # noqa: E402,F401

@@ -177,6 +177,16 @@ class LlmUsageRow(Base):
     created_at: Mapped[datetime]
 
 
+class WebhookDeliveryRow(Base):
+    """A webhook delivery heald accepted (``X-GitHub-Delivery``), kept to drop redeliveries."""
+
+    __tablename__ = "webhook_deliveries"
+    source: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    delivery_id: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    signal_ids: Mapped[list[Any]]
+    received_at: Mapped[datetime]
+
+
 class AuditRow(Base):
     __tablename__ = "audit_log"
     seq: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)

@@ -1,0 +1,168 @@
+"""The GitHub webhook source on GitHub's real payloads (octokit/webhooks fixtures) and GitHub's
+documented signature test vector; the API's answers to it over real HTTP."""
+
+from __future__ import annotations
+
+import copy
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from heald.api.app import create_app
+from heald.engine import Runtime
+from heald.sources import SourceError, SourceIgnored
+from heald.sources.github import GitHubSource, fingerprint, signature, verify_signature
+from tests.conftest import CORPUS, free_port, make_config, wait_for
+
+GH = CORPUS / "github"
+SOURCE = GitHubSource()
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return json.loads((GH / name).read_text())
+
+
+def failed(name: str, event: str) -> dict[str, Any]:
+    """A real payload whose run failed: GitHub's fixture with its conclusion set to failure."""
+    data = copy.deepcopy(fixture(name))
+    data[event]["conclusion"] = "failure"
+    return data
+
+
+def headers(event: str, delivery: str | None = None) -> dict[str, str]:
+    return {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4())}
+
+
+def test_githubs_documented_signature_test_vector() -> None:
+    vector = json.loads((GH / "SIGNATURE_TEST_VECTOR.json").read_text())
+    body = vector["payload"].encode()
+    assert signature(vector["secret"], body) == vector["X-Hub-Signature-256"]
+    assert verify_signature({"x-hub-signature-256": vector["X-Hub-Signature-256"]}, body, vector["secret"])
+    assert SOURCE.verify({"x-hub-signature-256": vector["X-Hub-Signature-256"]}, body, vector["secret"])
+    assert not verify_signature({"x-hub-signature-256": vector["X-Hub-Signature-256"]}, body, "another secret")
+    assert not verify_signature({"x-hub-signature-256": vector["X-Hub-Signature-256"]}, body + b" ", vector["secret"])
+    assert not verify_signature({}, body, vector["secret"])
+    assert not verify_signature({"x-hub-signature-256": vector["signature"]}, body, vector["secret"])  # no sha256=
+    assert not verify_signature({"x-hub-signature-256": "sha1=" + vector["signature"]}, body, vector["secret"])
+
+
+def test_a_failed_workflow_run_is_a_ci_signal() -> None:
+    data = failed("workflow_run/completed.payload.json", "workflow_run")
+    [sig] = SOURCE.parse(headers("workflow_run", "d-1"), json.dumps(data).encode())
+    assert sig.source == "github" and sig.kind == "ci_failed" and sig.service == "octo-org/octo-repo"
+    assert sig.labels == {"repo": "octo-org/octo-repo", "head_sha": "3484a3fb816e0859fd6e1cea078d76385ff50625",
+                          "head_branch": "master", "event": "workflow_run", "conclusion": "failure",
+                          "workflow": "ci(action): update actions/setup-node digest to 8c91899"}
+    assert sig.annotations["clone_url"] == "https://github.com/octo-org/octo-repo.git"
+    assert sig.annotations["html_url"] == "https://github.com/octo-org/octo-repo/actions/runs/289782451"
+    assert sig.annotations["delivery"] == "d-1" and sig.annotations["default_branch"] == "master"
+    assert sig.fingerprint == fingerprint("octo-org/octo-repo", "3484a3fb816e0859fd6e1cea078d76385ff50625")
+    assert "3484a3fb81" in sig.summary and sig.severity.value == "error"
+
+
+def test_a_failed_workflow_job_names_its_failed_step() -> None:
+    body = (GH / "workflow_job/completed.failure.with-organization.payload.json").read_bytes()
+    [sig] = SOURCE.parse(headers("workflow_job"), body)
+    assert sig.labels["job"] == "linters" and sig.labels["workflow"] == "CodeQL"
+    assert sig.annotations["failed_steps"] == "Run yarn run format-check"
+    assert sig.labels["head_sha"] == "3484a3fb816e0859fd6e1cea078d76385ff50625"
+
+
+def test_events_of_one_commit_share_a_fingerprint() -> None:
+    job = json.loads((GH / "workflow_job/completed.failure.with-organization.payload.json").read_text())
+    check = failed("check_run/completed.payload.json", "check_run")
+    check["check_run"]["head_sha"] = job["workflow_job"]["head_sha"]
+    check["check_run"]["output"]["summary"] = "tests/test_x.py::test_y FAILED"
+    [a] = SOURCE.parse(headers("workflow_job"), json.dumps(job).encode())
+    [b] = SOURCE.parse(headers("check_run"), json.dumps(check).encode())
+    assert a.fingerprint == b.fingerprint  # same repository (Codertocat/Hello-World), same commit
+    assert b.annotations["check_output"] == "tests/test_x.py::test_y FAILED"
+    assert b.labels["workflow"] == "Octocoders-linter" and b.labels["head_branch"] == "changes"
+
+
+@pytest.mark.parametrize(("name", "event", "why"), [
+    ("workflow_run/completed.payload.json", "workflow_run", "workflow_run conclusion 'success'"),
+    ("check_run/completed.payload.json", "check_run", "check_run conclusion 'success'"),
+    ("push/payload.json", "push", "event 'push' is not a CI result"),
+    ("pull_request/opened.payload.json", "pull_request", "event 'pull_request' is not a CI result"),
+])
+def test_other_events_are_ignored_with_the_reason(name: str, event: str, why: str) -> None:
+    with pytest.raises(SourceIgnored) as ignored:
+        SOURCE.parse(headers(event), (GH / name).read_bytes())
+    assert why in ignored.value.reason
+
+
+def test_an_unfinished_run_and_a_ping_are_ignored() -> None:
+    data = failed("workflow_run/completed.payload.json", "workflow_run")
+    data["action"] = "in_progress"
+    with pytest.raises(SourceIgnored, match="action 'in_progress'"):
+        SOURCE.parse(headers("workflow_run"), json.dumps(data).encode())
+    with pytest.raises(SourceIgnored, match="ping"):
+        SOURCE.parse(headers("ping"), json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode())
+
+
+def test_malformed_payloads_name_the_field() -> None:
+    with pytest.raises(SourceError, match="headers.X-GitHub-Event"):
+        SOURCE.parse({}, b"{}")
+    with pytest.raises(SourceError, match=r"\(body\): expected a JSON object"):
+        SOURCE.parse(headers("workflow_run"), b"{not json")
+    data = failed("workflow_run/completed.payload.json", "workflow_run")
+    del data["repository"]["full_name"]
+    with pytest.raises(SourceError) as err:
+        SOURCE.parse(headers("workflow_run"), json.dumps(data).encode())
+    assert err.value.field == "repository.full_name"
+    data = failed("workflow_run/completed.payload.json", "workflow_run")
+    data["workflow_run"]["head_sha"] = ""
+    with pytest.raises(SourceError, match="workflow_run.head_sha: expected a non-empty string"):
+        SOURCE.parse(headers("workflow_run"), json.dumps(data).encode())
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
+    cfg = make_config(tmp_path, healing={"group_wait_seconds": 60})  # incidents stay put while the test looks
+    rt = Runtime(cfg, manage_services=False, run_probes=False)
+    rt.start()
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="uvicorn")
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client, rt
+    server.should_exit = True
+    thread.join(timeout=10)
+    rt.stop()
+
+
+def test_the_api_accepts_a_failure_once_and_drops_its_redelivery(served) -> None:
+    client, rt = served
+    body = json.dumps(failed("workflow_run/completed.payload.json", "workflow_run")).encode()
+    first = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "72d3162e-cc78"))
+    assert first.status_code == 202, first.text
+    [accepted] = first.json()["accepted"]
+    assert accepted["opened"] and accepted["incident_id"] == 1
+    again = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "72d3162e-cc78"))
+    assert again.status_code == 202
+    assert again.json() == {"accepted": [], "duplicate": True, "delivery": "72d3162e-cc78",
+                            "reason": "delivery 72d3162e-cc78 was accepted before; this redelivery is dropped"}
+    assert len(rt.store.signals_for(1)) == 1
+    other = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "another-delivery"))
+    assert other.json()["accepted"][0]["incident_id"] == 1 and not other.json()["accepted"][0]["opened"]
+    assert len(rt.store.signals_for(1)) == 2  # a new delivery about the same commit joins its incident
+
+
+def test_the_api_answers_ignored_events_with_202_and_the_reason(served) -> None:
+    client, rt = served
+    r = client.post("/v1/webhooks/github", content=(GH / "push/payload.json").read_bytes(), headers=headers("push"))
+    assert r.status_code == 202
+    assert r.json()["ignored"] is True and "not a CI result" in r.json()["reason"]
+    bad = client.post("/v1/webhooks/github", content=b'{"action": "completed"}', headers=headers("workflow_run"))
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "workflow_run"]
+    assert rt.store.list_incidents() == []
