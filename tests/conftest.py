@@ -10,13 +10,16 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from heald.config import HealdConfig
+from heald.engine import Runtime
 from heald.store import Store
 from heald.store.db import normalize_url
 
@@ -158,3 +161,23 @@ def open_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def serving(rt: Runtime) -> Iterator[httpx.Client]:
+    """heald's HTTP API over ``rt`` on a free loopback port (uvicorn in a thread), and a client
+    for it; the server stops when the block ends."""
+    import uvicorn
+
+    from heald.api.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="uvicorn")
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

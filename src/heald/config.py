@@ -28,24 +28,72 @@ class _Section(BaseModel):
 
 
 class ProbeConfig(_Section):
-    """An active check of a service: HTTP GET, TCP connect, or process liveness."""
+    """An active check of a service: HTTP GET, TCP connect, process liveness, a metric
+    threshold read by scraping a Prometheus ``/metrics`` endpoint, or the disk usage of a
+    directory against its quota.
 
-    type: Literal["http", "tcp", "process"] = "http"
+    A ``metric`` probe reads ``metric`` (a sample name as exposed, e.g. ``http_requests_total``)
+    from ``url``. Its series, filtered by the ``match`` label matchers, are summed per ``by``
+    labels; the worst group is compared with ``above``/``below``:
+    - a counter gives its rate per second over ``window_seconds`` (counter resets handled as
+      Prometheus' ``rate`` does), or with ``per`` (another counter) the ratio of the two
+      increases, e.g. 5xx responses per response;
+    - with ``quantile``, ``metric`` is a histogram and the value is that quantile of the
+      observations made during the window (as ``histogram_quantile``);
+    - a gauge gives its current value.
+    A group whose denominator (or observation count) grew less than ``min_count`` in the
+    window has no data; no data is neither a failure nor a recovery.
+    """
+
+    type: Literal["http", "tcp", "process", "metric", "disk"] = "http"
     name: str | None = None
-    url: str | None = Field(default=None, description="for type http")
+    alertname: str | None = Field(default=None, description="the alertname label of its signals (default per type)")
+    url: str | None = Field(default=None, description="for type http, and metric (the /metrics URL)")
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=1, le=65535, description="for type tcp")
     expect_status: list[int] = Field(default_factory=lambda: list(range(200, 400)))
     interval_seconds: Seconds = 1.0
     timeout_seconds: Seconds = 1.0
     failure_threshold: int = Field(default=3, ge=1, le=100)
+    metric: str | None = Field(default=None, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", description="for type metric")
+    match: list[str] = Field(default_factory=list, description="label matchers on the metric's series")
+    by: list[str] = Field(default_factory=list, description="labels to group the series by (carried on the signal)")
+    per: str | None = Field(default=None, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$",
+                            description="a counter to divide by (a ratio of increases)")
+    per_match: list[str] = Field(default_factory=list, description="label matchers on the 'per' series")
+    quantile: float | None = Field(default=None, gt=0, lt=1, description="read 'metric' as a histogram")
+    window_seconds: Seconds = Field(default=5.0, description="rates and quantiles are over this window")
+    min_count: float = Field(default=1.0, ge=0, description="fewer events in the window: no data")
+    above: float | None = Field(default=None, description="fails when the value is above this")
+    below: float | None = Field(default=None, description="fails when the value is below this")
+    path: Path | None = Field(default=None, description="for type disk: the directory")
+    max_bytes: int | None = Field(default=None, gt=0, description="for type disk: the quota in bytes")
+    max_files: int = Field(default=100_000, ge=1, description="for type disk: count at most this many files")
+
+    @field_validator("match", "per_match")
+    @classmethod
+    def _matchers(cls, v: list[str]) -> list[str]:
+        from heald.matchers import parse_matcher
+
+        for text in v:
+            parse_matcher(text)
+        return v
 
     @model_validator(mode="after")
     def _needs_target(self) -> ProbeConfig:
-        if self.type == "http" and not self.url:
-            raise ValueError("an http probe needs 'url'")
+        if self.type in ("http", "metric") and not self.url:
+            raise ValueError(f"a {self.type} probe needs 'url'")
         if self.type == "tcp" and self.port is None:
             raise ValueError("a tcp probe needs 'port'")
+        if self.type == "metric":
+            if not self.metric:
+                raise ValueError("a metric probe needs 'metric' (a sample name such as http_requests_total)")
+            if self.above is None and self.below is None:
+                raise ValueError("a metric probe needs a threshold: 'above' or 'below'")
+            if self.quantile is not None and self.per is not None:
+                raise ValueError("'quantile' and 'per' do not combine: a quantile is already a ratio-free value")
+        if self.type == "disk" and (self.path is None or self.max_bytes is None):
+            raise ValueError("a disk probe needs 'path' and 'max_bytes'")
         return self
 
     @property
@@ -56,7 +104,71 @@ class ProbeConfig(_Section):
             return f"http {self.url}"
         if self.type == "tcp":
             return f"tcp {self.host}:{self.port}"
+        if self.type == "metric":
+            return f"metric {self.metric}"
+        if self.type == "disk":
+            return f"disk {self.path}"
         return "process"
+
+
+class ConfigRepoConfig(_Section):
+    """A service's configuration kept in a git repository. heald suspects a commit made shortly
+    before the service started failing, and ``git_revert`` may revert it; ``reload_url`` (POST)
+    makes the service read its configuration again afterwards."""
+
+    path: Path = Field(description="the git work tree")
+    reload_url: str | None = Field(default=None, description="POSTed after a revert so the service reloads")
+    reload_timeout_seconds: Seconds = 5.0
+
+
+class ReleasesConfig(_Section):
+    """Versioned releases of a service: directories under ``dir``, the live one named by the
+    symlink ``current`` (Capistrano's layout). ``rollback_release`` points ``current`` back at
+    the previous release and restarts the service when it is managed."""
+
+    dir: Path = Field(description="the directory holding one directory per release")
+    current: Path = Field(description="the symlink to the live release")
+    log: Path | None = Field(default=None, description="a revisions log (default <dir>/../revisions.log)")
+
+    @property
+    def revisions_log(self) -> Path:
+        return self.log or self.dir.parent / "revisions.log"
+
+
+class CleanupConfig(_Section):
+    """A directory ``cleanup_path`` may clean: only files matching ``pattern`` (a glob on the
+    file name) whose last modification is older than ``older_than_seconds``."""
+
+    path: Path
+    pattern: str = "*"
+    older_than_seconds: Seconds = 86400.0
+    max_files: int = Field(default=10_000, ge=1, description="delete at most this many files per run")
+
+
+class CommandConfig(_Section):
+    """A command ``run_command`` may run (the allowlist): its argv, exactly, with no shell."""
+
+    argv: list[str] = Field(min_length=1)
+    cwd: Path | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: Seconds = 60.0
+    idempotent: bool = Field(default=False, description="safe to run again after a crash mid-run")
+
+
+class RemediesConfig(_Section):
+    """What remedies may touch beyond a service's own declarations."""
+
+    http_allowed_urls: list[str] = Field(default_factory=list,
+                                         description="URL prefixes http_request may call")
+    commands: dict[str, CommandConfig] = Field(default_factory=dict, description="run_command's allowlist, by name")
+
+    @field_validator("http_allowed_urls")
+    @classmethod
+    def _http_prefixes(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not u.startswith(("http://", "https://")) or "://" not in u or len(u.split("/", 3)) < 4:
+                raise ValueError(f"{u!r}: expected an http(s) URL prefix ending with a path, e.g. http://host:port/admin/")
+        return v
 
 
 class ServiceConfig(_Section):
@@ -67,8 +179,11 @@ class ServiceConfig(_Section):
     cwd: Path | None = None
     env: dict[str, str] = Field(default_factory=dict)
     probes: list[ProbeConfig] = Field(default_factory=list)
-    depends_on: list[str] = Field(default_factory=list)
+    depends_on: list[str] = Field(default_factory=list, description="services this one needs; their incidents absorb its signals")
     labels: dict[str, str] = Field(default_factory=dict)
+    config_repo: ConfigRepoConfig | None = None
+    releases: ReleasesConfig | None = None
+    cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
     start_timeout_seconds: Seconds = 10.0
     stop_timeout_seconds: Seconds = 5.0
 
@@ -184,9 +299,14 @@ class PolicyConfig(_Section):
 
 
 class CorrelationConfig(_Section):
-    """How signals become incidents."""
+    """How signals become incidents: ``group_by`` labels make the grouping key (as
+    Alertmanager's), ``healing.group_wait_seconds`` is how long an incident waits for more
+    signals before diagnosis, and ``services.<name>.depends_on`` is the dependency map (a
+    dependency's incident absorbs its dependents' signals). A change (a config commit, a
+    release) made within ``change_window_seconds`` before a failure began is suspect."""
 
     group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1)
+    change_window_seconds: Seconds = 900.0
 
 
 class SandboxConfig(_Section):
@@ -234,6 +354,7 @@ class HealdConfig(_Section):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
+    remedies: RemediesConfig = Field(default_factory=RemediesConfig)
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
 
     @field_validator("database_url")
@@ -252,6 +373,16 @@ class HealdConfig(_Section):
             for dep in svc.depends_on:
                 if dep not in self.services:
                     raise ValueError(f"service {name!r} depends on {dep!r}, which is not a configured service")
+        for name in self.services:  # a cycle would make every service the root cause of every other
+            path = [name]
+            todo = [(name, [name])]
+            while todo:
+                current, path = todo.pop()
+                for dep in self.services[current].depends_on:
+                    if dep == name:
+                        raise ValueError(f"services: dependency cycle {' → '.join([*path, dep])}")
+                    if dep not in path:
+                        todo.append((dep, [*path, dep]))
         return self
 
     def resolve_paths(self, base: Path) -> None:
@@ -263,9 +394,30 @@ class HealdConfig(_Section):
             if lg.path != "-" and not Path(lg.path).is_absolute():
                 lg.path = str((base / lg.path).resolve())
         self.sandbox.read_only_paths = [p if p.is_absolute() else (base / p).resolve() for p in self.sandbox.read_only_paths]
+
+        def absolute(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p).resolve()
+
         for svc in self.services.values():
-            if svc.cwd is not None and not svc.cwd.is_absolute():
-                svc.cwd = (base / svc.cwd).resolve()
+            if svc.cwd is not None:
+                svc.cwd = absolute(svc.cwd)
+            for probe in svc.probes:
+                if probe.path is not None:
+                    probe.path = absolute(probe.path)
+            if svc.config_repo is not None:
+                svc.config_repo.path = absolute(svc.config_repo.path)
+            if svc.releases is not None:
+                svc.releases.dir = absolute(svc.releases.dir)
+                # the symlink itself, not what it points to
+                svc.releases.current = svc.releases.current if svc.releases.current.is_absolute() \
+                    else base.resolve() / svc.releases.current
+                if svc.releases.log is not None:
+                    svc.releases.log = absolute(svc.releases.log)
+            for c in svc.cleanup:
+                c.path = absolute(c.path)
+        for cmd in self.remedies.commands.values():
+            if cmd.cwd is not None:
+                cmd.cwd = absolute(cmd.cwd)
 
     @property
     def database(self) -> str:

@@ -27,6 +27,7 @@ from dbos import DBOS, DBOSClient, SetWorkflowID
 from heald import __version__, correlate, remedies
 from heald._failpoints import failpoint
 from heald.config import HealdConfig
+from heald.correlate.changes import ChangeTracker
 from heald.diagnose import Reasoner, RunbookReasoner, diagnose
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.runbooks import Runbook, load_runbooks
@@ -99,6 +100,7 @@ class Runtime:
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
+        self.changes = ChangeTracker(config)
         self.started = False
         self._lock = threading.Lock()
 
@@ -157,13 +159,22 @@ class Runtime:
     # -- intake ----------------------------------------------------------------------------
     def ingest(self, signal: Signal, actor: str | None = None) -> correlate.IngestResult:
         """Store and correlate ``signal``; start healing the incident it opens."""
+        return self.ingest_many([signal], actor)[0]
+
+    def ingest_many(self, signals: list[Signal], actor: str | None = None) -> list[correlate.IngestResult]:
+        """Store and correlate ``signals`` in one transaction (all or none: a webhook's batch is
+        accepted whole), then start healing the incidents they open. Each signal is first
+        annotated with the changes that may have caused it (:mod:`heald.correlate.changes`)."""
+        signals = [self.changes.annotate(s) for s in signals]
         with self.store.tx() as session:
-            result = correlate.ingest(session, signal, self.config, actor=actor)
-        log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
-                 incident_id=result.incident_id, opened=result.opened)
-        if result.opened and result.incident_id is not None:
-            self.start_healing(result.incident_id)
-        return result
+            results = [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
+        failpoint("ingest.after_commit")
+        for signal, result in zip(signals, results, strict=True):
+            log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
+                     incident_id=result.incident_id, opened=result.opened)
+            if result.opened and result.incident_id is not None:
+                self.start_healing(result.incident_id)
+        return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
                         actor: str | None = None) -> list[correlate.IngestResult] | None:

@@ -5,8 +5,11 @@ for ``stabilization`` seconds (passed) or ``timeout`` seconds have gone by (fail
 inside the window restarts it. ``recovered_at`` is when the final passing streak began: the
 moment the system was healthy again, which is what time-to-recover measures.
 
-Checks are the service's probes when it has any; otherwise that every signal of the incident
-has been resolved by its source (an alert that stops firing).
+Checks are the probes of every service the incident concerns (its service and the services of
+its firing signals: a dependency's incident verifies its dependents too), each with its own
+state (a metric probe judges only what happened since verification began); plus, for signals
+from sources that report resolution (Alertmanager), that those alerts have resolved; with no
+probe at all, that every signal of the incident has been resolved by its source.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from collections.abc import Callable
 from datetime import datetime
 
 from heald.config import HealdConfig
-from heald.models import CheckResult, Incident, SignalStatus, Verification, utcnow
-from heald.sources.probes import run_probe
+from heald.models import CheckResult, Incident, Signal, SignalStatus, Verification, utcnow
+from heald.sources import WEBHOOK_SOURCES
+from heald.sources.probes import make_checker
 from heald.store import Store
 from heald.supervise import Supervisor
 
@@ -25,37 +29,57 @@ Check = Callable[[], CheckResult]
 
 
 def probe_checks(config: HealdConfig, service: str, supervisor: Supervisor | None) -> list[Check]:
-    """One check per configured probe of ``service``."""
+    """One check per configured probe of ``service`` (a fresh checker each)."""
     svc = config.services.get(service)
     if svc is None:
         return []
 
     def make(probe):  # type: ignore[no-untyped-def]
+        checker = make_checker(probe, service, supervisor)
+
         def check() -> CheckResult:
-            r = run_probe(probe, service, supervisor)
-            return CheckResult(name=probe.label, ok=r.ok, detail=r.detail, at=r.at)
+            r = checker()
+            return CheckResult(name=f"{service}: {probe.label}", ok=r.ok, detail=r.detail, at=r.at)
         return check
 
     return [make(p) for p in svc.probes]
 
 
-def alert_resolved_check(store: Store, incident_id: int) -> Check:
-    """Passes when every fingerprint that fired in the incident has a later resolved signal."""
+def alert_resolved_check(store: Store, incident_id: int, sources: set[str] | None = None) -> Check:
+    """Passes when every fingerprint that fired in the incident (from ``sources`` only, when
+    given) has a later resolved signal."""
     def check() -> CheckResult:
         signals = store.signals_for(incident_id)
         state: dict[str, SignalStatus] = {}
         for s in signals:
-            state[s.fingerprint or ""] = s.status
+            if sources is None or s.source in sources:
+                state[s.fingerprint or ""] = s.status
         firing = sorted(fp for fp, st in state.items() if st == SignalStatus.firing)
         return CheckResult(name="alerts resolved", ok=not firing,
                            detail="all resolved" if not firing else f"{len(firing)} still firing", at=utcnow())
     return check
 
 
+def affected_services(incident: Incident, signals: list[Signal]) -> list[str]:
+    """The incident's service, then every other service a firing signal of it names."""
+    out = [incident.service] if incident.service else []
+    for s in signals:
+        if s.status == SignalStatus.firing and s.service and s.service not in out:
+            out.append(s.service)
+    return out
+
+
 def checks_for(incident: Incident, config: HealdConfig, store: Store, supervisor: Supervisor | None) -> list[Check]:
-    """The checks that verify ``incident``: its service's probes, else its alerts resolving."""
-    checks = probe_checks(config, incident.service, supervisor) if incident.service else []
-    return checks or [alert_resolved_check(store, incident.id)]
+    """The checks that verify ``incident`` (see the module docstring)."""
+    signals = store.signals_for(incident.id)
+    checks = [c for svc in affected_services(incident, signals) for c in probe_checks(config, svc, supervisor)]
+    if not checks:
+        return [alert_resolved_check(store, incident.id)]
+    resolving = {s.source for s in signals
+                 if getattr(WEBHOOK_SOURCES.get(s.source), "sends_resolved", False)}
+    if resolving:
+        checks.append(alert_resolved_check(store, incident.id, resolving))
+    return checks
 
 
 def verify(incident_id: int, checks: list[Check], *, stabilization: float, interval: float, timeout: float,

@@ -59,7 +59,8 @@ def routes(rt: Runtime) -> APIRouter:
     @router.post("/v1/webhooks/{source}", status_code=202)
     async def post_webhook(source: str, request: Request) -> JSONResponse:
         """Accept a payload from a registered webhook source; 404 for an unknown source, 422
-        naming the field for a payload the source rejects."""
+        naming the field for a payload the source rejects. Every signal of the payload is
+        stored in one transaction before the 202 is sent."""
         plugin = WEBHOOK_SOURCES.get(source)
         if plugin is None:
             raise HTTPException(404, detail=f"unknown source {source!r}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
@@ -76,10 +77,10 @@ def routes(rt: Runtime) -> APIRouter:
             if results is None:
                 return JSONResponse({"accepted": [], "duplicate": True, "delivery": delivery,
                                      "reason": f"delivery {delivery} was accepted before; this redelivery is dropped"}, 202)
-            accepted = [Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened,
-                                 suppressed_by=r.suppressed_by).model_dump() for r in results]
         else:
-            accepted = [(await run_in_threadpool(accept, s, f"source:{source}")).model_dump() for s in signals]
+            results = await run_in_threadpool(rt.ingest_many, signals, f"source:{source}")
+        accepted = [Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened,
+                             suppressed_by=r.suppressed_by).model_dump() for r in results]
         return JSONResponse({"accepted": accepted}, 202)
 
     return router

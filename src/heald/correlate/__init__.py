@@ -1,9 +1,11 @@
 """Correlation: signals become incidents.
 
 :func:`ingest` is the stage's entry: it fingerprints a signal, stores it, and joins it to the
-open incident with the same fingerprint or grouping key, or opens a new incident. It runs in
-the caller's transaction, so a signal that was accepted is stored before anything answers
-(DESIGN.md invariant 6), and writers on one grouping key are serialized.
+open incident with the same fingerprint or grouping key, or to an open incident of a service
+it depends on (:mod:`heald.correlate.dependencies`), or opens a new incident. It runs in the
+caller's transaction, so a signal that was accepted is stored before anything answers
+(DESIGN.md invariant 6), and writers on one grouping key (and on the dependency map) are
+serialized.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from heald.config import HealdConfig
+from heald.correlate.dependencies import dependencies_of, dependents_of, has_dependencies
 from heald.correlate.fingerprint import fingerprint, group_key
 from heald.models import OPEN_STATES, Signal, SignalStatus, utcnow
 from heald.store import audit
@@ -46,18 +49,62 @@ def _open_incident(session: Session, fp: str, key: str) -> IncidentRow | None:
     return session.scalar(by_key)
 
 
+def _open_incident_of(session: Session, services: list[str], states: list[str]) -> IncidentRow | None:
+    """The newest incident in one of ``states`` whose service is one of ``services``, nearest
+    service first."""
+    for service in services:
+        row = session.scalar(sa.select(IncidentRow).where(IncidentRow.service == service, IncidentRow.state.in_(states))
+                             .order_by(IncidentRow.id.desc()).limit(1))
+        if row is not None:
+            return row
+    return None
+
+
+def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
+    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
+                          .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
+
+
 def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | None = None) -> IngestResult:
     """Store ``signal`` and correlate it (see the module docstring). Returns IngestResult.
 
-    A firing signal joins the open incident with its fingerprint, else the open incident with
-    its grouping key (``correlation.group_by``), else opens one in state ``observing``. A
-    resolved signal is stored with the open incident it resolves, and never opens one.
+    A firing signal joins, in this order: the open incident with its fingerprint; the open
+    incident with its grouping key (``correlation.group_by``); the open incident of a service
+    its service depends on. Else, when a service depending on its service has an incident still
+    in ``observing``, that incident is taken over (retargeted at this service); else it opens
+    an incident in state ``observing``. A resolved signal is stored with the open incident it
+    resolves, else with the latest incident its fingerprint fired in (for the record), and
+    never opens one.
     """
     now = utcnow()
     fp = signal.fingerprint or fingerprint(signal)
     key = group_key(signal, config.correlation.group_by)
+    mapped = has_dependencies(config, signal.service)
+    if mapped:  # one lock for the whole map (taken first, always), so two sides cannot race
+        lock(session, "heald.correlate.dependencies")
     lock(session, f"heald.correlate.{key}")
     incident = _open_incident(session, fp, key)
+    open_states = [s.value for s in OPEN_STATES]
+    joined_dependency: str | None = None
+    retargeted_from: str | None = None
+    if incident is None and mapped and signal.status == SignalStatus.firing and signal.service:
+        incident = _open_incident_of(session, dependencies_of(config, signal.service), open_states)
+        if incident is not None:
+            joined_dependency = incident.service
+        else:
+            incident = _open_incident_of(session, dependents_of(config, signal.service), ["observing"])
+            if incident is not None:
+                retargeted_from = incident.service
+                incident.service = signal.service
+                incident.group_key = key
+                incident.fingerprint = fp
+                incident.labels = {**incident.labels, "service": signal.service}
+                incident.title = ((signal.summary or signal.labels.get("alertname") or signal.kind)[:180]
+                                  + f" on {signal.service} (and its dependent {retargeted_from})")[:500]
+    resolves_closed = False
+    if incident is None and signal.status == SignalStatus.resolved:
+        incident = _latest_with_fingerprint(session, fp)
+        resolves_closed = incident is not None
     opened = False
     starts_at = signal.starts_at or now
     if incident is None and signal.status == SignalStatus.firing:
@@ -72,7 +119,7 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
         session.add(incident)
         session.flush()
         opened = True
-    elif incident is not None and starts_at < incident.started_at:
+    elif incident is not None and starts_at < incident.started_at and not resolves_closed:
         incident.started_at = starts_at
     row = SignalRow(
         source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
@@ -89,7 +136,18 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
                      reason=signal.summary or f"{signal.kind} from {signal.source}",
                      details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})
     elif incident is not None:
+        reason = signal.summary or f"{signal.kind} from {signal.source}"
+        details: dict[str, object] = {"signal_id": row.id, "fingerprint": fp}
+        if joined_dependency:
+            reason += f" (joined: {signal.service} depends on {joined_dependency}, whose incident is open)"
+            details["inhibited_by_dependency"] = joined_dependency
+        if resolves_closed:
+            reason += f" (the incident was already {incident.state})"
         audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
-                     reason=signal.summary or f"{signal.kind} from {signal.source}",
-                     details={"signal_id": row.id, "fingerprint": fp})
+                     reason=reason, details=details)
+        if retargeted_from:
+            audit.append(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
+                         reason=f"{retargeted_from} depends on {signal.service}, which fails too: the incident is "
+                                f"now about {signal.service}, the likelier root cause",
+                         details={"from": retargeted_from, "to": signal.service, "group_key": key})
     return IngestResult(row.id, incident.id if incident else None, opened, signal.suppressed_by)

@@ -60,3 +60,5 @@ def register_source(source: WebhookSource) -> WebhookSource:
 
 from heald.sources import generic as _generic  # noqa: E402,F401
 from heald.sources import github as _github  # noqa: E402,F401
+from heald.sources import alertmanager as _alertmanager  # noqa: E402,F401
+from heald.sources import cloudevents as _cloudevents  # noqa: E402,F401

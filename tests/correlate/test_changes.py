@@ -1,0 +1,105 @@
+"""Change correlation on real git repositories and a real release directory with a
+``current`` symlink."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from heald.config import HealdConfig
+from heald.correlate.changes import HEALD_GIT_EMAIL, HEALD_GIT_NAME, ChangeTracker, natural_key
+from heald.models import Signal, SignalStatus, utcnow
+from tests.conftest import make_config
+
+
+def git(repo: Path, *args: str, author: tuple[str, str] = ("Dana Dev", "dana@example.com")) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
+           "GIT_COMMITTER_NAME": author[0], "GIT_COMMITTER_EMAIL": author[1]}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
+
+
+def commit(repo: Path, text: str, message: str, **kw: tuple[str, str]) -> str:
+    (repo / "shop.json").write_text(text)
+    git(repo, "add", "-A", **kw)
+    git(repo, "commit", "-qm", message, **kw)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def setup(tmp_path: Path) -> tuple[HealdConfig, Path, Path]:
+    repo = tmp_path / "config"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    commit(repo, '{"pool": 5}', "initial config")
+    releases = tmp_path / "releases"
+    for name in ("v9", "v10", "v2"):
+        (releases / name).mkdir(parents=True)
+    os.symlink(releases / "v9", tmp_path / "current")
+    c = make_config(tmp_path, services={"shop": {"config_repo": {"path": str(repo)},
+                                                 "releases": {"dir": str(releases), "current": "current"}}})
+    return c, repo, releases
+
+
+def firing(**kw: object) -> Signal:
+    return Signal.model_validate({"source": "probe", "service": "shop", "summary": "shop 5xx",
+                                  "labels": {"alertname": "HighErrorRate"}, "starts_at": utcnow(), **kw})
+
+
+def test_changes_before_heald_watched_are_not_suspects(tmp_path: Path) -> None:
+    c, _, _ = setup(tmp_path)
+    time.sleep(1.1)  # commit times are whole seconds
+    tracker = ChangeTracker(c)
+    assert tracker.annotate(firing()).annotations == {}
+
+
+def test_a_config_commit_just_before_the_failure_is_the_suspect(tmp_path: Path) -> None:
+    c, repo, _ = setup(tmp_path)
+    time.sleep(1.1)
+    tracker = ChangeTracker(c)
+    parent = git(repo, "rev-parse", "HEAD")
+    time.sleep(1.1)
+    bad = commit(repo, '{"pool": 0}', "Reduce the DB pool")
+    notes = tracker.annotate(firing()).annotations
+    assert notes["change_kind"] == "config" and notes["change_id"] == bad and notes["change_previous"] == parent
+    assert notes["change_summary"] == "Reduce the DB pool" and notes["change_author"] == "Dana Dev <dana@example.com>"
+    assert 0 <= float(notes["change_age_seconds"]) < 5
+    # outside the window, or after the failure began: not a suspect
+    old = firing(starts_at=utcnow() - timedelta(seconds=30))
+    assert "change_id" not in tracker.annotate(old).annotations
+    narrow = ChangeTracker(make_config(tmp_path, services=c.model_dump(mode="json")["services"],
+                                       correlation={"change_window_seconds": 0.001}), tracker.baseline)
+    assert "change_id" not in narrow.annotate(firing(starts_at=utcnow() + timedelta(seconds=5))).annotations
+    # a resolved signal is not annotated
+    assert tracker.annotate(firing(status=SignalStatus.resolved)).annotations == {}
+
+
+def test_reverted_commits_and_healds_own_are_not_suspects(tmp_path: Path) -> None:
+    c, repo, _ = setup(tmp_path)
+    time.sleep(1.1)
+    tracker = ChangeTracker(c)
+    bad = commit(repo, '{"pool": 0}', "Reduce the DB pool")
+    git(repo, "revert", "--no-edit", bad, author=(HEALD_GIT_NAME, HEALD_GIT_EMAIL))
+    assert "change_id" not in tracker.annotate(firing()).annotations
+
+
+def test_a_release_switch_is_a_suspect_unless_heald_rolled_back(tmp_path: Path) -> None:
+    c, _, releases = setup(tmp_path)
+    tracker = ChangeTracker(c)
+    time.sleep(0.05)
+    tmp = tmp_path / "current.tmp"
+    os.symlink(releases / "v10", tmp)
+    os.replace(tmp, tmp_path / "current")
+    (tmp_path / "revisions.log").write_text("Branch main (at 1a2b3c4) deployed as release v10 by deployer\n")
+    notes = tracker.annotate(firing()).annotations
+    assert notes["change_kind"] == "release" and notes["change_id"] == "v10"
+    assert notes["change_previous"] == "v9" and notes["change_author"] == "deployer"  # natural order: v2 < v9 < v10
+    with open(tmp_path / "revisions.log", "a") as log:
+        log.write("heald rolled back to release v10\n")
+    assert "change_id" not in tracker.annotate(firing()).annotations
+
+
+def test_natural_order() -> None:
+    assert sorted(["v10", "v9", "v2", "20240101120000", "20231231000000"], key=natural_key) == \
+        ["20231231000000", "20240101120000", "v2", "v9", "v10"]
