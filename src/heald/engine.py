@@ -425,10 +425,11 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
         return {"closed": closed}
     remedy = remedies.get(candidate["remedy"])
     params = remedies.validate_params(remedy.name, candidate["params"])
-    ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=inc)
+    key = f"{workflow_id(incident_id)}:attempt-{attempt}:{remedy.name}"
+    ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=inc,
+                                 extra={"idempotency_key": key})
     rt.store.transition(incident_id, IncidentState.acting, reason=f"applying {remedy.name} to {remedy.target(params)}",
                         details={"remedy": remedy.name, "params": candidate["params"]})
-    key = f"{workflow_id(incident_id)}:attempt-{attempt}:{remedy.name}"
     try:
         snapshot = remedy.snapshot(params, ctx)
     except remedies.RemedyError as exc:
@@ -438,7 +439,7 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
     assert action.id is not None
     if not new and action.status != ActionStatus.started:
         return {"action_id": action.id, "status": action.status.value, "output": action.output, "undo": action.undo}
-    if not new and remedy.already_applied(params, ctx, action.snapshot):
+    if not new and _guard_saw_effect(remedy, params, ctx, action.snapshot):
         done = rt.store.finish_action(action.id, ActionStatus.succeeded,
                                       "already applied before heald restarted (the guard saw its effect); not applied again")
         return {"action_id": action.id, "status": done.status.value, "output": done.output, "undo": None}
@@ -450,6 +451,17 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
     failpoint("act.after_apply")
     done = rt.store.finish_action(action.id, ActionStatus.succeeded, result.output, result.undo)
     return {"action_id": action.id, "status": done.status.value, "output": done.output, "undo": result.undo}
+
+
+def _guard_saw_effect(remedy: remedies.Remedy, params: remedies.RemedyParams, ctx: remedies.RemedyContext,
+                      snapshot: dict[str, Any] | None) -> bool:
+    """The remedy's guard after a crash mid-apply; a guard that cannot tell says no (apply then
+    runs and records its own failure, if any)."""
+    try:
+        return remedy.already_applied(params, ctx, snapshot)
+    except Exception:  # the guard's failure is logged; apply decides and is recorded
+        log.exception("guard.failed", remedy=remedy.name)
+        return False
 
 
 @DBOS.step()

@@ -115,3 +115,8 @@ def validate_params(name: str, params: dict[str, Any]) -> RemedyParams:
 
 # Register the built-in remedies.
 from heald.remedies import process as _process  # noqa: E402,F401
+from heald.remedies import http as _http  # noqa: E402,F401
+from heald.remedies import git as _git  # noqa: E402,F401
+from heald.remedies import releases as _releases  # noqa: E402,F401
+from heald.remedies import files as _files  # noqa: E402,F401
+from heald.remedies import command as _command  # noqa: E402,F401

@@ -1,0 +1,72 @@
+"""``run_command``: run a command from the configuration's allowlist (``remedies.commands``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from typing import Any
+
+from pydantic import Field
+
+from heald.config import CommandConfig
+from heald.models import Risk
+from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+
+#: Environment variables a command inherits from heald; everything else is left out (heald's
+#: own secrets must not leak into it). The command's ``env`` adds to these.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+
+
+class RunCommandParams(RemedyParams):
+    name: str = Field(min_length=1, max_length=200, description="a command in remedies.commands")
+
+
+def _command(params: RunCommandParams, ctx: RemedyContext) -> CommandConfig:
+    cmd = ctx.config.remedies.commands.get(params.name)
+    if cmd is None:
+        allowed = ", ".join(sorted(ctx.config.remedies.commands)) or "none configured"
+        raise RemedyError(f"command {params.name!r} is not on the allowlist remedies.commands (allowed: {allowed})")
+    return cmd
+
+
+@register
+class RunCommand(Remedy):
+    """Run an allowlisted command: its argv exactly, without a shell, with a minimal
+    environment, in its ``cwd``, killed after ``timeout_seconds``. A non-zero exit fails the
+    remedy with the output's tail.
+
+    Guard: after a crash mid-run heald cannot know whether the command ran; it runs it again
+    only when the allowlist marks it ``idempotent``, and otherwise leaves the verdict to
+    verification.
+    """
+
+    name = "run_command"
+    description = "Run a command from the configuration's allowlist"
+    Params = RunCommandParams
+    default_risk = Risk.medium
+
+    def target(self, params: RunCommandParams) -> str:  # type: ignore[override]
+        return f"command:{params.name}"
+
+    def already_applied(self, params: RunCommandParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+        return not _command(params, ctx).idempotent
+
+    def apply(self, params: RunCommandParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+        cmd = _command(params, ctx)
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | cmd.env
+        try:
+            proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        except OSError as exc:
+            raise RemedyError(f"{params.name}: could not run {cmd.argv[0]!r}: {exc}") from exc
+        try:
+            stdout, _ = proc.communicate(timeout=cmd.timeout_seconds)
+        except subprocess.TimeoutExpired as exc:
+            os.killpg(proc.pid, signal.SIGKILL)  # the whole process group: no child outlives the limit
+            proc.communicate()
+            raise RemedyError(f"{params.name}: killed after {cmd.timeout_seconds:g} s") from exc
+        output = stdout.strip()
+        if proc.returncode != 0:
+            raise RemedyError(f"{params.name} exited with code {proc.returncode}: {output[-1000:]}")
+        return RemedyResult(f"{params.name} succeeded: {output[-1000:] or '(no output)'}")

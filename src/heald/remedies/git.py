@@ -1,0 +1,126 @@
+"""``git_revert``: revert a commit in a service's configuration repository, then make the
+service reload its configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Any
+
+import httpx
+from pydantic import Field
+
+from heald.config import ConfigRepoConfig
+from heald.correlate.changes import HEALD_GIT_EMAIL, HEALD_GIT_NAME, git
+from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+
+
+class GitRevertParams(RemedyParams):
+    service: str = Field(min_length=1, description="a service with config_repo")
+    commit: str = Field(pattern=r"^[0-9a-f]{7,40}$", description="the commit to revert (hex, 7 to 40 digits)")
+
+
+def _repo(params: GitRevertParams, ctx: RemedyContext) -> ConfigRepoConfig:
+    svc = ctx.config.services.get(params.service)
+    if svc is None or svc.config_repo is None:
+        raise RemedyError(f"service {params.service!r} has no config_repo in the configuration")
+    return svc.config_repo
+
+
+def _git(repo: ConfigRepoConfig, *args: str) -> str:
+    try:
+        return git(repo.path, *args).strip()
+    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        raise RemedyError(str(exc)) from exc
+
+
+def _as_heald(repo: ConfigRepoConfig, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": HEALD_GIT_NAME, "GIT_AUTHOR_EMAIL": HEALD_GIT_EMAIL,
+           "GIT_COMMITTER_NAME": HEALD_GIT_NAME, "GIT_COMMITTER_EMAIL": HEALD_GIT_EMAIL, "LC_ALL": "C",
+           "GIT_TERMINAL_PROMPT": "0"}
+    proc = subprocess.run(["git", "-C", str(repo.path), *args], capture_output=True, text=True, env=env, timeout=30)
+    if proc.returncode != 0:
+        raise RemedyError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    return proc.stdout.strip()
+
+
+def reverting_commit(repo: ConfigRepoConfig, sha: str, since: str | None = None) -> str | None:
+    """The commit on HEAD (after ``since``, if given) whose message says it reverts ``sha``."""
+    rng = f"{since}..HEAD" if since else "HEAD"
+    out = _git(repo, "log", "--format=%H", "-F", f"--grep=This reverts commit {sha}.", rng)
+    return out.splitlines()[0] if out else None
+
+
+def reload(repo: ConfigRepoConfig) -> str:
+    """POST ``reload_url`` so the service reads its configuration again ('' when none is set).
+    Raises RemedyError when the service does not accept it."""
+    if not repo.reload_url:
+        return ""
+    try:
+        resp = httpx.post(repo.reload_url, timeout=repo.reload_timeout_seconds, headers={"user-agent": "heald-remedy"})
+    except httpx.HTTPError as exc:
+        raise RemedyError(f"reload {repo.reload_url} failed: {exc.__class__.__name__}: {exc}") from exc
+    if resp.status_code >= 300:
+        raise RemedyError(f"reload {repo.reload_url} answered {resp.status_code}: {resp.text[:300]}")
+    return f"; reloaded ({resp.status_code})"
+
+
+@register
+class GitRevert(Remedy):
+    """``git revert`` the commit (as author ``heald``), then POST the repository's
+    ``reload_url``. Refuses a work tree with uncommitted changes (they would be lost or
+    committed) and a commit that is not on HEAD; a conflicting revert is aborted.
+
+    Guard: a commit already reverted on HEAD is not reverted again (after a crash mid-apply
+    the revert is found and only the reload is repeated, which is safe). Undo: revert the
+    revert, and reload.
+    """
+
+    name = "git_revert"
+    description = "Revert a commit in a service's configuration repository and reload the service"
+    Params = GitRevertParams
+    has_undo = True
+
+    def target(self, params: GitRevertParams) -> str:  # type: ignore[override]
+        return f"config:{params.service}"
+
+    def snapshot(self, params: GitRevertParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+        return {"head": _git(_repo(params, ctx), "rev-parse", "HEAD")}
+
+    def already_applied(self, params: GitRevertParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+        repo = _repo(params, ctx)
+        full = _git(repo, "rev-parse", "--verify", f"{params.commit}^{{commit}}")
+        if reverting_commit(repo, full, (snapshot or {}).get("head")) is None:
+            return False
+        reload(repo)
+        return True
+
+    def apply(self, params: GitRevertParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+        repo = _repo(params, ctx)
+        full = _git(repo, "rev-parse", "--verify", f"{params.commit}^{{commit}}")
+        if _git(repo, "status", "--porcelain", "--untracked-files=no"):
+            raise RemedyError(f"{repo.path} has uncommitted changes; heald does not revert over them")
+        if subprocess.run(["git", "-C", str(repo.path), "merge-base", "--is-ancestor", full, "HEAD"],
+                          capture_output=True).returncode != 0:
+            raise RemedyError(f"commit {full[:12]} is not on HEAD of {repo.path}")
+        if (done := reverting_commit(repo, full)) is not None:
+            return RemedyResult(f"commit {full[:12]} was already reverted by {done[:12]}{reload(repo)}",
+                                {"revert": done})
+        subject = _git(repo, "log", "-1", "--format=%s", full)
+        try:
+            _as_heald(repo, "revert", "--no-edit", full)
+        except RemedyError:
+            subprocess.run(["git", "-C", str(repo.path), "revert", "--abort"], capture_output=True)
+            raise
+        new = _git(repo, "rev-parse", "HEAD")
+        return RemedyResult(f"reverted {full[:12]} ({subject}) with {new[:12]}{reload(repo)}", {"revert": new})
+
+    def undo(self, params: GitRevertParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+        repo = _repo(params, ctx)
+        revert = undo.get("revert")
+        if not revert:
+            raise RemedyError("no revert commit recorded to undo")
+        if reverting_commit(repo, revert) is not None:
+            return RemedyResult(f"the revert {revert[:12]} was already undone{reload(repo)}")
+        _as_heald(repo, "revert", "--no-edit", revert)
+        return RemedyResult(f"undid the revert {revert[:12]} with {_git(repo, 'rev-parse', 'HEAD')[:12]}{reload(repo)}")
