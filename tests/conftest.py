@@ -138,6 +138,20 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
     pytest.fail(f"timed out after {timeout:g} s waiting for {what}")
 
 
+def make_token(store: Store, role: str, name: str | None = None) -> str:
+    """Create an API token with ``role`` (identity ``name``, default ``<role>-user``) in
+    ``store``; returns the token for an ``Authorization: Bearer`` header."""
+    from heald.api.auth import issue_token
+    from heald.models import Role
+
+    _, token = issue_token(store, name=name or f"{role}-user", role=Role(role), created_by="test")
+    return token
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
 def heald_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "heald.cli", *args]
 

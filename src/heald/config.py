@@ -330,8 +330,45 @@ class SandboxConfig(_Section):
 
 
 class ApiConfig(_Section):
+    """The HTTP API. With ``auth`` (the default) every ``/v1`` request needs an API token
+    (``heald tokens create --role R``); ``auth: false`` opens the API to anyone who can reach
+    it, for local development only."""
+
     host: str = "127.0.0.1"
     port: int = Field(default=8077, ge=0, le=65535)
+    auth: bool = Field(default=True, description="require API tokens with roles; false only for local development")
+
+
+class WebhookConfig(_Section):
+    """How one webhook source (``POST /v1/webhooks/<source>``) authenticates.
+
+    With a secret, a source that signs its requests (GitHub's ``X-Hub-Signature-256``) is
+    checked by its signature; any other source must send the secret as a bearer token, as the
+    basic-auth password, or in ``X-Heald-Webhook-Secret``. ``secret_env`` names an environment
+    variable holding the secret, to keep it out of the file.
+    """
+
+    secret: str | None = Field(default=None, min_length=16, description="shared secret, at least 16 characters")
+    secret_env: str | None = Field(default=None, min_length=1, description="environment variable that holds the secret")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookConfig:
+        if self.secret and self.secret_env:
+            raise ValueError("give either 'secret' or 'secret_env', not both")
+        if self.secret_env is not None:
+            value = os.environ.get(self.secret_env)
+            if not value:
+                raise ValueError(f"secret_env: environment variable {self.secret_env} is not set or empty")
+            if len(value) < 16:
+                raise ValueError(f"secret_env: the secret in {self.secret_env} is shorter than 16 characters")
+        return self
+
+    @property
+    def resolved_secret(self) -> str | None:
+        """The secret itself, from ``secret`` or the ``secret_env`` variable (None if neither)."""
+        if self.secret_env is not None:
+            return os.environ.get(self.secret_env) or None
+        return self.secret
 
 
 class HealdConfig(_Section):
@@ -345,6 +382,7 @@ class HealdConfig(_Section):
     executor_id: str = Field(default="local", description="this worker's id, unique per heald process sharing a database")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     api: ApiConfig = Field(default_factory=ApiConfig)
+    webhooks: dict[str, WebhookConfig] = Field(default_factory=dict, description="per-source webhook secrets")
     services: dict[str, ServiceConfig] = Field(default_factory=dict)
     runbooks: list[Path] = Field(default_factory=list, description="extra runbook files or directories")
     logs: list[LogSourceConfig] = Field(default_factory=list, description="logs to tail and mine for errors")

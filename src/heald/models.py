@@ -85,6 +85,25 @@ class Risk(StrEnum):
         return list(Risk).index(self)
 
 
+class Role(StrEnum):
+    """What an API token may do; each role includes the ones before it:
+    viewer (read) < operator (send signals, silences, reset breakers) < approver (approve and
+    reject remedies) < admin (manage tokens)."""
+
+    viewer = "viewer"
+    operator = "operator"
+    approver = "approver"
+    admin = "admin"
+
+    @property
+    def rank(self) -> int:
+        return list(Role).index(self)
+
+    def allows(self, needed: Role) -> bool:
+        """Does this role include ``needed``?"""
+        return self.rank >= needed.rank
+
+
 class DecisionKind(StrEnum):
     auto = "auto"
     approval = "approval"
@@ -287,3 +306,23 @@ class AuditEntry(_Model):
     details: dict[str, Any] = Field(default_factory=dict)
     prev_hash: str
     hash: str
+
+
+class ApiToken(_Model):
+    """An API token as heald shows it: never the token itself, which only its creator saw once.
+    ``name`` is the identity it authenticates."""
+
+    id: int
+    name: str
+    role: Role
+    prefix: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None = None
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+
+    def active(self, now: datetime | None = None) -> bool:
+        """Not revoked and not expired at ``now`` (default: the current time)."""
+        now = now or utcnow()
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)

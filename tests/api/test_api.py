@@ -2,38 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Iterator
-from pathlib import Path
-
-import httpx
-import pytest
-import uvicorn
 from prometheus_client.parser import text_string_to_metric_families
 
-from heald.api.app import create_app
-from heald.engine import Runtime
-from tests.conftest import free_port, make_config, wait_for
-from tests.engine.test_workflow import runbook
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
-    cfg = make_config(tmp_path, services={"svc": {"command": ["sleep", "600"]}},
-                      runbooks=[str(runbook(tmp_path, risk="medium"))])
-    rt = Runtime(cfg, run_probes=False)
-    rt.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, what="uvicorn")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        yield client, rt
-    server.should_exit = True
-    thread.join(timeout=10)
-    rt.stop(stop_services=True)
+from tests.conftest import bearer, make_token, wait_for
 
 
 SIGNAL = {"source": "my-monitor", "service": "svc", "summary": "svc broken",
@@ -87,17 +58,21 @@ def test_generic_webhook_source(api) -> None:
 
 def test_approve_and_reject_endpoints(api) -> None:
     client, rt = api
+    alice, bob = bearer(make_token(rt.store, "approver", "alice")), bearer(make_token(rt.store, "approver", "bob"))
     inc = client.post("/v1/signals", json=SIGNAL).json()["incident_id"]
-    early = client.post(f"/v1/incidents/{inc}/approve", json={"approver": "alice"})
+    early = client.post(f"/v1/incidents/{inc}/approve", json={}, headers=alice)
     if early.status_code == 409:  # still deciding: the answer names the state
         assert "not awaiting_approval" in early.json()["detail"]
     wait_for(lambda: client.get(f"/v1/incidents/{inc}").json()["incident"]["state"] == "awaiting_approval", what="wait")
-    assert client.post(f"/v1/incidents/{inc}/approve", json={}).status_code == 422
-    r = client.post(f"/v1/incidents/{inc}/reject", json={"approver": "alice", "comment": "maintenance"})
+    assert client.post(f"/v1/incidents/{inc}/approve", json={"approver": 5}, headers=alice).status_code == 422
+    posing = client.post(f"/v1/incidents/{inc}/approve", json={"approver": "bob"}, headers=alice)
+    assert posing.status_code == 403 and "authenticated as alice" in posing.json()["detail"]
+    r = client.post(f"/v1/incidents/{inc}/reject", json={"comment": "maintenance"}, headers=alice)
     assert r.status_code == 200 and r.json()["counted"]
+    assert [a["approver"] for a in rt.store.approvals_for(inc)] == ["alice"]
     wait_for(lambda: client.get(f"/v1/incidents/{inc}").json()["incident"]["state"] == "escalated", what="escalated")
-    assert client.post(f"/v1/incidents/{inc}/approve", json={"approver": "bob"}).status_code == 409
-    assert client.post("/v1/incidents/77/approve", json={"approver": "bob"}).status_code == 404
+    assert client.post(f"/v1/incidents/{inc}/approve", json={}, headers=bob).status_code == 409
+    assert client.post("/v1/incidents/77/approve", json={}, headers=bob).status_code == 404
 
 
 def test_metrics_healthz_openapi(api) -> None:

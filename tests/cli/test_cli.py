@@ -52,7 +52,7 @@ def test_approve_refuses_an_incident_not_awaiting_approval(tmp_path: Path) -> No
     store.migrate()
     with store.tx() as s:
         inc = correlate.ingest(s, Signal(source="t", service="a"), make_config(tmp_path)).incident_id
-    r = run_heald("approve", str(inc), "--as", "alice", env=env_for(tmp_path), cwd=tmp_path)
+    r = run_heald("approve", str(inc), env=env_for(tmp_path), cwd=tmp_path)
     assert r.returncode == 1 and "not awaiting_approval" in r.stderr
 
 

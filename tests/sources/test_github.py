@@ -124,9 +124,18 @@ def test_malformed_payloads_name_the_field() -> None:
         SOURCE.parse(headers("workflow_run"), json.dumps(data).encode())
 
 
+WEBHOOK_SECRET = "github-webhook-secret-for-tests"
+
+
+def signed(body: bytes, event: str, delivery: str | None = None) -> dict[str, str]:
+    """GitHub's headers for ``body``, signed with the configured webhook secret."""
+    return {**headers(event, delivery), "X-Hub-Signature-256": signature(WEBHOOK_SECRET, body)}
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
-    cfg = make_config(tmp_path, healing={"group_wait_seconds": 60})  # incidents stay put while the test looks
+    cfg = make_config(tmp_path, healing={"group_wait_seconds": 60},  # incidents stay put while the test looks
+                      webhooks={"github": {"secret": WEBHOOK_SECRET}})
     rt = Runtime(cfg, manage_services=False, run_probes=False)
     rt.start()
     port = free_port()
@@ -144,25 +153,29 @@ def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
 def test_the_api_accepts_a_failure_once_and_drops_its_redelivery(served) -> None:
     client, rt = served
     body = json.dumps(failed("workflow_run/completed.payload.json", "workflow_run")).encode()
-    first = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "72d3162e-cc78"))
+    unsigned = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "72d3162e-cc78"))
+    assert unsigned.status_code == 401 and "signature" in unsigned.json()["detail"]
+    first = client.post("/v1/webhooks/github", content=body, headers=signed(body, "workflow_run", "72d3162e-cc78"))
     assert first.status_code == 202, first.text
     [accepted] = first.json()["accepted"]
     assert accepted["opened"] and accepted["incident_id"] == 1
-    again = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "72d3162e-cc78"))
+    again = client.post("/v1/webhooks/github", content=body, headers=signed(body, "workflow_run", "72d3162e-cc78"))
     assert again.status_code == 202
     assert again.json() == {"accepted": [], "duplicate": True, "delivery": "72d3162e-cc78",
                             "reason": "delivery 72d3162e-cc78 was accepted before; this redelivery is dropped"}
     assert len(rt.store.signals_for(1)) == 1
-    other = client.post("/v1/webhooks/github", content=body, headers=headers("workflow_run", "another-delivery"))
+    other = client.post("/v1/webhooks/github", content=body, headers=signed(body, "workflow_run", "another-delivery"))
     assert other.json()["accepted"][0]["incident_id"] == 1 and not other.json()["accepted"][0]["opened"]
     assert len(rt.store.signals_for(1)) == 2  # a new delivery about the same commit joins its incident
 
 
 def test_the_api_answers_ignored_events_with_202_and_the_reason(served) -> None:
     client, rt = served
-    r = client.post("/v1/webhooks/github", content=(GH / "push/payload.json").read_bytes(), headers=headers("push"))
+    push = (GH / "push/payload.json").read_bytes()
+    r = client.post("/v1/webhooks/github", content=push, headers=signed(push, "push"))
     assert r.status_code == 202
     assert r.json()["ignored"] is True and "not a CI result" in r.json()["reason"]
-    bad = client.post("/v1/webhooks/github", content=b'{"action": "completed"}', headers=headers("workflow_run"))
+    bad = client.post("/v1/webhooks/github", content=b'{"action": "completed"}',
+                      headers=signed(b'{"action": "completed"}', "workflow_run"))
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "workflow_run"]
     assert rt.store.list_incidents() == []

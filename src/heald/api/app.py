@@ -1,8 +1,10 @@
 """The HTTP API application, served by ``heald serve``.
 
-Each area's routes live in a module of their own (``signals``, ``incidents``, ``ops``) that
-exposes ``routes(rt) -> APIRouter``; :func:`create_app` includes them. The OpenAPI document is
-at ``/openapi.json`` (browsable at ``/docs``).
+Each area's routes live in a module of their own (``signals``, ``incidents``, ``ops``,
+``tokens``) that exposes ``routes(rt) -> APIRouter``; :func:`create_app` includes them. Every
+route that changes something declares the role it needs with
+``Depends(heald.api.auth.require(Role.X))`` (see :mod:`heald.api.auth`); the runtime is on
+``app.state.runtime``. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from heald import __version__
-from heald.api import incidents, ops, signals
+from heald.api import incidents, ops, signals, tokens
 from heald.engine import Runtime
 
 
@@ -18,6 +20,7 @@ def create_app(rt: Runtime) -> FastAPI:
     """The FastAPI application over a started (or about to be started) Runtime."""
     app = FastAPI(title="heald", version=__version__,
                   description="Self-healing control plane: signals → incidents → diagnosis → gated remedies → verification.")
-    for module in (signals, incidents, ops):
+    app.state.runtime = rt
+    for module in (signals, incidents, ops, tokens):
         app.include_router(module.routes(rt))
     return app

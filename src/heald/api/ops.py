@@ -5,20 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from heald import __version__
+from heald.api.auth import require
 from heald.api.metrics import registry_for
 from heald.engine import Runtime
+from heald.models import Role
 
 
 def routes(rt: Runtime) -> APIRouter:
     router = APIRouter(tags=["operations"])
     registry = registry_for(rt.store)
 
-    @router.get("/v1/audit/verify", tags=["audit"])
+    @router.get("/v1/audit/verify", tags=["audit"], dependencies=[Depends(require(Role.viewer))])
     def audit_verify() -> dict[str, Any]:
         """Walk the audit chain; report it intact or the first entry altered or removed."""
         return rt.store.verify_audit().as_dict()

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from heald.api.auth import Principal, require, webhook_principal
 from heald.engine import Runtime
-from heald.models import Severity, SignalStatus
+from heald.models import Role, Severity, SignalStatus
 from heald.models import Signal as SignalModel
 from heald.sources import WEBHOOK_SOURCES, SourceError, SourceIgnored
 
@@ -52,19 +53,21 @@ def routes(rt: Runtime) -> APIRouter:
         return Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened, suppressed_by=r.suppressed_by)
 
     @router.post("/v1/signals", status_code=202, response_model=Accepted)
-    def post_signal(body: SignalIn) -> Accepted:
-        """Accept one signal in heald's generic JSON schema."""
-        return accept(SignalModel.model_validate(body.model_dump(exclude_none=True)))
+    def post_signal(body: SignalIn, who: Principal = Depends(require(Role.operator))) -> Accepted:
+        """Accept one signal in heald's generic JSON schema (role operator)."""
+        return accept(SignalModel.model_validate(body.model_dump(exclude_none=True)), who.actor)
 
     @router.post("/v1/webhooks/{source}", status_code=202)
     async def post_webhook(source: str, request: Request) -> JSONResponse:
-        """Accept a payload from a registered webhook source; 404 for an unknown source, 422
-        naming the field for a payload the source rejects. Every signal of the payload is
-        stored in one transaction before the 202 is sent."""
+        """Accept a payload from a registered webhook source; 404 for an unknown source, 401/403
+        when the request proves neither the source's secret (or signature) nor an operator
+        token, 422 naming the field for a payload the source rejects. Every signal of the
+        payload is stored in one transaction before the 202 is sent."""
         plugin = WEBHOOK_SOURCES.get(source)
         if plugin is None:
             raise HTTPException(404, detail=f"unknown source {source!r}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
         body = await request.body()
+        await run_in_threadpool(webhook_principal, request, source, plugin, body)
         try:
             signals = plugin.parse(request.headers, body)
         except SourceIgnored as exc:

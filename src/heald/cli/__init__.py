@@ -87,6 +87,12 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
     configure(cfg.log_level)
     rt = Runtime(cfg)
     rt.start()
+    if not cfg.api.auth:
+        err.print("[yellow]warning:[/] api.auth is false: anyone who reaches the API can send signals and approve "
+                  "remedies. Use it only for local development.")
+    elif rt.store.count_active_tokens() == 0:
+        err.print("[yellow]warning:[/] no API tokens exist, so every /v1 request gets 401. Create one with "
+                  "[bold]heald tokens create --role admin[/].")
     try:
         uvicorn.run(create_app(rt), host=host or cfg.api.host, port=port if port is not None else cfg.api.port,
                     log_config=None, access_log=False)
@@ -180,13 +186,37 @@ def incident(incident_id: int = typer.Argument(..., help="The incident's id."), 
     out.print(timeline)
 
 
-def _verdict(incident_id: int, verdict: str, approver: str | None, comment: str, json_out: bool) -> None:
+def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: str | None) -> str:
+    """Who gives a verdict from the CLI: the identity of ``token`` (role approver or above);
+    else, with ``api.auth`` on, the login name (the operating system authenticated it), and
+    ``--as`` may not claim another; with auth off, ``--as`` or the login name."""
+    from heald.api.auth import lookup_token
+    from heald.models import Role
+
+    login = getpass.getuser()
+    if token:
+        record = lookup_token(store, token)
+        if record is None:
+            fail("--token: the API token is unknown, revoked or expired", 3)
+        if not record.role.allows(Role.approver):
+            fail(f"--token: {record.name} has role {record.role.value}; a verdict needs role approver or above", 3)
+        if claimed is not None and claimed != record.name:
+            fail(f"--as: the token authenticates {record.name}, not {claimed}", 3)
+        return record.name
+    if claimed is not None and claimed != login and cfg.api.auth:
+        fail(f"--as: with api.auth on you give verdicts as yourself ({login}) or as a token's identity "
+             "(--token or $HEALD_TOKEN)", 3)
+    return claimed or login
+
+
+def _verdict(incident_id: int, verdict: str, approver: str | None, token: str | None, comment: str,
+             json_out: bool) -> None:
     from heald.engine import client_send, submit_approval
     from heald.store import InvalidTransition, NotFound
 
     cfg = config()
     store = open_store(cfg)
-    who = approver or getpass.getuser()
+    who = approver_identity(cfg, store, token, approver)
     try:
         result = submit_approval(store, incident_id, who, verdict, comment, client_send(cfg))
     except NotFound:
@@ -202,18 +232,22 @@ def _verdict(incident_id: int, verdict: str, approver: str | None, comment: str,
                   f"({result['approvals']}/{result['required']} approvals).")
 
 
+AsOpt = typer.Option(None, "--as", help="Identity; only with api.auth false (default: your user name).")
+TokenOpt = typer.Option(None, "--token", envvar="HEALD_TOKEN", help="An API token of role approver: its identity gives the verdict.")
+
+
 @app.command()
-def approve(incident_id: int, approver: str | None = typer.Option(None, "--as", help="Approver identity (default: your user name)."),
+def approve(incident_id: int, approver: str | None = AsOpt, token: str | None = TokenOpt,
             comment: str = typer.Option("", help="Why."), json_out: bool = JsonOpt) -> None:
-    """Approve the remedy an incident is waiting on."""
-    _verdict(incident_id, "approve", approver, comment, json_out)
+    """Approve the remedy an incident is waiting on (an identity counts once)."""
+    _verdict(incident_id, "approve", approver, token, comment, json_out)
 
 
 @app.command()
-def reject(incident_id: int, approver: str | None = typer.Option(None, "--as", help="Identity (default: your user name)."),
+def reject(incident_id: int, approver: str | None = AsOpt, token: str | None = TokenOpt,
            comment: str = typer.Option("", help="Why."), json_out: bool = JsonOpt) -> None:
     """Reject the remedy an incident is waiting on; the healing ends, escalated."""
-    _verdict(incident_id, "reject", approver, comment, json_out)
+    _verdict(incident_id, "reject", approver, token, comment, json_out)
 
 
 @audit_app.command("verify")
@@ -240,3 +274,4 @@ from heald.cli import runbooks as _runbooks  # noqa: E402,F401
 from heald.cli import logs as _logs  # noqa: E402,F401
 from heald.cli import evaluate as _evaluate  # noqa: E402,F401
 from heald.cli import sandbox as _sandbox  # noqa: E402,F401
+from heald.cli import tokens as _tokens  # noqa: E402,F401

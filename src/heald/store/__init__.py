@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from heald.models import (
     ALLOWED_TRANSITIONS,
     Action,
+    ApiToken,
     ActionStatus,
     AuditEntry,
     Decision,
@@ -30,6 +31,7 @@ from heald.models import (
     IncidentState,
     Outcome,
     Plan,
+    Role,
     Signal,
     Verification,
     utcnow,
@@ -38,6 +40,7 @@ from heald.store import audit
 from heald.store.db import create_engine
 from heald.store.tables import (
     ActionRow,
+    ApiTokenRow,
     ApprovalRow,
     AuditRow,
     DecisionRow,
@@ -92,6 +95,12 @@ def action_model(row: ActionRow) -> Action:
         params=row.params, idempotency_key=row.idempotency_key, status=ActionStatus(row.status),
         output=row.output, snapshot=row.snapshot, undo=row.undo, started_at=row.started_at, finished_at=row.finished_at,
     )
+
+
+def token_model(row: ApiTokenRow) -> ApiToken:
+    return ApiToken(id=row.id, name=row.name, role=Role(row.role), prefix=row.prefix, created_by=row.created_by,
+                    created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
+                    revoked_by=row.revoked_by)
 
 
 def _jsonable(value: Any) -> Any:
@@ -439,6 +448,50 @@ class Store:
             "llm_usage": self.llm_usage_for(incident_id),
             "timeline": dump(self.audit_entries(incident_id=incident_id, limit=10_000)),
         }
+
+    # -- API tokens ------------------------------------------------------------------------
+    def add_token(self, *, name: str, role: Role, token_hash: str, prefix: str, created_by: str,
+                  expires_at: datetime | None = None) -> ApiToken:
+        """Store a new API token by its hash (the token itself is never stored) and audit it."""
+        with self.tx() as s:
+            row = ApiTokenRow(name=name, role=role.value, token_hash=token_hash, prefix=prefix, created_by=created_by,
+                              created_at=utcnow(), expires_at=expires_at, revoked_at=None, revoked_by=None)
+            s.add(row)
+            s.flush()
+            audit.append(s, actor=created_by, event="token.created", reason=f"token {row.id} for {name} with role {role.value}",
+                         details={"token_id": row.id, "name": name, "role": role.value, "prefix": prefix,
+                                  "expires_at": expires_at.isoformat() if expires_at else None})
+            return token_model(row)
+
+    def token_by_hash(self, token_hash: str) -> ApiToken | None:
+        """The token with this sha256 (hex), active or not; None when there is none."""
+        with self.tx() as s:
+            row = s.scalar(sa.select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash))
+            return token_model(row) if row is not None else None
+
+    def list_tokens(self) -> list[ApiToken]:
+        """Every token ever created (revoked ones too), oldest first."""
+        with self.tx() as s:
+            return [token_model(r) for r in s.scalars(sa.select(ApiTokenRow).order_by(ApiTokenRow.id))]
+
+    def count_active_tokens(self) -> int:
+        now = utcnow()
+        with self.tx() as s:
+            return s.scalar(sa.select(sa.func.count()).select_from(ApiTokenRow).where(
+                ApiTokenRow.revoked_at.is_(None),
+                sa.or_(ApiTokenRow.expires_at.is_(None), ApiTokenRow.expires_at > now))) or 0
+
+    def revoke_token(self, token_id: int, by: str) -> ApiToken:
+        """Revoke a token (it stays listed, marked revoked). Idempotent. Raises NotFound."""
+        with self.tx() as s:
+            row = s.get(ApiTokenRow, token_id, with_for_update=True)
+            if row is None:
+                raise NotFound(f"no token {token_id}")
+            if row.revoked_at is None:
+                row.revoked_at, row.revoked_by = utcnow(), by
+                audit.append(s, actor=by, event="token.revoked", reason=f"token {token_id} of {row.name} revoked",
+                             details={"token_id": token_id, "name": row.name, "role": row.role})
+            return token_model(row)
 
     # -- audit -----------------------------------------------------------------------------
     def record(self, *, actor: str, event: str, reason: str = "", incident_id: int | None = None,

@@ -1,0 +1,78 @@
+"""``heald tokens create|list|revoke``: API tokens with roles (see :mod:`heald.api.auth`)."""
+
+from __future__ import annotations
+
+import getpass
+from datetime import timedelta
+
+import typer
+from rich.table import Table
+
+from heald.cli import JsonOpt, app, config, err, fail, open_store, out, print_json
+from heald.models import Role, utcnow
+
+tokens_app = typer.Typer(help="API tokens with roles (viewer < operator < approver < admin).", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def create(role: Role = typer.Option(..., "--role", help="viewer, operator, approver or admin."),
+           name: str | None = typer.Option(None, "--name", help="The identity it authenticates (default: your user name)."),
+           expires_in: str | None = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d or 12h (default: until revoked)."),
+           json_out: bool = JsonOpt) -> None:
+    """Create an API token and print it, once: heald stores only its hash."""
+    from heald.api.auth import issue_token
+    from heald.durations import parse_duration
+
+    expires = None
+    if expires_in is not None:
+        try:
+            expires = utcnow() + timedelta(seconds=parse_duration(expires_in))
+        except ValueError as exc:
+            fail(f"--expires-in: {exc}")
+    store = open_store(config())
+    try:
+        record, token = issue_token(store, name=name or getpass.getuser(), role=role,
+                                    created_by=f"cli:{getpass.getuser()}", expires_at=expires)
+    except ValueError as exc:
+        fail(f"--{exc}")
+    if json_out:
+        print_json({**record.model_dump(mode="json"), "token": token})
+        return
+    out.print(token, highlight=False, soft_wrap=True)
+    err.print(f"token {record.id} for [bold]{record.name}[/] with role [bold]{record.role.value}[/]"
+              + (f", expires {record.expires_at:%Y-%m-%d %H:%M} UTC" if record.expires_at else "")
+              + ". It is shown only this once: heald keeps only its hash.")
+
+
+@tokens_app.command("list")
+def list_tokens(json_out: bool = JsonOpt) -> None:
+    """List the tokens (never the tokens themselves), revoked ones included."""
+    tokens = open_store(config()).list_tokens()
+    if json_out:
+        print_json([t.model_dump(mode="json") for t in tokens])
+        return
+    table = Table(title="API tokens")
+    for col in ("id", "name", "role", "prefix", "created", "by", "expires", "state"):
+        table.add_column(col)
+    now = utcnow()
+    for t in tokens:
+        state = "revoked" if t.revoked_at else ("expired" if not t.active(now) else "active")
+        table.add_row(str(t.id), t.name, t.role.value, t.prefix + "…", f"{t.created_at:%Y-%m-%d %H:%M}", t.created_by,
+                      f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "—", state)
+    out.print(table)
+
+
+@tokens_app.command("revoke")
+def revoke(token_id: int = typer.Argument(..., help="The token's id (heald tokens list)."), json_out: bool = JsonOpt) -> None:
+    """Revoke a token: it stops working at once and stays listed as revoked."""
+    from heald.store import NotFound
+
+    try:
+        record = open_store(config()).revoke_token(token_id, f"cli:{getpass.getuser()}")
+    except NotFound:
+        fail(f"no token {token_id}", 1)
+    if json_out:
+        print_json(record.model_dump(mode="json"))
+    else:
+        out.print(f"token {record.id} of {record.name} is revoked.")
