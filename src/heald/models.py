@@ -72,7 +72,15 @@ for _state in OPEN_STATES:
     }
 
 
-class Risk(StrEnum):
+class _Ranked(StrEnum):
+    """A string enum whose members are ordered as declared."""
+
+    @property
+    def rank(self) -> int:
+        return list(type(self)).index(self)
+
+
+class Risk(_Ranked):
     """How much harm a remedy can do if the diagnosis is wrong."""
 
     low = "low"
@@ -80,12 +88,8 @@ class Risk(StrEnum):
     high = "high"
     critical = "critical"
 
-    @property
-    def rank(self) -> int:
-        return list(Risk).index(self)
 
-
-class Role(StrEnum):
+class Role(_Ranked):
     """What an API token may do; each role includes the ones before it:
     viewer (read) < operator (send signals, silences, reset breakers) < approver (approve and
     reject remedies) < admin (manage tokens)."""
@@ -94,10 +98,6 @@ class Role(StrEnum):
     operator = "operator"
     approver = "approver"
     admin = "admin"
-
-    @property
-    def rank(self) -> int:
-        return list(Role).index(self)
 
     def allows(self, needed: Role) -> bool:
         """Does this role include ``needed``?"""
