@@ -178,9 +178,10 @@ def open_tmp() -> Iterator[Path]:
 
 
 @contextmanager
-def serving(rt: Runtime) -> Iterator[httpx.Client]:
+def serving(rt: Runtime, role: str | None = "admin", name: str = "root") -> Iterator[httpx.Client]:
     """heald's HTTP API over ``rt`` on a free loopback port (uvicorn in a thread), and a client
-    for it; the server stops when the block ends."""
+    for it that sends a bearer token of ``role`` (identity ``name``; None: no token); the
+    server stops when the block ends."""
     import uvicorn
 
     from heald.api.app import create_app
@@ -189,8 +190,9 @@ def serving(rt: Runtime) -> Iterator[httpx.Client]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, what="uvicorn")
+    headers = bearer(make_token(rt.store, role, name)) if role else {}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=10, headers=headers) as client:
             yield client
     finally:
         server.should_exit = True

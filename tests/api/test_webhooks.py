@@ -92,8 +92,10 @@ def test_an_alert_stored_before_a_crash_is_healed_after_restart(tmp_path: Path) 
     point ``ingest.after_commit``); the restarted heald finds the incident and heals it."""
     port = free_port()
     config = tmp_path / "heald.yaml"
+    secret = "alertmanager-shared-secret"
     config.write_text(yaml.safe_dump({"state_dir": str(tmp_path / "state"), "api": {"port": port},
-                                      "log_level": "warning", "healing": {"group_wait_seconds": 0.1}}))
+                                      "log_level": "warning", "healing": {"group_wait_seconds": 0.1},
+                                      "webhooks": {"alertmanager": {"secret": secret}}}))
     log = tmp_path / "heald.log"
 
     def start(failpoints: str) -> subprocess.Popen[bytes]:
@@ -110,7 +112,8 @@ def test_an_alert_stored_before_a_crash_is_healed_after_restart(tmp_path: Path) 
     try:
         wait_for(up, what="heald to serve")
         with pytest.raises(httpx.ReadTimeout):  # held at the fail point: no answer
-            httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/alertmanager", content=FIRING, headers=JSON, timeout=3)
+            httpx.post(f"http://127.0.0.1:{port}/v1/webhooks/alertmanager", content=FIRING, timeout=3,
+                       headers={**JSON, "Authorization": f"Bearer {secret}"})
         wait_for(lambda: "failpoint ingest.after_commit reached" in log.read_text(), what="the fail point")
         heald.send_signal(signal.SIGKILL)
         heald.wait(timeout=10)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
-from heald.api.app import create_app
 from heald.engine import Runtime
 from heald.sources import SourceError, SourceIgnored
 from heald.sources.github import GitHubSource, fingerprint, signature, verify_signature
-from tests.conftest import CORPUS, free_port, make_config, wait_for
+from tests.conftest import CORPUS, make_config, serving
 
 GH = CORPUS / "github"
 SOURCE = GitHubSource()
@@ -138,16 +135,11 @@ def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, Runtime]]:
                       webhooks={"github": {"secret": WEBHOOK_SECRET}})
     rt = Runtime(cfg, manage_services=False, run_probes=False)
     rt.start()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, what="uvicorn")
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        yield client, rt
-    server.should_exit = True
-    thread.join(timeout=10)
-    rt.stop()
+    try:
+        with serving(rt, role=None) as client:  # GitHub authenticates by its signature alone
+            yield client, rt
+    finally:
+        rt.stop()
 
 
 def test_the_api_accepts_a_failure_once_and_drops_its_redelivery(served) -> None:
