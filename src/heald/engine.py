@@ -288,10 +288,15 @@ def heal_incident(incident_id: int) -> str:
 
 def _firing(signals: list[Signal]) -> bool:
     """Is any fingerprint of these signals still firing (its latest signal not resolved)?"""
+    return bool(still_firing(signals))
+
+
+def still_firing(signals: list[Signal]) -> list[Signal]:
+    """The signals whose fingerprint has not resolved since (in arrival order)."""
     latest: dict[str, SignalStatus] = {}
     for s in signals:
         latest[s.fingerprint or ""] = s.status
-    return any(st == SignalStatus.firing for st in latest.values())
+    return [s for s in signals if s.status == SignalStatus.firing and latest[s.fingerprint or ""] == SignalStatus.firing]
 
 
 def _close_if_resolved_by_source(rt: Runtime, incident: Incident, signals: list[Signal]) -> str | None:
@@ -321,9 +326,10 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str,
         return {"closed": closed}
     rt.store.transition(incident_id, IncidentState.diagnosing, reason=f"attempt {attempt}: diagnosing {len(signals)} signals")
     rt.store.bump_attempts(incident_id, attempt)
-    finding = diagnose(inc, signals, rt.reasoners, rt.runbooks)
+    active = still_firing(signals)  # a condition that has resolved (a restart's blip) is not evidence
+    finding = diagnose(inc, active, rt.reasoners, rt.runbooks)
     record_diagnosis(rt.store, incident_id, finding)
-    result = make_plan(incident_id, finding, signals, set(tried), success_rates(rt.store, finding.diagnosis.category))
+    result = make_plan(incident_id, finding, active, set(tried), success_rates(rt.store, finding.diagnosis.category))
     rt.store.add_plan(result.plan)
     for why in result.dropped:
         rt.store.record(actor="heald", event="plan.candidate_dropped", incident_id=incident_id, reason=why)

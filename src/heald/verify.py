@@ -5,8 +5,8 @@ for ``stabilization`` seconds (passed) or ``timeout`` seconds have gone by (fail
 inside the window restarts it. ``recovered_at`` is when the final passing streak began: the
 moment the system was healthy again, which is what time-to-recover measures.
 
-Checks are the probes of every service the incident concerns (its service and the services of
-its firing signals: a dependency's incident verifies its dependents too), each with its own
+Checks are the probes of every service the incident concerns (its service, the services of its
+firing signals, and the services depending on these), each with its own
 state (a metric probe judges only what happened since verification began); plus, for signals
 from sources that report resolution (Alertmanager), that those alerts have resolved; with no
 probe at all, that every signal of the incident has been resolved by its source.
@@ -19,6 +19,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 from heald.config import HealdConfig
+from heald.correlate.dependencies import dependents_of
 from heald.models import CheckResult, Incident, Signal, SignalStatus, Verification, utcnow
 from heald.sources import WEBHOOK_SOURCES
 from heald.sources.probes import make_checker
@@ -60,19 +61,24 @@ def alert_resolved_check(store: Store, incident_id: int, sources: set[str] | Non
     return check
 
 
-def affected_services(incident: Incident, signals: list[Signal]) -> list[str]:
-    """The incident's service, then every other service a firing signal of it names."""
+def affected_services(incident: Incident, signals: list[Signal], config: HealdConfig) -> list[str]:
+    """The incident's service, every other service a firing signal of it names, and the
+    services that depend on these (the dependency map): healing payments is verified only when
+    the shop's checkouts work again."""
     out = [incident.service] if incident.service else []
     for s in signals:
         if s.status == SignalStatus.firing and s.service and s.service not in out:
             out.append(s.service)
+    for svc in list(out):
+        out.extend(d for d in dependents_of(config, svc) if d not in out)
     return out
 
 
 def checks_for(incident: Incident, config: HealdConfig, store: Store, supervisor: Supervisor | None) -> list[Check]:
     """The checks that verify ``incident`` (see the module docstring)."""
     signals = store.signals_for(incident.id)
-    checks = [c for svc in affected_services(incident, signals) for c in probe_checks(config, svc, supervisor)]
+    services = affected_services(incident, signals, config)
+    checks = [c for svc in services for c in probe_checks(config, svc, supervisor)]
     if not checks:
         return [alert_resolved_check(store, incident.id)]
     resolving = {s.source for s in signals

@@ -90,3 +90,19 @@ def test_a_resolved_signal_after_the_incident_closed_is_kept_with_it(tmp_path: P
     assert [s.status for s in store.signals_for(inc.id)] == [SignalStatus.firing, SignalStatus.resolved]
     # a resolved signal nobody saw fire joins nothing
     assert ingest(store, c, sig("bank", status=SignalStatus.resolved)).incident_id is None
+
+
+def test_a_dependents_late_signal_is_kept_with_the_closed_dependency_incident(tmp_path: Path, store: Store) -> None:
+    """The shop's error ratio crosses its threshold only after payments' incident was healed
+    (and verified with the shop's own probes): the signal is recorded there, not a new incident."""
+    c = cfg(tmp_path)
+    payments = ingest(store, c, sig("payments"))
+    began = store.get_incident(payments.incident_id).started_at
+    store.transition(payments.incident_id, IncidentState.resolved, reason="test")
+    late = sig("shop", "HighErrorRate").model_copy(update={"starts_at": began})
+    r = ingest(store, c, late)
+    assert r.incident_id == payments.incident_id and not r.opened
+    assert store.get_incident(payments.incident_id).state == IncidentState.resolved
+    # a failure that began after payments' incident closed is the shop's own
+    after = ingest(store, c, sig("shop", "Other"))
+    assert after.opened

@@ -127,7 +127,7 @@ def demo(
         for r in results:
             table.add_row(r.fault, _secs(r.time_to_detect_s),
                           f"{r.diagnosis} ({r.confidence:.2f})" if r.diagnosis else "—",
-                          r.remedy or "—", _secs(r.time_to_recover_s),
+                          f"{r.remedy} ({r.target})" if r.remedy else "—", _secs(r.time_to_recover_s),
                           f"[green]{r.outcome}[/]" if r.expected else f"[red]{r.outcome}[/]")
         out.print(table)
     if not all(r.expected for r in results):

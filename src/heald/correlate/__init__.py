@@ -11,6 +11,7 @@ serialized.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -60,6 +61,13 @@ def _open_incident_of(session: Session, services: list[str], states: list[str]) 
     return None
 
 
+def _explaining_incident(session: Session, services: list[str], began: datetime) -> IncidentRow | None:
+    """The newest closed incident of one of ``services`` that was open when ``began``."""
+    return session.scalar(sa.select(IncidentRow).where(
+        IncidentRow.service.in_(services), IncidentRow.closed_at.is_not(None), IncidentRow.started_at <= began,
+        IncidentRow.closed_at >= began).order_by(IncidentRow.id.desc()).limit(1))
+
+
 def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
     return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
                           .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
@@ -71,8 +79,10 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
     A firing signal joins, in this order: the open incident with its fingerprint; the open
     incident with its grouping key (``correlation.group_by``); the open incident of a service
     its service depends on. Else, when a service depending on its service has an incident still
-    in ``observing``, that incident is taken over (retargeted at this service); else it opens
-    an incident in state ``observing``. A resolved signal is stored with the open incident it
+    in ``observing``, that incident is taken over (retargeted at this service); else, when its
+    failure began while an incident of a service it depends on was open and that incident has
+    closed since (its verification covered the dependents), it is recorded with that incident;
+    else it opens an incident in state ``observing``. A resolved signal is stored with the open incident it
     resolves, else with the latest incident its fingerprint fired in (for the record), and
     never opens one.
     """
@@ -101,6 +111,10 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
                 incident.labels = {**incident.labels, "service": signal.service}
                 incident.title = ((signal.summary or signal.labels.get("alertname") or signal.kind)[:180]
                                   + f" on {signal.service} (and its dependent {retargeted_from})")[:500]
+    explained_by: IncidentRow | None = None
+    if incident is None and mapped and signal.status == SignalStatus.firing and signal.service:
+        explained_by = _explaining_incident(session, dependencies_of(config, signal.service), signal.starts_at or now)
+        incident = explained_by
     resolves_closed = False
     if incident is None and signal.status == SignalStatus.resolved:
         incident = _latest_with_fingerprint(session, fp)
@@ -119,7 +133,7 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
         session.add(incident)
         session.flush()
         opened = True
-    elif incident is not None and starts_at < incident.started_at and not resolves_closed:
+    elif incident is not None and starts_at < incident.started_at and not resolves_closed and explained_by is None:
         incident.started_at = starts_at
     row = SignalRow(
         source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
@@ -143,6 +157,10 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
             details["inhibited_by_dependency"] = joined_dependency
         if resolves_closed:
             reason += f" (the incident was already {incident.state})"
+        if explained_by is not None:
+            reason += (f" (it began while {incident.service}'s incident was open, which explains it; that incident "
+                       f"is {incident.state} and its verification covered {signal.service}: recorded, not reopened)")
+            details["explained_by_dependency"] = incident.service
         audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
                      reason=reason, details=details)
         if retargeted_from:

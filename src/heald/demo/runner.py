@@ -1,19 +1,19 @@
 """``heald demo``: start a real system under heald, inject faults, report how each was healed.
 
-The demo builds a configuration in a work directory (SQLite store, the demo shop as a managed
-service with an HTTP probe), starts heald's runtime in this process, injects each fault, waits
-until heald ends the incident, and reports per fault: time to detect and time to recover
-(seconds from the moment the fault was injected), the diagnosis, the remedy and the outcome.
-While it runs, it prints what heald decided and why, read from the audit log.
+:func:`run_demo` builds and starts the demo system (:mod:`heald.demo.system`), then for each
+fault (:mod:`heald.demo.faults`): waits until the system is quiet (every probe passing, no
+incident open), injects the fault, follows heald's audit log until heald has healed it (an
+incident resolved by a remedy) or given up, and reports: time to detect and time to recover
+(seconds from the moment the fault was injected, and from the first failing observation,
+which is the incident's own measure), the diagnosis, the remedy and what it targeted, the
+outcome, and whether that is what the fault called for. While it runs it prints what heald
+decided and why.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import shutil
-import signal
-import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -21,68 +21,27 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 from rich.console import Console
+from rich.markup import escape
 
-from heald.config import HealdConfig, ProbeConfig, ServiceConfig
-from heald.engine import Runtime
-from heald.models import Incident, utcnow
+from heald.demo.faults import FAULTS, Fault
+from heald.demo.system import DemoEnv, free_port, start_demo, wait_healthy
+from heald.models import Action, Incident, utcnow
 
+__all__ = ["FAULTS", "DemoEnv", "DemoResult", "Fault", "free_port", "results_json", "run_demo", "run_fault",
+           "start_demo", "wait_healthy", "wait_quiet"]
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class DemoEnv:
-    """The running demo system: work directory, config, runtime, ports."""
-
-    workdir: Path
-    config: HealdConfig
-    runtime: Runtime
-    ports: dict[str, int]
-
-    def pid(self, service: str) -> int:
-        proc = self.runtime.supervisor.get(service)
-        ident = proc.identity() if proc else None
-        if ident is None:
-            raise RuntimeError(f"demo service {service} is not running")
-        return ident.pid
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A fault the demo can inject. ``inject`` breaks the system and returns a description;
-    ``expect_incident`` False means heald should take no action (a false alarm)."""
-
-    name: str
-    description: str
-    inject: Callable[[DemoEnv], str]
-    expect_incident: bool = True
-
-
-def _kill(service: str) -> Callable[[DemoEnv], str]:
-    def inject(env: DemoEnv) -> str:
-        pid = env.pid(service)
-        os.kill(pid, signal.SIGKILL)
-        return f"SIGKILL {service} (pid {pid})"
-    return inject
-
-
-FAULTS: dict[str, Fault] = {
-    f.name: f for f in [
-        Fault("process-crash", "the shop's process is killed with SIGKILL", _kill("shop")),
-    ]
-}
+#: Seconds ``false-alarm`` is watched for an incident that should not come.
+FALSE_ALARM_WATCH_SECONDS = 4.0
 
 
 @dataclass
 class DemoResult:
-    """One fault's row of the demo table; times in seconds from injection."""
+    """One fault's row of the demo table. ``time_to_detect_s``/``time_to_recover_s`` are
+    seconds from the injection; ``incident_time_to_*`` from the first failing observation
+    (the incident's own figures)."""
 
     fault: str
     injected: str
@@ -91,89 +50,21 @@ class DemoResult:
     diagnosis: str | None = None
     confidence: float | None = None
     remedy: str | None = None
+    target: str | None = None
     time_to_recover_s: float | None = None
     outcome: str = "no incident"
     expected: bool = False
     reason: str = ""
+    incident_time_to_detect_s: float | None = None
+    incident_time_to_recover_s: float | None = None
+    attempts: int = 0
+    other_incidents: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
     decisions: list[str] = field(default_factory=list)
-
-
-def demo_config(workdir: Path, ports: dict[str, int]) -> HealdConfig:
-    """The demo's configuration: fast probes and short windows so a demo run takes seconds."""
-    py = sys.executable
-    shop = ServiceConfig(
-        command=[py, "-m", "heald.demo.shop", "--port", str(ports["shop"]), "--starts-file", str(workdir / "shop.starts")],
-        probes=[ProbeConfig(type="http", name="shop /healthz", url=f"http://127.0.0.1:{ports['shop']}/healthz",
-                            interval_seconds=0.2, timeout_seconds=0.5, failure_threshold=2)],
-    )
-    cfg = HealdConfig.model_validate({
-        "state_dir": str(workdir / "state"), "environment": "demo",
-        "services": {"shop": shop.model_dump()},
-        "healing": {"group_wait_seconds": 0.1, "cooldown_seconds": 1.0, "stabilization_seconds": 1.0,
-                    "verify_interval_seconds": 0.1, "verify_timeout_seconds": 20.0, "max_attempts": 3},
-    })
-    cfg.resolve_paths(workdir)
-    return cfg
-
-
-def wait_healthy(url: str, timeout: float = 15.0) -> None:
-    """Poll ``url`` until it answers 200; raises TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=0.5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError(f"{url} did not become healthy within {timeout:g} s")
 
 
 def _seconds(later: datetime | None, earlier: datetime) -> float | None:
     return None if later is None else round(max(0.0, (later - earlier).total_seconds()), 3)
-
-
-def run_fault(env: DemoEnv, fault: Fault, say: Callable[[str], None], timeout: float = 60.0) -> DemoResult:
-    """Inject ``fault``, follow heald's audit log until the incident ends, return its row."""
-    store = env.runtime.store
-    last_incident = max((i.id for i in store.list_incidents(limit=1)), default=0)
-    after_seq = store.last_audit_seq()
-    t0 = utcnow()
-    injected = fault.inject(env)
-    say(f"[bold]{fault.name}[/]: injected — {injected}")
-    result = DemoResult(fault=fault.name, injected=injected)
-    deadline = time.monotonic() + (timeout if fault.expect_incident else 5.0)
-    incident: Incident | None = None
-    while time.monotonic() < deadline:
-        for entry in store.audit_entries(after_seq=after_seq):
-            after_seq = entry.seq
-            if entry.incident_id is not None and entry.incident_id > last_incident:
-                say(f"  [dim]#{entry.incident_id}[/] {_describe(entry.event, entry.reason, entry.details)}")
-                if entry.event == "gate.decided":
-                    result.decisions.append(entry.reason)
-        new = [i for i in store.list_incidents(limit=20) if i.id > last_incident]
-        if new:
-            incident = store.get_incident(min(i.id for i in new))
-            if incident.state.terminal:
-                break
-        time.sleep(0.05)
-    if incident is None:
-        result.outcome = "no action"
-        result.expected = not fault.expect_incident
-        result.reason = "no incident was opened" if not fault.expect_incident else f"no incident within {timeout:g} s"
-        return result
-    diagnoses = store.diagnoses_for(incident.id)
-    actions = store.actions_for(incident.id)
-    result.incident_id = incident.id
-    result.time_to_detect_s = _seconds(incident.detected_at, t0)
-    result.time_to_recover_s = _seconds(incident.recovered_at, t0)
-    result.diagnosis = diagnoses[-1].category if diagnoses else None
-    result.confidence = diagnoses[-1].confidence if diagnoses else None
-    result.remedy = actions[-1].remedy if actions else None
-    result.outcome = incident.state.value
-    result.reason = incident.closed_reason or ""
-    result.expected = fault.expect_incident and incident.state.value == "resolved"
-    return result
 
 
 def _describe(event: str, reason: str, details: dict[str, Any]) -> str:
@@ -186,20 +77,123 @@ def _describe(event: str, reason: str, details: dict[str, Any]) -> str:
     return f"{event}: {reason}"
 
 
-def start_demo(workdir: Path) -> DemoEnv:
-    """Start heald's runtime over the demo system in ``workdir`` and wait until it is healthy."""
-    ports = {"shop": free_port()}
-    cfg = demo_config(workdir, ports)
-    rt = Runtime(cfg)
-    rt.start()
-    wait_healthy(f"http://127.0.0.1:{ports['shop']}/healthz")
-    return DemoEnv(workdir=workdir, config=cfg, runtime=rt, ports=ports)
+def wait_quiet(env: DemoEnv, timeout: float = 60.0, settle: float = 0.75) -> None:
+    """Wait until every probe passes and no incident is open, continuously for ``settle``
+    seconds. Raises TimeoutError."""
+    deadline = time.monotonic() + timeout
+    since: float | None = None
+    while time.monotonic() < deadline:
+        if env.healthy():
+            since = since or time.monotonic()
+            if time.monotonic() - since >= settle:
+                return
+        else:
+            since = None
+        time.sleep(0.05)
+    failing = [f"{svc} {label}: {r.detail}" for (svc, label), r in env.results.items() if not r.ok]
+    raise TimeoutError(f"the demo system did not settle within {timeout:g} s: {'; '.join(failing) or 'an incident is open'}")
+
+
+def target_text(action: Action) -> str:
+    """What a remedy acted on, for a human: ``payments``, ``PUT /admin/flags {"slow_mode": false}``,
+    ``shop: revert 1a2b3c4d5e``."""
+    p = action.params
+    if action.remedy == "http_request":
+        body = f" {json.dumps(p['body'])}" if p.get("body") is not None else ""
+        return f"{p.get('method', 'POST')} {urlsplit(str(p.get('url', ''))).path}{body}"
+    extra = {"git_revert": lambda: f": revert {str(p.get('commit'))[:10]}",
+             "rollback_release": lambda: f": to {p.get('to') or 'the previous release'}",
+             "cleanup_path": lambda: f": {p.get('path')}"}.get(action.remedy, lambda: "")
+    return f"{p.get('service', p.get('name', ''))}{extra()}"
+
+
+def _contains(params: Any, expected: Any) -> bool:
+    """Does ``params`` hold ``expected`` (a subset, recursively for objects)?"""
+    if isinstance(expected, dict):
+        return isinstance(params, dict) and all(_contains(params.get(k), v) for k, v in expected.items())
+    return bool(params == expected)
+
+
+def _healing_incident(incidents: list[Incident], acted: set[int]) -> Incident | None:
+    """The incident heald healed (or tried to): the first with an action, else the first."""
+    return next((i for i in incidents if i.id in acted), incidents[0] if incidents else None)
+
+
+def run_fault(env: DemoEnv, fault: Fault, say: Callable[[str], None], timeout: float = 60.0) -> DemoResult:
+    """Wait for quiet, inject ``fault``, follow heald until it healed it (or gave up, or
+    ``timeout`` seconds passed), and return its row."""
+    wait_quiet(env)
+    store = env.runtime.store
+    last_incident = max((i.id for i in store.list_incidents(limit=1)), default=0)
+    after_seq = store.last_audit_seq()
+    memo: dict[str, Any] = {}
+    t0 = utcnow()
+    injected = fault.inject(env, memo)
+    say(f"[bold]{fault.name}[/]: injected — {escape(injected)}")
+    result = DemoResult(fault=fault.name, injected=injected)
+    started = time.monotonic()
+    limit = timeout if fault.expect_incident else FALSE_ALARM_WATCH_SECONDS
+    incidents: list[Incident] = []
+    acted: set[int] = set()
+    while time.monotonic() - started < limit:
+        for entry in store.audit_entries(after_seq=after_seq):
+            after_seq = entry.seq
+            if entry.incident_id is not None and entry.incident_id > last_incident:
+                say(f"  [dim]#{entry.incident_id}[/] {escape(_describe(entry.event, entry.reason, entry.details))}")
+                if entry.event == "gate.decided":
+                    result.decisions.append(entry.reason)
+                if entry.event == "action.started":
+                    acted.add(entry.incident_id)
+        incidents = sorted((i for i in store.list_incidents(limit=50) if i.id > last_incident), key=lambda i: i.id)
+        finished = incidents and all(i.state.terminal for i in incidents)
+        if finished and (acted or any(i.state.value != "resolved" for i in incidents)):
+            break
+        time.sleep(0.05)
+    main = _healing_incident(incidents, acted)
+    if main is None:
+        result.outcome = "no action"
+        result.reason = "no incident was opened" if not fault.expect_incident else f"no incident within {timeout:g} s"
+    else:
+        actions = store.actions_for(main.id)
+        diagnoses = store.diagnoses_for(main.id)
+        result.incident_id = main.id
+        result.time_to_detect_s = _seconds(main.detected_at, t0)
+        result.time_to_recover_s = _seconds(main.recovered_at, t0)
+        result.incident_time_to_detect_s = round(main.time_to_detect_s, 3)
+        ttr = main.time_to_recover_s
+        result.incident_time_to_recover_s = round(ttr, 3) if ttr is not None else None
+        result.diagnosis = diagnoses[-1].category if diagnoses else None
+        result.confidence = diagnoses[-1].confidence if diagnoses else None
+        result.remedy = actions[-1].remedy if actions else None
+        result.target = target_text(actions[-1]) if actions else None
+        result.outcome = main.state.value if (main.state.terminal or not fault.expect_incident) else f"{main.state.value} (timed out)"
+        result.reason = main.closed_reason or ""
+        result.attempts = main.attempts
+        result.other_incidents = [f"#{i.id} {i.state.value}: {i.closed_reason or i.title}" for i in incidents if i is not main]
+        result.problems = fault.check(env, memo, actions) if fault.check else []
+    if not fault.expect_incident:
+        result.problems = (fault.check(env, memo, []) if fault.check else []) + \
+            ([f"heald opened incident #{main.id} for a false alarm"] if main is not None else [])
+        result.expected = main is None and not result.problems
+    else:
+        actions = store.actions_for(main.id) if main is not None else []
+        last = actions[-1] if actions else None
+        right_remedy = last is not None and last.remedy == fault.remedy and _contains(last.params, fault.target)
+        if main is not None and last is not None and not right_remedy:
+            result.problems.append(f"healed by {last.remedy}({result.target}), expected {fault.remedy} {fault.target}")
+        result.expected = main is not None and main.state.value == "resolved" and right_remedy and not result.problems
+    for p in result.problems:
+        say(f"  [red]problem:[/] {escape(p)}")
+    return result
 
 
 def run_demo(fault_names: list[str], *, console: Console | None = None, workdir: Path | None = None,
-             keep: bool = False, timeout: float = 60.0) -> list[DemoResult]:
-    """Run the named faults in order (all when empty). ``console`` receives progress (None:
-    silent). Raises KeyError for an unknown fault name."""
+             keep: bool = False, timeout: float = 60.0, on_start: Callable[[DemoEnv], None] | None = None,
+             before_stop: Callable[[DemoEnv, list[DemoResult]], None] | None = None) -> list[DemoResult]:
+    """Run the named faults in order (all when empty) on one demo system. ``console`` receives
+    progress (None: silent). ``on_start`` is called once the system runs, before the first
+    fault, and ``before_stop`` after the last, before the system stops (``heald demo --serve``
+    serves the dashboard between them). Raises KeyError for an unknown fault name."""
     names = fault_names or list(FAULTS)
     for n in names:
         if n not in FAULTS:
@@ -207,20 +201,22 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
     say: Callable[[str], None] = console.print if console else (lambda _m: None)
     own_dir = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="heald-demo-")) if workdir is None else workdir
-    wd.mkdir(parents=True, exist_ok=True)
     env = start_demo(wd)
-    say(f"heald is watching the demo system in [cyan]{wd}[/]")
+    say(f"heald is watching the demo system in [cyan]{wd}[/]: the shop on {env.shop_url}, "
+        f"payments on port {env.ports['payments']}")
     try:
-        results = []
-        for n in names:
-            results.append(run_fault(env, FAULTS[n], say, timeout))
-            wait_healthy(f"http://127.0.0.1:{env.ports['shop']}/healthz", timeout=30)
+        if on_start is not None:
+            on_start(env)
+        results = [run_fault(env, FAULTS[n], say, timeout) for n in names]
+        if before_stop is not None:
+            before_stop(env, results)
         return results
     finally:
-        env.runtime.stop(stop_services=True)
+        env.stop()
         if own_dir and not keep:
             shutil.rmtree(wd, ignore_errors=True)
 
 
 def results_json(results: list[DemoResult]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in asdict(r).items()} for r in results]
+    """The results as JSON-ready objects (times in seconds)."""
+    return [asdict(r) for r in results]
