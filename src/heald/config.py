@@ -329,6 +329,57 @@ class SandboxConfig(_Section):
     docker_image: str = Field(default="python:3.11-slim", min_length=1, description="image of the Docker backend")
 
 
+class GitHubConfig(_Section):
+    """GitHub's REST API for pull requests (``api_url`` for GitHub Enterprise:
+    ``https://HOST/api/v3``). The token is read from the environment variable ``token_env`` at
+    the moment it is needed; it is never written to the store or given to a sandbox."""
+
+    api_url: str = Field(default="https://api.github.com", pattern=r"^https?://", description="REST API base URL")
+    token_env: str = Field(default="GITHUB_TOKEN", min_length=1, description="environment variable holding the token")
+    host: str = Field(default="github.com", min_length=1, description="git host whose https URLs get the token for push")
+
+
+class CiRepoConfig(_Section):
+    """Per-repository settings (``ci.repos."owner/name"``), all optional."""
+
+    url: str | None = Field(default=None, description="clone and push URL (default: the webhook's clone_url)")
+    test_command: str | None = Field(default=None, description="shell command that runs the tests (default: detected)")
+    base_branch: str | None = Field(default=None, description="branch pull requests target (default: the failing one)")
+    install_command: str | None = Field(default=None, description="shell command that installs the dependencies")
+
+
+class PullRequestConfig(_Section):
+    """Bounds on the pull requests heald opens."""
+
+    max_per_repo: int = Field(default=5, ge=1, description="pull requests per repository per window")
+    window_seconds: Seconds = Field(default=3600.0, description="the rate-limit window")
+    draft: bool = True
+
+
+class CiConfig(_Section):
+    """CI healing (:mod:`heald.ci`): where repositories are cached, how failures are reproduced
+    and bisected, and where fixes go. Every loop is bounded here."""
+
+    work_dir: Path | None = Field(default=None, description="clone cache and work trees (default <state_dir>/ci)")
+    python: str = Field(default="python3", min_length=1, description="interpreter inside the sandbox for the venv")
+    install_timeout_seconds: Seconds = 900.0
+    check_timeout_seconds: Seconds = Field(default=900.0, description="one run of one check (lint, tests)")
+    git_timeout_seconds: Seconds = Field(default=300.0, description="one git clone, fetch or push")
+    flake_reruns: int = Field(default=2, ge=1, le=10, description="re-runs of failing tests before bisecting")
+    max_lookback_commits: int = Field(default=64, ge=1, le=100_000,
+                                      description="how far back to look for a passing commit when none is given")
+    max_bisect_commits: int = Field(default=10_000, ge=2, description="largest good..bad range heald bisects")
+    max_worktrees: int = Field(default=8, ge=2, description="work trees kept per repository (oldest removed)")
+    pip_cache_dir: Path | None = Field(default=None, description="one pip cache shared by every repository (default: "
+                                       "one per repository, so that repositories cannot poison each other's cache)")
+    branch_prefix: str = Field(default="heald/", min_length=1)
+    author_name: str = "heald"
+    author_email: str = "heald@localhost"
+    pull_requests: PullRequestConfig = Field(default_factory=PullRequestConfig)
+    github: GitHubConfig = Field(default_factory=GitHubConfig)
+    repos: dict[str, CiRepoConfig] = Field(default_factory=dict, description="per repository (owner/name or path)")
+
+
 class ApiConfig(_Section):
     """The HTTP API. With ``auth`` (the default) every ``/v1`` request needs an API token
     (``heald tokens create --role R``); ``auth: false`` opens the API to anyone who can reach
@@ -393,6 +444,7 @@ class HealdConfig(_Section):
     correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     remedies: RemediesConfig = Field(default_factory=RemediesConfig)
+    ci: CiConfig = Field(default_factory=CiConfig)
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
 
     @field_validator("database_url")
@@ -436,6 +488,10 @@ class HealdConfig(_Section):
         def absolute(p: Path) -> Path:
             return p if p.is_absolute() else (base / p).resolve()
 
+        if self.ci.work_dir is not None and not self.ci.work_dir.is_absolute():
+            self.ci.work_dir = (base / self.ci.work_dir).resolve()
+        if self.ci.pip_cache_dir is not None and not self.ci.pip_cache_dir.is_absolute():
+            self.ci.pip_cache_dir = (base / self.ci.pip_cache_dir).resolve()
         for svc in self.services.values():
             if svc.cwd is not None:
                 svc.cwd = absolute(svc.cwd)
@@ -461,6 +517,11 @@ class HealdConfig(_Section):
     def database(self) -> str:
         """The SQLAlchemy URL of heald's store."""
         return self.database_url or f"sqlite:///{self.state_dir / 'heald.db'}"
+
+    @property
+    def ci_work_dir(self) -> Path:
+        """Where CI healing keeps clones and work trees (``ci.work_dir``, else ``<state_dir>/ci``)."""
+        return self.ci.work_dir or self.state_dir / "ci"
 
     @property
     def dbos_database(self) -> str:

@@ -249,6 +249,7 @@ def heal_incident(incident_id: int) -> str:
     cfg = runtime().config.healing
     if cfg.group_wait_seconds > 0:
         DBOS.sleep(cfg.group_wait_seconds)  # let correlated signals join before diagnosing
+    reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
     tried: list[str] = []
     attempt = 0
     while True:
@@ -311,6 +312,18 @@ def _close_if_resolved_by_source(rt: Runtime, incident: Incident, signals: list[
                                  result=OutcomeResult.healed, time_to_detect_s=incident.time_to_detect_s,
                                  time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
     return IncidentState.resolved.value
+
+
+@DBOS.step()
+def reproduce_step(incident_id: int) -> str | None:
+    """CI incidents: reproduce the failure in the sandbox, once (:func:`heald.ci.incident.reproduce_incident`).
+    Returns the verdict, or None for an incident that is not a CI failure."""
+    from heald.ci.incident import reproduce_incident
+
+    rt = runtime()
+    if rt.store.get_incident(incident_id).state.terminal:
+        return None
+    return reproduce_incident(rt.config, rt.store, incident_id)
 
 
 @DBOS.step()
@@ -433,7 +446,7 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
     params = remedies.validate_params(remedy.name, candidate["params"])
     key = f"{workflow_id(incident_id)}:attempt-{attempt}:{remedy.name}"
     ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=inc,
-                                 extra={"idempotency_key": key})
+                                 extra={"idempotency_key": key}, store=rt.store)
     rt.store.transition(incident_id, IncidentState.acting, reason=f"applying {remedy.name} to {remedy.target(params)}",
                         details={"remedy": remedy.name, "params": candidate["params"]})
     try:
@@ -501,7 +514,8 @@ def undo_step(incident_id: int, action_id: int, candidate: dict[str, Any]) -> No
     remedy = remedies.get(candidate["remedy"])
     action = next(a for a in rt.store.actions_for(incident_id) if a.id == action_id)
     params = remedies.validate_params(remedy.name, candidate["params"])
-    ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=rt.store.get_incident(incident_id))
+    ctx = remedies.RemedyContext(config=rt.config, supervisor=rt.supervisor, incident=rt.store.get_incident(incident_id),
+                                  store=rt.store)
     try:
         out = remedy.undo(params, ctx, action.undo or {}).output
         rt.store.record(actor="heald", event="action.undone", incident_id=incident_id, reason=out,

@@ -75,7 +75,13 @@ def affected_services(incident: Incident, signals: list[Signal], config: HealdCo
 
 
 def checks_for(incident: Incident, config: HealdConfig, store: Store, supervisor: Supervisor | None) -> list[Check]:
-    """The checks that verify ``incident`` (see the module docstring)."""
+    """The checks that verify ``incident`` (see the module docstring); a CI fix is verified by
+    its pushed branch passing in the sandbox (:mod:`heald.ci.verify`)."""
+    from heald.ci.verify import ci_checks
+
+    ci = ci_checks(incident, config, store)
+    if ci:
+        return ci
     signals = store.signals_for(incident.id)
     services = affected_services(incident, signals, config)
     checks = [c for svc in services for c in probe_checks(config, svc, supervisor)]

@@ -275,3 +275,4 @@ from heald.cli import logs as _logs  # noqa: E402,F401
 from heald.cli import evaluate as _evaluate  # noqa: E402,F401
 from heald.cli import sandbox as _sandbox  # noqa: E402,F401
 from heald.cli import tokens as _tokens  # noqa: E402,F401
+from heald.cli import ci as _ci  # noqa: E402,F401

@@ -20,6 +20,7 @@ from heald.models import Risk
 if TYPE_CHECKING:
     from heald.config import HealdConfig
     from heald.models import Incident
+    from heald.store import Store
     from heald.supervise import Supervisor
 
 
@@ -38,12 +39,14 @@ class RemedyParams(BaseModel):
 
 @dataclass
 class RemedyContext:
-    """What a remedy may use: configuration, the supervisor of managed services, the incident."""
+    """What a remedy may use: configuration, the supervisor of managed services, the incident,
+    heald's store (to read the incident's evidence and record what it proposes)."""
 
     config: HealdConfig
     supervisor: Supervisor
     incident: Incident | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    store: Store | None = None
 
 
 @dataclass
@@ -120,3 +123,4 @@ from heald.remedies import git as _git  # noqa: E402,F401
 from heald.remedies import releases as _releases  # noqa: E402,F401
 from heald.remedies import files as _files  # noqa: E402,F401
 from heald.remedies import command as _command  # noqa: E402,F401
+from heald.remedies import ci as _ci  # noqa: E402,F401

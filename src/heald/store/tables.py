@@ -187,6 +187,26 @@ class WebhookDeliveryRow(Base):
     received_at: Mapped[datetime]
 
 
+class CiPullRequestRow(Base):
+    """A fix branch heald pushed (and its pull request, when it opened one) for one failure
+    signature of one repository."""
+
+    __tablename__ = "ci_pull_requests"
+    __table_args__ = (sa.UniqueConstraint("repo", "signature", name="uq_ci_pull_requests_repo_signature"),
+                      sa.Index("ix_ci_pull_requests_repo_created", "repo", "created_at"))
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    repo: Mapped[str] = mapped_column(sa.String(300))
+    signature: Mapped[str] = mapped_column(sa.String(64))
+    branch: Mapped[str] = mapped_column(sa.String(300))
+    base_branch: Mapped[str] = mapped_column(sa.String(300))
+    sha: Mapped[str] = mapped_column(sa.String(64))
+    number: Mapped[int | None]
+    url: Mapped[str | None] = mapped_column(sa.String(1000))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    incident_id: Mapped[int | None] = mapped_column(index=True)
+    created_at: Mapped[datetime]
+
+
 class AuditRow(Base):
     __tablename__ = "audit_log"
     seq: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)

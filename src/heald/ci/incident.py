@@ -1,0 +1,105 @@
+"""CI failures as incidents: the reproduce stage of the healing workflow and the signal it adds.
+
+The engine calls :func:`reproduce_incident` once, before the first diagnosis. For an incident
+with a ``ci_failed`` signal it runs :func:`heald.ci.investigate.investigate` and stores what it
+found as a ``ci_reproduced`` signal of the incident (source ``sandbox``): labels ``repo``,
+``head_sha``, ``head_branch``, ``verdict``; annotations the facts (``culprit_sha``,
+``module``, ``lint_tools``, …), ``repo_url``, ``test_command``, ``log`` (the failure excerpt)
+and ``investigation`` (the whole finding as JSON, without command output). Runbooks match the
+verdict; the signature knowledge base reads the log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+
+from heald import correlate
+from heald.ci import CiJob
+from heald.ci.investigate import Investigation, investigate
+from heald.ci.pull_request import token
+from heald.config import HealdConfig
+from heald.models import Severity, Signal, SignalStatus
+from heald.sandbox import SandboxUnavailable
+from heald.store import Store
+
+log = structlog.get_logger("heald.ci")
+
+FAILED = "ci_failed"
+REPRODUCED = "ci_reproduced"
+
+
+def is_ci(signals: list[Signal]) -> bool:
+    return any(s.kind == FAILED for s in signals)
+
+
+def reproduction(signals: list[Signal]) -> Signal | None:
+    """The incident's ``ci_reproduced`` signal, if it has one."""
+    return next((s for s in reversed(signals) if s.kind == REPRODUCED), None)
+
+
+def investigation_data(signal: Signal | None) -> dict[str, Any]:
+    """The investigation stored on a ``ci_reproduced`` signal ({} when there is none)."""
+    if signal is None:
+        return {}
+    try:
+        return json.loads(signal.annotations.get("investigation", "{}"))
+    except json.JSONDecodeError:
+        return {}
+
+
+def job_from_signal(config: HealdConfig, sig: Signal) -> CiJob:
+    """The CI job a ``ci_failed`` signal describes (``ci.repos`` settings applied)."""
+    repo = sig.labels.get("repo") or sig.service or "repo"
+    url = sig.annotations.get("clone_url") or repo
+    return CiJob.for_repo(config, repo, url, sig.labels.get("head_sha", ""), good=sig.annotations.get("good_sha") or None,
+                          branch=sig.labels.get("head_branch", ""),
+                          test_command=sig.annotations.get("test_command") or None)
+
+
+def reproduction_signal(inv: Investigation, fingerprint: str) -> Signal:
+    """The ``ci_reproduced`` signal for an investigation (see the module docstring)."""
+    job = inv.job
+    data = inv.as_dict()
+    data["steps"] = [{k: v for k, v in s.items() if k != "output"} for s in data["steps"]]
+    notes = {k: str(v) for k, v in inv.facts.items() if v not in (None, "")}
+    notes.update({"repo_url": job.url, "test_command": inv.facts.get("test_command", job.test_command or ""),
+                  "category_hint": inv.category, "test_runs": str(inv.test_runs), "bisect_runs": str(inv.bisect_runs),
+                  "investigation": json.dumps(data)})
+    if inv.excerpt:
+        notes["log"] = inv.excerpt
+    return Signal(source="sandbox", kind=REPRODUCED, service=job.repo, status=SignalStatus.firing,
+                  severity=Severity.error, summary=inv.summary[:10_000] or f"reproduced: {inv.verdict}",
+                  labels={"repo": job.repo, "head_sha": inv.bad or job.bad, "head_branch": job.branch,
+                          "verdict": inv.verdict},
+                  annotations=notes, fingerprint=fingerprint)
+
+
+def reproduce_incident(config: HealdConfig, store: Store, incident_id: int) -> str | None:
+    """Reproduce the CI failure of an incident once (see the module docstring); returns the
+    verdict, or None when the incident is not a CI failure. A heald without a working sandbox
+    records the refusal as the verdict ``sandbox_unavailable`` and runs nothing."""
+    signals = store.signals_for(incident_id)
+    if not is_ci(signals):
+        return None
+    done = reproduction(signals)
+    if done is not None:
+        return done.labels.get("verdict")
+    failed = [s for s in signals if s.kind == FAILED and s.status == SignalStatus.firing] or \
+        [s for s in signals if s.kind == FAILED]
+    sig = failed[-1]
+    job = job_from_signal(config, sig)
+    store.record(actor="heald", event="ci.reproducing", incident_id=incident_id,
+                 reason=f"reproducing {job.repo}@{job.bad[:12]} in the sandbox",
+                 details={"repo": job.repo, "commit": job.bad, "good": job.good})
+    try:
+        inv = investigate(config, job, token=token(config))
+    except SandboxUnavailable as exc:
+        inv = Investigation(job=job, bad=job.bad, verdict="sandbox_unavailable", category="sandbox_unavailable",
+                            summary=str(exc))
+    incident = store.get_incident(incident_id)
+    with store.tx() as session:
+        correlate.ingest(session, reproduction_signal(inv, incident.fingerprint), config, actor="heald:sandbox")
+    return inv.verdict

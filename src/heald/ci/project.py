@@ -1,0 +1,326 @@
+"""What heald knows about a Python project: which checks its CI runs (tests, ruff, black, isort,
+flake8), how to install its dependencies, where it declares them, which paths are tests or CI
+configuration (never edited), and which distribution provides a missing module.
+
+Detection reads the repository through git (:class:`Files`), never a work tree a sandbox may
+have written. Formats read: ``pyproject.toml`` (PEP 621 ``[project]``, PEP 735
+``[dependency-groups]``, ``[tool.ruff]``, ``[tool.black]``, ``[tool.isort]``,
+``[tool.pytest.ini_options]``, ``[tool.poetry]``), ``setup.cfg`` / ``tox.ini`` sections,
+``requirements*.txt`` and ``.pre-commit-config.yaml`` (hook revisions pin tool versions).
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TEST_DIRS = ("tests", "test", "testing")
+CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-pipelines.yml", "Jenkinsfile",
+             "tox.ini", "noxfile.py", ".pre-commit-config.yaml", ".buildkite/", "bitbucket-pipelines.yml",
+             "appveyor.yml", ".gitlab/")
+REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements_dev.txt", "requirements-test.txt",
+                     "requirements_test.txt", "requirements-tests.txt", "dev-requirements.txt", "test-requirements.txt",
+                     "requirements/dev.txt", "requirements/test.txt", "requirements/tests.txt",
+                     "requirements/testing.txt")
+TEST_EXTRAS = ("test", "tests", "testing", "dev")
+PYTEST = "python -m pytest -q -rfE -p no:cacheprovider"
+
+#: Import names whose distribution has another name (the common cases; otherwise the module's
+#: top-level name, with ``_`` as ``-``, is tried).
+DISTRIBUTIONS = {
+    "yaml": "PyYAML", "PIL": "Pillow", "sklearn": "scikit-learn", "cv2": "opencv-python-headless",
+    "bs4": "beautifulsoup4", "dateutil": "python-dateutil", "attr": "attrs", "dotenv": "python-dotenv",
+    "jwt": "PyJWT", "OpenSSL": "pyOpenSSL", "Crypto": "pycryptodome", "magic": "python-magic",
+    "serial": "pyserial", "usb": "pyusb", "git": "GitPython", "google.protobuf": "protobuf",
+    "MySQLdb": "mysqlclient", "psycopg2": "psycopg2-binary", "zmq": "pyzmq", "docx": "python-docx",
+    "pptx": "python-pptx", "win32api": "pywin32", "skimage": "scikit-image", "Levenshtein": "python-Levenshtein",
+    "jose": "python-jose", "multipart": "python-multipart", "slugify": "python-slugify", "ldap": "python-ldap",
+    "fitz": "PyMuPDF", "typing_extensions": "typing-extensions", "pkg_resources": "setuptools",
+    "more_itertools": "more-itertools", "markupsafe": "MarkupSafe", "jinja2": "Jinja2", "itsdangerous": "itsdangerous",
+}
+
+
+def is_test_path(path: str) -> bool:
+    """Is ``path`` part of the test suite (never edited by heald)?"""
+    parts = path.split("/")
+    name = parts[-1]
+    return (any(p in TEST_DIRS for p in parts[:-1]) or name == "conftest.py"
+            or (name.startswith("test_") and name.endswith(".py")) or name.endswith("_test.py"))
+
+
+def is_ci_config(path: str) -> bool:
+    """Is ``path`` CI configuration (never edited by heald)?"""
+    return any(path == c or (c.endswith("/") and path.startswith(c)) for c in CI_CONFIG)
+
+
+def forbidden_changes(paths: Iterable[str], *, allow_tests: bool = False) -> list[str]:
+    """The paths among ``paths`` heald must not change: CI configuration always, tests unless
+    ``allow_tests`` (a formatter's whitespace changes)."""
+    return [p for p in paths if is_ci_config(p) or (not allow_tests and is_test_path(p))]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One CI check heald reproduces: ``name`` (``tests``, ``ruff``, ``ruff format``, ``black``,
+    ``isort``, ``flake8``), its shell ``command``, ``kind`` (``tests`` or ``lint``) and the
+    ``fix`` command that repairs it, if any."""
+
+    name: str
+    command: str
+    kind: str
+    fix: str | None = None
+
+
+class Files:
+    """Read access to a repository at one commit: ``read(path) -> text | None`` and the list of
+    its paths."""
+
+    def __init__(self, read: Callable[[str], str | None], paths: Iterable[str]):
+        self._read = read
+        self.paths = set(paths)
+        self._cache: dict[str, str | None] = {}
+
+    def read(self, path: str) -> str | None:
+        if path not in self._cache:
+            self._cache[path] = self._read(path) if path in self.paths else None
+        return self._cache[path]
+
+    def exists(self, path: str) -> bool:
+        return path in self.paths
+
+    def pyproject(self) -> dict[str, Any]:
+        text = self.read("pyproject.toml")
+        if not text:
+            return {}
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            return {}
+
+    def ini(self, path: str) -> configparser.ConfigParser:
+        cp = configparser.ConfigParser(interpolation=None, strict=False)
+        try:
+            cp.read_string(self.read(path) or "")
+        except configparser.Error:
+            pass
+        return cp
+
+    def precommit_revs(self) -> dict[str, str]:
+        """Tool versions pinned by ``.pre-commit-config.yaml`` hooks: {"ruff": "0.4.4", …},
+        plus which hook ids are used under ``hooks``."""
+        text = self.read(".pre-commit-config.yaml")
+        if not text:
+            return {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            return {}
+        found: dict[str, str] = {}
+        for repo in data.get("repos") or []:
+            if not isinstance(repo, dict):
+                continue
+            url, rev = str(repo.get("repo", "")), str(repo.get("rev", "")).lstrip("v")
+            ids = {str(h.get("id")) for h in repo.get("hooks") or [] if isinstance(h, dict)}
+            for tool, marker in (("ruff", "ruff-pre-commit"), ("black", "psf/black"), ("isort", "isort"),
+                                 ("flake8", "flake8")):
+                if marker in url and re.fullmatch(r"[\d.]+\w*", rev or "-"):
+                    found[tool] = rev
+            for hook in ids:
+                found[f"hook:{hook}"] = "1"
+        return found
+
+
+def uses_pytest(files: Files) -> bool:
+    tool = files.pyproject().get("tool", {})
+    if "pytest" in tool or files.exists("pytest.ini") or files.exists("conftest.py"):
+        return True
+    if files.ini("setup.cfg").has_section("tool:pytest") or files.ini("tox.ini").has_section("pytest"):
+        return True
+    blob = "\n".join(files.read(p) or "" for p in sorted(files.paths) if is_test_path(p) and p.endswith(".py"))[:2_000_000]
+    return "import pytest" in blob or "from pytest" in blob or "import unittest" not in blob
+
+
+def detect_checks(files: Files, test_command: str | None = None) -> list[Check]:
+    """The checks the project's CI most likely runs, lint first (see the module docstring).
+    ``test_command`` replaces the detected test command."""
+    py = files.pyproject()
+    tool = py.get("tool", {})
+    pins = files.precommit_revs()
+    checks: list[Check] = []
+    ruff = "ruff" in tool or files.exists("ruff.toml") or files.exists(".ruff.toml") or "ruff" in pins
+    if ruff:
+        checks.append(Check("ruff", "ruff check --no-cache .", "lint", "ruff check --no-cache --fix ."))
+        ruff_cfg = tool.get("ruff", {}) if isinstance(tool.get("ruff"), dict) else {}
+        if "format" in ruff_cfg or "hook:ruff-format" in pins:
+            checks.append(Check("ruff format", "ruff format --no-cache --check .", "lint", "ruff format --no-cache ."))
+    if "black" in tool or "black" in pins:
+        checks.append(Check("black", "black --check .", "lint", "black ."))
+    if ("isort" in tool or files.exists(".isort.cfg") or files.ini("setup.cfg").has_section("isort")
+            or "isort" in pins):
+        checks.append(Check("isort", "isort --check-only .", "lint", "isort ."))
+    if not ruff and (files.exists(".flake8") or files.ini("setup.cfg").has_section("flake8")
+                     or files.ini("tox.ini").has_section("flake8")):
+        checks.append(Check("flake8", "flake8", "lint", None))
+    if test_command:
+        checks.append(Check("tests", test_command, "tests"))
+    elif any(is_test_path(p) and p.endswith(".py") for p in files.paths):
+        if uses_pytest(files):
+            checks.append(Check("tests", PYTEST, "tests"))
+        else:
+            start = next((d for d in TEST_DIRS if any(p.startswith(d + "/") for p in files.paths)), ".")
+            checks.append(Check("tests", f"python -m unittest discover -v -s {start} -t .", "tests"))
+    return checks
+
+
+def narrowed(check: Check, test_ids: list[str]) -> tuple[str, bool]:
+    """The command that runs only ``test_ids`` (pytest node ids) of a tests check, and whether
+    it was narrowed (only pytest commands are; another runner runs whole)."""
+    if check.kind == "tests" and test_ids and "pytest" in check.command:
+        return f"{check.command} {' '.join(shlex.quote(t) for t in test_ids[:50])}", True
+    return check.command, False
+
+
+# -- installing ----------------------------------------------------------------------------------
+
+def install_script(files: Files, python: str, checks: list[Check], custom: str | None = None) -> str:
+    """The shell script of the dependency-install phase: a virtual environment in
+    ``.heald/venv`` of the work tree, the project (editable, with its test extras), its
+    requirement files and dependency groups, then any check tool still missing (pinned as
+    ``.pre-commit-config.yaml`` pins it)."""
+    pip = ".heald/venv/bin/python -m pip install --quiet --disable-pip-version-check"
+    lines = ["set -eu", f"[ -x .heald/venv/bin/python ] || {python} -m venv .heald/venv"]
+    py = files.pyproject()
+    groups = [g for g in (py.get("dependency-groups") or {}) if g in TEST_EXTRAS]
+    if custom:
+        lines.append(f"export VIRTUAL_ENV=$PWD/.heald/venv PATH=$PWD/.heald/venv/bin:$PATH\n{custom}")
+    else:
+        if groups:
+            lines.append(f"{pip} --upgrade 'pip>=25.1'")
+        if py.get("project") or py.get("build-system") or files.exists("setup.py") or files.exists("setup.cfg"):
+            extras = [e for e in (py.get("project", {}).get("optional-dependencies") or {}) if e in TEST_EXTRAS]
+            if not extras:
+                extras = [e for e in (files.ini("setup.cfg")["options.extras_require"].keys()
+                                      if files.ini("setup.cfg").has_section("options.extras_require") else [])
+                          if e in TEST_EXTRAS]
+            target = f".[{','.join(extras)}]" if extras else "."
+            lines.append(f"{pip} -e {shlex.quote(target)}")
+        for req in REQUIREMENT_FILES:
+            if files.exists(req):
+                lines.append(f"{pip} -r {shlex.quote(req)}")
+        for g in groups:
+            lines.append(f"{pip} --group {shlex.quote(g)}")
+    pins = files.precommit_revs()
+    for c in checks:
+        if c.kind == "tests" and "pytest" in c.command:
+            lines.append(f".heald/venv/bin/python -c 'import pytest' 2>/dev/null || {pip} pytest")
+        tool = c.name.split()[0]
+        if c.kind == "lint":
+            spec = f"{tool}=={pins[tool]}" if tool in pins else tool
+            lines.append(f"[ -x .heald/venv/bin/{tool} ] || {pip} {shlex.quote(spec)}")
+    return "\n".join(dict.fromkeys(lines))
+
+
+# -- missing modules -------------------------------------------------------------------------
+
+def is_local_module(files: Files, module: str) -> bool:
+    """Is ``module``'s top-level package part of the repository itself (then a missing module
+    is a code error, not a missing dependency)?"""
+    top = module.split(".")[0]
+    for p in files.paths:
+        parts = p.split("/")
+        if parts[0] == "src":
+            parts = parts[1:]
+        if parts and (parts[0] == top or parts[0] == f"{top}.py"):
+            return True
+    return False
+
+
+def distribution_candidates(module: str) -> list[str]:
+    """Distributions that may provide ``module``, most likely first."""
+    out = []
+    for key in (module, module.split(".")[0]):
+        if key in DISTRIBUTIONS:
+            out.append(DISTRIBUTIONS[key])
+    top = module.split(".")[0]
+    out += [top, top.replace("_", "-")]
+    return list(dict.fromkeys(out))
+
+
+# -- the dependency declaration ----------------------------------------------------------------
+
+@dataclass
+class DeclarationEdit:
+    """Where a requirement was added: ``path`` and the ``requirement`` line."""
+
+    path: str
+    requirement: str
+    notes: list[str] = field(default_factory=list)
+
+
+class UnsupportedDeclaration(RuntimeError):
+    """heald cannot add a requirement to how this project declares its dependencies."""
+
+
+def add_requirement(tree: Path, files: Files, distribution: str, version: str) -> DeclarationEdit:
+    """Add ``distribution>=version`` to the project's runtime dependencies, in place in the
+    (fresh, heald-made) work tree ``tree``, preserving the file's formatting: PEP 621
+    ``[project].dependencies`` (or the requirements file ``[tool.setuptools.dynamic]`` names),
+    Poetry's ``[tool.poetry.dependencies]``, or a bare ``requirements.txt``. Raises
+    UnsupportedDeclaration otherwise (``setup.py``)."""
+    import tomlkit
+
+    requirement = f"{distribution}>={version}"
+    py = files.pyproject()
+    project = py.get("project")
+    if isinstance(project, dict):
+        dynamic = project.get("dynamic") or []
+        if "dependencies" in dynamic:
+            spec = (py.get("tool", {}).get("setuptools", {}).get("dynamic", {}).get("dependencies") or {})
+            req_files = spec.get("file") if isinstance(spec, dict) else None
+            if req_files:
+                path = req_files[0] if isinstance(req_files, list) else req_files
+                return _append_line(tree, files, path, requirement)
+            raise UnsupportedDeclaration("[project] declares dependencies as dynamic without a requirements file")
+        doc = tomlkit.parse(files.read("pyproject.toml") or "")
+        deps = doc["project"].get("dependencies")  # type: ignore[union-attr]
+        if deps is None:
+            doc["project"]["dependencies"] = tomlkit.array()  # type: ignore[index]
+            deps = doc["project"]["dependencies"]  # type: ignore[index]
+        deps.append(requirement)  # type: ignore[union-attr]
+        _write(tree, "pyproject.toml", tomlkit.dumps(doc))
+        return DeclarationEdit("pyproject.toml", requirement)
+    poetry = py.get("tool", {}).get("poetry")
+    if isinstance(poetry, dict):
+        doc = tomlkit.parse(files.read("pyproject.toml") or "")
+        doc["tool"]["poetry"].setdefault("dependencies", tomlkit.table())  # type: ignore[index,union-attr]
+        doc["tool"]["poetry"]["dependencies"][distribution] = f">={version}"  # type: ignore[index]
+        _write(tree, "pyproject.toml", tomlkit.dumps(doc))
+        return DeclarationEdit("pyproject.toml", f'{distribution} = ">={version}"')
+    if files.exists("requirements.txt"):
+        return _append_line(tree, files, "requirements.txt", requirement)
+    raise UnsupportedDeclaration("the project declares its dependencies in setup.py/setup.cfg, which heald does not edit")
+
+
+def _append_line(tree: Path, files: Files, path: str, requirement: str) -> DeclarationEdit:
+    text = files.read(path) or ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    _write(tree, path, text + requirement + "\n")
+    return DeclarationEdit(path, requirement)
+
+
+def _write(tree: Path, path: str, text: str) -> None:
+    """Write a file of the work tree; never through a symlink (a repository could commit one
+    pointing at a host file) nor outside the tree."""
+    target = tree / path
+    if ".." in Path(path).parts or target.is_symlink() or any(p.is_symlink() for p in target.parents if tree in p.parents):
+        raise UnsupportedDeclaration(f"{path} is a symbolic link or leaves the work tree; heald does not write it")
+    target.write_text(text)

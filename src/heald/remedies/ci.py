@@ -1,0 +1,196 @@
+"""CI remedies: ``revert_commit``, ``add_dependency``, ``lint_autofix``.
+
+Each makes its fix in a fresh work tree on top of the failing commit, validates it by running
+every check in the sandbox (:func:`heald.ci.fix.build_fix`: the failing ones must pass, nothing
+that passed may break), and only then pushes a branch and opens a draft pull request with the
+evidence (:func:`heald.ci.pull_request.propose`). Its effect is that branch and pull request;
+verification (:mod:`heald.ci.verify`) checks the pushed branch in the sandbox.
+
+Guard: the proposal is keyed by the failure signature (repository, remedy, what broke). After a
+crash mid-apply, a proposal recorded for this incident means the remedy already happened; a
+signature proposed before (by another incident) is returned instead of a second pull request.
+Undo: close the pull request and delete the branch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from heald.ci import CiJob
+from heald.ci.fix import FixResult, build_fix
+from heald.ci.pull_request import (
+    Proposal,
+    failure_signature,
+    find,
+    github_repo,
+    propose,
+    render_body,
+    token,
+    withdraw,
+)
+from heald.ci.repo import RepoCache
+from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+
+SHA = r"^[0-9a-fA-F]{7,64}$"
+
+
+class CiParams(RemedyParams):
+    repo: str = Field(min_length=1, max_length=300, description="owner/name, or a name for a local repository")
+    url: str = Field(min_length=1, max_length=2000, description="clone and push URL or path")
+    base: str = Field(pattern=SHA, description="the failing commit the fix goes on top of")
+    branch: str = Field(default="", max_length=300, description="the branch that failed (the pull request's base)")
+    test_command: str = Field(default="", max_length=2000, description="test command; empty: detected")
+
+
+class RevertParams(CiParams):
+    commit: str = Field(pattern=SHA, description="the culprit commit to revert")
+
+
+class AddDependencyParams(CiParams):
+    module: str = Field(pattern=r"^[A-Za-z_][\w.]*$", description="the module the tests could not import")
+    distribution: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the distribution that provides it")
+    version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+!-]*$", description="a version of it that installs")
+
+
+class LintParams(CiParams):
+    tools: str = Field(pattern=r"^[a-z0-9 ,]+$", description="comma-separated lint checks to autofix (ruff, black, …)")
+
+
+class _CiRemedy(Remedy):
+    kind: ClassVar[str]
+    has_undo = True
+
+    def target(self, params: CiParams) -> str:  # type: ignore[override]
+        return f"repo:{params.repo}"
+
+    def key(self, params: Any) -> str:
+        raise NotImplementedError
+
+    def fix_params(self, params: Any) -> dict[str, str]:
+        raise NotImplementedError
+
+    def title(self, params: Any, fix: FixResult) -> str:
+        raise NotImplementedError
+
+    def signature(self, params: CiParams) -> str:
+        return failure_signature(params.repo, self.kind, self.key(params))
+
+    def _job(self, params: CiParams, ctx: RemedyContext) -> CiJob:
+        return CiJob.for_repo(ctx.config, params.repo, params.url, params.base, branch=params.branch,
+                              test_command=params.test_command or None)
+
+    def snapshot(self, params: CiParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+        found = find(ctx.store, params.repo, self.signature(params)) if ctx.store else None
+        return {"signature": self.signature(params), "proposed_before": found.as_dict() if found else None}
+
+    def already_applied(self, params: CiParams, ctx: RemedyContext,  # type: ignore[override]
+                        snapshot: dict[str, Any] | None) -> bool:
+        if ctx.store is None or (snapshot or {}).get("proposed_before"):
+            return False
+        return find(ctx.store, params.repo, self.signature(params)) is not None
+
+    def apply(self, params: CiParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+        from heald.ci.incident import investigation_data, reproduction
+
+        if ctx.store is None:
+            raise RemedyError(f"{self.name} needs heald's store (it records the pull request)")
+        job = self._job(params, ctx)
+        incident_id = ctx.incident.id if ctx.incident else None
+        signals = ctx.store.signals_for(incident_id) if incident_id else []
+        inv = investigation_data(reproduction(signals))
+        diagnoses = ctx.store.diagnoses_for(incident_id) if incident_id else []
+        diagnosis = diagnoses[-1].model_dump(mode="json") if diagnoses else None
+        trailer = f"\n\nHealed-by: heald incident #{incident_id}" if incident_id else ""
+        fix = build_fix(ctx.config, job, self.kind, self.fix_params(params), before=inv.get("before") or None,
+                        token=token(ctx.config), trailer=trailer)
+        if not fix.ok:
+            raise RemedyError(f"the fix was not proposed: {fix.reason}")
+        run_url = next((s.annotations.get("html_url", "") for s in signals if s.kind == "ci_failed"), "")
+        body = render_body(investigation=inv, diagnosis=diagnosis, fix=fix, incident_id=incident_id, run_url=run_url)
+        cache = RepoCache(ctx.config.ci_work_dir, job.repo, job.url, timeout=ctx.config.ci.git_timeout_seconds)
+        gh = github_repo(params.repo, job.url, ctx.config.ci.github.host)
+        try:
+            proposal = propose(ctx.config, ctx.store, cache, fix=fix, kind=self.kind, signature=self.signature(params),
+                               title=self.title(params, fix), body=body, base_branch=params.branch, gh_repo=gh,
+                               incident_id=incident_id)
+        except Exception as exc:  # rate limit, GitHub's refusal, a push that fails: the attempt fails with the reason
+            raise RemedyError(f"the fix is valid ({fix.reason}) but was not proposed: {exc}") from exc
+        where = f"pull request #{proposal.number} {proposal.url}" if proposal.number else proposal.note
+        prefix = "already proposed before: " if proposal.existing else ""
+        output = (f"{prefix}{self.kind} {fix.sha[:12]} on {params.repo}: {fix.reason}; branch {proposal.branch}; {where}")
+        return RemedyResult(output, undo={**proposal.as_dict(), "worktree": fix.worktree, "validated_sha": fix.sha,
+                                          "repo_url": job.url, "gh_repo": gh,
+                                          "checks": [n for n, b in fix.before.items() if not b["ok"]],
+                                          "test_command": params.test_command})
+
+    def undo(self, params: CiParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+        if ctx.store is None or undo.get("existing"):
+            return RemedyResult("nothing to undo: the proposal predates this incident")
+        cache = RepoCache(ctx.config.ci_work_dir, params.repo, undo.get("repo_url") or params.url,
+                          timeout=ctx.config.ci.git_timeout_seconds)
+        proposal = Proposal(**{k: undo[k] for k in Proposal.__dataclass_fields__ if k in undo})
+        done = withdraw(ctx.config, ctx.store, cache, proposal, undo.get("gh_repo"),
+                        ctx.incident.id if ctx.incident else None, "verification of the fix failed")
+        return RemedyResult(done)
+
+
+@register
+class RevertCommit(_CiRemedy):
+    """Revert the commit that broke the tests (found by bisection), validated in the sandbox,
+    as a draft pull request."""
+
+    name = "revert_commit"
+    description = "Revert the culprit commit of a CI failure and propose it as a pull request"
+    Params = RevertParams
+    kind = "revert"
+
+    def key(self, params: RevertParams) -> str:  # type: ignore[override]
+        return params.commit.lower()
+
+    def fix_params(self, params: RevertParams) -> dict[str, str]:  # type: ignore[override]
+        return {"commit": params.commit}
+
+    def title(self, params: RevertParams, fix: FixResult) -> str:  # type: ignore[override]
+        return fix.message.splitlines()[0][:200]
+
+
+@register
+class AddDependency(_CiRemedy):
+    """Declare a distribution the tests import but the project does not declare, with a version
+    that installs, validated in the sandbox, as a draft pull request."""
+
+    name = "add_dependency"
+    description = "Add a missing distribution to the project's dependencies and propose it as a pull request"
+    Params = AddDependencyParams
+    kind = "add_dependency"
+
+    def key(self, params: AddDependencyParams) -> str:  # type: ignore[override]
+        return params.module
+
+    def fix_params(self, params: AddDependencyParams) -> dict[str, str]:  # type: ignore[override]
+        return {"module": params.module, "distribution": params.distribution, "version": params.version}
+
+    def title(self, params: AddDependencyParams, fix: FixResult) -> str:  # type: ignore[override]
+        return f"Declare the missing dependency {params.distribution}>={params.version}"
+
+
+@register
+class LintAutofix(_CiRemedy):
+    """Run the project's own lint/format autofixers (ruff, black, isort) on the failing commit,
+    validated in the sandbox, as a draft pull request."""
+
+    name = "lint_autofix"
+    description = "Run the project's lint/format autofixers and propose the result as a pull request"
+    Params = LintParams
+    kind = "lint"
+
+    def key(self, params: LintParams) -> str:  # type: ignore[override]
+        return f"{params.base.lower()}:{params.tools}"
+
+    def fix_params(self, params: LintParams) -> dict[str, str]:  # type: ignore[override]
+        return {"tools": params.tools}
+
+    def title(self, params: LintParams, fix: FixResult) -> str:  # type: ignore[override]
+        return f"Fix lint ({params.tools.replace(',', ', ')})"
