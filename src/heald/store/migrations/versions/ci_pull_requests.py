@@ -1,7 +1,7 @@
 """The pull requests heald opened for CI failures: one per (repository, failure signature).
 
 Revision ID: ci_pull_requests
-Revises: webhook_deliveries
+Revises: api_tokens
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 from heald.store.tables import UTCDateTime
 
 revision = "ci_pull_requests"
-down_revision = "webhook_deliveries"
+down_revision = "api_tokens"
 branch_labels = None
 depends_on = None
 
