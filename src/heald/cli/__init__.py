@@ -107,6 +107,9 @@ def demo(
     keep: bool = typer.Option(False, help="Keep the demo's work directory (state, logs) afterwards."),
     workdir: Path | None = typer.Option(None, help="Work directory (default: a new temporary one)."),
     timeout: float = typer.Option(60.0, help="Seconds to wait for each incident to end."),
+    with_prometheus: bool = typer.Option(False, "--with-prometheus",
+                                         help="Watch the shop with a real Prometheus and Alertmanager (Debian's "
+                                              "prometheus and prometheus-alertmanager) that alert heald."),
 ) -> None:
     """Start a small real system, break it, and watch heald heal it; prints a table of faults,
     times to detect and recover, diagnoses, remedies and outcomes."""
@@ -117,7 +120,13 @@ def demo(
     for name in fault:
         if name not in FAULTS:
             fail(f"--fault: unknown fault {name!r}; expected one of: {', '.join(FAULTS)}")
-    results = run_demo(fault, console=None if json_out else err, workdir=workdir, keep=keep, timeout=timeout)
+    if with_prometheus:
+        from heald.demo.monitoring import installed
+
+        if (problem := installed()) is not None:
+            fail(f"--with-prometheus: {problem}")
+    results = run_demo(fault, console=None if json_out else err, workdir=workdir, keep=keep, timeout=timeout,
+                       with_prometheus=with_prometheus)
     if json_out:
         print_json(results_json(results))
     else:

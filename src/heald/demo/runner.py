@@ -189,11 +189,14 @@ def run_fault(env: DemoEnv, fault: Fault, say: Callable[[str], None], timeout: f
 
 def run_demo(fault_names: list[str], *, console: Console | None = None, workdir: Path | None = None,
              keep: bool = False, timeout: float = 60.0, on_start: Callable[[DemoEnv], None] | None = None,
-             before_stop: Callable[[DemoEnv, list[DemoResult]], None] | None = None) -> list[DemoResult]:
+             before_stop: Callable[[DemoEnv, list[DemoResult]], None] | None = None,
+             with_prometheus: bool = False) -> list[DemoResult]:
     """Run the named faults in order (all when empty) on one demo system. ``console`` receives
     progress (None: silent). ``on_start`` is called once the system runs, before the first
     fault, and ``before_stop`` after the last, before the system stops (``heald demo --serve``
-    serves the dashboard between them). Raises KeyError for an unknown fault name."""
+    serves the dashboard between them). ``with_prometheus``: a real Prometheus and
+    Alertmanager watch the shop's metrics and alert heald (see :func:`start_demo`). Raises
+    KeyError for an unknown fault name, RuntimeError when the monitoring stack cannot start."""
     names = fault_names or list(FAULTS)
     for n in names:
         if n not in FAULTS:
@@ -201,9 +204,12 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
     say: Callable[[str], None] = console.print if console else (lambda _m: None)
     own_dir = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="heald-demo-")) if workdir is None else workdir
-    env = start_demo(wd)
+    env = start_demo(wd, with_prometheus=with_prometheus)
     say(f"heald is watching the demo system in [cyan]{wd}[/]: the shop on {env.shop_url}, "
         f"payments on port {env.ports['payments']}")
+    if env.monitoring is not None:
+        say(f"Prometheus on {env.monitoring.prometheus_url} and Alertmanager on {env.monitoring.alertmanager_url} "
+            f"watch the shop's metrics and alert heald at {env.server.url}/v1/webhooks/alertmanager")
     try:
         if on_start is not None:
             on_start(env)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -102,9 +103,11 @@ def build_layout(workdir: Path, ports: dict[str, int]) -> None:
     (workdir / "runbooks" / "demo.yaml").write_text(template.replace("@SHOP@", f"http://127.0.0.1:{ports['shop']}"))
 
 
-def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = True) -> HealdConfig:
+def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = True,
+                webhook_secret: str | None = None) -> HealdConfig:
     """heald's configuration for the demo system in ``workdir`` (see the module docstring).
-    Without ``metric_probes`` the shop's metrics are left to Prometheus (``--with-prometheus``)."""
+    Without ``metric_probes`` the shop's metrics are left to Prometheus (``--with-prometheus``),
+    whose Alertmanager authenticates with ``webhook_secret``."""
     py = sys.executable
     shop_url = f"http://127.0.0.1:{ports['shop']}"
     metrics = f"{shop_url}/metrics"
@@ -157,8 +160,11 @@ def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = T
         "correlation": {"group_by": ["service"]},
         "remedies": {"http_allowed_urls": [f"{shop_url}/admin/"]},
         "healing": {"group_wait_seconds": 0.5, "cooldown_seconds": 1.0, "stabilization_seconds": 1.0,
-                    "verify_interval_seconds": 0.1, "verify_timeout_seconds": 20.0, "max_attempts": 3},
+                    "verify_interval_seconds": 0.1, "verify_timeout_seconds": 20.0 if metric_probes else 40.0,
+                    "max_attempts": 3},
     }
+    if webhook_secret:
+        data["webhooks"] = {"alertmanager": {"secret": webhook_secret}}
     cfg = HealdConfig.model_validate(data)
     cfg.resolve_paths(workdir)
     return cfg
@@ -174,6 +180,8 @@ class DemoEnv:
     runtime: Runtime
     ports: dict[str, int]
     traffic: subprocess.Popen[bytes] | None = None
+    monitoring: Any = None
+    server: Any = None
     results: dict[tuple[str, str], ProbeResult] = field(default_factory=dict)
     failures: list[tuple[str, str, ProbeResult]] = field(default_factory=list)
 
@@ -201,9 +209,15 @@ class DemoEnv:
             return False
         if not all(r.ok for r in self.results.values()):
             return False
-        return not any(not i.state.terminal for i in self.runtime.store.list_incidents(limit=20))
+        if any(not i.state.terminal for i in self.runtime.store.list_incidents(limit=20)):
+            return False
+        return self.monitoring is None or not self.monitoring.firing()
 
     def stop(self) -> None:
+        if self.monitoring is not None:
+            self.monitoring.stop()
+        if self.server is not None:
+            self.server.stop()
         if self.traffic is not None and self.traffic.poll() is None:
             self.traffic.terminate()
             try:
@@ -226,15 +240,24 @@ def wait_healthy(url: str, timeout: float = 15.0) -> None:
     raise TimeoutError(f"{url} did not become healthy within {timeout:g} s")
 
 
-def start_demo(workdir: Path, *, metric_probes: bool = True, traffic_rps: float = 20.0) -> DemoEnv:
-    """Build the demo system in ``workdir`` (which must be empty or absent), start heald's
-    runtime over it and the load generator; returns once the shop answers."""
+def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: float = 20.0) -> DemoEnv:
+    """Build the demo system in ``workdir`` (emptied first), start heald's runtime over it and
+    the load generator; returns once the shop answers. ``with_prometheus``: the shop's metrics
+    are watched by a real Prometheus and Alertmanager (:mod:`heald.demo.monitoring`) instead of
+    heald's metric probes, and heald serves its API on loopback to receive their alerts.
+    Raises RuntimeError when they are not installed or do not start."""
     if workdir.exists() and any(workdir.iterdir()):
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    if with_prometheus:
+        from heald.demo.monitoring import installed
+
+        if (problem := installed()) is not None:
+            raise RuntimeError(f"--with-prometheus: {problem}")
     ports = {"shop": free_port(), "payments": free_port()}
     build_layout(workdir, ports)
-    cfg = demo_config(workdir, ports, metric_probes=metric_probes)
+    secret = secrets.token_hex(16) if with_prometheus else None
+    cfg = demo_config(workdir, ports, metric_probes=not with_prometheus, webhook_secret=secret)
     rt = Runtime(cfg)
     env = DemoEnv(workdir=workdir, config=cfg, runtime=rt, ports=ports)
     if rt.probes is not None:
@@ -243,6 +266,15 @@ def start_demo(workdir: Path, *, metric_probes: bool = True, traffic_rps: float 
     try:
         wait_healthy(f"{env.shop_url}/healthz")
         wait_healthy(f"http://127.0.0.1:{ports['payments']}/healthz")
+        if with_prometheus:
+            from heald.api.server import ServerThread
+            from heald.demo.monitoring import MonitoringStack
+
+            env.server = ServerThread(rt, "127.0.0.1", 0)
+            url = env.server.start()
+            env.monitoring = MonitoringStack(workdir / "monitoring", ports["shop"],
+                                             f"{url}/v1/webhooks/alertmanager", secret or "")
+            env.monitoring.start()
         env.traffic = subprocess.Popen([sys.executable, "-m", "heald.demo.traffic", "--base", env.shop_url,
                                         "--rps", str(traffic_rps)], stdout=subprocess.DEVNULL,
                                        stderr=open(workdir / "traffic.log", "ab"))
