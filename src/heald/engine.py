@@ -45,7 +45,7 @@ from heald.models import (
     SignalStatus,
     utcnow,
 )
-from heald.plan import make_plan
+from heald.plan import candidate_key, make_plan
 from heald.policy import decide
 from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
@@ -250,7 +250,7 @@ def heal_incident(incident_id: int) -> str:
     if cfg.group_wait_seconds > 0:
         DBOS.sleep(cfg.group_wait_seconds)  # let correlated signals join before diagnosing
     reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
-    tried: list[str] = []
+    tried: list[dict[str, Any]] = []  # per failed attempt: {"key": candidate_key, "rolled_back": bool}
     attempt = 0
     while True:
         attempt += 1
@@ -272,13 +272,14 @@ def heal_incident(incident_id: int) -> str:
             verification = verify_step(incident_id, acted["action_id"], found.get("verify", {}))
         else:
             verification = {"passed": False, "reason": f"the remedy failed: {acted['output'][-300:]}"}
-        learn_step(incident_id, attempt, found["category"], candidate["remedy"], verification["passed"])
+        undone = False
+        if not verification["passed"] and acted.get("undo") is not None:
+            undone = undo_step(incident_id, acted["action_id"], candidate)  # back to how it was before
+        learn_step(incident_id, attempt, found["category"], candidate["remedy"], verification["passed"], undone)
         if verification["passed"]:
             return close_step(incident_id, IncidentState.resolved.value,
                               f"healed by {candidate['remedy']}: {verification['reason']}", verification)
-        if acted.get("undo") is not None:
-            undo_step(incident_id, acted["action_id"], candidate)
-        tried.append(candidate["remedy"])
+        tried.append({"key": candidate_key(candidate["remedy"], candidate["params"]), "rolled_back": undone})
         if attempt >= cfg.max_attempts:
             return close_step(incident_id, IncidentState.escalated.value,
                               f"attempt budget spent: {attempt} of {cfg.max_attempts} attempts made, none healed it; "
@@ -327,9 +328,11 @@ def reproduce_step(incident_id: int) -> str | None:
 
 
 @DBOS.step()
-def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str, Any]:
-    """Diagnose and plan. Returns {"category", "confidence", "candidates", "verify", ...} or
-    {"closed": state} when the incident ended (its signals resolved)."""
+def diagnose_step(incident_id: int, attempt: int, tried: list[dict[str, Any]]) -> dict[str, Any]:
+    """Diagnose and plan: the next candidate is one not tried yet on this incident when there
+    is one; a remedy that was tried and rolled back is not tried again. Returns {"category",
+    "confidence", "candidates", "verify", ...} or {"closed": state} when the incident ended
+    (its signals resolved)."""
     rt = runtime()
     inc = rt.store.get_incident(incident_id)
     if inc.state.terminal:
@@ -342,7 +345,14 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[str]) -> dict[str,
     active = still_firing(signals)  # a condition that has resolved (a restart's blip) is not evidence
     finding = diagnose(inc, active, rt.reasoners, rt.runbooks)
     record_diagnosis(rt.store, incident_id, finding)
-    result = make_plan(incident_id, finding, active, set(tried), success_rates(rt.store, finding.diagnosis.category))
+    result = make_plan(incident_id, finding, active, {t["key"] for t in tried},
+                       success_rates(rt.store, finding.diagnosis.category))
+    rolled_back = {t["key"] for t in tried if t.get("rolled_back")}
+    kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back]
+    for c in result.plan.candidates:
+        if c not in kept:
+            result.dropped.append(f"{c.remedy} {c.params}: tried on this incident, did not heal it, and was undone")
+    result.plan = result.plan.model_copy(update={"candidates": kept})
     rt.store.add_plan(result.plan)
     for why in result.dropped:
         rt.store.record(actor="heald", event="plan.candidate_dropped", incident_id=incident_id, reason=why)
@@ -501,15 +511,19 @@ def verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> 
 
 
 @DBOS.step()
-def learn_step(incident_id: int, attempt: int, category: str, remedy: str, healed: bool) -> None:
-    """Record the attempt's outcome for learning (:mod:`heald.learn`)."""
+def learn_step(incident_id: int, attempt: int, category: str, remedy: str, healed: bool,
+               rolled_back: bool = False) -> None:
+    """Record the attempt's outcome for learning (:mod:`heald.learn`): healed, not healed, or
+    rolled back (not healed, and undone)."""
+    result = OutcomeResult.healed if healed else OutcomeResult.rolled_back if rolled_back else OutcomeResult.not_healed
     runtime().store.add_outcome(Outcome(incident_id=incident_id, category=category, remedy=remedy, attempt=attempt,
-                                        result=OutcomeResult.healed if healed else OutcomeResult.not_healed))
+                                        result=result))
 
 
 @DBOS.step()
-def undo_step(incident_id: int, action_id: int, candidate: dict[str, Any]) -> None:
-    """Undo a remedy that did not heal, when it has an undo."""
+def undo_step(incident_id: int, action_id: int, candidate: dict[str, Any]) -> bool:
+    """Undo a remedy that did not heal, when it has an undo. Returns whether it was undone (a
+    failed undo is recorded, and the healing goes on)."""
     rt = runtime()
     remedy = remedies.get(candidate["remedy"])
     action = next(a for a in rt.store.actions_for(incident_id) if a.id == action_id)
@@ -520,9 +534,11 @@ def undo_step(incident_id: int, action_id: int, candidate: dict[str, Any]) -> No
         out = remedy.undo(params, ctx, action.undo or {}).output
         rt.store.record(actor="heald", event="action.undone", incident_id=incident_id, reason=out,
                         details={"action_id": action_id, "remedy": remedy.name})
-    except Exception as exc:  # a failed undo is recorded, and the incident goes on to escalate
+        return True
+    except Exception as exc:  # a failed undo is recorded, and the incident goes on
         rt.store.record(actor="heald", event="action.undo_failed", incident_id=incident_id,
                         reason=f"{exc.__class__.__name__}: {exc}", details={"action_id": action_id})
+        return False
 
 
 @DBOS.step()

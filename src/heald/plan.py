@@ -5,17 +5,25 @@ validates each against the catalog (an invalid one is dropped with its reason), 
 remedies not yet tried on this incident first, then by learned success rate, then in runbook
 order (so with no history the runbook author's order holds). A remedy already tried stays a
 candidate (a restart can fail once and work the next time); the attempt budget bounds retries.
+A tried remedy is a remedy name, or a :func:`candidate_key` (the remedy with those parameters).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from heald import remedies
 from heald.diagnose import Finding, signal_context
 from heald.diagnose.runbooks import render
 from heald.learn import Posterior
 from heald.models import Plan, RemedyCandidate, Signal, SignalStatus
+
+
+def candidate_key(remedy: str, params: dict[str, Any]) -> str:
+    """One remedy with its parameters, as a string: ``http_request:{"method": "PUT", …}``."""
+    return f"{remedy}:{json.dumps(params, sort_keys=True, separators=(',', ':'))}"
 
 
 @dataclass
@@ -27,7 +35,8 @@ class PlanResult:
 def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: set[str],
               rates: dict[str, Posterior]) -> PlanResult:
     """Build the plan: the runbook's remedies, then remedies the reasoner proposed itself
-    (``finding.remedies``). ``tried`` holds remedy names already applied on this incident; ``rates``
+    (``finding.remedies``). ``tried`` holds remedy names or candidate keys already applied on this
+    incident; ``rates``
     the learned posteriors for the diagnosed category."""
     candidates: list[RemedyCandidate] = []
     dropped: list[str] = []
@@ -56,6 +65,7 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
         candidates.append(proposed.model_copy(update={"success_rate": post.mean if post else None,
                                                       "samples": post.samples if post else 0}))
     order = {id(c): i for i, c in enumerate(candidates)}
-    candidates.sort(key=lambda c: (c.remedy in tried, -(c.success_rate if c.success_rate is not None else 0.5),
+    candidates.sort(key=lambda c: (c.remedy in tried or candidate_key(c.remedy, c.params) in tried,
+                                   -(c.success_rate if c.success_rate is not None else 0.5),
                                    order[id(c)]))
     return PlanResult(Plan(incident_id=incident_id, candidates=candidates), dropped)

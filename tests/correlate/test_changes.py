@@ -100,6 +100,24 @@ def test_a_release_switch_is_a_suspect_unless_heald_rolled_back(tmp_path: Path) 
     assert "change_id" not in tracker.annotate(firing()).annotations
 
 
+def test_the_previous_release_is_the_one_live_before_it(tmp_path: Path) -> None:
+    """v10 was bad and rolled back; v11 is deployed on top of v9: v11's previous is v9, not v10."""
+    c, _, releases = setup(tmp_path)
+    (releases / "v11").mkdir()
+    tracker = ChangeTracker(c)
+    time.sleep(0.05)
+    tmp = tmp_path / "current.tmp"
+    os.symlink(releases / "v11", tmp)
+    os.replace(tmp, tmp_path / "current")
+    (tmp_path / "revisions.log").write_text(
+        "Branch main (at 1a2b3c4) deployed as release v9 by dana\n"
+        "Branch main (at 2b3c4d5) deployed as release v10 by dana\n"
+        "heald rolled back to release v9 (2025-01-01T00:00:00+00:00)\n"
+        "Branch main (at 3c4d5e6) deployed as release v11 by dana\n")
+    notes = tracker.annotate(firing()).annotations
+    assert notes["change_id"] == "v11" and notes["change_previous"] == "v9" and notes["change_author"] == "dana"
+
+
 def test_natural_order() -> None:
     assert sorted(["v10", "v9", "v2", "20240101120000", "20231231000000"], key=natural_key) == \
         ["20231231000000", "20240101120000", "v2", "v9", "v10"]

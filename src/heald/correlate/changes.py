@@ -107,7 +107,10 @@ def config_changes(service: str, repo: Path, since: datetime, limit: int = 100) 
 
 def release_change(service: str, releases: ReleasesConfig) -> Change | None:
     """The switch of ``current`` to the live release, unless heald made it (a rollback in the
-    revisions log). Its time is the symlink's own modification time."""
+    revisions log). Its time is the symlink's own modification time; ``previous`` is the
+    release that was live before it according to the revisions log (Capistrano's lines
+    ``… deployed as release R by U`` and ``U rolled back to release R``), else the release
+    before it in name order."""
     name = current_release(releases)
     if name is None:
         return None
@@ -120,17 +123,20 @@ def release_change(service: str, releases: ReleasesConfig) -> Change | None:
         lines = releases.revisions_log.read_text().splitlines()
     except OSError:
         lines = []
-    for line in reversed(lines):
-        if (m := _ROLLED_BACK.search(line)) and m["release"] == name:
-            if m["user"] == HEALD_USER:
-                return None
-            author, summary = m["user"], line.strip()
-            break
-        if (m := _DEPLOYED.search(line)) and m["release"] == name:
-            author, summary = m["user"], line.strip()
-            break
-    names = release_names(releases)
-    previous = names[names.index(name) - 1] if name in names and names.index(name) > 0 else None
+    history: list[tuple[str, str, str]] = []  # (release, user, line) of every switch, in order
+    for line in lines:
+        if m := (_ROLLED_BACK.search(line) or _DEPLOYED.search(line)):
+            history.append((m["release"], m["user"], line.strip()))
+    previous = None
+    last = max((i for i, h in enumerate(history) if h[0] == name), default=None)
+    if last is not None:
+        if history[last][1] == HEALD_USER and _ROLLED_BACK.search(history[last][2]):
+            return None
+        _, author, summary = history[last]
+        previous = next((h[0] for h in reversed(history[:last]) if h[0] != name), None)
+    if previous is None:  # no log: the release before it in name order
+        names = release_names(releases)
+        previous = names[names.index(name) - 1] if name in names and names.index(name) > 0 else None
     return Change(service, "release", name, at, author, summary[:500], previous)
 
 

@@ -39,12 +39,13 @@ FALSE_ALARM_WATCH_SECONDS = 4.0
 
 @dataclass
 class DemoResult:
-    """One fault's row of the demo table. ``time_to_detect_s``/``time_to_recover_s`` are
-    seconds from the injection; ``incident_time_to_*`` from the first failing observation
-    (the incident's own figures)."""
+    """One fault's row of the demo table. ``injected_at`` is when (epoch seconds);
+    ``time_to_detect_s``/``time_to_recover_s`` are seconds from the injection;
+    ``incident_time_to_*`` from the first failing observation (the incident's own figures)."""
 
     fault: str
     injected: str
+    injected_at: float = 0.0
     incident_id: int | None = None
     time_to_detect_s: float | None = None
     diagnosis: str | None = None
@@ -130,7 +131,7 @@ def run_fault(env: DemoEnv, fault: Fault, say: Callable[[str], None], timeout: f
     t0 = utcnow()
     injected = fault.inject(env, memo)
     say(f"[bold]{fault.name}[/]: injected — {escape(injected)}")
-    result = DemoResult(fault=fault.name, injected=injected)
+    result = DemoResult(fault=fault.name, injected=injected, injected_at=t0.timestamp())
     started = time.monotonic()
     limit = timeout if fault.expect_incident else FALSE_ALARM_WATCH_SECONDS
     incidents: list[Incident] = []

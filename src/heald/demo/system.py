@@ -26,6 +26,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -159,7 +160,7 @@ def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = T
         "runbooks": [str(workdir / "runbooks")],
         "correlation": {"group_by": ["service"]},
         "remedies": {"http_allowed_urls": [f"{shop_url}/admin/"]},
-        "healing": {"group_wait_seconds": 0.5, "cooldown_seconds": 1.0, "stabilization_seconds": 1.0,
+        "healing": {"group_wait_seconds": 0.3, "cooldown_seconds": 1.0, "stabilization_seconds": 1.0,
                     "verify_interval_seconds": 0.1, "verify_timeout_seconds": 20.0 if metric_probes else 40.0,
                     "max_attempts": 3},
     }
@@ -173,7 +174,8 @@ def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = T
 @dataclass
 class DemoEnv:
     """The running demo system: work directory, config, runtime, ports, the load generator,
-    and the latest result of every probe (``(service, probe label) -> ProbeResult``)."""
+    the latest result of every probe (``(service, probe label) -> ProbeResult``), its failures,
+    and the recent history of all results (for the benchmark)."""
 
     workdir: Path
     config: HealdConfig
@@ -184,6 +186,7 @@ class DemoEnv:
     server: Any = None
     results: dict[tuple[str, str], ProbeResult] = field(default_factory=dict)
     failures: list[tuple[str, str, ProbeResult]] = field(default_factory=list)
+    history: deque[tuple[str, str, ProbeResult]] = field(default_factory=lambda: deque(maxlen=20_000))
 
     @property
     def shop_url(self) -> str:
@@ -199,6 +202,7 @@ class DemoEnv:
     def record(self, service: str, probe: Any, result: ProbeResult) -> None:
         """The probe runner's ``on_result``: keep the latest result, and every failure."""
         self.results[(service, probe.label)] = result
+        self.history.append((service, probe.label, result))
         if not result.ok:
             self.failures.append((service, probe.label, result))
             del self.failures[:-1000]

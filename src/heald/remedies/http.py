@@ -100,7 +100,7 @@ class HttpRequest(Remedy):
         resp = send(call.method, call.url, call.body, {}, params.timeout_seconds)
         if resp.status_code >= 300:
             raise RemedyError(f"undo {call.method} {call.url} answered {resp.status_code}: {resp.text[:300]}")
-        return RemedyResult(f"undone: {call.method} {call.url} → {resp.status_code}")
+        return RemedyResult(f"undone: {call.method} {call.url} → {resp.status_code}: {resp.text[:300]}")
 
 
 def _statuses(codes: list[int]) -> str:

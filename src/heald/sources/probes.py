@@ -44,7 +44,8 @@ DEFAULT_ALERTNAMES = {"http": "ProbeFailed", "tcp": "ProbeFailed", "process": "P
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One check: ``ok``, a human-readable ``detail``, ``latency_s`` (seconds), when (UTC).
+    """One check: ``ok``, a human-readable ``detail``, ``latency_s`` (seconds), and ``at``,
+    when its outcome was known (UTC; a failure's first observation is when it was seen).
 
     ``no_data`` marks a check that could not judge (``ok`` is then True); ``value`` is the
     measured figure of a metric or disk probe (bytes for disk); ``labels`` are the labels of
@@ -76,7 +77,6 @@ def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = 
     probe run once can judge gauges only; rates need :func:`make_checker`.)"""
     if probe.type == "metric":
         return MetricProbe(probe)()
-    at = utcnow()
     t0 = time.monotonic()
     value: float | None = None
     try:
@@ -119,7 +119,7 @@ def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = 
         ok, detail = False, f"timed out after {probe.timeout_seconds:g} s"
     except OSError as exc:
         ok, detail = False, f"{exc.__class__.__name__}: {exc}"
-    return ProbeResult(ok, detail, time.monotonic() - t0, at, value=value)
+    return ProbeResult(ok, detail, time.monotonic() - t0, utcnow(), value=value)
 
 
 def _error_code(resp: httpx.Response) -> str:
@@ -189,7 +189,6 @@ class MetricProbe:
         self._lock = threading.Lock()
 
     def __call__(self) -> ProbeResult:
-        at = utcnow()
         t0 = time.monotonic()
         try:
             resp = httpx.get(self.probe.url or "", timeout=self.probe.timeout_seconds,
@@ -198,14 +197,14 @@ class MetricProbe:
             scraped = self._select(resp.text)
         except (httpx.HTTPError, ValueError) as exc:
             return ProbeResult(True, f"no data: scraping {self.probe.url} failed ({exc.__class__.__name__}: {exc})"[:300],
-                               time.monotonic() - t0, at, no_data=True)
+                               time.monotonic() - t0, utcnow(), no_data=True)
         with self._lock:
             now = self.clock()
             self._history.append((now, scraped))
             while self._history and self._history[0][0] < now - self.probe.window_seconds:
                 self._history.popleft()
             ok, detail, no_data, value, labels = self._evaluate(scraped)
-        return ProbeResult(ok, detail, time.monotonic() - t0, at, no_data=no_data, value=value, labels=labels)
+        return ProbeResult(ok, detail, time.monotonic() - t0, utcnow(), no_data=no_data, value=value, labels=labels)
 
     # -- reading ---------------------------------------------------------------------------
     def _select(self, text: str) -> dict[str, dict[SeriesKey, float]]:
