@@ -87,3 +87,40 @@ def bare_remote(repo: Path, where: Path) -> Path:
     """A bare clone of ``repo`` acting as its remote (origin)."""
     sh("git", "clone", "-q", "--bare", str(repo), str(where), cwd=repo.parent)
     return where
+
+
+# -- the four cases of the issue, as (repository, what heald should do) -------------------------
+
+def culprit_case(path: Path) -> tuple[Path, str]:
+    """Tests pass for a while, then a commit breaks add(); returns (repo, culprit sha)."""
+    repo, _ = new_repo(path)
+    history(repo, 4)
+    culprit = commit(repo, "Make add faster", {"calc.py": CALC.replace("return a + b", "return a - b")},
+                     author="Eve Breaker <eve@example.com>")
+    history(repo, 3, start=10)
+    return repo, culprit
+
+
+def dropped_dependency_case(path: Path) -> Path:
+    """calc imports six; a later commit drops six from the dependencies."""
+    calc = CALC.replace('"""A tiny calculator."""\n', '"""A tiny calculator."""\nimport six\n')
+    repo, _ = new_repo(path, deps='"six>=1.10"', calc=calc)
+    history(repo, 2)
+    commit(repo, "Trim dependencies", {"pyproject.toml": PYPROJECT.format(deps="", extra="")})
+    return repo
+
+
+def lint_case(path: Path) -> Path:
+    """A project checked by ruff; a commit adds an unused import (F401)."""
+    repo, _ = new_repo(path, extra="\n[tool.ruff]\nline-length = 100\n")
+    history(repo, 2)
+    commit(repo, "Add a helper", {"calc.py": "import os\n" + CALC + "\n\ndef sub(a, b):\n    return a - b\n"})
+    return repo
+
+
+def red_everywhere_case(path: Path) -> Path:
+    """A test that fails on every commit, because of the environment (the Python version)."""
+    tests = TESTS + "\n\ndef test_old_python():\n    import sys\n    assert sys.version_info < (3, 8)\n"
+    repo, _ = new_repo(path, tests=tests)
+    history(repo, 6)
+    return repo

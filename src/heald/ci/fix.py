@@ -108,10 +108,11 @@ def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str]
                               f"(found by bisection and confirmed in heald's sandbox).{trailer}")
             result.sha = wt.commit_tracked(result.message, ci.author_name, ci.author_email)
         elif kind == "add_dependency":
-            edit = add_requirement(wt.path, files, params["distribution"], params["version"])
+            edit = add_requirement(wt.path, files, params["distribution"], params["version"],
+                                   params.get("scope", "runtime"))
             result.message = (f"Declare the dependency {edit.requirement}\n\nThe tests import {params.get('module', '?')}, "
                               f"which {params['distribution']} provides, but the project did not declare it "
-                              f"({edit.path}).{trailer}")
+                              f"({', '.join([edit.path, *edit.notes])}).{trailer}")
             result.sha = wt.commit_tracked(result.message, ci.author_name, ci.author_email)
         if kind != "lint":
             files = ws.files(result.sha)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -42,6 +43,7 @@ from heald.ci.project import (
     forbidden_changes,
     install_script,
     is_local_module,
+    is_test_path,
     narrowed,
 )
 from heald.ci.repo import GitError, RepoCache, Worktree
@@ -124,6 +126,30 @@ def failed_test_ids(output: str) -> list[str]:
         if c.details.get("tests"):
             return list(dict.fromkeys(c.details["tests"]))
     return []
+
+
+_FRAME = re.compile(r'^(?:File "(?P<a>[^"]+\.py)", line \d+|(?P<b>\S+\.py):\d+: in )')
+
+
+def importer_of(output: str, tree: Path) -> str | None:
+    """The file (relative to ``tree``) whose import raised the first ModuleNotFoundError: the
+    last traceback frame before it (pytest's ``path:line: in`` or Python's ``File "…"``)."""
+    last = None
+    for line in output.splitlines():
+        m = _FRAME.match(line.strip())
+        if m:
+            last = m.group("a") or m.group("b")
+        elif _MISSING.search(line):
+            break
+    if last is None:
+        return None
+    p = Path(last)
+    if p.is_absolute():
+        try:
+            p = p.relative_to(tree)
+        except ValueError:
+            return None
+    return str(p)
 
 
 def excerpt_of(output: str, lines: int = 40) -> str:
@@ -226,6 +252,11 @@ def _tests_failing(ws: Workspace, inv: Investigation, wt: Worktree, files: Files
         module = missing.group("module")
         inv.category = "missing_module"
         inv.facts["module"] = module
+        importer = importer_of(output, wt.path)
+        scope = "test" if importer and is_test_path(importer) else "runtime"
+        inv.facts["dependency_scope"] = scope
+        if importer:
+            inv.facts["imported_by"] = importer
         for dist in distribution_candidates(module):
             step, version = ws.runner.pip_install(wt, dist, module, bad)
             if version:

@@ -269,16 +269,42 @@ class UnsupportedDeclaration(RuntimeError):
     """heald cannot add a requirement to how this project declares its dependencies."""
 
 
-def add_requirement(tree: Path, files: Files, distribution: str, version: str) -> DeclarationEdit:
-    """Add ``distribution>=version`` to the project's runtime dependencies, in place in the
-    (fresh, heald-made) work tree ``tree``, preserving the file's formatting: PEP 621
-    ``[project].dependencies`` (or the requirements file ``[tool.setuptools.dynamic]`` names),
-    Poetry's ``[tool.poetry.dependencies]``, or a bare ``requirements.txt``. Raises
+def add_requirement(tree: Path, files: Files, distribution: str, version: str, scope: str = "runtime") -> DeclarationEdit:
+    """Add ``distribution>=version`` to the project's dependencies, in place in the (fresh,
+    heald-made) work tree ``tree``, preserving the file's formatting.
+
+    ``scope`` ``test`` (only the tests import it) goes to the test dependencies: a test extra of
+    ``[project.optional-dependencies]``, a ``[dependency-groups]`` test group, or a test
+    requirements file (and its ``.in`` source when pip-compile made it); with none of those, to
+    the runtime dependencies like ``runtime``: PEP 621 ``[project].dependencies`` (or the
+    requirements file ``[tool.setuptools.dynamic]`` names), Poetry's
+    ``[tool.poetry.dependencies]``, or a bare ``requirements.txt``. Raises
     UnsupportedDeclaration otherwise (``setup.py``)."""
     import tomlkit
 
     requirement = f"{distribution}>={version}"
     py = files.pyproject()
+    if scope == "test":
+        extras = (py.get("project") or {}).get("optional-dependencies") or {}
+        groups = py.get("dependency-groups") or {}
+        for table, names in ((("project", "optional-dependencies"), extras), (("dependency-groups",), groups)):
+            key = next((k for k in TEST_EXTRAS if k in names), None)
+            if key is not None:
+                doc = tomlkit.parse(files.read("pyproject.toml") or "")
+                node = doc
+                for part in table:
+                    node = node[part]  # type: ignore[index,assignment]
+                node[key].append(requirement)  # type: ignore[index,union-attr]
+                _write(tree, "pyproject.toml", tomlkit.dumps(doc))
+                return DeclarationEdit("pyproject.toml", requirement, [f"{'.'.join(table)}.{key}"])
+        for req in REQUIREMENT_FILES[1:]:
+            if files.exists(req):
+                edit = _append_line(tree, files, req, requirement)
+                source = req[:-4] + ".in"
+                if files.exists(source):
+                    _append_line(tree, files, source, requirement)
+                    edit.notes.append(source)
+                return edit
     project = py.get("project")
     if isinstance(project, dict):
         dynamic = project.get("dynamic") or []

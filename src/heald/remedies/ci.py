@@ -14,7 +14,7 @@ Undo: close the pull request and delete the branch.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -52,6 +52,7 @@ class AddDependencyParams(CiParams):
     module: str = Field(pattern=r"^[A-Za-z_][\w.]*$", description="the module the tests could not import")
     distribution: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="the distribution that provides it")
     version: str = Field(pattern=r"^[0-9][0-9A-Za-z.+!-]*$", description="a version of it that installs")
+    scope: Literal["runtime", "test"] = Field(default="runtime", description="test: only the tests import it")
 
 
 class LintParams(CiParams):
@@ -170,7 +171,8 @@ class AddDependency(_CiRemedy):
         return params.module
 
     def fix_params(self, params: AddDependencyParams) -> dict[str, str]:  # type: ignore[override]
-        return {"module": params.module, "distribution": params.distribution, "version": params.version}
+        return {"module": params.module, "distribution": params.distribution, "version": params.version,
+                "scope": params.scope}
 
     def title(self, params: AddDependencyParams, fix: FixResult) -> str:  # type: ignore[override]
         return f"Declare the missing dependency {params.distribution}>={params.version}"
