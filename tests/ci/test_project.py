@@ -31,7 +31,7 @@ def test_checks_follow_the_projects_configuration() -> None:
     ruff = files({"pyproject.toml": "[tool.ruff]\nline-length = 100\n[tool.ruff.format]\nquote-style = 'double'\n",
                   "tests/test_x.py": "import pytest\n"})
     assert [(c.name, c.command, c.fix) for c in detect_checks(ruff)] == [
-        ("ruff", "ruff check --no-cache .", "ruff check --no-cache --fix ."),
+        ("ruff", "ruff check --no-cache --no-fix .", "ruff check --no-cache --fix ."),
         ("ruff format", "ruff format --no-cache --check .", "ruff format --no-cache ."),
         ("tests", "python -m pytest -q -rfE -p no:cacheprovider", None)]
     black = files({"pyproject.toml": "[tool.black]\n[tool.isort]\nprofile = 'black'\n", "test_a.py": "import unittest\n"})
@@ -66,7 +66,8 @@ def test_add_requirement_keeps_the_file_and_goes_where_the_project_declares(tmp_
     add_requirement(tmp_path, extras, "hypothesis", "6.100.0", scope="test")
     assert 'tests = ["pytest", "hypothesis>=6.100.0"]' in (tmp_path / "pyproject.toml").read_text()
     (tmp_path / "requirements").mkdir()
-    compiled = files({"setup.py": "", "requirements/tests.txt": "pytest==8.0\n", "requirements/tests.in": "pytest"})
+    compiled = files({"setup.py": "", "requirements/dev.txt": "tox\n", "requirements/tests.txt": "pytest==8.0\n",
+                      "requirements/tests.in": "pytest"})
     edit = add_requirement(tmp_path, compiled, "freezegun", "1.5.1", scope="test")
     assert edit.path == "requirements/tests.txt" and edit.notes == ["requirements/tests.in"]
     assert (tmp_path / "requirements/tests.in").read_text() == "pytest\nfreezegun>=1.5.1\n"

@@ -157,7 +157,7 @@ def detect_checks(files: Files, test_command: str | None = None) -> list[Check]:
     checks: list[Check] = []
     ruff = "ruff" in tool or files.exists("ruff.toml") or files.exists(".ruff.toml") or "ruff" in pins
     if ruff:
-        checks.append(Check("ruff", "ruff check --no-cache .", "lint", "ruff check --no-cache --fix ."))
+        checks.append(Check("ruff", "ruff check --no-cache --no-fix .", "lint", "ruff check --no-cache --fix ."))
         ruff_cfg = tool.get("ruff", {}) if isinstance(tool.get("ruff"), dict) else {}
         if "format" in ruff_cfg or "hook:ruff-format" in pins:
             checks.append(Check("ruff format", "ruff format --no-cache --check .", "lint", "ruff format --no-cache ."))
@@ -297,7 +297,7 @@ def add_requirement(tree: Path, files: Files, distribution: str, version: str, s
                 node[key].append(requirement)  # type: ignore[index,union-attr]
                 _write(tree, "pyproject.toml", tomlkit.dumps(doc))
                 return DeclarationEdit("pyproject.toml", requirement, [f"{'.'.join(table)}.{key}"])
-        for req in REQUIREMENT_FILES[1:]:
+        for req in sorted(REQUIREMENT_FILES[1:], key=lambda r: "test" not in r):  # test files before dev files
             if files.exists(req):
                 edit = _append_line(tree, files, req, requirement)
                 source = req[:-4] + ".in"

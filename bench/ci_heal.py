@@ -1,0 +1,281 @@
+"""How well heald heals real CI failures: cases built at run time from real pure-Python projects.
+
+For each project (itsdangerous, attrs, more-itertools) the script downloads several release
+sdists from PyPI with pip (into a cache directory; nothing is committed) and builds a git
+history of the real release-to-release changes: per release, one commit per changed file outside
+the code, then one commit with the code, tests and build files. Then, per case, a repository and
+``heald heal-ci`` on it (the whole engine, the real sandbox):
+
+- ``culprit``: a breaking commit injected between two releases (the break is carried into the
+  later releases); expected: a revert of exactly that commit, validated and pushed;
+- ``dependency``: the last release with a test dependency dropped from its declaration;
+  expected: the dependency declared again with a version that installs;
+- ``lint``: the last release plus a commit adding an unused import (the project lints with
+  ruff); expected: the project's ruff autofix;
+- ``never-passed``: a commit adding a test that fails; expected: an escalation, no revert.
+
+It prints per case: healed?, correct culprit?, test-suite runs (bisection runs against the bound
+ceil(log2 N) + 3, N the commits between good and bad), wall time; and the totals: heal rate and
+bad reverts (must be 0). Usage::
+
+    .venv/bin/python bench/ci_heal.py [--projects itsdangerous,attrs,more-itertools] [--cases ...] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECTS: dict[str, dict[str, Any]] = {
+    "itsdangerous": {
+        "versions": ["2.0.0", "2.0.1", "2.1.0", "2.1.1", "2.1.2", "2.2.0"],
+        "break_after": "2.1.0",
+        "break": ("src/itsdangerous/encoding.py",
+                  "\n\n_heald_encode = base64_encode\n\n\ndef base64_encode(string):\n"
+                  "    return _heald_encode(string) + b\"=\"\n"),
+        "drop": {"requirements/tests.txt": "freezegun", "requirements/tests.in": "freezegun",
+                 "requirements/dev.txt": "freezegun"},
+        "lint": "src/itsdangerous/signer.py",
+        "new_test": "from itsdangerous import Signer\n\n\ndef test_heald_new_feature():\n"
+                    "    assert Signer(b'k').sign(b'v').count(b'.') == 2\n",
+    },
+    "attrs": {
+        "versions": ["23.1.0", "23.2.0", "24.1.0", "24.2.0"],
+        "break_after": "23.2.0",
+        "break": ("src/attr/converters.py",
+                  "\n\n_heald_default_if_none = default_if_none\n\n\ndef default_if_none(default=NOTHING, factory=None):\n"
+                  "    convert = _heald_default_if_none(default, factory)\n"
+                  "    return lambda val: convert(val) if val is not None else None\n"),
+        "drop": {"pyproject.toml": "\"hypothesis\","},
+        "lint": "src/attr/_cmp.py",
+        "new_test": "import attr\n\n\ndef test_heald_new_feature():\n    assert attr.__version__.startswith('99')\n",
+    },
+    "more-itertools": {
+        "versions": ["10.0.0", "10.1.0", "10.2.0", "10.3.0", "10.4.0", "10.5.0"],
+        "break_after": "10.2.0",
+        "break": ("more_itertools/more.py",
+                  "\n\n_heald_chunked = chunked\n\n\ndef chunked(iterable, n, strict=False):\n"
+                  "    return _heald_chunked(iterable, n + 1 if n and n > 2 else n, strict=strict)\n"),
+        "drop": None,
+        "lint": None,
+        "new_test": "import more_itertools as mi\n\n\ndef test_heald_new_feature():\n    assert list(mi.take(2, [1])) == [1, 1]\n",
+    },
+}
+CASES = ("culprit", "dependency", "lint", "never-passed")
+CODE = (".py", ".toml", ".cfg", ".txt", ".in", ".ini", ".pyi", ".typed")
+
+
+def sh(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}).stdout
+
+
+def download(project: str, versions: list[str], cache: Path) -> dict[str, Path]:
+    """Each release's sdist, unpacked (downloaded by pip once into ``cache``)."""
+    out = {}
+    for v in versions:
+        target = cache / f"{project}-{v}"
+        if not target.is_dir():
+            dl = cache / "dl"
+            dl.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
+                            f"{project}=={v}", "-d", str(dl)], check=True, capture_output=True)
+            sdist = next(p for p in dl.iterdir() if p.name.lower().replace("_", "-").startswith(f"{project}-{v}".lower())
+                         and p.name.endswith(".tar.gz"))
+            with tarfile.open(sdist) as tar:
+                tar.extractall(cache / "unpack", filter="data")
+            unpacked = next(p for p in (cache / "unpack").iterdir() if p.name.lower().replace("_", "-") == f"{project}-{v}".lower())
+            unpacked.rename(target)
+        out[v] = target
+    return out
+
+
+def tree_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*")
+            if p.is_file() and "PKG-INFO" not in p.name and ".egg-info" not in str(p)}
+
+
+def commit(repo: Path, message: str, author: str = "Release Bot <release@example.com>") -> str:
+    name, email = author[:-1].split(" <")
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "-c", f"user.name={name}", "-c", f"user.email={email}", "commit", "-q", "--allow-empty", "-m", message,
+       cwd=repo)
+    return sh("git", "rev-parse", "HEAD", cwd=repo).strip()
+
+
+def write_tree(repo: Path, files: dict[str, bytes], only: set[str] | None = None) -> None:
+    current = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+    for path in (only if only is not None else current | set(files)):
+        target = repo / path
+        if path in files:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(files[path])
+        elif target.exists():
+            target.unlink()
+
+
+def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], inject: bool) -> tuple[str, str | None]:
+    """The release history (see the module docstring); returns (first commit, injected culprit)."""
+    sh("git", "init", "-q", "-b", "main", cwd=repo)
+    culprit = None
+    first = None
+    module, block = spec["break"]
+    broken = False
+    for v, src in releases.items():
+        files = tree_files(src)
+        if broken and module in files:
+            files[module] = files[module] + block.encode()
+        if first is None:
+            write_tree(repo, files)
+            first = commit(repo, f"Release {v}")
+        else:
+            current = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
+            changed = {p for p in current | set(files)
+                       if (repo / p).exists() != (p in files) or (p in files and (repo / p).read_bytes() != files[p])}
+            docs = sorted(p for p in changed if not p.endswith(CODE) and "tests" not in p.split("/"))
+            for p in docs:
+                write_tree(repo, files, {p})
+                commit(repo, f"{v}: update {p}")
+            write_tree(repo, files)
+            commit(repo, f"Release {v}")
+        if inject and v == spec["break_after"]:
+            with open(repo / module, "a") as fh:
+                fh.write(block)
+            culprit = commit(repo, f"Speed up {Path(module).stem}", author="Eve Breaker <eve@example.com>")
+            broken = True
+    assert first is not None
+    return first, culprit
+
+
+def heal(cfg: Path, repo: Path, *args: str) -> tuple[dict[str, Any], float]:
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "heald.cli", "--config", str(cfg), "heal-ci", "--repo", str(repo),
+                        "--bad", "main", "--json", *args], capture_output=True, text=True, timeout=3600,
+                       env={**os.environ, "GITHUB_TOKEN": ""})
+    try:
+        data = json.loads(r.stdout)
+    except json.JSONDecodeError:
+        data = {"state": "error", "outcome": "error", "reason": r.stderr[-1500:]}
+    return data, time.monotonic() - t0
+
+
+def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, Path], base: Path,
+             pip_cache: Path) -> dict[str, Any] | None:
+    if (case == "dependency" and not spec["drop"]) or (case == "lint" and not spec["lint"]):
+        return None
+    work = base / f"{project}-{case}"
+    repo = work / "repo"
+    repo.mkdir(parents=True)
+    work.chmod(0o755)
+    first, culprit = build_history(repo, releases if case == "culprit" else dict(list(releases.items())[-2:]),
+                                   spec, inject=(case == "culprit"))
+    args: list[str] = []
+    expected = culprit
+    if case == "culprit":
+        args = ["--good", first]
+    elif case == "dependency":
+        for path, needle in spec["drop"].items():
+            p = repo / path
+            p.write_text("".join(ln for ln in p.read_text().splitlines(keepends=True) if needle not in ln))
+        commit(repo, "Tidy the test requirements", author="Eve Breaker <eve@example.com>")
+    elif case == "lint":
+        p = repo / spec["lint"]
+        text = p.read_text()
+        i = text.index("\nimport ") + 1 if "\nimport " in text else 0
+        p.write_text(text[:i] + "import os\n" + text[i:])
+        commit(repo, "Refactor", author="Eve Breaker <eve@example.com>")
+    else:
+        (repo / "tests" / "test_heald_new_feature.py").write_text(spec["new_test"])
+        expected = commit(repo, "Add a test for the next feature", author="Eve Breaker <eve@example.com>")
+        args = ["--good", first]
+    cfg = work / "heald.yaml"
+    cfg.write_text(yaml.safe_dump({"state_dir": str(work / "state"), "ci": {"work_dir": str(work / "ci"),
+                                                                           "pip_cache_dir": str(pip_cache)},
+                                   "healing": {"group_wait_seconds": 0.05, "max_attempts": 2}}))
+    d, secs = heal(cfg, repo, *args)
+    n = d.get("commits_in_range")
+    bisect_runs = None
+    if d.get("bisect_runs") is not None and d.get("good_sha"):
+        bisect_runs = (1 if case in ("culprit", "never-passed") else 0) + (d.get("bisect_runs") or 0) + 2
+    bound = math.ceil(math.log2(n)) + 3 if n else None
+    fixable = case != "never-passed"
+    if fixable:
+        healed = d.get("state") == "resolved"
+    else:
+        healed = d.get("state") == "escalated" and not d.get("remedy")
+    got = (d.get("culprit") or {}).get("sha")
+    reverted = d.get("remedy") == "revert_commit"
+    bad_revert = reverted and (not fixable or got != expected)
+    return {"project": project, "case": case, "healed": healed, "outcome": d.get("outcome"), "verdict": d.get("verdict"),
+            "remedy": d.get("remedy"), "correct_culprit": (got == expected) if expected else None,
+            "commits_in_range": n, "test_runs": d.get("test_runs"), "bisection_runs": bisect_runs, "bisection_bound": bound,
+            "within_bound": (bisect_runs <= bound) if (bisect_runs is not None and bound) else None,
+            "bad_revert": bad_revert, "seconds": round(secs, 1), "reason": (d.get("reason") or "")[:300]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--projects", default=",".join(PROJECTS), help="comma-separated, from: " + ", ".join(PROJECTS))
+    ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "heald-bench-sdists",
+                    help="where downloaded sdists are kept between runs")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--json", action="store_true", help="print JSON only")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="heald-bench-ci-"))
+    base.chmod(0o755)
+    pip_cache = base / "pip-cache"
+    pip_cache.mkdir()
+    rows = []
+    try:
+        for project in [p for p in args.projects.split(",") if p]:
+            spec = PROJECTS[project]
+            releases = download(project, spec["versions"], args.cache)
+            for case in [c for c in args.cases.split(",") if c]:
+                row = run_case(project, case, spec, releases, base, pip_cache)
+                if row is None:
+                    continue
+                rows.append(row)
+                if not args.json:
+                    print(f"  {project:15} {case:13} healed={row['healed']} culprit={row['correct_culprit']} "
+                          f"runs={row['test_runs']} bisection={row['bisection_runs']}/{row['bisection_bound']} "
+                          f"{row['seconds']:.0f}s {row['verdict']}", file=sys.stderr, flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+    totals = {"cases": len(rows), "healed": sum(r["healed"] for r in rows),
+              "heal_rate": round(sum(r["healed"] for r in rows) / len(rows), 3) if rows else None,
+              "bad_reverts": sum(r["bad_revert"] for r in rows),
+              "correct_culprits": sum(1 for r in rows if r["correct_culprit"]),
+              "culprit_cases": sum(1 for r in rows if r["correct_culprit"] is not None),
+              "all_within_bound": all(r["within_bound"] is not False for r in rows)}
+    if args.json:
+        print(json.dumps({"cases": rows, "totals": totals}, indent=2))
+        return 0
+    head = f"{'project':15} {'case':13} {'healed?':8} {'culprit?':9} {'runs':>5} {'bisection (≤ bound)':>20} {'time':>8}  verdict"
+    print(head)
+    for r in rows:
+        cul = "—" if r["correct_culprit"] is None else ("yes" if r["correct_culprit"] else "NO")
+        bis = "—" if r["bisection_runs"] is None else f"{r['bisection_runs']} (≤ {r['bisection_bound']})"
+        print(f"{r['project']:15} {r['case']:13} {'yes' if r['healed'] else 'NO':8} {cul:9} {str(r['test_runs']):>5} "
+              f"{bis:>20} {r['seconds']:>7.1f}s  {r['verdict']}")
+    print(f"heal rate: {totals['healed']}/{totals['cases']} = {totals['heal_rate']:.0%}; correct culprits: "
+          f"{totals['correct_culprits']}/{totals['culprit_cases']}; bad reverts: {totals['bad_reverts']}; "
+          f"bisection within ceil(log2 N)+3: {'yes' if totals['all_within_bound'] else 'NO'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
