@@ -16,6 +16,7 @@ the incident it opens.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from datetime import UTC, datetime
@@ -101,6 +102,7 @@ class Runtime:
         self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
         self.changes = ChangeTracker(config)
+        self.rng = random.Random()  # the plan's Thompson draws; a test may seed it
         self.started = False
         self._lock = threading.Lock()
 
@@ -346,7 +348,7 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[dict[str, Any]]) -
     finding = diagnose(inc, active, rt.reasoners, rt.runbooks)
     record_diagnosis(rt.store, incident_id, finding)
     result = make_plan(incident_id, finding, active, {t["key"] for t in tried},
-                       success_rates(rt.store, finding.diagnosis.category))
+                       success_rates(rt.store, finding.diagnosis.category), rng=rt.rng)
     rolled_back = {t["key"] for t in tried if t.get("rolled_back")}
     kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back]
     for c in result.plan.candidates:

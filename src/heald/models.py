@@ -222,6 +222,8 @@ class RemedyCandidate(_Model):
     runbook: str | None = None
     success_rate: float | None = Field(default=None, description="learned posterior mean of success, if known")
     samples: int = 0
+    score: float | None = Field(default=None, description="the Thompson draw the plan ranked it by (None: no "
+                                                          "candidate had history, runbook order held)")
 
 
 class Plan(_Model):

@@ -2,8 +2,10 @@
 
 :func:`make_plan` renders the matched runbook's remedies with the incident's signal labels,
 validates each against the catalog (an invalid one is dropped with its reason), and ranks them:
-remedies not yet tried on this incident first, then by learned success rate, then in runbook
-order (so with no history the runbook author's order holds). A remedy already tried stays a
+remedies not yet tried on this incident first, then by Thompson sampling (one draw from each
+candidate's Beta posterior for the diagnosed category, :mod:`heald.learn`; the draw is kept on
+the candidate as ``score``), then in runbook order. When no candidate has any history the
+runbook author's order holds and no score is drawn. A remedy already tried stays a
 candidate (a restart can fail once and work the next time); the attempt budget bounds retries.
 A tried remedy is a remedy name, or a :func:`candidate_key` (the remedy with those parameters).
 """
@@ -11,13 +13,14 @@ A tried remedy is a remedy name, or a :func:`candidate_key` (the remedy with tho
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
 from heald import remedies
 from heald.diagnose import Finding, signal_context
 from heald.diagnose.runbooks import render
-from heald.learn import Posterior
+from heald.learn import Posterior, thompson_scores
 from heald.models import Plan, RemedyCandidate, Signal, SignalStatus
 
 
@@ -33,11 +36,11 @@ class PlanResult:
 
 
 def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: set[str],
-              rates: dict[str, Posterior]) -> PlanResult:
+              rates: dict[str, Posterior], rng: random.Random | None = None) -> PlanResult:
     """Build the plan: the runbook's remedies, then remedies the reasoner proposed itself
     (``finding.remedies``). ``tried`` holds remedy names or candidate keys already applied on this
-    incident; ``rates``
-    the learned posteriors for the diagnosed category."""
+    incident; ``rates`` the learned posteriors for the diagnosed category; ``rng`` the source of
+    the Thompson draws (default: a fresh, unseeded one; tests pass a seeded one)."""
     candidates: list[RemedyCandidate] = []
     dropped: list[str] = []
     if finding.runbook is not None:
@@ -64,8 +67,10 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
         post = rates.get(proposed.remedy)
         candidates.append(proposed.model_copy(update={"success_rate": post.mean if post else None,
                                                       "samples": post.samples if post else 0}))
+    if any(c.samples for c in candidates):
+        scores = thompson_scores([c.remedy for c in candidates], rates, rng or random.Random())
+        candidates = [c.model_copy(update={"score": round(s, 6)}) for c, s in zip(candidates, scores, strict=True)]
     order = {id(c): i for i, c in enumerate(candidates)}
     candidates.sort(key=lambda c: (c.remedy in tried or candidate_key(c.remedy, c.params) in tried,
-                                   -(c.success_rate if c.success_rate is not None else 0.5),
-                                   order[id(c)]))
+                                   -(c.score or 0.0), order[id(c)]))
     return PlanResult(Plan(incident_id=incident_id, candidates=candidates), dropped)

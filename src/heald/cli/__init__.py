@@ -167,11 +167,23 @@ def incidents(state: IncidentState | None = typer.Option(None, help="Only incide
 
 
 @app.command()
-def incident(incident_id: int = typer.Argument(..., help="The incident's id."), json_out: bool = JsonOpt) -> None:
+def incident(incident_id: int = typer.Argument(..., help="The incident's id."), json_out: bool = JsonOpt,
+             report: bool = typer.Option(False, "--report", help="Print the incident's report (Markdown): what was "
+                                                               "seen, hypothesis, decision, actions, verification, timings.")) -> None:
     """Show one incident with its diagnosis, decisions, actions, verification and timeline."""
     from heald.store import NotFound
 
+    if report and json_out:
+        fail("--report and --json: choose one (the report is Markdown; --json gives the data)")
     store = open_store(config())
+    if report:
+        from heald.explain import incident_report
+
+        try:
+            sys.stdout.write(incident_report(store, incident_id))
+        except NotFound:
+            fail(f"no incident {incident_id}", 1)
+        return
     try:
         detail = store.incident_detail(incident_id)
     except NotFound:
@@ -285,3 +297,4 @@ from heald.cli import evaluate as _evaluate  # noqa: E402,F401
 from heald.cli import sandbox as _sandbox  # noqa: E402,F401
 from heald.cli import tokens as _tokens  # noqa: E402,F401
 from heald.cli import ci as _ci  # noqa: E402,F401
+from heald.cli import learn as _learn  # noqa: E402,F401

@@ -271,7 +271,8 @@ class Store:
             audit.append(s, actor="heald", event="plan.made", incident_id=plan.incident_id,
                          reason=f"{len(plan.candidates)} candidate remedies",
                          details={"candidates": [{"remedy": c.remedy, "risk": c.risk.value,
-                                                  "success_rate": c.success_rate} for c in plan.candidates]})
+                                                  "success_rate": c.success_rate, "samples": c.samples,
+                                                  "score": c.score} for c in plan.candidates]})
             return plan.model_copy(update={"created_at": row.created_at})
 
     def plans_for(self, incident_id: int) -> list[Plan]:

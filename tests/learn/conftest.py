@@ -1,0 +1,3 @@
+"""Learning tests that need a real heald Runtime (the API)."""
+
+from tests.engine.conftest import start_runtime  # noqa: F401
