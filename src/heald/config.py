@@ -422,6 +422,139 @@ class WebhookConfig(_Section):
         return self.secret
 
 
+NotifyEvent = Literal["escalated", "awaiting_approval", "resolved", "failed"]
+
+
+class NotifyRetryConfig(_Section):
+    """Bounded retries of one notification: ``attempts`` in all, exponential backoff between
+    them (``backoff_initial_seconds`` doubling up to ``backoff_max_seconds``), each attempt
+    limited to ``timeout_seconds``."""
+
+    attempts: int = Field(default=3, ge=1, le=10)
+    backoff_initial_seconds: float = Field(default=0.5, ge=0)
+    backoff_max_seconds: float = Field(default=8.0, ge=0)
+    timeout_seconds: Seconds = 10.0
+
+
+class _ChannelBase(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="the channel's name in the audit log")
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: ["escalated", "awaiting_approval", "failed"],
+        description="what it is told about; escalated is always sent (YAML reads a key 'on' as true, hence 'events')")
+    retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig)
+
+    def wants(self, event: str) -> bool:
+        """Is this channel told about ``event``? Escalation always is."""
+        return event == "escalated" or event in self.events
+
+
+def _env_secret(field: str, env: str | None) -> None:
+    if env is not None and not os.environ.get(env):
+        raise ValueError(f"{field}: environment variable {env} is not set or empty")
+
+
+class SlackChannelConfig(_ChannelBase):
+    """A Slack incoming webhook (https://api.slack.com/messaging/webhooks). Its URL is a
+    secret: prefer ``url_env``."""
+
+    type: Literal["slack"]
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    url_env: str | None = Field(default=None, min_length=1, description="environment variable holding the URL")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> SlackChannelConfig:
+        if (self.url is None) == (self.url_env is None):
+            raise ValueError("give exactly one of 'url' or 'url_env'")
+        _env_secret("url_env", self.url_env)
+        return self
+
+    @property
+    def resolved_url(self) -> str:
+        return self.url or os.environ[self.url_env or ""]
+
+
+class WebhookChannelConfig(_ChannelBase):
+    """A generic webhook: heald POSTs JSON; with a secret it signs the body
+    (``X-Heald-Signature-256: sha256=<HMAC-SHA256 hex>``, as GitHub does)."""
+
+    type: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
+    secret: str | None = Field(default=None, min_length=16, description="HMAC key, at least 16 characters")
+    secret_env: str | None = Field(default=None, min_length=1, description="environment variable holding the HMAC key")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> WebhookChannelConfig:
+        if self.secret and self.secret_env:
+            raise ValueError("give either 'secret' or 'secret_env', not both")
+        _env_secret("secret_env", self.secret_env)
+        return self
+
+    @property
+    def resolved_secret(self) -> str | None:
+        return os.environ.get(self.secret_env) if self.secret_env else self.secret
+
+
+class EmailChannelConfig(_ChannelBase):
+    """Email over SMTP: plain, STARTTLS (``starttls``) or implicit TLS (``tls``), with optional
+    login (``username`` and the password in the environment variable ``password_env``)."""
+
+    type: Literal["email"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=25, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = Field(default=False, description="implicit TLS (SMTPS, usually port 465)")
+    ca_file: Path | None = Field(default=None, description="CA certificates to trust (default: the system's)")
+    username: str | None = None
+    password_env: str | None = Field(default=None, min_length=1)
+    from_addr: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", description="the sender address")
+    to: list[str] = Field(min_length=1, description="recipient addresses")
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if "@" not in a or any(c.isspace() for c in a):
+                raise ValueError(f"expected an email address like ops@example.com, got {a!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _login(self) -> EmailChannelConfig:
+        if self.starttls and self.tls:
+            raise ValueError("give 'starttls' or 'tls', not both")
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError("'username' and 'password_env' go together")
+        _env_secret("password_env", self.password_env)
+        return self
+
+
+ChannelConfig = Annotated[SlackChannelConfig | WebhookChannelConfig | EmailChannelConfig, Field(discriminator="type")]
+
+
+class NotificationsConfig(_Section):
+    """Where heald tells humans about incidents (:mod:`heald.notify`). ``link`` is the URL a
+    message points at; ``{incident_id}`` is replaced."""
+
+    channels: list[ChannelConfig] = Field(default_factory=list)
+    link: str = Field(default="http://127.0.0.1:8077/v1/incidents/{incident_id}/report", pattern=r"^https?://")
+
+    @field_validator("link")
+    @classmethod
+    def _template(cls, v: str) -> str:
+        try:
+            v.format(incident_id=1)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"expected a URL whose only placeholder is {{incident_id}}, got {v!r}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _unique(self) -> NotificationsConfig:
+        names = [c.name for c in self.channels]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"channels: names must be unique, {', '.join(dupes)} repeats")
+        return self
+
+
 class HealdConfig(_Section):
     """The whole configuration (the top level of ``heald.yaml``)."""
 
@@ -445,6 +578,7 @@ class HealdConfig(_Section):
     sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
     remedies: RemediesConfig = Field(default_factory=RemediesConfig)
     ci: CiConfig = Field(default_factory=CiConfig)
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
 
     @field_validator("database_url")
@@ -512,6 +646,9 @@ class HealdConfig(_Section):
         for cmd in self.remedies.commands.values():
             if cmd.cwd is not None:
                 cmd.cwd = absolute(cmd.cwd)
+        for ch in self.notifications.channels:
+            if isinstance(ch, EmailChannelConfig) and ch.ca_file is not None:
+                ch.ca_file = absolute(ch.ca_file)
 
     @property
     def database(self) -> str:

@@ -46,6 +46,7 @@ from heald.models import (
     SignalStatus,
     utcnow,
 )
+from heald.notify import Notifier
 from heald.plan import candidate_key, make_plan
 from heald.policy import decide
 from heald.sources.logs import LogTailer
@@ -103,6 +104,7 @@ class Runtime:
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
         self.changes = ChangeTracker(config)
         self.rng = random.Random()  # the plan's Thompson draws; a test may seed it
+        self.notifier = Notifier(config.notifications, self.store)
         self.started = False
         self._lock = threading.Lock()
 
@@ -314,6 +316,7 @@ def _close_if_resolved_by_source(rt: Runtime, incident: Incident, signals: list[
     rt.store.add_outcome(Outcome(incident_id=incident.id, category=incident.category or "unknown", remedy=None,
                                  result=OutcomeResult.healed, time_to_detect_s=incident.time_to_detect_s,
                                  time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
+    notify(rt, incident.id, IncidentState.resolved.value, "every signal resolved at its source before heald acted")
     return IncidentState.resolved.value
 
 
@@ -425,6 +428,8 @@ def enter_approval_step(incident_id: int, decision: dict[str, Any]) -> None:
     runtime().store.transition(incident_id, IncidentState.awaiting_approval,
                                reason=f"waiting for {n} approval{'s' if n > 1 else ''}: {decision['reason']}",
                                details={"decision_id": decision["decision_id"], "remedy": decision["candidate"]["remedy"]})
+    notify(runtime(), incident_id, IncidentState.awaiting_approval.value,
+           f"{decision['candidate']['remedy']} waits for {n} approval{'s' if n > 1 else ''}: {decision['reason']}")
 
 
 @DBOS.step()
@@ -559,6 +564,7 @@ def close_step(incident_id: int, state: str, reason: str, verification: dict[str
     except (InvalidTransition, NotFound):
         log.exception("close.failed", incident_id=incident_id, state=state)
         inc = rt.store.transition(incident_id, IncidentState.failed, reason=f"could not close as {state}: {reason}")
+        notify(rt, incident_id, inc.state.value, inc.closed_reason or reason)
         return inc.state.value
     actions = rt.store.actions_for(incident_id)
     rt.store.add_outcome(Outcome(
@@ -566,4 +572,14 @@ def close_step(incident_id: int, state: str, reason: str, verification: dict[str
         remedy=actions[-1].remedy if actions and target == IncidentState.resolved else None,
         result=OutcomeResult.healed if target == IncidentState.resolved else OutcomeResult.escalated,
         attempt=0, time_to_detect_s=inc.time_to_detect_s, time_to_recover_s=inc.time_to_recover_s))
+    notify(rt, incident_id, inc.state.value, reason)
     return inc.state.value
+
+
+def notify(rt: Runtime, incident_id: int, event: str, reason: str) -> None:
+    """Tell the configured channels (:mod:`heald.notify`); a failure to notify never breaks the
+    healing (it is in the audit log, and here only logged)."""
+    try:
+        rt.notifier.notify(incident_id, event, reason)
+    except Exception:
+        log.exception("notify.failed", incident_id=incident_id, notify_event=event)

@@ -1,0 +1,33 @@
+"""The generic webhook: heald POSTs the notice as JSON (:meth:`heald.notify.Notice.as_json`:
+``event``, ``delivery_id``, ``state``, ``reason``, ``link``, ``incident``) with the headers
+``X-Heald-Event``, ``X-Heald-Delivery`` (the same on a resend: drop duplicates by it) and, when
+the channel has a secret, ``X-Heald-Signature-256: sha256=<hex HMAC-SHA256 of the body>`` (the
+scheme of GitHub's ``X-Hub-Signature-256``; verify with :func:`signature` and a constant-time
+comparison)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+
+from heald.config import WebhookChannelConfig
+from heald.notify import Notice
+from heald.notify._http import post
+from heald.store import Store
+
+SIGNATURE_HEADER = "X-Heald-Signature-256"
+
+
+def signature(secret: str, body: bytes) -> str:
+    """``sha256=<hex>``: HMAC-SHA256 of ``body`` keyed with ``secret``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def send(channel: WebhookChannelConfig, notice: Notice, store: Store) -> str:
+    """POST the notice's JSON, signed when the channel has a secret."""
+    body = json.dumps(notice.as_json(), sort_keys=True).encode()
+    headers = {**channel.headers, "X-Heald-Event": notice.event, "X-Heald-Delivery": notice.delivery_id}
+    if (secret := channel.resolved_secret) is not None:
+        headers[SIGNATURE_HEADER] = signature(secret, body)
+    return post(channel.url, body, headers, channel.retry.timeout_seconds, f"webhook {channel.name}")
