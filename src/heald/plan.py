@@ -4,8 +4,11 @@
 validates each against the catalog (an invalid one is dropped with its reason), and ranks them:
 remedies not yet tried on this incident first, then by Thompson sampling (one draw from each
 candidate's Beta posterior for the diagnosed category, :mod:`heald.learn`; the draw is kept on
-the candidate as ``score``), then in runbook order. When no candidate has any history the
-runbook author's order holds and no score is drawn. A remedy already tried stays a
+the candidate as ``score``), then in runbook order. A remedy with no history for the category
+counts as its prior mean, 0.5, and is not drawn; a remedy that healed at least as often as it
+failed is never ranked below one never tried (see :func:`_rank_score`): untried alternatives
+are explored when the tried ones look worse than a coin flip, not while they work. When no
+candidate has any history the runbook author's order holds. A remedy already tried stays a
 candidate (a restart can fail once and work the next time); the attempt budget bounds retries.
 A tried remedy is a remedy name, or a :func:`candidate_key` (the remedy with those parameters).
 """
@@ -69,8 +72,21 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
                                                       "samples": post.samples if post else 0}))
     if any(c.samples for c in candidates):
         scores = thompson_scores([c.remedy for c in candidates], rates, rng or random.Random())
-        candidates = [c.model_copy(update={"score": round(s, 6)}) for c, s in zip(candidates, scores, strict=True)]
+        candidates = [c.model_copy(update={"score": round(s, 6) if c.samples else None})
+                      for c, s in zip(candidates, scores, strict=True)]
     order = {id(c): i for i, c in enumerate(candidates)}
     candidates.sort(key=lambda c: (c.remedy in tried or candidate_key(c.remedy, c.params) in tried,
-                                   -(c.score or 0.0), order[id(c)]))
+                                   -_rank_score(c), -(c.score or 0.0), order[id(c)]))
     return PlanResult(Plan(incident_id=incident_id, candidates=candidates), dropped)
+
+
+def _rank_score(c: RemedyCandidate) -> float:
+    """What a candidate is ranked by: a remedy never tried for this category counts as its prior
+    mean (0.5, no gamble on it); a tried one by its Thompson draw, except that one that healed at
+    least as often as it failed is never ranked below an untried one (an outage is a costly
+    place to explore)."""
+    if c.score is None:
+        return 0.5
+    if c.success_rate is not None and c.success_rate >= 0.5:
+        return max(c.score, 0.5)
+    return c.score

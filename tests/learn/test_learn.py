@@ -106,10 +106,12 @@ def test_a_remedy_that_keeps_failing_falls_below_its_alternative(sqlite_store: S
     inc = open_incident(sqlite_store, tmp_path, "svc")
     record(sqlite_store, inc, "restart_process", OutcomeResult.healed, 3)
     before = first_share(sqlite_store, finding, "restart_process")
-    assert before > 0.7  # Beta(4, 1) against the uniform prior: first about 80 % of the time
+    assert before == 1.0  # it works (Beta(4, 1)): an untried alternative is not gambled on
+    plan = make_plan(1, finding, [alert()], set(), success_rates(sqlite_store, CATEGORY), rng=random.Random(1)).plan
+    assert [(c.remedy, c.score is None) for c in plan.candidates] == [("restart_process", False), ("run_command", True)]
     record(sqlite_store, inc, "restart_process", OutcomeResult.not_healed, 8)
     after_failures = first_share(sqlite_store, finding, "restart_process")
-    assert after_failures < 0.4  # Beta(4, 9): about 31 %
+    assert after_failures < 0.2  # Beta(4, 9) draws above the untried one's prior mean 0.5 about 7 % of the time
     record(sqlite_store, inc, "run_command", OutcomeResult.healed, 3)
     after_alternative_healed = first_share(sqlite_store, finding, "restart_process")
     assert after_alternative_healed < 0.1  # Beta(4, 9) against Beta(4, 1)
