@@ -287,15 +287,134 @@ class HealingConfig(_Section):
     approval_ttl_seconds: Seconds = 3600.0
 
 
-class PolicyConfig(_Section):
-    """The gate: risk × confidence × environment → auto, approval, escalate."""
+def _known_remedies(names: list[str] | None) -> list[str] | None:
+    if names is None:
+        return None
+    from heald.remedies import CATALOG
 
+    unknown = [n for n in names if n not in CATALOG]
+    if unknown:
+        raise ValueError(f"unknown remedies {unknown}; the catalog has: {', '.join(sorted(CATALOG))}")
+    return names
+
+
+class EnvironmentPolicy(_Section):
+    """The gate's settings for one environment (``policy.environments.<name>``); a key left out
+    takes the value of the same key under ``policy``. ``allowed_remedies`` is the allowlist
+    (null: every catalog remedy): a remedy not on it is refused. ``max_risk``: a remedy above it
+    is refused. ``auto: false`` makes every remedy wait for an approval."""
+
+    auto: bool | None = None
+    auto_min_confidence: float | None = Field(default=None, ge=0, le=1)
+    escalate_below_confidence: float | None = Field(default=None, ge=0, le=1)
+    auto_max_risk: Risk | None = None
+    max_risk: Risk | None = None
+    approvals_by_risk: dict[Risk, int] | None = None
+    allowed_remedies: list[str] | None = None
+
+    _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v: _known_remedies(v)))
+
+
+#: Built-in environments, merged under what ``heald.yaml`` says for them: production is stricter
+#: (auto only up to low risk, nothing critical, an allowlist of remedies that can be undone or
+#: only propose a change); development takes ``policy``'s own keys (permissive).
+BUILTIN_ENVIRONMENTS: dict[str, dict[str, Any]] = {
+    "production": {"auto_max_risk": "low", "max_risk": "high",
+                   "allowed_remedies": ["restart_process", "rollback_release", "git_revert", "http_request",
+                                        "cleanup_path", "revert_commit", "add_dependency", "lint_autofix"]},
+    "development": {},
+}
+
+
+class RateLimitConfig(_Section):
+    """At most ``max_actions`` remedies applied per ``window_seconds`` (a sliding window over the
+    stored actions)."""
+
+    max_actions: int = Field(ge=1, le=1_000_000)
+    window_seconds: Seconds
+
+
+class BudgetsConfig(_Section):
+    """Loop prevention (``policy.budgets``), all kept in the store so that they hold across a
+    restart of heald and across workers sharing a database.
+
+    - ``cooldown_seconds``: after a remedy was applied to a target by one incident, another
+      incident may not apply the same remedy to the same target for this long; the gate skips
+      that candidate (recorded with the reason) and takes the next one, or escalates when none
+      is left. Retries inside one incident are bounded by ``healing.max_attempts`` instead.
+    - ``rate_limit_per_target`` / ``rate_limit_global``: remedies applied in a sliding window;
+      a target over its limit is skipped like a cooldown, a global limit reached escalates.
+    - ``breaker_failures``: after this many consecutive failed verifications on a target, its
+      circuit breaker opens: remedies on it need an approval until a human resets it
+      (``heald breakers reset TARGET``).
+    - ``lease_seconds``: one healing per target at a time: a lease row per target taken before
+      acting and released after verifying; it expires after this long (a crashed worker's).
+      ``lease_wait_seconds``: how long an incident waits for another's lease before escalating.
+    """
+
+    cooldown_seconds: float = Field(default=300.0, ge=0, description="per (target, remedy), across incidents")
+    rate_limit_per_target: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(max_actions=10, window_seconds=3600.0))
+    rate_limit_global: RateLimitConfig = Field(
+        default_factory=lambda: RateLimitConfig(max_actions=100, window_seconds=3600.0))
+    breaker_failures: int = Field(default=3, ge=1, le=1000, description="failed verifications that open a breaker")
+    lease_seconds: Seconds = Field(default=3600.0, description="a target lease expires after this long")
+    lease_wait_seconds: float = Field(default=300.0, ge=0, description="wait this long for a busy target")
+    lease_poll_seconds: Seconds = Field(default=0.5, description="how often a waiting incident retries the lease")
+
+
+class PolicyConfig(_Section):
+    """The gate: risk × confidence × environment → auto, approval, escalate or refuse
+    (:mod:`heald.policy`). The keys of :class:`EnvironmentPolicy` set here are the defaults of
+    every environment; ``environments`` overrides them per environment (the one used is the
+    incident's, from the top-level ``environment``), over :data:`BUILTIN_ENVIRONMENTS`."""
+
+    auto: bool = Field(default=True, description="false: every remedy waits for an approval")
     auto_min_confidence: float = Field(default=0.9, ge=0, le=1)
     escalate_below_confidence: float = Field(default=0.7, ge=0, le=1)
     auto_max_risk: Risk = Risk.low
+    max_risk: Risk = Field(default=Risk.critical, description="remedies above this risk are refused")
     approvals_by_risk: dict[Risk, int] = Field(
         default_factory=lambda: {Risk.low: 1, Risk.medium: 1, Risk.high: 2, Risk.critical: 2}
     )
+    allowed_remedies: list[str] | None = Field(default=None, description="the allowlist; null: every catalog remedy")
+    environments: dict[str, EnvironmentPolicy] = Field(default_factory=dict)
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+
+    _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v: _known_remedies(v)))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _builtin_environments(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        given = data.get("environments") or {}
+        if not isinstance(given, dict):
+            return data
+        merged: dict[str, Any] = {}
+        for name, builtin in BUILTIN_ENVIRONMENTS.items():
+            override = given.get(name) or {}
+            merged[name] = {**builtin, **override} if isinstance(override, dict) else override
+        for name, value in given.items():
+            merged.setdefault(name, value)
+        return {**data, "environments": merged}
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> PolicyConfig:
+        for name, rules in [("policy", self), *((f"environments.{n}", self.for_environment(n))
+                                                for n in self.environments)]:
+            if rules.escalate_below_confidence > rules.auto_min_confidence:
+                raise ValueError(f"{name}: escalate_below_confidence ({rules.escalate_below_confidence}) is above "
+                                 f"auto_min_confidence ({rules.auto_min_confidence})")
+        return self
+
+    def for_environment(self, environment: str | None) -> PolicyConfig:
+        """The rules of ``environment``: this policy with the environment's keys applied (an
+        environment not configured gets the policy's own keys)."""
+        env = self.environments.get(environment or "")
+        if env is None:
+            return self
+        return self.model_copy(update=env.model_dump(exclude_none=True))
 
 
 class CorrelationConfig(_Section):

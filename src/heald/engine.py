@@ -48,7 +48,7 @@ from heald.models import (
 )
 from heald.notify import Notifier
 from heald.plan import candidate_key, make_plan
-from heald.policy import decide
+from heald.policy import gate
 from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, NotFound, Store
@@ -269,6 +269,8 @@ def heal_incident(incident_id: int) -> str:
             if verdict != "approved":
                 return close_step(incident_id, IncidentState.escalated.value, verdict, None)
         candidate = decision["candidate"]
+        if (busy := await_lease(incident_id, decision["target"])) is not None:
+            return close_step(incident_id, IncidentState.escalated.value, busy, None)
         acted = act_step(incident_id, attempt, candidate)
         if acted.get("closed"):
             return acted["closed"]
@@ -280,6 +282,7 @@ def heal_incident(incident_id: int) -> str:
         if not verification["passed"] and acted.get("undo") is not None:
             undone = undo_step(incident_id, acted["action_id"], candidate)  # back to how it was before
         learn_step(incident_id, attempt, found["category"], candidate["remedy"], verification["passed"], undone)
+        breaker_step(incident_id, decision["target"], verification["passed"], verification["reason"])
         if verification["passed"]:
             return close_step(incident_id, IncidentState.resolved.value,
                               f"healed by {candidate['remedy']}: {verification['reason']}", verification)
@@ -383,19 +386,61 @@ def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
 
 @DBOS.step()
 def decide_step(incident_id: int, attempt: int, found: dict[str, Any]) -> dict[str, Any]:
-    """Run the gate on the best candidate; record the decision. Returns the decision as a dict
-    with its ``decision_id``."""
+    """Run the gate (:func:`heald.policy.gate`) over the plan's candidates under the incident's
+    environment and the budgets; record every skipped candidate and the decision. Returns the
+    decision as a dict with its ``decision_id`` and the ``target`` of its candidate."""
     rt = runtime()
+    from heald.budgets import Budgets
     from heald.models import Diagnosis
 
-    rt.store.transition(incident_id, IncidentState.deciding, reason="the gate decides")
+    inc = rt.store.transition(incident_id, IncidentState.deciding, reason="the gate decides")
     candidates = [RemedyCandidate.model_validate(c) for c in found["candidates"]]
-    d = decide(Diagnosis.model_validate(found["diagnosis"]), candidates[0] if candidates else None, rt.config.policy,
-               attempt=attempt, max_attempts=rt.config.healing.max_attempts)
+    result = gate(Diagnosis.model_validate(found["diagnosis"]), candidates, rt.config.policy,
+                  Budgets(rt.config, rt.store, incident_id, supervisor=rt.supervisor),
+                  attempt=attempt, max_attempts=rt.config.healing.max_attempts, environment=inc.environment)
+    for skipped, why in result.skipped:
+        rt.store.record(actor="policy", event="gate.skipped", incident_id=incident_id, reason=why,
+                        details={"remedy": skipped.remedy, "params": skipped.params, "environment": inc.environment})
+    d = result.decision
     decision_id = rt.store.add_decision(incident_id, d)
     return {"decision_id": decision_id, "kind": d.kind.value, "reason": d.reason,
-            "required_approvals": d.required_approvals,
+            "required_approvals": d.required_approvals, "target": result.target,
             "candidate": d.candidate.model_dump(mode="json") if d.candidate else None}
+
+
+def await_lease(incident_id: int, target: str) -> str | None:
+    """Wait (durably) until this incident holds the lease on ``target`` (one healing per target
+    at a time, :mod:`heald.budgets`). Returns None once held, or the reason to escalate when
+    another healing kept it longer than ``policy.budgets.lease_wait_seconds``."""
+    budgets = runtime().config.policy.budgets
+    deadline = now_step() + budgets.lease_wait_seconds
+    while True:
+        lease = lease_step(incident_id, target)
+        if lease["held"]:
+            return None
+        if now_step() >= deadline:
+            return (f"{target} is being healed by incident {lease['incident_id']} ({lease['holder']}); waited "
+                    f"{budgets.lease_wait_seconds:g} s for it")
+        DBOS.sleep(budgets.lease_poll_seconds)
+
+
+@DBOS.step()
+def lease_step(incident_id: int, target: str) -> dict[str, Any]:
+    """Take or renew the lease on ``target`` (see :func:`heald.budgets.acquire_lease`)."""
+    from heald.budgets import acquire_lease
+
+    rt = runtime()
+    return acquire_lease(rt.store, target, incident_id, rt.config.executor_id, rt.config.policy.budgets.lease_seconds)
+
+
+@DBOS.step()
+def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> None:
+    """Count the verification on the target's circuit breaker, and free the target's lease."""
+    from heald.budgets import record_verification, release_lease
+
+    rt = runtime()
+    record_verification(rt.store, target, passed, incident_id, rt.config.policy.budgets.breaker_failures, reason)
+    release_lease(rt.store, incident_id, target)
 
 
 def await_approval(incident_id: int, decision: dict[str, Any]) -> str:
@@ -455,9 +500,11 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
     docstring). Returns {"action_id", "status", "output", "undo"} or {"closed": state}."""
     rt = runtime()
     inc = rt.store.get_incident(incident_id)
-    if inc.state.terminal:
-        return {"closed": inc.state.value}
-    if (closed := _close_if_resolved_by_source(rt, inc, rt.store.signals_for(incident_id))) is not None:
+    closed = inc.state.value if inc.state.terminal else _close_if_resolved_by_source(rt, inc, rt.store.signals_for(incident_id))
+    if closed is not None:
+        from heald.budgets import release_lease
+
+        release_lease(rt.store, incident_id)
         return {"closed": closed}
     remedy = remedies.get(candidate["remedy"])
     params = remedies.validate_params(remedy.name, candidate["params"])
@@ -471,7 +518,8 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
     except remedies.RemedyError as exc:
         snapshot = {"error": str(exc)}
     action, new = rt.store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy.name,
-                                               params=candidate["params"], idempotency_key=key, snapshot=snapshot))
+                                               params=candidate["params"], idempotency_key=key, snapshot=snapshot,
+                                               target=remedy.target(params)))
     assert action.id is not None
     if not new and action.status != ActionStatus.started:
         return {"action_id": action.id, "status": action.status.value, "output": action.output, "undo": action.undo}
@@ -551,7 +599,10 @@ def undo_step(incident_id: int, action_id: int, candidate: dict[str, Any]) -> bo
 @DBOS.step()
 def close_step(incident_id: int, state: str, reason: str, verification: dict[str, Any] | None) -> str:
     """End the incident (resolved or escalated) with its outcome and timings."""
+    from heald.budgets import release_lease
+
     rt = runtime()
+    release_lease(rt.store, incident_id)
     inc = rt.store.get_incident(incident_id)
     if inc.state.terminal:
         return inc.state.value

@@ -258,6 +258,7 @@ class Action(_Model):
     undo: dict[str, Any] | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    target: str | None = Field(default=None, description="what the remedy acts on (service:shop, url:…), for budgets")
 
 
 class CheckResult(_Model):

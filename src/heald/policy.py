@@ -1,20 +1,33 @@
 """The policy gate: risk × confidence × environment → auto, approval, escalate or refuse.
 
-:func:`decide` is the stage's entry. Nothing runs that it did not pass (DESIGN.md invariant 1).
-The order of the rules is the order of this function; each decision carries the reason a human
-reads in the audit log and the dashboard.
+:func:`gate` is the stage's entry: it walks the plan's candidates best first, skips the ones the
+budgets forbid (cooldown, rate limit per target), refuses the ones the environment forbids (not
+on its allowlist, above its highest risk, aimed at heald itself), and hands the first one left
+to :func:`decide`. An open circuit breaker on the target turns an ``auto`` decision into an
+approval. Nothing runs that it did not pass (DESIGN.md invariant 1). The order of the rules is
+the order of these functions; every decision and every skipped candidate carries the reason a
+human reads in the audit log.
+
+The checks that need the store or the running system (cooldowns, rate limits, breakers, heald's
+own process) come through :class:`GateFacts`, implemented by :class:`heald.budgets.Budgets`;
+this module stays free of I/O so that its rules can be tested alone.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from heald.config import PolicyConfig
 from heald.models import Decision, DecisionKind, Diagnosis, RemedyCandidate
 
 
 def decide(diagnosis: Diagnosis, candidate: RemedyCandidate | None, policy: PolicyConfig, *,
-           attempt: int, max_attempts: int) -> Decision:
+           attempt: int, max_attempts: int, environment: str | None = None) -> Decision:
     """Decide what to do with ``candidate`` (the plan's best remaining remedy) for attempt
-    number ``attempt`` (1-based)."""
+    number ``attempt`` (1-based), under the rules of ``environment``
+    (:meth:`PolicyConfig.for_environment`)."""
+    rules = policy.for_environment(environment)
     conf = diagnosis.confidence
     if attempt > max_attempts:
         return Decision(kind=DecisionKind.escalate, candidate=candidate,
@@ -25,15 +38,104 @@ def decide(diagnosis: Diagnosis, candidate: RemedyCandidate | None, policy: Poli
     if candidate is None:
         return Decision(kind=DecisionKind.escalate, candidate=None,
                         reason=f"no remedy left to try for {diagnosis.category}")
-    if conf < policy.escalate_below_confidence:
+    if (why := refusal(candidate, policy, environment)) is not None:
+        return Decision(kind=DecisionKind.refuse, candidate=candidate, reason=why)
+    if conf < rules.escalate_below_confidence:
         return Decision(kind=DecisionKind.escalate, candidate=candidate,
-                        reason=f"confidence {conf:.2f} is below {policy.escalate_below_confidence:.2f}: a human should look")
+                        reason=f"confidence {conf:.2f} is below {rules.escalate_below_confidence:.2f}: a human should look")
     risk = candidate.risk
-    if risk.rank <= policy.auto_max_risk.rank and conf >= policy.auto_min_confidence:
+    if rules.auto and risk.rank <= rules.auto_max_risk.rank and conf >= rules.auto_min_confidence:
         return Decision(kind=DecisionKind.auto, candidate=candidate,
-                        reason=f"risk {risk.value} and confidence {conf:.2f} ≥ {policy.auto_min_confidence:.2f}: safe to act")
-    approvals = max(1, policy.approvals_by_risk.get(risk, 1))
-    why = (f"risk {risk.value} is above {policy.auto_max_risk.value}" if risk.rank > policy.auto_max_risk.rank
-           else f"confidence {conf:.2f} is below {policy.auto_min_confidence:.2f}")
+                        reason=f"risk {risk.value} and confidence {conf:.2f} ≥ {rules.auto_min_confidence:.2f}: safe to act")
+    approvals = max(1, rules.approvals_by_risk.get(risk, 1))
+    if not rules.auto:
+        why = f"auto-remediation is off in {environment or 'this environment'}"
+    elif risk.rank > rules.auto_max_risk.rank:
+        why = f"risk {risk.value} is above {rules.auto_max_risk.value}"
+    else:
+        why = f"confidence {conf:.2f} is below {rules.auto_min_confidence:.2f}"
     return Decision(kind=DecisionKind.approval, candidate=candidate, required_approvals=approvals,
                     reason=f"{why}: needs {approvals} approval{'s' if approvals > 1 else ''}")
+
+
+def refusal(candidate: RemedyCandidate, policy: PolicyConfig, environment: str | None) -> str | None:
+    """Why ``environment``'s rules refuse ``candidate`` outright (not on the allowlist, above
+    the highest risk allowed), or None."""
+    rules = policy.for_environment(environment)
+    where = f"environment {environment}" if environment else "this environment"
+    if rules.allowed_remedies is not None and candidate.remedy not in rules.allowed_remedies:
+        return (f"{candidate.remedy} is not on the allowlist of {where} "
+                f"({', '.join(rules.allowed_remedies) or 'empty'})")
+    if candidate.risk.rank > rules.max_risk.rank:
+        return f"{candidate.remedy} has risk {candidate.risk.value}, above the highest allowed in {where} ({rules.max_risk.value})"
+    return None
+
+
+class GateFacts(Protocol):
+    """What the gate needs to know about the world; each check returns the reason it blocks,
+    or None. ``target`` is what a remedy acts on (``service:shop``, ``url:http://…``)."""
+
+    def target(self, candidate: RemedyCandidate) -> str: ...
+    def heald_itself(self, candidate: RemedyCandidate, target: str) -> str | None: ...
+    def cooldown(self, target: str, remedy: str) -> str | None: ...
+    def target_rate_limited(self, target: str) -> str | None: ...
+    def global_rate_limited(self) -> str | None: ...
+    def breaker_open(self, target: str) -> str | None: ...
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict: the decision, the target of its candidate (None without one), and
+    the candidates passed over with the reason for each (``skipped``: (candidate, reason))."""
+
+    decision: Decision
+    target: str | None = None
+    skipped: list[tuple[RemedyCandidate, str]] = field(default_factory=list)
+
+
+def gate(diagnosis: Diagnosis, candidates: list[RemedyCandidate], policy: PolicyConfig, facts: GateFacts, *,
+         attempt: int, max_attempts: int, environment: str | None = None) -> GateResult:
+    """Run the whole gate over the plan's ``candidates`` (best first); see the module docstring.
+
+    A candidate refused by the environment or aimed at heald itself, in cooldown, or on a target
+    over its rate limit is skipped with its reason, and the next one is considered. With none
+    left the decision is ``refuse`` when every candidate was refused, else ``escalate``; both
+    carry the reasons. A global rate limit reached escalates before any candidate is looked at.
+    """
+    def plain(candidate: RemedyCandidate | None) -> Decision:
+        return decide(diagnosis, candidate, policy, attempt=attempt, max_attempts=max_attempts, environment=environment)
+
+    if not candidates or attempt > max_attempts or diagnosis.category == "unknown":
+        return GateResult(plain(candidates[0] if candidates else None))
+    if (limited := facts.global_rate_limited()) is not None:
+        return GateResult(Decision(kind=DecisionKind.escalate, candidate=candidates[0], reason=limited))
+    skipped: list[tuple[RemedyCandidate, str]] = []
+    refused_only = True
+    for candidate in candidates:
+        try:
+            target = facts.target(candidate)
+        except ValueError as exc:  # parameters a remedy does not accept: never run it
+            skipped.append((candidate, str(exc)))
+            continue
+        refused = refusal(candidate, policy, environment) or facts.heald_itself(candidate, target)
+        if refused is not None:
+            skipped.append((candidate, refused))
+            continue
+        blocked = facts.cooldown(target, candidate.remedy) or facts.target_rate_limited(target)
+        if blocked is not None:
+            skipped.append((candidate, blocked))
+            refused_only = False
+            continue
+        decision = plain(candidate)
+        if decision.kind == DecisionKind.auto and (open_reason := facts.breaker_open(target)) is not None:
+            rules = policy.for_environment(environment)
+            n = max(1, rules.approvals_by_risk.get(candidate.risk, 1))
+            decision = Decision(kind=DecisionKind.approval, candidate=candidate, required_approvals=n,
+                                reason=f"{open_reason}: auto-remediation is off for {target}, needs "
+                                       f"{n} approval{'s' if n > 1 else ''}")
+        return GateResult(decision, target, skipped)
+    reasons = "; ".join(f"{c.remedy}: {why}" for c, why in skipped)
+    kind = DecisionKind.refuse if refused_only else DecisionKind.escalate
+    verb = "refused" if refused_only else "blocked"
+    return GateResult(Decision(kind=kind, candidate=candidates[0], reason=f"every candidate is {verb}: {reasons}"),
+                      None, skipped)

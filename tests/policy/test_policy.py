@@ -34,3 +34,62 @@ def test_unknown_category_and_no_candidate_and_budget_escalate() -> None:
     assert decide(d(0.99), None, PolicyConfig(), attempt=1, max_attempts=3).kind == DecisionKind.escalate
     over = decide(d(0.99), cand, PolicyConfig(), attempt=4, max_attempts=3)
     assert over.kind == DecisionKind.escalate and "budget" in over.reason
+
+
+# -- environments ------------------------------------------------------------------------------
+
+def test_production_is_stricter_than_development_by_default() -> None:
+    policy = PolicyConfig()
+    cmd = RemedyCandidate(remedy="run_command", params={"name": "x"}, risk=Risk.low)
+    prod = decide(d(0.95), cmd, policy, attempt=1, max_attempts=3, environment="production")
+    assert prod.kind == DecisionKind.refuse and "not on the allowlist of environment production" in prod.reason
+    dev = decide(d(0.95), cmd, policy, attempt=1, max_attempts=3, environment="development")
+    assert dev.kind == DecisionKind.auto
+    critical = RemedyCandidate(remedy="restart_process", risk=Risk.critical)
+    assert decide(d(0.95), critical, policy, attempt=1, max_attempts=3,
+                  environment="production").kind == DecisionKind.refuse
+    assert decide(d(0.95), critical, policy, attempt=1, max_attempts=3,
+                  environment="development").kind == DecisionKind.approval
+
+
+def test_environment_keys_override_policy_keys() -> None:
+    policy = PolicyConfig.model_validate({
+        "auto_max_risk": "medium",
+        "environments": {"production": {"allowed_remedies": ["restart_process"]},
+                         "staging": {"auto": False}, "lab": {"auto_min_confidence": 0.5, "escalate_below_confidence": 0.4}}})
+    medium = RemedyCandidate(remedy="restart_process", risk=Risk.medium)
+    # production keeps its built-in auto_max_risk (low) although policy's is medium
+    assert decide(d(0.95), medium, policy, attempt=1, max_attempts=3, environment="production").kind == DecisionKind.approval
+    assert decide(d(0.95), medium, policy, attempt=1, max_attempts=3, environment="development").kind == DecisionKind.auto
+    staging = decide(d(0.99), RemedyCandidate(remedy="restart_process"), policy, attempt=1, max_attempts=3,
+                     environment="staging")
+    assert staging.kind == DecisionKind.approval and "auto-remediation is off in staging" in staging.reason
+    assert decide(d(0.75), medium, policy, attempt=1, max_attempts=3, environment="lab").kind == DecisionKind.auto
+    http = RemedyCandidate(remedy="http_request", params={"url": "http://x/"})
+    assert decide(d(0.95), http, policy, attempt=1, max_attempts=3, environment="production").kind == DecisionKind.refuse
+
+
+@pytest.mark.parametrize(("data", "field", "expected"), [
+    ({"allowed_remedies": ["reboot_the_world"]}, "allowed_remedies", "unknown remedies ['reboot_the_world']"),
+    ({"environments": {"production": {"allowed_remedies": ["nope"]}}}, "environments.production.allowed_remedies",
+     "unknown remedies"),
+    ({"environments": {"dev": {"escalate_below_confidence": 0.95}}}, "", "environments.dev: escalate_below_confidence"),
+    ({"budgets": {"cooldown_seconds": -1}}, "budgets.cooldown_seconds", "greater than or equal to 0"),
+    ({"budgets": {"rate_limit_global": {"max_actions": 0, "window_seconds": 60}}},
+     "budgets.rate_limit_global.max_actions", "greater than or equal to 1"),
+    ({"budgets": {"rate_limit_per_target": {"max_actions": 3}}}, "budgets.rate_limit_per_target.window_seconds",
+     "required key is missing"),
+    ({"budgets": {"breaker_failures": 0}}, "budgets.breaker_failures", "greater than or equal to 1"),
+    ({"budgets": {"lease_secs": 5}}, "budgets.lease_secs", "unknown key"),
+])
+def test_bad_policy_config_names_the_field(tmp_path, data, field, expected) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from heald.config import ConfigError, load_config
+
+    path = tmp_path / "heald.yaml"
+    path.write_text(yaml.safe_dump({"policy": data}))
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    text = str(exc.value)
+    assert f"policy.{field}".rstrip(".") in text and expected in text, text

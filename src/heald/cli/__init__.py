@@ -298,3 +298,4 @@ from heald.cli import sandbox as _sandbox  # noqa: E402,F401
 from heald.cli import tokens as _tokens  # noqa: E402,F401
 from heald.cli import ci as _ci  # noqa: E402,F401
 from heald.cli import learn as _learn  # noqa: E402,F401
+from heald.cli import policy as _policy  # noqa: E402,F401

@@ -94,6 +94,7 @@ def action_model(row: ActionRow) -> Action:
         id=row.id, incident_id=row.incident_id, attempt=row.attempt, remedy=row.remedy,
         params=row.params, idempotency_key=row.idempotency_key, status=ActionStatus(row.status),
         output=row.output, snapshot=row.snapshot, undo=row.undo, started_at=row.started_at, finished_at=row.finished_at,
+        target=row.target,
     )
 
 
@@ -341,13 +342,14 @@ class Store:
             row = ActionRow(incident_id=action.incident_id, attempt=action.attempt, remedy=action.remedy,
                             params=action.params, idempotency_key=action.idempotency_key,
                             status=ActionStatus.started.value, output="", snapshot=action.snapshot,
-                            undo=None, started_at=utcnow())
+                            undo=None, started_at=utcnow(), target=action.target)
             s.add(row)
             s.flush()
             audit.append(s, actor="heald", event="action.started", incident_id=action.incident_id,
                          reason=f"applying {action.remedy}",
                          details={"action_id": row.id, "remedy": action.remedy, "params": action.params,
-                                  "attempt": action.attempt, "idempotency_key": action.idempotency_key})
+                                  "attempt": action.attempt, "idempotency_key": action.idempotency_key,
+                                  "target": action.target})
             return action_model(row), True
 
     def finish_action(self, action_id: int, status: ActionStatus, output: str,

@@ -122,6 +122,8 @@ class ApprovalRow(Base):
 
 class ActionRow(Base):
     __tablename__ = "actions"
+    __table_args__ = (sa.Index("ix_actions_target_started", "target", "started_at"),
+                      sa.Index("ix_actions_started", "started_at"))
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
     attempt: Mapped[int]
@@ -134,6 +136,7 @@ class ActionRow(Base):
     undo: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
+    target: Mapped[str | None] = mapped_column(sa.String(500))
 
 
 class VerificationRow(Base):
@@ -245,3 +248,47 @@ class ApiTokenRow(Base):
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     revoked_by: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class TargetLeaseRow(Base):
+    """The healing that may act on a target now (one per target, :mod:`heald.budgets`); a
+    lease past ``expires_at`` is free to take (its worker died)."""
+
+    __tablename__ = "target_leases"
+    target: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    incident_id: Mapped[int]
+    holder: Mapped[str] = mapped_column(sa.String(200))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class CircuitBreakerRow(Base):
+    """A target's circuit breaker: consecutive failed verifications, and since when it is open
+    (auto-remediation off) until a human resets it. Rows are updated, never deleted; the
+    history is in the audit log."""
+
+    __tablename__ = "circuit_breakers"
+    target: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    opened_at: Mapped[datetime | None]
+    opened_reason: Mapped[str | None] = mapped_column(sa.Text)
+    reset_at: Mapped[datetime | None]
+    reset_by: Mapped[str | None] = mapped_column(sa.String(200))
+    updated_at: Mapped[datetime]
+
+
+class SilenceRow(Base):
+    """A silence (Alertmanager's): signals matching every matcher between ``starts_at`` and
+    ``ends_at`` are recorded but start nothing. Expiring sets ``ends_at`` to the moment of
+    expiry; silences are never deleted."""
+
+    __tablename__ = "silences"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    matchers: Mapped[list[Any]]
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime] = mapped_column(index=True)
+    comment: Mapped[str] = mapped_column(sa.Text)
+    created_by: Mapped[str] = mapped_column(sa.String(200))
+    created_at: Mapped[datetime]
+    expired_at: Mapped[datetime | None]
+    expired_by: Mapped[str | None] = mapped_column(sa.String(200))

@@ -1,0 +1,306 @@
+"""Budgets and loop prevention, kept in the store (``policy.budgets`` in ``heald.yaml``).
+
+Everything here is read from or written to the database, so that it holds across a restart of
+heald and across several workers sharing one database:
+
+- cooldowns per (target, remedy) and rate limits per target and globally are counted over the
+  stored actions (``actions.target``, ``actions.started_at``);
+- a **lease** per target (``target_leases``) lets one healing at a time act on a target: taken
+  in one transaction (serialized by SQLite's ``BEGIN IMMEDIATE`` or a PostgreSQL advisory
+  lock) before acting, released after verifying, and free once expired (a dead worker's);
+- a **circuit breaker** per target (``circuit_breakers``) opens after
+  ``breaker_failures`` consecutive failed verifications and stays open until a human resets it.
+
+:class:`Budgets` answers the policy gate's questions (:class:`heald.policy.GateFacts`),
+including whether a candidate aims at heald itself (its own process, API port or state).
+Every change here is written to the audit log in the same transaction.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from heald import remedies
+from heald.durations import format_duration
+from heald.models import RemedyCandidate, utcnow
+from heald.store import NotFound, Store, audit
+from heald.store.db import lock
+from heald.store.tables import ActionRow, CircuitBreakerRow, TargetLeaseRow
+
+if TYPE_CHECKING:
+    from heald.config import HealdConfig
+    from heald.supervise import Supervisor
+
+
+def target_of(remedy: str, params: dict[str, Any]) -> str:
+    """What remedy ``remedy`` with ``params`` acts on (``service:shop``, ``path:/var/x``…).
+    Raises RemedyParamsError for an unknown remedy or invalid parameters."""
+    r = remedies.get(remedy)
+    return r.target(remedies.validate_params(remedy, params))
+
+
+class Budgets:
+    """The gate's view of budgets, breakers and heald itself for one decision at time ``now``
+    (UTC; default: the current time). ``incident_id`` is the incident being decided (its own
+    earlier actions do not put it in cooldown). See :class:`heald.policy.GateFacts`."""
+
+    def __init__(self, config: HealdConfig, store: Store, incident_id: int, *,
+                 supervisor: Supervisor | None = None, now: datetime | None = None):
+        self.config = config
+        self.budgets = config.policy.budgets
+        self.store = store
+        self.incident_id = incident_id
+        self.supervisor = supervisor
+        self.now = now or utcnow()
+
+    def target(self, candidate: RemedyCandidate) -> str:
+        return target_of(candidate.remedy, candidate.params)
+
+    def cooldown(self, target: str, remedy: str) -> str | None:
+        cool = self.budgets.cooldown_seconds
+        if cool <= 0:
+            return None
+        with self.store.tx() as s:
+            row = s.scalar(sa.select(ActionRow).where(
+                ActionRow.target == target, ActionRow.remedy == remedy, ActionRow.incident_id != self.incident_id,
+                ActionRow.started_at >= self.now - timedelta(seconds=cool)).order_by(ActionRow.started_at.desc()).limit(1))
+        if row is None:
+            return None
+        ago = (self.now - row.started_at).total_seconds()
+        return (f"cooldown: {remedy} was applied to {target} {format_duration(ago)} ago by incident "
+                f"{row.incident_id}; the cooldown is {format_duration(cool)}")
+
+    def _count(self, window: float, target: str | None = None) -> int:
+        stmt = sa.select(sa.func.count()).select_from(ActionRow).where(
+            ActionRow.started_at >= self.now - timedelta(seconds=window))
+        if target is not None:
+            stmt = stmt.where(ActionRow.target == target)
+        with self.store.tx() as s:
+            return s.scalar(stmt) or 0
+
+    def target_rate_limited(self, target: str) -> str | None:
+        limit = self.budgets.rate_limit_per_target
+        n = self._count(limit.window_seconds, target)
+        if n < limit.max_actions:
+            return None
+        return (f"rate limit: {n} remedies applied to {target} in the last {format_duration(limit.window_seconds)} "
+                f"(at most {limit.max_actions})")
+
+    def global_rate_limited(self) -> str | None:
+        limit = self.budgets.rate_limit_global
+        n = self._count(limit.window_seconds)
+        if n < limit.max_actions:
+            return None
+        return (f"global rate limit: {n} remedies applied in the last {format_duration(limit.window_seconds)} "
+                f"(at most {limit.max_actions}); heald acts no more until the window moves on")
+
+    def breaker_open(self, target: str) -> str | None:
+        with self.store.tx() as s:
+            row = s.get(CircuitBreakerRow, target)
+            if row is None or row.opened_at is None:
+                return None
+            return (f"circuit breaker open for {target} since {row.opened_at:%Y-%m-%d %H:%M:%S} UTC "
+                    f"({row.opened_reason})")
+
+    def heald_itself(self, candidate: RemedyCandidate, target: str) -> str | None:
+        return heald_itself(self.config, candidate, target, self.supervisor)
+
+
+# -- heald itself -------------------------------------------------------------------------------
+
+def _overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def _own_paths(config: HealdConfig) -> list[Path]:
+    paths = [config.state_dir]
+    if config.database.startswith("sqlite"):
+        db = sa.make_url(config.database).database
+        if db:
+            paths.append(Path(db))
+    if config.source_file is not None:
+        paths.append(config.source_file)
+    return paths
+
+
+def _is_own_address(config: HealdConfig, host: str | None, port: int | None) -> bool:
+    if port != config.api.port or host is None:
+        return False
+    if host in ("localhost", config.api.host) or config.api.host in ("0.0.0.0", "::"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def heald_itself(config: HealdConfig, candidate: RemedyCandidate, target: str,
+                 supervisor: Supervisor | None = None) -> str | None:
+    """Why ``candidate`` (acting on ``target``) would act on heald itself, or None: a service
+    whose process is this heald or whose probes point at heald's API port, a URL on heald's API
+    address, a path overlapping heald's state directory, database or config file, a command run
+    there. CI remedies act on remote repositories and are never heald itself."""
+    kind, _, name = target.partition(":")
+    own = _own_paths(config)
+    if kind == "service":
+        svc = config.services.get(name)
+        proc = supervisor.get(name) if supervisor is not None else None
+        ident = proc.identity() if proc is not None else None
+        if ident is not None and ident.pid in (os.getpid(), os.getppid()):
+            return f"refused: {target} is heald's own process (pid {ident.pid})"
+        if svc is not None:
+            for probe in svc.probes:
+                parts = urlsplit(probe.url) if probe.url else None
+                host, port = (parts.hostname, parts.port) if parts else (probe.host, probe.port)
+                if _is_own_address(config, host, port):
+                    return f"refused: {target} is heald's own API (its probe checks port {port})"
+    elif kind == "url":
+        parts = urlsplit(name)
+        if _is_own_address(config, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)):
+            return f"refused: {name} is heald's own API"
+    elif kind == "path":
+        if any(_overlaps(Path(name), p) for p in own):
+            return f"refused: {name} overlaps heald's own state ({', '.join(str(p) for p in own)})"
+    elif kind == "command":
+        cmd = config.remedies.commands.get(name)
+        if cmd is not None:
+            places = [p for p in ([cmd.cwd] if cmd.cwd else []) if any(_overlaps(p, o) for o in own)]
+            places += [Path(a) for a in cmd.argv if a.startswith("/") and any(_overlaps(Path(a), o) for o in own)]
+            if places:
+                return f"refused: command {name} works on heald's own state ({places[0]})"
+    elif kind in ("config", "release"):
+        svc = config.services.get(name)
+        where = (svc.config_repo.path if kind == "config" and svc and svc.config_repo
+                 else svc.releases.dir if kind == "release" and svc and svc.releases else None)
+        if where is not None and any(_overlaps(where, o) for o in own):
+            return f"refused: {target} lives in heald's own state ({where})"
+    return None
+
+
+# -- leases ---------------------------------------------------------------------------------------
+
+def acquire_lease(store: Store, target: str, incident_id: int, holder: str, ttl: float) -> dict[str, Any]:
+    """Take (or renew) the lease on ``target`` for ``incident_id`` for ``ttl`` seconds, in one
+    transaction. Returns {"held": True} or {"held": False, "incident_id": the holder's incident,
+    "holder": its worker, "expires_at": ISO time}. An expired lease is taken over."""
+    now = utcnow()
+    with store.tx() as s:
+        lock(s, f"heald.lease.{target}")
+        row = s.get(TargetLeaseRow, target, with_for_update=True)
+        if row is not None and row.incident_id != incident_id and row.expires_at > now:
+            return {"held": False, "incident_id": row.incident_id, "holder": row.holder,
+                    "expires_at": row.expires_at.isoformat()}
+        expires = now + timedelta(seconds=ttl)
+        if row is None:
+            s.add(TargetLeaseRow(target=target, incident_id=incident_id, holder=holder, acquired_at=now,
+                                 expires_at=expires))
+            s.flush()
+            took_over = None
+        else:
+            took_over = row.incident_id if row.incident_id != incident_id else None
+            row.incident_id, row.holder, row.expires_at = incident_id, holder, expires
+            if took_over is not None:
+                row.acquired_at = now
+        if row is None or took_over is not None:
+            audit.append(s, actor="heald", event="lease.acquired", incident_id=incident_id,
+                         reason=f"{target} is this incident's to act on until {expires:%H:%M:%S} UTC"
+                                + (f" (incident {took_over}'s lease had expired)" if took_over else ""),
+                         details={"target": target, "holder": holder, "expires_at": expires.isoformat()})
+        return {"held": True}
+
+
+def release_lease(store: Store, incident_id: int, target: str | None = None) -> list[str]:
+    """Release the leases ``incident_id`` holds (only the one on ``target`` when given);
+    returns the targets released."""
+    with store.tx() as s:
+        stmt = sa.select(TargetLeaseRow).where(TargetLeaseRow.incident_id == incident_id)
+        if target is not None:
+            stmt = stmt.where(TargetLeaseRow.target == target)
+        rows = list(s.scalars(stmt))
+        for row in rows:
+            s.delete(row)
+            audit.append(s, actor="heald", event="lease.released", incident_id=incident_id,
+                         reason=f"{row.target} is free for other healings", details={"target": row.target})
+        return [r.target for r in rows]
+
+
+def leases(store: Store) -> list[dict[str, Any]]:
+    """Every lease held now (expired ones included, marked), by target."""
+    now = utcnow()
+    with store.tx() as s:
+        return [{"target": r.target, "incident_id": r.incident_id, "holder": r.holder,
+                 "acquired_at": r.acquired_at.isoformat(), "expires_at": r.expires_at.isoformat(),
+                 "expired": r.expires_at <= now}
+                for r in s.scalars(sa.select(TargetLeaseRow).order_by(TargetLeaseRow.target))]
+
+
+# -- circuit breakers -----------------------------------------------------------------------------
+
+def _breaker_json(row: CircuitBreakerRow) -> dict[str, Any]:
+    return {"target": row.target, "state": "open" if row.opened_at else "closed", "failures": row.failures,
+            "opened_at": row.opened_at.isoformat() if row.opened_at else None, "opened_reason": row.opened_reason,
+            "reset_at": row.reset_at.isoformat() if row.reset_at else None, "reset_by": row.reset_by,
+            "updated_at": row.updated_at.isoformat()}
+
+
+def record_verification(store: Store, target: str, passed: bool, incident_id: int, threshold: int,
+                        reason: str = "") -> dict[str, Any]:
+    """Count a verification of a remedy on ``target``: a pass resets the count of consecutive
+    failures (an open breaker stays open: only a human closes it); the ``threshold``-th failure
+    in a row opens the breaker. Returns the breaker as JSON-ready data."""
+    now = utcnow()
+    with store.tx() as s:
+        lock(s, f"heald.breaker.{target}")
+        row = s.get(CircuitBreakerRow, target, with_for_update=True)
+        if row is None:
+            row = CircuitBreakerRow(target=target, failures=0, opened_at=None, opened_reason=None, reset_at=None,
+                                    reset_by=None, updated_at=now)
+            s.add(row)
+        row.updated_at = now
+        if passed:
+            row.failures = 0
+        else:
+            row.failures += 1
+            if row.opened_at is None and row.failures >= threshold:
+                row.opened_at = now
+                row.opened_reason = f"{row.failures} failed verifications in a row, the last: {reason[:300]}"
+                audit.append(s, actor="heald", event="breaker.opened", incident_id=incident_id,
+                             reason=f"{target}: {row.opened_reason}; auto-remediation is off for it until a "
+                                    f"human resets it (heald breakers reset {target})",
+                             details={"target": target, "failures": row.failures})
+        s.flush()
+        return _breaker_json(row)
+
+
+def breakers(store: Store) -> list[dict[str, Any]]:
+    """Every target's breaker (open and closed), by target."""
+    with store.tx() as s:
+        return [_breaker_json(r) for r in s.scalars(sa.select(CircuitBreakerRow).order_by(CircuitBreakerRow.target))]
+
+
+def reset_breaker(store: Store, target: str, by: str, reason: str = "") -> dict[str, Any]:
+    """Close ``target``'s breaker (auto-remediation on again) and clear its failure count, as
+    ``by`` (an audit actor such as ``user:alice``). Raises NotFound for a target with no breaker."""
+    now = utcnow()
+    with store.tx() as s:
+        lock(s, f"heald.breaker.{target}")
+        row = s.get(CircuitBreakerRow, target, with_for_update=True)
+        if row is None:
+            raise NotFound(f"no circuit breaker for {target!r} (heald breakers list shows the known targets)")
+        was_open = row.opened_at is not None
+        row.failures, row.opened_at, row.opened_reason = 0, None, None
+        row.reset_at, row.reset_by, row.updated_at = now, by, now
+        audit.append(s, actor=by, event="breaker.reset",
+                     reason=f"{target}: " + (reason or ("auto-remediation is on again" if was_open
+                                                        else "failure count cleared (it was closed)")),
+                     details={"target": target, "was_open": was_open})
+        s.flush()
+        return _breaker_json(row)
