@@ -32,7 +32,7 @@ from heald.durations import format_duration
 from heald.models import RemedyCandidate, utcnow
 from heald.store import NotFound, Store, audit
 from heald.store.db import lock
-from heald.store.tables import ActionRow, CircuitBreakerRow, TargetLeaseRow
+from heald.store.tables import ActionRow, CircuitBreakerRow, IncidentRow, TargetLeaseRow
 
 if TYPE_CHECKING:
     from heald.config import HealdConfig
@@ -111,6 +111,19 @@ class Budgets:
 
     def heald_itself(self, candidate: RemedyCandidate, target: str) -> str | None:
         return heald_itself(self.config, candidate, target, self.supervisor)
+
+    def silenced(self) -> str | None:
+        from heald.correlate.silences import active_silence, describe
+
+        with self.store.tx() as s:
+            inc = s.get(IncidentRow, self.incident_id)
+            if inc is None:
+                return None
+            labels = {k: str(v) for k, v in (inc.labels or {}).items()}
+            if inc.service:
+                labels.setdefault("service", inc.service)
+            row = active_silence(s, labels, self.now)
+            return describe(row) if row is not None else None
 
 
 # -- heald itself -------------------------------------------------------------------------------

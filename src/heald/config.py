@@ -417,6 +417,25 @@ class PolicyConfig(_Section):
         return self.model_copy(update=env.model_dump(exclude_none=True))
 
 
+class InhibitRule(_Section):
+    """An inhibition rule, as Alertmanager's ``inhibit_rules``: while a signal matching
+    ``source_matchers`` fires, a new signal matching ``target_matchers`` whose ``equal`` labels
+    have the same values as the source's is recorded but starts nothing."""
+
+    source_matchers: list[str] = Field(min_length=1, description="label matchers of the muting signal")
+    target_matchers: list[str] = Field(min_length=1, description="label matchers of the muted signals")
+    equal: list[str] = Field(default_factory=list, description="labels whose values must be equal in both")
+
+    @field_validator("source_matchers", "target_matchers")
+    @classmethod
+    def _matchers(cls, v: list[str]) -> list[str]:
+        from heald.matchers import parse_matcher
+
+        for text in v:
+            parse_matcher(text)
+        return v
+
+
 class CorrelationConfig(_Section):
     """How signals become incidents: ``group_by`` labels make the grouping key (as
     Alertmanager's), ``healing.group_wait_seconds`` is how long an incident waits for more
@@ -426,6 +445,8 @@ class CorrelationConfig(_Section):
 
     group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1)
     change_window_seconds: Seconds = 900.0
+    inhibit_rules: list[InhibitRule] = Field(default_factory=list, description="label-based inhibition "
+                                             "(the dependency map inhibits by services.<name>.depends_on)")
 
 
 class SandboxConfig(_Section):

@@ -81,6 +81,7 @@ class GateFacts(Protocol):
     def target_rate_limited(self, target: str) -> str | None: ...
     def global_rate_limited(self) -> str | None: ...
     def breaker_open(self, target: str) -> str | None: ...
+    def silenced(self) -> str | None: ...
 
 
 @dataclass
@@ -100,13 +101,18 @@ def gate(diagnosis: Diagnosis, candidates: list[RemedyCandidate], policy: Policy
     A candidate refused by the environment or aimed at heald itself, in cooldown, or on a target
     over its rate limit is skipped with its reason, and the next one is considered. With none
     left the decision is ``refuse`` when every candidate was refused, else ``escalate``; both
-    carry the reasons. A global rate limit reached escalates before any candidate is looked at.
+    carry the reasons. An active silence matching the incident's labels (a maintenance window
+    begun after it opened) or the global rate limit reached escalates before any candidate is
+    looked at.
     """
     def plain(candidate: RemedyCandidate | None) -> Decision:
         return decide(diagnosis, candidate, policy, attempt=attempt, max_attempts=max_attempts, environment=environment)
 
     if not candidates or attempt > max_attempts or diagnosis.category == "unknown":
         return GateResult(plain(candidates[0] if candidates else None))
+    if (silence := facts.silenced()) is not None:  # a maintenance window that began after the incident opened
+        return GateResult(Decision(kind=DecisionKind.escalate, candidate=candidates[0],
+                                   reason=f"silenced by {silence}: heald does not act during it"))
     if (limited := facts.global_rate_limited()) is not None:
         return GateResult(Decision(kind=DecisionKind.escalate, candidate=candidates[0], reason=limited))
     skipped: list[tuple[RemedyCandidate, str]] = []

@@ -12,7 +12,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from heald import __version__
-from heald.api import breakers, incidents, learning, ops, reports, signals, tokens
+from heald.api import breakers, incidents, learning, ops, reports, signals, silences, tokens
 from heald.engine import Runtime
 
 
@@ -21,6 +21,6 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="heald", version=__version__,
                   description="Self-healing control plane: signals → incidents → diagnosis → gated remedies → verification.")
     app.state.runtime = rt
-    for module in (signals, incidents, ops, tokens, learning, reports, breakers):
+    for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences):
         app.include_router(module.routes(rt))
     return app

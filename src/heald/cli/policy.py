@@ -1,8 +1,10 @@
-"""``heald breakers list|reset`` (circuit breakers per target, :mod:`heald.budgets`)."""
+"""``heald breakers list|reset`` (circuit breakers per target, :mod:`heald.budgets`) and
+``heald silences add|list|expire`` (:mod:`heald.correlate.silences`)."""
 
 from __future__ import annotations
 
 import getpass
+from datetime import datetime, timedelta
 
 import typer
 from rich.table import Table
@@ -52,3 +54,82 @@ def reset(target: str = typer.Argument(..., help="The target, as listed (e.g. se
         print_json(row)
     else:
         out.print(f"breaker of {target} is closed: auto-remediation is on again.")
+
+
+silences_app = typer.Typer(help="Silences and maintenance windows: matching signals are recorded but start nothing.",
+                           no_args_is_help=True)
+app.add_typer(silences_app, name="silences")
+
+
+@silences_app.command("add")
+def add_silence(
+    matchers: list[str] = typer.Argument(..., help='Label matchers, all must match: service="shop" alertname=~"High.*"'),
+    duration: str = typer.Option("1h", "--duration", "-d", help="How long: 30m, 2h, 1d …"),
+    start: str | None = typer.Option(None, "--start", help="When it begins (ISO 8601 with a time zone; default now)."),
+    comment: str = typer.Option(..., "--comment", "-m", help="Why (a maintenance, a known issue)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Silence signals matching MATCHERS for --duration from --start (default now)."""
+    from heald.correlate.silences import SilenceError, create_silence
+    from heald.durations import format_duration, parse_duration
+    from heald.models import utcnow
+
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        fail(f"--duration: {exc}")
+    starts_at = None
+    if start is not None:
+        try:
+            starts_at = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        except ValueError:
+            fail(f"--start: expected an ISO 8601 time such as 2025-01-01T10:00:00+00:00, got {start!r}")
+        if starts_at.tzinfo is None:
+            fail(f"--start: give a time zone (e.g. {start}+00:00 or {start}Z)")
+    try:
+        row = create_silence(open_store(config()), matchers, (starts_at or utcnow()) + timedelta(seconds=seconds),
+                             starts_at=starts_at, created_by=f"cli:{getpass.getuser()}", comment=comment)
+    except SilenceError as exc:
+        fail(str(exc).replace("matchers", "MATCHERS", 1))
+    if json_out:
+        print_json(row)
+    else:
+        out.print(f"silence {row['id']} ({', '.join(row['matchers'])}) is {row['state']} for "
+                  f"{format_duration(seconds)}, until {row['ends_at'][:19]} UTC.")
+
+
+@silences_app.command("list")
+def list_silences_cmd(all_: bool = typer.Option(False, "--all", help="Expired silences too."),
+                      json_out: bool = JsonOpt) -> None:
+    """List pending and active silences (--all: expired ones too)."""
+    from heald.correlate.silences import list_silences
+
+    rows = [r for r in list_silences(open_store(config())) if all_ or r["state"] != "expired"]
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title="silences")
+    for col in ("id", "state", "matchers", "starts", "ends", "by", "comment"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["id"]), r["state"], ", ".join(r["matchers"]), r["starts_at"][:19], r["ends_at"][:19],
+                      r["expired_by"] and f"{r['created_by']} (expired by {r['expired_by']})" or r["created_by"],
+                      r["comment"])
+    out.print(table)
+
+
+@silences_app.command("expire")
+def expire_silence_cmd(silence_id: int = typer.Argument(..., help="The silence's id (heald silences list)."),
+                       json_out: bool = JsonOpt) -> None:
+    """End a silence now; it stays in the history, expired."""
+    from heald.correlate.silences import expire_silence
+    from heald.store import NotFound
+
+    try:
+        row = expire_silence(open_store(config()), silence_id, f"cli:{getpass.getuser()}")
+    except NotFound as exc:
+        fail(str(exc), 1)
+    if json_out:
+        print_json(row)
+    else:
+        out.print(f"silence {silence_id} is expired.")

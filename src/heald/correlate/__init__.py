@@ -1,6 +1,7 @@
 """Correlation: signals become incidents.
 
-:func:`ingest` is the stage's entry: it fingerprints a signal, stores it, and joins it to the
+:func:`ingest` is the stage's entry: it fingerprints a signal, stores it, and, unless a silence
+or an inhibition rule suppresses it (:mod:`heald.correlate.inhibit`), joins it to the
 open incident with the same fingerprint or grouping key, or to an open incident of a service
 it depends on (:mod:`heald.correlate.dependencies`), or opens a new incident. It runs in the
 caller's transaction, so a signal that was accepted is stored before anything answers
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from heald.config import HealdConfig
 from heald.correlate.dependencies import dependencies_of, dependents_of, has_dependencies
 from heald.correlate.fingerprint import fingerprint, group_key
+from heald.correlate.inhibit import suppressed_by
 from heald.models import OPEN_STATES, Signal, SignalStatus, utcnow
 from heald.store import audit
 from heald.store.db import lock
@@ -73,9 +75,29 @@ def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
                           .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
 
 
+def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: str, now: datetime,
+                      actor: str | None) -> IngestResult:
+    """Record a silenced or inhibited signal: stored and audited, joined to no incident."""
+    row = SignalRow(
+        source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
+        severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
+        annotations=signal.annotations, fingerprint=fp, starts_at=signal.starts_at or now, ends_at=signal.ends_at,
+        received_at=now, raw_ref=signal.raw_ref, incident_id=None, suppressed_by=why,
+    )
+    session.add(row)
+    session.flush()
+    audit.append(session, actor=actor or f"source:{signal.source}",
+                 event="signal.silenced" if why.startswith("silence ") else "signal.inhibited",
+                 reason=f"{signal.summary or signal.kind} from {signal.source}: {why}; it starts nothing",
+                 details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})
+    return IngestResult(row.id, None, False, why)
+
+
 def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | None = None) -> IngestResult:
     """Store ``signal`` and correlate it (see the module docstring). Returns IngestResult.
 
+    A firing signal that a silence or an inhibition rule suppresses is stored with its
+    ``suppressed_by`` reason and joins nothing.
     A firing signal joins, in this order: the open incident with its fingerprint; the open
     incident with its grouping key (``correlation.group_by``); the open incident of a service
     its service depends on. Else, when a service depending on its service has an incident still
@@ -89,6 +111,8 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
     now = utcnow()
     fp = signal.fingerprint or fingerprint(signal)
     key = group_key(signal, config.correlation.group_by)
+    if (why := suppressed_by(session, signal, fp, config, now)) is not None:
+        return _store_suppressed(session, signal, fp, key, why, now, actor)
     mapped = has_dependencies(config, signal.service)
     if mapped:  # one lock for the whole map (taken first, always), so two sides cannot race
         lock(session, "heald.correlate.dependencies")

@@ -6,7 +6,9 @@ rule with the dependency's alert as source, a dependency's open incident absorbs
 dependents' signals (:func:`heald.correlate.ingest` joins them to it), and a dependency's
 first signal takes over a dependent's incident that is still gathering signals (in
 ``observing``, during ``group_wait``), so that one incident is healed and its remedy targets
-the dependency. The configuration refuses cycles.
+the dependency. The configuration refuses cycles. Label-based inhibition rules
+(``correlation.inhibit_rules``) and silences are applied before this, in
+:mod:`heald.correlate.inhibit`: a signal they mute joins nothing.
 """
 
 from __future__ import annotations
