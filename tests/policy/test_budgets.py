@@ -12,7 +12,7 @@ import pytest
 
 from heald import budgets
 from heald.budgets import Budgets, acquire_lease, record_verification, release_lease, reset_breaker
-from heald.models import Action, DecisionKind, Diagnosis, Incident, RemedyCandidate, Risk, utcnow
+from heald.models import Action, DecisionKind, Diagnosis, RemedyCandidate, Risk, utcnow
 from heald.policy import gate
 from heald.store import NotFound, Store
 from heald.store.tables import IncidentRow
@@ -54,7 +54,7 @@ def test_cooldown_skips_a_candidate_another_incident_applied(tmp_path: Path, sto
     assert own.decision.kind == DecisionKind.auto and own.target == "service:svc"  # its own retries: attempts bound them
     blocked = run_gate(cfg, store, second, [RESTART])
     assert blocked.decision.kind == DecisionKind.escalate
-    assert f"cooldown: restart_process was applied to service:svc" in blocked.decision.reason
+    assert "cooldown: restart_process was applied to service:svc" in blocked.decision.reason
     assert f"by incident {first}" in blocked.decision.reason
     other = RemedyCandidate(remedy="http_request", params={"url": "http://127.0.0.1:9/reset"}, risk=Risk.low)
     nxt = run_gate(cfg, store, second, [RESTART, other])
