@@ -42,7 +42,7 @@ PROJECTS: dict[str, dict[str, Any]] = {
     "itsdangerous": {
         "versions": ["2.0.0", "2.0.1", "2.1.0", "2.1.1", "2.1.2", "2.2.0"],
         "break_after": "2.1.0",
-        "break": ("src/itsdangerous/encoding.py",
+        "break": ("src/itsdangerous/encoding.py", None,
                   "\n\n_heald_encode = base64_encode\n\n\ndef base64_encode(string):\n"
                   "    return _heald_encode(string) + b\"=\"\n"),
         "drop": {"requirements/tests.txt": "freezegun", "requirements/tests.in": "freezegun",
@@ -54,10 +54,17 @@ PROJECTS: dict[str, dict[str, Any]] = {
     "attrs": {
         "versions": ["23.1.0", "23.2.0", "24.1.0", "24.2.0"],
         "break_after": "23.2.0",
-        "break": ("src/attr/converters.py",
-                  "\n\n_heald_default_if_none = default_if_none\n\n\ndef default_if_none(default=NOTHING, factory=None):\n"
+        "break": ("src/attr/converters.py", "def to_bool(",
+                  "_heald_default_if_none = default_if_none\n\n\ndef default_if_none(default=NOTHING, factory=None):\n"
                   "    convert = _heald_default_if_none(default, factory)\n"
-                  "    return lambda val: convert(val) if val is not None else None\n"),
+                  "    return lambda val: convert(val) if val is not None else None\n\n\n"),
+        # attrs' type-checking tests compare mypy's messages with those of the mypy of the
+        # release's day; today's mypy words them differently on every commit (environment drift
+        # heald would rightly refuse to revert), so the cases run the rest of the suite.
+        # TestAssoc::test_unknown wants a DeprecationWarning that today's hypothesis and pytest
+        # no longer let through on every example: it fails at every release here.
+        "test_command": "python -m pytest -q -rfE -p no:cacheprovider --ignore=tests/test_mypy.yml "
+                        "--deselect tests/test_funcs.py::TestAssoc::test_unknown",
         "drop": {"pyproject.toml": "\"hypothesis\","},
         "lint": "src/attr/_cmp.py",
         "new_test": "import attr\n\n\ndef test_heald_new_feature():\n    assert attr.__version__.startswith('99')\n",
@@ -65,9 +72,9 @@ PROJECTS: dict[str, dict[str, Any]] = {
     "more-itertools": {
         "versions": ["10.0.0", "10.1.0", "10.2.0", "10.3.0", "10.4.0", "10.5.0"],
         "break_after": "10.2.0",
-        "break": ("more_itertools/more.py",
-                  "\n\n_heald_chunked = chunked\n\n\ndef chunked(iterable, n, strict=False):\n"
-                  "    return _heald_chunked(iterable, n + 1 if n and n > 2 else n, strict=strict)\n"),
+        "break": ("more_itertools/more.py", "def first(",
+                  "_heald_chunked = chunked\n\n\ndef chunked(iterable, n, strict=False):\n"
+                  "    return _heald_chunked(iterable, n + 1 if n and n > 2 else n, strict=strict)\n\n\n"),
         "drop": None,
         "lint": None,
         "new_test": "import more_itertools as mi\n\n\ndef test_heald_new_feature():\n    assert list(mi.take(2, [1])) == [1, 1]\n",
@@ -126,20 +133,31 @@ def write_tree(repo: Path, files: dict[str, bytes], only: set[str] | None = None
             target.unlink()
 
 
+def insert_break(text: str, anchor: str | None, block: str) -> str:
+    """``text`` with the breaking ``block`` inserted before the first line starting with ``anchor``
+    (appended when ``anchor`` is None). An anchor in code that the later releases leave alone
+    keeps the culprit revertable, as most real culprits are."""
+    if anchor is None:
+        return text + block
+    i = text.index("\n" + anchor) + 1
+    return text[:i] + block + text[i:]
+
+
 def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], inject: bool) -> tuple[str, str | None]:
     """The release history (see the module docstring); returns (first commit, injected culprit)."""
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     culprit = None
     first = None
-    module, block = spec["break"]
+    module, anchor, block = spec["break"]
     broken = False
     for v, src in releases.items():
         files = tree_files(src)
         if broken and module in files:
-            files[module] = files[module] + block.encode()
+            files[module] = insert_break(files[module].decode(), anchor, block).encode()
         if first is None:
             write_tree(repo, files)
             first = commit(repo, f"Release {v}")
+            sh("git", "tag", v, cwd=repo)  # projects that version from git tags (hatch-vcs) need them
         else:
             current = {str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts}
             changed = {p for p in current | set(files)
@@ -150,9 +168,10 @@ def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], i
                 commit(repo, f"{v}: update {p}")
             write_tree(repo, files)
             commit(repo, f"Release {v}")
+            sh("git", "tag", v, cwd=repo)
         if inject and v == spec["break_after"]:
-            with open(repo / module, "a") as fh:
-                fh.write(block)
+            target = repo / module
+            target.write_text(insert_break(target.read_text(), anchor, block))
             culprit = commit(repo, f"Speed up {Path(module).stem}", author="Eve Breaker <eve@example.com>")
             broken = True
     assert first is not None
@@ -204,6 +223,8 @@ def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, 
     cfg.write_text(yaml.safe_dump({"state_dir": str(work / "state"), "ci": {"work_dir": str(work / "ci"),
                                                                            "pip_cache_dir": str(pip_cache)},
                                    "healing": {"group_wait_seconds": 0.05, "max_attempts": 2}}))
+    if spec.get("test_command"):
+        args += ["--test-cmd", spec["test_command"]]
     d, secs = heal(cfg, repo, *args)
     n = d.get("commits_in_range")
     bisect_runs = None

@@ -129,6 +129,17 @@ def test_validation_wants_the_failure_fixed_and_nothing_broken() -> None:
     two = {"tests": r(False, ["t::a", "t::c"])}
     assert validate(two, {"tests": r(False, ["t::c"])})[0] is False  # one independent failure remains: not a fix
 
+    # a check the fix does not target (formatter drift) may keep failing as before, never worse
+    drift = {"black": r(False), "tests": r(False, ["t::a"])}
+    ok, why = validate(drift, {"black": r(False), "tests": r(True)}, targets={"tests"})
+    assert ok and "black failed before and fail the same way after" in why
+    assert validate(drift, {"black": r(False), "tests": r(True)})[0] is False  # no targets given: every failing check
+    ok, why = validate(drift, {"black": r(True), "tests": r(False, ["t::a"])}, targets={"tests"})
+    assert not ok and "tests still fails: t::a" in why
+    slow = {"other": r(False, ["o::1"]), "tests": r(False, ["t::a"])}
+    ok, why = validate(slow, {"other": r(False, ["o::1", "o::2"]), "tests": r(True)}, targets={"tests"})
+    assert not ok and "tests that passed now fail: o::2" in why
+
 
 def test_narrowing_and_signatures_and_github_names() -> None:
     [tests] = detect_checks(files({"tests/test_a.py": "import pytest"}))
@@ -142,3 +153,44 @@ def test_narrowing_and_signatures_and_github_names() -> None:
     assert github_repo("x", "git@github.com:octo/calc.git") == "octo/calc"
     assert github_repo("octo/calc", "/srv/mirrors/calc.git") == "octo/calc"
     assert github_repo("calc", "/srv/calc.git") is None
+
+
+def test_a_revert_that_conflicts_or_changes_nothing_is_not_a_fix(tmp_path: Path) -> None:
+    """A culprit that was already undone by hand (its revert would change nothing) and one whose
+    lines later commits changed (its revert conflicts) are both unrevertable, with the reason."""
+    import subprocess
+
+    from heald.ci.investigate import _revert_conflicts
+    from heald.ci.repo import RepoCache
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (repo / "m.py").write_text("def a():\n    return 1\n")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    (repo / "m.py").write_text("def a():\n    return 2\n")
+    git("commit", "-qam", "culprit")
+    culprit = git("rev-parse", "HEAD")
+    (repo / "m.py").write_text("def a():\n    return 1\n")
+    git("commit", "-qam", "undo it by hand")
+    undone = git("rev-parse", "HEAD")
+    (repo / "m.py").write_text("def a():\n    return 3\n")
+    git("commit", "-qam", "change the same line")
+    changed = git("rev-parse", "HEAD")
+    (repo / "n.py").write_text("x = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "unrelated")
+
+    cache = RepoCache(tmp_path / "ci", "repo", str(repo))
+    cache.update()
+    assert _revert_conflicts(cache, culprit, culprit) is None  # on the culprit itself it applies
+    noop = _revert_conflicts(cache, undone, culprit)
+    assert noop is not None and "changes nothing" in noop
+    conflict = _revert_conflicts(cache, changed, culprit)
+    assert conflict is not None and "does not apply cleanly" in conflict

@@ -145,3 +145,18 @@ def test_timeout_drift_and_flaky() -> None:
                 "##[error]Process completed with exit code 127.")[0] == "environment_drift"
     assert cats("tests/test_net.py::test_fetch RERUN\ntests/test_net.py::test_fetch PASSED\n"
                 "==================== 5 passed, 1 rerun in 3.02s ====================")[0] == "flaky_test"
+
+
+def test_failed_ids_of_class_methods_and_non_python_items() -> None:
+    """pytest's short summary names methods as ``file::Class::test`` and plugin items (mypy's
+    yml cases) by their file; every id is kept whole, without the ``-`` separator."""
+    from heald.ci.investigate import failed_test_ids
+
+    out = ("=========================== short test summary info ============================\n"
+           "FAILED tests/test_converters.py::TestDefaultIfNone::test_none_value - assert 42 == None\n"
+           "FAILED tests/test_mypy.yml::testAttrsAnnotated - \n"
+           "FAILED tests/test_funcs.py::TestAssoc::test_unknown[a-b] - Failed: DID NOT WARN. N...\n"
+           "3 failed, 1323 passed in 9.63s\n")
+    assert failed_test_ids(out) == ["tests/test_converters.py::TestDefaultIfNone::test_none_value",
+                                    "tests/test_mypy.yml::testAttrsAnnotated",
+                                    "tests/test_funcs.py::TestAssoc::test_unknown[a-b]"]

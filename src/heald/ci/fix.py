@@ -4,9 +4,11 @@
 ``revert`` (the culprit), ``add_dependency`` (declare the missing distribution with a version
 that installs) or ``lint`` (the project's own autofixers: ``ruff check --fix``, ``ruff format``,
 ``black``, ``isort``) — then validates it: the dependencies are installed again and *every*
-check runs in the sandbox. The fix is valid when each check that failed before now passes,
-no check that passed before fails, and no test fails that did not fail before (the failing tests
-pass and no other test breaks). A fix never changes CI configuration, and only a formatter may
+check runs in the sandbox. The fix is valid when each check it is meant to repair (the tests the
+investigation found failing, or the lint tools it ran) now passes, no check that passed before
+fails, and no test fails that did not fail before (the failing tests pass and no other test
+breaks); another check that already failed may keep failing the same way (the pull request shows
+it), never worse. A fix never changes CI configuration, and only a formatter may
 touch test files (whitespace and imports; the tests then run to prove nothing changed).
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from heald.ci import CiJob
 from heald.ci.investigate import Workspace, summarize_results
-from heald.ci.project import UnsupportedDeclaration, add_requirement, forbidden_changes
+from heald.ci.project import Check, UnsupportedDeclaration, add_requirement, forbidden_changes
 from heald.ci.repo import GitError
 from heald.ci.runner import Step
 from heald.config import HealdConfig
@@ -46,14 +48,22 @@ class FixResult:
     worktree: str = ""
 
 
-def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> tuple[bool, str]:
-    """Is the fix valid, comparing each check before and after (see the module docstring)?"""
-    problems, fixed = [], []
+def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
+             targets: set[str] | None = None) -> tuple[bool, str]:
+    """Is the fix valid, comparing each check before and after (see the module docstring)?
+
+    ``before``/``after``: {check name: {"ok", "exit", "failed_tests", ...}} as
+    :func:`summarize_results` gives them. ``targets``: the checks the fix is meant to repair
+    (None: every check that failed). A failing check outside the targets (a formatter the
+    project's pinned version no longer agrees with, say) may keep failing as it did — the pull
+    request shows it — but must not fail worse. Returns (valid, why)."""
+    problems, fixed, unchanged = [], [], []
     for name, b in before.items():
         a = after.get(name)
         if a is None:
             problems.append(f"{name} did not run after the fix")
             continue
+        target = targets is None or name in targets
         if b["ok"] and not a["ok"]:
             problems.append(f"{name} passed before and fails after the fix (exit {a['exit']})")
         elif not b["ok"] and a["ok"]:
@@ -63,6 +73,8 @@ def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
             still = sorted(set(a["failed_tests"]) & set(b["failed_tests"]))
             if new:
                 problems.append(f"{name}: tests that passed now fail: {', '.join(new[:5])}")
+            elif not target:
+                unchanged.append(name)
             elif not a["failed_tests"] or still:
                 problems.append(f"{name} still fails" + (f": {', '.join(still[:5])}" if still else f" (exit {a['exit']})"))
             else:
@@ -71,7 +83,10 @@ def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
         return False, "; ".join(problems)
     if not fixed:
         return False, "no failing check passes after the fix"
-    return True, f"now passing: {', '.join(fixed)}; nothing that passed before fails"
+    why = f"now passing: {', '.join(fixed)}; nothing that passed before fails"
+    if unchanged:
+        why += f"; {', '.join(unchanged)} failed before and fail the same way after (not what this fix repairs)"
+    return True, why
 
 
 def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str], *,
@@ -142,8 +157,17 @@ def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str]
         result.reason = f"the fix would change tests or CI configuration, which heald never does: {', '.join(blocked[:5])}"
         return _done(result, ws)
     result.after = summarize_results(ws.run_checks(wt, checks, "validate", result.sha))
-    result.ok, result.reason = validate(before, result.after)
+    result.ok, result.reason = validate(before, result.after, _targets(kind, params, checks))
     return _done(result, ws)
+
+
+def _targets(kind: str, params: dict[str, str], checks: list[Check]) -> set[str] | None:
+    """The checks a fix of ``kind`` is meant to repair: the lint tools it ran; for a revert or a
+    declared dependency, the test checks (what the bisection or the ModuleNotFoundError was
+    found in); None (every failing check) when there is none."""
+    if kind == "lint":
+        return {t.strip() for t in params.get("tools", "").split(",") if t.strip()} or None
+    return {c.name for c in checks if c.kind == "tests"} or None
 
 
 def _done(result: FixResult, ws: Workspace) -> FixResult:

@@ -405,10 +405,14 @@ def _tests_added_by(cache: RepoCache, parent: str, test_ids: list[str]) -> list[
 
 
 def _revert_conflicts(cache: RepoCache, base: str, culprit: str) -> str | None:
-    """None when reverting ``culprit`` on top of ``base`` applies cleanly; else why not."""
+    """None when reverting ``culprit`` on top of ``base`` applies cleanly and changes something;
+    else why not. A revert git merges into no change at all (later commits re-made or moved the
+    culprit's lines) would undo nothing, so it counts as not applying."""
     wt = cache.add_worktree(base, "revert-check")
     try:
         wt.git("revert", "--no-commit", culprit, timeout=120)
+        if not wt.git("diff", "--cached", "--name-only", "HEAD").strip():
+            return f"its revert on {base[:12]} changes nothing (later commits carry the same change)"
         return None
     except GitError as exc:
         return f"its revert does not apply cleanly on {base[:12]} ({str(exc)[-200:]})"

@@ -123,7 +123,8 @@ class _CiRemedy(Remedy):
         output = (f"{prefix}{self.kind} {fix.sha[:12]} on {params.repo}: {fix.reason}; branch {proposal.branch}; {where}")
         return RemedyResult(output, undo={**proposal.as_dict(), "worktree": fix.worktree, "validated_sha": fix.sha,
                                           "repo_url": job.url, "gh_repo": gh,
-                                          "checks": [n for n, b in fix.before.items() if not b["ok"]],
+                                          "checks": [n for n, b in fix.before.items()  # what the fix repaired
+                                                     if not b["ok"] and fix.after.get(n, {}).get("ok")],
                                           "test_command": params.test_command})
 
     def undo(self, params: CiParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]

@@ -37,7 +37,7 @@ from heald.diagnose.signatures import Classification, Rule, register, rule_class
 
 _PYTEST_SUMMARY = re.compile(r"={2,} (?P<body>(?:\d+ \w+(?:, )?)+)(?: in [\d.]+s(?: \([\d:]+\))?)? ={2,}")
 _COUNTS = re.compile(r"(?P<n>\d+) (?P<what>failed|passed|errors?|skipped|xfailed|xpassed|rerun|deselected|warnings?)")
-_FAILED_ID = re.compile(r"^(?:\S+\s+)?(?:FAILED|ERROR) (?P<id>[\w/.\-]+\.py(?:::[\w\[\]\-./, ]+?)?)(?: - (?P<why>.*))?$")
+_FAILED_ID = re.compile(r"^(?:\S+\s+)?(?:FAILED|ERROR) (?P<id>[\w/.\-]+\.(?:py|yml|yaml)(?:::[\w\[\]\-./,: ]+?)?)(?: -(?: (?P<why>.*))?)?$")
 _UNITTEST_FAIL = re.compile(r"^(?:\S+\s+)?(?P<kind>FAIL|ERROR): (?P<test>\w+) \((?P<where>[\w.]+)\)")
 _UNITTEST_RESULT = re.compile(r"\bFAILED \((?P<body>(?:failures|errors|skipped|expected failures|unexpected successes)=\d+"
                               r"(?:, (?:failures|errors|skipped|expected failures|unexpected successes)=\d+)*)\)")
