@@ -1,6 +1,6 @@
 """How well heald heals real CI failures: cases built at run time from real pure-Python projects.
 
-For each project (itsdangerous, attrs, more-itertools) the script downloads several release
+For each project (itsdangerous and more-itertools by default; attrs on request) the script downloads several release
 sdists from PyPI with pip (into a cache directory; nothing is committed) and builds a git
 history of the real release-to-release changes: per release, one commit per changed file outside
 the code, then one commit with the code, tests and build files. Then, per case, a repository and
@@ -80,6 +80,10 @@ PROJECTS: dict[str, dict[str, Any]] = {
         "new_test": "import more_itertools as mi\n\n\ndef test_heald_new_feature():\n    assert list(mi.take(2, [1])) == [1, 1]\n",
     },
 }
+# attrs is not in the default set: on this machine its suite is not deterministic at its own
+# releases (hypothesis-driven tests that want a DeprecationWarning on every example fail on some
+# runs, so bisection and validation see noise), which measures attrs' flakiness, not heald.
+DEFAULT_PROJECTS = ("itsdangerous", "more-itertools")
 CASES = ("culprit", "dependency", "lint", "never-passed")
 CODE = (".py", ".toml", ".cfg", ".txt", ".in", ".ini", ".pyi", ".typed")
 
@@ -248,7 +252,8 @@ def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--projects", default=",".join(PROJECTS), help="comma-separated, from: " + ", ".join(PROJECTS))
+    ap.add_argument("--projects", default=",".join(DEFAULT_PROJECTS),
+                    help="comma-separated, from: " + ", ".join(PROJECTS) + " (default: " + ", ".join(DEFAULT_PROJECTS) + ")")
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated, from: " + ", ".join(CASES))
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "heald-bench-sdists",
                     help="where downloaded sdists are kept between runs")

@@ -194,3 +194,35 @@ def test_a_revert_that_conflicts_or_changes_nothing_is_not_a_fix(tmp_path: Path)
     assert noop is not None and "changes nothing" in noop
     conflict = _revert_conflicts(cache, changed, culprit)
     assert conflict is not None and "does not apply cleanly" in conflict
+
+
+def test_tests_added_by_knows_inherited_and_class_tests(tmp_path: Path) -> None:
+    """A failing test collected through a class the file imports existed before the culprit; a
+    method or file the culprit added did not."""
+    import subprocess
+
+    from heald.ci.investigate import _tests_added_by
+    from heald.ci.repo import RepoCache
+
+    repo = tmp_path / "repo"
+    (repo / "tests").mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q", "-b", "main")
+    (repo / "tests" / "test_base.py").write_text("class TestSerializer:\n    def test_loads(self):\n        pass\n")
+    (repo / "tests" / "test_timed.py").write_text("from test_base import TestSerializer\n\n\n"
+                                                  "class TestTimed:\n    def test_old(self):\n        pass\n\n\n"
+                                                  "class TestSub(TestSerializer):\n    pass\n")
+    git("add", ".")
+    git("commit", "-qm", "base")
+    parent = git("rev-parse", "HEAD")
+    cache = RepoCache(tmp_path / "ci", "repo", str(repo))
+    cache.update()
+    ids = ["tests/test_timed.py::TestSerializer::test_loads[a]", "tests/test_timed.py::TestTimed::test_old",
+           "tests/test_timed.py::TestSub::test_loads",
+           "tests/test_timed.py::TestTimed::test_new", "tests/test_new.py::test_x", "tests/test_base.py::test_gone"]
+    assert _tests_added_by(cache, parent, ids) == ["tests/test_timed.py::TestTimed::test_new", "tests/test_new.py::test_x",
+                                                   "tests/test_base.py::test_gone"]

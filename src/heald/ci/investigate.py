@@ -393,14 +393,27 @@ def _what(inv: Investigation, command: str) -> str:
 
 
 def _tests_added_by(cache: RepoCache, parent: str, test_ids: list[str]) -> list[str]:
-    """The failing pytest node ids whose test function did not exist at ``parent``."""
+    """The failing pytest node ids whose test function did not exist at ``parent``. A test of a
+    class the file imported, or of a class there with base classes (pytest collects inherited
+    tests under the subclass's file), counts as existing when that class was there: a culprit
+    that added such a test changed test files, and a revert of it is refused for that anyway."""
     added = []
     for tid in test_ids:
         path, _, rest = tid.partition("::")
-        name = rest.split("::")[-1].split("[")[0]
+        parts = rest.split("::")
+        name = parts[-1].split("[")[0]
         text = cache.show(parent, path)
-        if text is None or (name and not re.search(rf"\bdef {re.escape(name)}\s*\(", text)):
+        if text is None:
             added.append(tid)
+            continue
+        if not name or re.search(rf"\bdef {re.escape(name)}\s*\(", text):
+            continue
+        cls = parts[0] if len(parts) > 1 else ""
+        imported = re.search(rf"^\s*(?:from\s+\S+\s+)?import\b[^\n]*\b{re.escape(cls)}\b", text, re.M)
+        subclass = re.search(rf"^\s*class\s+{re.escape(cls)}\s*\(\s*\w", text, re.M)  # may inherit the test
+        if cls and (imported or subclass):
+            continue
+        added.append(tid)
     return added
 
 
