@@ -4,7 +4,7 @@ Each area's routes live in a module of their own (``signals``, ``incidents``, ``
 ``tokens``) that exposes ``routes(rt) -> APIRouter``; :func:`create_app` includes them. Every
 route that changes something declares the role it needs with
 ``Depends(heald.api.auth.require(Role.X))`` (see :mod:`heald.api.auth`); the runtime is on
-``app.state.runtime``. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
+``app.state.runtime``. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
 """
 
 from __future__ import annotations
@@ -23,4 +23,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.state.runtime = rt
     for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences):
         app.include_router(module.routes(rt))
+    from heald import ui
+
+    ui.install(app, rt)
     return app

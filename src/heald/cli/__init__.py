@@ -77,9 +77,7 @@ def version() -> None:
 def serve(host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
           port: int | None = typer.Option(None, help="Listen port (default: api.port).")) -> None:
     """Run heald: the API, the probes, the managed services and the healing engine."""
-    import uvicorn
-
-    from heald.api.app import create_app
+    from heald.api.server import make_server
     from heald.engine import Runtime
     from heald.log import configure
 
@@ -93,9 +91,10 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
     elif rt.store.count_active_tokens() == 0:
         err.print("[yellow]warning:[/] no API tokens exist, so every /v1 request gets 401. Create one with "
                   "[bold]heald tokens create --role admin[/].")
+    bind_host, bind_port = host or cfg.api.host, port if port is not None else cfg.api.port
+    err.print(f"heald serves its API and dashboard on http://{bind_host}:{bind_port}/")
     try:
-        uvicorn.run(create_app(rt), host=host or cfg.api.host, port=port if port is not None else cfg.api.port,
-                    log_config=None, access_log=False)
+        make_server(rt, bind_host, bind_port)[1].run()
     finally:
         rt.stop()
 

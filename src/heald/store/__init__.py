@@ -522,3 +522,56 @@ class Store:
 
     def now(self) -> datetime:
         return utcnow()
+
+    # -- dashboard queries -------------------------------------------------------------------
+    def closed_since(self, since: datetime) -> dict[str, int]:
+        """{terminal state: count} of the incidents closed at or after ``since``."""
+        with self.tx() as s:
+            rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
+                             .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
+                             .group_by(IncidentRow.state))
+            return {state: n for state, n in rows}
+
+    def incident_outcomes(self, limit: int = 50) -> list[Outcome]:
+        """The newest ``limit`` outcomes of whole incidents (attempt 0, with their time to
+        detect and to recover in seconds), oldest first."""
+        stmt = (sa.select(OutcomeRow).where(OutcomeRow.attempt == 0)
+                .order_by(OutcomeRow.id.desc()).limit(limit))
+        with self.tx() as s:
+            rows = list(s.scalars(stmt))
+        return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=r.result,
+                        attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
+                        time_to_recover_s=r.time_to_recover_s, created_at=r.created_at) for r in reversed(rows)]
+
+    def last_signal_by_source(self) -> dict[str, tuple[Signal, int]]:
+        """{source: (its newest signal, how many signals it sent)}, sources by name."""
+        with self.tx() as s:
+            latest = (sa.select(SignalRow.source, sa.func.max(SignalRow.id).label("last_id"),
+                                sa.func.count().label("n")).group_by(SignalRow.source).subquery())
+            rows = s.execute(sa.select(SignalRow, latest.c.n).join(latest, SignalRow.id == latest.c.last_id)
+                             .order_by(SignalRow.source))
+            return {row.source: (signal_model(row), int(n)) for row, n in rows}
+
+    def search_audit(self, *, incident_id: int | None = None, actor: str | None = None,
+                     event: str | None = None, before_seq: int | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Audit entries newest first, filtered: ``actor`` exactly, ``event`` exactly or as a
+        prefix of dotted names (``approval`` matches ``approval.approve``), entries older
+        than ``before_seq``."""
+        stmt = sa.select(AuditRow).order_by(AuditRow.seq.desc()).limit(limit)
+        if incident_id is not None:
+            stmt = stmt.where(AuditRow.incident_id == incident_id)
+        if actor:
+            stmt = stmt.where(AuditRow.actor == actor)
+        if event:
+            prefix = event.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + ".%"
+            stmt = stmt.where(sa.or_(AuditRow.event == event, AuditRow.event.like(prefix, escape="\\")))
+        if before_seq is not None:
+            stmt = stmt.where(AuditRow.seq < before_seq)
+        with self.tx() as s:
+            return [audit.to_entry(r) for r in s.scalars(stmt)]
+
+    def audit_facets(self) -> dict[str, list[str]]:
+        """The distinct actors and events of the audit log (sorted), for filters."""
+        with self.tx() as s:
+            return {"actors": list(s.scalars(sa.select(AuditRow.actor).distinct().order_by(AuditRow.actor))),
+                    "events": list(s.scalars(sa.select(AuditRow.event).distinct().order_by(AuditRow.event)))}

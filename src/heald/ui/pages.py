@@ -1,0 +1,332 @@
+"""The dashboard's routes: pages, the approval form, sign-in, the event stream.
+
+Each page handler gathers its data from the store (:class:`heald.store.Store`) and renders a
+template; ``?partial=1`` renders only the page's live part (what htmx fetches again when the
+event stream says something changed). See :mod:`heald.ui` for the list of pages.
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from heald import __version__, remedies
+from heald.api.auth import Principal
+from heald.engine import Runtime
+from heald.learn import success_rates
+from heald.models import IncidentState, Role, utcnow
+from heald.sources import WEBHOOK_SOURCES
+from heald.store import InvalidTransition, NotFound
+from heald.ui import TEMPLATES, live, session
+from heald.ui.charts import Point, trend_svg
+from heald.ui.session import LoginRequired
+
+__all__ = ["LoginRequired", "login_redirect", "routes"]
+
+OPEN_STATES = [s for s in IncidentState if not s.terminal]
+CLOSED_STATES = [s for s in IncidentState if s.terminal]
+NOTICES = {"approve": "Your approval is recorded.", "reject": "Your rejection is recorded; the healing ends, escalated.",
+           "repeat": "You had already given a verdict on this decision; an identity counts once."}
+#: Security headers of every dashboard page: scripts, styles and connections only from heald.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                               "object-src 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+templates = Jinja2Templates(directory=str(TEMPLATES))
+
+
+def _when(value: Any) -> str:
+    """A timestamp for people: ``2025-01-31 12:00:05.123`` (UTC), from a datetime or ISO text."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 120:
+        return f"{value / 60:.1f} min"
+    return f"{value:.2f} s"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.0f} %"
+
+
+templates.env.filters.update(when=_when, secs=_secs, pct=_pct)
+
+
+def login_redirect(request: Request, exc: LoginRequired) -> Response:
+    """Send a browser without a session to the login form (htmx: a full-page redirect)."""
+    target = session.login_url(exc.next_path)
+    if request.headers.get("hx-request") == "true":
+        return Response(status_code=200, headers={"HX-Redirect": target})
+    if request.url.path == "/events":
+        return Response("sign in first", status_code=401)
+    return RedirectResponse(target, status_code=303)
+
+
+def _decision_summary(decision: dict[str, Any] | None) -> str:
+    if not decision:
+        return ""
+    cand = decision.get("candidate") or {}
+    return f"{cand.get('remedy', '?')} ({cand.get('risk', '?')} risk)"
+
+
+def routes(rt: Runtime) -> APIRouter:
+    """The dashboard's routes over the runtime ``rt``."""
+    router = APIRouter(include_in_schema=False)
+
+    def render(request: Request, name: str, context: dict[str, Any], status: int = 200,
+               who: Principal | None = None) -> HTMLResponse:
+        ctx = {"request": request, "version": __version__, "who": who, "auth": rt.config.api.auth,
+               "csrf": session.csrf_token(request, rt) if who is not None else "",
+               "can_approve": who is not None and who.role.allows(Role.approver),
+               "path": request.url.path, **context}
+        response = templates.TemplateResponse(request, name, ctx, status_code=status)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+    def error_page(request: Request, who: Principal | None, status: int, message: str) -> HTMLResponse:
+        return render(request, "error.html", {"title": f"Error {status}", "status": status, "message": message},
+                      status=status, who=who)
+
+    # -- sign-in ---------------------------------------------------------------------------
+    @router.get("/login")
+    def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002
+        if not rt.config.api.auth:
+            return RedirectResponse(session.safe_next(next), status_code=303)
+        return render(request, "login.html", {"title": "Sign in", "next": session.safe_next(next), "error": ""})
+
+    @router.post("/login")
+    def login(request: Request, token: str = Form(""), next: str = Form("/")) -> Response:  # noqa: A002
+        session.check_origin(request)
+        target = session.safe_next(next)
+        if not rt.config.api.auth:
+            return RedirectResponse(target, status_code=303)
+        token = token.strip()
+        if not token:
+            return render(request, "login.html", {"title": "Sign in", "next": target,
+                                                  "error": "API token: required (create one with "
+                                                           "heald tokens create --role viewer)"}, status=422)
+        who = session.principal_from_token(rt, token)
+        if who is None:
+            return render(request, "login.html", {"title": "Sign in", "next": target,
+                                                  "error": "API token: unknown, revoked or expired"}, status=401)
+        rt.store.record(actor=who.actor, event="dashboard.signed_in", reason=f"{who.identity} signed in to the "
+                        f"dashboard with role {who.role.value}", details={"token_id": who.token_id})
+        response = RedirectResponse(target, status_code=303)
+        session.set_session(response, request, token)
+        return response
+
+    @router.post("/logout")
+    def logout(request: Request, csrf: str = Form("")) -> Response:
+        who = session.current(request, rt)
+        try:
+            session.check_csrf(request, rt, csrf)
+        except HTTPException as exc:
+            return error_page(request, who, exc.status_code, str(exc.detail))
+        response = RedirectResponse("/login" if rt.config.api.auth else "/", status_code=303)
+        session.clear_session(response)
+        return response
+
+    # -- overview --------------------------------------------------------------------------
+    def overview_data() -> dict[str, Any]:
+        store = rt.store
+        by_state = store.count_incidents_by_state()
+        day = store.closed_since(utcnow() - timedelta(hours=24))
+        closed_day = sum(day.values())
+        closed_all = sum(by_state.get(s.value, 0) for s in CLOSED_STATES)
+        outcomes = store.incident_outcomes(limit=50)
+        recoveries = store.recovery_times()
+        pending = []
+        for inc in store.list_incidents(state=IncidentState.awaiting_approval, limit=50):
+            decisions = store.decisions_for(inc.id)
+            last = decisions[-1] if decisions else None
+            votes = store.approvals_for(inc.id, last["id"]) if last else []
+            pending.append({"incident": inc, "decision": last, "summary": _decision_summary(last),
+                            "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"})})
+        return {
+            "open_by_state": [(s.value, by_state.get(s.value, 0)) for s in OPEN_STATES],
+            "open_total": sum(by_state.get(s.value, 0) for s in OPEN_STATES),
+            "healed_24h": day.get(IncidentState.resolved.value, 0),
+            "closed_24h": closed_day,
+            "heal_rate_24h": day.get(IncidentState.resolved.value, 0) / closed_day if closed_day else None,
+            "heal_rate_all": by_state.get(IncidentState.resolved.value, 0) / closed_all if closed_all else None,
+            "closed_all": closed_all,
+            "mttr": statistics.median(recoveries) if recoveries else None,
+            "chart": trend_svg([Point(o.incident_id, o.time_to_detect_s, o.time_to_recover_s) for o in outcomes]),
+            "trend": outcomes,
+            "pending": pending,
+            "recent": store.list_incidents(limit=25),
+        }
+
+    @router.get("/", response_class=HTMLResponse)
+    def overview(request: Request, partial: bool = False) -> Response:
+        who = session.current(request, rt)
+        since = rt.store.last_audit_seq()
+        data = {"since": since, **overview_data()}
+        if partial:
+            return render(request, "_overview_live.html", data, who=who)
+        return render(request, "overview.html", {"title": "Overview", **data}, who=who)
+
+    # -- incident --------------------------------------------------------------------------
+    def incident_data(request: Request, incident_id: int, who: Principal) -> dict[str, Any]:
+        d = rt.store.incident_detail(incident_id)
+        inc = d["incident"]
+        stages = []
+        for e in d["timeline"]:
+            if e["event"] == "incident.opened":
+                stages.append({"ts": e["ts"], "state": "observing", "reason": e["reason"], "actor": e["actor"]})
+            elif e["event"] == "incident.transition":
+                stages.append({"ts": e["ts"], "state": e["details"].get("to"), "reason": e["reason"], "actor": e["actor"]})
+        for prev, nxt in zip(stages, stages[1:], strict=False):
+            prev["duration"] = (datetime.fromisoformat(nxt["ts"]) - datetime.fromisoformat(prev["ts"])).total_seconds()
+        hypotheses = [h for e in d["timeline"] if e["event"] == "diagnosis.hypotheses"
+                      for h in e["details"].get("hypotheses", [])]
+        evidence = [(dg["reasoner"], line) for dg in d["diagnoses"] for line in dg.get("evidence") or []]
+        pending = None
+        if inc["state"] == IncidentState.awaiting_approval.value and d["decisions"]:
+            last = d["decisions"][-1]
+            votes = [a for a in d["approvals"] if a["decision_id"] == last["id"]]
+            pending = {"decision": last, "votes": votes, "summary": _decision_summary(last),
+                       "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"}),
+                       "mine": next((v for v in votes if v["approver"] == who.identity), None)}
+        report = any(getattr(r, "path", "") == "/v1/incidents/{incident_id}/report" for r in request.app.routes)
+        return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
+                "pending": pending, "plan": d["plans"][-1] if d["plans"] else None, "report": report}
+
+    @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
+    def incident_page(request: Request, incident_id: int, partial: bool = False, notice: str | None = None) -> Response:
+        who = session.current(request, rt)
+        since = rt.store.last_audit_seq()
+        try:
+            data = {"since": since, **incident_data(request, incident_id, who)}
+        except NotFound:
+            return error_page(request, who, 404, f"There is no incident {incident_id}.")
+        ctx = {"title": f"Incident #{incident_id}", "notice": NOTICES.get(notice or ""), **data}
+        return render(request, "_incident_live.html" if partial else "incident.html", ctx, who=who)
+
+    @router.post("/incidents/{incident_id}/verdict")
+    def verdict(request: Request, incident_id: int, verdict: str = Form(""), csrf: str = Form(""),
+                comment: str = Form(""), approver: str = Form("")) -> Response:
+        who = session.current(request, rt)
+        htmx = request.headers.get("hx-request") == "true"
+
+        def refused(status: int, message: str) -> Response:
+            if htmx:  # htmx swaps only 2xx answers: show the refusal in the incident's live part
+                try:
+                    return render(request, "_incident_live.html",
+                                  {"error": message, **incident_data(request, incident_id, who)}, who=who)
+                except NotFound:
+                    pass
+            return error_page(request, who, status, message)
+        try:
+            session.check_csrf(request, rt, csrf)
+            if not who.role.allows(Role.approver):
+                raise HTTPException(403, detail=f"{who.identity} has role {who.role.value}; a verdict needs role "
+                                                f"approver or above")
+            if verdict not in ("approve", "reject"):
+                raise HTTPException(422, detail=f"verdict: expected 'approve' or 'reject', got {verdict[:50]!r}")
+            if len(comment) > 5000:
+                raise HTTPException(422, detail=f"comment: at most 5000 characters, got {len(comment)}")
+            name = who.identity
+            if not who.authenticated:  # api.auth is off: nothing names the approver but the form
+                name = approver.strip()
+                if not name:
+                    raise HTTPException(422, detail="approver: your name is required when api.auth is false")
+            result = rt.approve(incident_id, name, verdict, comment.strip())
+        except HTTPException as exc:
+            return refused(exc.status_code, str(exc.detail))
+        except NotFound:
+            return error_page(request, who, 404, f"There is no incident {incident_id}.")
+        except InvalidTransition as exc:
+            return refused(409, f"{exc}. The decision may have been taken already or the approval expired.")
+        notice = verdict if result["counted"] else "repeat"
+        if htmx:
+            data = incident_data(request, incident_id, who)
+            return render(request, "_incident_live.html", {"notice": NOTICES[notice], **data}, who=who)
+        return RedirectResponse(f"/incidents/{incident_id}?notice={notice}", status_code=303)
+
+    # -- runbooks and remedies ---------------------------------------------------------------
+    @router.get("/runbooks", response_class=HTMLResponse)
+    def runbooks(request: Request) -> Response:
+        who = session.current(request, rt)
+        catalog = []
+        for name, remedy in sorted(remedies.CATALOG.items()):
+            params = [{"name": f, "type": getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", ""),
+                       "required": info.is_required(), "description": info.description or ""}
+                      for f, info in remedy.Params.model_fields.items()]
+            catalog.append({"name": name, "description": remedy.description, "risk": remedy.default_risk.value,
+                            "undo": remedy.has_undo, "params": params})
+        categories = sorted({o.category for o in rt.store.outcomes() if o.remedy and o.attempt})
+        learned = [(cat, remedy, post) for cat in categories
+                   for remedy, post in sorted(success_rates(rt.store, cat).items(), key=lambda kv: -kv[1].mean)]
+        return render(request, "runbooks.html", {"title": "Runbooks and remedies", "runbooks": rt.runbooks,
+                                                 "catalog": catalog, "learned": learned}, who=who)
+
+    # -- audit log -------------------------------------------------------------------------
+    @router.get("/audit", response_class=HTMLResponse)
+    def audit_log(request: Request, incident: str = "", actor: str = "", event: str = "",
+                  before: int | None = Query(None, ge=1), limit: int = Query(100, ge=1, le=1000),
+                  partial: bool = False) -> Response:
+        who = session.current(request, rt)
+        since = rt.store.last_audit_seq()
+        error = ""
+        incident_id: int | None = None
+        if incident.strip():
+            try:
+                incident_id = int(incident.strip().lstrip("#"))
+            except ValueError:
+                error = f"incident: expected an incident number such as 12, got {incident[:50]!r}"
+        entries = [] if error else rt.store.search_audit(incident_id=incident_id, actor=actor.strip() or None,
+                                                          event=event.strip() or None, before_seq=before, limit=limit)
+        filters = {"incident": incident, "actor": actor, "event": event}
+        ctx = {"title": "Audit log", "since": since, "entries": entries, "filters": filters, "error": error, "limit": limit,
+               "before": before, "chain": rt.store.verify_audit(), "facets": rt.store.audit_facets(),
+               "older": entries[-1].seq if len(entries) == limit else None}
+        return render(request, "_audit_live.html" if partial else "audit.html", ctx,
+                      status=422 if error else 200, who=who)
+
+    # -- sources ---------------------------------------------------------------------------
+    @router.get("/sources", response_class=HTMLResponse)
+    def sources(request: Request, partial: bool = False) -> Response:
+        who = session.current(request, rt)
+        since = rt.store.last_audit_seq()
+        last = rt.store.last_signal_by_source()
+        probes = [{"service": svc, "probe": p} for svc, cfg in rt.config.services.items() for p in cfg.probes]
+        hooks = [{"name": name, "signed": hasattr(plugin, "verify"),
+                  "secret": bool((c := rt.config.webhooks.get(name)) and c.resolved_secret)}
+                 for name, plugin in sorted(WEBHOOK_SOURCES.items())]
+        ctx = {"title": "Sources", "since": since, "last": last, "probes": probes, "hooks": hooks, "logs": rt.config.logs,
+               "probes_running": rt.probes is not None}
+        return render(request, "_sources_live.html" if partial else "sources.html", ctx, who=who)
+
+    # -- live updates ------------------------------------------------------------------------
+    @router.get("/events")
+    def events(request: Request, incident: int | None = None, since: int | None = Query(None, ge=0)) -> Response:
+        """The live stream; ``since``: the audit sequence number the page was rendered from
+        (a reconnecting browser's ``Last-Event-ID`` takes precedence)."""
+        session.current(request, rt)
+        last_id = request.headers.get("last-event-id", "")
+        if last_id.isdigit():
+            since = int(last_id)
+        return live.event_stream(request, rt, incident, since)
+
+    return router
