@@ -1,0 +1,153 @@
+"""The dashboard over plain HTTP (httpx): sign-in, cookies, CSRF, roles, the event stream,
+filters, bad input, assets. Same real server as the browser tests."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from heald.api.auth import COOKIE
+from tests.ui.conftest import Dashboard
+
+
+def browser(d: Dashboard, role: str | None = None) -> httpx.Client:
+    """A client that behaves as a signed-in browser (the session cookie of ``role``)."""
+    client = httpx.Client(base_url=d.url, timeout=10)
+    if role is not None:
+        r = client.post("/login", data={"token": d.tokens[role], "next": "/"})
+        assert r.status_code == 303, r.text
+    return client
+
+
+def csrf_of(html: str) -> str:
+    match = re.search(r'name="csrf" value="([0-9a-f]{64})"', html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
+
+
+def test_pages_need_a_session_and_login_sets_a_strict_httponly_cookie(dashboard: Dashboard) -> None:
+    with httpx.Client(base_url=dashboard.url, timeout=10) as c:
+        r = c.get("/audit?actor=heald")
+        assert r.status_code == 303 and r.headers["location"] == "/login?next=/audit%3Factor%3Dheald"
+        assert c.get("/events").status_code == 401
+        assert c.get("/incidents/1?partial=1", headers={"HX-Request": "true"}).headers["HX-Redirect"].startswith("/login")
+        empty = c.post("/login", data={"token": ""})
+        assert empty.status_code == 422 and "API token: required" in empty.text
+        bad = c.post("/login", data={"token": "heald_nope"})
+        assert bad.status_code == 401 and "API token: unknown, revoked or expired" in bad.text
+        assert COOKIE not in c.cookies
+        ok = c.post("/login", data={"token": dashboard.tokens["viewer"], "next": "//evil.example/x"})
+        assert ok.status_code == 303 and ok.headers["location"] == "/"  # no open redirect
+        cookie = ok.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        page = c.get("/")
+        assert page.status_code == 200 and "viewer-user" in page.text
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+    signed_in = [e for e in dashboard.rt.store.audit_entries() if e.event == "dashboard.signed_in"]
+    assert [e.actor for e in signed_in] == ["user:viewer-user"]
+
+
+def test_a_revoked_token_ends_the_session(dashboard: Dashboard) -> None:
+    c = browser(dashboard, "viewer")
+    assert c.get("/").status_code == 200
+    token_id = next(t.id for t in dashboard.rt.store.list_tokens() if t.name == "viewer-user")
+    dashboard.rt.store.revoke_token(token_id, by="test")
+    r = c.get("/")
+    assert r.status_code == 303 and r.headers["location"].startswith("/login")
+
+
+def test_verdict_form_needs_csrf_same_origin_and_the_approver_role(dashboard: Dashboard) -> None:
+    inc = dashboard.send_signal()
+    dashboard.wait_state(inc, "awaiting_approval")
+    viewer, approver = browser(dashboard, "viewer"), browser(dashboard, "approver")
+    page = approver.get(f"/incidents/{inc}").text
+    assert 'name="verdict" value="approve"' in page
+    token = csrf_of(page)
+    assert 'value="approve"' not in viewer.get(f"/incidents/{inc}").text
+
+    no_csrf = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve"})
+    assert no_csrf.status_code == 403 and "CSRF token is missing" in no_csrf.text
+    wrong = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": csrf_of(viewer.get("/").text)})
+    assert wrong.status_code == 403  # another session's token
+    cross = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token},
+                          headers={"Origin": "http://evil.example"})
+    assert cross.status_code == 403 and "cross-site" in cross.text
+    as_viewer = viewer.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": csrf_of(viewer.get("/").text)})
+    assert as_viewer.status_code == 403 and "needs role approver" in as_viewer.text
+    bad = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "maybe", "csrf": token})
+    assert bad.status_code == 422 and "verdict: expected" in bad.text
+    assert dashboard.rt.store.approvals_for(inc) == []  # nothing was counted by the refused posts
+    assert dashboard.state(inc) == "awaiting_approval"
+
+    ok = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token},
+                       headers={"Origin": dashboard.url})
+    assert ok.status_code == 303 and ok.headers["location"] == f"/incidents/{inc}?notice=approve"
+    dashboard.wait_state(inc, "resolved")
+    late = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token})
+    assert late.status_code == 409 and "not awaiting_approval" in late.text
+    # htmx posts get the incident's live part back (2xx, so htmx swaps it) with the refusal in it
+    hx = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token},
+                       headers={"HX-Request": "true"})
+    assert hx.status_code == 200 and 'id="verdict-error"' in hx.text and "<html" not in hx.text
+    assert [v["approver"] for v in dashboard.rt.store.approvals_for(inc)] == ["approver-user"]
+
+
+def test_logout_needs_csrf_and_clears_the_cookie(dashboard: Dashboard) -> None:
+    c = browser(dashboard, "viewer")
+    assert c.post("/logout", data={}).status_code == 403
+    r = c.post("/logout", data={"csrf": csrf_of(c.get("/").text)})
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert COOKIE not in c.cookies
+    assert c.get("/").status_code == 303
+
+
+def test_event_stream_reports_a_new_signal(dashboard: Dashboard) -> None:
+    c = browser(dashboard, "viewer")
+    since = dashboard.rt.store.last_audit_seq()
+    with c.stream("GET", f"/events?since={since}") as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = r.iter_lines()
+        assert next(lines).startswith("retry:")
+        inc = dashboard.send_signal()
+        deadline = time.monotonic() + 15
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            line = next(lines)
+            seen.append(line)
+            if line == "event: change":
+                break
+        assert "event: change" in seen, seen
+        assert any(line.startswith("id: ") and int(line[4:]) > since for line in seen)
+    opened = [e for e in dashboard.rt.store.audit_entries(after_seq=since) if e.event == "incident.opened"]
+    assert [e.incident_id for e in opened] == [inc]
+
+
+def test_audit_filters_and_bad_input(dashboard: Dashboard) -> None:
+    inc = dashboard.send_signal()
+    dashboard.wait_state(inc, "awaiting_approval")
+    c = browser(dashboard, "viewer")
+    page = c.get("/audit", params={"incident": str(inc), "event": "incident"})
+    assert page.status_code == 200 and "The audit chain is intact" in page.text
+    events = re.findall(r"<td>(incident\.[a-z_]+|gate\.decided|plan\.made)</td>", page.text)
+    assert events and set(events) <= {"incident.opened", "incident.transition"}
+    actor = c.get("/audit", params={"actor": "policy"}).text
+    assert set(re.findall(r"<td>([a-z_]+\.[a-z_.]+)</td>", actor)) == {"gate.decided"}
+    bad = c.get("/audit", params={"incident": "twelve"})
+    assert bad.status_code == 422 and "incident: expected an incident number" in bad.text
+    assert c.get("/audit", params={"limit": "0"}).status_code == 422
+    assert c.get("/incidents/999").status_code == 404
+
+
+def test_assets_are_served_by_heald_and_no_page_loads_another_site(dashboard: Dashboard) -> None:
+    c = browser(dashboard, "viewer")
+    dashboard.send_signal()
+    for path in ("/static/htmx.min.js", "/static/htmx-ext-sse.min.js"):
+        r = c.get(path)
+        assert r.status_code == 200 and "javascript" in r.headers["content-type"] and len(r.content) > 1000
+    assert c.get("/static/heald.css").headers["content-type"].startswith("text/css")
+    for path in ("/", "/incidents/1", "/runbooks", "/audit", "/sources", "/login"):
+        html = c.get(path).text
+        refs = re.findall(r'(?:src|href|sse-connect|hx-get|hx-post|action)="([^"]+)"', html)
+        assert refs and all(ref.startswith(("/", "#")) for ref in refs), (path, [x for x in refs if not x.startswith("/")])
