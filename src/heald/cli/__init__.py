@@ -109,13 +109,21 @@ def demo(
     with_prometheus: bool = typer.Option(False, "--with-prometheus",
                                          help="Watch the shop with a real Prometheus and Alertmanager (Debian's "
                                               "prometheus and prometheus-alertmanager) that alert heald."),
+    serve: bool = typer.Option(False, "--serve",
+                               help="Serve the API and dashboard on a loopback port while the demo runs, print "
+                                    "its URL and a one-time admin token, and keep serving after the last fault "
+                                    "until Ctrl-C."),
+    port: int = typer.Option(0, "--port", min=0, max=65535, help="With --serve: the port (default: any free one)."),
 ) -> None:
     """Start a small real system, break it, and watch heald heal it; prints a table of faults,
-    times to detect and recover, diagnoses, remedies and outcomes."""
-    from heald.demo.runner import FAULTS, results_json, run_demo
+    times to detect and recover, diagnoses, remedies and outcomes. With --serve, watch it in
+    the dashboard."""
+    from heald.demo.runner import FAULTS, results_json, run_demo, serve_dashboard, wait_for_interrupt
     from heald.log import configure
 
     configure("warning")
+    if port and not serve:
+        fail("--port: only with --serve")
     for name in fault:
         if name not in FAULTS:
             fail(f"--fault: unknown fault {name!r}; expected one of: {', '.join(FAULTS)}")
@@ -124,11 +132,11 @@ def demo(
 
         if (problem := installed()) is not None:
             fail(f"--with-prometheus: {problem}")
-    results = run_demo(fault, console=None if json_out else err, workdir=workdir, keep=keep, timeout=timeout,
-                       with_prometheus=with_prometheus)
-    if json_out:
-        print_json(results_json(results))
-    else:
+    def report(results: list[Any]) -> None:
+        if json_out:
+            print_json(results_json(results))
+            sys.stdout.flush()
+            return
         table = Table(title="heald demo")
         for col in ("fault", "time to detect", "diagnosis", "remedy", "time to recover", "outcome"):
             table.add_column(col)
@@ -138,6 +146,26 @@ def demo(
                           f"{r.remedy} ({r.target})" if r.remedy else "—", _secs(r.time_to_recover_s),
                           f"[green]{r.outcome}[/]" if r.expected else f"[red]{r.outcome}[/]")
         out.print(table)
+
+    def start_serving(env: Any) -> None:
+        try:
+            url, token = serve_dashboard(env, port=port)
+        except RuntimeError as exc:
+            fail(f"--port: {exc}")
+        err.print(f"[bold]dashboard:[/] {url}/  (sign in with this one-time admin token: [bold]{token}[/])",
+                  soft_wrap=True, highlight=False)
+
+    def keep_serving(env: Any, results: list[Any]) -> None:
+        report(results)
+        err.print(f"The faults are done; heald keeps serving the dashboard on {env.server.url}/ — press Ctrl-C to stop.",
+                  soft_wrap=True, highlight=False)
+        wait_for_interrupt()
+
+    results = run_demo(fault, console=None if json_out else err, workdir=workdir, keep=keep, timeout=timeout,
+                       with_prometheus=with_prometheus, on_start=start_serving if serve else None,
+                       before_stop=keep_serving if serve else None)
+    if not serve:
+        report(results)
     if not all(r.expected for r in results):
         raise typer.Exit(1)
 

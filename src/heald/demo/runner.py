@@ -31,7 +31,7 @@ from heald.demo.system import DemoEnv, free_port, start_demo, wait_healthy
 from heald.models import Action, Incident, utcnow
 
 __all__ = ["FAULTS", "DemoEnv", "DemoResult", "Fault", "free_port", "results_json", "run_demo", "run_fault",
-           "start_demo", "wait_healthy", "wait_quiet"]
+           "serve_dashboard", "start_demo", "wait_healthy", "wait_quiet", "wait_for_interrupt"]
 
 #: Seconds ``false-alarm`` is watched for an incident that should not come.
 FALSE_ALARM_WATCH_SECONDS = 4.0
@@ -222,6 +222,38 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
         env.stop()
         if own_dir and not keep:
             shutil.rmtree(wd, ignore_errors=True)
+
+
+def serve_dashboard(env: DemoEnv, host: str = "127.0.0.1", port: int = 0) -> tuple[str, str]:
+    """Serve heald's API and dashboard over the demo's runtime on ``host:port`` (port 0: any
+    free port; the server the demo already runs for Alertmanager is reused) and create a
+    one-time admin token (identity ``demo-admin``) to sign in with. Returns (base URL, token).
+    Raises RuntimeError when the server does not start (the port is taken)."""
+    from heald.api.auth import issue_token
+    from heald.api.server import ServerThread
+    from heald.models import Role
+
+    if env.server is None:
+        env.server = ServerThread(env.runtime, host, port)
+        env.server.start()
+    _, token = issue_token(env.runtime.store, name="demo-admin", role=Role.admin, created_by="heald demo --serve")
+    return env.server.url, token
+
+
+def wait_for_interrupt(poll: float = 0.5) -> None:
+    """Block until Ctrl-C (SIGINT) or SIGTERM; returns normally then."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(poll):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def results_json(results: list[DemoResult]) -> list[dict[str, Any]]:
