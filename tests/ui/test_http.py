@@ -49,6 +49,26 @@ def test_pages_need_a_session_and_login_sets_a_strict_httponly_cookie(dashboard:
     assert [e.actor for e in signed_in] == ["user:viewer-user"]
 
 
+def test_every_dashboard_form_needs_a_session(dashboard: Dashboard) -> None:
+    from tests.api.test_auth import all_routes
+
+    forms = sorted({(m, p) for m, p in all_routes(dashboard_app_routes(dashboard))
+                    if m == "POST" and not p.startswith("/v1/") and p != "/login"})
+    assert ("POST", "/incidents/{incident_id}/verdict") in forms and ("POST", "/logout") in forms
+    with httpx.Client(base_url=dashboard.url, timeout=10) as c:
+        for _, path in forms:
+            r = c.post(path.replace("{incident_id}", "1"), data={"verdict": "approve"},
+                       headers={"Authorization": f"Bearer {dashboard.tokens['admin']}"})  # a bearer is not a session
+            assert r.status_code == 303 and r.headers["location"].startswith("/login"), (path, r.status_code)
+    assert dashboard.rt.store.approvals_for(1) == []
+
+
+def dashboard_app_routes(d: Dashboard):  # type: ignore[no-untyped-def]
+    from heald.api.app import create_app
+
+    return create_app(d.rt).routes
+
+
 def test_a_revoked_token_ends_the_session(dashboard: Dashboard) -> None:
     c = browser(dashboard, "viewer")
     assert c.get("/").status_code == 200

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from heald import __version__, remedies
 from heald.api.auth import Principal
 from heald.engine import Runtime
-from heald.learn import success_rates
+from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
 from heald.sources import WEBHOOK_SOURCES
 from heald.store import InvalidTransition, NotFound
@@ -275,9 +275,7 @@ def routes(rt: Runtime) -> APIRouter:
                       for f, info in remedy.Params.model_fields.items()]
             catalog.append({"name": name, "description": remedy.description, "risk": remedy.default_risk.value,
                             "undo": remedy.has_undo, "params": params})
-        categories = sorted({o.category for o in rt.store.outcomes() if o.remedy and o.attempt})
-        learned = [(cat, remedy, post) for cat in categories
-                   for remedy, post in sorted(success_rates(rt.store, cat).items(), key=lambda kv: -kv[1].mean)]
+        learned = learned_rows(rt.store)
         return render(request, "runbooks.html", {"title": "Runbooks and remedies", "runbooks": rt.runbooks,
                                                  "catalog": catalog, "learned": learned}, who=who)
 
