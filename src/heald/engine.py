@@ -142,7 +142,9 @@ class Runtime:
             # Workflows still waiting (an approval, a cooldown) stay PENDING and resume at the next
             # start; their threads fail noisily as DBOS goes away, which is expected here.
             logging.getLogger("dbos").setLevel(logging.CRITICAL)
+            sys_db = _system_database()
             DBOS.destroy(destroy_registry=False)
+            _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
             self.started = False
         if stop_services:
             self.supervisor.stop_all()
@@ -243,6 +245,34 @@ def client_send(config: HealdConfig) -> Any:
         finally:
             client.destroy()
     return send
+
+
+def _system_database() -> Any:
+    """DBOS's system database object of this process, or None (DBOS has no public call for it)."""
+    try:
+        from dbos._dbos import _dbos_global_instance
+
+        return getattr(_dbos_global_instance, "_sys_db_field", None)
+    except ImportError:
+        return None
+
+
+def _wake_recv_waiters(sys_db: Any, grace: float = 5.0) -> None:
+    """After ``DBOS.destroy``: wake this process's workflow threads blocked in ``DBOS.recv`` (an
+    approval wait), including one that reaches its recv during the next ``grace`` seconds, so
+    they end now — their workflows stay PENDING in the system database and resume at the next
+    start — instead of at the end of their recv timeout, which holds the process's exit.
+    Without DBOS's internals (another DBOS version) the exit waits for the timeouts, as before."""
+    waiters = getattr(sys_db, "notifications_map", None)
+    if waiters is None or not hasattr(waiters, "snapshot"):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        for _, _, signal in waiters.snapshot():
+            signal.set()
+        if not any(t.name.startswith("dbos-executor") and t.is_alive() for t in threading.enumerate()):
+            return
+        time.sleep(0.05)
 
 
 # == the workflow ==========================================================================
