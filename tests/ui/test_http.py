@@ -171,3 +171,51 @@ def test_assets_are_served_by_heald_and_no_page_loads_another_site(dashboard: Da
         html = c.get(path).text
         refs = re.findall(r'(?:src|href|sse-connect|hx-get|hx-post|action)="([^"]+)"', html)
         assert refs and all(ref.startswith(("/", "#")) for ref in refs), (path, [x for x in refs if not x.startswith("/")])
+
+
+def test_overview_shows_silences_and_open_breakers(dashboard: Dashboard) -> None:
+    from datetime import timedelta
+
+    from heald import budgets
+    from heald.correlate.silences import create_silence
+    from heald.models import utcnow
+
+    c = browser(dashboard, "viewer")
+    assert "No silence is active, no circuit breaker is open" in c.get("/").text
+    silence = create_silence(dashboard.rt.store, ['service="shop"'], utcnow() + timedelta(hours=2),
+                             created_by="user:ops", comment="deploy window")
+    budgets.record_verification(dashboard.rt.store, "service:svc", False, 0, threshold=1, reason="still failing")
+    page = c.get("/").text
+    assert f'id="silence-{silence["id"]}"' in page and "deploy window" in page and "service=&#34;shop&#34;" in page
+    assert 'id="breaker-service:svc"' in page and "heald breakers reset service:svc" in page
+
+
+def test_with_auth_off_the_form_asks_for_the_approvers_name(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from heald.api.server import ServerThread
+    from heald.engine import Runtime
+    from tests.conftest import wait_for
+    from tests.ui.conftest import SIGNAL, ui_config
+
+    cfg = ui_config(tmp_path)
+    cfg.api.auth = False
+    rt = Runtime(cfg, run_probes=False)
+    rt.start()
+    server = ServerThread(rt)
+    try:
+        url = server.start()
+        with httpx.Client(base_url=url, timeout=10) as c:
+            assert c.get("/login").status_code == 303  # nothing to sign in to
+            inc = c.post("/v1/signals", json=SIGNAL).json()["incident_id"]
+            wait_for(lambda: rt.store.get_incident(inc).state.value == "awaiting_approval", what="awaiting approval")
+            page = c.get(f"/incidents/{inc}").text
+            assert 'id="approver"' in page and "anonymous" in page
+            token = csrf_of(page)
+            nameless = c.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token})
+            assert nameless.status_code == 422 and "approver: your name is required" in nameless.text
+            assert c.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": "0" * 64}).status_code == 403
+            ok = c.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token, "approver": "dana"})
+            assert ok.status_code == 303
+            assert [v["approver"] for v in rt.store.approvals_for(inc)] == ["dana"]
+    finally:
+        server.stop()
+        rt.stop(stop_services=True)

@@ -15,8 +15,9 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from heald import __version__, remedies
+from heald import __version__, budgets, remedies
 from heald.api.auth import Principal
+from heald.correlate.silences import list_silences
 from heald.engine import Runtime
 from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
@@ -175,6 +176,9 @@ def routes(rt: Runtime) -> APIRouter:
             "trend": outcomes,
             "pending": pending,
             "recent": store.list_incidents(limit=25),
+            "silences": [x for x in list_silences(store) if x["state"] != "expired"],
+            "breakers": [b for b in budgets.breakers(store) if b["state"] == "open"],
+            "leases": [x for x in budgets.leases(store) if not x["expired"]],
         }
 
     @router.get("/", response_class=HTMLResponse)
