@@ -91,6 +91,9 @@ def test_verdict_form_needs_csrf_same_origin_and_the_approver_role(dashboard: Da
     assert no_csrf.status_code == 403 and "CSRF token is missing" in no_csrf.text
     wrong = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": csrf_of(viewer.get("/").text)})
     assert wrong.status_code == 403  # another session's token
+    report = viewer.get(f"/v1/incidents/{inc}/report")  # linked from the page; the session cookie reads it
+    assert f'href="/v1/incidents/{inc}/report"' in page
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/markdown")
     cross = approver.post(f"/incidents/{inc}/verdict", data={"verdict": "approve", "csrf": token},
                           headers={"Origin": "http://evil.example"})
     assert cross.status_code == 403 and "cross-site" in cross.text

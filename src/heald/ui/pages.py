@@ -212,9 +212,8 @@ def routes(rt: Runtime) -> APIRouter:
             pending = {"decision": last, "votes": votes, "summary": _decision_summary(last),
                        "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"}),
                        "mine": next((v for v in votes if v["approver"] == who.identity), None)}
-        report = any(getattr(r, "path", "") == "/v1/incidents/{incident_id}/report" for r in request.app.routes)
         return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
-                "pending": pending, "plan": d["plans"][-1] if d["plans"] else None, "report": report}
+                "pending": pending, "plan": d["plans"][-1] if d["plans"] else None}
 
     @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
     def incident_page(request: Request, incident_id: int, partial: bool = False, notice: str | None = None) -> Response:
