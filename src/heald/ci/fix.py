@@ -137,7 +137,7 @@ def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str]
             result.reason = f"the dependencies do not install with the fix ({installed.describe()})"
             return _done(result, ws)
         if kind == "lint":
-            wanted = {t.strip() for t in params.get("tools", "").split(",") if t.strip()}
+            wanted = _lint_tools(params)
             fixers = sorted((c for c in checks if c.kind == "lint" and c.fix and c.name in wanted),
                             key=lambda c: LINT_ORDER.index(c.name) if c.name in LINT_ORDER else 99)
             if not fixers:
@@ -166,8 +166,13 @@ def _targets(kind: str, params: dict[str, str], checks: list[Check]) -> set[str]
     declared dependency, the test checks (what the bisection or the ModuleNotFoundError was
     found in); None (every failing check) when there is none."""
     if kind == "lint":
-        return {t.strip() for t in params.get("tools", "").split(",") if t.strip()} or None
+        return _lint_tools(params) or None
     return {c.name for c in checks if c.kind == "tests"} or None
+
+
+def _lint_tools(params: dict[str, str]) -> set[str]:
+    """The check names in a lint fix's ``tools`` parameter (comma-separated, e.g. ``ruff,black``)."""
+    return {t.strip() for t in params.get("tools", "").split(",") if t.strip()}
 
 
 def _done(result: FixResult, ws: Workspace) -> FixResult:
