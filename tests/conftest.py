@@ -170,11 +170,14 @@ def open_tmp() -> Iterator[Path]:
     import shutil
     import tempfile
 
+    from heald.sandbox.disk import release_under
+
     path = Path(tempfile.mkdtemp(prefix="heald-test-"))
     path.chmod(0o755)
     try:
         yield path
     finally:
+        release_under(path)  # work trees the sandbox gave a filesystem of their own
         shutil.rmtree(path, ignore_errors=True)
 
 

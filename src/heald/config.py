@@ -455,9 +455,19 @@ class SandboxConfig(_Section):
 
     backend: Literal["auto", "bubblewrap", "docker"] = Field(
         default="auto", description="auto: bubblewrap if it works, else Docker if an engine answers, else refuse")
-    memory_mb: int = Field(default=2048, ge=64, description="address space per process (RLIMIT_AS), MiB")
+    memory_mb: int = Field(default=2048, ge=64, description=(
+        "memory of the whole run (a cgroup: every process, page cache, /tmp and /dev/shm together) and "
+        "the address space of each process (RLIMIT_AS), MiB"))
     cpu_seconds: int = Field(default=600, ge=1, description="CPU time per process (RLIMIT_CPU), seconds")
-    max_processes: int = Field(default=256, ge=4, description="processes and threads alive at once in one run")
+    max_processes: int = Field(default=256, ge=4, description=(
+        "processes and threads alive at once in one run (the run's cgroup pids.max, and RLIMIT_NPROC)"))
+    shm_size_mb: int = Field(default=64, ge=1, description="size of the run's private /dev/shm, MiB")
+    disk_mb: int = Field(default=4096, ge=16, description=(
+        "what all the runs in one work tree can write there together (the tree gets its own filesystem of "
+        "this size), MiB; must hold the CI virtualenv (.heald/venv)"))
+    aggregate_limits: Literal["auto", "required"] = Field(default="auto", description=(
+        "auto: limit the whole run with a cgroup and bound its disk where this host allows (heald as root), "
+        "and record in each run when it could not; required: refuse a run that cannot have them"))
     file_size_mb: int = Field(default=1024, ge=1, description="largest file a run may write (RLIMIT_FSIZE), MiB")
     open_files: int = Field(default=4096, ge=16, description="file descriptors per process (RLIMIT_NOFILE)")
     tmp_size_mb: int = Field(default=512, ge=1, description="size of the run's private /tmp, MiB")

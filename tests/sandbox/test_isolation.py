@@ -21,6 +21,7 @@ import pytest
 from heald.config import SandboxConfig
 from heald.sandbox import Limits, RunResult, Sandbox, open_sandbox
 from heald.sandbox.bwrap import Bubblewrap
+from heald.sandbox.disk import release_under
 from tests.conftest import wait_for
 
 PY = "/usr/bin/python3"
@@ -152,6 +153,7 @@ def test_nothing_outside_the_work_tree_is_writable(sandbox: Sandbox) -> None:
         assert (work / "inside.txt").read_text() == "ok\n"  # the work tree is writable, and it is the real one
         assert not Path("/tmp/heald-private.txt").exists()  # the sandbox's /tmp is its own
     finally:
+        release_under(base)
         shutil.rmtree(base, ignore_errors=True)
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from heald.sandbox.disk import release as release_disk
+
 HARDENING = ["-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
              "-c", "protocol.file.allow=always", "-c", "advice.detachedHead=false"]
 
@@ -202,6 +204,7 @@ class RepoCache:
     def _prune_old(self) -> None:
         mine = sorted((p for p in self.trees.glob(f"{self.name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in mine[:max(0, len(mine) - self.max_worktrees + 1)]:
+            release_disk(old)  # the sandbox may have given the tree its own filesystem
             shutil.rmtree(old, ignore_errors=True)
         self.git("worktree", "prune", check=False)
 
@@ -254,5 +257,6 @@ class Worktree:
         return [p for p in self.git("diff", "--name-only", base, "HEAD").splitlines() if p]
 
     def remove(self) -> None:
+        release_disk(self.path)  # the sandbox may have given the tree its own filesystem
         shutil.rmtree(self.path, ignore_errors=True)
         self.cache.git("worktree", "prune", check=False)

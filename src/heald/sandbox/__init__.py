@@ -6,8 +6,12 @@ size-limited private ``/tmp``, and exactly one writable directory: the work tree
 (plus any extra paths the caller binds, read-only or writable). Its environment is cleared: it
 gets only ``PATH``, ``HOME=/tmp``, ``LANG`` and what the caller passes explicitly, so no token of
 heald's reaches it. It has no network unless the caller asks for it (the dependency-install
-phase), hard resource limits (address space, CPU seconds, processes, file size, open files) and
-a wall-clock timeout that kills every process of the run.
+phase), limits on the whole run (memory and processes: a cgroup per run; disk: the work tree on
+a filesystem of its own; a sized ``/dev/shm``), hard per-process limits (address space, CPU
+seconds, processes, file size, open files) and a wall-clock timeout that kills every process of
+the run. Where the host cannot give the run-wide limits (heald not root), each
+:class:`RunResult` says so in ``enforcement``, and ``sandbox.aggregate_limits: required`` makes
+heald refuse such runs instead.
 
 Backends (:func:`open_sandbox` picks the first that works when ``backend: auto``):
 
@@ -49,12 +53,20 @@ class SandboxError(RuntimeError):
 class Limits:
     """Hard limits of one sandbox run.
 
-    ``memory_bytes`` caps the address space of each process (RLIMIT_AS), ``cpu_seconds`` the CPU
-    time of each process (RLIMIT_CPU), ``max_processes`` the processes and threads alive at once
-    in the run (RLIMIT_NPROC, counted inside the run's own user namespace), ``file_size_bytes``
-    the size of any file written (RLIMIT_FSIZE), ``open_files`` the descriptors per process
-    (RLIMIT_NOFILE), ``tmp_bytes`` the size of the private ``/tmp``; ``timeout_seconds`` is the
-    wall-clock limit of the whole run.
+    On the whole run (a cgroup per run, when heald can make one: see :mod:`heald.sandbox._cgroup`):
+    ``memory_bytes`` caps the memory of all its processes together (anonymous memory, page
+    cache, the tmpfs ``/tmp`` and ``/dev/shm``; beyond it the kernel OOM-kills a process of the
+    run) and ``max_processes`` the processes and threads alive at once. ``disk_bytes`` bounds
+    what the runs in one work tree can write there (its own filesystem of that size, see
+    :mod:`heald.sandbox.disk`).
+
+    Per process (rlimits, always): ``memory_bytes`` is also each process's address space
+    (RLIMIT_AS), ``cpu_seconds`` its CPU time (RLIMIT_CPU), ``max_processes`` also RLIMIT_NPROC
+    (counted inside the run's own user namespace), ``file_size_bytes`` the size of any file
+    written (RLIMIT_FSIZE), ``open_files`` its descriptors (RLIMIT_NOFILE).
+
+    ``tmp_bytes`` and ``shm_bytes`` size the private ``/tmp`` and ``/dev/shm``;
+    ``timeout_seconds`` is the wall-clock limit of the whole run.
     """
 
     memory_bytes: int = 2 * 1024**3
@@ -64,6 +76,8 @@ class Limits:
     open_files: int = 4096
     tmp_bytes: int = 512 * 1024**2
     timeout_seconds: float = 900.0
+    shm_bytes: int = 64 * 1024**2
+    disk_bytes: int = 4 * 1024**3
 
     @classmethod
     def from_config(cls, cfg: SandboxConfig) -> Limits:
@@ -71,7 +85,8 @@ class Limits:
         return cls(memory_bytes=cfg.memory_mb * 1024**2, cpu_seconds=cfg.cpu_seconds,
                    max_processes=cfg.max_processes, file_size_bytes=cfg.file_size_mb * 1024**2,
                    open_files=cfg.open_files, tmp_bytes=cfg.tmp_size_mb * 1024**2,
-                   timeout_seconds=cfg.timeout_seconds)
+                   timeout_seconds=cfg.timeout_seconds, shm_bytes=cfg.shm_size_mb * 1024**2,
+                   disk_bytes=cfg.disk_mb * 1024**2)
 
     def prlimit_args(self) -> list[str]:
         """The limits as ``prlimit(1)`` options (soft = hard); ``--core=0`` too."""
@@ -98,24 +113,37 @@ class RunResult:
     network: bool
     truncated: bool = False
     limits: Limits = field(default_factory=Limits)
+    enforcement: str = ""
+    oom_kills: int = 0
+    forks_refused: int = 0
 
     @property
     def ok(self) -> bool:
         return self.returncode == 0 and not self.timed_out
 
     def describe(self) -> str:
-        """A one-line summary: ``exit 1 in 2.31 s`` / ``killed by the 60 s timeout``."""
+        """A one-line summary: ``exit 1 in 2.31 s`` / ``killed by the 60 s timeout``, plus the
+        run-wide limits it hit (``the run's memory limit of 512 MiB was reached: 1 process
+        OOM-killed``)."""
         if self.timed_out:
-            return f"killed by the {self.limits.timeout_seconds:g} s timeout after {self.duration_s:.2f} s"
-        if self.returncode is not None and self.returncode < 0:
-            return f"killed by signal {-self.returncode} after {self.duration_s:.2f} s"
-        return f"exit {self.returncode} in {self.duration_s:.2f} s"
+            text = f"killed by the {self.limits.timeout_seconds:g} s timeout after {self.duration_s:.2f} s"
+        elif self.returncode is not None and self.returncode < 0:
+            text = f"killed by signal {-self.returncode} after {self.duration_s:.2f} s"
+        else:
+            text = f"exit {self.returncode} in {self.duration_s:.2f} s"
+        if self.oom_kills:
+            text += (f"; the run's memory limit of {self.limits.memory_bytes / 1024**2:g} MiB was reached: "
+                     f"{self.oom_kills} process(es) OOM-killed")
+        if self.forks_refused:
+            text += f"; {self.forks_refused} fork(s) refused at the run's limit of {self.limits.max_processes} processes"
+        return text
 
 
 class Sandbox(ABC):
     """A backend that runs commands in isolation. Thread-safe; one instance serves many runs."""
 
     name: str
+    cfg: SandboxConfig
 
     @abstractmethod
     def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, network: bool = False,
@@ -134,6 +162,22 @@ class Sandbox(ABC):
     def prepare(self, path: Path) -> None:
         """Make ``path`` (a work tree heald created) writable by the sandbox's user. No-op when
         the sandbox runs as heald's own user."""
+
+    def bound_disk(self, workdir: Path, limits: Limits, owner: tuple[int, int] | None) -> str:
+        """Give ``workdir`` its own filesystem of ``limits.disk_bytes`` (see
+        :mod:`heald.sandbox.disk`) unless it has one; returns what bounds the run's disk, for
+        :attr:`RunResult.enforcement`. Raises SandboxError when that is impossible and
+        ``sandbox.aggregate_limits`` is ``required``."""
+        from heald.sandbox import disk
+
+        try:
+            disk.bound(workdir, limits.disk_bytes, owner)
+        except disk.DiskBoundUnavailable as exc:
+            if self.cfg.aggregate_limits == "required":
+                raise SandboxError(f"sandbox.aggregate_limits is required but the work tree's disk cannot be "
+                                   f"bounded: {exc}") from exc
+            return f"disk: not bounded ({exc}; only each file, by RLIMIT_FSIZE)"
+        return f"disk: the work tree's own filesystem of {limits.disk_bytes / 1024**2:g} MiB"
 
 
 @dataclass(frozen=True)
@@ -155,6 +199,32 @@ def backend_status(cfg: SandboxConfig) -> list[BackendStatus]:
     from heald.sandbox import bwrap, docker
 
     return [bwrap.probe(cfg), docker.probe(cfg)]
+
+
+def limits_status(cfg: SandboxConfig) -> list[BackendStatus]:
+    """Whether this host can enforce the run-wide limits: ``cgroup`` (makes and removes one
+    cgroup) and ``disk`` (root and mkfs.ext4 present). ``ok`` False means runs get only
+    rlimits there (or are refused when ``sandbox.aggregate_limits`` is ``required``)."""
+    import shutil
+
+    from heald.sandbox import _cgroup
+
+    try:
+        cg = _cgroup.create(cfg.memory_mb * 1024**2, cfg.max_processes)
+    except _cgroup.CgroupUnavailable as exc:
+        cgroup = BackendStatus("cgroup", False, f"runs get only per-process rlimits: {exc}")
+    else:
+        problem = cg.destroy()
+        cgroup = BackendStatus("cgroup", problem is None,
+                               f"{cg.describe()}: {cfg.memory_mb} MiB and {cfg.max_processes} processes per run"
+                               + (f" (but: {problem})" if problem else ""))
+    if not running_as_root():
+        disk = BackendStatus("disk", False, "work trees are not bounded: heald is not root (loop mounts need root)")
+    elif shutil.which("mkfs.ext4", path="/usr/sbin:/usr/bin:/sbin:/bin") is None:
+        disk = BackendStatus("disk", False, "work trees are not bounded: mkfs.ext4 (e2fsprogs) is not installed")
+    else:
+        disk = BackendStatus("disk", True, f"each work tree on its own ext4 filesystem of {cfg.disk_mb} MiB")
+    return [cgroup, disk]
 
 
 def open_sandbox(cfg: SandboxConfig) -> Sandbox:

@@ -64,14 +64,40 @@ class _Capture:
 
 def run_launcher(argv: Sequence[str], *, timeout: float, output_limit: int, env: Mapping[str, str],
                  user: int | None = None, group: int | None = None, pass_fds: Sequence[int] = (),
-                 on_timeout: Callable[[subprocess.Popen[bytes]], None] | None = None) -> Finished:
+                 on_timeout: Callable[[subprocess.Popen[bytes]], None] | None = None,
+                 attach: Callable[[int], None] | None = None) -> Finished:
     """Start ``argv`` in a new session (its own process group), capture its merged output, and
     wait at most ``timeout`` seconds. On timeout ``on_timeout(proc)`` runs (a backend's own
-    cleanup) and the whole process group is killed with SIGKILL."""
+    cleanup) and the whole process group is killed with SIGKILL.
+
+    ``attach(pid)`` (e.g. moving the process into the run's cgroup) runs before ``argv`` starts:
+    the process first waits on a pipe in a tiny ``/bin/sh`` gate and execs ``argv`` only once
+    ``attach`` returned, so nothing of the run escapes it. If ``attach`` raises, the process is
+    killed and the exception propagates."""
     t0 = time.monotonic()
-    proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=dict(env), cwd="/", user=user, group=group,
-                            extra_groups=[] if user is not None else None, pass_fds=tuple(pass_fds))
+    gate_r = gate_w = -1
+    if attach is not None:
+        gate_r, gate_w = os.pipe()
+        argv = ["/bin/sh", "-c", _GATE, "heald-sandbox-gate", *argv]
+    try:
+        proc = subprocess.Popen(list(argv), stdin=gate_r if gate_r >= 0 else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, start_new_session=True, env=dict(env), cwd="/", user=user,
+                                group=group, extra_groups=[] if user is not None else None, pass_fds=tuple(pass_fds))
+    finally:
+        if gate_r >= 0:
+            os.close(gate_r)
+    if attach is not None:
+        try:
+            attach(proc.pid)
+        except BaseException:
+            os.close(gate_w)
+            kill_group(proc.pid)
+            proc.wait()
+            assert proc.stdout is not None
+            proc.stdout.close()
+            raise
+        os.write(gate_w, b"go\n")
+        os.close(gate_w)
     cap = _Capture(output_limit)
     assert proc.stdout is not None
     stdout = proc.stdout
@@ -102,6 +128,11 @@ def run_launcher(argv: Sequence[str], *, timeout: float, output_limit: int, env:
     stdout.close()
     text, truncated = cap.text()
     return Finished(None if timed_out else proc.returncode, text, truncated, timed_out, time.monotonic() - t0)
+
+
+#: Waits for "go" on its standard input (the gate pipe), then execs its arguments with stdin
+#: from /dev/null (as without a gate).
+_GATE = 'IFS= read -r go; [ "$go" = go ] || exit 125; exec "$@" </dev/null'
 
 
 def kill_group(pgid: int) -> None:

@@ -1,11 +1,17 @@
 """The bubblewrap backend: Linux namespaces through ``bwrap`` (Debian package ``bubblewrap``).
 
 Each run is ``bwrap --unshare-all --unshare-user [--share-net] --die-with-parent --new-session
---disable-userns`` with the system directories bound read-only, private ``/proc`` ``/dev`` and a
-size-limited tmpfs ``/tmp``, the work tree bound writable at its own path, a cleared environment,
-and the command started under ``prlimit(1)`` with the run's limits. ``prlimit`` runs *inside* the
-new user namespace, so RLIMIT_NPROC counts only the run's own processes (the kernel counts
-processes per user namespace), and two runs never share a process budget.
+--disable-userns`` with the system directories bound read-only, a private ``/proc``, a private
+read-only ``/dev`` with a size-limited tmpfs ``/dev/shm``, a size-limited tmpfs ``/tmp``, the work
+tree bound writable at its own path, a cleared environment, and the command started under
+``prlimit(1)`` with the run's limits. ``prlimit`` runs *inside* the new user namespace, so
+RLIMIT_NPROC counts only the run's own processes (the kernel counts processes per user
+namespace), and two runs never share a process budget.
+
+Limits on the whole run: ``bwrap`` starts inside a fresh cgroup of the run's
+(:mod:`heald.sandbox._cgroup`: memory and pids), entered before it execs, so every process of
+the run is in it; the cgroup is emptied and removed after the run. The work tree is given its
+own filesystem of ``disk_bytes`` (:mod:`heald.sandbox.disk`) at its first run.
 
 When heald runs as root, ``bwrap`` runs as the unprivileged ``sandbox.uid``/``sandbox.gid``
 (default 65534, nobody): root inside a namespace would be exempt from RLIMIT_NPROC. That user
@@ -28,11 +34,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from heald.sandbox import BASE_ENV, BackendStatus, Limits, RunResult, Sandbox, SandboxError, running_as_root
+import structlog
+
+from heald.sandbox import BASE_ENV, BackendStatus, Limits, RunResult, Sandbox, SandboxError, _cgroup, running_as_root
 from heald.sandbox._process import run_launcher
 
 if TYPE_CHECKING:
     from heald.config import SandboxConfig
+
+log = structlog.get_logger("heald.sandbox")
 
 SYSTEM_PATHS = ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 LAUNCHER_ENV = {"PATH": "/usr/bin:/bin"}
@@ -111,7 +121,8 @@ class Bubblewrap(Sandbox):
             a.append("--share-net")
         a += ["--die-with-parent", "--new-session", "--disable-userns", "--hostname", "heald-sandbox"]
         a += _system_args()
-        a += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
+        a += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm",
+              "--remount-ro", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
         for p in [*self.cfg.read_only_paths, *read_only]:
             a += ["--ro-bind", str(p), str(p)]
         for p in [*([workdir] if workdir is not None else []), *writable]:
@@ -147,14 +158,33 @@ class Bubblewrap(Sandbox):
         self._check_paths([workdir, *read_only, *writable, *self.cfg.read_only_paths])
         for p in [workdir, *writable]:
             self.prepare(p)
+        disk_note = self.bound_disk(workdir, limits, self.as_user)
         argv = self.argv(command, workdir=workdir, cwd=cwd, network=network, env=env or {}, limits=limits,
                          read_only=read_only, writable=writable)
         uid, gid = self.as_user if self.as_user else (None, None)
-        done = run_launcher(argv, timeout=limits.timeout_seconds, output_limit=self.output_limit, env=LAUNCHER_ENV,
-                            user=uid, group=gid)
+        try:
+            cgroup: _cgroup.RunCgroup | None = _cgroup.create(limits.memory_bytes, limits.max_processes)
+            notes = [cgroup.describe()]
+        except _cgroup.CgroupUnavailable as exc:
+            if self.cfg.aggregate_limits == "required":
+                raise SandboxError(f"sandbox.aggregate_limits is required but {exc}") from exc
+            cgroup, notes = None, [f"rlimits only, no limit on the whole run ({exc})"]
+        oom_kills = forks_refused = 0
+        try:
+            done = run_launcher(argv, timeout=limits.timeout_seconds, output_limit=self.output_limit,
+                                env=LAUNCHER_ENV, user=uid, group=gid,
+                                attach=cgroup.attach if cgroup is not None else None)
+        finally:
+            if cgroup is not None:
+                oom_kills, forks_refused = cgroup.events()
+                problem = cgroup.destroy()
+                if problem:
+                    log.warning("sandbox.cgroup_cleanup_failed", problem=problem)
+                    notes.append(f"cleanup: {problem}")
         return RunResult(command=list(command), returncode=done.returncode, output=done.output,
                          duration_s=done.duration_s, timed_out=done.timed_out, backend=self.name, network=network,
-                         truncated=done.truncated, limits=limits)
+                         truncated=done.truncated, limits=limits, enforcement="; ".join([*notes, disk_note]),
+                         oom_kills=oom_kills, forks_refused=forks_refused)
 
 
 def probe(cfg: SandboxConfig) -> BackendStatus:

@@ -2,9 +2,14 @@
 Docker engine answers (``docker version`` reports a server).
 
 Each run is ``docker run --rm --network none --memory M --memory-swap M --pids-limit P --ulimit
-cpu/fsize/nofile/core --read-only --tmpfs /tmp --cap-drop ALL --security-opt no-new-privileges
---user UID:GID -v WORKDIR:WORKDIR -w CWD IMAGE COMMAND`` (``--network bridge`` for the install
-phase). The container's environment is the image's plus :data:`heald.sandbox.BASE_ENV` and the
+cpu/fsize/nofile/core --shm-size S --read-only --tmpfs /tmp --cap-drop ALL --security-opt
+no-new-privileges --user UID:GID -v WORKDIR:WORKDIR -w CWD IMAGE COMMAND`` (``--network bridge``
+for the install phase). The container's own cgroup limits the whole run's memory and processes;
+its root filesystem is read-only, so what it can write is the sized tmpfs ``/tmp`` and
+``/dev/shm`` and the bind-mounted work tree, which gets its own filesystem of ``disk_bytes``
+(:mod:`heald.sandbox.disk`) as with bubblewrap (``--storage-opt size=`` would bound only the
+container's own layer, and only on overlay2 over xfs with project quotas). Not exercised on
+heald's CI machine, which has no Docker engine. The container's environment is the image's plus :data:`heald.sandbox.BASE_ENV` and the
 caller's ``env``; heald's own environment never enters. The wall-clock timeout runs ``docker
 kill`` on the container, then kills the CLI's process group.
 """
@@ -51,6 +56,7 @@ class Docker(Sandbox):
              "--ulimit", f"cpu={limits.cpu_seconds}:{limits.cpu_seconds}",
              "--ulimit", f"fsize={limits.file_size_bytes}:{limits.file_size_bytes}",
              "--ulimit", f"nofile={n}:{n}", "--ulimit", "core=0",
+             "--shm-size", str(limits.shm_bytes),
              "--read-only", "--tmpfs", f"/tmp:rw,exec,size={limits.tmp_bytes}",
              "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
              "--user", f"{self.user[0]}:{self.user[1]}", "--hostname", "heald-sandbox"]
@@ -78,6 +84,7 @@ class Docker(Sandbox):
                 raise SandboxError(f"cannot bind {p} into the sandbox: it does not exist")
         for p in [workdir, *writable]:
             self.prepare(Path(p))
+        disk_note = self.bound_disk(workdir, limits, self.user if running_as_root() else None)
         container = f"heald-sbx-{uuid.uuid4().hex[:16]}"
         argv = self.argv(command, container=container, workdir=workdir, cwd=Path(cwd or workdir), network=network,
                          env=env or {}, limits=limits, read_only=read_only, writable=writable)
@@ -91,7 +98,8 @@ class Docker(Sandbox):
                             on_timeout=kill_container)
         return RunResult(command=list(command), returncode=done.returncode, output=done.output,
                          duration_s=done.duration_s, timed_out=done.timed_out, backend=self.name, network=network,
-                         truncated=done.truncated, limits=limits)
+                         truncated=done.truncated, limits=limits,
+                         enforcement=f"the container's cgroup (--memory, --pids-limit); {disk_note}")
 
 
 def probe(cfg: SandboxConfig) -> BackendStatus:
