@@ -9,6 +9,7 @@ it builds. Its runs themselves are not exercised here.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
 from pathlib import Path
@@ -93,13 +94,14 @@ def test_a_bwrap_that_cannot_create_namespaces_is_reported(open_tmp: Path, monke
 
 def test_docker_run_command_line_isolates(tmp_path: Path) -> None:
     sb = docker_backend.Docker(SandboxConfig(docker_image="python:3.12-slim"))
-    limits = Limits(memory_bytes=512 * 1024**2, max_processes=64, cpu_seconds=30, file_size_bytes=2**20, tmp_bytes=2**24)
+    limits = Limits(memory_bytes=512 * 1024**2, max_processes=64, cpu_seconds=30, file_size_bytes=2**20, tmp_bytes=2**24,
+                    shm_bytes=2**23)
     argv = sb.argv(["pytest", "-q"], container="heald-sbx-x", workdir=tmp_path, cwd=tmp_path, network=False,
                    env={"PIP_NO_INPUT": "1"}, limits=limits)
     joined = " ".join(argv)
     for flag in ("--network none", f"--memory {512 * 1024**2}", f"--memory-swap {512 * 1024**2}",
                  "--pids-limit 64", "--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
-                 "--ulimit cpu=30:30", f"--ulimit fsize={2**20}:{2**20}", "--rm"):
+                 "--ulimit cpu=30:30", f"--ulimit fsize={2**20}:{2**20}", f"--shm-size {2**23}", "--rm"):
         assert flag in joined, flag
     assert f"{tmp_path}:{tmp_path}:rw" in argv and argv[-3:] == ["python:3.12-slim", "pytest", "-q"]
     envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
@@ -117,6 +119,13 @@ def test_cli_sandbox_check(tmp_path: Path, open_tmp: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     report = json.loads(ok.stdout)
     assert report["chosen"] == "bubblewrap" and report["problem"] is None
+    limits = {s["name"]: s for s in report["run_limits"]}
+    assert report["aggregate_limits"] == "auto" and set(limits) == {"cgroup", "disk"}
+    if os.geteuid() == 0:  # this machine: cgroups v1 (hybrid), loop devices
+        assert limits["cgroup"]["ok"] and limits["cgroup"]["detail"].startswith("cgroup v"), limits
+        assert limits["disk"]["ok"] and "own ext4 filesystem of 4096 MiB" in limits["disk"]["detail"], limits
+    else:
+        assert not limits["cgroup"]["ok"] and "rlimits" in limits["cgroup"]["detail"], limits
     (open_tmp / "empty").mkdir()
     none = run_heald("sandbox", "check", env={**env, "PATH": str(open_tmp / "empty")}, cwd=tmp_path)
     assert none.returncode == 1 and "apt-get" in none.stdout and "install bubblewrap" in none.stdout

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from heald.config import SandboxConfig
-from heald.sandbox import Limits, RunResult, Sandbox, open_sandbox
+from heald.sandbox import Limits, RunResult, Sandbox, _cgroup, open_sandbox
 from heald.sandbox.bwrap import Bubblewrap
 from heald.sandbox.disk import release_under
 from tests.conftest import wait_for
@@ -35,10 +35,11 @@ def sandbox() -> Sandbox:
 
 
 @pytest.fixture
-def work(open_tmp: Path) -> Path:
+def work(open_tmp: Path) -> Iterator[Path]:
     w = open_tmp / "worktree"
     w.mkdir()
-    return w
+    yield w
+    assert _cgroup.leftovers() == [], "a run's cgroup was left behind"  # after timeouts and bombs too
 
 
 def py(sb: Sandbox, work: Path, code: str, **kw: object) -> RunResult:

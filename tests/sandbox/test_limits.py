@@ -242,6 +242,11 @@ def test_many_files_over_the_disk_bound_are_refused(sandbox: Sandbox, work: Path
             print("MORE STOPPED", exc.strerror)
     """, Limits(disk_bytes=64 * MiB, timeout_seconds=60))
     assert "MORE STOPPED" in again.output, again.output
+    # after a reboot (no mounts), the tree's next run mounts its image again: nothing is lost
+    subprocess.run(["umount", str(work)], check=True)
+    assert not disk.is_bounded(work) and not any(work.iterdir())
+    back = sandbox.run(["/bin/cat", "kept.txt"], workdir=work, limits=Limits(disk_bytes=64 * MiB))
+    assert back.ok and "written by heald" in back.output and disk.is_bounded(work), back.output
     # heald reads and writes the tree at its usual path; releasing it unmounts and deletes the image
     (work / "fill-0.bin").unlink()
     assert (work / "kept.txt").read_text().startswith("written by heald")

@@ -73,7 +73,8 @@ def _run(*argv: str) -> None:
 
 def bound(tree: Path, disk_bytes: int, owner: tuple[int, int] | None) -> None:
     """Give work tree ``tree`` a filesystem of its own of ``disk_bytes`` bytes (no-op when it
-    has one). Its contents move onto it; its root belongs to ``owner`` (uid, gid) when given.
+    has one; an empty tree whose image exists, as after a reboot, gets that image mounted
+    again). Its contents move onto it; its root belongs to ``owner`` (uid, gid) when given.
     Raises DiskBoundUnavailable (not root, no mkfs.ext4 or loop device, contents larger than
     ``disk_bytes``…); ``tree`` is then left as it was."""
     tree = Path(tree).resolve()
@@ -86,6 +87,13 @@ def bound(tree: Path, disk_bytes: int, owner: tuple[int, int] | None) -> None:
         if mkfs is None:
             raise DiskBoundUnavailable("mkfs.ext4 (e2fsprogs) is not installed")
         image = image_of(tree)
+        if image.is_file() and not image.is_symlink() and not any(tree.iterdir()):
+            # the tree's filesystem from before a reboot (mounts do not survive one): mount it again
+            try:
+                _run("mount", "-o", "loop,nosuid,nodev", str(image), str(tree))
+                return
+            except DiskBoundUnavailable:
+                pass  # not a usable image: make a new one
         staging = tree.parent / f".{tree.name}{SUFFIX}.mnt"
         mounted = False
         try:
