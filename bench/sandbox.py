@@ -22,6 +22,7 @@ from pathlib import Path
 
 from heald.config import SandboxConfig
 from heald.sandbox import open_sandbox
+from heald.sandbox.disk import release_under
 
 
 def pct(values: list[float], q: float) -> float:
@@ -60,6 +61,7 @@ def main() -> int:
                          "sandbox_median_ms": statistics.median(boxed) * 1000, "sandbox_p95_ms": pct(boxed, 0.95) * 1000,
                          "overhead_median_ms": (statistics.median(boxed) - statistics.median(plain)) * 1000})
     finally:
+        release_under(work)  # the work tree's own filesystem (heald as root)
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(rows, indent=2))
