@@ -402,7 +402,8 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[dict[str, Any]]) -
 
 def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
     """Store the diagnosis the gate will see, with every reasoner's own hypothesis and the
-    fallbacks taken (audit), and what the LLM calls cost."""
+    fallbacks taken (audit), what the LLM calls cost, and each LLM answer refused for being
+    off-catalog or malformed (``llm.answer_refused``)."""
     if len(finding.hypotheses) > 1 or finding.notes:
         store.record(actor="heald", event="diagnosis.hypotheses", incident_id=incident_id,
                      reason="; ".join([*(f"{h.reasoner}: {h.category} ({h.confidence:.2f})" for h in finding.hypotheses),
@@ -411,6 +412,11 @@ def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
                               "notes": list(finding.notes)})
     for u in finding.usage:
         store.add_llm_usage(incident_id, u)
+        if u.get("refused"):
+            store.record(actor="heald", event="llm.answer_refused", incident_id=incident_id,
+                         reason=f"the {u.get('reasoner', 'llm')} answer was refused, heald fell back to the deterministic "
+                                f"reasoners: {u['refused']}",
+                         details={"model": u.get("model"), "reasoner": u.get("reasoner")})
     store.add_diagnosis(incident_id, finding.diagnosis)
 
 

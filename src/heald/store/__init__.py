@@ -227,6 +227,7 @@ class Store:
             audit.append(s, actor=actor, event="diagnosis.made", incident_id=incident_id,
                          reason=d.explanation or d.category,
                          details={"category": d.category, "confidence": d.confidence, "reasoner": d.reasoner,
+                                  "deterministic_confidence": d.deterministic_confidence,
                                   "runbook": d.runbook, "evidence": d.evidence[:20]})
             return d.model_copy(update={"id": row.id, "incident_id": incident_id, "created_at": row.created_at})
 
