@@ -325,13 +325,15 @@ class AuditEntry(_Model):
 
 class ApiToken(_Model):
     """An API token as heald shows it: never the token itself, which only its creator saw once.
-    ``name`` is the identity it authenticates."""
+    ``name`` is the identity it authenticates; ``root_identity`` the human it counts as when
+    approvals are counted (see :mod:`heald.api.auth`)."""
 
     id: int
     name: str
     role: Role
     prefix: str
     created_by: str
+    root_identity: str
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None

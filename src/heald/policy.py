@@ -25,8 +25,9 @@ this module stays free of I/O so that its rules can be tested alone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from heald.config import PolicyConfig
 from heald.models import DETERMINISTIC_REASONERS, Decision, DecisionKind, Diagnosis, RemedyCandidate
@@ -88,6 +89,22 @@ def decide(diagnosis: Diagnosis, candidate: RemedyCandidate | None, policy: Poli
         why = f"{conf_text} is below {rules.auto_min_confidence:.2f}"
     return Decision(kind=DecisionKind.approval, candidate=candidate, required_approvals=approvals,
                     reason=f"{why}: needs {approvals} approval{'s' if approvals > 1 else ''}")
+
+
+def count_approvers(votes: list[dict[str, Any]], roots: Mapping[str, str]) -> dict[str, list[str]]:
+    """The humans who approved: ``votes`` are approval rows (``approver``, ``verdict``) in the
+    order given, ``roots`` maps an approver identity to its root identity (an identity missing
+    from it is its own root). Returns {root identity: [approving identities that count as it]};
+    its length is the number of approvals that count. Two identities with one root — one made
+    by the other, or both made by the same human — are one approver (:mod:`heald.api.auth`)."""
+    humans: dict[str, list[str]] = {}
+    for v in votes:
+        if v["verdict"] != "approve":
+            continue
+        names = humans.setdefault(roots.get(v["approver"], v["approver"]), [])
+        if v["approver"] not in names:
+            names.append(v["approver"])
+    return humans
 
 
 def refusal(candidate: RemedyCandidate, policy: PolicyConfig, environment: str | None) -> str | None:

@@ -6,7 +6,7 @@ import pytest
 
 from heald.config import PolicyConfig
 from heald.models import DecisionKind, Diagnosis, RemedyCandidate, Risk
-from heald.policy import decide, gate, grounded_confidence
+from heald.policy import count_approvers, decide, gate, grounded_confidence
 
 
 def d(conf: float, category: str = "process_down") -> Diagnosis:
@@ -153,3 +153,11 @@ def test_the_llm_confidence_never_raises_the_deterministic_one() -> None:
     assert decide(strong, cand, PolicyConfig(), attempt=1, max_attempts=3).kind == DecisionKind.auto
     # a deterministic reasoner's own finding is acted on at its own confidence
     assert grounded_confidence(Diagnosis(category="process_down", confidence=0.93, reasoner="kb")) == 0.93
+
+
+def test_approvals_count_once_per_human() -> None:
+    votes = [{"approver": a, "verdict": v} for a, v in
+             [("alice", "approve"), ("bob2", "approve"), ("alice", "approve"), ("dave", "approve"), ("eve", "reject")]]
+    humans = count_approvers(votes, {"alice": "alice", "bob2": "alice", "dave": "dave"})
+    assert humans == {"alice": ["alice", "bob2"], "dave": ["dave"]}
+    assert count_approvers(votes[:2], {}) == {"alice": ["alice"], "bob2": ["bob2"]}  # no tokens: names are humans
