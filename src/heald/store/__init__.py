@@ -484,6 +484,8 @@ class Store:
         existing ``name`` that would count as another root raises :class:`IdentityConflict`.
         """
         with self.tx() as s:
+            if s.get_bind().dialect.name == "postgresql":  # two first tokens of one name at once: one root wins
+                s.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"heald.identity:{name}"})
             root = name if sponsor is None else _root_of(s, sponsor)
             bound = _bound_root(s, name)
             if bound is not None and bound != root:
