@@ -145,7 +145,8 @@ def make_token(store: Store, role: str, name: str | None = None) -> str:
     from heald.api.auth import issue_token
     from heald.models import Role
 
-    _, token = issue_token(store, name=name or f"{role}-user", role=Role(role), created_by="test")
+    _, token = issue_token(store, name=name or f"{role}-user", role=Role(role), created_by="test",
+                           sponsor=None)  # a root identity: a distinct human, as made on the database host
     return token
 
 

@@ -48,7 +48,7 @@ from heald.models import (
 )
 from heald.notify import Notifier
 from heald.plan import candidate_key, make_plan
-from heald.policy import gate
+from heald.policy import count_approvers, gate
 from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, NotFound, Store
@@ -215,9 +215,10 @@ def submit_approval(store: Store, incident_id: int, approver: str, verdict: str,
     """Record ``verdict`` (``approve`` or ``reject``) by ``approver`` on the incident's pending
     decision and send the workflow a wake-up through ``send(workflow_id, message)``.
 
-    Returns {"incident_id", "counted", "approvals", "required", "state"}. An approver counts
-    once per decision (``counted`` False on a repeat). Raises NotFound, and InvalidTransition
-    when the incident is not awaiting approval.
+    Returns {"incident_id", "counted", "approvals", "required", "state", "counts_as"}. An
+    approver counts once per decision (``counted`` False on a repeat), and approvals count
+    once per human (:func:`approval_tally`): ``counts_as`` is the approver's root identity.
+    Raises NotFound, and InvalidTransition when the incident is not awaiting approval.
     """
     if verdict not in ("approve", "reject"):
         raise ValueError(f"verdict: expected 'approve' or 'reject', got {verdict!r}")
@@ -226,13 +227,19 @@ def submit_approval(store: Store, incident_id: int, approver: str, verdict: str,
         raise InvalidTransition(f"incident {incident_id} is {inc.state.value}, not awaiting_approval")
     decision_id = store.latest_decision_id(incident_id)
     assert decision_id is not None
-    counted = store.add_approval(incident_id, decision_id, approver, verdict, comment)
+    root = store.identity_roots([approver])[approver]
+    counted = store.add_approval(incident_id, decision_id, approver, verdict, comment, counts_as=root)
     send(workflow_id(incident_id), {"decision_id": decision_id, "approver": approver, "verdict": verdict})
-    votes = store.approvals_for(incident_id, decision_id)
     required = next((d["required_approvals"] for d in store.decisions_for(incident_id) if d["id"] == decision_id), 1)
-    return {"incident_id": incident_id, "counted": counted,
-            "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"}),
-            "required": required, "state": store.get_incident(incident_id).state.value}
+    return {"incident_id": incident_id, "counted": counted, "approvals": approval_tally(store, incident_id, decision_id),
+            "required": required, "state": store.get_incident(incident_id).state.value, "counts_as": root}
+
+
+def approval_tally(store: Store, incident_id: int, decision_id: int) -> int:
+    """How many humans approved the decision: distinct root identities
+    (:func:`heald.policy.count_approvers`)."""
+    votes = store.approvals_for(incident_id, decision_id)
+    return len(count_approvers(votes, store.identity_roots(v["approver"] for v in votes)))
 
 
 def client_send(config: HealdConfig) -> Any:
@@ -402,7 +409,8 @@ def diagnose_step(incident_id: int, attempt: int, tried: list[dict[str, Any]]) -
 
 def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
     """Store the diagnosis the gate will see, with every reasoner's own hypothesis and the
-    fallbacks taken (audit), and what the LLM calls cost."""
+    fallbacks taken (audit), what the LLM calls cost, and each LLM answer refused for being
+    off-catalog or malformed (``llm.answer_refused``)."""
     if len(finding.hypotheses) > 1 or finding.notes:
         store.record(actor="heald", event="diagnosis.hypotheses", incident_id=incident_id,
                      reason="; ".join([*(f"{h.reasoner}: {h.category} ({h.confidence:.2f})" for h in finding.hypotheses),
@@ -411,6 +419,11 @@ def record_diagnosis(store: Store, incident_id: int, finding: Any) -> None:
                               "notes": list(finding.notes)})
     for u in finding.usage:
         store.add_llm_usage(incident_id, u)
+        if u.get("refused"):
+            store.record(actor="heald", event="llm.answer_refused", incident_id=incident_id,
+                         reason=f"the {u.get('reasoner', 'llm')} answer was refused, heald fell back to the deterministic "
+                                f"reasoners: {u['refused']}",
+                         details={"model": u.get("model"), "reasoner": u.get("reasoner")})
     store.add_diagnosis(incident_id, finding.diagnosis)
 
 
@@ -474,7 +487,8 @@ def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> No
 
 
 def await_approval(incident_id: int, decision: dict[str, Any]) -> str:
-    """Wait (durably) until enough distinct approvers approve, one rejects, or the TTL passes.
+    """Wait (durably) until enough distinct humans approve (one per root identity), one
+    rejects, or the TTL passes.
     Returns ``approved`` or the reason it was not."""
     ttl = runtime().config.healing.approval_ttl_seconds
     enter_approval_step(incident_id, decision)
@@ -513,8 +527,8 @@ def approval_status_step(incident_id: int, decision_id: int, required: int) -> d
     for v in votes:
         if v["verdict"] == "reject":
             return {"verdict": "rejected", "by": v["approver"], "comment": v["comment"]}
-    approvers = {v["approver"] for v in votes if v["verdict"] == "approve"}
-    return {"verdict": "approved" if len(approvers) >= required else "pending", "count": len(approvers)}
+    humans = count_approvers(votes, runtime().store.identity_roots(v["approver"] for v in votes))
+    return {"verdict": "approved" if len(humans) >= required else "pending", "count": len(humans)}
 
 
 @DBOS.step()

@@ -199,8 +199,19 @@ class Incident(_Model):
         return max(0.0, (self.recovered_at - self.started_at).total_seconds())
 
 
+#: The reasoners whose findings are deterministic (runbooks, the signature knowledge base): the
+#: only ones whose confidence the gate acts on by itself. Any other reasoner (the LLM) is a
+#: proposal: see :func:`heald.policy.grounded_confidence`.
+DETERMINISTIC_REASONERS = frozenset({"runbook", "kb"})
+
+
 class Diagnosis(_Model):
-    """A hypothesis about what is wrong: category, explanation, evidence, confidence in [0, 1]."""
+    """A hypothesis about what is wrong: category, explanation, evidence, confidence in [0, 1].
+
+    ``deterministic_confidence`` is, for a hypothesis of a reasoner outside
+    :data:`DETERMINISTIC_REASONERS` (the LLM), the highest confidence a deterministic reasoner
+    gives the same category (or a cause of it); None when none supports it, i.e. the finding
+    rests on that reasoner alone. Set by :func:`heald.diagnose.diagnose`; read by the gate."""
 
     category: str
     explanation: str = ""
@@ -208,6 +219,7 @@ class Diagnosis(_Model):
     confidence: float = Field(ge=0.0, le=1.0)
     reasoner: str
     runbook: str | None = None
+    deterministic_confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     id: int | None = None
     incident_id: int | None = None
     created_at: datetime | None = None
@@ -313,13 +325,15 @@ class AuditEntry(_Model):
 
 class ApiToken(_Model):
     """An API token as heald shows it: never the token itself, which only its creator saw once.
-    ``name`` is the identity it authenticates."""
+    ``name`` is the identity it authenticates; ``root_identity`` the human it counts as when
+    approvals are counted (see :mod:`heald.api.auth`)."""
 
     id: int
     name: str
     role: Role
     prefix: str
     created_by: str
+    root_identity: str
     created_at: datetime
     expires_at: datetime | None = None
     revoked_at: datetime | None = None

@@ -8,6 +8,16 @@ approval. Nothing runs that it did not pass (DESIGN.md invariant 1). The order o
 the order of these functions; every decision and every skipped candidate carries the reason a
 human reads in the audit log.
 
+**Only deterministic confidence acts by itself** (DESIGN.md invariant 1): the confidence the
+gate compares with ``auto_min_confidence`` is :func:`grounded_confidence` — a runbook's or the
+signature knowledge base's. An LLM's confidence can lower it (a disagreement, see
+:func:`heald.diagnose.diagnose`), never raise it above the deterministic reasoners'; and a
+finding that rests on the LLM alone (no deterministic reasoner supports its category) is never
+``auto``, however confident the model and whatever runbook its category brought along: it
+needs a human approval (or escalates below ``escalate_below_confidence``). The rule is applied
+here, on the diagnosis, so that no path to a candidate (a category runbook, a remedy the model
+proposed, a runbook's own risk) can skip it.
+
 The checks that need the store or the running system (cooldowns, rate limits, breakers, heald's
 own process) come through :class:`GateFacts`, implemented by :class:`heald.budgets.Budgets`;
 this module stays free of I/O so that its rules can be tested alone.
@@ -15,11 +25,26 @@ this module stays free of I/O so that its rules can be tested alone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from heald.config import PolicyConfig
-from heald.models import Decision, DecisionKind, Diagnosis, RemedyCandidate
+from heald.models import DETERMINISTIC_REASONERS, Decision, DecisionKind, Diagnosis, RemedyCandidate
+
+
+def grounded_confidence(diagnosis: Diagnosis) -> float | None:
+    """The confidence the deterministic reasoners (:data:`heald.models.DETERMINISTIC_REASONERS`)
+    give ``diagnosis``: its own confidence when a deterministic reasoner made it; for any other
+    reasoner's (the LLM's) the lower of its confidence and ``deterministic_confidence``; None
+    when no deterministic reasoner supports it (the finding rests on that reasoner alone)."""
+    if diagnosis.reasoner in DETERMINISTIC_REASONERS:
+        if diagnosis.deterministic_confidence is None:
+            return diagnosis.confidence
+        return min(diagnosis.confidence, diagnosis.deterministic_confidence)
+    if diagnosis.deterministic_confidence is None:
+        return None
+    return min(diagnosis.confidence, diagnosis.deterministic_confidence)
 
 
 def decide(diagnosis: Diagnosis, candidate: RemedyCandidate | None, policy: PolicyConfig, *,
@@ -28,7 +53,11 @@ def decide(diagnosis: Diagnosis, candidate: RemedyCandidate | None, policy: Poli
     number ``attempt`` (1-based), under the rules of ``environment``
     (:meth:`PolicyConfig.for_environment`)."""
     rules = policy.for_environment(environment)
-    conf = diagnosis.confidence
+    grounded = grounded_confidence(diagnosis)
+    conf = diagnosis.confidence if grounded is None else grounded
+    conf_text = f"confidence {conf:.2f}"
+    if grounded is not None and diagnosis.reasoner not in DETERMINISTIC_REASONERS:
+        conf_text += f" (the deterministic reasoners'; the {diagnosis.reasoner} reasoner's cannot raise it)"
     if attempt > max_attempts:
         return Decision(kind=DecisionKind.escalate, candidate=candidate,
                         reason=f"attempt budget spent: {max_attempts} attempts made, none healed it")
@@ -42,20 +71,40 @@ def decide(diagnosis: Diagnosis, candidate: RemedyCandidate | None, policy: Poli
         return Decision(kind=DecisionKind.refuse, candidate=candidate, reason=why)
     if conf < rules.escalate_below_confidence:
         return Decision(kind=DecisionKind.escalate, candidate=candidate,
-                        reason=f"confidence {conf:.2f} is below {rules.escalate_below_confidence:.2f}: a human should look")
+                        reason=f"{conf_text} is below {rules.escalate_below_confidence:.2f}: a human should look")
     risk = candidate.risk
-    if rules.auto and risk.rank <= rules.auto_max_risk.rank and conf >= rules.auto_min_confidence:
+    if (grounded is not None and rules.auto and risk.rank <= rules.auto_max_risk.rank
+            and conf >= rules.auto_min_confidence):
         return Decision(kind=DecisionKind.auto, candidate=candidate,
                         reason=f"risk {risk.value} and confidence {conf:.2f} ≥ {rules.auto_min_confidence:.2f}: safe to act")
     approvals = max(1, rules.approvals_by_risk.get(risk, 1))
-    if not rules.auto:
+    if grounded is None:
+        why = (f"{diagnosis.category} rests on the {diagnosis.reasoner} reasoner alone (confidence "
+               f"{diagnosis.confidence:.2f}; no runbook or signature supports it): heald never acts on it without a human")
+    elif not rules.auto:
         why = f"auto-remediation is off in {environment or 'this environment'}"
     elif risk.rank > rules.auto_max_risk.rank:
         why = f"risk {risk.value} is above {rules.auto_max_risk.value}"
     else:
-        why = f"confidence {conf:.2f} is below {rules.auto_min_confidence:.2f}"
+        why = f"{conf_text} is below {rules.auto_min_confidence:.2f}"
     return Decision(kind=DecisionKind.approval, candidate=candidate, required_approvals=approvals,
                     reason=f"{why}: needs {approvals} approval{'s' if approvals > 1 else ''}")
+
+
+def count_approvers(votes: list[dict[str, Any]], roots: Mapping[str, str]) -> dict[str, list[str]]:
+    """The humans who approved: ``votes`` are approval rows (``approver``, ``verdict``) in the
+    order given, ``roots`` maps an approver identity to its root identity (an identity missing
+    from it is its own root). Returns {root identity: [approving identities that count as it]};
+    its length is the number of approvals that count. Two identities with one root — one made
+    by the other, or both made by the same human — are one approver (:mod:`heald.api.auth`)."""
+    humans: dict[str, list[str]] = {}
+    for v in votes:
+        if v["verdict"] != "approve":
+            continue
+        names = humans.setdefault(roots.get(v["approver"], v["approver"]), [])
+        if v["approver"] not in names:
+            names.append(v["approver"])
+    return humans
 
 
 def refusal(candidate: RemedyCandidate, policy: PolicyConfig, environment: str | None) -> str | None:

@@ -117,7 +117,7 @@ def test_tokens_are_stored_hashed_revocable_and_expire(api) -> None:
 
     expired = "heald_expired-token-for-the-test"
     rt.store.add_token(name="old", role=__import__("heald.models").models.Role.admin, token_hash=hash_token(expired),
-                       prefix=expired[:12], created_by="test", expires_at=utcnow() - timedelta(seconds=1))
+                       prefix=expired[:12], created_by="test", sponsor=None, expires_at=utcnow() - timedelta(seconds=1))
     assert client.get("/v1/incidents", headers=bearer(expired)).status_code == 401
     bad = client.post("/v1/tokens", json={"name": "bad name!", "role": "viewer"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "name"]
@@ -138,6 +138,41 @@ def test_two_tokens_of_one_identity_count_once(api_server) -> None:
     assert three["approvals"] == 1 and three["required"] == 2
     assert rt.store.get_incident(inc).state.value == "awaiting_approval"
     assert rt.store.actions_for(inc) == []
+
+
+def test_an_admin_cannot_mint_a_second_approver(api_server) -> None:
+    """Issue 11 item 6, the attack as performed: an admin creates a second token with another
+    name over the API and approves as both; a two-approval rule must stay unsatisfied."""
+    client, rt = api_server(policy={"approvals_by_risk": {"medium": 2}})
+    alice = bearer(make_token(rt.store, "admin", "alice"))  # a root identity (made on the database host)
+    minted = client.post("/v1/tokens", json={"name": "bob2", "role": "approver"}, headers=alice)
+    assert minted.status_code == 201
+    bob2 = bearer(minted.json()["token"])
+    # a chain does not launder it: alice mints an admin, who mints an approver
+    mallory2 = bearer(client.post("/v1/tokens", json={"name": "mallory2", "role": "admin"}, headers=alice).json()["token"])
+    dan2 = bearer(client.post("/v1/tokens", json={"name": "dan2", "role": "approver"}, headers=mallory2).json()["token"])
+    inc = client.post("/v1/signals", json=SIGNAL).json()["incident_id"]
+    wait_for(lambda: rt.store.get_incident(inc).state.value == "awaiting_approval", what="approval wait")
+    votes = [client.post(f"/v1/incidents/{inc}/approve", json={}, headers=h).json() for h in (alice, bob2, dan2)]
+    assert [v["counted"] for v in votes] == [True, True, True]  # each identity's verdict is recorded …
+    assert [v["approvals"] for v in votes] == [1, 1, 1] and votes[-1]["required"] == 2  # … as one human
+    assert [v["counts_as"] for v in votes] == ["alice", "alice", "alice"]
+    assert rt.store.get_incident(inc).state.value == "awaiting_approval" and rt.store.actions_for(inc) == []
+    listed = {t["name"]: t["root_identity"] for t in client.get("/v1/tokens").json()}
+    assert listed["bob2"] == listed["mallory2"] == listed["dan2"] == "alice" and listed["alice"] == "alice"
+    audit = {e.actor: e.details for e in rt.store.audit_entries(incident_id=inc) if e.event == "approval.approve"}
+    assert audit["user:bob2"]["counts_as"] == "alice" and "counts_as" not in audit["user:alice"]
+    # nor can an admin take over someone else's identity by minting a token with its name
+    dave = bearer(make_token(rt.store, "approver", "dave"))  # another root: a distinct human
+    for name in ("dave", "root"):
+        taken = client.post("/v1/tokens", json={"name": name, "role": "approver"}, headers=alice)
+        assert taken.status_code == 409, taken.text
+        assert taken.json()["detail"][0]["loc"] == ["body", "name"] and f"counts as '{name}'" in taken.text
+    # alice may make herself another token: it is still alice
+    assert client.post("/v1/tokens", json={"name": "alice", "role": "approver"}, headers=alice).status_code == 201
+    last = client.post(f"/v1/incidents/{inc}/approve", json={}, headers=dave).json()
+    assert last["approvals"] == 2 and last["counts_as"] == "dave"  # a genuinely distinct human
+    wait_for(lambda: rt.store.actions_for(inc), what="the action after two humans approved")
 
 
 class SignedSource:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from heald import correlate
@@ -91,5 +93,56 @@ def test_cli_approval_by_token_counts_once_and_heals(tmp_path: Path) -> None:
         wait_for(lambda: rt.store.actions_for(inc), what="the action after two approvals")
         assert {e.actor for e in rt.store.audit_entries(incident_id=inc) if e.event == "approval.approve"} == \
             {"user:alice", "user:bob"}
+    finally:
+        rt.stop(stop_services=True)
+
+
+def test_an_admin_cannot_mint_a_second_approver_from_the_cli(tmp_path: Path) -> None:
+    """Issue 11 item 6 from the CLI on the database host: a second identity made with
+    ``heald tokens create`` counts as the login that made it (``$USER``/``$LOGNAME`` do not
+    change who that is); only ``--root`` vouches for a distinct human."""
+    import pwd
+
+    from heald.engine import Runtime
+    from tests.conftest import wait_for
+    from tests.engine.test_workflow import alert, sleeper_config
+
+    login = pwd.getpwuid(os.getuid()).pw_name
+    rt = Runtime(sleeper_config(tmp_path, risk="high"), run_probes=False)  # high risk: two approvals
+    rt.start()
+    try:
+        env = {**env_for(tmp_path), "USER": "bob2", "LOGNAME": "bob2"}  # a claimed login is not a login
+
+        def create(*args: str) -> dict:
+            r = run_heald("tokens", "create", *args, "--json", env=env, cwd=tmp_path)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+
+        admin = create("--role", "admin")
+        assert admin["name"] == login and admin["root_identity"] == login  # the bootstrap token: its own root
+        bob2 = create("--role", "approver", "--name", "bob2")
+        assert bob2["root_identity"] == login
+        again = run_heald("tokens", "create", "--role", "approver", "--name", "bob2", "--root", env=env, cwd=tmp_path)
+        assert again.returncode == 2 and f"--name: identity 'bob2' counts as '{login}'" in again.stderr
+        inc = rt.ingest(alert()).incident_id
+        wait_for(lambda: rt.store.get_incident(inc).state.value == "awaiting_approval", what="approval wait")
+
+        def approve(*args: str) -> subprocess.CompletedProcess[str]:
+            return run_heald("approve", str(inc), *args, env=env, cwd=tmp_path)
+
+        first = approve("--token", admin["token"])
+        assert f"as {login} (1/2 approvals)" in first.stdout, first.stderr
+        second = approve("--token", bob2["token"])
+        assert f"as bob2, counting as {login} (1/2 approvals)" in second.stdout, second.stderr
+        third = approve()  # the login itself, no token: the same human again
+        assert "it counts once" in third.stdout, third.stderr
+        assert rt.store.get_incident(inc).state.value == "awaiting_approval" and rt.store.actions_for(inc) == []
+        listing = run_heald("tokens", "list", env={**env, "COLUMNS": "200"}, cwd=tmp_path)
+        assert f"bob2 ({login})" in listing.stdout
+        dave = create("--role", "approver", "--name", "dave", "--root")  # vouched for: a distinct human
+        assert dave["root_identity"] == "dave"
+        fourth = approve("--token", dave["token"])
+        assert "as dave (2/2 approvals)" in fourth.stdout, fourth.stderr
+        wait_for(lambda: rt.store.actions_for(inc), what="the action after two humans approved")
     finally:
         rt.stop(stop_services=True)

@@ -15,7 +15,7 @@ from heald.diagnose import ReasonerUnavailable, RunbookReasoner, diagnose
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.llm import CircuitBreaker, LLMReasoner
 from heald.diagnose.runbooks import load_runbooks
-from heald.models import DecisionKind, Risk, Signal
+from heald.models import DecisionKind, RemedyCandidate, Risk, Signal
 from heald.plan import make_plan
 from heald.policy import decide
 from tests.conftest import free_port
@@ -210,3 +210,27 @@ def test_enabled_without_model_is_a_config_error(monkeypatch: pytest.MonkeyPatch
         LLMConfig(enabled=True)
     monkeypatch.setenv("HEALD_LLM_MODEL", "llama3")
     assert LLMConfig(enabled=True).resolved()[1] == "llama3"
+
+
+def test_llm_confidence_is_capped_at_the_deterministic_reasoners(server: FakeOpenAI) -> None:
+    kb = KnowledgeBaseReasoner().diagnose(incident(), [sig()])
+    assert kb is not None and kb.diagnosis.category == "disk_full" and kb.diagnosis.confidence < 1.0
+    server.responder = lambda body: (200, answer(category="disk_full", confidence=1.0), 0)
+    f = diagnose(incident(), [sig()], [reasoner(server), KnowledgeBaseReasoner()])
+    assert f.diagnosis.reasoner == "llm" and f.diagnosis.confidence == kb.diagnosis.confidence
+    assert f.diagnosis.deterministic_confidence == kb.diagnosis.confidence
+    assert "the deterministic reasoners give" in f.diagnosis.explanation
+
+
+def test_a_cause_the_kb_only_saw_the_symptom_of_rests_on_the_llm_alone(server: FakeOpenAI) -> None:
+    refused = sig("2024-05-02 10:00:06 ERROR upstream: [Errno 111] Connection refused")
+    kb = KnowledgeBaseReasoner().diagnose(incident(), [refused])
+    assert kb is not None and kb.diagnosis.category == "connection_refused"
+    # process_down explains connection_refused (they agree), but a refused connection does not prove a dead process
+    server.responder = lambda body: (200, answer(category="process_down", confidence=0.99), 0)
+    f = diagnose(incident(), [refused], [reasoner(server), KnowledgeBaseReasoner()])
+    assert f.diagnosis.category == "process_down" and f.diagnosis.deterministic_confidence is None
+    assert "rests on llm alone" in f.diagnosis.explanation
+    d = decide(f.diagnosis, RemedyCandidate(remedy="restart_process", params={"service": "shop"}, risk=Risk.low),
+               PolicyConfig(), attempt=1, max_attempts=3)
+    assert d.kind == DecisionKind.approval

@@ -19,7 +19,7 @@ from heald.store.tables import IncidentRow
 from tests.conftest import make_config
 
 RESTART = RemedyCandidate(remedy="restart_process", params={"service": "svc"}, risk=Risk.low)
-DIAG = Diagnosis(category="svc_broken", confidence=0.95, reasoner="test")
+DIAG = Diagnosis(category="svc_broken", confidence=0.95, reasoner="runbook")
 
 
 def incident(store: Store) -> int:

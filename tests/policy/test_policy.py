@@ -6,11 +6,11 @@ import pytest
 
 from heald.config import PolicyConfig
 from heald.models import DecisionKind, Diagnosis, RemedyCandidate, Risk
-from heald.policy import decide
+from heald.policy import count_approvers, decide, gate, grounded_confidence
 
 
 def d(conf: float, category: str = "process_down") -> Diagnosis:
-    return Diagnosis(category=category, confidence=conf, reasoner="test")
+    return Diagnosis(category=category, confidence=conf, reasoner="runbook")
 
 
 @pytest.mark.parametrize(("conf", "risk", "kind", "approvals"), [
@@ -93,3 +93,71 @@ def test_bad_policy_config_names_the_field(tmp_path, data, field, expected) -> N
         load_config(path)
     text = str(exc.value)
     assert f"policy.{field}".rstrip(".") in text and expected in text, text
+
+
+# -- a model's finding (issue 11 item 5) ---------------------------------------------------------
+
+class NoBudgets:
+    """Gate facts with nothing blocking (to test the decision rules alone)."""
+
+    def target(self, candidate: RemedyCandidate) -> str:
+        return f"service:{candidate.params.get('service', '?')}"
+
+    def heald_itself(self, candidate: RemedyCandidate, target: str) -> None:
+        return None
+
+    def cooldown(self, target: str, remedy: str) -> None:
+        return None
+
+    def target_rate_limited(self, target: str) -> None:
+        return None
+
+    def global_rate_limited(self) -> None:
+        return None
+
+    def breaker_open(self, target: str) -> None:
+        return None
+
+    def silenced(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("candidate", [
+    # the category runbook attached because its category equals the LLM's
+    RemedyCandidate(remedy="restart_process", params={"service": "shop"}, risk=Risk.low, runbook="category-process-down"),
+    # the model's own proposal, given the runbook's risk because a runbook offers exactly it
+    RemedyCandidate(remedy="restart_process", params={"service": "shop"}, risk=Risk.low, runbook="process-down"),
+])
+def test_a_finding_of_the_llm_alone_never_acts_by_itself(candidate: RemedyCandidate) -> None:
+    llm_alone = Diagnosis(category="process_down", confidence=1.0, reasoner="llm", runbook=candidate.runbook)
+    for decision in (decide(llm_alone, candidate, PolicyConfig(), attempt=1, max_attempts=3),
+                     gate(llm_alone, [candidate], PolicyConfig(), NoBudgets(), attempt=1, max_attempts=3).decision):
+        assert decision.kind == DecisionKind.approval and decision.required_approvals == 1
+        assert "rests on the llm reasoner alone" in decision.reason
+    assert grounded_confidence(llm_alone) is None
+    # the same with a policy that trusts everything: still a human
+    lax = PolicyConfig(auto_min_confidence=0.0, escalate_below_confidence=0.0, auto_max_risk=Risk.critical)
+    assert decide(llm_alone, candidate, lax, attempt=1, max_attempts=3).kind == DecisionKind.approval
+    # an unsure model alone escalates, as any unsure finding does
+    unsure = llm_alone.model_copy(update={"confidence": 0.5})
+    assert decide(unsure, candidate, PolicyConfig(), attempt=1, max_attempts=3).kind == DecisionKind.escalate
+
+
+def test_the_llm_confidence_never_raises_the_deterministic_one() -> None:
+    cand = RemedyCandidate(remedy="restart_process", params={"service": "shop"}, risk=Risk.low)
+    backed = Diagnosis(category="process_down", confidence=1.0, reasoner="llm", deterministic_confidence=0.8)
+    assert grounded_confidence(backed) == 0.8
+    dec = decide(backed, cand, PolicyConfig(), attempt=1, max_attempts=3)
+    assert dec.kind == DecisionKind.approval and "confidence 0.80 (the deterministic reasoners'" in dec.reason
+    strong = backed.model_copy(update={"deterministic_confidence": 0.95})
+    assert decide(strong, cand, PolicyConfig(), attempt=1, max_attempts=3).kind == DecisionKind.auto
+    # a deterministic reasoner's own finding is acted on at its own confidence
+    assert grounded_confidence(Diagnosis(category="process_down", confidence=0.93, reasoner="kb")) == 0.93
+
+
+def test_approvals_count_once_per_human() -> None:
+    votes = [{"approver": a, "verdict": v} for a, v in
+             [("alice", "approve"), ("bob2", "approve"), ("alice", "approve"), ("dave", "approve"), ("eve", "reject")]]
+    humans = count_approvers(votes, {"alice": "alice", "bob2": "alice", "dave": "dave"})
+    assert humans == {"alice": ["alice", "bob2"], "dave": ["dave"]}
+    assert count_approvers(votes[:2], {}) == {"alice": ["alice"], "bob2": ["bob2"]}  # no tokens: names are humans

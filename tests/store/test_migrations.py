@@ -23,3 +23,27 @@ def test_schema_matches_the_mappings(store: Store) -> None:
         ctx = MigrationContext.configure(conn, opts={"compare_type": False})
         diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
+
+
+def test_token_identity_gives_existing_tokens_their_root(db_url: str) -> None:
+    """Migration ``token_identity`` on a database with tokens: a token made from the CLI is a
+    root; one made over the API counts as the root of its maker, through a chain."""
+    import sqlalchemy as sa
+    from alembic import command
+
+    store = Store(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "policy_budgets")
+        for i, (name, by) in enumerate([("alice", "cli:root"), ("bob2", "user:alice"), ("carl2", "user:bob2"),
+                                        ("dave", "cli:root"), ("alice", "user:dave"), ("eve", "user:anonymous")]):
+            conn.execute(sa.text("INSERT INTO api_tokens (name, role, token_hash, prefix, created_by, created_at) "
+                                 "VALUES (:n, 'approver', :h, 'heald_x', :b, CURRENT_TIMESTAMP)"),
+                         {"n": name, "h": f"{i:064d}", "b": by})
+    store.migrate()
+    roots = [(t.name, t.root_identity) for t in store.list_tokens()]
+    assert roots == [("alice", "alice"), ("bob2", "alice"), ("carl2", "alice"), ("dave", "dave"), ("alice", "alice"),
+                     ("eve", "anonymous")]
+    store.close()

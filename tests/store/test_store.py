@@ -129,3 +129,33 @@ def test_incident_detail_has_the_timeline(store: Store, tmp_path) -> None:
     assert events == ["incident.opened", "incident.transition"]
     assert detail["incident"]["state"] == "diagnosing"
     assert detail["signals"][0]["summary"] == "down"
+
+
+def test_concurrent_first_tokens_of_one_name_bind_one_root(store: Store) -> None:
+    """Eight makers race to create the first token of one identity, each as their own human:
+    one root wins, the others are refused (an identity never counts as two humans)."""
+    from heald.models import Role
+    from heald.store import IdentityConflict
+
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        try:
+            store.add_token(name="shared", role=Role.approver, token_hash=f"{i:064d}", prefix="heald_x",
+                            created_by=f"user:maker{i}", sponsor=f"maker{i}")
+            outcomes.append("created")
+        except IdentityConflict:
+            outcomes.append("refused")
+        except sa.exc.OperationalError:  # SQLite: "database is locked" for a writer that lost the race
+            outcomes.append("busy")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert "created" in outcomes and len(outcomes) == 8
+    roots = {t.root_identity for t in store.list_tokens() if t.name == "shared"}
+    assert len(roots) == 1 and outcomes.count("created") == 1

@@ -5,8 +5,7 @@ Two ways in:
 * **API tokens** with a role (:class:`heald.models.Role`: viewer < operator < approver <
   admin, each including the ones before it), sent as ``Authorization: Bearer <token>``. Only a
   token's sha256 is stored; ``heald tokens create --role R`` prints the token once. A token
-  authenticates an identity (its ``name``): approvals count once per identity, however many
-  tokens it holds. The dashboard may carry the token in the ``heald_token`` cookie instead; for
+  authenticates an identity (its ``name``). The dashboard may carry the token in the ``heald_token`` cookie instead; for
   a request that changes something the cookie only counts with an ``HX-Request`` header, which
   a cross-site form cannot send (so a cookie alone cannot be used for cross-site request
   forgery).
@@ -15,6 +14,16 @@ Two ways in:
   (GitHub's ``X-Hub-Signature-256``); any other source sends the secret as a bearer token, as
   the HTTP basic-auth password (Alertmanager's ``http_config``) or in
   ``X-Heald-Webhook-Secret``.
+
+**Approvals count humans, not identities.** Whoever makes a token sees it, so an identity is
+no proof of a second person: every identity counts as a *root identity* (the human), fixed
+when its first token is made. A token made over the API (``POST /v1/tokens``) counts as the
+root of the identity that made it; one made with ``heald tokens create`` on the database host
+counts as the root of the login that ran it, unless ``--root`` makes the new identity a root of
+its own (the person at the database host vouches for a new human; they hold the database
+anyway). The first token, made with the default name (your login), is its own root. An
+identity never changes root: a token for it that would count as another human is refused.
+:func:`heald.policy.count_approvers` counts approvals once per root identity.
 
 Routes declare what they need with ``Depends(require(Role.operator))``; webhook routes call
 :func:`webhook_principal`. With ``api.auth: false`` (local development) every request is let
@@ -81,17 +90,21 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def issue_token(store: Store, *, name: str, role: Role, created_by: str,
+def issue_token(store: Store, *, name: str, role: Role, created_by: str, sponsor: str | None,
                 expires_at: datetime | None = None) -> tuple[ApiToken, str]:
     """Create a token for identity ``name`` with ``role``; returns (the stored record, the
-    token). The token is returned only here: heald keeps its hash. Raises ValueError for a
-    name that is not 1–200 characters of letters, digits and ``_.@+-``."""
+    token). The token is returned only here: heald keeps its hash. ``created_by`` is the actor
+    for the audit log; ``sponsor`` the identity (or login) making it, whose root identity
+    ``name`` will count as for approvals — None only for a root made on the database host (see
+    the module docstring). Raises ValueError for a name that is not 1–200 characters of
+    letters, digits and ``_.@+-``, and :class:`heald.store.IdentityConflict` (a ValueError)
+    when ``name`` already counts as another root."""
     if not NAME_RE.match(name):
         raise ValueError(f"name: expected 1-200 characters of letters, digits and _.@+- (starting with a letter "
                          f"or digit), got {name!r}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     record = store.add_token(name=name, role=role, token_hash=hash_token(token), prefix=token[:12],
-                             created_by=created_by, expires_at=expires_at)
+                             created_by=created_by, sponsor=sponsor, expires_at=expires_at)
     return record, token
 
 

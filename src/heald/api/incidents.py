@@ -66,7 +66,8 @@ def routes(rt: Runtime) -> APIRouter:
     @router.post("/v1/incidents/{incident_id}/approve", tags=["approvals"])
     def approve(incident_id: int, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
         """Approve the pending remedy of an incident awaiting approval (409 otherwise; role
-        approver). An identity counts once however often it approves."""
+        approver). An identity counts once however often it approves, and identities with one
+        root identity (one human, :mod:`heald.api.auth`) count once together."""
         return verdict(incident_id, body, "approve", who)
 
     @router.post("/v1/incidents/{incident_id}/reject", tags=["approvals"])

@@ -1,6 +1,7 @@
 """API tokens (role admin): ``GET /v1/tokens``, ``POST /v1/tokens`` (the answer carries the
 token, the only time it is shown), ``POST /v1/tokens/{id}/revoke``. Tokens are revoked, never
-deleted."""
+deleted. A token made here counts, for approvals, as the root identity of the admin who made it
+(:mod:`heald.api.auth`): an admin cannot mint a second approver."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from heald.api.auth import Principal, issue_token, require
 from heald.engine import Runtime
 from heald.models import Role, utcnow
-from heald.store import NotFound
+from heald.store import IdentityConflict, NotFound
 
 
 class TokenIn(BaseModel):
@@ -34,11 +35,15 @@ def routes(rt: Runtime) -> APIRouter:
 
     @router.post("/v1/tokens", status_code=201)
     def create_token(body: TokenIn, who: Principal = admin) -> dict[str, Any]:
-        """Create a token; the answer's ``token`` is shown this once."""
+        """Create a token; the answer's ``token`` is shown this once. Its identity counts as the
+        caller's root identity when approvals are counted (``root_identity``); 409 when the
+        name is an identity that counts as someone else."""
         expires = utcnow() + timedelta(seconds=body.expires_in_seconds) if body.expires_in_seconds else None
         try:
             record, token = issue_token(rt.store, name=body.name, role=body.role, created_by=who.actor,
-                                        expires_at=expires)
+                                        sponsor=who.identity, expires_at=expires)
+        except IdentityConflict as exc:
+            raise HTTPException(409, detail=[{"loc": ["body", "name"], "msg": str(exc)}]) from exc
         except ValueError as exc:
             raise HTTPException(422, detail=[{"loc": ["body", "name"], "msg": str(exc)}]) from exc
         return {**record.model_dump(mode="json"), "token": token}

@@ -234,6 +234,18 @@ def incident(incident_id: int = typer.Argument(..., help="The incident's id."), 
     out.print(timeline)
 
 
+def login_name() -> str:
+    """The login of the user running this process, from its real uid (``$USER``/``$LOGNAME``,
+    which anyone can set, do not count); ``getpass.getuser()`` when the uid has no passwd entry."""
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return getpass.getuser()
+
+
 def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: str | None) -> str:
     """Who gives a verdict from the CLI: the identity of ``token`` (role approver or above);
     else, with ``api.auth`` on, the login name (the operating system authenticated it), and
@@ -241,7 +253,7 @@ def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: 
     from heald.api.auth import lookup_token
     from heald.models import Role
 
-    login = getpass.getuser()
+    login = login_name()
     if token:
         record = lookup_token(store, token)
         if record is None:
@@ -276,7 +288,8 @@ def _verdict(incident_id: int, verdict: str, approver: str | None, token: str | 
     elif not result["counted"]:
         out.print(f"{who} had already given a verdict on incident {incident_id}; it counts once.")
     else:
-        out.print(f"{verdict}d incident {incident_id} as {who} "
+        same = f", counting as {result['counts_as']}" if result["counts_as"] != who else ""
+        out.print(f"{verdict}d incident {incident_id} as {who}{same} "
                   f"({result['approvals']}/{result['required']} approvals).")
 
 

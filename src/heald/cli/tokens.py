@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import getpass
 from datetime import timedelta
 
 import typer
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, err, fail, open_store, out, print_json
+from heald.cli import JsonOpt, app, config, err, fail, login_name, open_store, out, print_json
 from heald.models import Role, utcnow
 
 tokens_app = typer.Typer(help="API tokens with roles (viewer < operator < approver < admin).", no_args_is_help=True)
@@ -19,8 +18,14 @@ app.add_typer(tokens_app, name="tokens")
 def create(role: Role = typer.Option(..., "--role", help="viewer, operator, approver or admin."),
            name: str | None = typer.Option(None, "--name", help="The identity it authenticates (default: your user name)."),
            expires_in: str | None = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d or 12h (default: until revoked)."),
+           root: bool = typer.Option(False, "--root", help="Make NAME a root identity: a distinct human you vouch "
+                                                           "for. Without it, NAME counts as you (your login) when "
+                                                           "approvals are counted."),
            json_out: bool = JsonOpt) -> None:
-    """Create an API token and print it, once: heald stores only its hash."""
+    """Create an API token and print it, once: heald stores only its hash.
+
+    Approvals count once per human (root identity): a token made here counts as your login,
+    unless --root makes NAME a human of its own; your own token (the default name) is one."""
     from heald.api.auth import issue_token
     from heald.durations import parse_duration
 
@@ -31,16 +36,19 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
         except ValueError as exc:
             fail(f"--expires-in: {exc}")
     store = open_store(config())
+    login = login_name()
     try:
-        record, token = issue_token(store, name=name or getpass.getuser(), role=role,
-                                    created_by=f"cli:{getpass.getuser()}", expires_at=expires)
-    except ValueError as exc:
+        record, token = issue_token(store, name=name or login, role=role, created_by=f"cli:{login}",
+                                    sponsor=None if root else login, expires_at=expires)
+    except ValueError as exc:  # a bad name, or a name that counts as another human (IdentityConflict)
         fail(f"--{exc}")
     if json_out:
         print_json({**record.model_dump(mode="json"), "token": token})
         return
     out.print(token, highlight=False, soft_wrap=True)
-    err.print(f"token {record.id} for [bold]{record.name}[/] with role [bold]{record.role.value}[/]"
+    counts = ("a root identity" if record.root_identity == record.name
+              else f"counting as {record.root_identity} in approvals")
+    err.print(f"token {record.id} for [bold]{record.name}[/] with role [bold]{record.role.value}[/] ({counts})"
               + (f", expires {record.expires_at:%Y-%m-%d %H:%M} UTC" if record.expires_at else "")
               + ". It is shown only this once: heald keeps only its hash.")
 
@@ -53,12 +61,13 @@ def list_tokens(json_out: bool = JsonOpt) -> None:
         print_json([t.model_dump(mode="json") for t in tokens])
         return
     table = Table(title="API tokens")
-    for col in ("id", "name", "role", "prefix", "created", "by", "expires", "state"):
+    for col in ("id", "name (counts as)", "role", "prefix", "created", "by", "expires", "state"):
         table.add_column(col)
     now = utcnow()
     for t in tokens:
         state = "revoked" if t.revoked_at else ("expired" if not t.active(now) else "active")
-        table.add_row(str(t.id), t.name, t.role.value, t.prefix + "…", f"{t.created_at:%Y-%m-%d %H:%M}", t.created_by,
+        who = t.name if t.root_identity == t.name else f"{t.name} ({t.root_identity})"
+        table.add_row(str(t.id), who, t.role.value, t.prefix + "…", f"{t.created_at:%Y-%m-%d %H:%M}", t.created_by,
                       f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "—", state)
     out.print(table)
 
@@ -69,7 +78,7 @@ def revoke(token_id: int = typer.Argument(..., help="The token's id (heald token
     from heald.store import NotFound
 
     try:
-        record = open_store(config()).revoke_token(token_id, f"cli:{getpass.getuser()}")
+        record = open_store(config()).revoke_token(token_id, f"cli:{login_name()}")
     except NotFound:
         fail(f"no token {token_id}", 1)
     if json_out:

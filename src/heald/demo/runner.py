@@ -236,7 +236,8 @@ def serve_dashboard(env: DemoEnv, host: str = "127.0.0.1", port: int = 0) -> tup
     if env.server is None:
         env.server = ServerThread(env.runtime, host, port)
         env.server.start()
-    _, token = issue_token(env.runtime.store, name="demo-admin", role=Role.admin, created_by="heald demo --serve")
+    _, token = issue_token(env.runtime.store, name="demo-admin", role=Role.admin, created_by="heald demo --serve",
+                           sponsor=None)
     return env.server.url, token
 
 

@@ -7,6 +7,13 @@ the most specific runbook that matches its category. The most confident hypothes
 another reasoner's hypothesis disagrees with it (neither category explains the other, see
 :mod:`heald.diagnose.categories`), the gate sees the lower of the two confidences. With no
 hypothesis at all the category is ``unknown`` with confidence 0, which the gate escalates.
+
+A model's hypothesis (any reasoner outside :data:`heald.models.DETERMINISTIC_REASONERS`: the
+LLM) never carries more confidence than the deterministic reasoners give it: when it wins,
+its confidence is capped at the best confidence of a runbook or knowledge-base hypothesis that
+*supports* it (the same category, or a cause of it), recorded as ``deterministic_confidence``;
+with no such support it is left as is and ``deterministic_confidence`` stays None, which the
+gate reads as "rests on the LLM alone: never without a human" (:func:`heald.policy.decide`).
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ from typing import Any, Protocol
 
 import structlog
 
-from heald.diagnose.categories import agree
+from heald.diagnose.categories import agree, explains
 from heald.diagnose.runbooks import Runbook, match_labels, render
-from heald.models import Diagnosis, Incident, RemedyCandidate, Signal, SignalStatus
+from heald.models import DETERMINISTIC_REASONERS, Diagnosis, Incident, RemedyCandidate, Signal, SignalStatus
 
 log = structlog.get_logger("heald.diagnose")
 
@@ -129,11 +136,46 @@ def _agree(a: Finding, b: Finding) -> bool:
     return False
 
 
+def _supports(f: Finding, category: str) -> bool:
+    """Does deterministic finding ``f`` support ``category``: the same category, or one that
+    explains it (a cause implies its symptom; a symptom does not prove a cause)?"""
+    c = f.diagnosis.category
+    if c == "unknown":
+        return False
+    if c == category or explains(c, category):
+        return True
+    rb = f.runbook
+    return f.diagnosis.reasoner == "runbook" and rb is not None and rb.diagnosis is not None \
+        and category in rb.diagnosis.explains
+
+
+def _ground(d: Diagnosis, findings: list[Finding]) -> Diagnosis:
+    """``d`` with ``deterministic_confidence`` set, its confidence capped at it, and the
+    explanation saying so (see the module docstring)."""
+    if d.reasoner in DETERMINISTIC_REASONERS:
+        return d.model_copy(update={"deterministic_confidence": d.confidence})
+    support = [f.diagnosis.confidence for f in findings
+               if f.diagnosis.reasoner in DETERMINISTIC_REASONERS and _supports(f, d.category)]
+    if not support:
+        return d.model_copy(update={
+            "deterministic_confidence": None,
+            "explanation": f"{d.explanation} [no runbook or signature supports {d.category}: this finding rests on "
+                           f"{d.reasoner} alone, and heald does not act on it without a human]"})
+    grounded = min(d.confidence, max(support))
+    note = ""
+    if grounded < d.confidence:
+        note = (f" [{d.reasoner} said {d.confidence:.2f}; the deterministic reasoners give {grounded:.2f}, "
+                f"which is what the gate sees]")
+    return d.model_copy(update={"confidence": grounded, "deterministic_confidence": grounded,
+                                "explanation": d.explanation + note})
+
+
 def diagnose(incident: Incident, signals: list[Signal], reasoners: list[Reasoner],
              runbooks: list[Runbook] | None = None) -> Finding:
     """Ask every reasoner; keep the most confident hypothesis (a runbook-backed one on a tie),
     give it the runbook for its category when it has none, and lower its confidence to the
-    lowest confidence of any hypothesis that disagrees with it. Never raises for lack of an
+    lowest confidence of any hypothesis that disagrees with it, and cap a model's confidence
+    at the deterministic reasoners' (see the module docstring). Never raises for lack of an
     answer: returns category ``unknown`` with confidence 0. A reasoner that raises is skipped
     (the reason is kept in ``notes``)."""
     findings: list[Finding] = []
@@ -181,6 +223,7 @@ def diagnose(incident: Incident, signals: list[Signal], reasoners: list[Reasoner
         agreeing = sorted({f.diagnosis.reasoner for f in findings} - {d.reasoner})
         if agreeing:
             d = d.model_copy(update={"explanation": f"{d.explanation} [{', '.join(agreeing)} agree]"})
+    d = _ground(d, findings)
     extra = [e for f in findings if f is not best for e in f.diagnosis.evidence if e not in d.evidence]
     d = d.model_copy(update={"evidence": [*d.evidence, *extra][:30]})
     return Finding(d, best.runbook, best.remedies, hypotheses, tuple(notes), tuple(usage))

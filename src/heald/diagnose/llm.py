@@ -17,6 +17,10 @@ Safety (DESIGN.md invariant 1):
 - A proposed remedy keeps a runbook's risk only when it is exactly a candidate a runbook
   offers for these signals; any other proposal is at least ``medium`` risk, so the gate asks a
   human (a model can be talked into things; the gate cannot).
+- The model's confidence never raises what the gate acts on: :func:`heald.diagnose.diagnose`
+  caps it at the deterministic reasoners' confidence, and a category no runbook or signature
+  supports is never acted on without a human approval (:func:`heald.policy.decide`), whatever
+  runbook the category brings along.
 
 Robustness: a per-call timeout; retries with exponential backoff (tenacity) on connection
 errors, timeouts, 429 and 5xx; a circuit breaker that stops calling after
@@ -299,6 +303,7 @@ class LLMReasoner:
             answer = self.parse(resp.choices[0].message.content if resp.choices else None)
         except ValueError as exc:
             usage["outcome"] = "invalid"
+            usage["refused"] = str(exc)[:500]  # the engine audits it (llm.answer_refused): a possible injection
             self.breaker.record_failure()
             raise ReasonerUnavailable(f"answer rejected: {str(exc)[:500]}", usage) from exc
         usage["outcome"] = "ok"

@@ -7,7 +7,7 @@ from the Alembic migrations, applied by :meth:`Store.migrate`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -98,9 +98,24 @@ def action_model(row: ActionRow) -> Action:
     )
 
 
+class IdentityConflict(ValueError):
+    """A token for an identity would count as another human than the identity's first token."""
+
+
+def _bound_root(s: Session, name: str) -> str | None:
+    """The root identity ``name``'s first token fixed, or None when it has no token."""
+    return s.scalar(sa.select(ApiTokenRow.root_identity).where(ApiTokenRow.name == name)
+                    .order_by(ApiTokenRow.id).limit(1))
+
+
+def _root_of(s: Session, identity: str) -> str:
+    """The root identity of ``identity`` (itself when it has no token)."""
+    return _bound_root(s, identity) or identity
+
+
 def token_model(row: ApiTokenRow) -> ApiToken:
     return ApiToken(id=row.id, name=row.name, role=Role(row.role), prefix=row.prefix, created_by=row.created_by,
-                    created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
+                    root_identity=row.root_identity, created_at=row.created_at, expires_at=row.expires_at, revoked_at=row.revoked_at,
                     revoked_by=row.revoked_by)
 
 
@@ -227,6 +242,7 @@ class Store:
             audit.append(s, actor=actor, event="diagnosis.made", incident_id=incident_id,
                          reason=d.explanation or d.category,
                          details={"category": d.category, "confidence": d.confidence, "reasoner": d.reasoner,
+                                  "deterministic_confidence": d.deterministic_confidence,
                                   "runbook": d.runbook, "evidence": d.evidence[:20]})
             return d.model_copy(update={"id": row.id, "incident_id": incident_id, "created_at": row.created_at})
 
@@ -305,8 +321,10 @@ class Store:
         with self.tx() as s:
             return s.scalar(sa.select(sa.func.max(DecisionRow.id)).where(DecisionRow.incident_id == incident_id))
 
-    def add_approval(self, incident_id: int, decision_id: int, approver: str, verdict: str, comment: str = "") -> bool:
-        """Record one approver's verdict (``approve``/``reject``) on a decision.
+    def add_approval(self, incident_id: int, decision_id: int, approver: str, verdict: str, comment: str = "",
+                     counts_as: str | None = None) -> bool:
+        """Record one approver's verdict (``approve``/``reject``) on a decision; ``counts_as``
+        (the approver's root identity, for the audit) when it is another identity.
 
         An approver counts once per decision: a repeat returns False and records nothing.
         """
@@ -315,8 +333,11 @@ class Store:
                 s.add(ApprovalRow(incident_id=incident_id, decision_id=decision_id, approver=approver,
                                   verdict=verdict, comment=comment, created_at=utcnow()))
                 s.flush()
+                details: dict[str, Any] = {"decision_id": decision_id}
+                if counts_as is not None and counts_as != approver:
+                    details["counts_as"] = counts_as
                 audit.append(s, actor=f"user:{approver}", event=f"approval.{verdict}", incident_id=incident_id,
-                             reason=comment or verdict, details={"decision_id": decision_id})
+                             reason=comment or verdict, details=details)
             return True
         except IntegrityError:
             return False
@@ -454,17 +475,50 @@ class Store:
 
     # -- API tokens ------------------------------------------------------------------------
     def add_token(self, *, name: str, role: Role, token_hash: str, prefix: str, created_by: str,
-                  expires_at: datetime | None = None) -> ApiToken:
-        """Store a new API token by its hash (the token itself is never stored) and audit it."""
+                  sponsor: str | None, expires_at: datetime | None = None) -> ApiToken:
+        """Store a new API token by its hash (the token itself is never stored) and audit it.
+
+        ``sponsor`` is the identity that makes it: ``name`` then counts as the sponsor's root
+        identity when approvals are counted; None makes ``name`` a root of its own (a human
+        vouched for on the database host). An identity's root never changes: a token for an
+        existing ``name`` that would count as another root raises :class:`IdentityConflict`.
+        """
         with self.tx() as s:
+            if s.get_bind().dialect.name == "postgresql":  # two first tokens of one name at once: one root wins
+                s.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"heald.identity:{name}"})
+            root = name if sponsor is None else _root_of(s, sponsor)
+            bound = _bound_root(s, name)
+            if bound is not None and bound != root:
+                maker = f"a token made by {sponsor} (root {root})" if sponsor is not None else f"a root token for {name}"
+                raise IdentityConflict(
+                    f"name: identity {name!r} counts as {bound!r} (fixed by its first token); {maker} would count "
+                    f"as {root!r}; pick another name")
             row = ApiTokenRow(name=name, role=role.value, token_hash=token_hash, prefix=prefix, created_by=created_by,
-                              created_at=utcnow(), expires_at=expires_at, revoked_at=None, revoked_by=None)
+                              root_identity=root, created_at=utcnow(), expires_at=expires_at, revoked_at=None,
+                              revoked_by=None)
             s.add(row)
             s.flush()
-            audit.append(s, actor=created_by, event="token.created", reason=f"token {row.id} for {name} with role {role.value}",
+            audit.append(s, actor=created_by, event="token.created", reason=f"token {row.id} for {name} with role {role.value}"
+                         + (f", counting as {root}" if root != name else ", a root identity"),
                          details={"token_id": row.id, "name": name, "role": role.value, "prefix": prefix,
+                                  "sponsor": sponsor, "root_identity": root,
                                   "expires_at": expires_at.isoformat() if expires_at else None})
             return token_model(row)
+
+    def identity_roots(self, names: Iterable[str]) -> dict[str, str]:
+        """The root identity (the human, for counting approvals) of each of ``names``: the
+        ``root_identity`` of its tokens, or the name itself for a name without any (a login
+        on the database host, or an approver named with ``api.auth`` off)."""
+        wanted = sorted(set(names))
+        if not wanted:
+            return {}
+        with self.tx() as s:
+            rows = s.execute(sa.select(ApiTokenRow.name, ApiTokenRow.root_identity)
+                             .where(ApiTokenRow.name.in_(wanted)).order_by(ApiTokenRow.id))
+            found: dict[str, str] = {}
+            for name, root in rows:
+                found.setdefault(name, root)
+        return {n: found.get(n, n) for n in wanted}
 
     def token_by_hash(self, token_hash: str) -> ApiToken | None:
         """The token with this sha256 (hex), active or not; None when there is none."""

@@ -234,8 +234,10 @@ class AuditHeadRow(Base):
 
 class ApiTokenRow(Base):
     """An API token: only its sha256 is stored; ``prefix`` (its first characters) lets a human
-    tell tokens apart. ``name`` is the identity it authenticates (approvals count per name).
-    Tokens are revoked, never deleted."""
+    tell tokens apart. ``name`` is the identity it authenticates; ``root_identity`` the human
+    that identity counts as when approvals are counted (the same for every token of a name:
+    the identity itself for a root, else the root of the identity that created it). Tokens are
+    revoked, never deleted."""
 
     __tablename__ = "api_tokens"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
@@ -244,6 +246,7 @@ class ApiTokenRow(Base):
     token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
     prefix: Mapped[str] = mapped_column(sa.String(16))
     created_by: Mapped[str] = mapped_column(sa.String(200))
+    root_identity: Mapped[str] = mapped_column(sa.String(200), index=True)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]

@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 from heald import __version__, budgets, remedies
 from heald.api.auth import Principal
 from heald.correlate.silences import list_silences
-from heald.engine import Runtime
+from heald.engine import Runtime, approval_tally
 from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
 from heald.sources import WEBHOOK_SOURCES
@@ -162,7 +162,7 @@ def routes(rt: Runtime) -> APIRouter:
             last = decisions[-1] if decisions else None
             votes = store.approvals_for(inc.id, last["id"]) if last else []
             pending.append({"incident": inc, "decision": last, "summary": _decision_summary(last),
-                            "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"})})
+                            "approvals": approval_tally(store, inc.id, last["id"]) if last else 0})
         return {
             "open_by_state": [(s.value, by_state.get(s.value, 0)) for s in OPEN_STATES],
             "open_total": sum(by_state.get(s.value, 0) for s in OPEN_STATES),
@@ -210,7 +210,7 @@ def routes(rt: Runtime) -> APIRouter:
             last = d["decisions"][-1]
             votes = [a for a in d["approvals"] if a["decision_id"] == last["id"]]
             pending = {"decision": last, "votes": votes, "summary": _decision_summary(last),
-                       "approvals": len({v["approver"] for v in votes if v["verdict"] == "approve"}),
+                       "approvals": approval_tally(rt.store, incident_id, last["id"]),
                        "mine": next((v for v in votes if v["approver"] == who.identity), None)}
         return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
                 "pending": pending, "plan": d["plans"][-1] if d["plans"] else None}
