@@ -83,8 +83,14 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
 
     cfg = config()
     configure(cfg.log_level)
+    from heald.store.checkpoints import CheckpointError
+
     rt = Runtime(cfg)
-    rt.start()
+    try:
+        rt.start()
+    except CheckpointError as exc:
+        rt.stop()
+        fail(f"audit: {exc}")
     if not cfg.api.auth:
         err.print("[yellow]warning:[/] api.auth is false: anyone who reaches the API can send signals and approve "
                   "remedies. Use it only for local development.")
@@ -298,20 +304,6 @@ def reject(incident_id: int, approver: str | None = AsOpt, token: str | None = T
     _verdict(incident_id, "reject", approver, token, comment, json_out)
 
 
-@audit_app.command("verify")
-def audit_verify(json_out: bool = JsonOpt) -> None:
-    """Check the audit log's hash chain; exit 1 and name the first entry altered or removed."""
-    report = open_store(config()).verify_audit()
-    if json_out:
-        print_json(report.as_dict())
-    elif report.intact:
-        out.print(f"[green]audit chain intact[/]: {report.entries} entries")
-    else:
-        out.print(f"[red]audit chain broken[/] at entry {report.first_bad_seq}: {report.problem}")
-    if not report.intact:
-        raise typer.Exit(1)
-
-
 def main() -> None:
     app()
 
@@ -326,3 +318,4 @@ from heald.cli import tokens as _tokens  # noqa: E402,F401
 from heald.cli import ci as _ci  # noqa: E402,F401
 from heald.cli import learn as _learn  # noqa: E402,F401
 from heald.cli import policy as _policy  # noqa: E402,F401
+from heald.cli import audit as _audit  # noqa: E402,F401
