@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 from datetime import timedelta
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -19,8 +20,11 @@ app.add_typer(tokens_app, name="tokens")
 def create(role: Role = typer.Option(..., "--role", help="viewer, operator, approver or admin."),
            name: str | None = typer.Option(None, "--name", help="The identity it authenticates (default: your user name)."),
            expires_in: str | None = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d or 12h (default: until revoked)."),
+           output: Path | None = typer.Option(None, "--output", "-o", help="Write the token to this new file (mode "
+                                                                         "0600) instead of printing it."),
            json_out: bool = JsonOpt) -> None:
-    """Create an API token and print it, once: heald stores only its hash."""
+    """Create an API token and print it (or write it to a new 0600 file), once: heald stores
+    only its hash."""
     from heald.api.auth import issue_token
     from heald.durations import parse_duration
 
@@ -30,16 +34,29 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
             expires = utcnow() + timedelta(seconds=parse_duration(expires_in))
         except ValueError as exc:
             fail(f"--expires-in: {exc}")
+    if output is not None and (output.exists() or output.is_symlink()):
+        fail(f"--output: {output} exists; give a new file (heald does not overwrite it)")
     store = open_store(config())
     try:
         record, token = issue_token(store, name=name or getpass.getuser(), role=role,
                                     created_by=f"cli:{getpass.getuser()}", expires_at=expires)
     except ValueError as exc:
         fail(f"--{exc}")
+    if output is not None:
+        from heald.files import write_private
+
+        try:
+            write_private(output, (token + "\n").encode())
+        except OSError as exc:
+            store.revoke_token(record.id, f"cli:{getpass.getuser()}")
+            fail(f"--output: cannot write {output} ({exc}); token {record.id} was revoked")
     if json_out:
-        print_json({**record.model_dump(mode="json"), "token": token})
+        print_json({**record.model_dump(mode="json"), **({"file": str(output)} if output else {"token": token})})
         return
-    out.print(token, highlight=False, soft_wrap=True)
+    if output is None:
+        out.print(token, highlight=False, soft_wrap=True)
+    else:
+        err.print(f"the token is in {output} (mode 0600)", highlight=False, soft_wrap=True)
     err.print(f"token {record.id} for [bold]{record.name}[/] with role [bold]{record.role.value}[/]"
               + (f", expires {record.expires_at:%Y-%m-%d %H:%M} UTC" if record.expires_at else "")
               + ". It is shown only this once: heald keeps only its hash.")
