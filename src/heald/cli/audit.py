@@ -57,10 +57,12 @@ def checkpoint(json_out: bool = JsonOpt) -> None:
     """Verify the chain and append a signed checkpoint of its newest entry to
     audit.checkpoint_file now (heald serve also writes them periodically and at shutdown);
     also sent to audit.notify_channels. Exit 1 when the chain is broken (it is not signed)."""
+    from heald.log import configure
     from heald.notify import Notifier
     from heald.store.checkpoints import CheckpointError, load_signing_key, write_checkpoint
 
     cfg = config()
+    configure("warning")  # logs go to stderr; stdout is for the result
     store = open_store(cfg)
     try:
         cp = write_checkpoint(store, cfg.audit_checkpoint_file, load_signing_key(cfg.audit_key_file))
