@@ -31,6 +31,11 @@ def umask_022() -> Iterator[None]:
 
 def test_cli_creates_a_private_state_dir_database_and_token_file(tmp_path: Path) -> None:
     state = tmp_path / "state"
+    first = subprocess.run(heald_cmd("incidents", "--json"), capture_output=True, text=True, timeout=120, umask=0o022,
+                           env={**os.environ, "HEALD_STATE_DIR": str(state)})
+    assert first.returncode == 0, first.stderr
+    assert (mode(state), mode(state / "heald.db")) == (0o700, 0o600)
+
     token_file = tmp_path / "admin.token"
     done = subprocess.run(heald_cmd("tokens", "create", "--role", "admin", "--name", "ops", "--output", str(token_file)),
                           capture_output=True, text=True, timeout=120, umask=0o022,
