@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -99,10 +100,17 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
                   "[bold]heald tokens create --role admin[/].")
     bind_host, bind_port = host or cfg.api.host, port if port is not None else cfg.api.port
     err.print(f"heald serves its API and dashboard on http://{bind_host}:{bind_port}/")
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; the default action would
+    # end the process before rt.stop() (DBOS, the last audit checkpoint) runs.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         make_server(rt, bind_host, bind_port)[1].run()
     finally:
         rt.stop()
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
