@@ -96,3 +96,37 @@ def test_a_readable_key_file_stops_heald_at_start(tmp_path: Path, start_runtime)
     key.chmod(0o644)
     with pytest.raises(CheckpointError, match="mode 0644"):
         start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+
+
+def test_api_audit_verify_compares_the_chain_with_the_checkpoints(tmp_path: Path, start_runtime) -> None:  # type: ignore[no-untyped-def]
+    """GET /v1/audit/verify over real HTTP: intact with the checkpoints; after the attacker with
+    the whole database rewrites entry 1 and recomputes every hash, the checkpoints catch it."""
+    import sqlalchemy as sa
+
+    from heald.store.audit import GENESIS, entry_hash
+    from heald.store.tables import AuditRow
+    from tests.conftest import serving
+
+    cfg = make_config(tmp_path, audit={"checkpoint_interval_seconds": 3600})
+    rt = start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    with serving(rt, role="viewer") as client:
+        rt.checkpointer.checkpoint()
+        ok = client.get("/v1/audit/verify")
+        assert ok.status_code == 200 and ok.json()["intact"] is True and ok.json()["checkpoints"] == 1
+
+        table = AuditRow.__table__
+        with rt.store.engine.begin() as conn:
+            for name in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars().all():
+                conn.exec_driver_sql(f'DROP TRIGGER "{name}"')
+            prev = GENESIS
+            for r in conn.execute(sa.select(table).order_by(table.c.seq)).mappings().all():
+                reason = "heald never started" if r["seq"] == 1 else r["reason"]
+                prev_row, prev = prev, entry_hash(r["seq"], r["ts"].isoformat(), r["actor"], r["event"],
+                                                  r["incident_id"], reason, r["details"], prev)
+                conn.execute(sa.update(table).where(table.c.seq == r["seq"]).values(reason=reason, prev_hash=prev_row,
+                                                                                    hash=prev))
+            conn.execute(sa.text("UPDATE audit_head SET hash = :h"), {"h": prev})
+        assert rt.store.verify_audit().intact  # the chain alone is fooled
+        bad = client.get("/v1/audit/verify")
+        assert bad.status_code == 200
+        assert bad.json()["intact"] is False and bad.json()["first_bad_seq"] == 1 and "rewritten" in bad.json()["problem"]
