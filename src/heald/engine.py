@@ -30,10 +30,10 @@ from heald import __version__, correlate, remedies
 from heald._failpoints import failpoint
 from heald.config import HealdConfig
 from heald.correlate.changes import ChangeTracker
-from heald.files import private_dir, private_file
 from heald.diagnose import Reasoner, RunbookReasoner, diagnose
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.files import private_dir, private_file
 from heald.learn import success_rates
 from heald.models import (
     Action,

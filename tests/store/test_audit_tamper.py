@@ -200,8 +200,13 @@ def test_a_tail_cut_past_an_incident_is_tampering(store: Store, attacker: sa.Eng
 @pytest.fixture
 def anchored(store: Store, tmp_path: Path) -> tuple[Path, Path]:
     """Entries 1..5 and 6..8 each covered by a signed checkpoint; returns (file, key file)."""
-    from heald.store.checkpoints import (CheckpointError, load_signing_key, load_verify_key,  # noqa: F401
-                                         verify_with_checkpoints, write_checkpoint)
+    from heald.store.checkpoints import (  # noqa: F401
+        CheckpointError,
+        load_signing_key,
+        load_verify_key,
+        verify_with_checkpoints,
+        write_checkpoint,
+    )
 
     key_file, cp_file = tmp_path / "anchor" / "audit.key", tmp_path / "anchor" / "checkpoints.jsonl"
     key = load_signing_key(key_file)
@@ -214,8 +219,13 @@ def anchored(store: Store, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def check(store: Store, anchored: tuple[Path, Path]):  # type: ignore[no-untyped-def]
-    from heald.store.checkpoints import (CheckpointError, load_signing_key, load_verify_key,  # noqa: F401
-                                         verify_with_checkpoints, write_checkpoint)
+    from heald.store.checkpoints import (  # noqa: F401
+        CheckpointError,
+        load_signing_key,
+        load_verify_key,
+        verify_with_checkpoints,
+        write_checkpoint,
+    )
 
     return verify_with_checkpoints(store, anchored[0], load_verify_key(anchored[1]))
 
@@ -263,8 +273,13 @@ def test_a_wiped_log_is_caught_by_the_checkpoints(store: Store, attacker: sa.Eng
 
 
 def test_a_broken_chain_is_never_signed(store: Store, attacker: sa.Engine, anchored: tuple[Path, Path]) -> None:
-    from heald.store.checkpoints import (CheckpointError, load_signing_key, load_verify_key,  # noqa: F401
-                                         verify_with_checkpoints, write_checkpoint)
+    from heald.store.checkpoints import (  # noqa: F401
+        CheckpointError,
+        load_signing_key,
+        load_verify_key,
+        verify_with_checkpoints,
+        write_checkpoint,
+    )
 
     cp_file, key_file = anchored
     fill(store, 1, start=8)
@@ -277,8 +292,13 @@ def test_a_broken_chain_is_never_signed(store: Store, attacker: sa.Engine, ancho
 
 
 def test_an_edited_checkpoint_file_is_detected(store: Store, anchored: tuple[Path, Path], tmp_path: Path) -> None:
-    from heald.store.checkpoints import (CheckpointError, load_signing_key, load_verify_key,  # noqa: F401
-                                         verify_with_checkpoints, write_checkpoint)
+    from heald.store.checkpoints import (  # noqa: F401
+        CheckpointError,
+        load_signing_key,
+        load_verify_key,
+        verify_with_checkpoints,
+        write_checkpoint,
+    )
 
     cp_file, key_file = anchored
     lines = cp_file.read_text().splitlines()
@@ -304,8 +324,13 @@ def test_an_edited_checkpoint_file_is_detected(store: Store, anchored: tuple[Pat
 
 
 def test_the_signing_key_is_private(tmp_path: Path) -> None:
-    from heald.store.checkpoints import (CheckpointError, load_signing_key, load_verify_key,  # noqa: F401
-                                         verify_with_checkpoints, write_checkpoint)
+    from heald.store.checkpoints import (  # noqa: F401
+        CheckpointError,
+        load_signing_key,
+        load_verify_key,
+        verify_with_checkpoints,
+        write_checkpoint,
+    )
 
     old = os.umask(0o022)
     try:

@@ -20,8 +20,8 @@ app.add_typer(tokens_app, name="tokens")
 def create(role: Role = typer.Option(..., "--role", help="viewer, operator, approver or admin."),
            name: str | None = typer.Option(None, "--name", help="The identity it authenticates (default: your user name)."),
            expires_in: str | None = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d or 12h (default: until revoked)."),
-           output: Path | None = typer.Option(None, "--output", "-o", help="Write the token to this new file (mode "
-                                                                         "0600) instead of printing it."),
+           output: Path | None = typer.Option(None, "--output", "-o", help="Write the token to this new file "
+                                                                         "(mode 0600) instead of printing it."),
            json_out: bool = JsonOpt) -> None:
     """Create an API token and print it (or write it to a new 0600 file), once: heald stores
     only its hash."""
