@@ -343,3 +343,26 @@ def test_the_signing_key_is_private(tmp_path: Path) -> None:
             load_signing_key(path)
     finally:
         os.umask(old)
+
+
+def test_a_periodic_checkpoint_walks_from_the_newest_one(store: Store, attacker: sa.Engine,
+                                                         anchored: tuple[Path, Path]) -> None:
+    """``full=False`` (the periodic checkpoint) checks only the entries from the newest
+    checkpoint on; what it does not walk, the full verification still finds."""
+    from heald.store.checkpoints import CheckpointError, load_signing_key, write_checkpoint
+
+    cp_file, key_file = anchored
+    key = load_signing_key(key_file)
+    drop_every_trigger(attacker)
+    run(attacker, "UPDATE audit_log SET reason = 'changed' WHERE seq = 3")  # before checkpoint 2 (entry 8)
+    fill(store, 1, start=8)
+    with pytest.raises(CheckpointError, match="entry 3 was altered"):
+        write_checkpoint(store, cp_file, key)  # full: the whole chain
+    assert write_checkpoint(store, cp_file, key, full=False).seq == 9  # signs entry 9's true hash
+    report = check(store, anchored)
+    assert not report.intact and report.first_bad_seq == 3 and "altered" in report.problem
+
+    run(attacker, "UPDATE audit_log SET reason = 'changed' WHERE seq = 9")
+    fill(store, 1, start=9)
+    with pytest.raises(CheckpointError, match="not signed: at entry 9: entry 9 was altered"):
+        write_checkpoint(store, cp_file, key, full=False)

@@ -199,9 +199,13 @@ def _last_line(fd: int) -> str | None:
     return data.rsplit("\n", 1)[-1]
 
 
-def write_checkpoint(store: Store, checkpoint_file: Path, key: Ed25519PrivateKey) -> Checkpoint | None:
+def write_checkpoint(store: Store, checkpoint_file: Path, key: Ed25519PrivateKey, *,
+                     full: bool = True) -> Checkpoint | None:
     """Verify the chain (against the newest checkpoint too) and append a signed checkpoint of
     its newest entry to ``checkpoint_file`` (created 0600; its directory 0700 when missing).
+    With ``full`` false only the entries from the newest checkpoint on are walked (a periodic
+    checkpoint of a long log; ``heald audit verify`` always walks the whole chain, so an
+    older entry altered since is still found there).
     Returns None, writing nothing, when the log is empty or has not grown since the newest
     checkpoint. Writers of one file are serialized by ``flock``. Raises CheckpointError when
     the chain is broken (it is never signed) or the file cannot be read or written."""
@@ -224,7 +228,8 @@ def write_checkpoint(store: Store, checkpoint_file: Path, key: Ed25519PrivateKey
                 raise CheckpointError(f"{checkpoint_file}: the last checkpoint is not signed by this key "
                                       f"({key_id(key.public_key())}); the file or the key was replaced")
         with store.tx() as s:
-            report = audit.verify(s, anchors=[last.anchor()] if last else ())
+            report = audit.verify(s, anchors=[last.anchor()] if last else (),
+                                  since=last.anchor() if last and not full else None)
         if not report.intact:
             raise CheckpointError(f"the audit chain is broken, so it is not signed: at entry {report.first_bad_seq}: "
                                   f"{report.problem}")
@@ -311,15 +316,18 @@ class Checkpointer:
         self._thread.start()
 
     def _run(self) -> None:
+        full = True  # the whole chain once after start; then from the newest checkpoint on
         while not self._stop.wait(self.interval_s):
-            self.checkpoint()
+            if self.checkpoint(full=full) is not None or self.last_error is None:
+                full = False
 
-    def checkpoint(self) -> Checkpoint | None:
-        """Write one checkpoint now (None when nothing new or on failure, which is logged)."""
+    def checkpoint(self, *, full: bool = True) -> Checkpoint | None:
+        """Write one checkpoint now (None when nothing new or on failure, which is logged);
+        ``full``: see :func:`write_checkpoint`."""
         if self._key is None:
             return None
         try:
-            cp = write_checkpoint(self.store, self.checkpoint_file, self._key)
+            cp = write_checkpoint(self.store, self.checkpoint_file, self._key, full=full)
         except Exception as exc:  # a broken chain, a full disk, a database error: logged, heald goes on
             self.last_error = str(exc)
             log.error("audit.checkpoint_failed", error=str(exc), file=str(self.checkpoint_file))
