@@ -36,10 +36,10 @@ def private_dir(path: Path, mode: int = PRIVATE_DIR) -> Path:
 
 
 def private_file(path: Path) -> Path:
-    """Make sure file ``path`` exists with mode 0600: create it empty (never following a
-    symlink at its place) or tighten the mode of the one there when this process owns it.
-    Parent directories are not created. Returns ``path``. Raises OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    """Make sure file ``path`` exists with mode 0600: create it empty or tighten the mode of
+    the one there when this process owns it (a symlink the operator configured is followed;
+    nothing is written). Parent directories are not created. Returns ``path``. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
     try:
         if os.fstat(fd).st_uid == os.geteuid():
             os.fchmod(fd, PRIVATE_FILE)
