@@ -117,6 +117,8 @@ def test_cli_audit_list_filters_and_export_verifies_elsewhere(tmp_path: Path) ->
     assert "approval.reject" not in table.stdout
     bad = run_heald("audit", "list", "--limit", "0", env=env)
     assert bad.returncode == 2 and "--limit" in bad.stderr
+    huge = run_heald("audit", "list", "--incident", str(2**64), env=env)
+    assert huge.returncode == 2 and "--incident" in huge.stderr
 
     exported = run_heald("audit", "export", "--json", "--batch", "3", env=env)
     assert exported.returncode == 0, exported.stderr

@@ -98,7 +98,7 @@ def public_key() -> None:
 
 
 @audit_app.command("list")
-def list_entries(incident: int | None = typer.Option(None, "--incident", min=1, help="Only this incident's entries."),
+def list_entries(incident: int | None = typer.Option(None, "--incident", min=1, max=2**62, help="Only this incident's entries."),
                  actor: str | None = typer.Option(None, "--actor", help="Only this actor (exactly, e.g. user:alice)."),
                  event: str | None = typer.Option(None, "--event", help="Only this event or its dotted prefix "
                                                                        "(approval matches approval.approve)."),
