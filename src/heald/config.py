@@ -705,6 +705,22 @@ class NotificationsConfig(_Section):
         return self
 
 
+class AuditConfig(_Section):
+    """Signed checkpoints of the audit chain, kept outside the database
+    (:mod:`heald.store.checkpoints`). ``heald serve`` writes one every
+    ``checkpoint_interval_seconds`` (when the log grew) and at shutdown. Keep ``checkpoint_file``
+    and ``key_file`` where the database's users cannot write (the defaults are in the state
+    directory, mode 0600); ``notify_channels`` names webhook channels of ``notifications`` that
+    also receive each checkpoint, as a copy outside this machine."""
+
+    checkpoints: bool = Field(default=True, description="write signed checkpoints")
+    checkpoint_interval_seconds: Seconds = 300.0
+    checkpoint_file: Path | None = Field(default=None, description="default <state_dir>/audit-checkpoints.jsonl")
+    key_file: Path | None = Field(default=None, description="Ed25519 signing key (PEM, 0600); default "
+                                                            "<state_dir>/audit-checkpoint.key, created when missing")
+    notify_channels: list[str] = Field(default_factory=list, description="webhook channels sent each checkpoint")
+
+
 class HealdConfig(_Section):
     """The whole configuration (the top level of ``heald.yaml``)."""
 
@@ -729,6 +745,7 @@ class HealdConfig(_Section):
     remedies: RemediesConfig = Field(default_factory=RemediesConfig)
     ci: CiConfig = Field(default_factory=CiConfig)
     notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
 
     @field_validator("database_url")
@@ -757,6 +774,16 @@ class HealdConfig(_Section):
                         raise ValueError(f"services: dependency cycle {' → '.join([*path, dep])}")
                     if dep not in path:
                         todo.append((dep, [*path, dep]))
+        return self
+
+    @model_validator(mode="after")
+    def _audit_channels(self) -> HealdConfig:
+        types = {c.name: c.type for c in self.notifications.channels}
+        for name in self.audit.notify_channels:
+            if name not in types:
+                raise ValueError(f"audit.notify_channels: {name!r} is not a channel of notifications.channels")
+            if types[name] != "webhook":
+                raise ValueError(f"audit.notify_channels: {name!r} is a {types[name]} channel; expected a webhook channel")
         return self
 
     def resolve_paths(self, base: Path) -> None:
@@ -799,11 +826,27 @@ class HealdConfig(_Section):
         for ch in self.notifications.channels:
             if isinstance(ch, EmailChannelConfig) and ch.ca_file is not None:
                 ch.ca_file = absolute(ch.ca_file)
+        if self.audit.checkpoint_file is not None:
+            self.audit.checkpoint_file = absolute(self.audit.checkpoint_file)
+        if self.audit.key_file is not None:
+            self.audit.key_file = absolute(self.audit.key_file)
 
     @property
     def database(self) -> str:
         """The SQLAlchemy URL of heald's store."""
         return self.database_url or f"sqlite:///{self.state_dir / 'heald.db'}"
+
+    @property
+    def audit_checkpoint_file(self) -> Path:
+        """Where signed audit checkpoints are appended (``audit.checkpoint_file``, else
+        ``<state_dir>/audit-checkpoints.jsonl``)."""
+        return self.audit.checkpoint_file or self.state_dir / "audit-checkpoints.jsonl"
+
+    @property
+    def audit_key_file(self) -> Path:
+        """The Ed25519 key that signs audit checkpoints (``audit.key_file``, else
+        ``<state_dir>/audit-checkpoint.key``)."""
+        return self.audit.key_file or self.state_dir / "audit-checkpoint.key"
 
     @property
     def ci_work_dir(self) -> Path:

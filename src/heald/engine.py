@@ -16,6 +16,7 @@ the incident it opens.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -32,6 +33,7 @@ from heald.correlate.changes import ChangeTracker
 from heald.diagnose import Reasoner, RunbookReasoner, diagnose
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.files import private_dir, private_file
 from heald.learn import success_rates
 from heald.models import (
     Action,
@@ -52,6 +54,7 @@ from heald.policy import count_approvers, gate
 from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, NotFound, Store
+from heald.store.checkpoints import Checkpointer
 from heald.supervise import Supervisor
 from heald.verify import checks_for, verify
 
@@ -80,6 +83,30 @@ def dbos_config(config: HealdConfig) -> dict[str, Any]:
             "notification_listener_polling_interval_sec": 0.1}
 
 
+def prepare_state_dir(config: HealdConfig) -> None:
+    """Create the state directory readable by its owner only (0700) and DBOS's SQLite file
+    0600. When heald runs as root and CI work trees live inside it (the default
+    ``<state_dir>/ci``), it is 0711 instead: the sandbox's unprivileged user must traverse it
+    to reach the work trees, and still cannot list it (the files in it are 0600 themselves)."""
+    mode = 0o700
+    if os.geteuid() == 0 and config.ci_work_dir.resolve().is_relative_to(config.state_dir.resolve()):
+        mode = 0o711
+    private_dir(config.state_dir, mode)
+    if config.dbos_database.startswith("sqlite"):
+        private_file(config.state_dir / "dbos.sqlite")
+
+
+def audit_checkpointer(config: HealdConfig, store: Store, notifier: Notifier) -> Checkpointer | None:
+    """The writer of signed audit checkpoints that ``audit`` configures (None when
+    ``audit.checkpoints`` is false); each new checkpoint also goes to ``audit.notify_channels``."""
+    if not config.audit.checkpoints:
+        return None
+    channels = list(config.audit.notify_channels)
+    return Checkpointer(store, config.audit_checkpoint_file, config.audit_key_file,
+                        config.audit.checkpoint_interval_seconds,
+                        on_written=(lambda cp: notifier.send_audit_checkpoint(channels, cp.as_json())) if channels else None)
+
+
 class Runtime:
     """A running heald: store, supervisor, probes, log tailers, runbooks, reasoners and the DBOS
     engine.
@@ -105,18 +132,23 @@ class Runtime:
         self.changes = ChangeTracker(config)
         self.rng = random.Random()  # the plan's Thompson draws; a test may seed it
         self.notifier = Notifier(config.notifications, self.store)
+        self.checkpointer: Checkpointer | None = None
         self.started = False
         self._lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Migrate the store, adopt or start managed services, launch DBOS (which resumes any
-        healing a previous heald left unfinished), start missing workflows, start probes."""
+        """Migrate the store, start the audit checkpoints, adopt or start managed services,
+        launch DBOS (which resumes any healing a previous heald left unfinished), start missing
+        workflows, start probes. Raises CheckpointError for an unusable audit key file."""
         global _runtime
         if _runtime is not None and _runtime is not self:
             raise RuntimeError("another heald Runtime is already running in this process")
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        prepare_state_dir(self.config)
         self.store.migrate()
+        self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
+        if self.checkpointer is not None:
+            self.checkpointer.start()  # a bad key file stops heald here, before anything runs
         _runtime = self
         services = self.supervisor.start_all() if self.manage_services else {}
         DBOS(config=dbos_config(self.config))  # type: ignore[arg-type]
@@ -132,7 +164,8 @@ class Runtime:
             tailer.start()
 
     def stop(self, *, stop_services: bool = False) -> None:
-        """Stop probes and DBOS; with ``stop_services`` also the managed services."""
+        """Stop probes and DBOS, write a last audit checkpoint; with ``stop_services`` also
+        the managed services."""
         global _runtime
         if self.probes:
             self.probes.stop()
@@ -146,6 +179,9 @@ class Runtime:
             DBOS.destroy(destroy_registry=False)
             _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
             self.started = False
+        if self.checkpointer is not None:
+            self.checkpointer.stop()  # a last checkpoint covers everything written until now
+            self.checkpointer = None
         if stop_services:
             self.supervisor.stop_all()
         self.store.close()

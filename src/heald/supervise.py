@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 
 from heald.config import HealdConfig, ServiceConfig
+from heald.files import private_dir
 from heald.models import utcnow
 
 
@@ -57,7 +58,7 @@ class ManagedProcess:
         self.name = name
         self.cfg = cfg
         self.dir = state_dir / "services"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.dir)  # service output may hold secrets
         self.state_file = self.dir / f"{name}.json"
         self.log_file = self.dir / f"{name}.log"
         self._lock = threading.RLock()

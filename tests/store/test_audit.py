@@ -101,7 +101,8 @@ def test_cli_audit_verify_reports_the_tampered_row(tmp_path) -> None:
     fill(store, 4)
     ok = run_heald("audit", "verify", "--json", env=env)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout) == {"intact": True, "entries": 4, "first_bad_seq": None, "problem": None, "head_seq": 4}
+    assert json.loads(ok.stdout) == {"intact": True, "entries": 4, "first_bad_seq": None, "problem": None, "head_seq": 4,
+                                     "head_hash": store.audit_entries()[-1].hash, "checkpoints": None}
     drop_guard(store)
     with store.engine.begin() as conn:
         conn.execute(sa.text("UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2"))

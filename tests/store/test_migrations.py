@@ -47,3 +47,28 @@ def test_token_identity_gives_existing_tokens_their_root(db_url: str) -> None:
     assert roots == [("alice", "alice"), ("bob2", "alice"), ("carl2", "alice"), ("dave", "dave"), ("alice", "alice"),
                      ("eve", "anonymous")]
     store.close()
+
+
+def test_audit_protection_downgrades_and_upgrades(store: Store) -> None:
+    """The head's guard and the TRUNCATE refusal come and go with their migration."""
+    import pytest
+    import sqlalchemy as sa
+    from alembic import command
+    from sqlalchemy.exc import DBAPIError
+
+    store.record(actor="test", event="test.event", reason="one")
+    store.record(actor="test", event="test.event", reason="two")
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    move_back = "UPDATE audit_head SET seq = 1, hash = (SELECT hash FROM audit_log WHERE seq = 1)"
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "audit_protection-1")
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(move_back))
+        conn.execute(sa.text("UPDATE audit_head SET seq = 2, hash = (SELECT hash FROM audit_log WHERE seq = 2)"))
+    store.migrate()
+    with pytest.raises(DBAPIError, match="audit_head only moves forward"):
+        with store.engine.begin() as conn:
+            conn.execute(sa.text(move_back))
+    assert store.verify_audit().intact

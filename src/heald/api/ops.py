@@ -22,8 +22,12 @@ def routes(rt: Runtime) -> APIRouter:
 
     @router.get("/v1/audit/verify", tags=["audit"], dependencies=[Depends(require(Role.viewer))])
     def audit_verify() -> dict[str, Any]:
-        """Walk the audit chain; report it intact or the first entry altered or removed."""
-        return rt.store.verify_audit().as_dict()
+        """Walk the audit chain and compare it with the signed checkpoints (audit.checkpoint_file,
+        when it exists); report it intact or the first entry altered or removed."""
+        from heald.store.checkpoints import verify_configured
+
+        cfg = rt.config
+        return verify_configured(rt.store, cfg.audit_checkpoint_file, cfg.audit_key_file).as_dict()
 
     @router.get("/healthz")
     def healthz() -> dict[str, Any]:

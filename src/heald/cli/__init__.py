@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -83,8 +84,14 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
 
     cfg = config()
     configure(cfg.log_level)
+    from heald.store.checkpoints import CheckpointError
+
     rt = Runtime(cfg)
-    rt.start()
+    try:
+        rt.start()
+    except CheckpointError as exc:
+        rt.stop()
+        fail(f"audit: {exc}")
     if not cfg.api.auth:
         err.print("[yellow]warning:[/] api.auth is false: anyone who reaches the API can send signals and approve "
                   "remedies. Use it only for local development.")
@@ -93,10 +100,17 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
                   "[bold]heald tokens create --role admin[/].")
     bind_host, bind_port = host or cfg.api.host, port if port is not None else cfg.api.port
     err.print(f"heald serves its API and dashboard on http://{bind_host}:{bind_port}/")
+    # uvicorn re-raises the SIGTERM it caught once it has shut down; the default action would
+    # end the process before rt.stop() (DBOS, the last audit checkpoint) runs.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         make_server(rt, bind_host, bind_port)[1].run()
     finally:
         rt.stop()
+
+
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
 
 
 @app.command()
@@ -311,20 +325,6 @@ def reject(incident_id: int, approver: str | None = AsOpt, token: str | None = T
     _verdict(incident_id, "reject", approver, token, comment, json_out)
 
 
-@audit_app.command("verify")
-def audit_verify(json_out: bool = JsonOpt) -> None:
-    """Check the audit log's hash chain; exit 1 and name the first entry altered or removed."""
-    report = open_store(config()).verify_audit()
-    if json_out:
-        print_json(report.as_dict())
-    elif report.intact:
-        out.print(f"[green]audit chain intact[/]: {report.entries} entries")
-    else:
-        out.print(f"[red]audit chain broken[/] at entry {report.first_bad_seq}: {report.problem}")
-    if not report.intact:
-        raise typer.Exit(1)
-
-
 def main() -> None:
     app()
 
@@ -339,3 +339,4 @@ from heald.cli import tokens as _tokens  # noqa: E402,F401
 from heald.cli import ci as _ci  # noqa: E402,F401
 from heald.cli import learn as _learn  # noqa: E402,F401
 from heald.cli import policy as _policy  # noqa: E402,F401
+from heald.cli import audit as _audit  # noqa: E402,F401

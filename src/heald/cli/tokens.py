@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -21,8 +22,11 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
            root: bool = typer.Option(False, "--root", help="Make NAME a root identity: a distinct human you vouch "
                                                            "for. Without it, NAME counts as you (your login) when "
                                                            "approvals are counted."),
+           output: Path | None = typer.Option(None, "--output", "-o", help="Write the token to this new file "
+                                                                          "(mode 0600) instead of printing it."),
            json_out: bool = JsonOpt) -> None:
-    """Create an API token and print it, once: heald stores only its hash.
+    """Create an API token and print it (or write it to a new 0600 file), once: heald stores
+    only its hash.
 
     Approvals count once per human (root identity): a token made here counts as your login,
     unless --root makes NAME a human of its own; your own token (the default name) is one."""
@@ -35,6 +39,8 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
             expires = utcnow() + timedelta(seconds=parse_duration(expires_in))
         except ValueError as exc:
             fail(f"--expires-in: {exc}")
+    if output is not None and (output.exists() or output.is_symlink()):
+        fail(f"--output: {output} exists; give a new file (heald does not overwrite it)")
     store = open_store(config())
     login = login_name()
     try:
@@ -42,10 +48,21 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
                                     sponsor=None if root else login, expires_at=expires)
     except ValueError as exc:  # a bad name, or a name that counts as another human (IdentityConflict)
         fail(f"--{exc}")
+    if output is not None:
+        from heald.files import write_private
+
+        try:
+            write_private(output, (token + "\n").encode())
+        except OSError as exc:
+            store.revoke_token(record.id, f"cli:{login}")
+            fail(f"--output: cannot write {output} ({exc}); token {record.id} was revoked")
     if json_out:
-        print_json({**record.model_dump(mode="json"), "token": token})
+        print_json({**record.model_dump(mode="json"), **({"file": str(output)} if output else {"token": token})})
         return
-    out.print(token, highlight=False, soft_wrap=True)
+    if output is None:
+        out.print(token, highlight=False, soft_wrap=True)
+    else:
+        err.print(f"the token is in {output} (mode 0600)", highlight=False, soft_wrap=True)
     counts = ("a root identity" if record.root_identity == record.name
               else f"counting as {record.root_identity} in approvals")
     err.print(f"token {record.id} for [bold]{record.name}[/] with role [bold]{record.role.value}[/] ({counts})"

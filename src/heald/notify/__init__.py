@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from heald.config import ChannelConfig, NotificationsConfig
+from heald.config import ChannelConfig, NotificationsConfig, WebhookChannelConfig
 from heald.models import Incident
 from heald.store import Store
 
@@ -107,6 +107,37 @@ class Notifier:
         notice = Notice(event=event, incident=inc, reason=reason,
                         link=self.config.link.format(incident_id=incident_id))
         return [self._send(c, notice) for c in channels]
+
+    def send_audit_checkpoint(self, channel_names: list[str], checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+        """Send a signed audit checkpoint (:mod:`heald.store.checkpoints`) to the named webhook
+        channels as ``{"event": "audit.checkpoint", "delivery_id", "checkpoint"}``, retried like
+        a notice. Nothing is written to the audit log (an entry would move the head the
+        checkpoint names); failures are logged. Returns one {"channel", "sent", "attempts",
+        "detail"} per channel. Never raises."""
+        from heald.notify.webhook import send_json
+
+        delivery_id = f"heald-audit-checkpoint-{checkpoint.get('key_id')}-{checkpoint.get('n')}"
+        body = {"event": "audit.checkpoint", "delivery_id": delivery_id, "checkpoint": checkpoint}
+        results = []
+        for channel in self.config.channels:
+            if channel.name not in channel_names or not isinstance(channel, WebhookChannelConfig):
+                continue
+            r = channel.retry
+            retrying = Retrying(stop=stop_after_attempt(r.attempts),
+                                wait=wait_exponential(multiplier=r.backoff_initial_seconds, min=r.backoff_initial_seconds,
+                                                      max=r.backoff_max_seconds),
+                                retry=retry_if_exception_type(TransientNotifyError), reraise=True)
+            attempts = 0
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        attempts = attempt.retry_state.attempt_number
+                        detail = send_json(channel, "audit.checkpoint", delivery_id, body)
+                results.append({"channel": channel.name, "sent": True, "attempts": attempts, "detail": detail})
+            except Exception as exc:  # recorded in heald's log, never raised into the checkpointer
+                log.warning("audit.checkpoint_not_sent", channel=channel.name, attempts=attempts, error=str(exc))
+                results.append({"channel": channel.name, "sent": False, "attempts": attempts, "detail": str(exc)})
+        return results
 
     def _send(self, channel: ChannelConfig, notice: Notice) -> dict[str, Any]:
         r = channel.retry

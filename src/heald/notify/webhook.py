@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from typing import Any
 
 from heald.config import WebhookChannelConfig
 from heald.notify import Notice
@@ -26,8 +27,15 @@ def signature(secret: str, body: bytes) -> str:
 
 def send(channel: WebhookChannelConfig, notice: Notice, store: Store) -> str:
     """POST the notice's JSON, signed when the channel has a secret."""
-    body = json.dumps(notice.as_json(), sort_keys=True).encode()
-    headers = {**channel.headers, "X-Heald-Event": notice.event, "X-Heald-Delivery": notice.delivery_id}
+    return send_json(channel, notice.event, notice.delivery_id, notice.as_json())
+
+
+def send_json(channel: WebhookChannelConfig, event: str, delivery_id: str, payload: dict[str, Any]) -> str:
+    """POST ``payload`` as JSON with the headers ``X-Heald-Event: <event>`` and
+    ``X-Heald-Delivery: <delivery_id>``, signed when the channel has a secret. Returns the
+    answer; raises NotifyError or TransientNotifyError (see :func:`heald.notify._http.post`)."""
+    body = json.dumps(payload, sort_keys=True).encode()
+    headers = {**channel.headers, "X-Heald-Event": event, "X-Heald-Delivery": delivery_id}
     if (secret := channel.resolved_secret) is not None:
         headers[SIGNATURE_HEADER] = signature(secret, body)
     return post(channel.url, body, headers, channel.retry.timeout_seconds, f"webhook {channel.name}")

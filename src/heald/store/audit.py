@@ -4,14 +4,18 @@ Entry ``n`` stores ``hash_n = sha256(canonical_json(seq, ts, actor, event, incid
 details) ‖ hash_{n-1})`` and ``prev_hash = hash_{n-1}``; the first entry chains to
 :data:`GENESIS`. Sequence numbers are dense (1, 2, 3, …), and ``audit_head`` holds the newest
 (seq, hash), so an entry altered, removed from the middle or cut from the end is detected by
-:func:`verify`. The database refuses UPDATE and DELETE on ``audit_log`` (triggers from the
-initial migration); the chain catches whoever drops the triggers first.
+:func:`verify`. The database refuses UPDATE, DELETE and TRUNCATE on ``audit_log``, and lets
+``audit_head`` only move forward to the next entry (triggers from the migrations ``0001`` and
+``audit_protection``); the chain catches whoever drops the triggers first, and signed
+checkpoints kept outside the database (:mod:`heald.store.checkpoints`) catch whoever also
+rewrites the rows and recomputes every hash.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from heald.models import AuditEntry, utcnow
 from heald.store.db import lock
-from heald.store.tables import AuditHeadRow, AuditRow
+from heald.store.tables import ApiTokenRow, AuditHeadRow, AuditRow, IncidentRow
 
 GENESIS = "0" * 64
 _LOCK = "heald.audit"
@@ -60,6 +64,7 @@ def append(session: Session, *, actor: str, event: str, reason: str = "",
     row = AuditRow(seq=seq, ts=ts, actor=actor, event=event, incident_id=incident_id,
                    reason=reason, details=clean, prev_hash=prev, hash=digest)
     session.add(row)
+    session.flush()  # the entry exists before the head moves to it (the head's trigger checks that)
     if head is None:
         session.add(AuditHeadRow(id=1, seq=seq, hash=digest))
     else:
@@ -77,34 +82,58 @@ def to_entry(row: AuditRow) -> AuditEntry:
 @dataclass
 class AuditReport:
     """The result of :func:`verify`. When ``intact`` is false, ``first_bad_seq`` is the first
-    entry that was altered or removed and ``problem`` says which and how it shows."""
+    entry that was altered or removed and ``problem`` says which and how it shows.
+    ``checkpoints`` is how many signed checkpoints the chain was compared with (None: none)."""
 
     intact: bool
     entries: int
     first_bad_seq: int | None = None
     problem: str | None = None
     head_seq: int | None = None
+    head_hash: str | None = None
+    checkpoints: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"intact": self.intact, "entries": self.entries, "first_bad_seq": self.first_bad_seq,
-                "problem": self.problem, "head_seq": self.head_seq}
+                "problem": self.problem, "head_seq": self.head_seq, "head_hash": self.head_hash,
+                "checkpoints": self.checkpoints}
 
 
-def verify(session: Session, batch: int = 1000) -> AuditReport:
+@dataclass(frozen=True)
+class Anchor:
+    """An entry whose hash was recorded outside the database (a signed checkpoint): entry
+    ``seq`` had hash ``hash``; ``label`` names the record in messages (``checkpoint 3 of
+    2026-11-28T09:00:00Z``)."""
+
+    seq: int
+    hash: str
+    label: str
+
+
+def verify(session: Session, batch: int = 1000, anchors: Sequence[Anchor] = (), since: Anchor | None = None) -> AuditReport:
     """Walk the whole chain in order and report the first entry altered or removed.
 
-    Memory stays bounded (rows are read ``batch`` at a time). Does not raise on tampering;
-    the report says what was found.
+    Besides the chain's own links and its head, an empty or shortened log is tampering when
+    the store still holds what it recorded: an incident with no audit entry at all (every
+    incident's opening is audited), or API tokens while the log is empty. ``anchors`` (from
+    signed checkpoints kept outside the database, :mod:`heald.store.checkpoints`) catch a
+    rewrite by someone with the whole database: each anchored entry must still exist with the
+    same hash. ``since`` walks only from the entry it names on (that entry must still have its
+    hash; ``entries`` then counts the entries walked): the cheap check before a periodic
+    checkpoint of a long log. Memory stays bounded (rows are read ``batch`` at a time). Does
+    not raise on tampering; the report says what was found.
     """
-    expected_seq, prev, count = 1, GENESIS, 0
-    last_seq = 0
-    stmt = sa.select(AuditRow).order_by(AuditRow.seq).execution_options(yield_per=batch)
+    by_seq = {a.seq: a for a in sorted([*anchors, *([since] if since else [])], key=lambda a: a.seq)}
+    trusted = 0  # the newest entry whose hash matched an anchor
+    expected_seq, prev, count = (since.seq, None, 0) if since else (1, GENESIS, 0)
+    last_seq = expected_seq - 1
+    stmt = sa.select(AuditRow).where(AuditRow.seq >= expected_seq).order_by(AuditRow.seq).execution_options(yield_per=batch)
     for row in session.scalars(stmt):
         count += 1
         if row.seq != expected_seq:
             return AuditReport(False, count, expected_seq,
                                f"entry {expected_seq} was removed (the chain jumps from {expected_seq - 1} to {row.seq})")
-        if row.prev_hash != prev:
+        if prev is not None and row.prev_hash != prev:
             return AuditReport(False, count, row.seq,
                                f"entry {row.seq} does not chain to entry {row.seq - 1} (prev_hash differs): "
                                f"entry {row.seq - 1} or {row.seq} was altered")
@@ -112,14 +141,47 @@ def verify(session: Session, batch: int = 1000) -> AuditReport:
                             row.reason, row.details, row.prev_hash)
         if digest != row.hash:
             return AuditReport(False, count, row.seq, f"entry {row.seq} was altered (its hash does not match its contents)")
+        anchor = by_seq.get(row.seq)
+        if anchor is not None:
+            if anchor.hash != row.hash:
+                return AuditReport(False, count, trusted + 1,
+                                   f"entries {trusted + 1}..{row.seq} were rewritten: entry {row.seq} differs from "
+                                   f"{anchor.label}, though the chain was recomputed to match", checkpoints=len(by_seq))
+            trusted = row.seq
         prev, last_seq, expected_seq = row.hash, row.seq, row.seq + 1
+    n_anchors = len(by_seq) if by_seq else None
+    if by_seq and (newest := max(by_seq)) > last_seq:
+        return AuditReport(False, count, last_seq + 1,
+                           f"entries {last_seq + 1}..{newest} were removed: {by_seq[newest].label} signed entry "
+                           f"{newest}, the log ends at {last_seq or 'nothing (it is empty)'}",
+                           head_seq=last_seq or None, checkpoints=n_anchors)
     head = session.get(AuditHeadRow, 1)
     if head is not None and (head.seq != last_seq or head.hash != prev):
         if head.seq > last_seq:
             return AuditReport(False, count, last_seq + 1,
                                f"entries {last_seq + 1}..{head.seq} were removed from the end of the log",
-                               head.seq)
-        return AuditReport(False, count, head.seq, "the head of the chain does not match its last entry", head.seq)
+                               head.seq, checkpoints=n_anchors)
+        return AuditReport(False, count, head.seq, "the head of the chain does not match its last entry", head.seq,
+                           checkpoints=n_anchors)
     if head is None and count:
-        return AuditReport(False, count, 1, "the chain's head record is missing")
-    return AuditReport(True, count, head_seq=last_seq or None)
+        return AuditReport(False, count, 1, "the chain's head record is missing", checkpoints=n_anchors)
+    if (problem := _history_without_entries(session, last_seq)) is not None:
+        return AuditReport(False, count, last_seq + 1, problem, head_seq=last_seq or None, checkpoints=n_anchors)
+    return AuditReport(True, count, head_seq=last_seq or None, head_hash=prev if last_seq else None,
+                       checkpoints=n_anchors)
+
+
+def _history_without_entries(session: Session, last_seq: int) -> str | None:
+    """What the store holds that the log must have recorded but no longer does; None if
+    nothing. Only cheap, indexed queries: the newest incident's entries and the tokens."""
+    newest_incident = session.scalar(sa.select(sa.func.max(IncidentRow.id)))
+    if newest_incident is not None and session.scalar(
+            sa.select(AuditRow.seq).where(AuditRow.incident_id == newest_incident).limit(1)) is None:
+        where = "the log is empty" if last_seq == 0 else f"the log ends at entry {last_seq}"
+        return (f"incident {newest_incident} exists but no audit entry records it ({where}): the history after "
+                f"entry {last_seq} was deleted")
+    if last_seq == 0:
+        tokens = session.scalar(sa.select(sa.func.count()).select_from(ApiTokenRow)) or 0
+        if tokens:
+            return f"the audit log is empty, but the store holds {tokens} API token(s) whose creation it recorded: it was deleted"
+    return None

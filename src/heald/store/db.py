@@ -8,11 +8,14 @@ a transaction-scoped advisory lock through :func:`lock`.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
+
+from heald.files import private_dir, private_file
 
 
 def normalize_url(url: str) -> str:
@@ -29,16 +32,28 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
     return url.startswith("sqlite")
 
 
+def _private_database_file(path: Path) -> None:
+    """The SQLite file and its ``-wal``/``-shm`` companions are readable by their owner only:
+    a missing parent directory is created 0700, the file 0600 (SQLite gives ``-wal`` and
+    ``-shm`` the database file's mode), and the mode of files already there is tightened."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    private_file(path)
+    for suffix in ("-wal", "-shm", "-journal"):
+        companion = path.with_name(path.name + suffix)
+        if companion.exists():
+            private_file(companion)
+
+
 def create_engine(url: str, **kwargs: Any) -> Engine:
-    """Create an engine for ``url``. For SQLite: the parent directory is created, WAL mode and
-    a 30 s busy timeout are set, and every transaction is ``BEGIN IMMEDIATE``."""
+    """Create an engine for ``url``. For SQLite: the parent directory is created (0700), the
+    database file is 0600 (see :func:`_private_database_file`), WAL mode and a 30 s busy
+    timeout are set, and every transaction is ``BEGIN IMMEDIATE``."""
     url = normalize_url(url)
     if is_sqlite(url):
         db_path = sa.make_url(url).database
-        if db_path and db_path != ":memory:":
-            from pathlib import Path
-
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
+            _private_database_file(Path(db_path))
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
 
         @sa.event.listens_for(engine, "connect")
