@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from heald import correlate
-from heald.ci import CiJob
+from heald.ci import CiJob, InvalidJob
 from heald.ci.investigate import Investigation, investigate
 from heald.ci.pull_request import token
 from heald.config import HealdConfig
@@ -90,7 +90,18 @@ def reproduce_incident(config: HealdConfig, store: Store, incident_id: int) -> s
     failed = [s for s in signals if s.kind == FAILED and s.status == SignalStatus.firing] or \
         [s for s in signals if s.kind == FAILED]
     sig = failed[-1]
-    job = job_from_signal(config, sig)
+    try:
+        job = job_from_signal(config, sig)
+    except InvalidJob as exc:  # a signal naming an option or a command where git expects a revision or URL
+        store.record(actor="heald", event="ci.refused", incident_id=incident_id,
+                     reason=f"heald does not reproduce this CI failure: {exc}", details={"error": str(exc)})
+        job = CiJob(repo=str(sig.labels.get("repo") or sig.service or "repo")[:200], url="", bad="")
+        inv = Investigation(job=job, verdict="unresolved", category="unknown",
+                            summary=f"heald does not reproduce this CI failure: {exc}")
+        incident = store.get_incident(incident_id)
+        with store.tx() as session:
+            correlate.ingest(session, reproduction_signal(inv, incident.fingerprint), config, actor="heald:sandbox")
+        return inv.verdict
     store.record(actor="heald", event="ci.reproducing", incident_id=incident_id,
                  reason=f"reproducing {job.repo}@{job.bad[:12]} in the sandbox",
                  details={"repo": job.repo, "commit": job.bad, "good": job.good})
