@@ -163,10 +163,10 @@ def write_text(root: Path, path: str, text: str, *, create: bool = True) -> None
         fh.write(text.encode("utf-8"))
 
 
-def unlink(root: Path, path: str) -> int:
+def unlink(root: Path, path: str) -> int | None:
     """Delete the regular file ``root / path`` (never through a symbolic link at any level:
     the directory holding it is reached by descriptors, so a directory swapped for a link
-    after it was listed is refused). Returns the bytes freed (0 when it was already gone).
+    after it was listed is refused). Returns the bytes freed (None when it was already gone).
     Raises UnsafePath."""
     parts = parts_of(path)
     try:
@@ -174,7 +174,7 @@ def unlink(root: Path, path: str) -> int:
             try:
                 st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
-                return 0
+                return None
             if stat.S_ISLNK(st.st_mode):
                 raise UnsafePath(f"path {path!r} is a symbolic link; heald does not delete it")
             if not stat.S_ISREG(st.st_mode):
@@ -182,7 +182,7 @@ def unlink(root: Path, path: str) -> int:
             try:
                 os.unlink(parts[-1], dir_fd=dfd)
             except FileNotFoundError:
-                return 0
+                return None
             return st.st_size
     except FileNotFoundError:
-        return 0
+        return None

@@ -162,6 +162,7 @@ def test_the_path_helper_refuses_every_escape(tmp_path: Path) -> None:
     _paths.write_text(root, "new/dir/file.txt", "hello")
     assert _paths.read_text(root, "new/dir/file.txt") == "hello" and _paths.is_dir(root, "new/dir")
     assert _paths.unlink(root, "new/dir/file.txt") == 5 and _paths.read_text(root, "new/dir/file.txt") is None
+    assert _paths.unlink(root, "new/dir/file.txt") is None
 
 
 # -- revisions and clone URLs named by a signal ---------------------------------------------------
