@@ -185,9 +185,11 @@ class Runtime:
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
                         actor: str | None = None) -> list[correlate.IngestResult] | None:
         """Store and correlate one webhook delivery's signals together with its delivery id;
-        None (nothing stored) for a redelivery. Starts healing the incidents they open."""
+        None (nothing stored) for a redelivery. Each signal is annotated with its suspect
+        changes first (as in :meth:`ingest_many`). Starts healing the incidents they open."""
         from heald.correlate.deliveries import ingest_delivery
 
+        signals = [self.changes.annotate(s) for s in signals]
         with self.store.tx() as session:
             results = ingest_delivery(session, source, delivery_id, signals, self.config, actor=actor)
         if results is None:

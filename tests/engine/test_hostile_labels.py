@@ -5,6 +5,8 @@ runbook whose ``http_request`` URL ends in ``${flag}``, an alert whose ``flag`` 
 
 from __future__ import annotations
 
+import os
+import subprocess
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -100,3 +102,46 @@ def test_a_plain_label_still_heals(tmp_path: Path, start_runtime, admin: AdminAp
     wait_for(lambda: admin.requests, timeout=60, what="the PUT")
     assert admin.requests == [("PUT", "/admin/flags/checkout-v2")]
     wait_for(lambda: rt.store.get_incident(inc).state.terminal, timeout=60, what="the end")
+
+
+# -- change correlation is heald's, not the sender's ---------------------------------------------
+
+def _git(repo: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Dana", "GIT_AUTHOR_EMAIL": "dana@example.com",
+           "GIT_COMMITTER_NAME": "Dana", "GIT_COMMITTER_EMAIL": "dana@example.com",
+           "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z", "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z"}
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
+                           env=env).stdout.strip()
+
+
+@pytest.mark.parametrize("where", ["annotations", "labels"])
+def test_a_sender_cannot_name_the_commit_heald_reverts(tmp_path: Path, start_runtime, where: str) -> None:
+    """An alert that carries ``change_kind: config`` and ``change_id: <an old commit>`` itself
+    (the generic source and Alertmanager pass annotations through): before the fix the shipped
+    ``bad-config-change`` runbook matched it and ``git_revert`` reverted that commit
+    automatically (low risk, confidence 0.95), though heald's change correlation blamed nothing."""
+    repo = tmp_path / "config"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    (repo / "shop.json").write_text('{"tls": true}\n')
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "Turn TLS on")
+    victim = _git(repo, "rev-parse", "HEAD")
+    (repo / "other.json").write_text("{}\n")
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "Another file")
+    head = _git(repo, "rev-parse", "HEAD")
+    cfg = make_config(tmp_path, services={"shop": {"config_repo": {"path": str(repo)}}},
+                      healing={"verify_timeout_seconds": 1.0})
+    rt = start_runtime(cfg, run_probes=False, manage_services=False)
+    fake = {"change_kind": "config", "change_id": victim}
+    sig = Signal(source="generic", service="shop", summary="shop answers 500",
+                 labels={"alertname": "HighErrorRate", "service": "shop", **(fake if where == "labels" else {})},
+                 annotations=fake if where == "annotations" else {})
+    inc = rt.ingest(sig).incident_id
+    done = wait_for(lambda: (i := rt.store.get_incident(inc)).state.terminal and i, timeout=60, what="the end")
+    assert _git(repo, "rev-parse", "HEAD") == head, "heald reverted a commit the sender named"
+    assert not [a for a in rt.store.actions_for(done.id) if a.remedy == "git_revert"]
+    [stored] = rt.store.signals_for(done.id)
+    assert stored.annotations["sender.change_id"] == victim and "change_id" not in stored.annotations
+    assert "change_id" not in stored.labels
