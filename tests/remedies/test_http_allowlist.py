@@ -259,3 +259,25 @@ def test_parse_target_names_the_field() -> None:
 
     with pytest.raises(RemedyError, match="remedies.http_allowed_urls entry"):
         parse_target("http://x/a/../b", "remedies.http_allowed_urls entry")
+
+
+@pytest.mark.parametrize("headers,why", [({"Host": "internal-admin.local"}, "may not override"),
+                                         ({"X-Forwarded-Host": "evil"}, "may not override"),
+                                         ({"Transfer-Encoding": "chunked"}, "may not override"),
+                                         ({"X-Flag": "a\r\nHost: evil"}, "control character"),
+                                         ({"Bad Name": "x"}, "token")])
+def test_headers_cannot_redirect_or_reframe_the_request(headers: dict[str, str], why: str) -> None:
+    """A runbook renders label values into header values; the allowlist checks the URL, so a
+    ``Host`` header (another virtual host behind the allowed address) or a framing header
+    must not come from parameters."""
+    with pytest.raises(RemedyParamsError, match=why):
+        remedies.validate_params("http_request", {"url": "http://127.0.0.1:8181/admin/x", "headers": headers})
+
+
+def test_a_host_header_from_parameters_never_reaches_the_server(tmp_path: Path, recorder: Recorder) -> None:
+    c = ctx(tmp_path, [f"{recorder.base}/admin/"])
+    with pytest.raises(RemedyParamsError, match="'Host'"):
+        params = remedies.validate_params("http_request", {"method": "PUT", "url": f"{recorder.base}/admin/x",
+                                                           "headers": {"Host": "internal-admin.local"}})
+        remedies.get("http_request").apply(params, c)
+    assert recorder.paths == []

@@ -46,8 +46,26 @@ class HttpRequestParams(HttpCall, RemedyParams):
     timeout_seconds: float = Field(default=5.0, gt=0, le=120)
     undo: HttpCall | None = None
 
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name[:100]!r}: expected an RFC 9110 token (letters, digits, !#$%&'*+-.^_`|~)")
+            if name.lower() in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is set by heald's HTTP client from the checked URL and body; "
+                                 f"a remedy may not override it")
+            if any(ord(c) < 0x20 and c != "\t" or ord(c) == 0x7F for c in value):
+                raise ValueError(f"header {name!r}: its value contains a control character")
+        return v
+
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,100}")
+#: Headers that decide where a request goes or how its body is framed: never from a remedy's
+#: parameters (``Host`` would reach another virtual host behind the allowlisted address).
+_RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "upgrade", "te",
+                               "proxy-authorization", "x-forwarded-host", "forwarded"})
 #: Percent-encodings a server may decode into a path separator or a dot segment — ``.``, ``/``,
 #: ``\`` — and ``%`` itself (a double encoding, ``%252e``, decodes to one of those in two steps).
 _ENCODED = re.compile(r"%(?:2e|2f|5c|25)", re.IGNORECASE)
