@@ -82,25 +82,6 @@ def _parent_fd(root: Path, parts: list[str], path: str, *, create: bool = False)
         os.close(fd)
 
 
-def inside(root: Path, path: str) -> Path:
-    """``root / path`` after checking that ``path`` is a plain relative path (:func:`parts_of`)
-    and that no existing component of it is a symbolic link (checked with ``lstat``, from the
-    root down). For building a name to show or to hand to a sandbox; to read or write, use
-    :func:`read_text`/:func:`write_text`, which cannot race. Raises UnsafePath."""
-    parts = parts_of(path)
-    here = Path(root)
-    for name in parts:
-        here = here / name
-        try:
-            st = os.lstat(here)
-        except FileNotFoundError:
-            break
-        if stat.S_ISLNK(st.st_mode):
-            raise UnsafePath(f"path {path!r}: {'/'.join(here.relative_to(root).parts)} is a symbolic link; "
-                             f"heald does not follow it")
-    return Path(root, *parts)
-
-
 def is_dir(root: Path, path: str) -> bool:
     """Is ``root / path`` a directory reached without following any symbolic link? False for
     a missing path and for one through a link; raises UnsafePath for a malformed ``path``."""

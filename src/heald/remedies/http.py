@@ -51,7 +51,8 @@ class HttpRequestParams(HttpCall, RemedyParams):
     def _headers(cls, v: dict[str, str]) -> dict[str, str]:
         for name, value in v.items():
             if not _TOKEN.fullmatch(name):
-                raise ValueError(f"header name {name[:100]!r}: expected an RFC 9110 token (letters, digits, !#$%&'*+-.^_`|~)")
+                raise ValueError(f"header name {name[:100]!r}: expected an RFC 9110 token "
+                                 f"(letters, digits, !#$%&'*+-.^_`|~)")
             if name.lower() in _RESERVED_HEADERS:
                 raise ValueError(f"header {name!r} is set by heald's HTTP client from the checked URL and body; "
                                  f"a remedy may not override it")
@@ -100,7 +101,8 @@ def parse_target(url: str, what: str = "url") -> Target:
     double encoding, that a server could decode into one)."""
     bad = next((c for c in url if not 0x21 <= ord(c) <= 0x7E), None)
     if bad is not None:
-        raise RemedyError(f"{what} {url[:300]!r}: contains {bad!r}; heald calls only URLs of printable ASCII without spaces")
+        raise RemedyError(f"{what} {url[:300]!r}: contains {bad!r}; heald calls only URLs of printable ASCII "
+                          f"without spaces")
     if "\\" in url:
         raise RemedyError(f"{what} {url[:300]!r}: contains a backslash")
     if "#" in url:
