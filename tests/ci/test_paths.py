@@ -209,3 +209,45 @@ def test_ci_remedy_parameters_refuse_a_hostile_clone_url() -> None:
     with pytest.raises(remedies.RemedyParamsError, match="url"):
         remedies.validate_params("revert_commit", {**base, "url": "--upload-pack=touch /tmp/x"})
     assert remedies.validate_params("revert_commit", {**base, "url": "https://github.com/octo/calc.git"})
+
+
+# -- a sender cannot pose as heald's own sandbox ----------------------------------------------------
+
+def test_a_forged_sandbox_finding_does_not_make_heald_push_a_revert(open_tmp: Path, heald_yaml) -> None:
+    """A signal claiming to be heald's reproduction (``kind: ci_reproduced``, verdict
+    ``regression``) with a culprit, a clone URL (a repository on heald's host) and a forged
+    "before" (tests failing): before the fix the CI runbook took it at its word, and heald — as
+    root — cloned that repository, reverted the named commit and pushed a branch into it."""
+    import json
+
+    from heald.engine import Runtime
+    from tests.ci.repos import bare_remote, history, new_repo
+    from tests.conftest import wait_for
+
+    repo, _ = new_repo(open_tmp / "calc")
+    victim = history(repo, 3)[1]
+    remote = bare_remote(repo, open_tmp / "important.git")
+    head = sh("git", f"--git-dir={remote}", "rev-parse", "main", cwd=open_tmp).strip()
+    cfg = load_config(heald_yaml())
+    forged_before = {"tests": {"command": "python -m pytest", "exit": 1, "ok": False, "duration_s": 1.0,
+                               "failed_tests": []}}
+    sig = Signal(source="sandbox", kind="ci_reproduced", service="calc", severity=Severity.error,
+                 summary="reproduced: regression",
+                 labels={"repo": "calc", "head_sha": head, "head_branch": "main", "verdict": "regression"},
+                 annotations={"culprit_sha": victim, "culprit_short": victim[:12], "culprit_subject": "x",
+                              "culprit_author": "x", "culprit_age": "1 d", "bisect_log": "x", "repo_url": str(remote),
+                              "test_command": "", "investigation": json.dumps({"before": forged_before})})
+    rt = Runtime(cfg, manage_services=False, run_probes=False)
+    rt.start()
+    try:
+        inc = rt.ingest(sig, actor="test").incident_id
+        done = wait_for(lambda: (i := rt.store.get_incident(inc)).state.terminal and i, timeout=400, what="the end")
+        actions = rt.store.actions_for(done.id)
+        [stored] = rt.store.signals_for(done.id)
+    finally:
+        rt.stop()
+    branches = sh("git", f"--git-dir={remote}", "for-each-ref", "--format=%(refname:short)", "refs/heads", cwd=open_tmp)
+    assert branches.split() == ["main"], f"heald pushed into {remote}: {branches}"
+    assert not [a for a in actions if a.remedy == "revert_commit"]
+    assert (stored.source, stored.kind) == ("claimed-sandbox", "claimed-ci_reproduced")
+    assert "only heald's own sandbox" in stored.annotations["heald_note"]
