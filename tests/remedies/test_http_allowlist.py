@@ -101,8 +101,9 @@ def check(url: str) -> httpx.URL | None:
 
 def normalised_path(raw: str) -> str:
     """What a lenient server may make of a raw path: percent-decoded (twice, for double
-    encodings), backslashes as slashes, dot segments removed."""
+    encodings), backslashes as slashes, ``;parameters`` dropped, dot segments removed."""
     decoded = unquote(unquote(raw)).replace("\\", "/")
+    decoded = "/".join(seg.split(";", 1)[0] for seg in decoded.split("/"))  # path parameters, as Tomcat drops them
     return posixpath.normpath(decoded) if decoded else "/"
 
 
@@ -121,6 +122,10 @@ ATTACKS = [
     "http://127.0.0.1:8181/admin/flags%5c..%5csecret",
     "http://127.0.0.1:8181/admin/flags\\..\\..\\secret",
     "http://127.0.0.1:8181/admin//secret",
+    "http://127.0.0.1:8181/admin/..;/secret",
+    "http://127.0.0.1:8181/admin/%u002e%u002e/secret",
+    "http://127.0.0.1:8181/admin/%c0%ae%c0%ae/secret",
+    "http://127.0.0.1:8181/admin/%2",
     "http://evil@127.0.0.1:8181/admin/flags",
     "http://127.0.0.1:8181@evil.example/admin/flags",
     "http://127.0.0.1:8181/admin/flags\r\nX-Injected: 1",

@@ -69,7 +69,8 @@ _RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "c
                                "proxy-authorization", "x-forwarded-host", "forwarded"})
 #: Percent-encodings a server may decode into a path separator or a dot segment — ``.``, ``/``,
 #: ``\`` — and ``%`` itself (a double encoding, ``%252e``, decodes to one of those in two steps).
-_ENCODED = re.compile(r"%(?:2e|2f|5c|25)", re.IGNORECASE)
+_ENCODED = frozenset({0x2E, 0x2F, 0x5C, 0x25})
+_ESCAPE = re.compile(r"%(?P<hex>[0-9A-Fa-f]{2})?")
 
 
 @dataclass(frozen=True)
@@ -96,9 +97,10 @@ def parse_target(url: str, what: str = "url") -> Target:
 
     Refused (RemedyError naming ``what`` and the reason): anything but printable ASCII (control
     characters, spaces, non-ASCII), a backslash, a scheme other than http/https, userinfo
-    (``user@``), a fragment, a dot segment (``.``/``..``) or an empty segment in the path, and a
-    path holding ``%2e``, ``%2f``, ``%5c`` or ``%25`` in any case (an encoded dot or slash, or a
-    double encoding, that a server could decode into one)."""
+    (``user@``), a fragment, a dot segment (``.``/``..``, also with ``;parameters``) or an empty
+    segment in the path, and a path holding ``%2e``, ``%2f``, ``%5c`` or ``%25`` in any case (an
+    encoded dot or slash, or a double encoding, that a server could decode into one), a
+    malformed escape (``%u002e``) or an encoded control or non-ASCII byte (``%c0%ae``)."""
     bad = next((c for c in url if not 0x21 <= ord(c) <= 0x7E), None)
     if bad is not None:
         raise RemedyError(f"{what} {url[:300]!r}: contains {bad!r}; heald calls only URLs of printable ASCII "
@@ -114,15 +116,19 @@ def parse_target(url: str, what: str = "url") -> Target:
     if "@" in authority:
         raise RemedyError(f"{what} {url[:300]!r}: contains userinfo ('user@'); heald does not send credentials in URLs")
     raw_path = rest[len(authority):].split("?", 1)[0]
-    if _ENCODED.search(raw_path):
-        raise RemedyError(f"{what} {url[:300]!r}: its path holds a percent-encoded '.', '/', '\\' or '%' "
-                          f"(%2e, %2f, %5c, %25); heald does not send what a server could decode into another path")
+    for m in _ESCAPE.finditer(raw_path):
+        byte = int(m.group("hex"), 16) if m.group("hex") else None
+        if byte is None or byte in _ENCODED or not 0x20 <= byte < 0x7F:
+            raise RemedyError(f"{what} {url[:300]!r}: its path holds {m.group(0)!r}: a malformed escape, an encoded "
+                              f"'.', '/', '\\' or '%' (%2e, %2f, %5c, %25), or an encoded control or non-ASCII byte; "
+                              f"heald does not send what a server could decode into another path")
     segments = raw_path.split("/")[1:] if raw_path else []
     if segments and segments[-1] == "":
         segments = segments[:-1]  # a trailing slash
     for seg in segments:
-        if seg in ("", ".", ".."):
-            raise RemedyError(f"{what} {url[:300]!r}: its path has a {'dot' if seg else 'empty'} segment "
+        name = seg.split(";", 1)[0]  # '..;x' is '..' to servers that strip path parameters (Tomcat)
+        if name in ("", ".", ".."):
+            raise RemedyError(f"{what} {url[:300]!r}: its path has {'a dot' if name else 'an empty'} segment "
                               f"({seg or '//'!r}); heald does not send a path a server would normalise elsewhere")
     try:
         parsed = httpx.URL(url)
