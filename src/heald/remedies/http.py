@@ -119,9 +119,9 @@ def parse_target(url: str, what: str = "url") -> Target:
     for m in _ESCAPE.finditer(raw_path):
         byte = int(m.group("hex"), 16) if m.group("hex") else None
         if byte is None or byte in _ENCODED or not 0x20 <= byte < 0x7F:
-            raise RemedyError(f"{what} {url[:300]!r}: its path holds {m.group(0)!r}: a malformed escape, an encoded "
-                              f"'.', '/', '\\' or '%' (%2e, %2f, %5c, %25), or an encoded control or non-ASCII byte; "
-                              f"heald does not send what a server could decode into another path")
+            raise RemedyError(f"{what} {url[:300]!r}: its path holds {m.group(0)!r}, a malformed or refused "
+                              f"percent-encoded byte (refused: '.', '/', '\\', '%' — %2e, %2f, %5c, %25 — and control "
+                              f"or non-ASCII bytes); heald does not send what a server could decode into another path")
     segments = raw_path.split("/")[1:] if raw_path else []
     if segments and segments[-1] == "":
         segments = segments[:-1]  # a trailing slash
