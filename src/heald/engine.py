@@ -206,8 +206,12 @@ class Runtime:
     def ingest_many(self, signals: list[Signal], actor: str | None = None) -> list[correlate.IngestResult]:
         """Store and correlate ``signals`` in one transaction (all or none: a webhook's batch is
         accepted whole), then start healing the incidents they open. Each signal is first
-        annotated with the changes that may have caused it (:mod:`heald.correlate.changes`)."""
-        signals = [self.changes.annotate(s) for s in signals]
+        annotated with the changes that may have caused it (:mod:`heald.correlate.changes`);
+        one claiming to be heald's own sandbox finding is made inert
+        (:func:`heald.ci.incident.from_outside`)."""
+        from heald.ci.incident import from_outside
+
+        signals = [self.changes.annotate(from_outside(s)) for s in signals]
         with self.store.tx() as session:
             results = [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
         failpoint("ingest.after_commit")
@@ -221,9 +225,12 @@ class Runtime:
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
                         actor: str | None = None) -> list[correlate.IngestResult] | None:
         """Store and correlate one webhook delivery's signals together with its delivery id;
-        None (nothing stored) for a redelivery. Starts healing the incidents they open."""
+        None (nothing stored) for a redelivery. Each signal is annotated with its suspect
+        changes first (as in :meth:`ingest_many`). Starts healing the incidents they open."""
+        from heald.ci.incident import from_outside
         from heald.correlate.deliveries import ingest_delivery
 
+        signals = [self.changes.annotate(from_outside(s)) for s in signals]
         with self.store.tx() as session:
             results = ingest_delivery(session, source, delivery_id, signals, self.config, actor=actor)
         if results is None:

@@ -28,10 +28,43 @@ The path through heald's one engine (:mod:`heald.engine`):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from heald.config import HealdConfig
+
+
+#: A revision a signal or a remedy may name: a sha, a branch or tag name, ``HEAD~2``. Never an
+#: option (git reads an argument starting with ``-`` as one, wherever it stands: ``git fetch
+#: origin --upload-pack=<command>`` runs the command), never whitespace or control characters.
+_REV = re.compile(r"[0-9A-Za-z_][0-9A-Za-z._/@{}^~+-]{0,254}")
+#: Clone URLs: an absolute local path or a URL git reaches by one of these transports. Not
+#: git's ``<transport>::<address>`` remote helpers (``ext::sh -c …`` runs a command).
+_URL = re.compile(r"(?:/|(?:https?|ssh|git|file)://|[A-Za-z0-9._-]+@[A-Za-z0-9.-]+:)[^\s]*")
+
+
+class InvalidJob(ValueError):
+    """A CI job names a revision or clone URL heald refuses; the message names the field."""
+
+
+def check_rev(value: str, field: str) -> str:
+    """``value`` when it is a revision name git cannot mistake for an option (see ``_REV``);
+    raises InvalidJob naming ``field``."""
+    if not _REV.fullmatch(value):
+        raise InvalidJob(f"{field}: expected a commit sha or a branch/tag name (letters, digits, '._/@{{}}^~+-', "
+                         f"not starting with '-'), got {value[:100]!r}")
+    return value
+
+
+def check_url(value: str, field: str) -> str:
+    """``value`` when it is a clone URL heald may hand to git (an absolute path, or an https,
+    http, ssh, git or file URL, or ``user@host:path``; never an option or a ``transport::``
+    remote helper); raises InvalidJob naming ``field``."""
+    if not _URL.fullmatch(value) or "::" in value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise InvalidJob(f"{field}: expected an absolute path or an https://, http://, ssh://, git://, file:// or "
+                         f"user@host: clone URL, got {value[:200]!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -47,6 +80,15 @@ class CiJob:
     branch: str = ""
     test_command: str | None = None
     install_command: str | None = None
+
+    def __post_init__(self) -> None:
+        """Raises InvalidJob for a revision or URL git could read as an option or a command."""
+        if self.bad:
+            check_rev(self.bad, "head_sha")
+        if self.good:
+            check_rev(self.good, "good_sha")
+        if self.url:
+            check_url(self.url, "clone_url")
 
     @classmethod
     def for_repo(cls, config: HealdConfig, repo: str, url: str, bad: str, **kw: str | None) -> CiJob:

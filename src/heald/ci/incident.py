@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from heald import correlate
-from heald.ci import CiJob
+from heald.ci import CiJob, InvalidJob
 from heald.ci.investigate import Investigation, investigate
 from heald.ci.pull_request import token
 from heald.config import HealdConfig
@@ -31,13 +31,32 @@ FAILED = "ci_failed"
 REPRODUCED = "ci_reproduced"
 
 
+#: What only heald itself produces: its sandbox's findings. A signal from outside claiming them
+#: (a client sets ``source`` and ``kind`` freely) would pick the commit to revert, the URL to push
+#: to and the "before" results the fix is judged on.
+SANDBOX_SOURCE = "sandbox"
+
+
+def from_outside(signal: Signal) -> Signal:
+    """``signal`` as received from a sender, made inert where it claims to be heald's own
+    sandbox finding (source ``sandbox`` or kind ``ci_reproduced``): its source and kind get the
+    prefix ``claimed-`` (kept as sent, for the record) and a ``heald_note`` annotation says why,
+    so no CI runbook matches it and the reproduce step does not take it for its own."""
+    if signal.kind != REPRODUCED and signal.source != SANDBOX_SOURCE:
+        return signal
+    note = (f"the sender claimed source {signal.source!r} and kind {signal.kind!r}, which only heald's own "
+            f"sandbox reproduction produces; stored as claimed-*, inert")
+    return signal.model_copy(update={"source": f"claimed-{signal.source}"[:100], "kind": f"claimed-{signal.kind}"[:100],
+                                     "annotations": {**signal.annotations, "heald_note": note}})
+
+
 def is_ci(signals: list[Signal]) -> bool:
     return any(s.kind == FAILED for s in signals)
 
 
 def reproduction(signals: list[Signal]) -> Signal | None:
     """The incident's ``ci_reproduced`` signal, if it has one."""
-    return next((s for s in reversed(signals) if s.kind == REPRODUCED), None)
+    return next((s for s in reversed(signals) if s.kind == REPRODUCED and s.source == SANDBOX_SOURCE), None)
 
 
 def investigation_data(signal: Signal | None) -> dict[str, Any]:
@@ -70,7 +89,7 @@ def reproduction_signal(inv: Investigation, fingerprint: str) -> Signal:
                   "investigation": json.dumps(data)})
     if inv.excerpt:
         notes["log"] = inv.excerpt
-    return Signal(source="sandbox", kind=REPRODUCED, service=job.repo, status=SignalStatus.firing,
+    return Signal(source=SANDBOX_SOURCE, kind=REPRODUCED, service=job.repo, status=SignalStatus.firing,
                   severity=Severity.error, summary=inv.summary[:10_000] or f"reproduced: {inv.verdict}",
                   labels={"repo": job.repo, "head_sha": inv.bad or job.bad, "head_branch": job.branch,
                           "verdict": inv.verdict},
@@ -90,7 +109,18 @@ def reproduce_incident(config: HealdConfig, store: Store, incident_id: int) -> s
     failed = [s for s in signals if s.kind == FAILED and s.status == SignalStatus.firing] or \
         [s for s in signals if s.kind == FAILED]
     sig = failed[-1]
-    job = job_from_signal(config, sig)
+    try:
+        job = job_from_signal(config, sig)
+    except InvalidJob as exc:  # a signal naming an option or a command where git expects a revision or URL
+        store.record(actor="heald", event="ci.refused", incident_id=incident_id,
+                     reason=f"heald does not reproduce this CI failure: {exc}", details={"error": str(exc)})
+        job = CiJob(repo=str(sig.labels.get("repo") or sig.service or "repo")[:200], url="", bad="")
+        inv = Investigation(job=job, verdict="unresolved", category="unknown",
+                            summary=f"heald does not reproduce this CI failure: {exc}")
+        incident = store.get_incident(incident_id)
+        with store.tx() as session:
+            correlate.ingest(session, reproduction_signal(inv, incident.fingerprint), config, actor="heald:sandbox")
+        return inv.verdict
     store.record(actor="heald", event="ci.reproducing", incident_id=incident_id,
                  reason=f"reproducing {job.repo}@{job.bad[:12]} in the sandbox",
                  details={"repo": job.repo, "commit": job.bad, "good": job.good})

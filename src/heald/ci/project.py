@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from heald._paths import UnsafePath, parts_of, write_text
+
 TEST_DIRS = ("tests", "test", "testing")
 CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-pipelines.yml", "Jenkinsfile",
              "tox.ini", "noxfile.py", ".pre-commit-config.yaml", ".buildkite/", "bitbucket-pipelines.yml",
@@ -313,6 +315,11 @@ def add_requirement(tree: Path, files: Files, distribution: str, version: str, s
             req_files = spec.get("file") if isinstance(spec, dict) else None
             if req_files:
                 path = req_files[0] if isinstance(req_files, list) else req_files
+                try:
+                    parts_of(path)
+                except UnsafePath as exc:
+                    raise UnsupportedDeclaration(f"[tool.setuptools.dynamic] dependencies names the file {path!r}, "
+                                                 f"which heald does not edit: {exc}") from None
                 return _append_line(tree, files, path, requirement)
             raise UnsupportedDeclaration("[project] declares dependencies as dynamic without a requirements file")
         doc = tomlkit.parse(files.read("pyproject.toml") or "")
@@ -344,9 +351,10 @@ def _append_line(tree: Path, files: Files, path: str, requirement: str) -> Decla
 
 
 def _write(tree: Path, path: str, text: str) -> None:
-    """Write a file of the work tree; never through a symlink (a repository could commit one
-    pointing at a host file) nor outside the tree."""
-    target = tree / path
-    if ".." in Path(path).parts or target.is_symlink() or any(p.is_symlink() for p in target.parents if tree in p.parents):
-        raise UnsupportedDeclaration(f"{path} is a symbolic link or leaves the work tree; heald does not write it")
-    target.write_text(text)
+    """Write a file of the work tree, only inside it and never through a symbolic link at any
+    level (a repository can commit one pointing at a host file): :func:`heald._paths.write_text`.
+    Raises UnsupportedDeclaration with the reason."""
+    try:
+        write_text(tree, path, text)
+    except UnsafePath as exc:
+        raise UnsupportedDeclaration(f"heald does not write {path!r}: {exc}") from None

@@ -133,7 +133,7 @@ class RepoCache:
             if not (self.git_dir / "HEAD").exists():
                 tmp = self.git_dir.with_name(self.git_dir.name + f".tmp{os.getpid()}")
                 shutil.rmtree(tmp, ignore_errors=True)
-                git("clone", "--bare", "--quiet", self.url, str(tmp), timeout=self.timeout, env=self.env)
+                git("clone", "--bare", "--quiet", "--", self.url, str(tmp), timeout=self.timeout, env=self.env)
                 git("config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*", git_dir=tmp)
                 (tmp / "info").mkdir(exist_ok=True)
                 (tmp / "info" / "exclude").write_text(".heald/\n")
@@ -142,7 +142,7 @@ class RepoCache:
                 self.git("fetch", "--quiet", "--prune", "--tags", "origin", "+refs/heads/*:refs/heads/*")
             for rev in want:
                 if rev and not self.has(rev):
-                    self.git("fetch", "--quiet", "origin", rev, check=False)
+                    self.git("fetch", "--quiet", "--end-of-options", "origin", rev, check=False)
             self.git_dir.chmod(0o755)
 
     def succeeds(self, *args: str) -> bool:
@@ -151,12 +151,12 @@ class RepoCache:
                               timeout=60, stdin=subprocess.DEVNULL).returncode == 0
 
     def has(self, rev: str) -> bool:
-        return self.succeeds("cat-file", "-e", f"{rev}^{{commit}}")
+        return self.succeeds("cat-file", "-e", "--end-of-options", f"{rev}^{{commit}}")
 
     def resolve(self, rev: str) -> str:
         """The full sha of ``rev`` (a sha, branch or tag). Raises GitError naming it."""
         try:
-            return self.git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", timeout=30).strip()
+            return self.git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}", timeout=30).strip()
         except GitError:
             raise GitError(f"{rev!r} is not a commit of {self.repo}") from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from heald import _paths
 from heald.ci import CiJob
 from heald.ci.investigate import Workspace
 from heald.ci.repo import GitError, Worktree
@@ -52,7 +53,7 @@ def verify_fix(config: HealdConfig, undo: dict) -> CheckResult:  # type: ignore[
         files = ws.files(undo["sha"])
         checks = [c for c in ws.checks(files) if c.name in set(undo.get("checks") or [])] or ws.checks(files)
         tree = Path(undo.get("worktree") or "/nonexistent")
-        if undo.get("validated_sha") == undo["sha"] and (tree / ".heald" / "venv").is_dir():
+        if undo.get("validated_sha") == undo["sha"] and _paths.is_dir(tree, ".heald/venv"):  # never through a link the repository committed
             wt = Worktree(ws.cache, tree, tree, undo["sha"])  # the validated tree, environment installed
         else:
             ws.cache.update(want=[undo["sha"]])

@@ -77,6 +77,24 @@ def current_release(releases: ReleasesConfig) -> str | None:
         return None
 
 
+#: The annotations change correlation writes; heald's alone (see :meth:`ChangeTracker.annotate`).
+CHANGE_KEYS = frozenset({"change_kind", "change_id", "change_previous", "change_author", "change_summary",
+                         "change_at", "change_age_seconds"})
+
+
+def without_sender_changes(signal: Signal) -> Signal:
+    """``signal`` with any ``change_*`` label or annotation its sender set moved to a
+    ``sender.change_*`` annotation (a name runbooks cannot render: ``${…}`` takes no dot)."""
+    sent = {**{k: v for k, v in signal.annotations.items() if k in CHANGE_KEYS},
+            **{k: v for k, v in signal.labels.items() if k in CHANGE_KEYS}}
+    if not sent:
+        return signal
+    annotations = {k: v for k, v in signal.annotations.items() if k not in CHANGE_KEYS}
+    annotations.update({f"sender.{k}": v for k, v in sent.items()})
+    return signal.model_copy(update={"labels": {k: v for k, v in signal.labels.items() if k not in CHANGE_KEYS},
+                                     "annotations": annotations})
+
+
 def git(repo: Path, *args: str, timeout: float = 10.0) -> str:
     """Run ``git -C repo args…`` and return its stdout. Raises RuntimeError with git's message."""
     proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout,
@@ -164,8 +182,15 @@ class ChangeTracker:
         return sorted((c for c in found if since <= c.at <= until), key=lambda c: c.at, reverse=True)
 
     def annotate(self, signal: Signal) -> Signal:
-        """``signal`` with its newest suspect change as ``change_*`` annotations (unchanged when
-        there is none, when it is resolved, or when its service declares no change sources)."""
+        """``signal`` with its newest suspect change as ``change_*`` annotations (none when
+        there is none, when it is resolved, or when its service declares no change sources).
+
+        Only heald writes ``change_*``: the same names sent by the signal's sender (as labels
+        or annotations) are moved to ``sender.change_*`` annotations first — kept as evidence,
+        but no runbook matches ``^change_kind:`` on them nor renders ``${change_id}`` from them
+        (a sender could otherwise name any commit for ``git_revert`` or any release for
+        ``rollback_release``)."""
+        signal = without_sender_changes(signal)
         svc = self.config.services.get(signal.service or "")
         if signal.status != SignalStatus.firing or svc is None or (svc.config_repo is None and svc.releases is None):
             return signal

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from heald.ci import CiJob
+from heald.ci import CiJob, InvalidJob, check_url
 from heald.ci.fix import FixResult, build_fix
 from heald.ci.pull_request import (
     Proposal,
@@ -42,6 +42,14 @@ class CiParams(RemedyParams):
     base: str = Field(pattern=SHA, description="the failing commit the fix goes on top of")
     branch: str = Field(default="", max_length=300, description="the branch that failed (the pull request's base)")
     test_command: str = Field(default="", max_length=2000, description="test command; empty: detected")
+
+    @field_validator("url")
+    @classmethod
+    def _clone_url(cls, v: str) -> str:
+        try:
+            return check_url(v, "url")
+        except InvalidJob as exc:
+            raise ValueError(str(exc)) from None
 
 
 class RevertParams(CiParams):

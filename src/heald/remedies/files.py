@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from heald import _paths
 from heald.config import CleanupConfig
 from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
 
@@ -61,6 +62,26 @@ def old_files(entry: CleanupConfig, now: float) -> tuple[list[Path], int]:
     return found, newer
 
 
+def delete(entry: CleanupConfig, files: list[Path]) -> tuple[int, int, list[str]]:
+    """Delete ``files`` (found by :func:`old_files` under ``entry.path``) through descriptors
+    opened from the entry's directory without following any symbolic link
+    (:func:`heald._paths.unlink`): a directory the service swapped for a link after it was
+    listed leads nowhere. Returns (files deleted, bytes freed, paths refused with the reason)."""
+    root = entry.path.resolve()
+    deleted = freed = 0
+    refused: list[str] = []
+    for f in files:
+        try:
+            size = _paths.unlink(root, f.relative_to(root).as_posix())
+        except (_paths.UnsafePath, ValueError) as exc:
+            refused.append(str(exc))
+            continue
+        if size is not None:
+            deleted += 1
+            freed += size
+    return deleted, freed, refused
+
+
 @register
 class CleanupPath(Remedy):
     """Delete the files under one of the service's configured ``cleanup`` paths that match its
@@ -81,16 +102,9 @@ class CleanupPath(Remedy):
     def apply(self, params: CleanupParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
         entry = _entry(params, ctx)
         files, newer = old_files(entry, time.time())
-        freed = deleted = 0
-        for f in files:
-            try:
-                size = f.lstat().st_size
-                f.unlink()
-            except FileNotFoundError:
-                continue
-            freed += size
-            deleted += 1
+        deleted, freed, refused = delete(entry, files)
+        skipped = f"; refused {len(refused)} that a symbolic link now leads to ({refused[0]})" if refused else ""
         bound = f" (stopped at the bound of {entry.max_files} files)" if len(files) >= entry.max_files else ""
         return RemedyResult(f"deleted {deleted} files matching {entry.pattern!r} older than "
                             f"{entry.older_than_seconds:g} s under {entry.path}, freeing {freed / 1e6:.1f} MB; "
-                            f"kept {newer} newer ones{bound}")
+                            f"kept {newer} newer ones{bound}{skipped}")
