@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from heald.jsontext import has_lone_surrogate
+
 
 def utcnow() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
@@ -158,6 +160,23 @@ class Signal(_Model):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             return v.replace(tzinfo=UTC)
+        if v is not None:
+            try:  # stored as UTC: a time whose UTC form leaves years 1-9999 cannot be
+                return v.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("a time whose UTC form lies within the years 1 to 9999") from None
+        return v
+
+    @field_validator("source", "kind", "service", "summary", "fingerprint", "labels", "annotations")
+    @classmethod
+    def _unicode(cls, v: Any) -> Any:
+        # pydantic lets lone UTF-16 surrogates through in dict values: they cannot be stored as
+        # UTF-8 and would break every later read of the incident
+        texts = [v] if isinstance(v, str) else [t for kv in v.items() for t in kv] if isinstance(v, dict) else []
+        bad = next((t for t in texts if has_lone_surrogate(t)), None)
+        if bad is not None:
+            key = next((k for k, x in v.items() if bad in (k, x)), "") if isinstance(v, dict) else ""
+            raise ValueError(f"Unicode text{f' in {key!r}' if key else ''} (a lone UTF-16 surrogate is not a character)")
         return v
 
 
