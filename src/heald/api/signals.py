@@ -64,7 +64,9 @@ def routes(rt: Runtime) -> APIRouter:
                                               "msg": e["msg"].removeprefix("Value error, ")}]) from exc
         return accept(signal, who.actor)
 
-    @router.post("/v1/webhooks/{source}", status_code=202)
+    @router.post("/v1/webhooks/{source}", status_code=202, openapi_extra={"requestBody": {
+        "required": True, "description": "the source's own payload (e.g. an Alertmanager webhook message)",
+        "content": {"application/json": {"schema": {}}}}})
     async def post_webhook(source: str, request: Request) -> JSONResponse:
         """Accept a payload from a registered webhook source; 404 for an unknown source, 401/403
         when the request proves neither the source's secret (or signature) nor an operator
