@@ -136,6 +136,44 @@ def test_cloudevents_binary_mode_raises_only_source_errors(body: bytes, attrs: d
     _accepts_or_refuses(CloudEventsSource().parse, headers, body)
 
 
+#: The fields of a GitHub payload the parser reads (the rest it passes over).
+GITHUB_FIELDS = ("head_commit", "check_suite", "steps", "output", "name", "display_title", "head_branch",
+                 "workflow_name", "html_url", "path", "run_attempt", "head_sha", "completed_at", "updated_at")
+
+
+@st.composite
+def github_payload(draw: st.DrawFn, event: str) -> bytes:
+    """A failed run's real payload with some of the fields the parser reads (or items of its
+    ``steps``, or the repository's) replaced by arbitrary JSON values."""
+    doc = json.loads(GITHUB[event])
+    doc[event]["conclusion"] = "failure"
+    for _ in range(draw(st.integers(1, 3))):
+        where = draw(st.sampled_from(["event", "step", "repository", "workflow"]))
+        value = draw(st.one_of(JSON_VALUES, TEXT))
+        if where == "event":
+            doc[event][draw(st.sampled_from(GITHUB_FIELDS))] = value
+        elif where == "step" and isinstance(doc[event].get("steps"), list) and doc[event]["steps"]:
+            steps = doc[event]["steps"]
+            i = draw(st.integers(0, len(steps) - 1))
+            if isinstance(steps[i], dict) and draw(st.booleans()):
+                steps[i][draw(st.sampled_from(["name", "conclusion"]))] = value
+            else:
+                steps[i] = value
+        elif where == "repository":
+            doc["repository"][draw(st.sampled_from(["full_name", "clone_url", "default_branch"]))] = value
+        else:
+            doc["workflow"] = value
+    return json.dumps(doc).encode()
+
+
+@SETTINGS
+@given(event=st.sampled_from(sorted(GITHUB)), data=st.data())
+@example(event="check_run", data=None)
+def test_github_parser_on_failed_runs_with_fields_of_any_shape(event: str, data: Any) -> None:
+    body = GITHUB[event] if data is None else data.draw(github_payload(event))
+    _accepts_or_refuses(GitHubSource().parse, {"X-GitHub-Event": event, "X-GitHub-Delivery": "d-1"}, body)
+
+
 @SETTINGS
 @given(event=st.sampled_from(sorted(GITHUB)), data=st.data())
 @example(event="workflow_run", data=None)
