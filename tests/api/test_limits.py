@@ -107,29 +107,36 @@ def peak_rss_growth(attack: Callable[[], Any]) -> tuple[Any, int]:
 
 
 def test_three_unauthenticated_100mb_streamed_posts_are_refused_early_and_memory_stays_bounded(api_server) -> None:
-    client, rt = api_server()
+    """The attack of the issue, and one more: 100 MB streamed without Content-Length by a
+    client with no credentials. A signed source (GitHub, whose signature covers the body) and
+    ``/v1/signals`` read the body before authentication, so the limit stops them (413); the
+    other sources refuse the stranger before reading the body (401)."""
+    client, rt = api_server(token_role=None, webhooks={"github": {"secret": "a-github-webhook-secret"}})
     port = _port(client)
     limit = rt.config.api.max_body_bytes
-    results: list[tuple[int, bytes, int]] = []
+    expected = {"/v1/webhooks/github": 413, "/v1/signals": 413, "/v1/webhooks/generic": 401,
+                "/v1/webhooks/alertmanager": 401}
+    results: dict[str, tuple[int, bytes, int]] = {}
 
     def attack() -> None:
-        threads = [threading.Thread(target=lambda p=p: results.append(send_streamed(port, p, 100 * MB)))
-                   for p in ("/v1/webhooks/generic", "/v1/webhooks/alertmanager", "/v1/signals")]
+        threads = [threading.Thread(target=lambda p=p: results.update({p: send_streamed(port, p, 100 * MB)}))
+                   for p in expected]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
 
     _, growth = peak_rss_growth(attack)
-    assert len(results) == 3
-    for status, body, sent in results:
-        assert status == 413, (status, body[:300])
+    print(f"peak RSS growth during the attack: {growth / MB:.1f} MB; bytes sent before the answer: "
+          f"{ {p: r[2] for p, r in results.items()} }")
+    assert set(results) == set(expected)
+    for path, (status, body, sent) in results.items():
+        assert status == expected[path], (path, status, body[:300])
         detail = json.loads(body)["detail"]
-        assert f"at most {limit} bytes" in detail and "api.max_body_bytes" in detail
+        if status == 413:
+            assert f"at most {limit} bytes" in detail and "api.max_body_bytes" in detail
         # refused while streaming: the client could not push much past the limit (socket buffers)
-        assert sent < limit + 16 * MB, sent
-    print(f"peak RSS growth during the attack: {growth / MB:.1f} MB; bytes sent before the 413: "
-          f"{[r[2] for r in results]}")
+        assert sent < limit + 16 * MB, (path, sent)
     assert growth < 60 * MB, f"the server's memory grew by {growth / MB:.0f} MB"
     assert rt.store.count_signals_by_source() == {}
     # the server still answers normally afterwards
@@ -148,6 +155,15 @@ def test_a_huge_content_length_is_refused_before_the_body_is_read(api_server) ->
     for bad in ("12abc", "-1", "1" * 40):
         status, body, _ = send_streamed(_port(client), "/v1/signals", 0, content_length=bad, timeout=10)  # type: ignore[arg-type]
         assert 400 <= status < 500, (bad, status, body[:200])
+
+
+def test_an_unauthenticated_webhook_is_refused_before_its_body_is_read(api_server) -> None:
+    client, rt = api_server(token_role=None)
+    for source in ("alertmanager", "cloudevents", "generic"):
+        # a body within the limit is announced but never sent: only an answer that did not wait
+        # for the body can arrive
+        status, body, _ = send_streamed(_port(client), f"/v1/webhooks/{source}", 0, content_length=MB, timeout=5)
+        assert status == 401, (source, status, body[:200])
 
 
 def test_an_authenticated_streamed_body_over_the_limit_is_refused_too(api_server) -> None:
