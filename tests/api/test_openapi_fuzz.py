@@ -23,6 +23,7 @@ BUDGET_SECONDS = 150
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")  # from schemathesis internals
 def test_no_operation_answers_a_server_error(api_server) -> None:
     client, rt = api_server()
     base = str(client.base_url)

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from heald.api.auth import Principal, require, webhook_principal
 from heald.api.limits import HealdRoute
 from heald.engine import Runtime
+from heald.jsontext import quote
 from heald.models import Role, Severity, SignalStatus
 from heald.models import Signal as SignalModel
 from heald.sources import WEBHOOK_SOURCES, SourceError, SourceIgnored
@@ -76,7 +77,7 @@ def routes(rt: Runtime) -> APIRouter:
         in one transaction before the 202 is sent."""
         plugin = WEBHOOK_SOURCES.get(source)
         if plugin is None:
-            raise HTTPException(404, detail=f"unknown source {source!r}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
+            raise HTTPException(404, detail=f"unknown source {quote(source)}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
         if getattr(plugin, "verify", None) is None:
             # nothing to verify in the body: refuse a stranger before reading a byte of it
             await run_in_threadpool(webhook_principal, request, source, plugin, b"")
