@@ -10,10 +10,12 @@ what was expected:
   default; ``json`` raises a bare ValueError for it);
 * a lone UTF-16 surrogate written as an escape (``"\\ud83d"``): JSON's grammar allows it, but it
   is not a Unicode character, so it cannot be stored or encoded as UTF-8. It is refused with
-  the JSON path of the string (or key) that holds it.
+  the JSON path of the string (or key) that holds it;
+* a NUL character (``"\\u0000"``): valid Unicode, but PostgreSQL cannot store it in text.
 
-:func:`clean` replaces lone surrogates for display, so text that was stored before these
-checks can still be read; :func:`excerpt` keeps error messages short whatever the input.
+:func:`clean` replaces both with U+FFFD, for display (text stored before these checks can
+still be read) and for text heald reads from elsewhere (log lines, probe output);
+:func:`excerpt` keeps error messages short whatever the input.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 MAX_DEPTH = 64
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 2, 4, 4, 60, 60, 60
 
@@ -49,11 +52,13 @@ def has_lone_surrogate(text: str) -> bool:
 
 
 def clean(text: str) -> str:
-    """``text`` with every lone surrogate replaced by U+FFFD (a surrogate pair written as two
-    code points becomes the character it encodes)."""
-    if not has_lone_surrogate(text):
+    """``text`` with every lone surrogate and NUL replaced by U+FFFD (a surrogate pair written
+    as two code points becomes the character it encodes)."""
+    if _UNSTORABLE.search(text) is None:
         return text
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    if has_lone_surrogate(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text.replace("\x00", "\ufffd")
 
 
 def clean_value(value: Any) -> Any:
@@ -100,20 +105,24 @@ def check(value: Any, max_depth: int = MAX_DEPTH) -> None:
     while stack:
         item, path, depth = stack.pop()
         if isinstance(item, str):
-            if has_lone_surrogate(item):
-                raise JSONInputError(_path(path), "Unicode text (this string holds a lone UTF-16 surrogate such "
-                                                  "as \\ud83d, which is not a character)")
+            if _UNSTORABLE.search(item) is not None:
+                raise JSONInputError(_path(path), _unstorable(item))
         elif isinstance(item, (dict, list)):
             if depth >= max_depth:
                 raise JSONInputError(_path(path), f"JSON nested at most {max_depth} levels deep")
             if isinstance(item, dict):
                 for k, v in item.items():
-                    if has_lone_surrogate(k):
-                        raise JSONInputError(_path([*path, clean(k)]), "a key of Unicode text (it holds a lone "
-                                                                        "UTF-16 surrogate such as \\ud83d)")
+                    if _UNSTORABLE.search(k) is not None:
+                        raise JSONInputError(_path([*path, clean(k)]), "a key of " + _unstorable(k))
                     stack.append((v, [*path, k], depth + 1))
             else:
                 stack.extend((v, [*path, i], depth + 1) for i, v in enumerate(item))
+
+
+def _unstorable(text: str) -> str:
+    if has_lone_surrogate(text):
+        return "Unicode text (this string holds a lone UTF-16 surrogate such as \\ud83d, which is not a character)"
+    return "text without NUL characters (\\u0000), which cannot be stored"
 
 
 def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:

@@ -167,14 +167,18 @@ class Signal(_Model):
                 raise ValueError("a time whose UTC form lies within the years 1 to 9999") from None
         return v
 
+    @field_validator("source", "kind", "service", "summary", "fingerprint", mode="before")
+    @classmethod
+    def _storable_text(cls, v: Any) -> Any:
+        return clean(v) if isinstance(v, str) else v
+
     @field_validator("labels", "annotations", mode="after")
     @classmethod
-    def _unicode(cls, v: dict[str, str]) -> dict[str, str]:
-        # pydantic lets lone UTF-16 surrogates through in dict keys and values (not in its
-        # constrained strings): they cannot be encoded as UTF-8 and would break every read of
-        # the incident. Request bodies with them are refused with 422 before this
-        # (heald.jsontext.loads); what remains (a log line read with surrogateescape, a row an
-        # older heald stored) is cleaned to U+FFFD here.
+    def _storable_dict(cls, v: dict[str, str]) -> dict[str, str]:
+        # Lone UTF-16 surrogates cannot be encoded as UTF-8 (a stored one broke every read of
+        # its incident), NUL cannot be stored in PostgreSQL text. Request bodies with either are
+        # refused with 422 before this (heald.jsontext.loads); what remains (a log line read
+        # with surrogateescape, probe output, a row an older heald stored) becomes U+FFFD here.
         return {clean(k): clean(x) for k, x in v.items()}
 
 

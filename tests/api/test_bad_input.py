@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 import sqlalchemy as sa
 
 from heald.sources.github import signature
@@ -61,10 +62,18 @@ def test_a_5000_digit_integer_is_a_422(api_server) -> None:
         assert "digits" in _detail_text(r)
 
 
-def test_integers_beyond_64_bits_in_ids_offsets_and_lifetimes_are_422(api_server) -> None:
-    client, _ = api_server()
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_integers_beyond_64_bits_in_ids_offsets_and_lifetimes_are_422(api_server, database: str,
+                                                                       request: pytest.FixtureRequest) -> None:
+    extra = {"database_url": request.getfixturevalue("pg_url")} if database == "postgresql" else {}
+    client, _ = api_server(**extra)
     client.cookies.set("heald_token", client.headers["authorization"].split()[1])
+    beyond_32_bits = 2**31  # ids are PostgreSQL integers
     for method, url, body in [
+        ("GET", f"/v1/incidents/{beyond_32_bits}", None),
+        ("POST", f"/v1/tokens/{beyond_32_bits}/revoke", None),
+        ("GET", f"/incidents/{beyond_32_bits}", None),
+        ("GET", f"/events?incident={beyond_32_bits}", None),
         ("GET", f"/v1/incidents?offset={HUGE}", None),
         ("GET", "/v1/incidents?offset=" + "9" * 5000, None),
         ("GET", f"/v1/incidents/{HUGE}", None),
@@ -220,3 +229,27 @@ def test_an_unexpected_exception_is_a_500_without_a_traceback(api_server, caplog
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_nul_characters_are_refused_before_postgresql_sees_them(api_server, database: str,
+                                                                 request: pytest.FixtureRequest) -> None:
+    """PostgreSQL text cannot hold U+0000 (found by schemathesis: a NUL in a signal's ``kind``
+    answered 500 on PostgreSQL)."""
+    extra = {"database_url": request.getfixturevalue("pg_url")} if database == "postgresql" else {}
+    client, rt = api_server(**extra)
+    client.cookies.set("heald_token", client.headers["authorization"].split()[1])
+    for url, body, field in [
+        ("/v1/signals", '{"source": "mon", "kind": "a\\u0000b"}', "kind"),
+        ("/v1/signals", '{"source": "mon", "labels": {"alertname": "A\\u0000"}}', "labels.alertname"),
+        ("/v1/webhooks/generic", '{"source": "mon", "summary": "\\u0000"}', "summary"),
+        ("/v1/webhooks/cloudevents", '{"specversion": "1.0", "id": "1", "source": "s\\u0000", "type": "t"}', "source"),
+        ("/v1/silences", '{"matchers": ["a=\\"b\\""], "duration": "1h", "comment": "c\\u0000"}', "comment"),
+    ]:
+        r = client.post(url, content=body.encode(), headers=JSON)
+        _no_server_error(r, url)
+        assert r.status_code == 422 and "NUL" in _detail_text(r) and field in _detail_text(r), (url, r.text)
+    for url in ("/v1/incidents?service=a%00b", "/v1/learning?category=%00", "/audit?actor=%00", "/v1/webhooks/a%00b"):
+        r = client.request("POST" if "webhooks" in url else "GET", url)
+        assert r.status_code == 400 and "NUL" in r.json()["detail"], (url, r.status_code, r.text[:200])
+    assert rt.store.count_signals_by_source() == {}

@@ -24,8 +24,10 @@ BUDGET_SECONDS = 150
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisDeprecationWarning")  # from schemathesis internals
-def test_no_operation_answers_a_server_error(api_server) -> None:
-    client, rt = api_server()
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_no_operation_answers_a_server_error(api_server, database: str, request: pytest.FixtureRequest) -> None:
+    extra = {"database_url": request.getfixturevalue("pg_url")} if database == "postgresql" else {}
+    client, rt = api_server(**extra)
     base = str(client.base_url)
     token = client.headers["authorization"]
     # some records to find, so that ids hit real rows too

@@ -1,6 +1,7 @@
 """The shape and size of requests: what every route gets before it runs, and how errors look.
 
-* :class:`BodyLimitMiddleware` (pure ASGI, outermost): a request body larger than
+* :class:`BodyLimitMiddleware` (pure ASGI, outermost): a URL with a NUL (``%00``) is answered
+  400; a request body larger than
   ``api.max_body_bytes`` is answered 413 before any route, authentication or parser sees it:
   at once when ``Content-Length`` says so, and as soon as the count of streamed bytes passes
   the limit for a body without one (``Transfer-Encoding: chunked``). At most the limit is ever
@@ -12,8 +13,10 @@
   answer carries the whole ``input``), list at most :data:`MAX_ERRORS` problems, and an
   unexpected exception is answered 500 with an error id and no traceback (the traceback goes
   to the log, so the bug stays visible).
-* :data:`DbId` and :data:`MAX_DB_INT`: integer path and query parameters bounded to what the
-  databases store (64-bit), so a huge number is a 422, not an OverflowError.
+* :data:`DbId`, :data:`MAX_ID` and :data:`MAX_DB_INT`: integer path and query parameters
+  bounded to what the databases store (ids: PostgreSQL ``integer``; offsets and audit
+  sequence numbers: 64-bit), so a huge number is a 422, not an OverflowError or a
+  PostgreSQL "integer out of range".
 * :class:`SafeJSONResponse`: the default response class; text stored before these checks with
   a lone surrogate is shown with U+FFFD instead of failing the whole answer.
 """
@@ -37,14 +40,17 @@ from heald.jsontext import JSONInputError, clean, clean_value, excerpt, loads
 
 log = logging.getLogger("heald.api")
 
-#: The largest integer SQLite and PostgreSQL ``bigint`` store (2**63 - 1).
+#: The largest integer SQLite and PostgreSQL ``bigint`` store (2**63 - 1): offsets, audit
+#: sequence numbers.
 MAX_DB_INT = 2**63 - 1
+#: The largest record id: ids are ``integer`` columns, 32-bit on PostgreSQL (2**31 - 1).
+MAX_ID = 2**31 - 1
 #: At most this many problems are listed in one 422 answer.
 MAX_ERRORS = 20
 #: Characters of input quoted in an error answer.
 EXCERPT_CHARS = 100
 
-DbId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="a record id: 1 to 2^63-1")]
+DbId = Annotated[int, Path(ge=1, le=MAX_ID, description="a record id: 1 to 2^31-1")]
 
 
 def too_large_detail(limit: int, length: int | None = None) -> str:
@@ -77,6 +83,10 @@ class BodyLimitMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if b"%00" in scope.get("query_string", b"") or "\x00" in scope.get("path", ""):
+            # no heald URL holds a NUL, and PostgreSQL cannot compare text with one
+            await _answer(send, 400, "URL: NUL characters (%00) are not accepted in the path or query")
             return
         limit = self.max_body_bytes
         lengths = [v for k, v in scope.get("headers", []) if k.lower() == b"content-length"]

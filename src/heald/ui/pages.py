@@ -18,7 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, remedies
 from heald.api.auth import Principal
-from heald.api.limits import MAX_DB_INT, DbId, HealdRoute
+from heald.api.limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.correlate.silences import list_silences
 from heald.engine import Runtime
 from heald.jsontext import clean
@@ -267,6 +267,8 @@ def routes(rt: Runtime) -> APIRouter:
                 raise HTTPException(422, detail=f"verdict: expected 'approve' or 'reject', got {verdict[:50]!r}")
             if len(comment) > 5000:
                 raise HTTPException(422, detail=f"comment: at most 5000 characters, got {len(comment)}")
+            if clean(comment) != comment or clean(approver) != approver:
+                raise HTTPException(422, detail="comment, approver: text without NUL characters")
             name = who.identity
             if not who.authenticated:  # api.auth is off: nothing names the approver but the form
                 name = approver.strip()
@@ -311,7 +313,7 @@ def routes(rt: Runtime) -> APIRouter:
         incident_id: int | None = None
         if incident.strip():
             number = incident.strip().lstrip("#")
-            if re.fullmatch(r"[0-9]{1,18}", number):
+            if re.fullmatch(r"[0-9]{1,10}", number) and int(number) <= MAX_ID:
                 incident_id = int(number)
             else:
                 error = f"incident: expected an incident number such as 12, got {incident[:50]!r}"
@@ -340,7 +342,7 @@ def routes(rt: Runtime) -> APIRouter:
 
     # -- live updates ------------------------------------------------------------------------
     @router.get("/events")
-    def events(request: Request, incident: int | None = Query(None, ge=1, le=MAX_DB_INT),
+    def events(request: Request, incident: int | None = Query(None, ge=1, le=MAX_ID),
                since: int | None = Query(None, ge=0, le=MAX_DB_INT)) -> Response:
         """The live stream; ``since``: the audit sequence number the page was rendered from
         (a reconnecting browser's ``Last-Event-ID`` takes precedence)."""
