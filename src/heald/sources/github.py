@@ -160,7 +160,8 @@ class GitHubSource:
         if delivery:
             notes["delivery"] = delivery
         if event == "workflow_run":
-            name = (_text(obj.get("name"), f"{event}.name") or _text(obj.get("display_title"), f"{event}.display_title", 2000)[:200]
+            name = (_text(obj.get("name"), f"{event}.name")
+                    or _text(obj.get("display_title"), f"{event}.display_title", 2000)[:200]
                     or _text(_obj(data.get("workflow"), "workflow").get("name"), "workflow.name") or "workflow")
             labels["workflow"] = name
             notes["workflow_path"] = _text(obj.get("path"), f"{event}.path", 2000)
