@@ -538,6 +538,11 @@ class ApiConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8077, ge=0, le=65535)
     auth: bool = Field(default=True, description="require API tokens with roles; false only for local development")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3,
+                                description="largest request body accepted, in bytes (413 above it, checked before "
+                                            "authentication; GitHub sends up to 25 MB for some events)")
+    max_signals_per_message: int = Field(default=1000, ge=1, le=100_000,
+                                         description="most alerts or events one webhook message may carry (413 above)")
 
 
 class WebhookConfig(_Section):

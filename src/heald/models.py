@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from heald.jsontext import clean
+
 
 def utcnow() -> datetime:
     """The current time as a timezone-aware UTC datetime."""
@@ -158,7 +160,26 @@ class Signal(_Model):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             return v.replace(tzinfo=UTC)
+        if v is not None:
+            try:  # stored as UTC: a time whose UTC form leaves years 1-9999 cannot be
+                return v.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("a time whose UTC form lies within the years 1 to 9999") from None
         return v
+
+    @field_validator("source", "kind", "service", "summary", "fingerprint", mode="before")
+    @classmethod
+    def _storable_text(cls, v: Any) -> Any:
+        return clean(v) if isinstance(v, str) else v
+
+    @field_validator("labels", "annotations", mode="after")
+    @classmethod
+    def _storable_dict(cls, v: dict[str, str]) -> dict[str, str]:
+        # Lone UTF-16 surrogates cannot be encoded as UTF-8 (a stored one broke every read of
+        # its incident), NUL cannot be stored in PostgreSQL text. Request bodies with either are
+        # refused with 422 before this (heald.jsontext.loads); what remains (a log line read
+        # with surrogateescape, probe output, a row an older heald stored) becomes U+FFFD here.
+        return {clean(k): clean(x) for k, x in v.items()}
 
 
 class Incident(_Model):

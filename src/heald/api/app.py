@@ -4,7 +4,8 @@ Each area's routes live in a module of their own (``signals``, ``incidents``, ``
 ``tokens``) that exposes ``routes(rt) -> APIRouter``; :func:`create_app` includes them. Every
 route that changes something declares the role it needs with
 ``Depends(heald.api.auth.require(Role.X))`` (see :mod:`heald.api.auth`); the runtime is on
-``app.state.runtime``. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
+``app.state.runtime``. Request size and shape, and the form of error answers, are
+:mod:`heald.api.limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
 """
 
 from __future__ import annotations
@@ -12,15 +13,16 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from heald import __version__
-from heald.api import breakers, incidents, learning, ops, reports, signals, silences, tokens
+from heald.api import breakers, incidents, learning, limits, ops, reports, signals, silences, tokens
 from heald.engine import Runtime
 
 
 def create_app(rt: Runtime) -> FastAPI:
     """The FastAPI application over a started (or about to be started) Runtime."""
-    app = FastAPI(title="heald", version=__version__,
+    app = FastAPI(title="heald", version=__version__, default_response_class=limits.SafeJSONResponse,
                   description="Self-healing control plane: signals → incidents → diagnosis → gated remedies → verification.")
     app.state.runtime = rt
+    limits.install(app, rt.config.api.max_body_bytes)
     for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences):
         app.include_router(module.routes(rt))
     from heald import ui

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from heald import budgets
 from heald.api.auth import Principal, require
+from heald.api.limits import HealdRoute
 from heald.engine import Runtime
 from heald.models import Role
 from heald.store import NotFound
@@ -23,7 +24,7 @@ class BreakerResetIn(BaseModel):
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["budgets"])
+    router = APIRouter(tags=["budgets"], route_class=HealdRoute)
     viewer = [Depends(require(Role.viewer))]
 
     @router.get("/v1/breakers", dependencies=viewer)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from heald.api.auth import Principal, require
+from heald.api.limits import MAX_DB_INT, DbId, HealdRoute
 from heald.engine import Runtime
 from heald.models import Incident, IncidentState, Role
 from heald.store import InvalidTransition, NotFound
@@ -28,17 +29,17 @@ def incident_json(inc: Incident) -> dict[str, Any]:
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["incidents"])
+    router = APIRouter(tags=["incidents"], route_class=HealdRoute)
     viewer = [Depends(require(Role.viewer))]
 
     @router.get("/v1/incidents", dependencies=viewer)
     def list_incidents(state: IncidentState | None = None, service: str | None = None,
-                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0)) -> list[dict[str, Any]]:
+                       limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_DB_INT)) -> list[dict[str, Any]]:
         """Incidents, newest first, optionally only those in ``state``."""
         return [incident_json(i) for i in rt.store.list_incidents(state=state, service=service, limit=limit, offset=offset)]
 
     @router.get("/v1/incidents/{incident_id}", dependencies=viewer)
-    def get_incident(incident_id: int) -> dict[str, Any]:
+    def get_incident(incident_id: DbId) -> dict[str, Any]:
         """One incident with its signals, diagnoses, plan, decisions, actions, verifications and timeline."""
         try:
             return rt.store.incident_detail(incident_id)
@@ -64,14 +65,14 @@ def routes(rt: Runtime) -> APIRouter:
             raise HTTPException(409, detail=str(exc)) from exc
 
     @router.post("/v1/incidents/{incident_id}/approve", tags=["approvals"])
-    def approve(incident_id: int, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
+    def approve(incident_id: DbId, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
         """Approve the pending remedy of an incident awaiting approval (409 otherwise; role
         approver). An identity counts once however often it approves, and identities with one
         root identity (one human, :mod:`heald.api.auth`) count once together."""
         return verdict(incident_id, body, "approve", who)
 
     @router.post("/v1/incidents/{incident_id}/reject", tags=["approvals"])
-    def reject(incident_id: int, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
+    def reject(incident_id: DbId, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
         """Reject the pending remedy: the healing ends, escalated to a human (role approver)."""
         return verdict(incident_id, body, "reject", who)
 

@@ -7,13 +7,14 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from heald.api.auth import require
+from heald.api.limits import HealdRoute
 from heald.engine import Runtime
 from heald.learn import learned_rows
 from heald.models import Role
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["learning"])
+    router = APIRouter(tags=["learning"], route_class=HealdRoute)
 
     @router.get("/v1/learning", dependencies=[Depends(require(Role.viewer))])
     def learning(category: str | None = Query(None, max_length=100, description="only this incident category")

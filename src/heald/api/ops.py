@@ -11,13 +11,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from heald import __version__
 from heald.api.auth import require
+from heald.api.limits import HealdRoute
 from heald.api.metrics import registry_for
 from heald.engine import Runtime
 from heald.models import Role
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["operations"])
+    router = APIRouter(tags=["operations"], route_class=HealdRoute)
     registry = registry_for(rt.store)
 
     @router.get("/v1/audit/verify", tags=["audit"], dependencies=[Depends(require(Role.viewer))])

@@ -7,8 +7,10 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import PlainTextResponse
 
 from heald.api.auth import require
+from heald.api.limits import DbId, HealdRoute
 from heald.engine import Runtime
 from heald.explain import incident_report
+from heald.jsontext import clean
 from heald.models import Role
 from heald.store import NotFound
 
@@ -18,16 +20,16 @@ class MarkdownResponse(PlainTextResponse):
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["incidents"])
+    router = APIRouter(tags=["incidents"], route_class=HealdRoute)
 
     @router.get("/v1/incidents/{incident_id}/report", dependencies=[Depends(require(Role.viewer))],
                 response_class=MarkdownResponse)
-    def report(incident_id: int) -> MarkdownResponse:
+    def report(incident_id: DbId) -> MarkdownResponse:
         """The incident's report as Markdown (``text/markdown; charset=utf-8``): what was seen,
         the hypothesis, the decision and why, what was done, the verification, the timings and
         the audit entries. 404 for an unknown incident."""
         try:
-            return MarkdownResponse(incident_report(rt.store, incident_id))
+            return MarkdownResponse(clean(incident_report(rt.store, incident_id)))
         except NotFound as exc:
             raise HTTPException(404, detail=str(exc)) from exc
 

@@ -11,11 +11,13 @@ from datetime import datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from heald.api.auth import Principal, require, webhook_principal
+from heald.api.limits import HealdRoute
 from heald.engine import Runtime
+from heald.jsontext import quote
 from heald.models import Role, Severity, SignalStatus
 from heald.models import Signal as SignalModel
 from heald.sources import WEBHOOK_SOURCES, SourceError, SourceIgnored
@@ -46,7 +48,7 @@ class Accepted(BaseModel):
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["signals"])
+    router = APIRouter(tags=["signals"], route_class=HealdRoute)
 
     def accept(signal: SignalModel, actor: str | None = None) -> Accepted:
         r = rt.ingest(signal, actor=actor)
@@ -55,25 +57,44 @@ def routes(rt: Runtime) -> APIRouter:
     @router.post("/v1/signals", status_code=202, response_model=Accepted)
     def post_signal(body: SignalIn, who: Principal = Depends(require(Role.operator))) -> Accepted:
         """Accept one signal in heald's generic JSON schema (role operator)."""
-        return accept(SignalModel.model_validate(body.model_dump(exclude_none=True)), who.actor)
+        try:
+            signal = SignalModel.model_validate(body.model_dump(exclude_none=True))
+        except ValidationError as exc:  # the few checks SignalIn's schema cannot express
+            e = exc.errors()[0]
+            raise HTTPException(422, detail=[{"type": e["type"], "loc": ["body", *e["loc"]],
+                                              "msg": e["msg"].removeprefix("Value error, ")}]) from exc
+        return accept(signal, who.actor)
 
-    @router.post("/v1/webhooks/{source}", status_code=202)
+    @router.post("/v1/webhooks/{source}", status_code=202, openapi_extra={"requestBody": {
+        "required": True, "description": "the source's own payload (e.g. an Alertmanager webhook message)",
+        "content": {"application/json": {"schema": {}}}}})
     async def post_webhook(source: str, request: Request) -> JSONResponse:
         """Accept a payload from a registered webhook source; 404 for an unknown source, 401/403
         when the request proves neither the source's secret (or signature) nor an operator
-        token, 422 naming the field for a payload the source rejects. Every signal of the
-        payload is stored in one transaction before the 202 is sent."""
+        token, 422 naming the field for a payload the source rejects, 413 for a body over
+        ``api.max_body_bytes`` (before authentication) or a message of more than
+        ``api.max_signals_per_message`` alerts or events. Every signal of the payload is stored
+        in one transaction before the 202 is sent."""
         plugin = WEBHOOK_SOURCES.get(source)
         if plugin is None:
-            raise HTTPException(404, detail=f"unknown source {source!r}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
-        body = await request.body()
-        await run_in_threadpool(webhook_principal, request, source, plugin, body)
+            raise HTTPException(404, detail=f"unknown source {quote(source)}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
+        if getattr(plugin, "verify", None) is None:
+            # nothing to verify in the body: refuse a stranger before reading a byte of it
+            await run_in_threadpool(webhook_principal, request, source, plugin, b"")
+            body = await request.body()
+        else:  # a signature covers the body (read at most api.max_body_bytes of it)
+            body = await request.body()
+            await run_in_threadpool(webhook_principal, request, source, plugin, body)
         try:
-            signals = plugin.parse(request.headers, body)
+            signals = await run_in_threadpool(plugin.parse, request.headers, body)
         except SourceIgnored as exc:
             return JSONResponse({"accepted": [], "ignored": True, "reason": exc.reason}, 202)
         except SourceError as exc:
             return JSONResponse({"detail": [{"loc": ["body", *exc.field.split(".")], "msg": str(exc)}]}, 422)
+        cap = rt.config.api.max_signals_per_message
+        if len(signals) > cap:
+            return JSONResponse({"detail": f"too many alerts or events in one message: {len(signals)}; at most {cap} "
+                                           f"are accepted (api.max_signals_per_message)"}, 413)
         delivery = plugin.delivery_id(request.headers) if hasattr(plugin, "delivery_id") else None
         if delivery:
             results = await run_in_threadpool(rt.ingest_delivery, source, delivery, signals, f"source:{source}")

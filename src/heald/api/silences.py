@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from heald.api.auth import Principal, require
+from heald.api.limits import DbId, HealdRoute
 from heald.correlate.silences import SilenceError, create_silence, expire_silence, list_silences, parse_matchers
 from heald.durations import parse_duration
 from heald.engine import Runtime
@@ -63,7 +64,7 @@ def _unprocessable(exc: SilenceError) -> HTTPException:
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["silences"])
+    router = APIRouter(tags=["silences"], route_class=HealdRoute)
 
     @router.get("/v1/silences", dependencies=[Depends(require(Role.viewer))])
     def get_silences(state: Literal["pending", "active", "expired"] | None = None) -> list[dict[str, Any]]:
@@ -80,7 +81,7 @@ def routes(rt: Runtime) -> APIRouter:
             raise _unprocessable(exc) from exc
 
     @router.post("/v1/silences/{silence_id}/expire")
-    def expire(silence_id: int, who: Principal = Depends(require(Role.operator))) -> dict[str, Any]:
+    def expire(silence_id: DbId, who: Principal = Depends(require(Role.operator))) -> dict[str, Any]:
         """End a silence now (role operator); it stays listed as expired."""
         try:
             return expire_silence(rt.store, silence_id, who.actor)

@@ -12,20 +12,26 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from heald.api.auth import Principal, issue_token, require
+from heald.api.limits import DbId, HealdRoute
 from heald.engine import Runtime
 from heald.models import Role, utcnow
 from heald.store import IdentityConflict, NotFound
+
+
+#: The longest lifetime a token can be given (100 years): a datetime ends at year 9999.
+MAX_LIFETIME_SECONDS = 100 * 365 * 86400
 
 
 class TokenIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1, max_length=200, description="the identity the token authenticates")
     role: Role
-    expires_in_seconds: float | None = Field(default=None, gt=0, description="lifetime; default: until revoked")
+    expires_in_seconds: float | None = Field(default=None, gt=0, le=MAX_LIFETIME_SECONDS,
+                                              description="lifetime in seconds, at most 100 years; default: until revoked")
 
 
 def routes(rt: Runtime) -> APIRouter:
-    router = APIRouter(tags=["tokens"])
+    router = APIRouter(tags=["tokens"], route_class=HealdRoute)
     admin = Depends(require(Role.admin))
 
     @router.get("/v1/tokens")
@@ -49,7 +55,7 @@ def routes(rt: Runtime) -> APIRouter:
         return {**record.model_dump(mode="json"), "token": token}
 
     @router.post("/v1/tokens/{token_id}/revoke")
-    def revoke_token(token_id: int, who: Principal = admin) -> dict[str, Any]:
+    def revoke_token(token_id: DbId, who: Principal = admin) -> dict[str, Any]:
         """Revoke a token: it stops working at once and stays listed as revoked."""
         try:
             return rt.store.revoke_token(token_id, who.actor).model_dump(mode="json")

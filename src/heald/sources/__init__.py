@@ -14,20 +14,24 @@ Sources register themselves in :data:`WEBHOOK_SOURCES`; the API serves each at
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
+from pydantic import ValidationError
+
+from heald.jsontext import JSONInputError, excerpt, loads
 from heald.models import Signal
 
 
 class SourceError(ValueError):
-    """A payload a source cannot accept. ``field`` is the dotted path of the bad field."""
+    """A payload a source cannot accept. ``field`` is the dotted path of the bad field (cut
+    to 200 characters); the message quotes at most a short excerpt of the value ``got``."""
 
     def __init__(self, field: str, expected: str, got: object = None):
-        self.field = field
-        self.expected = expected
-        detail = f"{field}: expected {expected}"
+        self.field = excerpt(field, 200)
+        self.expected = excerpt(expected, 500)
+        detail = f"{self.field}: expected {self.expected}"
         if got is not None:
-            detail += f", got {got!r}"[:200]
+            detail += f", got {excerpt(got, 100)}"
         super().__init__(detail)
 
 
@@ -51,6 +55,30 @@ class WebhookSource(Protocol):
 
 
 WEBHOOK_SOURCES: dict[str, WebhookSource] = {}
+
+
+def load_json(body: bytes | str, what: str) -> Any:
+    """The JSON document of a request body, parsed with the bounds of
+    :func:`heald.jsontext.loads` (nesting, integer size, no lone surrogates). Raises
+    SourceError naming the field and saying that ``what`` (e.g. "an Alertmanager webhook
+    message") was expected."""
+    try:
+        return loads(body)
+    except JSONInputError as exc:
+        expected = exc.expected if exc.field != "(body)" else f"{what}: {exc.expected}"
+        raise SourceError(exc.field, expected) from exc
+
+
+def make_signal(where: str = "", **fields: Any) -> Signal:
+    """``Signal(**fields)``, raising SourceError (the field prefixed with ``where``) instead of
+    pydantic's ValidationError when a value taken from a payload does not fit the signal
+    schema (a source's last line of defence: its parser should have named the payload field)."""
+    try:
+        return Signal(**fields)
+    except ValidationError as err:
+        e = err.errors()[0]
+        field = where + ".".join(str(p) for p in e["loc"])
+        raise SourceError(field, e["msg"].lower().removeprefix("input should be ").removeprefix("value error, ")) from err
 
 
 def register_source(source: WebhookSource) -> WebhookSource:

@@ -17,7 +17,6 @@ incident its firing one opened.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal
@@ -25,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, register_source
+from heald.sources import SourceError, load_json, make_signal, register_source
 
 #: Labels that name the service an alert is about, in order of preference.
 SERVICE_LABELS = ("service", "app", "app_kubernetes_io_name", "job")
@@ -94,8 +93,9 @@ def _ended(at: datetime | None) -> datetime | None:
     return None if at is None or at.year <= 1 else at
 
 
-def alert_signal(alert: AlertIn, message: MessageIn) -> Signal:
-    """The signal of one alert (see the module docstring)."""
+def alert_signal(alert: AlertIn, message: MessageIn, where: str = "") -> Signal:
+    """The signal of one alert (see the module docstring); ``where`` prefixes the field named by
+    a SourceError (``alerts.3.``)."""
     labels = alert.labels
     status = SignalStatus(alert.status or message.status)
     service = next((labels[k] for k in SERVICE_LABELS if labels.get(k)), None)
@@ -105,7 +105,7 @@ def alert_signal(alert: AlertIn, message: MessageIn) -> Signal:
     if message.externalURL:
         annotations.setdefault("alertmanager_url", message.externalURL)
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or labels["alertname"]
-    return Signal(source="alertmanager", kind="alert", service=service, status=status,
+    return make_signal(where, source="alertmanager", kind="alert", service=service, status=status,
                   severity=SEVERITIES.get(labels.get("severity", "").lower(), Severity.warning),
                   summary=summary[:10_000], labels=labels, annotations=annotations,
                   fingerprint=alert.fingerprint or label_set_fingerprint(labels),
@@ -123,10 +123,7 @@ class AlertmanagerSource:
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[Signal]:
         """One signal per alert. Raises SourceError naming the field (``alerts.0.startsAt``)
         and what was expected."""
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SourceError("(body)", f"an Alertmanager webhook message in JSON ({exc})") from exc
+        data = load_json(body, "an Alertmanager webhook message in JSON")
         if not isinstance(data, dict):
             raise SourceError("(body)", "a JSON object (Alertmanager webhook message version 4)", type(data).__name__)
         try:
@@ -139,7 +136,7 @@ class AlertmanagerSource:
             if e["type"] == "missing":
                 msg = "a value (the field is required)"
             raise SourceError(where, msg, got if isinstance(got, (str, int, float)) else None) from err
-        return [alert_signal(a, message) for a in message.alerts]
+        return [alert_signal(a, message, f"alerts.{i}.") for i, a in enumerate(message.alerts)]
 
 
 register_source(AlertmanagerSource())

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 from pydantic import TypeAdapter, ValidationError
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, register_source
+from heald.sources import SourceError, load_json, make_signal, register_source
 from heald.sources.alertmanager import SEVERITIES
 
 REQUIRED = ("specversion", "id", "source", "type")
@@ -50,10 +50,7 @@ def _event_from_headers(headers: Mapping[str, str], body: bytes) -> dict[str, An
         event["datacontenttype"] = ctype
     if body:
         if ctype.split(";")[0].strip().endswith(("/json", "+json")):
-            try:
-                event["data"] = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise SourceError("(body)", f"JSON data, as the Content-Type {ctype!r} says ({exc})") from exc
+            event["data"] = load_json(body, f"JSON data, as the Content-Type {ctype[:100]!r} says")
         else:
             try:
                 event["data"] = body.decode()
@@ -94,8 +91,9 @@ def validate_event(event: object, where: str = "") -> dict[str, Any]:
     return event
 
 
-def event_signal(event: dict[str, Any]) -> Signal:
-    """The signal of one validated event (see the module docstring)."""
+def event_signal(event: dict[str, Any], where: str = "") -> Signal:
+    """The signal of one validated event (see the module docstring); ``where`` prefixes the
+    field named by a SourceError (``[2].``)."""
     data = event.get("data")
     fields = data if isinstance(data, dict) else {}
 
@@ -122,7 +120,7 @@ def event_signal(event: dict[str, Any]) -> Signal:
     elif "data_base64" in event:
         annotations["data"] = f"(binary, {len(str(event['data_base64']))} base64 characters)"
     status = SignalStatus.resolved if (pick("status") or "").lower() in _RESOLVED else SignalStatus.firing
-    return Signal(source="cloudevents", kind=event["type"][:100], service=service[:200] if service else None,
+    return make_signal(where, source="cloudevents", kind=event["type"][:100], service=service[:200] if service else None,
                   status=status, severity=SEVERITIES.get((pick("severity") or "").lower(), Severity.warning),
                   summary=(summary or f"{event['type']} from {event['source']}")[:10_000], labels=labels,
                   annotations=annotations, starts_at=_TIME.validate_python(event["time"]) if "time" in event else None)
@@ -138,15 +136,12 @@ class CloudEventsSource:
         lower = {k.lower(): v for k, v in headers.items()}
         if "ce-specversion" in lower:
             return [event_signal(validate_event(_event_from_headers(lower, body)))]
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SourceError("(body)", f"a CloudEvent in JSON, or ce-* headers for binary mode ({exc})") from exc
+        data = load_json(body, "a CloudEvent in JSON, or ce-* headers for binary mode")
         if lower.get("content-type", "").startswith("application/cloudevents-batch+json") or isinstance(data, list):
             if not isinstance(data, list) or not data:
                 raise SourceError("(body)", "a non-empty JSON array of CloudEvents (batched mode)",
                                   type(data).__name__ if not isinstance(data, list) else "[]")
-            return [event_signal(validate_event(e, f"[{i}].")) for i, e in enumerate(data)]
+            return [event_signal(validate_event(e, f"[{i}]."), f"[{i}].") for i, e in enumerate(data)]
         return [event_signal(validate_event(data))]
 
 

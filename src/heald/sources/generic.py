@@ -4,13 +4,12 @@ schema (:class:`heald.models.Signal`). Served at ``POST /v1/signals`` and
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 from pydantic import ValidationError
 
 from heald.models import Signal
-from heald.sources import SourceError, register_source
+from heald.sources import SourceError, load_json, register_source
 
 #: Fields a client may not set: the store assigns them.
 SERVER_FIELDS = ("id", "received_at", "incident_id", "suppressed_by")
@@ -27,7 +26,7 @@ def parse_signal(data: object, where: str = "") -> Signal:
         return Signal.model_validate(data)
     except ValidationError as err:
         e = err.errors()[0]
-        field = where + ".".join(str(p) for p in e["loc"])
+        field = (where + ".".join(str(p) for p in e["loc"])).rstrip(".") or "(body)"
         raise SourceError(field, e["msg"].lower().removeprefix("input should be ").removeprefix("value error, ")) from err
 
 
@@ -35,10 +34,7 @@ class GenericSource:
     name = "generic"
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[Signal]:
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SourceError("(body)", f"valid JSON ({exc})") from exc
+        data = load_json(body, "a signal object or a list of them in JSON")
         if isinstance(data, list):
             if not data:
                 raise SourceError("(body)", "a signal object or a non-empty list of them", "[]")

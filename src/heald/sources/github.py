@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from heald.jsontext import excerpt, quote
 from heald.models import Severity, Signal
-from heald.sources import SourceError, SourceIgnored, register_source
+from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
 
 EVENTS = ("workflow_run", "workflow_job", "check_run")
 FAILED = ("failure", "timed_out")
@@ -71,6 +71,28 @@ def _str(obj: Any, path: str) -> str:
     return value
 
 
+def _obj(value: Any, path: str) -> dict[str, Any]:
+    """``value`` when it is an object, ``{}`` when it is absent or null; SourceError otherwise."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SourceError(path, "an object (or null)", type(value).__name__)
+    return value
+
+
+def _text(value: Any, path: str, limit: int = 200) -> str:
+    """``value`` as a label: a string (or number) of at most ``limit`` characters, ``""`` when
+    absent; SourceError otherwise."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise SourceError(path, "a string", type(value).__name__)
+    text = str(value)
+    if len(text) > limit:
+        raise SourceError(path, f"at most {limit} characters", text)
+    return text
+
+
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -101,66 +123,76 @@ class GitHubSource:
         event = (headers.get("x-github-event") or headers.get("X-GitHub-Event") or "").strip()
         if not event:
             raise SourceError("headers.X-GitHub-Event", "the GitHub event name (e.g. workflow_run)")
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise SourceError("(body)", f"a JSON object ({exc})") from exc
+        data = load_json(body, "a JSON object (a GitHub webhook payload)")
         if not isinstance(data, dict):
             raise SourceError("(body)", "a JSON object", type(data).__name__)
         if event == "ping":
-            raise SourceIgnored(f"ping: the webhook reaches heald (hook {data.get('hook_id', '?')})")
+            raise SourceIgnored(f"ping: the webhook reaches heald (hook {excerpt(data.get('hook_id', '?'), 40)})")
         if event not in EVENTS:
-            raise SourceIgnored(f"event {event!r} is not a CI result; heald heals failed {', '.join(EVENTS)} events")
+            raise SourceIgnored(f"event {quote(event)} is not a CI result; heald heals failed "
+                                f"{', '.join(EVENTS)} events")
         action = data.get("action")
         if action != "completed":
-            raise SourceIgnored(f"{event} action {action!r}: only completed runs are healed")
+            raise SourceIgnored(f"{event} action {quote(action)}: only completed runs are healed")
         obj = _get(data, event, f"the {event} object")
         if not isinstance(obj, dict):
             raise SourceError(event, "an object", type(obj).__name__)
         conclusion = obj.get("conclusion")
         if conclusion not in FAILED:
-            raise SourceIgnored(f"{event} conclusion {conclusion!r}: only {' and '.join(FAILED)} are healed")
+            raise SourceIgnored(f"{event} conclusion {quote(conclusion)}: only {' and '.join(FAILED)} are healed")
         repo = _str(data, "repository.full_name")
+        if len(repo) > 200:
+            raise SourceError("repository.full_name", "at most 200 characters (owner/name)", repo)
         sha = _str(data, f"{event}.head_sha")
-        branch = obj.get("head_branch") or (obj.get("check_suite") or {}).get("head_branch") or ""
+        if len(sha) > 200:
+            raise SourceError(f"{event}.head_sha", "a commit id (at most 200 characters)", sha)
+        suite = _obj(obj.get("check_suite"), f"{event}.check_suite")
+        branch = (_text(obj.get("head_branch"), f"{event}.head_branch")
+                  or _text(suite.get("head_branch"), f"{event}.check_suite.head_branch"))
         labels = {"repo": repo, "head_sha": sha, "head_branch": branch, "event": event, "conclusion": conclusion}
         notes: dict[str, str] = {
-            "clone_url": str(_get(data, "repository.clone_url", "the repository's clone URL")),
-            "default_branch": str(data["repository"].get("default_branch") or ""),
-            "html_url": str(obj.get("html_url") or ""),
+            "clone_url": _text(_get(data, "repository.clone_url", "the repository's clone URL"),
+                               "repository.clone_url", 2000),
+            "default_branch": _text(data["repository"].get("default_branch"), "repository.default_branch"),
+            "html_url": _text(obj.get("html_url"), f"{event}.html_url", 2000),
         }
         delivery = self.delivery_id(headers)
         if delivery:
             notes["delivery"] = delivery
         if event == "workflow_run":
-            name = obj.get("name") or obj.get("display_title") or (data.get("workflow") or {}).get("name") or "workflow"
-            labels["workflow"] = str(name)
-            notes["workflow_path"] = str(obj.get("path") or "")
-            notes["run_attempt"] = str(obj.get("run_attempt") or "")
-            head = obj.get("head_commit") or {}
+            name = (_text(obj.get("name"), f"{event}.name")
+                    or _text(obj.get("display_title"), f"{event}.display_title", 2000)[:200]
+                    or _text(_obj(data.get("workflow"), "workflow").get("name"), "workflow.name") or "workflow")
+            labels["workflow"] = name
+            notes["workflow_path"] = _text(obj.get("path"), f"{event}.path", 2000)
+            notes["run_attempt"] = _text(obj.get("run_attempt"), f"{event}.run_attempt")
+            head = _obj(obj.get("head_commit"), f"{event}.head_commit")
             if head.get("message"):
                 notes["head_commit_message"] = str(head["message"])[:500]
             what = f"workflow {name!r}"
         elif event == "workflow_job":
-            labels["workflow"] = str(obj.get("workflow_name") or "")
-            labels["job"] = str(obj.get("name") or "job")
-            failed = [s.get("name", "?") for s in obj.get("steps") or [] if s.get("conclusion") in FAILED]
+            labels["workflow"] = _text(obj.get("workflow_name"), f"{event}.workflow_name")
+            labels["job"] = _text(obj.get("name"), f"{event}.name") or "job"
+            steps = obj.get("steps") or []
+            if not isinstance(steps, list):
+                raise SourceError(f"{event}.steps", "a list of step objects", type(steps).__name__)
+            failed = [excerpt(_obj(s, f"{event}.steps[{i}]").get("name", "?"), 200) for i, s in enumerate(steps)
+                      if _obj(s, f"{event}.steps[{i}]").get("conclusion") in FAILED]
             if failed:
-                notes["failed_steps"] = "; ".join(map(str, failed))[:1000]
+                notes["failed_steps"] = "; ".join(failed)[:1000]
             what = f"job {labels['job']!r}" + (f" (step {failed[0]!r})" if failed else "")
         else:
-            labels["workflow"] = str(obj.get("name") or "check")
-            out = obj.get("output") or {}
-            text = "\n".join(str(out[k]) for k in ("title", "summary", "text") if out.get(k))
+            labels["workflow"] = _text(obj.get("name"), f"{event}.name") or "check"
+            out = _obj(obj.get("output"), f"{event}.output")
+            text = "\n".join(excerpt(out[k], 8000) for k in ("title", "summary", "text") if out.get(k))
             if text:
                 notes["check_output"] = text[:8000]
-            suite = obj.get("check_suite") or {}
             if isinstance(suite.get("before"), str) and set(suite["before"]) != {"0"}:
                 notes["before_sha"] = suite["before"]
             what = f"check {labels['workflow']!r}"
         started = _time(obj.get("completed_at") or obj.get("updated_at") or obj.get("run_started_at"))
         summary = f"CI failed: {what} {conclusion} on {repo}@{branch or '?'} {sha[:10]}"
-        return [Signal(source=self.name, kind="ci_failed", service=repo, severity=Severity.error, summary=summary,
+        return [make_signal("", source=self.name, kind="ci_failed", service=repo, severity=Severity.error, summary=summary,
                        labels=labels, annotations=notes, fingerprint=fingerprint(repo, sha), starts_at=started)]
 
 

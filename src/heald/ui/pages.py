@@ -7,6 +7,7 @@ event stream says something changed). See :mod:`heald.ui` for the list of pages.
 
 from __future__ import annotations
 
+import re
 import statistics
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,8 +18,10 @@ from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, remedies
 from heald.api.auth import Principal
+from heald.api.limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.correlate.silences import list_silences
 from heald.engine import Runtime, approval_tally
+from heald.jsontext import clean
 from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
 from heald.sources import WEBHOOK_SOURCES
@@ -70,7 +73,22 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f} %"
 
 
+def _finalize(value: Any) -> Any:
+    """Every ``{{ value }}`` of a template: text stored before heald refused lone surrogates
+    is shown with U+FFFD, so one bad record cannot make a page fail."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    cleaned = clean(text)
+    if cleaned is text:
+        return value
+    return type(value)(cleaned) if isinstance(value, str) else cleaned
+
+
 templates.env.filters.update(when=_when, secs=_secs, pct=_pct)
+templates.env.finalize = _finalize
+#: A ``Last-Event-ID`` the stream resumes from: ASCII digits only (``str.isdigit`` also takes ``²``).
+_EVENT_ID = re.compile(r"[0-9]{1,18}")
 
 
 def login_redirect(request: Request, exc: LoginRequired) -> Response:
@@ -92,7 +110,7 @@ def _decision_summary(decision: dict[str, Any] | None) -> str:
 
 def routes(rt: Runtime) -> APIRouter:
     """The dashboard's routes over the runtime ``rt``."""
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(include_in_schema=False, route_class=HealdRoute)
 
     def render(request: Request, name: str, context: dict[str, Any], status: int = 200,
                who: Principal | None = None) -> HTMLResponse:
@@ -216,7 +234,7 @@ def routes(rt: Runtime) -> APIRouter:
                 "pending": pending, "plan": d["plans"][-1] if d["plans"] else None}
 
     @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
-    def incident_page(request: Request, incident_id: int, partial: bool = False, notice: str | None = None) -> Response:
+    def incident_page(request: Request, incident_id: DbId, partial: bool = False, notice: str | None = None) -> Response:
         who = session.current(request, rt)
         since = rt.store.last_audit_seq()
         try:
@@ -227,7 +245,7 @@ def routes(rt: Runtime) -> APIRouter:
         return render(request, "_incident_live.html" if partial else "incident.html", ctx, who=who)
 
     @router.post("/incidents/{incident_id}/verdict")
-    def verdict(request: Request, incident_id: int, verdict: str = Form(""), csrf: str = Form(""),
+    def verdict(request: Request, incident_id: DbId, verdict: str = Form(""), csrf: str = Form(""),
                 comment: str = Form(""), approver: str = Form("")) -> Response:
         who = session.current(request, rt)
         htmx = request.headers.get("hx-request") == "true"
@@ -249,6 +267,8 @@ def routes(rt: Runtime) -> APIRouter:
                 raise HTTPException(422, detail=f"verdict: expected 'approve' or 'reject', got {verdict[:50]!r}")
             if len(comment) > 5000:
                 raise HTTPException(422, detail=f"comment: at most 5000 characters, got {len(comment)}")
+            if clean(comment) != comment or clean(approver) != approver:
+                raise HTTPException(422, detail="comment, approver: text without NUL characters")
             name = who.identity
             if not who.authenticated:  # api.auth is off: nothing names the approver but the form
                 name = approver.strip()
@@ -285,16 +305,17 @@ def routes(rt: Runtime) -> APIRouter:
     # -- audit log -------------------------------------------------------------------------
     @router.get("/audit", response_class=HTMLResponse)
     def audit_log(request: Request, incident: str = "", actor: str = "", event: str = "",
-                  before: int | None = Query(None, ge=1), limit: int = Query(100, ge=1, le=1000),
+                  before: int | None = Query(None, ge=1, le=MAX_DB_INT), limit: int = Query(100, ge=1, le=1000),
                   partial: bool = False) -> Response:
         who = session.current(request, rt)
         since = rt.store.last_audit_seq()
         error = ""
         incident_id: int | None = None
         if incident.strip():
-            try:
-                incident_id = int(incident.strip().lstrip("#"))
-            except ValueError:
+            number = incident.strip().lstrip("#")
+            if re.fullmatch(r"[0-9]{1,10}", number) and int(number) <= MAX_ID:
+                incident_id = int(number)
+            else:
                 error = f"incident: expected an incident number such as 12, got {incident[:50]!r}"
         entries = [] if error else rt.store.search_audit(incident_id=incident_id, actor=actor.strip() or None,
                                                           event=event.strip() or None, before_seq=before, limit=limit)
@@ -321,12 +342,13 @@ def routes(rt: Runtime) -> APIRouter:
 
     # -- live updates ------------------------------------------------------------------------
     @router.get("/events")
-    def events(request: Request, incident: int | None = None, since: int | None = Query(None, ge=0)) -> Response:
+    def events(request: Request, incident: int | None = Query(None, ge=1, le=MAX_ID),
+               since: int | None = Query(None, ge=0, le=MAX_DB_INT)) -> Response:
         """The live stream; ``since``: the audit sequence number the page was rendered from
         (a reconnecting browser's ``Last-Event-ID`` takes precedence)."""
         session.current(request, rt)
         last_id = request.headers.get("last-event-id", "")
-        if last_id.isdigit():
+        if _EVENT_ID.fullmatch(last_id):
             since = int(last_id)
         return live.event_stream(request, rt, incident, since)
 
