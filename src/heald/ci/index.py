@@ -60,6 +60,7 @@ log = structlog.get_logger("heald.ci.index")
 SANDBOX_PORT = 3141
 DEFAULT_INDEX = "https://pypi.org/simple/"
 PAGE_TTL_SECONDS = 300.0
+MAX_PAGES = 5000
 MAX_PAGE_BYTES = 128 * 1024**2
 MAX_FILE_BYTES = 4 * 1024**3
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -295,7 +296,6 @@ class IndexProxy:
     sandbox_owner: tuple[int, int] | None = None
     socket_dir: Path = field(init=False)
     socket_path: Path = field(init=False)
-    requests: list[tuple[str, int]] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self._pages: dict[str, _Page] = {}
@@ -394,6 +394,10 @@ class IndexProxy:
             raise IndexError_("; ".join(errors))
         result = list(merged.values()) if found else None
         with self._lock:
+            if len(self._pages) >= MAX_PAGES:  # bounded memory, whatever names a run asks for
+                self._pages.clear()
+                self._files.clear()
+                self._metadata.clear()
             self._pages[name] = _Page(now + PAGE_TTL_SECONDS, result)
             for e in result or []:
                 self._files[e.sha256] = e
@@ -554,8 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.do_GET(head=True)
 
     def do_GET(self, head: bool = False) -> None:
-        status = self._serve(head)
-        self.owner.requests.append((self.path[:300], status))
+        self._serve(head)
 
     def _serve(self, head: bool) -> int:
         target = self.path
