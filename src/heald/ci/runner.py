@@ -92,7 +92,8 @@ class Runner:
         """The package-index proxy install runs reach (started on first use, shared by the
         process)."""
         sources = configured_sources(self.cfg.index_urls, self.cfg.find_links, self.cfg.python)
-        owner = getattr(self.sandbox, "as_user", None)
+        # the socket belongs to the user the sandbox runs as (bubblewrap: as_user, Docker: user)
+        owner = getattr(self.sandbox, "as_user", None) or getattr(self.sandbox, "user", None)
         return shared_proxy(sources, self.index_cache, self.cfg.index_cache_mb * 1024**2, owner)
 
     def env(self, wt: Worktree) -> dict[str, str]:
