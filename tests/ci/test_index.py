@@ -24,11 +24,13 @@ WRONG = "0" * 64
 
 class FakeIndex:
     """A PEP 503/691 index on 127.0.0.1 with one project, ``demo``: a wheel listed with its true
-    SHA-256 and an sdist listed with a wrong one. Records every path it was asked for."""
+    SHA-256, an sdist listed with a wrong one, and a host file of heald's machine listed by a
+    ``file:`` URL with its true SHA-256. Records every path it was asked for."""
 
-    def __init__(self, as_json: bool) -> None:
+    def __init__(self, as_json: bool, host_file: Path) -> None:
         self.paths: list[str] = []
         wheel_sha = hashlib.sha256(WHEEL).hexdigest()
+        host_sha = hashlib.sha256(host_file.read_bytes()).hexdigest()
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -43,13 +45,16 @@ class FakeIndex:
                             {"filename": "demo-1.0-py3-none-any.whl", "url": "../../files/demo-1.0-py3-none-any.whl",
                              "hashes": {"sha256": wheel_sha}, "requires-python": ">=3.8"},
                             {"filename": "demo-0.9.tar.gz", "url": "/files/demo-0.9.tar.gz", "hashes": {"sha256": WRONG}},
-                            {"filename": "demo-0.8.tar.gz", "url": "/files/demo-0.8.tar.gz", "hashes": {}}]}).encode()
+                            {"filename": "demo-0.8.tar.gz", "url": "/files/demo-0.8.tar.gz", "hashes": {}},
+                            {"filename": "demo-0.7.tar.gz", "url": host_file.as_uri(), "hashes": {"sha256": host_sha}}],
+                        }).encode()
                         ctype = "application/vnd.pypi.simple.v1+json"
                     else:
                         body = (f'<a href="../../files/demo-1.0-py3-none-any.whl#sha256={wheel_sha}" '
                                 f'data-requires-python="&gt;=3.8">demo-1.0-py3-none-any.whl</a>'
                                 f'<a href="/files/demo-0.9.tar.gz#sha256={WRONG}">demo-0.9.tar.gz</a>'
-                                f'<a href="/files/demo-0.8.tar.gz">demo-0.8.tar.gz</a>').encode()
+                                f'<a href="/files/demo-0.8.tar.gz">demo-0.8.tar.gz</a>'
+                                f'<a href="{host_file.as_uri()}#sha256={host_sha}">demo-0.7.tar.gz</a>').encode()
                         ctype = "text/html"
                 elif self.path == "/files/demo-1.0-py3-none-any.whl":
                     body, ctype = WHEEL, "application/octet-stream"
@@ -75,7 +80,9 @@ class FakeIndex:
 
 @pytest.fixture(params=["json", "html"])
 def served(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[FakeIndex, IndexProxy, httpx.Client]]:
-    index = FakeIndex(as_json=request.param == "json")
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text("a file on heald's host\n")
+    index = FakeIndex(as_json=request.param == "json", host_file=host_file)
     proxy = IndexProxy(IndexSources((index.url,)), tmp_path / "cache").start()
     client = httpx.Client(transport=httpx.HTTPTransport(uds=str(proxy.socket_path)), base_url="http://sandbox")
     yield index, proxy, client
@@ -95,7 +102,8 @@ def test_the_proxy_lists_only_files_with_a_hash_and_serves_them_verified(served)
     found = links(r.text)
     wheel_sha = hashlib.sha256(WHEEL).hexdigest()
     assert found == {"demo-1.0-py3-none-any.whl": f"http://sandbox/files/{wheel_sha}/demo-1.0-py3-none-any.whl",
-                     "demo-0.9.tar.gz": f"http://sandbox/files/{WRONG}/demo-0.9.tar.gz"}  # 0.8 has no hash: left out
+                     "demo-0.9.tar.gz": f"http://sandbox/files/{WRONG}/demo-0.9.tar.gz"}
+    # 0.8 has no hash, 0.7 is a file: URL (a path on heald's host) from a remote index: left out
     assert 'data-requires-python="&gt;=3.8"' in r.text
     assert client.get(f"/files/{wheel_sha}/demo-1.0-py3-none-any.whl").content == WHEEL
     # the index's bytes do not match its own hash: refused, and nothing is kept

@@ -433,10 +433,13 @@ class IndexProxy:
             raise IndexError_(f"{base}: {exc}") from exc
         if _JSON in ctype or ctype.startswith("application/json"):
             try:
-                return parse_json_page(json.loads(bytes(body)), final)
+                entries = parse_json_page(json.loads(bytes(body)), final)
             except (ValueError, AttributeError) as exc:
                 raise IndexError_(f"{base}: not a PEP 691 page ({exc})") from exc
-        return parse_html_page(bytes(body).decode("utf-8", errors="replace"), final)
+        else:
+            entries = parse_html_page(bytes(body).decode("utf-8", errors="replace"), final)
+        # a remote index names remote files only: never a path on heald's host (file:)
+        return [e for e in entries if e.url.startswith(("https://", "http://"))]
 
     def _find_links(self, directory: str, name: str) -> list[Entry]:
         d = Path(urllib.parse.unquote(urllib.parse.urlsplit(directory).path) if directory.startswith("file:") else directory)
