@@ -20,6 +20,7 @@ from heald.ci.index import IndexProxy, IndexSources, parse_html_page
 WHEEL = b"PK\x03\x04 a wheel's bytes" * 50
 SDIST = b"an sdist whose bytes the index does not vouch for"
 WRONG = "0" * 64
+METADATA = b"Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n"
 
 
 class FakeIndex:
@@ -31,6 +32,7 @@ class FakeIndex:
         self.paths: list[str] = []
         wheel_sha = hashlib.sha256(WHEEL).hexdigest()
         host_sha = hashlib.sha256(host_file.read_bytes()).hexdigest()
+        meta_sha = hashlib.sha256(METADATA).hexdigest()
         index = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -43,7 +45,8 @@ class FakeIndex:
                     if as_json:
                         body = json.dumps({"meta": {"api-version": "1.0"}, "name": "demo", "files": [
                             {"filename": "demo-1.0-py3-none-any.whl", "url": "../../files/demo-1.0-py3-none-any.whl",
-                             "hashes": {"sha256": wheel_sha}, "requires-python": ">=3.8"},
+                             "hashes": {"sha256": wheel_sha}, "requires-python": ">=3.8",
+                             "core-metadata": {"sha256": meta_sha}},
                             {"filename": "demo-0.9.tar.gz", "url": "/files/demo-0.9.tar.gz", "hashes": {"sha256": WRONG}},
                             {"filename": "demo-0.8.tar.gz", "url": "/files/demo-0.8.tar.gz", "hashes": {}},
                             {"filename": "demo-0.7.tar.gz", "url": host_file.as_uri(), "hashes": {"sha256": host_sha}}],
@@ -51,13 +54,16 @@ class FakeIndex:
                         ctype = "application/vnd.pypi.simple.v1+json"
                     else:
                         body = (f'<a href="../../files/demo-1.0-py3-none-any.whl#sha256={wheel_sha}" '
-                                f'data-requires-python="&gt;=3.8">demo-1.0-py3-none-any.whl</a>'
+                                f'data-requires-python="&gt;=3.8" data-core-metadata="sha256={meta_sha}">'
+                                f'demo-1.0-py3-none-any.whl</a>'
                                 f'<a href="/files/demo-0.9.tar.gz#sha256={WRONG}">demo-0.9.tar.gz</a>'
                                 f'<a href="/files/demo-0.8.tar.gz">demo-0.8.tar.gz</a>'
                                 f'<a href="{host_file.as_uri()}#sha256={host_sha}">demo-0.7.tar.gz</a>').encode()
                         ctype = "text/html"
                 elif self.path == "/files/demo-1.0-py3-none-any.whl":
                     body, ctype = WHEEL, "application/octet-stream"
+                elif self.path == "/files/demo-1.0-py3-none-any.whl.metadata":
+                    body, ctype = METADATA, "application/octet-stream"
                 elif self.path == "/files/demo-0.9.tar.gz":
                     body, ctype = SDIST, "application/octet-stream"
                 else:
@@ -106,6 +112,10 @@ def test_the_proxy_lists_only_files_with_a_hash_and_serves_them_verified(served)
     # 0.8 has no hash, 0.7 is a file: URL (a path on heald's host) from a remote index: left out
     assert 'data-requires-python="&gt;=3.8"' in r.text
     assert client.get(f"/files/{wheel_sha}/demo-1.0-py3-none-any.whl").content == WHEEL
+    meta_sha = hashlib.sha256(METADATA).hexdigest()
+    assert f'data-core-metadata="sha256={meta_sha}"' in r.text  # PEP 658: pip reads metadata without the wheel
+    assert client.get(f"/files/{wheel_sha}/demo-1.0-py3-none-any.whl.metadata").content == METADATA
+    assert client.get(f"/files/{WRONG}/demo-0.9.tar.gz.metadata").status_code == 404  # it has none
     # the index's bytes do not match its own hash: refused, and nothing is kept
     bad = client.get(f"/files/{WRONG}/demo-0.9.tar.gz")
     assert bad.status_code == 502 and "does not match" in bad.text

@@ -464,6 +464,8 @@ class IndexProxy:
         with self._lock:
             entry = (self._metadata if metadata else self._files).get(sha256)
             lock = self._locks.setdefault(sha256 + (".m" if metadata else ""), threading.Lock())
+        if metadata and entry is None:
+            return None
         want = entry.metadata_sha256 if (metadata and entry) else sha256
         if want is None:
             return None
