@@ -121,7 +121,7 @@ def canonical_name(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-class IndexError_(RuntimeError):
+class IndexUnavailable(RuntimeError):
     """A source could not be read (the message names the URL and why)."""
 
 
@@ -365,7 +365,7 @@ class IndexProxy:
     # -- serving -------------------------------------------------------------------------------
     def page(self, name: str) -> list[Entry] | None:
         """The merged files of project ``name`` (canonical) from every source, None when no
-        source has it. Cached for PAGE_TTL_SECONDS. Raises IndexError_ when a source fails and
+        source has it. Cached for PAGE_TTL_SECONDS. Raises IndexUnavailable when a source fails and
         none has the project."""
         now = time.monotonic()
         with self._lock:
@@ -377,7 +377,7 @@ class IndexProxy:
         for url in self.sources.index_urls:
             try:
                 entries = self._index_page(url, name)
-            except IndexError_ as exc:
+            except IndexUnavailable as exc:
                 errors.append(str(exc))
                 continue
             if entries is not None:
@@ -391,7 +391,7 @@ class IndexProxy:
                 for e in entries:
                     merged.setdefault(e.filename, e)
         if not found and errors:
-            raise IndexError_("; ".join(errors))
+            raise IndexUnavailable("; ".join(errors))
         result = list(merged.values()) if found else None
         with self._lock:
             if len(self._pages) >= MAX_PAGES:  # bounded memory, whatever names a run asks for
@@ -415,27 +415,27 @@ class IndexProxy:
             try:
                 return parse_html_page(page.read_text(errors="replace")[:MAX_PAGE_BYTES], page.as_uri())
             except OSError as exc:
-                raise IndexError_(f"{page}: {exc}") from exc
+                raise IndexUnavailable(f"{page}: {exc}") from exc
         try:
             with self._client.stream("GET", base, headers={"Accept": f"{_JSON}, text/html;q=0.1"}) as r:
                 if r.status_code == 404:
                     return None
                 if r.status_code != 200:
-                    raise IndexError_(f"{base}: HTTP {r.status_code}")
+                    raise IndexUnavailable(f"{base}: HTTP {r.status_code}")
                 body = bytearray()
                 for chunk in r.iter_bytes():
                     body += chunk
                     if len(body) > MAX_PAGE_BYTES:
-                        raise IndexError_(f"{base}: page larger than {MAX_PAGE_BYTES} bytes")
+                        raise IndexUnavailable(f"{base}: page larger than {MAX_PAGE_BYTES} bytes")
                 final = str(r.url)
                 ctype = r.headers.get("content-type", "")
         except httpx.HTTPError as exc:
-            raise IndexError_(f"{base}: {exc}") from exc
+            raise IndexUnavailable(f"{base}: {exc}") from exc
         if _JSON in ctype or ctype.startswith("application/json"):
             try:
                 entries = parse_json_page(json.loads(bytes(body)), final)
             except (ValueError, AttributeError) as exc:
-                raise IndexError_(f"{base}: not a PEP 691 page ({exc})") from exc
+                raise IndexUnavailable(f"{base}: not a PEP 691 page ({exc})") from exc
         else:
             entries = parse_html_page(bytes(body).decode("utf-8", errors="replace"), final)
         # a remote index names remote files only: never a path on heald's host (file:)
@@ -460,7 +460,7 @@ class IndexProxy:
     def cached_file(self, sha256: str, metadata: bool = False) -> Path | None:
         """The verified local copy of the file with ``sha256`` (of its PEP 658 metadata when
         ``metadata``), fetching it from the index when needed; None when no page the proxy
-        served listed it. Raises IndexError_ when fetching fails or the hash does not match."""
+        served listed it. Raises IndexUnavailable when fetching fails or the hash does not match."""
         with self._lock:
             entry = (self._metadata if metadata else self._files).get(sha256)
             lock = self._locks.setdefault(sha256 + (".m" if metadata else ""), threading.Lock())
@@ -491,11 +491,11 @@ class IndexProxy:
                 for chunk in self._read_source(url):
                     size += len(chunk)
                     if size > MAX_FILE_BYTES:
-                        raise IndexError_(f"{url}: larger than {MAX_FILE_BYTES} bytes")
+                        raise IndexUnavailable(f"{url}: larger than {MAX_FILE_BYTES} bytes")
                     h.update(chunk)
                     out.write(chunk)
             if h.hexdigest() != sha256:
-                raise IndexError_(f"{url}: sha256 {h.hexdigest()} does not match the index's {sha256}; not served")
+                raise IndexUnavailable(f"{url}: sha256 {h.hexdigest()} does not match the index's {sha256}; not served")
             os.replace(tmp, dest)
         finally:
             if os.path.exists(tmp):
@@ -507,15 +507,15 @@ class IndexProxy:
                 with open(urllib.parse.unquote(urllib.parse.urlsplit(url).path), "rb") as f:
                     yield from iter(lambda: f.read(1024 * 1024), b"")
             except OSError as exc:
-                raise IndexError_(f"{url}: {exc}") from exc
+                raise IndexUnavailable(f"{url}: {exc}") from exc
             return
         try:
             with self._client.stream("GET", url) as r:
                 if r.status_code != 200:
-                    raise IndexError_(f"{url}: HTTP {r.status_code}")
+                    raise IndexUnavailable(f"{url}: HTTP {r.status_code}")
                 yield from r.iter_bytes(1024 * 1024)
         except httpx.HTTPError as exc:
-            raise IndexError_(f"{url}: {exc}") from exc
+            raise IndexUnavailable(f"{url}: {exc}") from exc
 
     def _evict(self) -> None:
         files = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.cache_dir.glob("??/*") if p.is_file()]
@@ -582,7 +582,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "not a project name")
             try:
                 entries = self.owner.page(name)
-            except IndexError_ as exc:
+            except IndexUnavailable as exc:
                 return self._error(502, f"the package index could not be read: {exc}")
             if entries is None:
                 return self._error(404, f"no project {name}")
@@ -594,7 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
             metadata = filename.endswith(".metadata")
             try:
                 local = self.owner.cached_file(sha, metadata=metadata)
-            except IndexError_ as exc:
+            except IndexUnavailable as exc:
                 return self._error(502, str(exc))
             if local is None:
                 return self._error(404, "no page this proxy served lists that file")

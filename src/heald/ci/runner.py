@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heald.ci.index import IndexProxy, configured_sources, shared_proxy
 from heald.ci.project import Check
 from heald.ci.repo import RepoCache, Worktree
-from heald.ci.index import IndexProxy, configured_sources, shared_proxy
 from heald.config import CiConfig
 from heald.sandbox import Limits, RunResult, Sandbox
 
