@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ci.repos import CALC, TESTS, bare_remote, commit, sh
+from tests.ci.repos import CALC, TESTS, bare_remote, commit, culprit_case, sh
 from tests.ci.test_heal_ci import heal
 
 pytestmark = pytest.mark.slow
@@ -205,3 +205,20 @@ def test_repository_code_in_the_install_phase_reaches_nothing_on_the_host(open_t
         for key in ("tcp", "postgres", "abstract", "host_file", "root"):
             assert r[key].startswith("failed: "), f"{r['who']} could {key}: {r[key]}"
         assert r["interfaces"] == ["lo"], r
+
+
+def test_a_configured_install_command_still_gets_its_packages(open_tmp: Path, heald_yaml, fake_github) -> None:
+    """``ci.repos.<repo>.install_command`` runs in the same no-network sandbox and still installs
+    from the package index (through heald's proxy); the regression is then found as before."""
+    repo, culprit = culprit_case(open_tmp / "calc")
+    remote = bare_remote(repo, open_tmp / "calc.git")
+    gh = fake_github({"octo/calc": remote})
+    install = "python -m pip install --quiet -e . pytest six && python -c 'import six, pytest'"
+    config = heald_yaml(ci={"github": {"api_url": gh.url}, "repos": {"octo/calc": {"install_command": install}}})
+    code, d, err = heal(config, remote, "--bad", "main", "--github-repo", "octo/calc")
+    assert code == 0, (d.get("reason"), d.get("summary"), err[-3000:])
+    assert d["verdict"] == "regression" and d["culprit"]["sha"] == culprit
+    [create] = [r for r in gh.requests if r["method"] == "POST"]
+    body = json.loads(create["body"])["body"]
+    assert "(package index only)" in body  # the install steps, custom command included
+    assert "(network)" not in body
