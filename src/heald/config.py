@@ -520,14 +520,30 @@ class CiConfig(_Section):
                                       description="how far back to look for a passing commit when none is given")
     max_bisect_commits: int = Field(default=10_000, ge=2, description="largest good..bad range heald bisects")
     max_worktrees: int = Field(default=8, ge=2, description="work trees kept per repository (oldest removed)")
-    pip_cache_dir: Path | None = Field(default=None, description="one pip cache shared by every repository (default: "
-                                       "one per repository, so that repositories cannot poison each other's cache)")
+    pip_cache_dir: Path | None = Field(default=None, description="the package-index proxy's cache, on the host side, "
+                                       "never visible to a sandbox; files verified by SHA-256 (default: "
+                                       "<work_dir>/index-cache)")
+    index_urls: list[str] | None = Field(default=None, description="package indexes (simple API) the install phase "
+                                         "gets packages from, through heald's proxy (default: pip's configuration "
+                                         "on the host, else PyPI)")
+    find_links: list[str] | None = Field(default=None, description="directories of distribution files served too "
+                                         "(default: pip's find-links on the host)")
+    index_cache_mb: int = Field(default=4096, ge=16, description="bound on the proxy's cache (least recently used "
+                                "files evicted)")
     branch_prefix: str = Field(default="heald/", min_length=1)
     author_name: str = "heald"
     author_email: str = "heald@localhost"
     pull_requests: PullRequestConfig = Field(default_factory=PullRequestConfig)
     github: GitHubConfig = Field(default_factory=GitHubConfig)
     repos: dict[str, CiRepoConfig] = Field(default_factory=dict, description="per repository (owner/name or path)")
+
+    @field_validator("index_urls")
+    @classmethod
+    def _index_urls(cls, v: list[str] | None) -> list[str] | None:
+        for url in v or []:
+            if not url.startswith(("https://", "http://", "file:///")):
+                raise ValueError(f"{url!r}: expected an https://, http:// or file:/// simple-API URL")
+        return v
 
 
 class ApiConfig(_Section):

@@ -68,7 +68,7 @@ def test_culprit_is_reverted_validated_pushed_and_proposed(open_tmp: Path, heald
     text = body["body"]
     for expected in (culprit, "Eve Breaker <eve@example.com>", "test_add", "bisection", "## Checks in the sandbox",
                      "| tests |", "FAIL (exit 1", "| pass (exit 0) |", "## Commands run in the sandbox", "| install |",
-                     "(network)", "regression"):
+                     "(package index only)", "regression"):
         assert expected in text, expected
     assert "assert -1 == 5" in text or "assert (2 - 3) == 5" in text or "AssertionError" in text or "assert" in text
 

@@ -6,8 +6,8 @@ The path through heald's one engine (:mod:`heald.engine`):
 1. **signal** — a failed ``workflow_run``/``workflow_job``/``check_run`` webhook
    (:mod:`heald.sources.github`) or ``heald heal-ci`` gives a ``ci_failed`` signal.
 2. **reproduce** (:mod:`heald.ci.investigate`, the engine's reproduce step) — clone or fetch
-   into the cache, a work tree at the failing commit, install dependencies in the sandbox (the
-   only phase with network), run the project's checks, classify the log, re-run failing tests
+   into the cache, a work tree at the failing commit, install dependencies in the sandbox (no
+   network: packages come through heald's package-index proxy), run the project's checks, classify the log, re-run failing tests
    (flaky?), look for a passing commit and bisect (``git bisect run`` in the sandbox), check the
    culprit and its parent again. Its findings join the incident as a ``ci_reproduced`` signal
    with a ``verdict`` label and the facts as annotations.

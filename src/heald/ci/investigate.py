@@ -1,7 +1,8 @@
 """Reproducing a CI failure in the sandbox and finding what caused it.
 
 :func:`investigate` is the reproduce stage of a CI incident. It prepares a work tree at the
-failing commit, installs the dependencies (the only sandboxed phase with network), runs the
+failing commit, installs the dependencies (in the sandbox with no network: packages come through
+heald's package-index proxy), runs the
 project's checks, classifies the failing output with the signature knowledge base, and reaches
 a **verdict**:
 
@@ -102,7 +103,7 @@ class Workspace:
         wd = config.ci_work_dir
         self.cache = RepoCache(wd, job.repo, job.url, timeout=config.ci.git_timeout_seconds,
                                env=auth_env(job.url, token, config.ci.github.host), max_worktrees=config.ci.max_worktrees)
-        self.runner = Runner(self.sandbox, config.ci, self.cache, config.ci.pip_cache_dir or wd / "pip-cache" / self.cache.name,
+        self.runner = Runner(self.sandbox, config.ci, self.cache, config.ci.pip_cache_dir or wd / "index-cache",
                              Limits.from_config(config.sandbox))
 
     def files(self, sha: str) -> Files:

@@ -251,7 +251,7 @@ def render_body(*, investigation: dict[str, Any], diagnosis: dict[str, Any] | No
     steps = [*investigation.get("steps", []), *[s.as_dict(0) for s in fix.steps]]
     for st in steps[:60]:
         result = "timed out" if st.get("timed_out") else f"exit {st.get('exit')} in {st.get('duration_s', 0):.1f} s"
-        net = " (network)" if st.get("network") else ""
+        net = " (network)" if st.get("network") else " (package index only)" if st.get("package_index") else ""
         lines.append(f"| {st.get('phase')} | `{str(st.get('commit', ''))[:10]}` | `{_cell(st.get('command', ''), 90)}` | "
                      f"{result}{net} |")
     lines += ["", "---", f"Proposed by heald" + (f" for incident #{incident_id}" if incident_id else "")

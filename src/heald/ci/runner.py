@@ -1,5 +1,10 @@
-"""Running a repository's work in the sandbox: the dependency-install phase (the only phase with
-network), the checks, re-runs at other commits, and ``git bisect run``.
+"""Running a repository's work in the sandbox: the dependency-install phase, the checks, re-runs
+at other commits, and ``git bisect run``.
+
+No run has a network that reaches the host: every run gets a fresh network namespace (only its
+own ``lo``). The install phase reaches the package index only through heald's package-index
+proxy (:mod:`heald.ci.index`), whose unix socket is bound into that run; pip's cache is
+``.heald/pip-cache`` of the run's own work tree.
 
 Git work inside the sandbox uses a git directory of its own, ``.heald/git`` in the work tree (a
 ``--shared`` clone of heald's cache, which is bound read-only): the sandbox never writes the
@@ -16,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from heald.ci.index import IndexProxy, configured_sources, shared_proxy
 from heald.ci.project import Check
 from heald.ci.repo import RepoCache, Worktree
 from heald.config import CiConfig
@@ -31,7 +37,8 @@ class Step:
     """One command heald ran in the sandbox, as evidence: ``phase`` (install, reproduce, rerun,
     search, bisect, culprit, parent, fix, validate, verify), the ``command``, the ``commit`` it
     ran at, its ``exit`` status (None: killed by the timeout), wall seconds, whether it had
-    network, and the last part of its ``output``."""
+    network (never, since the package-index proxy: kept for older records), whether it could
+    reach the package index through heald's proxy, and the last part of its ``output``."""
 
     phase: str
     command: str
@@ -41,6 +48,7 @@ class Step:
     timed_out: bool = False
     network: bool = False
     output: str = field(default="", repr=False)
+    package_index: bool = False
 
     @property
     def ok(self) -> bool:
@@ -71,16 +79,22 @@ class Runner:
     """Sandboxed runs for one repository. ``steps`` collects every run as evidence and
     ``test_runs`` counts runs of a tests check (bisection steps included)."""
 
-    def __init__(self, sandbox: Sandbox, cfg: CiConfig, cache: RepoCache, pip_cache: Path, limits: Limits):
+    def __init__(self, sandbox: Sandbox, cfg: CiConfig, cache: RepoCache, index_cache: Path, limits: Limits):
         self.sandbox = sandbox
         self.cfg = cfg
         self.cache = cache
-        self.pip_cache = pip_cache
+        self.index_cache = index_cache
         self.limits = limits
         self.steps: list[Step] = []
         self.test_runs = 0
-        pip_cache.mkdir(parents=True, exist_ok=True)
-        pip_cache.chmod(0o755)
+
+    def index(self) -> IndexProxy:
+        """The package-index proxy install runs reach (started on first use, shared by the
+        process)."""
+        sources = configured_sources(self.cfg.index_urls, self.cfg.find_links, self.cfg.python)
+        # the socket belongs to the user the sandbox runs as (bubblewrap: as_user, Docker: user)
+        owner = getattr(self.sandbox, "as_user", None) or getattr(self.sandbox, "user", None)
+        return shared_proxy(sources, self.index_cache, self.cfg.index_cache_mb * 1024**2, owner)
 
     def env(self, wt: Worktree) -> dict[str, str]:
         venv = wt.path / ".heald" / "venv"
@@ -90,29 +104,37 @@ class Runner:
     def _limits(self, timeout: float) -> Limits:
         return Limits(**{**asdict(self.limits), "timeout_seconds": timeout})
 
-    def _record(self, phase: str, command: str, commit: str, r: RunResult) -> Step:
-        step = Step(phase, command, commit, r.returncode, round(r.duration_s, 3), r.timed_out, r.network, r.output)
+    def _record(self, phase: str, command: str, commit: str, r: RunResult, package_index: bool = False) -> Step:
+        step = Step(phase, command, commit, r.returncode, round(r.duration_s, 3), r.timed_out, r.network, r.output,
+                    package_index)
         self.steps.append(step)
         return step
 
     def _run(self, wt: Worktree, script: str, *, phase: str, shown: str, commit: str, timeout: float,
-             network: bool = False, extra_env: dict[str, str] | None = None) -> Step:
+             index: IndexProxy | None = None) -> Step:
+        """One sandboxed run, never with network; with ``index``, the package-index proxy's
+        socket directory is bound read-only, the forwarder starts first, and pip points at it."""
         (wt.path / ".heald").mkdir(exist_ok=True)
-        r = self.sandbox.run(["/bin/sh", "-c", script], workdir=wt.path, network=network,
-                             env={**self.env(wt), **(extra_env or {})}, limits=self._limits(timeout),
-                             read_only=[self.cache.git_dir],
-                             writable=[self.pip_cache] if network else [])
-        return self._record(phase, shown, commit, r)
+        env, read_only = self.env(wt), [self.cache.git_dir]
+        if index is not None:
+            env.update(index.env(wt.path / ".heald" / "pip-cache"))
+            read_only.append(index.socket_dir)
+            script = index.wrap(script, self.cfg.python)
+        r = self.sandbox.run(["/bin/sh", "-c", script], workdir=wt.path, network=False, env=env,
+                             limits=self._limits(timeout), read_only=read_only)
+        return self._record(phase, shown, commit, r, package_index=index is not None)
 
     # -- phases --------------------------------------------------------------------------------
     def install(self, wt: Worktree, script: str, commit: str, phase: str = "install") -> Step:
-        """The dependency-install phase: network allowed, the pip cache writable, nothing else."""
-        return self._run(wt, script, phase=phase, shown=script, commit=commit, network=True,
-                         timeout=self.cfg.install_timeout_seconds, extra_env={"PIP_CACHE_DIR": str(self.pip_cache)})
+        """The dependency-install phase: no network; packages come from the configured index
+        through heald's package-index proxy, pip's cache is the tree's own."""
+        return self._run(wt, script, phase=phase, shown=script, commit=commit,
+                         timeout=self.cfg.install_timeout_seconds, index=self.index())
 
     def pip_install(self, wt: Worktree, requirement: str, probe_module: str, commit: str) -> tuple[Step, str | None]:
-        """Install ``requirement`` into the work tree's environment (network) and import
-        ``probe_module``; returns the step and the installed version (None on failure)."""
+        """Install ``requirement`` into the work tree's environment (through the package-index
+        proxy, like :meth:`install`) and import ``probe_module``; returns the step and the
+        installed version (None on failure)."""
         dist = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
         show_version = f"import importlib.metadata as m; print(); print('HEALD-VERSION', m.version({dist!r}))"
         script = (f".heald/venv/bin/python -m pip install --quiet {shlex.quote(requirement)} && "
