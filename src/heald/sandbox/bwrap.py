@@ -112,13 +112,13 @@ class Bubblewrap(Sandbox):
         self.as_user = (cfg.uid, cfg.gid) if running_as_root() else None
         self.output_limit = cfg.output_limit_kb * 1024
 
-    def argv(self, command: Sequence[str], *, workdir: Path | None, cwd: Path, network: bool, env: Mapping[str, str],
+    def argv(self, command: Sequence[str], *, workdir: Path | None, cwd: Path, env: Mapping[str, str],
              limits: Limits, read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> list[str]:
         """The full ``bwrap`` command line of one run (see the module docstring); ``workdir``
         None binds no work tree (the probe)."""
+        # --unshare-all includes the network: a fresh namespace with only its own lo. There is
+        # deliberately no way to share the host's network (DESIGN.md invariant 2).
         a = [self.bwrap, "--unshare-all", "--unshare-user"]
-        if network:
-            a.append("--share-net")
         a += ["--die-with-parent", "--new-session", "--disable-userns", "--hostname", "heald-sandbox"]
         a += _system_args()
         a += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm",
@@ -149,7 +149,7 @@ class Bubblewrap(Sandbox):
                         f"keep work directories (ci.work_dir) under directories others may traverse (chmod o+x), "
                         f"or set sandbox.uid")
 
-    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, network: bool = False,
+    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, 
             env: Mapping[str, str] | None = None, limits: Limits | None = None,
             read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> RunResult:
         limits = limits or Limits.from_config(self.cfg)
@@ -159,7 +159,7 @@ class Bubblewrap(Sandbox):
         for p in [workdir, *writable]:
             self.prepare(p)
         disk_note = self.bound_disk(workdir, limits, self.as_user)
-        argv = self.argv(command, workdir=workdir, cwd=cwd, network=network, env=env or {}, limits=limits,
+        argv = self.argv(command, workdir=workdir, cwd=cwd, env=env or {}, limits=limits,
                          read_only=read_only, writable=writable)
         uid, gid = self.as_user if self.as_user else (None, None)
         try:
@@ -182,7 +182,7 @@ class Bubblewrap(Sandbox):
                     log.warning("sandbox.cgroup_cleanup_failed", problem=problem)
                     notes.append(f"cleanup: {problem}")
         return RunResult(command=list(command), returncode=done.returncode, output=done.output,
-                         duration_s=done.duration_s, timed_out=done.timed_out, backend=self.name, network=network,
+                         duration_s=done.duration_s, timed_out=done.timed_out, backend=self.name,
                          truncated=done.truncated, limits=limits, enforcement="; ".join([*notes, disk_note]),
                          oom_kills=oom_kills, forks_refused=forks_refused)
 
@@ -208,7 +208,7 @@ def _probe(cfg: SandboxConfig) -> BackendStatus:
         return BackendStatus("bubblewrap", False, "prlimit (util-linux) is not installed in /usr/bin")
     sb = Bubblewrap(cfg)
     limits = Limits(timeout_seconds=20, max_processes=16, memory_bytes=512 * 1024**2, tmp_bytes=1024**2)
-    argv = sb.argv(["/bin/sh", "-c", "exit 0"], workdir=None, cwd=Path("/"), network=False, env={}, limits=limits)
+    argv = sb.argv(["/bin/sh", "-c", "exit 0"], workdir=None, cwd=Path("/"), env={}, limits=limits)
     uid, gid = sb.as_user if sb.as_user else (None, None)
     t0 = time.monotonic()
     try:

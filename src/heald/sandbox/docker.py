@@ -3,8 +3,8 @@ Docker engine answers (``docker version`` reports a server).
 
 Each run is ``docker run --rm --network none --memory M --memory-swap M --pids-limit P --ulimit
 cpu/fsize/nofile/core --shm-size S --read-only --tmpfs /tmp --cap-drop ALL --security-opt
-no-new-privileges --user UID:GID -v WORKDIR:WORKDIR -w CWD IMAGE COMMAND`` (``--network bridge``
-for the install phase). The container's own cgroup limits the whole run's memory and processes;
+no-new-privileges --user UID:GID -v WORKDIR:WORKDIR -w CWD IMAGE COMMAND`` (there is no
+way to give a run a network). The container's own cgroup limits the whole run's memory and processes;
 its root filesystem is read-only, so what it can write is the sized tmpfs ``/tmp`` and
 ``/dev/shm`` and the bind-mounted work tree, which gets its own filesystem of ``disk_bytes``
 (:mod:`heald.sandbox.disk`) as with bubblewrap (``--storage-opt size=`` would bound only the
@@ -45,12 +45,12 @@ class Docker(Sandbox):
         self.user = (cfg.uid, cfg.gid) if running_as_root() else (os.getuid(), os.getgid())
         self.output_limit = cfg.output_limit_kb * 1024
 
-    def argv(self, command: Sequence[str], *, container: str, workdir: Path, cwd: Path, network: bool,
+    def argv(self, command: Sequence[str], *, container: str, workdir: Path, cwd: Path,
              env: Mapping[str, str], limits: Limits, read_only: Sequence[Path] = (),
              writable: Sequence[Path] = ()) -> list[str]:
         """The full ``docker run`` command line of one run (see the module docstring)."""
         n = limits.open_files
-        a = [self.docker, "run", "--rm", "--name", container, "--network", "bridge" if network else "none",
+        a = [self.docker, "run", "--rm", "--name", container, "--network", "none",
              "--memory", str(limits.memory_bytes), "--memory-swap", str(limits.memory_bytes),
              "--pids-limit", str(limits.max_processes),
              "--ulimit", f"cpu={limits.cpu_seconds}:{limits.cpu_seconds}",
@@ -74,7 +74,7 @@ class Docker(Sandbox):
         if running_as_root():
             hand_over(path, *self.user)
 
-    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, network: bool = False,
+    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, 
             env: Mapping[str, str] | None = None, limits: Limits | None = None,
             read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> RunResult:
         limits = limits or Limits.from_config(self.cfg)
@@ -86,7 +86,7 @@ class Docker(Sandbox):
             self.prepare(Path(p))
         disk_note = self.bound_disk(workdir, limits, self.user if running_as_root() else None)
         container = f"heald-sbx-{uuid.uuid4().hex[:16]}"
-        argv = self.argv(command, container=container, workdir=workdir, cwd=Path(cwd or workdir), network=network,
+        argv = self.argv(command, container=container, workdir=workdir, cwd=Path(cwd or workdir),
                          env=env or {}, limits=limits, read_only=read_only, writable=writable)
 
         def kill_container(_: subprocess.Popen[bytes]) -> None:
@@ -97,7 +97,7 @@ class Docker(Sandbox):
                                  **({"DOCKER_HOST": os.environ["DOCKER_HOST"]} if "DOCKER_HOST" in os.environ else {})},
                             on_timeout=kill_container)
         return RunResult(command=list(command), returncode=done.returncode, output=done.output,
-                         duration_s=done.duration_s, timed_out=done.timed_out, backend=self.name, network=network,
+                         duration_s=done.duration_s, timed_out=done.timed_out, backend=self.name,
                          truncated=done.truncated, limits=limits,
                          enforcement=f"the container's cgroup (--memory, --pids-limit); {disk_note}")
 
