@@ -26,7 +26,15 @@ from heald.engine.steps import (
     Tried,
     Verified,
 )
-from heald.models import ActionStatus, DecisionKind, IncidentState, OutcomeResult, Role, Signal, SignalStatus
+from heald.models import (
+    ActionStatus,
+    DecisionKind,
+    IncidentState,
+    OutcomeResult,
+    Role,
+    Signal,
+    SignalStatus,
+)
 from heald.notify import Notifier
 from heald.plan import candidate_key
 from heald.store import Store
