@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from heald import correlate
 from heald.config import HealdConfig
 from heald.correlate import JoinedBy, find_incident, fingerprint, group_key
 from heald.correlate.silences import create_silence

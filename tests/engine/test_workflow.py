@@ -7,7 +7,11 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+from dbos import DBOS
+
+from heald.engine import workflow_id
 from heald.models import ActionStatus, IncidentState, Signal, SignalStatus
 from tests.conftest import free_port, make_config, wait_for
 
@@ -41,6 +45,17 @@ def sleeper_config(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
 def terminal(rt, inc_id: int):  # type: ignore[no-untyped-def]
     inc = rt.store.get_incident(inc_id)
     return inc if inc.state.terminal else None
+
+
+def workflow_done(inc_id: int) -> bool:
+    """Has the healing workflow of the incident returned? After that nothing acts for it."""
+    status = DBOS.get_workflow_status(workflow_id(inc_id))
+    return status is not None and status.status == "SUCCESS"
+
+
+def recorded(inc_id: int, step: str) -> list[Any]:
+    """The outputs DBOS recorded for the incident's workflow's steps named ``step``, in order."""
+    return [s["output"] for s in DBOS.list_workflow_steps(workflow_id(inc_id)) if s["function_name"] == step]
 
 
 def test_process_crash_is_healed_once(tmp_path: Path, start_runtime) -> None:
@@ -120,10 +135,13 @@ def test_two_approvals_by_one_identity_count_once(tmp_path: Path, start_runtime)
     assert rt.approve(inc_id, "alice", "approve")["counted"]
     again = rt.approve(inc_id, "alice", "approve")
     assert not again["counted"] and again["approvals"] == 1 and again["required"] == 2
-    import time
-
-    time.sleep(0.5)
+    # each approval wakes the workflow, which counts the votes again: the first look plus one per
+    # wake-up; after the third it waits again, having counted alice once
+    checks = wait_for(lambda: r if len(r := recorded(inc_id, "approval_status_step")) >= 3 else None,
+                      what="the workflow to count the votes after alice's second approval")
+    assert checks[-1] == {"verdict": "pending", "count": 1}
     assert rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval
+    assert rt.store.actions_for(inc_id) == []
     rt.approve(inc_id, "bob", "approve")
     wait_for(lambda: rt.store.actions_for(inc_id), what="the action after two approvals")
 
