@@ -190,3 +190,48 @@ def test_alert_resolved_before_action_starts_nothing(tmp_path: Path, start_runti
     done = wait_for(lambda: terminal(rt, inc_id), what="resolution")
     assert done.state == IncidentState.resolved and "resolved at its source" in done.closed_reason
     assert rt.store.actions_for(inc_id) == []
+
+
+def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_runtime) -> None:
+    """A heald from before the separate plan step recorded one diagnose step holding the plan:
+    rewrite the recorded steps that way while the healing waits for approval, start a new
+    heald on the same files, and the healing resumes from the record to the end."""
+    import base64
+    import pickle
+    import sqlite3
+
+    cfg = sleeper_config(tmp_path, risk="medium")
+    rt = start_runtime(cfg, run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: recorded(inc_id, "approval_status_step"), what="the approval wait")
+    rt.stop(stop_services=True)
+
+    db = sqlite3.connect(tmp_path / "state" / "dbos.sqlite")
+    wf = workflow_id(inc_id)
+    rows = {name: (fid, out) for fid, name, out in db.execute(
+        "SELECT function_id, function_name, output FROM operation_outputs WHERE workflow_uuid = ? "
+        "ORDER BY function_id", (wf,))}
+    load = lambda out: pickle.loads(base64.b64decode(out))  # noqa: E731 -- DBOS's py_pickle
+    (diag_id, diag_out), (plan_id, plan_out) = rows["diagnose_step"], rows["plan_step"]
+    new = load(diag_out)
+    old = {"category": new["category"], "confidence": new["confidence"], "diagnosis": new["diagnosis"],
+           "candidates": load(plan_out)["candidates"], "verify": new["verify"]}
+    with db:
+        db.execute("UPDATE operation_outputs SET output = ? WHERE workflow_uuid = ? AND function_id = ?",
+                   (base64.b64encode(pickle.dumps(old)).decode(), wf, diag_id))
+        db.execute("DELETE FROM operation_outputs WHERE workflow_uuid = ? AND function_id = ?", (wf, plan_id))
+        later = [r[0] for r in db.execute("SELECT function_id FROM operation_outputs WHERE workflow_uuid = ? AND "
+                                          "function_id > ? ORDER BY function_id", (wf, plan_id))]
+        for fid in later:
+            db.execute("UPDATE operation_outputs SET function_id = ? WHERE workflow_uuid = ? AND function_id = ?",
+                       (fid - 1, wf, fid))
+    db.close()
+
+    rt2 = start_runtime(cfg, run_probes=False)
+    rt2.approve(inc_id, "alice", "approve")
+    wait_for(lambda: rt2.store.get_incident(inc_id).state == IncidentState.verifying, what="verifying")
+    rt2.ingest(alert(SignalStatus.resolved))
+    done = wait_for(lambda: terminal(rt2, inc_id), what="the resumed healing to end")
+    assert done.state == IncidentState.resolved, done.closed_reason
+    assert [a.remedy for a in rt2.store.actions_for(inc_id)] == ["restart_process"]
+    assert recorded(inc_id, "plan_step") == [] and "candidates" in recorded(inc_id, "diagnose_step")[0]
