@@ -211,7 +211,7 @@ def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_r
     rows = {name: (fid, out) for fid, name, out in db.execute(
         "SELECT function_id, function_name, output FROM operation_outputs WHERE workflow_uuid = ? "
         "ORDER BY function_id", (wf,))}
-    load = lambda out: pickle.loads(base64.b64decode(out))  # noqa: E731 -- DBOS's py_pickle
+    load = lambda out: pickle.loads(base64.b64decode(out))  # DBOS's py_pickle
     (diag_id, diag_out), (plan_id, plan_out) = rows["diagnose_step"], rows["plan_step"]
     new = load(diag_out)
     old = {"category": new["category"], "confidence": new["confidence"], "diagnosis": new["diagnosis"],
