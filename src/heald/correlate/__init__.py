@@ -90,16 +90,8 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
         lock(session, "heald.correlate.dependencies")
     lock(session, f"heald.correlate.{key}")
     join = find_incident(session, signal, fp, key, config, now)
-    starts_at = signal.starts_at or now
-    if join.how == JoinedBy.new_incident:
-        incident: IncidentRow | None = open_incident(session, signal, fp, key, config, now)
-    else:
-        incident = join.incident
-        if join.how == JoinedBy.took_over_dependent:
-            _retarget(join, signal, fp, key)
-        if (incident is not None and starts_at < incident.started_at
-                and join.how not in (JoinedBy.resolves_closed, JoinedBy.explained_by_dependency)):
-            incident.started_at = starts_at
+    incident = open_incident(session, signal, fp, key, config, now) if join.how == JoinedBy.new_incident \
+        else _join(join, signal, fp, key, now)
     row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by)
     audit_join(session, signal, join, row, incident, key, actor)
     return IngestResult(row.id, incident.id if incident else None, join.how == JoinedBy.new_incident,
@@ -129,21 +121,11 @@ def find_incident(session: Session, signal: Signal, fp: str, key: str, config: H
                             .order_by(IncidentRow.id.desc()).limit(1))
     if by_key is not None:
         return Join(JoinedBy.same_group, by_key)
-    firing = signal.status == SignalStatus.firing
-    if firing and signal.service and has_dependencies(config, signal.service):
-        depended = dependencies_of(config, signal.service)
-        if (row := _open_incident_of(session, depended, open_states)) is not None:
-            return Join(JoinedBy.dependency, row, row.service)
-        if (row := _open_incident_of(session, dependents_of(config, signal.service), ["observing"])) is not None:
-            return Join(JoinedBy.took_over_dependent, row, row.service)
-        if (row := _explaining_incident(session, depended, signal.starts_at or now)) is not None:
-            return Join(JoinedBy.explained_by_dependency, row, row.service)
-    if signal.status == SignalStatus.resolved:
-        latest = session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
-                                .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
-        if latest is not None:
-            return Join(JoinedBy.resolves_closed, latest)
-    return Join(JoinedBy.new_incident if firing else JoinedBy.unmatched)
+    if (by_map := _join_by_dependency(session, signal, config, now)) is not None:
+        return by_map
+    if signal.status == SignalStatus.resolved and (latest := _latest_with_fingerprint(session, fp)) is not None:
+        return Join(JoinedBy.resolves_closed, latest)
+    return Join(JoinedBy.new_incident if signal.status == SignalStatus.firing else JoinedBy.unmatched)
 
 
 def open_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
@@ -161,6 +143,38 @@ def open_incident(session: Session, signal: Signal, fp: str, key: str, config: H
     )
     session.add(incident)
     session.flush()
+    return incident
+
+
+def _join_by_dependency(session: Session, signal: Signal, config: HealdConfig, now: datetime) -> Join | None:
+    """For a firing signal of a service in the dependency map: the open incident of a service it
+    depends on; else a dependent's incident still ``observing`` (to take over); else a
+    dependency's closed incident that was open when the signal began. None otherwise."""
+    service = signal.service
+    if signal.status != SignalStatus.firing or not service or not has_dependencies(config, service):
+        return None
+    depended = dependencies_of(config, service)
+    if (row := _open_incident_of(session, depended, [s.value for s in OPEN_STATES])) is not None:
+        return Join(JoinedBy.dependency, row, row.service)
+    if (row := _open_incident_of(session, dependents_of(config, service), ["observing"])) is not None:
+        return Join(JoinedBy.took_over_dependent, row, row.service)
+    if (row := _explaining_incident(session, depended, signal.starts_at or now)) is not None:
+        return Join(JoinedBy.explained_by_dependency, row, row.service)
+    return None
+
+
+def _join(join: Join, signal: Signal, fp: str, key: str, now: datetime) -> IncidentRow | None:
+    """Join the incident ``join`` found (None: none): take a dependent's incident over, and move
+    an incident's start back to the signal's when it began earlier (not for a closed incident it
+    is only recorded with)."""
+    incident = join.incident
+    if incident is None:
+        return None
+    if join.how == JoinedBy.took_over_dependent:
+        _retarget(join, signal, fp, key)
+    starts_at = signal.starts_at or now
+    if starts_at < incident.started_at and join.how not in (JoinedBy.resolves_closed, JoinedBy.explained_by_dependency):
+        incident.started_at = starts_at
     return incident
 
 
@@ -242,6 +256,12 @@ def _explaining_incident(session: Session, services: list[str], began: datetime)
     return session.scalar(sa.select(IncidentRow).where(
         IncidentRow.service.in_(services), IncidentRow.closed_at.is_not(None), IncidentRow.started_at <= began,
         IncidentRow.closed_at >= began).order_by(IncidentRow.id.desc()).limit(1))
+
+
+def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
+    """The newest incident, open or closed, where fingerprint ``fp`` was seen."""
+    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
+                          .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
 
 
 def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: str, now: datetime,

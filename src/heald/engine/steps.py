@@ -283,17 +283,15 @@ def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> 
     """Rank the candidate remedies (:func:`heald.plan.make_plan`) and record the plan: the next
     candidate is one not tried yet on this incident when there is one; a remedy that was tried
     and rolled back is dropped (recorded as ``plan.candidate_dropped`` with every other drop)."""
-    runbook = next((rb for rb in deps.runbooks if rb.name == found.runbook), None) if found.runbook else None
+    runbook = next((rb for rb in deps.runbooks if rb.name == found.runbook), None)
     wanted = set(found.signal_ids)
     active = [s for s in deps.store.signals_for(incident_id) if s.id in wanted]
-    finding = Finding(found.diagnosis, runbook, found.proposed)
-    result = make_plan(incident_id, finding, active, {t.key for t in tried},
+    result = make_plan(incident_id, Finding(found.diagnosis, runbook, found.proposed), active, {t.key for t in tried},
                        success_rates(deps.store, found.category), rng=deps.rng)
     rolled_back = {t.key for t in tried if t.rolled_back}
     kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back]
-    for c in result.plan.candidates:
-        if c not in kept:
-            result.dropped.append(f"{c.remedy} {c.params}: tried on this incident, did not heal it, and was undone")
+    result.dropped.extend(f"{c.remedy} {c.params}: tried on this incident, did not heal it, and was undone"
+                          for c in result.plan.candidates if c not in kept)
     deps.store.add_plan(result.plan.model_copy(update={"candidates": kept}))
     for why in result.dropped:
         deps.store.record(actor="heald", event="plan.candidate_dropped", incident_id=incident_id, reason=why)
