@@ -77,9 +77,8 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
     IngestResult.
 
     A firing signal that a silence or an inhibition rule suppresses is stored with its
-    ``suppressed_by`` reason and joins nothing. A firing signal that starts before the incident
-    it joins moves that incident's start back (not for a closed incident it is only recorded
-    with).
+    ``suppressed_by`` reason and joins nothing. A signal that began before the incident it joins
+    moves that incident's start back (not a closed incident it is only recorded with).
     """
     now = utcnow()
     fp = signal.fingerprint or fingerprint(signal)
