@@ -9,13 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+from dbos import DBOSClient
 
+from heald.engine import workflow_id
 from heald.models import ActionStatus, IncidentState
 from heald.store import Store
 from tests.conftest import free_port, heald_cmd, wait_for
@@ -52,6 +53,16 @@ def api_up(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def workflow_status(tmp_path: Path, incident_id: int) -> str | None:
+    """The DBOS status of the incident's healing workflow, read from heald's system database."""
+    client = DBOSClient(system_database_url=f"sqlite:///{tmp_path / 'state' / 'dbos.sqlite'}", application_name="heald")
+    try:
+        found = client.list_workflows(workflow_ids=[workflow_id(incident_id)], load_input=False, load_output=False)
+        return found[0].status if found else None
+    finally:
+        client.destroy()
 
 
 def shop_pid(tmp_path: Path) -> int:
@@ -91,7 +102,9 @@ def test_sigkill_mid_healing_resumes_and_applies_the_remedy_once(tmp_path: Path,
         assert len(actions) == 1 and actions[0].status == ActionStatus.succeeded
         if failpoint == "act.after_apply":
             assert "not applied again" in actions[0].output
-        time.sleep(1.0)  # a second restart would have written its line by now
+        # the resumed workflow has returned: nothing acts for the incident any more, and every shop
+        # it (re)started wrote its line before it served the probes that verified it
+        wait_for(lambda: workflow_status(tmp_path, inc.id) == "SUCCESS", what="the resumed workflow to return")
         assert len(starts.read_text().splitlines()) == 2, "the remedy ran twice"
         events = [e.event for e in store.audit_entries(incident_id=inc.id)]
         assert events.count("action.started") == 1

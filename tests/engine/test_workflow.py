@@ -7,7 +7,11 @@ import signal
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+from dbos import DBOS
+
+from heald.engine import workflow_id
 from heald.models import ActionStatus, IncidentState, Signal, SignalStatus
 from tests.conftest import free_port, make_config, wait_for
 
@@ -41,6 +45,17 @@ def sleeper_config(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
 def terminal(rt, inc_id: int):  # type: ignore[no-untyped-def]
     inc = rt.store.get_incident(inc_id)
     return inc if inc.state.terminal else None
+
+
+def workflow_done(inc_id: int) -> bool:
+    """Has the healing workflow of the incident returned? After that nothing acts for it."""
+    status = DBOS.get_workflow_status(workflow_id(inc_id))
+    return status is not None and status.status == "SUCCESS"
+
+
+def recorded(inc_id: int, step: str) -> list[Any]:
+    """The outputs DBOS recorded for the incident's workflow's steps named ``step``, in order."""
+    return [s["output"] for s in DBOS.list_workflow_steps(workflow_id(inc_id)) if s["function_name"] == step]
 
 
 def test_process_crash_is_healed_once(tmp_path: Path, start_runtime) -> None:
@@ -120,10 +135,13 @@ def test_two_approvals_by_one_identity_count_once(tmp_path: Path, start_runtime)
     assert rt.approve(inc_id, "alice", "approve")["counted"]
     again = rt.approve(inc_id, "alice", "approve")
     assert not again["counted"] and again["approvals"] == 1 and again["required"] == 2
-    import time
-
-    time.sleep(0.5)
+    # each approval wakes the workflow, which counts the votes again: the first look plus one per
+    # wake-up; after the third it waits again, having counted alice once
+    checks = wait_for(lambda: r if len(r := recorded(inc_id, "approval_status_step")) >= 3 else None,
+                      what="the workflow to count the votes after alice's second approval")
+    assert checks[-1] == {"verdict": "pending", "count": 1}
     assert rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval
+    assert rt.store.actions_for(inc_id) == []
     rt.approve(inc_id, "bob", "approve")
     wait_for(lambda: rt.store.actions_for(inc_id), what="the action after two approvals")
 
@@ -172,3 +190,48 @@ def test_alert_resolved_before_action_starts_nothing(tmp_path: Path, start_runti
     done = wait_for(lambda: terminal(rt, inc_id), what="resolution")
     assert done.state == IncidentState.resolved and "resolved at its source" in done.closed_reason
     assert rt.store.actions_for(inc_id) == []
+
+
+def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_runtime) -> None:
+    """A heald from before the separate plan step recorded one diagnose step holding the plan:
+    rewrite the recorded steps that way while the healing waits for approval, start a new
+    heald on the same files, and the healing resumes from the record to the end."""
+    import base64
+    import pickle
+    import sqlite3
+
+    cfg = sleeper_config(tmp_path, risk="medium")
+    rt = start_runtime(cfg, run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: recorded(inc_id, "approval_status_step"), what="the approval wait")
+    rt.stop(stop_services=True)
+
+    db = sqlite3.connect(tmp_path / "state" / "dbos.sqlite")
+    wf = workflow_id(inc_id)
+    rows = {name: (fid, out) for fid, name, out in db.execute(
+        "SELECT function_id, function_name, output FROM operation_outputs WHERE workflow_uuid = ? "
+        "ORDER BY function_id", (wf,))}
+    load = lambda out: pickle.loads(base64.b64decode(out))  # DBOS's py_pickle
+    (diag_id, diag_out), (plan_id, plan_out) = rows["diagnose_step"], rows["plan_step"]
+    new = load(diag_out)
+    old = {"category": new["category"], "confidence": new["confidence"], "diagnosis": new["diagnosis"],
+           "candidates": load(plan_out)["candidates"], "verify": new["verify"]}
+    with db:
+        db.execute("UPDATE operation_outputs SET output = ? WHERE workflow_uuid = ? AND function_id = ?",
+                   (base64.b64encode(pickle.dumps(old)).decode(), wf, diag_id))
+        db.execute("DELETE FROM operation_outputs WHERE workflow_uuid = ? AND function_id = ?", (wf, plan_id))
+        later = [r[0] for r in db.execute("SELECT function_id FROM operation_outputs WHERE workflow_uuid = ? AND "
+                                          "function_id > ? ORDER BY function_id", (wf, plan_id))]
+        for fid in later:
+            db.execute("UPDATE operation_outputs SET function_id = ? WHERE workflow_uuid = ? AND function_id = ?",
+                       (fid - 1, wf, fid))
+    db.close()
+
+    rt2 = start_runtime(cfg, run_probes=False)
+    rt2.approve(inc_id, "alice", "approve")
+    wait_for(lambda: rt2.store.get_incident(inc_id).state == IncidentState.verifying, what="verifying")
+    rt2.ingest(alert(SignalStatus.resolved))
+    done = wait_for(lambda: terminal(rt2, inc_id), what="the resumed healing to end")
+    assert done.state == IncidentState.resolved, done.closed_reason
+    assert [a.remedy for a in rt2.store.actions_for(inc_id)] == ["restart_process"]
+    assert recorded(inc_id, "plan_step") == [] and "candidates" in recorded(inc_id, "diagnose_step")[0]

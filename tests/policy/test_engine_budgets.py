@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from heald.models import IncidentState, Signal, SignalStatus
 from tests.conftest import free_port, make_config, wait_for
-from tests.engine.test_workflow import alert, runbook, terminal
+from tests.engine.test_workflow import alert, runbook, terminal, workflow_done
 
 PY = sys.executable
 
@@ -40,7 +39,8 @@ def test_the_fourth_attempt_never_happens(tmp_path: Path, start_runtime) -> None
     second = wait_for(lambda: terminal(rt, again.incident_id), timeout=30, what="the second incident to end")
     assert second.state == IncidentState.escalated and "cooldown: restart_process was applied to service:svc" in \
         second.closed_reason
-    time.sleep(1.0)  # long enough for a wrongly scheduled attempt (cooldown 0.2 s, verify 0.4 s) to show
+    # both workflows have returned: a wrongly scheduled attempt would have been made by then
+    wait_for(lambda: workflow_done(first) and workflow_done(again.incident_id), what="both healings to return")
     assert len(rt.store.actions_for(first)) == 3 and rt.store.actions_for(again.incident_id) == []
     assert rt.store.incident_detail(again.incident_id)["decisions"][-1]["kind"] == "escalate"
     skipped = [e for e in rt.store.audit_entries(incident_id=again.incident_id) if e.event == "gate.skipped"]

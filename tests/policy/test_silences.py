@@ -4,15 +4,16 @@ the gate; over the API (roles, field-naming errors) and the CLI."""
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from dbos import DBOS
 
 from heald import correlate
 from heald.correlate.silences import SilenceError, create_silence, expire_silence, list_silences
+from heald.engine import workflow_id
 from heald.models import IncidentState, Signal, SignalStatus, utcnow
 from heald.store import NotFound, Store
 from tests.api.conftest import api_config, serve
@@ -137,11 +138,13 @@ def test_silenced_signal_starts_no_healing(tmp_path: Path, start_runtime) -> Non
                              comment="upgrade")
     result = rt.ingest(alert())
     assert result.incident_id is None and result.suppressed_by.startswith(f"silence {silence['id']}")
-    time.sleep(0.5)  # group_wait is 0.05 s: a wrongly started healing would have acted by now
+    # a healing starts inside ingest (Runtime.start_healing) or never: none was started
+    assert DBOS.list_workflows() == []
     assert rt.store.list_incidents() == [] and rt.store.count_actions_by() == {}
     expire_silence(rt.store, silence["id"], "user:ops")
     inc_id = rt.ingest(alert()).incident_id
     wait_for(lambda: rt.store.actions_for(inc_id), what="the healing after the silence expired")
+    assert [w.workflow_id for w in DBOS.list_workflows()] == [workflow_id(inc_id)]
 
 
 def test_maintenance_window_begun_during_an_incident_stops_the_gate(tmp_path: Path, start_runtime) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -26,30 +27,216 @@ from heald.store import audit
 from heald.store.db import lock
 from heald.store.tables import IncidentRow, SignalRow
 
-__all__ = ["IngestResult", "fingerprint", "group_key", "ingest"]
+__all__ = ["IngestResult", "Join", "JoinedBy", "audit_join", "find_incident", "fingerprint", "group_key", "ingest",
+           "open_incident", "store_signal"]
+
+
+class JoinedBy(StrEnum):
+    """How a signal joined an incident (or why it joined none); see :func:`find_incident`."""
+
+    new_incident = "new_incident"  #: a firing signal nothing explains: it opens an incident
+    same_fingerprint = "same_fingerprint"  #: the open incident where its fingerprint fired before
+    same_group = "same_group"  #: the open incident with its grouping key (``correlation.group_by``)
+    dependency = "dependency"  #: the open incident of a service its service depends on
+    took_over_dependent = "took_over_dependent"  #: a dependent's incident still ``observing``, retargeted at it
+    explained_by_dependency = "explained_by_dependency"  #: a dependency's incident, closed since, open when it began
+    resolves_closed = "resolves_closed"  #: a resolved signal, recorded with the latest incident of its fingerprint
+    unmatched = "unmatched"  #: a resolved signal of no incident: stored, joins nothing
+    silenced = "silenced"  #: suppressed by a silence: stored, joins nothing
+    inhibited = "inhibited"  #: suppressed by an inhibition rule: stored, joins nothing
 
 
 @dataclass(frozen=True)
 class IngestResult:
     """What :func:`ingest` did: the stored signal's id, the incident it joined or opened (None
-    when it joined nothing), whether that incident is new, and why it was suppressed, if so."""
+    when it joined nothing), whether that incident is new, why it was suppressed, if so, and
+    how it joined (:class:`JoinedBy`)."""
 
     signal_id: int
     incident_id: int | None
     opened: bool
     suppressed_by: str | None = None
+    joined: JoinedBy = JoinedBy.unmatched
 
 
-def _open_incident(session: Session, fp: str, key: str) -> IncidentRow | None:
+@dataclass(frozen=True)
+class Join:
+    """The incident a signal joins (None: it opens one, or joins none), how, and the other
+    service involved: the dependency it joined, the dependent it took over, or the dependency
+    whose incident explains it."""
+
+    how: JoinedBy
+    incident: IncidentRow | None = None
+    related: str | None = None
+
+
+def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | None = None) -> IngestResult:
+    """Store ``signal`` and correlate it (see the module docstring), in the caller's
+    transaction: check suppression, take the locks, :func:`find_incident`, open one
+    (:func:`open_incident`) or join it, :func:`store_signal`, :func:`audit_join`. Returns
+    IngestResult.
+
+    A firing signal that a silence or an inhibition rule suppresses is stored with its
+    ``suppressed_by`` reason and joins nothing. A signal that began before the incident it joins
+    moves that incident's start back (not a closed incident it is only recorded with).
+    """
+    now = utcnow()
+    fp = signal.fingerprint or fingerprint(signal)
+    key = group_key(signal, config.correlation.group_by)
+    if (why := suppressed_by(session, signal, fp, config, now)) is not None:
+        return _store_suppressed(session, signal, fp, key, why, now, actor)
+    if has_dependencies(config, signal.service):  # one lock for the whole map (taken first, always): no race
+        lock(session, "heald.correlate.dependencies")
+    lock(session, f"heald.correlate.{key}")
+    join = find_incident(session, signal, fp, key, config, now)
+    incident = open_incident(session, signal, fp, key, config, now) if join.how == JoinedBy.new_incident \
+        else _join(join, signal, fp, key, now)
+    row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by)
+    audit_join(session, signal, join, row, incident, key, actor)
+    return IngestResult(row.id, incident.id if incident else None, join.how == JoinedBy.new_incident,
+                        signal.suppressed_by, join.how)
+
+
+def find_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
+                  now: datetime) -> Join:
+    """The incident ``signal`` (fingerprint ``fp``, grouping key ``key``) joins, and how. Reads
+    only; the caller holds the locks.
+
+    A signal joins, in this order: the open incident with its fingerprint; the open incident
+    with its grouping key. A firing signal of a service in ``correlation.dependencies`` then
+    joins the open incident of a service its service depends on (nearest first); else, when a
+    service depending on its service has an incident still in ``observing``, takes that
+    incident over (the caller retargets it); else, when its failure began while an incident of a
+    service it depends on was open and that incident has closed since (its verification covered
+    the dependents), it is recorded with that incident. A resolved signal is else recorded with
+    the latest incident its fingerprint fired in, and never opens one. Anything else firing
+    opens a new incident."""
     open_states = [s.value for s in OPEN_STATES]
-    by_fp = sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
-        SignalRow.fingerprint == fp, IncidentRow.state.in_(open_states)).order_by(IncidentRow.id.desc()).limit(1)
-    row = session.scalar(by_fp)
-    if row is not None:
-        return row
-    by_key = sa.select(IncidentRow).where(IncidentRow.group_key == key, IncidentRow.state.in_(open_states)) \
-        .order_by(IncidentRow.id.desc()).limit(1)
-    return session.scalar(by_key)
+    by_fp = session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
+        SignalRow.fingerprint == fp, IncidentRow.state.in_(open_states)).order_by(IncidentRow.id.desc()).limit(1))
+    if by_fp is not None:
+        return Join(JoinedBy.same_fingerprint, by_fp)
+    by_key = session.scalar(sa.select(IncidentRow).where(IncidentRow.group_key == key, IncidentRow.state.in_(open_states))
+                            .order_by(IncidentRow.id.desc()).limit(1))
+    if by_key is not None:
+        return Join(JoinedBy.same_group, by_key)
+    if (by_map := _join_by_dependency(session, signal, config, now)) is not None:
+        return by_map
+    if signal.status == SignalStatus.resolved and (latest := _latest_with_fingerprint(session, fp)) is not None:
+        return Join(JoinedBy.resolves_closed, latest)
+    return Join(JoinedBy.new_incident if signal.status == SignalStatus.firing else JoinedBy.unmatched)
+
+
+def open_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
+                  now: datetime) -> IncidentRow:
+    """Open an incident for ``signal`` in state ``observing``, in ``config.environment``; its
+    labels are the signal's with ``service``, its title the signal's summary (or alert name or
+    kind)."""
+    labels = {"service": signal.service or "", **signal.labels} if signal.service else dict(signal.labels)
+    incident = IncidentRow(
+        title=(signal.summary or labels.get("alertname") or signal.kind)[:200]
+        + (f" on {signal.service}" if signal.service and not signal.summary else ""),
+        service=signal.service, state="observing", severity=signal.severity.value, fingerprint=fp,
+        group_key=key, labels=labels, category=None, environment=config.environment, attempts=0,
+        started_at=signal.starts_at or now, detected_at=now, updated_at=now,
+    )
+    session.add(incident)
+    session.flush()
+    return incident
+
+
+def _join_by_dependency(session: Session, signal: Signal, config: HealdConfig, now: datetime) -> Join | None:
+    """For a firing signal of a service in the dependency map: the open incident of a service it
+    depends on; else a dependent's incident still ``observing`` (to take over); else a
+    dependency's closed incident that was open when the signal began. None otherwise."""
+    service = signal.service
+    if signal.status != SignalStatus.firing or not service or not has_dependencies(config, service):
+        return None
+    depended = dependencies_of(config, service)
+    if (row := _open_incident_of(session, depended, [s.value for s in OPEN_STATES])) is not None:
+        return Join(JoinedBy.dependency, row, row.service)
+    if (row := _open_incident_of(session, dependents_of(config, service), ["observing"])) is not None:
+        return Join(JoinedBy.took_over_dependent, row, row.service)
+    if (row := _explaining_incident(session, depended, signal.starts_at or now)) is not None:
+        return Join(JoinedBy.explained_by_dependency, row, row.service)
+    return None
+
+
+def _join(join: Join, signal: Signal, fp: str, key: str, now: datetime) -> IncidentRow | None:
+    """Join the incident ``join`` found (None: none): take a dependent's incident over, and move
+    an incident's start back to the signal's when it began earlier (not for a closed incident it
+    is only recorded with)."""
+    incident = join.incident
+    if incident is None:
+        return None
+    if join.how == JoinedBy.took_over_dependent:
+        _retarget(join, signal, fp, key)
+    starts_at = signal.starts_at or now
+    if starts_at < incident.started_at and join.how not in (JoinedBy.resolves_closed, JoinedBy.explained_by_dependency):
+        incident.started_at = starts_at
+    return incident
+
+
+def _retarget(join: Join, signal: Signal, fp: str, key: str) -> None:
+    """Make a dependent's ``observing`` incident about ``signal``'s service, the likelier root
+    cause (:data:`JoinedBy.took_over_dependent`)."""
+    incident = join.incident
+    assert incident is not None
+    incident.service = signal.service
+    incident.group_key = key
+    incident.fingerprint = fp
+    incident.labels = {**incident.labels, "service": signal.service}
+    incident.title = ((signal.summary or signal.labels.get("alertname") or signal.kind)[:180]
+                      + f" on {signal.service} (and its dependent {join.related})")[:500]
+
+
+def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incident_id: int | None,
+                 suppressed: str | None) -> SignalRow:
+    """Store ``signal`` with its fingerprint, received ``now``, with incident ``incident_id``
+    (None: none) and the reason it was ``suppressed`` (None: it was not)."""
+    row = SignalRow(
+        source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
+        severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
+        annotations=signal.annotations, fingerprint=fp, starts_at=signal.starts_at or now, ends_at=signal.ends_at,
+        received_at=now, raw_ref=signal.raw_ref, incident_id=incident_id, suppressed_by=suppressed,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, incident: IncidentRow | None, key: str,
+               actor: str | None) -> None:
+    """Audit how the stored signal ``row`` joined ``incident``: ``incident.opened`` for a new
+    one, else ``signal.<status>`` with the reason it joined, and ``incident.retargeted`` for a
+    dependent's incident taken over. A signal that joined nothing is not audited here."""
+    if incident is None:
+        return
+    who = actor or f"source:{signal.source}"
+    if join.how == JoinedBy.new_incident:
+        audit.append(session, actor=who, event="incident.opened", incident_id=incident.id,
+                     reason=signal.summary or f"{signal.kind} from {signal.source}",
+                     details={"signal_id": row.id, "fingerprint": row.fingerprint, "group_key": key,
+                              "service": signal.service})
+        return
+    reason = signal.summary or f"{signal.kind} from {signal.source}"
+    details: dict[str, object] = {"signal_id": row.id, "fingerprint": row.fingerprint}
+    if join.how == JoinedBy.dependency:
+        reason += f" (joined: {signal.service} depends on {join.related}, whose incident is open)"
+        details["inhibited_by_dependency"] = join.related
+    elif join.how == JoinedBy.resolves_closed:
+        reason += f" (the incident was already {incident.state})"
+    elif join.how == JoinedBy.explained_by_dependency:
+        reason += (f" (it began while {incident.service}'s incident was open, which explains it; that incident "
+                   f"is {incident.state} and its verification covered {signal.service}: recorded, not reopened)")
+        details["explained_by_dependency"] = incident.service
+    audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
+                 reason=reason, details=details)
+    if join.how == JoinedBy.took_over_dependent:
+        audit.append(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
+                     reason=f"{join.related} depends on {signal.service}, which fails too: the incident is "
+                            f"now about {signal.service}, the likelier root cause",
+                     details={"from": join.related, "to": signal.service, "group_key": key})
 
 
 def _open_incident_of(session: Session, services: list[str], states: list[str]) -> IncidentRow | None:
@@ -71,6 +258,7 @@ def _explaining_incident(session: Session, services: list[str], began: datetime)
 
 
 def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
+    """The newest incident, open or closed, where fingerprint ``fp`` was seen."""
     return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
                           .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
 
@@ -78,118 +266,10 @@ def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
 def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: str, now: datetime,
                       actor: str | None) -> IngestResult:
     """Record a silenced or inhibited signal: stored and audited, joined to no incident."""
-    row = SignalRow(
-        source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
-        severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
-        annotations=signal.annotations, fingerprint=fp, starts_at=signal.starts_at or now, ends_at=signal.ends_at,
-        received_at=now, raw_ref=signal.raw_ref, incident_id=None, suppressed_by=why,
-    )
-    session.add(row)
-    session.flush()
+    row = store_signal(session, signal, fp, now, None, why)
+    silenced = why.startswith("silence ")
     audit.append(session, actor=actor or f"source:{signal.source}",
-                 event="signal.silenced" if why.startswith("silence ") else "signal.inhibited",
+                 event="signal.silenced" if silenced else "signal.inhibited",
                  reason=f"{signal.summary or signal.kind} from {signal.source}: {why}; it starts nothing",
                  details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})
-    return IngestResult(row.id, None, False, why)
-
-
-def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | None = None) -> IngestResult:
-    """Store ``signal`` and correlate it (see the module docstring). Returns IngestResult.
-
-    A firing signal that a silence or an inhibition rule suppresses is stored with its
-    ``suppressed_by`` reason and joins nothing.
-    A firing signal joins, in this order: the open incident with its fingerprint; the open
-    incident with its grouping key (``correlation.group_by``); the open incident of a service
-    its service depends on. Else, when a service depending on its service has an incident still
-    in ``observing``, that incident is taken over (retargeted at this service); else, when its
-    failure began while an incident of a service it depends on was open and that incident has
-    closed since (its verification covered the dependents), it is recorded with that incident;
-    else it opens an incident in state ``observing``. A resolved signal is stored with the open incident it
-    resolves, else with the latest incident its fingerprint fired in (for the record), and
-    never opens one.
-    """
-    now = utcnow()
-    fp = signal.fingerprint or fingerprint(signal)
-    key = group_key(signal, config.correlation.group_by)
-    if (why := suppressed_by(session, signal, fp, config, now)) is not None:
-        return _store_suppressed(session, signal, fp, key, why, now, actor)
-    mapped = has_dependencies(config, signal.service)
-    if mapped:  # one lock for the whole map (taken first, always), so two sides cannot race
-        lock(session, "heald.correlate.dependencies")
-    lock(session, f"heald.correlate.{key}")
-    incident = _open_incident(session, fp, key)
-    open_states = [s.value for s in OPEN_STATES]
-    joined_dependency: str | None = None
-    retargeted_from: str | None = None
-    if incident is None and mapped and signal.status == SignalStatus.firing and signal.service:
-        incident = _open_incident_of(session, dependencies_of(config, signal.service), open_states)
-        if incident is not None:
-            joined_dependency = incident.service
-        else:
-            incident = _open_incident_of(session, dependents_of(config, signal.service), ["observing"])
-            if incident is not None:
-                retargeted_from = incident.service
-                incident.service = signal.service
-                incident.group_key = key
-                incident.fingerprint = fp
-                incident.labels = {**incident.labels, "service": signal.service}
-                incident.title = ((signal.summary or signal.labels.get("alertname") or signal.kind)[:180]
-                                  + f" on {signal.service} (and its dependent {retargeted_from})")[:500]
-    explained_by: IncidentRow | None = None
-    if incident is None and mapped and signal.status == SignalStatus.firing and signal.service:
-        explained_by = _explaining_incident(session, dependencies_of(config, signal.service), signal.starts_at or now)
-        incident = explained_by
-    resolves_closed = False
-    if incident is None and signal.status == SignalStatus.resolved:
-        incident = _latest_with_fingerprint(session, fp)
-        resolves_closed = incident is not None
-    opened = False
-    starts_at = signal.starts_at or now
-    if incident is None and signal.status == SignalStatus.firing:
-        labels = {"service": signal.service or "", **signal.labels} if signal.service else dict(signal.labels)
-        incident = IncidentRow(
-            title=(signal.summary or labels.get("alertname") or signal.kind)[:200]
-            + (f" on {signal.service}" if signal.service and not signal.summary else ""),
-            service=signal.service, state="observing", severity=signal.severity.value, fingerprint=fp,
-            group_key=key, labels=labels, category=None, environment=config.environment, attempts=0,
-            started_at=starts_at, detected_at=now, updated_at=now,
-        )
-        session.add(incident)
-        session.flush()
-        opened = True
-    elif incident is not None and starts_at < incident.started_at and not resolves_closed and explained_by is None:
-        incident.started_at = starts_at
-    row = SignalRow(
-        source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
-        severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
-        annotations=signal.annotations, fingerprint=fp, starts_at=starts_at, ends_at=signal.ends_at,
-        received_at=now, raw_ref=signal.raw_ref, incident_id=incident.id if incident else None,
-        suppressed_by=signal.suppressed_by,
-    )
-    session.add(row)
-    session.flush()
-    who = actor or f"source:{signal.source}"
-    if opened:
-        audit.append(session, actor=who, event="incident.opened", incident_id=incident.id,
-                     reason=signal.summary or f"{signal.kind} from {signal.source}",
-                     details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})
-    elif incident is not None:
-        reason = signal.summary or f"{signal.kind} from {signal.source}"
-        details: dict[str, object] = {"signal_id": row.id, "fingerprint": fp}
-        if joined_dependency:
-            reason += f" (joined: {signal.service} depends on {joined_dependency}, whose incident is open)"
-            details["inhibited_by_dependency"] = joined_dependency
-        if resolves_closed:
-            reason += f" (the incident was already {incident.state})"
-        if explained_by is not None:
-            reason += (f" (it began while {incident.service}'s incident was open, which explains it; that incident "
-                       f"is {incident.state} and its verification covered {signal.service}: recorded, not reopened)")
-            details["explained_by_dependency"] = incident.service
-        audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
-                     reason=reason, details=details)
-        if retargeted_from:
-            audit.append(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
-                         reason=f"{retargeted_from} depends on {signal.service}, which fails too: the incident is "
-                                f"now about {signal.service}, the likelier root cause",
-                         details={"from": retargeted_from, "to": signal.service, "group_key": key})
-    return IngestResult(row.id, incident.id if incident else None, opened, signal.suppressed_by)
+    return IngestResult(row.id, None, False, why, JoinedBy.silenced if silenced else JoinedBy.inhibited)

@@ -1,0 +1,203 @@
+"""The DBOS side of the stages: one thin ``@DBOS.step()`` per stage of
+:mod:`heald.engine.steps`, and the durable waits (lease, approval) built from them.
+
+Each DBOS step fetches the running Runtime's :class:`~heald.engine.steps.Deps`, calls its plain
+stage function and returns the result as JSON-safe data — that is what DBOS records (pickled)
+as the step's checkpoint and replays after a restart. Its typed twin here (same name without
+the leading underscore) converts that data back to the stage's dataclass, so
+:func:`heald.engine.workflow.heal_incident` only sees typed results, the same on the first run
+and on a replay. The DBOS step names (``diagnose_step``, ``decide_step``, …) and their recorded
+shapes are those of the heald before the split, so a healing it left unfinished resumes; the
+plan step is new, and a diagnosis recorded by the older combined diagnose-and-plan step brings
+its plan along (:attr:`Found.recorded_plan`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from dbos import DBOS
+
+from heald.config import HealingConfig
+from heald.engine import steps
+from heald.engine.runtime import APPROVAL_TOPIC, runtime
+from heald.engine.steps import (
+    Acted,
+    ApprovalStatus,
+    Closed,
+    Decided,
+    Found,
+    Lease,
+    Planned,
+    Tried,
+    Verified,
+    closed_or,
+)
+from heald.models import IncidentState, RemedyCandidate
+
+
+def healing_config() -> HealingConfig:
+    """The running heald's ``healing`` configuration (group wait, attempts, cooldown)."""
+    return runtime().config.healing
+
+
+@DBOS.step()
+def now_step() -> float:
+    """The wall clock (epoch seconds), recorded so a replay sees the same value."""
+    return time.time()
+
+
+@DBOS.step()
+def reproduce_step(incident_id: int) -> str | None:
+    """:func:`heald.engine.steps.reproduce`, recorded."""
+    return steps.reproduce(runtime().deps(), incident_id)
+
+
+@DBOS.step(name="diagnose_step")
+def _diagnose_step(incident_id: int, attempt: int) -> dict[str, Any]:
+    return steps.diagnose(runtime().deps(), incident_id, attempt).to_json()
+
+
+def diagnose_step(incident_id: int, attempt: int) -> Found | Closed:
+    """:func:`heald.engine.steps.diagnose`, recorded."""
+    data = _diagnose_step(incident_id, attempt)
+    return closed_or(data) or Found.from_json(data)
+
+
+@DBOS.step(name="plan_step")
+def _plan_step(incident_id: int, found: Found, tried: list[Tried]) -> dict[str, Any]:
+    return steps.plan(runtime().deps(), incident_id, found, tried).to_json()
+
+
+def plan_step(incident_id: int, found: Found, tried: list[Tried]) -> Planned:
+    """:func:`heald.engine.steps.plan`, recorded — unless ``found`` was recorded with its plan
+    by an older heald (then that plan, and no step: the replay must meet the steps it recorded)."""
+    if found.recorded_plan is not None:
+        return found.recorded_plan
+    return Planned.from_json(_plan_step(incident_id, found, tried))
+
+
+@DBOS.step(name="decide_step")
+def _decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) -> dict[str, Any]:
+    return steps.decide(runtime().deps(), incident_id, attempt, found, planned).to_json()
+
+
+def decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) -> Decided:
+    """:func:`heald.engine.steps.decide`, recorded."""
+    return Decided.from_json(_decide_step(incident_id, attempt, found, planned))
+
+
+@DBOS.step(name="lease_step")
+def _lease_step(incident_id: int, target: str) -> dict[str, Any]:
+    return steps.take_lease(runtime().deps(), incident_id, target).to_json()
+
+
+def lease_step(incident_id: int, target: str) -> Lease:
+    """:func:`heald.engine.steps.take_lease`, recorded."""
+    return Lease.from_json(_lease_step(incident_id, target))
+
+
+@DBOS.step()
+def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> None:
+    """:func:`heald.engine.steps.record_breaker`, recorded."""
+    steps.record_breaker(runtime().deps(), incident_id, target, passed, reason)
+
+
+@DBOS.step()
+def enter_approval_step(incident_id: int, decided: Decided) -> None:
+    """:func:`heald.engine.steps.enter_approval`, recorded."""
+    steps.enter_approval(runtime().deps(), incident_id, decided)
+
+
+@DBOS.step(name="approval_status_step")
+def _approval_status_step(incident_id: int, decision_id: int, required: int) -> dict[str, Any]:
+    return steps.approval_status(runtime().deps(), incident_id, decision_id, required).to_json()
+
+
+def approval_status_step(incident_id: int, decision_id: int, required: int) -> ApprovalStatus:
+    """:func:`heald.engine.steps.approval_status`, recorded."""
+    return ApprovalStatus.from_json(_approval_status_step(incident_id, decision_id, required))
+
+
+@DBOS.step()
+def expire_approval_step(incident_id: int, ttl: float) -> str:
+    """:func:`heald.engine.steps.expire_approval`, recorded."""
+    return steps.expire_approval(runtime().deps(), incident_id, ttl)
+
+
+@DBOS.step(name="act_step")
+def _act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> dict[str, Any]:
+    return steps.act(runtime().deps(), incident_id, attempt, candidate).to_json()
+
+
+def act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acted | Closed:
+    """:func:`heald.engine.steps.act`, recorded (the remedy applies at most once; see there)."""
+    data = _act_step(incident_id, attempt, candidate)
+    return closed_or(data) or Acted.from_json(data)
+
+
+@DBOS.step(name="verify_step")
+def _verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    return steps.verify(runtime().deps(), incident_id, action_id, overrides).to_json()
+
+
+def verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> Verified:
+    """:func:`heald.engine.steps.verify`, recorded."""
+    return Verified.from_json(_verify_step(incident_id, action_id, overrides))
+
+
+@DBOS.step()
+def undo_step(incident_id: int, action_id: int, candidate: RemedyCandidate) -> bool:
+    """:func:`heald.engine.steps.undo`, recorded."""
+    return steps.undo(runtime().deps(), incident_id, action_id, candidate)
+
+
+@DBOS.step()
+def learn_step(incident_id: int, attempt: int, category: str, remedy: str, healed: bool,
+               rolled_back: bool = False) -> None:
+    """:func:`heald.engine.steps.learn`, recorded."""
+    steps.learn(runtime().deps(), incident_id, attempt, category, remedy, healed, rolled_back)
+
+
+@DBOS.step()
+def close_step(incident_id: int, state: IncidentState, reason: str, verified: Verified | None = None) -> str:
+    """:func:`heald.engine.steps.close`, recorded; returns the final state's value."""
+    return steps.close(runtime().deps(), incident_id, state, reason, verified)
+
+
+# -- durable waits (workflow code: they run inside heal_incident) --------------------------
+
+def await_lease(incident_id: int, target: str) -> str | None:
+    """Wait (durably) until this incident holds the lease on ``target`` (one healing per target
+    at a time, :mod:`heald.budgets`). Returns None once held, or the reason to escalate when
+    another healing kept it longer than ``policy.budgets.lease_wait_seconds``."""
+    budgets = runtime().config.policy.budgets
+    deadline = now_step() + budgets.lease_wait_seconds
+    while True:
+        lease = lease_step(incident_id, target)
+        if lease.held:
+            return None
+        if now_step() >= deadline:
+            return (f"{target} is being healed by incident {lease.incident_id} ({lease.holder}); waited "
+                    f"{budgets.lease_wait_seconds:g} s for it")
+        DBOS.sleep(budgets.lease_poll_seconds)
+
+
+def await_approval(incident_id: int, decided: Decided) -> str:
+    """Wait (durably) until enough distinct humans approve (one per root identity), one
+    rejects, or the TTL passes (``healing.approval_ttl_seconds``). Returns ``approved`` or the
+    reason it was not."""
+    ttl = runtime().config.healing.approval_ttl_seconds
+    enter_approval_step(incident_id, decided)
+    deadline = now_step() + ttl
+    while True:
+        status = approval_status_step(incident_id, decided.decision_id, decided.required_approvals)
+        if status.verdict == "approved":
+            return "approved"
+        if status.verdict == "rejected":
+            return f"rejected by {status.by}: {status.comment or 'no reason given'}"
+        remaining = deadline - now_step()
+        if remaining <= 0:
+            return expire_approval_step(incident_id, ttl)
+        DBOS.recv(APPROVAL_TOPIC, timeout_seconds=min(remaining, 300.0))
