@@ -34,7 +34,8 @@ RESOLVING = ("recovered",)
 FIRING = ("triggered", "re-triggered", "warn", "re-warn", "no data", "re-no data", "renotify")
 SEVERITIES = {"error": Severity.error, "warning": Severity.warning, "info": Severity.info,
               "success": Severity.info}
-_PREFIX = re.compile(r"^\s*\[([A-Za-z -]{1,30})\]\s*")
+#: ``[Triggered] …`` or, for a multi-alert monitor, ``[Triggered on {host:web-1}] …``
+_PREFIX = re.compile(r"^\s*\[([A-Za-z -]{1,30}?)(?: on \{([^\]]{0,500})\})?\]\s*")
 
 
 def _tags(value: str) -> dict[str, str]:
@@ -101,7 +102,7 @@ class DatadogSource:
         if fields["hostname"]:
             labels["host"] = fields["hostname"][:200]
         key = (("monitor", fields["alert_id"], fields["alert_scope"]) if fields["alert_id"]
-               else ("title", stripped, fields["aggreg_key"]))
+               else ("title", stripped, (prefix.group(2) or "") if prefix else "", fields["aggreg_key"]))
         notes = {"body": fields["body"], "link": fields["link"], "query": fields["alert_query"],
                  "transition": transition, "event_id": fields["id"], "event_type": fields["event_type"],
                  "priority": fields["alert_priority"], "tags": fields["tags"][:2000]}

@@ -5,7 +5,7 @@ Format: Grafana's webhook message ``"version": "1"`` (grafana/alerting ``receive
 documented with an example at grafana.com, "Configure the webhook notifier for Alerting"). It
 is Alertmanager's message (see :mod:`heald.sources.alertmanager`) plus ``orgId``, ``title``,
 ``state`` and ``message``, and per alert ``silenceURL``, ``dashboardURL``, ``panelURL`` and
-``values`` (the rule's query results by ref id, e.g. ``{"B": 44.2, "C": 1}``).
+``imageURL`` and ``values`` (the rule's query results by ref id, e.g. ``{"B": 44.2, "C": 1}``).
 
 Each alert becomes one signal (``source`` "grafana", ``kind`` "alert") exactly as an
 Alertmanager alert does, with Grafana's own ``fingerprint`` (16 hex digits of its label set),
@@ -34,6 +34,7 @@ class GrafanaAlertIn(AlertIn):
     silenceURL: str = ""  # noqa: N815 (Grafana's field names)
     dashboardURL: str = ""  # noqa: N815
     panelURL: str = ""  # noqa: N815
+    imageURL: str = ""  # noqa: N815
     values: dict[str, float | None] | None = None
 
 
@@ -70,7 +71,7 @@ class GrafanaSource:
         signals = []
         for i, alert in enumerate(message.alerts):
             links = {"silence_url": alert.silenceURL, "dashboard_url": alert.dashboardURL,
-                     "panel_url": alert.panelURL}
+                     "panel_url": alert.panelURL, "image_url": alert.imageURL}
             extra = {key: url[:2000] for key, url in links.items() if url}
             if alert.values:
                 extra["values"] = _values(alert.values)

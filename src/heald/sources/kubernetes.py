@@ -57,7 +57,7 @@ def event_signal(event: Any, where: str = "") -> Signal | None:
     """The signal of one Warning event, None for a Normal one. Raises SourceError naming the
     field (prefixed with ``where``)."""
     if not isinstance(event, dict):
-        raise SourceError(where or "(body)", "a Kubernetes Event as a JSON object", type(event).__name__)
+        raise SourceError(where.rstrip(".") or "(body)", "a Kubernetes Event as a JSON object", type(event).__name__)
     if event.get("kind") not in (None, "Event"):
         raise SourceError(f"{where}kind", '"Event"', event.get("kind"))
     kind = text(event.get("type"), f"{where}type", 20)
