@@ -75,3 +75,8 @@ def test_a_multi_alert_title_without_the_template_fields_keeps_groups_apart() ->
     [a], [b], [c] = (DD.parse({}, json.dumps(x).encode()) for x in (web1, web2, back))
     assert a.labels["alertname"] == "Disk full" and a.status == SignalStatus.firing
     assert a.fingerprint != b.fingerprint and c.fingerprint == a.fingerprint and c.status == SignalStatus.resolved
+
+
+def test_a_date_beyond_what_datetime_holds_is_no_date() -> None:
+    [sig] = DD.parse({}, json.dumps({**TEMPLATE, "date": "999999999999999", "last_updated": "x"}).encode())
+    assert sig.starts_at is None

@@ -51,9 +51,12 @@ def _tags(value: str) -> dict[str, str]:
 
 def _millis(value: str) -> datetime | None:
     """``$DATE``/``$LAST_UPDATED``: milliseconds since the epoch, as a string."""
-    if not value.isdigit() or len(value) > 15:
+    if not value.isascii() or not value.isdigit() or len(value) > 15:
         return None
-    return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    try:
+        return datetime.fromtimestamp(int(value) / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError):  # beyond the years datetime holds
+        return None
 
 
 class DatadogSource:
