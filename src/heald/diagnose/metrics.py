@@ -19,14 +19,9 @@ import time
 from collections.abc import Iterable
 from urllib.parse import parse_qs, urlsplit
 
-import structlog
-
 from heald.config import HealdConfig
 from heald.models import Incident, Signal, SignalStatus
 from heald.sources.promql import PrometheusAPI, PromQLError, Series
-
-log = structlog.get_logger("heald.diagnose.metrics")
-
 
 def _base(url: str) -> str:
     """``scheme://host:port/path-prefix`` of a Prometheus URL, without a trailing ``/graph``
