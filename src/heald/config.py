@@ -43,12 +43,17 @@ class ProbeConfig(_Section):
     - a gauge gives its current value.
     A group whose denominator (or observation count) grew less than ``min_count`` in the
     window has no data; no data is neither a failure nor a recovery.
+
+    A ``promql`` probe asks an existing Prometheus (``url``, its base URL) for the instant value
+    of ``query`` (``/api/v1/query``); the worst series is compared with ``above``/``below``, and
+    the probe fails only once the comparison has held for ``for_seconds`` (as a rule's ``for``).
     """
 
-    type: Literal["http", "tcp", "process", "metric", "disk"] = "http"
+    type: Literal["http", "tcp", "process", "metric", "disk", "promql"] = "http"
     name: str | None = None
     alertname: str | None = Field(default=None, description="the alertname label of its signals (default per type)")
-    url: str | None = Field(default=None, description="for type http, and metric (the /metrics URL)")
+    url: str | None = Field(default=None, description="for type http, metric (the /metrics URL) and promql "
+                                                      "(Prometheus' base URL, e.g. http://127.0.0.1:9090)")
     host: str = "127.0.0.1"
     port: int | None = Field(default=None, ge=1, le=65535, description="for type tcp")
     expect_status: list[int] = Field(default_factory=lambda: list(range(200, 400)))
@@ -69,6 +74,9 @@ class ProbeConfig(_Section):
     path: Path | None = Field(default=None, description="for type disk: the directory")
     max_bytes: int | None = Field(default=None, gt=0, description="for type disk: the quota in bytes")
     max_files: int = Field(default=100_000, ge=1, description="for type disk: count at most this many files")
+    query: str | None = Field(default=None, min_length=1, max_length=4000, description="for type promql: the expression")
+    for_seconds: float = Field(default=0.0, ge=0, description="for type promql: how long the threshold must be "
+                                                             "crossed before the probe fails")
 
     @field_validator("match", "per_match")
     @classmethod
@@ -81,7 +89,7 @@ class ProbeConfig(_Section):
 
     @model_validator(mode="after")
     def _needs_target(self) -> ProbeConfig:
-        if self.type in ("http", "metric") and not self.url:
+        if self.type in ("http", "metric", "promql") and not self.url:
             raise ValueError(f"a {self.type} probe needs 'url'")
         if self.type == "tcp" and self.port is None:
             raise ValueError("a tcp probe needs 'port'")
@@ -92,6 +100,14 @@ class ProbeConfig(_Section):
                 raise ValueError("a metric probe needs a threshold: 'above' or 'below'")
             if self.quantile is not None and self.per is not None:
                 raise ValueError("'quantile' and 'per' do not combine: a quantile is already a ratio-free value")
+        if self.type == "promql":
+            if not self.query:
+                raise ValueError("a promql probe needs 'query' (a PromQL expression such as "
+                                 "sum(rate(http_requests_total{code=~\"5..\"}[1m])))")
+            if self.above is None and self.below is None:
+                raise ValueError("a promql probe needs a threshold: 'above' or 'below'")
+            if not self.url.startswith(("http://", "https://")):  # type: ignore[union-attr]
+                raise ValueError(f"url: expected Prometheus' http(s) base URL, got {self.url!r}")
         if self.type == "disk" and (self.path is None or self.max_bytes is None):
             raise ValueError("a disk probe needs 'path' and 'max_bytes'")
         return self
@@ -108,6 +124,8 @@ class ProbeConfig(_Section):
             return f"metric {self.metric}"
         if self.type == "disk":
             return f"disk {self.path}"
+        if self.type == "promql":
+            return f"promql {self.query}"[:120]
         return "process"
 
 

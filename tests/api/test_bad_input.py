@@ -18,7 +18,7 @@ from tests.conftest import CORPUS, wait_for
 GH = CORPUS / "github"
 SECRET = "a-github-webhook-secret"
 JSON = {"content-type": "application/json"}
-SOURCES = ("generic", "alertmanager", "cloudevents", "github")
+SOURCES = ("generic", "alertmanager", "cloudevents", "github", "grafana", "pagerduty", "sentry", "datadog", "kubernetes")
 HUGE = 2**64
 ALERT = {"version": "4", "status": "firing",
          "alerts": [{"labels": {"alertname": "DiskFull", "service": "db"}, "startsAt": "2025-01-01T00:00:00Z"}]}
@@ -44,7 +44,7 @@ def test_json_nested_10000_deep_is_a_422_for_every_parser(api_server) -> None:
         assert r.status_code == 422 and "nested at most 64 levels" in _detail_text(r)
         for source in SOURCES:
             r = client.post(f"/v1/webhooks/{source}", content=body,
-                            headers={**JSON, "X-GitHub-Event": "workflow_run"})
+                            headers={**JSON, "X-GitHub-Event": "workflow_run", "Sentry-Hook-Resource": "event_alert"})
             _no_server_error(r, source)
             assert r.status_code == 422 and "nested at most 64 levels" in _detail_text(r), (source, r.text)
     assert rt.store.count_signals_by_source() == {}
@@ -57,7 +57,8 @@ def test_a_5000_digit_integer_is_a_422(api_server) -> None:
     _no_server_error(r, "/v1/signals")
     assert r.status_code == 422 and "digits" in _detail_text(r)
     for source in SOURCES:
-        r = client.post(f"/v1/webhooks/{source}", content=body, headers={**JSON, "X-GitHub-Event": "check_run"})
+        r = client.post(f"/v1/webhooks/{source}", content=body,
+                        headers={**JSON, "X-GitHub-Event": "check_run", "Sentry-Hook-Resource": "metric_alert"})
         _no_server_error(r, source)
         assert "digits" in _detail_text(r)
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from heald.models import Severity, SignalStatus
-from heald.sources import WEBHOOK_SOURCES, SourceError
+from heald.sources import WEBHOOK_SOURCES, SourceError, SourceIgnored
 from tests.conftest import CORPUS
 
 CE = WEBHOOK_SOURCES["cloudevents"]
@@ -80,3 +80,26 @@ def test_malformed_events_name_the_attribute(ev: dict[str, object], field: str, 
 def test_not_json_and_not_binary() -> None:
     with pytest.raises(SourceError, match="ce-\\* headers"):
         CE.parse({"content-type": "text/plain"}, b"hello")
+
+
+def test_null_attributes_are_unset() -> None:
+    """The JSON format: an attribute whose value is null MUST be treated as absent."""
+    body = json.dumps(event(subject=None, time=None, dataschema=None, datacontenttype=None, severity=None))
+    [sig] = CE.parse(STRUCTURED, body.encode())
+    assert "ce_subject" not in sig.labels and "ce_severity" not in sig.annotations
+    assert sig.starts_at is None  # received-at is used
+    both = json.dumps(event(data=None, data_base64="aGVsbG8="))  # data null: unset, no conflict
+    [sig] = CE.parse(STRUCTURED, both.encode())
+    assert "base64" in sig.annotations["data"]
+    required_null = json.dumps(event(id=None))
+    with pytest.raises(SourceError) as exc:
+        CE.parse(STRUCTURED, required_null.encode())
+    assert exc.value.field == "id"  # unset, so missing: still refused
+
+
+def test_an_empty_batch_is_a_valid_no_op() -> None:
+    with pytest.raises(SourceIgnored, match="empty batch"):
+        CE.parse({"content-type": "application/cloudevents-batch+json"}, b"[]")
+    with pytest.raises(SourceError) as exc:
+        CE.parse({"content-type": "application/cloudevents-batch+json"}, b'{"specversion": "1.0"}')
+    assert "JSON array" in str(exc.value)

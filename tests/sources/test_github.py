@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from heald.sources.github import GitHubSource, fingerprint, signature, verify_si
 from tests.conftest import CORPUS, make_config, serving
 
 GH = CORPUS / "github"
+MORE = Path(__file__).parent / "vendor" / "github"  # octokit/webhooks examples beyond the corpus
 SOURCE = GitHubSource()
 
 
@@ -105,6 +107,91 @@ def test_an_unfinished_run_and_a_ping_are_ignored() -> None:
         SOURCE.parse(headers("ping"), json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode())
 
 
+def vendor(name: str) -> dict[str, Any]:
+    return json.loads((MORE / name).read_text())
+
+
+@pytest.mark.parametrize("conclusion", ["failure", "timed_out"])
+def test_a_failed_check_suite_is_a_ci_failure(conclusion: str) -> None:
+    data = vendor("check_suite/completed.payload.json")
+    with pytest.raises(SourceIgnored, match="check_suite conclusion 'success'"):
+        SOURCE.parse(headers("check_suite"), json.dumps(data).encode())  # as GitHub documents it
+    data["check_suite"]["conclusion"] = conclusion
+    [sig] = SOURCE.parse(headers("check_suite"), json.dumps(data).encode())
+    assert sig.kind == "ci_failed" and sig.labels["event"] == "check_suite" and sig.labels["conclusion"] == conclusion
+    assert sig.labels["head_sha"] == "ec26c3e57ca3a959ca5aad62de7213c562f8c821"
+    assert sig.labels["head_branch"] == "changes" and sig.labels["workflow"] == "octocoders-linter"
+    assert sig.fingerprint == fingerprint("Codertocat/Hello-World", "ec26c3e57ca3a959ca5aad62de7213c562f8c821")
+
+
+@pytest.mark.parametrize("state", ["failure", "error"])
+def test_a_failed_commit_status_is_a_ci_failure(state: str) -> None:
+    data = vendor("status/payload.json")
+    with pytest.raises(SourceIgnored, match="status state 'success'"):
+        SOURCE.parse(headers("status"), json.dumps(data).encode())
+    data.update(state=state, target_url="https://ci.example.com/build/12", description="3 tests failed")
+    [sig] = SOURCE.parse(headers("status"), json.dumps(data).encode())
+    assert sig.labels["event"] == "status" and sig.labels["conclusion"] == state
+    assert sig.labels["head_sha"] == "6113728f27ae82c7b1a177c8d03f9e96e0adf246"
+    assert sig.labels["workflow"] == "default" and sig.labels["head_branch"] == "master"
+    assert sig.annotations["html_url"] == "https://ci.example.com/build/12"
+    assert sig.annotations["check_output"] == "3 tests failed"
+
+
+@pytest.mark.parametrize("state", ["failure", "error"])
+def test_a_failed_deployment_is_a_ci_failure(state: str) -> None:
+    data = vendor("deployment_status/payload.json")
+    with pytest.raises(SourceIgnored, match="deployment_status state 'success'"):
+        SOURCE.parse(headers("deployment_status"), json.dumps(data).encode())
+    data["deployment_status"]["state"] = state
+    [sig] = SOURCE.parse(headers("deployment_status"), json.dumps(data).encode())
+    assert sig.labels["event"] == "deployment_status" and sig.labels["conclusion"] == state
+    assert sig.labels["head_sha"] == "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"
+    assert sig.labels["head_branch"] == "master" and sig.labels["workflow"] == "deploy production"
+
+
+def test_a_workflow_that_could_not_start_is_a_ci_failure() -> None:
+    data = fixture("workflow_run/completed.payload.json")
+    data["workflow_run"]["conclusion"] = "startup_failure"
+    [sig] = SOURCE.parse(headers("workflow_run"), json.dumps(data).encode())
+    assert sig.labels["conclusion"] == "startup_failure"
+    job = json.loads((GH / "workflow_job/completed.failure.with-organization.payload.json").read_text())
+    job["workflow_job"]["conclusion"] = "startup_failure"  # not a conclusion of a job
+    with pytest.raises(SourceIgnored):
+        SOURCE.parse(headers("workflow_job"), json.dumps(job).encode())
+
+
+def test_a_form_encoded_delivery_is_read_from_its_payload_field() -> None:
+    body = urlencode({"payload": json.dumps(failed("workflow_run/completed.payload.json", "workflow_run"))}).encode()
+    form = {**headers("workflow_run"), "content-type": "application/x-www-form-urlencoded"}
+    [sig] = SOURCE.parse(form, body)
+    assert sig.labels["head_sha"] == "3484a3fb816e0859fd6e1cea078d76385ff50625"
+    for bad, field in ((b"payload=%7B&payload=%7B", "payload"), (b"other=1", "payload"), (b"\xff=\xfe", "(body)"),
+                       (b"payload=not-json", "(body)")):
+        with pytest.raises(SourceError) as err:
+            SOURCE.parse(form, bad)
+        assert err.value.field == field, (bad, str(err.value))
+
+
+def test_malformed_new_events_name_the_field() -> None:
+    status = vendor("status/payload.json")
+    status.update(state="failure", branches="master")
+    with pytest.raises(SourceError) as err:
+        SOURCE.parse(headers("status"), json.dumps(status).encode())
+    assert err.value.field == "branches"
+    deploy = vendor("deployment_status/payload.json")
+    deploy["deployment_status"]["state"] = "error"
+    deploy["deployment"]["sha"] = ""
+    with pytest.raises(SourceError) as err:
+        SOURCE.parse(headers("deployment_status"), json.dumps(deploy).encode())
+    assert err.value.field == "deployment.sha"
+    suite = vendor("check_suite/completed.payload.json")
+    suite["check_suite"].update(conclusion="failure", app=["x"])
+    with pytest.raises(SourceError) as err:
+        SOURCE.parse(headers("check_suite"), json.dumps(suite).encode())
+    assert err.value.field == "check_suite.app"
+
+
 def test_malformed_payloads_name_the_field() -> None:
     with pytest.raises(SourceError, match="headers.X-GitHub-Event"):
         SOURCE.parse({}, b"{}")
@@ -159,6 +246,19 @@ def test_the_api_accepts_a_failure_once_and_drops_its_redelivery(served) -> None
     other = client.post("/v1/webhooks/github", content=body, headers=signed(body, "workflow_run", "another-delivery"))
     assert other.json()["accepted"][0]["incident_id"] == 1 and not other.json()["accepted"][0]["opened"]
     assert len(rt.store.signals_for(1)) == 2  # a new delivery about the same commit joins its incident
+
+
+def test_the_api_checks_the_signature_of_a_form_delivery_over_its_raw_body(served) -> None:
+    client, rt = served
+    payload = json.dumps(failed("workflow_run/completed.payload.json", "workflow_run"))
+    body = urlencode({"payload": payload}).encode()
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    forged = client.post("/v1/webhooks/github", content=body,
+                         headers={**signed(payload.encode(), "workflow_run"), **form})  # signed the JSON, not the form
+    assert forged.status_code == 401 and rt.store.list_incidents() == []
+    r = client.post("/v1/webhooks/github", content=body, headers={**signed(body, "workflow_run"), **form})
+    assert r.status_code == 202, r.text
+    assert r.json()["accepted"][0]["opened"]
 
 
 def test_the_api_answers_ignored_events_with_202_and_the_reason(served) -> None:

@@ -7,8 +7,11 @@ integers far beyond 64 bits."""
 from __future__ import annotations
 
 import copy
+import os
 import json
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote_from_bytes
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -18,10 +21,17 @@ from heald.sources import SourceError, SourceIgnored
 from heald.sources.alertmanager import AlertmanagerSource
 from heald.sources.cloudevents import CloudEventsSource
 from heald.sources.generic import GenericSource
+from heald.sources.datadog import DatadogSource
 from heald.sources.github import GitHubSource
+from heald.sources.grafana import GrafanaSource
+from heald.sources.kubernetes import KubernetesEventsSource
+from heald.sources.pagerduty import PagerDutySource
+from heald.sources.sentry import SentrySource
 from tests.conftest import CORPUS
 
-SETTINGS = settings(max_examples=150, deadline=None, database=None,
+VENDOR = Path(__file__).parent / "vendor"
+
+SETTINGS = settings(max_examples=int(os.environ.get("HEALD_HYPOTHESIS_EXAMPLES", "150")), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 # any code point, lone surrogates (category Cs) included
@@ -189,3 +199,83 @@ def test_github_parser_raises_only_source_errors(event: str, data: Any) -> None:
         doc["action"] = "completed"
         body = json.dumps(doc).encode()
     _accepts_or_refuses(GitHubSource().parse, {"X-GitHub-Event": event, "X-GitHub-Delivery": "d-1"}, body)
+
+
+# -- the sources of issue 13: each fed arbitrary JSON and its vendor's payload with any field
+# -- replaced by any JSON value
+
+GRAFANA = (VENDOR / "grafana.webhook.json").read_bytes()
+PAGERDUTY = json.loads((VENDOR / "pagerduty.signature-vector.json").read_text())["body"].replace(
+    "incident.priority_updated", "incident.triggered")
+SENTRY = {"event_alert": (CORPUS / "sentry" / "mocks.MOCK_EVENT_ALERT_TRIGGERED_WEBHOOK.json").read_bytes(),
+          "metric_alert": (VENDOR / "sentry.metric_alert.resolved.json").read_bytes()}
+DATADOG = json.dumps({**json.loads((CORPUS / "datadog" / "README.example.json").read_text()),
+                      "alert_id": "1", "alert_transition": "Triggered", "alert_scope": "host:a",
+                      "tags": "service:web,env:prod", "alert_type": "error", "hostname": "a"})
+KUBERNETES = {"core": json.dumps({**json.loads((CORPUS / "kubernetes" / "getting-started.event.json").read_text()),
+                                  "type": "Warning", "reason": "BackOff"}),
+              "events.k8s.io": (VENDOR / "kubernetes.events-v1.warning.json").read_bytes()}
+GITHUB_MORE = {"check_suite": (VENDOR / "github" / "check_suite" / "completed.payload.json").read_bytes(),
+               "status": (VENDOR / "github" / "status" / "payload.json").read_bytes(),
+               "deployment_status": (VENDOR / "github" / "deployment_status" / "payload.json").read_bytes()}
+
+
+@SETTINGS
+@given(body=st.one_of(ANY_BODY, mutated(GRAFANA, 3)))
+@example(body=DEEP)
+@example(body=BIG_INT)
+def test_grafana_parser_raises_only_source_errors(body: bytes) -> None:
+    _accepts_or_refuses(GrafanaSource().parse, {}, body)
+
+
+@SETTINGS
+@given(body=st.one_of(ANY_BODY, mutated(PAGERDUTY, 3)))
+@example(body=DEEP)
+@example(body=PAGERDUTY.encode())
+def test_pagerduty_parser_raises_only_source_errors(body: bytes) -> None:
+    _accepts_or_refuses(PagerDutySource().parse, {}, body)
+
+
+@SETTINGS
+@given(resource=st.sampled_from(["event_alert", "metric_alert", "issue", "installation", ""]), data=st.data())
+@example(resource="metric_alert", data=None)
+def test_sentry_parser_raises_only_source_errors(resource: str, data: Any) -> None:
+    base = SENTRY.get(resource, SENTRY["event_alert"])
+    body = base if data is None else data.draw(st.one_of(ANY_BODY, mutated(base, 3)))
+    _accepts_or_refuses(SentrySource().parse, {"Sentry-Hook-Resource": resource}, body)
+
+
+@SETTINGS
+@given(body=st.one_of(ANY_BODY, mutated(DATADOG, 3)))
+@example(body=DEEP)
+@example(body=DATADOG.replace("Triggered", "T\\ud83d").encode())
+def test_datadog_parser_raises_only_source_errors(body: bytes) -> None:
+    _accepts_or_refuses(DatadogSource().parse, {}, body)
+
+
+@SETTINGS
+@given(body=st.one_of(ANY_BODY, mutated(KUBERNETES["core"], 3), mutated(KUBERNETES["events.k8s.io"], 3),
+                      st.lists(st.sampled_from(list(KUBERNETES.values())), max_size=3).map(
+                          lambda items: json.dumps([json.loads(i) for i in items]).encode())))
+@example(body=DEEP)
+def test_kubernetes_parser_raises_only_source_errors(body: bytes) -> None:
+    _accepts_or_refuses(KubernetesEventsSource().parse, {}, body)
+
+
+@SETTINGS
+@given(event=st.sampled_from(sorted(GITHUB_MORE)), data=st.data())
+def test_github_new_events_raise_only_source_errors(event: str, data: Any) -> None:
+    doc = json.loads(GITHUB_MORE[event])
+    if event == "status":
+        doc["state"] = "failure"
+    elif event == "deployment_status":
+        doc["deployment_status"]["state"] = "error"
+    else:
+        doc["check_suite"]["conclusion"] = "failure"
+    body = data.draw(st.one_of(mutated(json.dumps(doc), 3), ANY_BODY))
+    form = data.draw(st.booleans())
+    headers = {"X-GitHub-Event": event}
+    if form:  # the same payload as a form delivery
+        body = b"payload=" + quote_from_bytes(body).encode()
+        headers["content-type"] = "application/x-www-form-urlencoded"
+    _accepts_or_refuses(GitHubSource().parse, headers, body)

@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from heald.models import IncidentState
+from heald.sources import SOURCE_METRICS
 from heald.store import Store
 
 #: Time-to-recover histogram buckets, seconds.
@@ -54,4 +55,6 @@ class StoreCollector(Collector):
 def registry_for(store: Store) -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StoreCollector(store))
+    for collector in SOURCE_METRICS:
+        reg.register(collector)
     return reg

@@ -19,7 +19,7 @@ gate reads as "rests on the LLM alone: never without a human" (:func:`heald.poli
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import structlog
 
@@ -37,6 +37,15 @@ class Reasoner(Protocol):
     name: str
 
     def diagnose(self, incident: Incident, signals: list[Signal]) -> Finding | None: ...
+
+
+@runtime_checkable
+class EvidenceGatherer(Protocol):
+    """A reasoner that also (or only) gathers evidence, e.g. recent metric values
+    (:mod:`heald.diagnose.metrics`): ``evidence`` returns lines added to the diagnosis. Must
+    not raise (an exception is noted and skipped)."""
+
+    def evidence(self, incident: Incident, signals: list[Signal]) -> list[str]: ...
 
 
 class ReasonerUnavailable(RuntimeError):
@@ -201,11 +210,19 @@ def diagnose(incident: Incident, signals: list[Signal], reasoners: list[Reasoner
             if rb is not None:
                 f = Finding(f.diagnosis.model_copy(update={"runbook": rb.name}), rb, f.remedies)
         findings.append(f)
+    gathered: list[str] = []
+    for r in reasoners:
+        if isinstance(r, EvidenceGatherer):
+            try:
+                gathered.extend(r.evidence(incident, signals)[:10])
+            except Exception as exc:  # evidence is a help, never a reason to stop the healing
+                log.exception("evidence.failed", reasoner=r.name)
+                notes.append(f"{r.name} evidence failed: {exc.__class__.__name__}: {exc}")
     hypotheses = tuple(f.diagnosis for f in findings)
     if not findings:
         return Finding(Diagnosis(category="unknown", confidence=0.0, reasoner="none",
                                  explanation="no runbook or reasoner recognised these signals",
-                                 evidence=[f"{s.source}: {s.summary or s.kind}" for s in signals[:10]]),
+                                 evidence=[*(f"{s.source}: {s.summary or s.kind}" for s in signals[:10]), *gathered]),
                        notes=tuple(notes), usage=tuple(usage))
     best = max(findings, key=lambda f: (f.diagnosis.confidence, f.runbook is not None or bool(f.remedies)))
     d = best.diagnosis
@@ -225,5 +242,5 @@ def diagnose(incident: Incident, signals: list[Signal], reasoners: list[Reasoner
             d = d.model_copy(update={"explanation": f"{d.explanation} [{', '.join(agreeing)} agree]"})
     d = _ground(d, findings)
     extra = [e for f in findings if f is not best for e in f.diagnosis.evidence if e not in d.evidence]
-    d = d.model_copy(update={"evidence": [*d.evidence, *extra][:30]})
+    d = d.model_copy(update={"evidence": [*d.evidence, *gathered, *extra][:30]})
     return Finding(d, best.runbook, best.remedies, hypotheses, tuple(notes), tuple(usage))

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from prometheus_client.registry import Collector
 from pydantic import ValidationError
 
 from heald.jsontext import JSONInputError, excerpt, loads
@@ -56,6 +57,10 @@ class WebhookSource(Protocol):
 
 WEBHOOK_SOURCES: dict[str, WebhookSource] = {}
 
+#: Prometheus collectors kept by sources themselves (e.g. Kubernetes Normal events, counted and
+#: not stored); the API's ``/metrics`` registry registers each. Counted per process.
+SOURCE_METRICS: list[Collector] = []
+
 
 def load_json(body: bytes | str, what: str) -> Any:
     """The JSON document of a request body, parsed with the bounds of
@@ -90,3 +95,8 @@ from heald.sources import generic as _generic  # noqa: E402,F401
 from heald.sources import github as _github  # noqa: E402,F401
 from heald.sources import alertmanager as _alertmanager  # noqa: E402,F401
 from heald.sources import cloudevents as _cloudevents  # noqa: E402,F401
+from heald.sources import grafana as _grafana  # noqa: E402,F401
+from heald.sources import pagerduty as _pagerduty  # noqa: E402,F401
+from heald.sources import sentry as _sentry  # noqa: E402,F401
+from heald.sources import datadog as _datadog  # noqa: E402,F401
+from heald.sources import kubernetes as _kubernetes  # noqa: E402,F401

@@ -5,8 +5,9 @@ Format: the webhook message version "4", defined by prometheus/alertmanager
 ``notify/webhook/webhook.go`` (``Message``) and ``template/template.go`` (``Data``, ``Alert``):
 ``{"version": "4", "status", "receiver", "groupKey", "truncatedAlerts", "groupLabels",
 "commonLabels", "commonAnnotations", "externalURL", "alerts": [{"status", "labels",
-"annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"}]}``. Grafana's webhook has
-the same shape plus fields of its own (accepted and ignored).
+"annotations", "startsAt", "endsAt", "generatorURL", "fingerprint"}]}``. Grafana's webhook
+(``"version": "1"``) has the same shape plus fields of its own: it is served by
+:mod:`heald.sources.grafana` at ``POST /v1/webhooks/grafana``.
 
 Each alert becomes one signal: ``status`` firing or resolved (an alert without one takes the
 message's), its labels and annotations, ``starts_at``/``ends_at`` (Go's zero time
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -89,13 +90,33 @@ class MessageIn(BaseModel):
     alerts: list[AlertIn] = Field(min_length=1)
 
 
+MessageT = TypeVar("MessageT", bound=BaseModel)
+
+
+def validate_message(model: type[MessageT], data: dict[str, object]) -> MessageT:
+    """``model.model_validate(data)``, raising SourceError naming the first bad field (dotted
+    path, ``alerts.0.startsAt``) and what was expected instead of pydantic's ValidationError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "(body)"
+        got = e.get("input") if e["type"] not in ("missing",) else None
+        msg = e["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
+        if e["type"] == "missing":
+            msg = "a value (the field is required)"
+        raise SourceError(where, msg, got if isinstance(got, (str, int, float)) else None) from err
+
+
 def _ended(at: datetime | None) -> datetime | None:
     return None if at is None or at.year <= 1 else at
 
 
-def alert_signal(alert: AlertIn, message: MessageIn, where: str = "") -> Signal:
+def alert_signal(alert: AlertIn, message: MessageIn, where: str = "", source: str = "alertmanager",
+                 extra: Mapping[str, str] | None = None) -> Signal:
     """The signal of one alert (see the module docstring); ``where`` prefixes the field named by
-    a SourceError (``alerts.3.``)."""
+    a SourceError (``alerts.3.``); ``source`` names the sender and ``extra`` adds annotations
+    (Grafana reuses this)."""
     labels = alert.labels
     status = SignalStatus(alert.status or message.status)
     service = next((labels[k] for k in SERVICE_LABELS if labels.get(k)), None)
@@ -104,8 +125,10 @@ def alert_signal(alert: AlertIn, message: MessageIn, where: str = "") -> Signal:
         annotations.setdefault("generator_url", alert.generatorURL)
     if message.externalURL:
         annotations.setdefault("alertmanager_url", message.externalURL)
+    for key, value in (extra or {}).items():
+        annotations.setdefault(key, value)
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or labels["alertname"]
-    return make_signal(where, source="alertmanager", kind="alert", service=service, status=status,
+    return make_signal(where, source=source, kind="alert", service=service, status=status,
                   severity=SEVERITIES.get(labels.get("severity", "").lower(), Severity.warning),
                   summary=summary[:10_000], labels=labels, annotations=annotations,
                   fingerprint=alert.fingerprint or label_set_fingerprint(labels),
@@ -126,16 +149,10 @@ class AlertmanagerSource:
         data = load_json(body, "an Alertmanager webhook message in JSON")
         if not isinstance(data, dict):
             raise SourceError("(body)", "a JSON object (Alertmanager webhook message version 4)", type(data).__name__)
-        try:
-            message = MessageIn.model_validate(data)
-        except ValidationError as err:
-            e = err.errors()[0]
-            where = ".".join(str(p) for p in e["loc"]) or "(body)"
-            got = e.get("input") if e["type"] not in ("missing",) else None
-            msg = e["msg"].removeprefix("Value error, ").removeprefix("Input should be ")
-            if e["type"] == "missing":
-                msg = "a value (the field is required)"
-            raise SourceError(where, msg, got if isinstance(got, (str, int, float)) else None) from err
+        if data.get("version") == "1" and "orgId" in data:
+            raise SourceError("version", '"4" (an Alertmanager message); this is a Grafana message (version "1"): '
+                              "send it to /v1/webhooks/grafana", "1")
+        message = validate_message(MessageIn, data)
         return [alert_signal(a, message, f"alerts.{i}.") for i, a in enumerate(message.alerts)]
 
 

@@ -10,7 +10,8 @@ Formats (cloudevents/spec ``cloudevents/spec.md``, ``formats/json-format.md``,
 
 Required attributes ``specversion`` ("1.0"), ``id``, ``source``, ``type``; ``time`` is RFC 3339;
 attribute names are lowercase letters and digits; ``data`` and ``data_base64`` exclude each
-other. An event becomes one signal (``kind`` = its type): ``service``, ``severity`` and
+other; an attribute (or ``data``) whose JSON value is ``null`` is unset, as the JSON format
+requires; an empty batch is valid and does nothing (202 with the reason). An event becomes one signal (``kind`` = its type): ``service``, ``severity`` and
 ``status`` come from extension attributes of those names or the same keys of a JSON ``data``
 object (``status`` "resolved" or "ok" resolves); ``data.labels`` (strings) join the labels
 ``alertname`` (``data.alertname`` or the type), ``ce_source``, ``ce_type``, ``ce_subject``, so
@@ -29,7 +30,7 @@ from urllib.parse import unquote
 from pydantic import TypeAdapter, ValidationError
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, load_json, make_signal, register_source
+from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources.alertmanager import SEVERITIES
 
 REQUIRED = ("specversion", "id", "source", "type")
@@ -61,9 +62,11 @@ def _event_from_headers(headers: Mapping[str, str], body: bytes) -> dict[str, An
 
 def validate_event(event: object, where: str = "") -> dict[str, Any]:
     """Check one event's attributes (see the module docstring). Raises SourceError naming the
-    attribute. Returns the event."""
+    attribute. Returns the event without its null (unset) attributes."""
     if not isinstance(event, dict):
         raise SourceError(where or "(body)", "a CloudEvent as a JSON object", type(event).__name__)
+    # the JSON format: an attribute whose value is null is unset ("MUST be treated as if absent")
+    event = {name: value for name, value in event.items() if value is not None}
     for attr in REQUIRED:
         value = event.get(attr)
         if not isinstance(value, str) or not value:
@@ -138,9 +141,10 @@ class CloudEventsSource:
             return [event_signal(validate_event(_event_from_headers(lower, body)))]
         data = load_json(body, "a CloudEvent in JSON, or ce-* headers for binary mode")
         if lower.get("content-type", "").startswith("application/cloudevents-batch+json") or isinstance(data, list):
-            if not isinstance(data, list) or not data:
-                raise SourceError("(body)", "a non-empty JSON array of CloudEvents (batched mode)",
-                                  type(data).__name__ if not isinstance(data, list) else "[]")
+            if not isinstance(data, list):
+                raise SourceError("(body)", "a JSON array of CloudEvents (batched mode)", type(data).__name__)
+            if not data:  # the batched format allows an empty batch: nothing to do
+                raise SourceIgnored("an empty batch: no events")
             return [event_signal(validate_event(e, f"[{i}]."), f"[{i}].") for i, e in enumerate(data)]
         return [event_signal(validate_event(data))]
 

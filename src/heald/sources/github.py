@@ -3,15 +3,24 @@
 Formats (docs.github.com, "Webhook events and payloads"; fixtures from octokit/webhooks in
 ``shared/corpus/github``): the ``X-GitHub-Event`` header names the event, ``X-GitHub-Delivery``
 is the delivery's unique id (a redelivery repeats it), ``X-Hub-Signature-256`` is
-``sha256=<hex HMAC-SHA256 of the raw body with the webhook secret>``. The events heald heals:
+``sha256=<hex HMAC-SHA256 of the raw body with the webhook secret>``. A webhook whose content
+type is ``application/x-www-form-urlencoded`` delivers the JSON in the form field ``payload``
+(the signature covers the raw form body). The events heald heals:
 
-- ``workflow_run`` with ``action: completed`` and ``workflow_run.conclusion`` ``failure`` or
-  ``timed_out``;
-- ``workflow_job`` (``workflow_job.conclusion``), the same;
-- ``check_run`` (``check_run.conclusion``), the same.
+- ``workflow_run`` with ``action: completed`` and ``workflow_run.conclusion`` ``failure``,
+  ``timed_out`` or ``startup_failure`` (the workflow file could not even start);
+- ``workflow_job`` (``workflow_job.conclusion``) and ``check_run`` (``check_run.conclusion``),
+  ``failure`` or ``timed_out``;
+- ``check_suite`` with ``action: completed`` and ``check_suite.conclusion`` ``failure`` or
+  ``timed_out`` (its commit is ``check_suite.head_sha``, its name the app's);
+- ``status`` (a commit status; no action) with ``state`` ``failure`` or ``error`` (commit
+  ``sha``, name ``context``, link ``target_url``);
+- ``deployment_status`` with ``deployment_status.state`` ``failure`` or ``error`` (commit
+  ``deployment.sha``, branch ``deployment.ref``, name ``deploy <environment>``).
 
 Every other event, action or conclusion is ignored with the reason (:class:`SourceIgnored`,
-answered 202). The events of one commit (a run, its jobs, their check runs) share one
+answered 202). The events of one commit (a run, its jobs, their check runs and suites, its statuses and
+deployments) share one
 fingerprint — the repository and the head commit — so they become one incident.
 
 A signal's labels are ``repo`` (``owner/name``), ``head_sha``, ``head_branch``, ``event``,
@@ -27,13 +36,16 @@ import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from heald.jsontext import excerpt, quote
 from heald.models import Severity, Signal
 from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
 
-EVENTS = ("workflow_run", "workflow_job", "check_run")
+EVENTS = ("workflow_run", "workflow_job", "check_run", "check_suite", "status", "deployment_status")
 FAILED = ("failure", "timed_out")
+STATUS_FAILED = ("failure", "error")
+FORM = "application/x-www-form-urlencoded"
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -93,6 +105,31 @@ def _text(value: Any, path: str, limit: int = 200) -> str:
     return text
 
 
+def _repo(data: dict[str, Any]) -> str:
+    repo = _str(data, "repository.full_name")
+    if len(repo) > 200:
+        raise SourceError("repository.full_name", "at most 200 characters (owner/name)", repo)
+    return repo
+
+
+def _json_body(headers: Mapping[str, str], body: bytes) -> bytes | str:
+    """The JSON document of a delivery: the body, or for a webhook whose content type is
+    ``application/x-www-form-urlencoded`` the value of its one ``payload`` field (GitHub's form
+    deliveries; the signature covers the raw form body). Raises SourceError."""
+    ctype = (headers.get("content-type") or headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    if ctype != FORM:
+        return body
+    try:
+        form = parse_qs(body.decode("utf-8", errors="strict"), keep_blank_values=True, strict_parsing=True,
+                        max_num_fields=20, errors="strict")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise SourceError("(body)", "a form-encoded body with a 'payload' field (GitHub's form delivery)") from exc
+    values = form.get("payload")
+    if not values or len(values) != 1:
+        raise SourceError("payload", "one 'payload' form field holding the JSON payload (GitHub's form delivery)")
+    return values[0]
+
+
 def _time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
@@ -123,7 +160,7 @@ class GitHubSource:
         event = (headers.get("x-github-event") or headers.get("X-GitHub-Event") or "").strip()
         if not event:
             raise SourceError("headers.X-GitHub-Event", "the GitHub event name (e.g. workflow_run)")
-        data = load_json(body, "a JSON object (a GitHub webhook payload)")
+        data = load_json(_json_body(headers, body), "a JSON object (a GitHub webhook payload)")
         if not isinstance(data, dict):
             raise SourceError("(body)", "a JSON object", type(data).__name__)
         if event == "ping":
@@ -131,6 +168,10 @@ class GitHubSource:
         if event not in EVENTS:
             raise SourceIgnored(f"event {quote(event)} is not a CI result; heald heals failed "
                                 f"{', '.join(EVENTS)} events")
+        if event == "status":
+            return [self._status(data, headers)]
+        if event == "deployment_status":
+            return [self._deployment_status(data, headers)]
         action = data.get("action")
         if action != "completed":
             raise SourceIgnored(f"{event} action {quote(action)}: only completed runs are healed")
@@ -138,15 +179,14 @@ class GitHubSource:
         if not isinstance(obj, dict):
             raise SourceError(event, "an object", type(obj).__name__)
         conclusion = obj.get("conclusion")
-        if conclusion not in FAILED:
-            raise SourceIgnored(f"{event} conclusion {quote(conclusion)}: only {' and '.join(FAILED)} are healed")
-        repo = _str(data, "repository.full_name")
-        if len(repo) > 200:
-            raise SourceError("repository.full_name", "at most 200 characters (owner/name)", repo)
+        failing = FAILED + (("startup_failure",) if event == "workflow_run" else ())
+        if conclusion not in failing:
+            raise SourceIgnored(f"{event} conclusion {quote(conclusion)}: only {', '.join(failing)} are healed")
+        repo = _repo(data)
         sha = _str(data, f"{event}.head_sha")
         if len(sha) > 200:
             raise SourceError(f"{event}.head_sha", "a commit id (at most 200 characters)", sha)
-        suite = _obj(obj.get("check_suite"), f"{event}.check_suite")
+        suite = _obj(obj.get("check_suite"), f"{event}.check_suite") if event != "check_suite" else {}
         branch = (_text(obj.get("head_branch"), f"{event}.head_branch")
                   or _text(suite.get("head_branch"), f"{event}.check_suite.head_branch"))
         labels = {"repo": repo, "head_sha": sha, "head_branch": branch, "event": event, "conclusion": conclusion}
@@ -181,6 +221,13 @@ class GitHubSource:
             if failed:
                 notes["failed_steps"] = "; ".join(failed)[:1000]
             what = f"job {labels['job']!r}" + (f" (step {failed[0]!r})" if failed else "")
+        elif event == "check_suite":
+            app = _obj(obj.get("app"), f"{event}.app")
+            labels["workflow"] = _text(app.get("name"), f"{event}.app.name") or "check suite"
+            if isinstance(obj.get("before"), str) and set(obj["before"]) != {"0"}:
+                notes["before_sha"] = obj["before"][:200]
+            notes["html_url"] = notes["html_url"] or _text(obj.get("url"), f"{event}.url", 2000)
+            what = f"check suite of {labels['workflow']!r}"
         else:
             labels["workflow"] = _text(obj.get("name"), f"{event}.name") or "check"
             out = _obj(obj.get("output"), f"{event}.output")
@@ -191,9 +238,70 @@ class GitHubSource:
                 notes["before_sha"] = suite["before"]
             what = f"check {labels['workflow']!r}"
         started = _time(obj.get("completed_at") or obj.get("updated_at") or obj.get("run_started_at"))
-        summary = f"CI failed: {what} {conclusion} on {repo}@{branch or '?'} {sha[:10]}"
-        return [make_signal("", source=self.name, kind="ci_failed", service=repo, severity=Severity.error, summary=summary,
-                       labels=labels, annotations=notes, fingerprint=fingerprint(repo, sha), starts_at=started)]
+        return [self._signal(labels, notes, what, started)]
+
+    def _signal(self, labels: dict[str, str], notes: dict[str, str], what: str, started: datetime | None) -> Signal:
+        repo, sha, branch = labels["repo"], labels["head_sha"], labels["head_branch"]
+        summary = f"CI failed: {what} {labels['conclusion']} on {repo}@{branch or '?'} {sha[:10]}"
+        return make_signal("", source=self.name, kind="ci_failed", service=repo, severity=Severity.error,
+                           summary=summary, labels=labels, annotations=notes,
+                           fingerprint=fingerprint(repo, sha), starts_at=started)
+
+    def _common(self, data: dict[str, Any], headers: Mapping[str, str], event: str, sha_path: str,
+                branch: str, conclusion: str) -> tuple[dict[str, str], dict[str, str]]:
+        """Labels and annotations every CI signal carries (``sha_path`` names the commit id)."""
+        repo = _repo(data)
+        sha = _str(data, sha_path)
+        if len(sha) > 200:
+            raise SourceError(sha_path, "a commit id (at most 200 characters)", sha)
+        labels = {"repo": repo, "head_sha": sha, "head_branch": branch, "event": event, "conclusion": conclusion}
+        notes = {"clone_url": _text(_get(data, "repository.clone_url", "the repository's clone URL"),
+                                    "repository.clone_url", 2000),
+                 "default_branch": _text(data["repository"].get("default_branch"), "repository.default_branch")}
+        delivery = self.delivery_id(headers)
+        if delivery:
+            notes["delivery"] = delivery
+        return labels, notes
+
+    def _status(self, data: dict[str, Any], headers: Mapping[str, str]) -> Signal:
+        """A commit status (``status`` event) in state ``failure`` or ``error``."""
+        state = data.get("state")
+        if state not in STATUS_FAILED:
+            raise SourceIgnored(f"status state {quote(state)}: only {' and '.join(STATUS_FAILED)} are healed")
+        branches = data.get("branches") or []
+        if not isinstance(branches, list):
+            raise SourceError("branches", "a list of branch objects", type(branches).__name__)
+        branch = _text(_obj(branches[0], "branches[0]").get("name"), "branches[0].name") if branches else ""
+        labels, notes = self._common(data, headers, "status", "sha", branch, state)
+        labels["workflow"] = _text(data.get("context"), "context") or "status"
+        notes["html_url"] = _text(data.get("target_url"), "target_url", 2000)
+        description = _text(data.get("description"), "description", 2000)
+        if description:
+            notes["check_output"] = description
+        return self._signal(labels, notes, f"status {labels['workflow']!r}", _time(data.get("updated_at")))
+
+    def _deployment_status(self, data: dict[str, Any], headers: Mapping[str, str]) -> Signal:
+        """A deployment (``deployment_status`` event) whose status is ``failure`` or ``error``."""
+        status = _obj(data.get("deployment_status"), "deployment_status")
+        state = status.get("state")
+        if state not in STATUS_FAILED:
+            raise SourceIgnored(f"deployment_status state {quote(state)}: only {' and '.join(STATUS_FAILED)} "
+                                f"are healed")
+        deployment = _obj(data.get("deployment"), "deployment")
+        if not deployment:
+            raise SourceError("deployment", "the deployment object")
+        labels, notes = self._common(data, headers, "deployment_status", "deployment.sha",
+                                     _text(deployment.get("ref"), "deployment.ref"), state)
+        environment = (_text(status.get("environment"), "deployment_status.environment")
+                       or _text(deployment.get("environment"), "deployment.environment"))
+        labels["workflow"] = f"deploy {environment}" if environment else "deploy"
+        notes["html_url"] = (_text(status.get("log_url"), "deployment_status.log_url", 2000)
+                             or _text(status.get("target_url"), "deployment_status.target_url", 2000))
+        description = _text(status.get("description"), "deployment_status.description", 2000)
+        if description:
+            notes["check_output"] = description
+        return self._signal(labels, notes, f"deployment to {environment or '?'}",
+                            _time(status.get("updated_at") or status.get("created_at")))
 
 
 register_source(GitHubSource())

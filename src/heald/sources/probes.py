@@ -1,4 +1,5 @@
-"""Active checks: HTTP and TCP probes, process liveness, metric thresholds and disk quotas.
+"""Active checks: HTTP and TCP probes, process liveness, metric thresholds, disk quotas and
+PromQL expressions against an existing Prometheus (:mod:`heald.sources.promql`).
 
 :func:`make_checker` gives the check of one probe as a callable (a metric probe keeps the
 scrapes of its window, so one checker must be reused from check to check); :func:`run_probe`
@@ -39,7 +40,8 @@ from heald.supervise import Supervisor
 
 #: The alertname of a probe's signals when the probe names none.
 DEFAULT_ALERTNAMES = {"http": "ProbeFailed", "tcp": "ProbeFailed", "process": "ProbeFailed",
-                      "metric": "MetricThresholdExceeded", "disk": "DiskQuotaExceeded"}
+                      "metric": "MetricThresholdExceeded", "disk": "DiskQuotaExceeded",
+                      "promql": "PromQLThresholdExceeded"}
 
 
 @dataclass(frozen=True)
@@ -69,14 +71,18 @@ def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None
     call the same checker again to evaluate rates over its window."""
     if probe.type == "metric":
         return MetricProbe(probe)
+    if probe.type == "promql":
+        from heald.sources.promql import PromQLProbe
+
+        return PromQLProbe(probe)
     return lambda: run_probe(probe, service, supervisor)
 
 
 def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None) -> ProbeResult:
     """Run ``probe`` once against ``service``. Never raises: a failure is a result. (A metric
     probe run once can judge gauges only; rates need :func:`make_checker`.)"""
-    if probe.type == "metric":
-        return MetricProbe(probe)()
+    if probe.type in ("metric", "promql"):
+        return make_checker(probe, service, supervisor)()
     t0 = time.monotonic()
     value: float | None = None
     try:
@@ -348,15 +354,20 @@ def probe_signal(service: str, probe: ProbeConfig, status: SignalStatus, result:
                  first_failure: datetime, failures: int, supervisor: Supervisor | None) -> Signal:
     """The signal a probe emits when its failure threshold is reached (firing) or when it
     passes again (resolved). Labels: ``alertname``, ``service``, ``probe``, ``probe_type``,
-    the metric group's labels (metric probes), ``path`` (disk probes); managed services add
+    the metric group's labels (metric probes) or the worst series' labels (promql probes, whose
+    annotations name the ``promql`` query and the ``prometheus_url``), ``path`` (disk probes); managed services add
     ``process_state`` and the annotation ``process_exit``. The fingerprint is over alertname,
     service and probe."""
     labels = {"alertname": probe.alertname or DEFAULT_ALERTNAMES[probe.type], "service": service,
               "probe": probe.label, "probe_type": probe.type}
     annotations = {"detail": result.detail, "consecutive_failures": str(failures)}
-    if probe.type == "metric":
+    if probe.type in ("metric", "promql"):
         labels.update({k: v for k, v in result.labels.items() if k not in labels})
-        labels["metric"] = probe.metric or ""
+        if probe.type == "metric":
+            labels["metric"] = probe.metric or ""
+        else:  # diagnosis reads these back to attach the query's recent values (heald.diagnose.metrics)
+            annotations["promql"] = probe.query or ""
+            annotations["prometheus_url"] = probe.url or ""
         if result.value is not None:
             annotations["value"] = f"{result.value:.6g}"
         if probe.above is not None:
