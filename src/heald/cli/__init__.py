@@ -376,3 +376,4 @@ from heald.cli import learn as _learn  # noqa: E402,F401
 from heald.cli import policy as _policy  # noqa: E402,F401
 from heald.cli import audit as _audit  # noqa: E402,F401
 from heald.cli import configcmd as _configcmd  # noqa: E402,F401
+from heald.cli import mcpcmd as _mcpcmd  # noqa: E402,F401
