@@ -81,7 +81,9 @@ def test_version_flag(tmp_path: Path) -> None:
 
 
 def test_shell_completion_completes_commands(tmp_path: Path) -> None:
-    script = run_heald("--show-completion", "bash", cwd=tmp_path)
+    # Typer detects the user's shell from the process tree; here it is told (its own test switch)
+    script = run_heald("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"},
+                       cwd=tmp_path)
     assert script.returncode == 0 and "_HEALD_COMPLETE=complete_bash" in script.stdout, script.stderr
     r = run_heald(env={"_HEALD_COMPLETE": "complete_bash", "COMP_WORDS": "heald con", "COMP_CWORD": "1"},
                   cwd=tmp_path)
