@@ -115,7 +115,7 @@ def make_config(tmp_path: Path, **data: object) -> HealdConfig:
     """A validated HealdConfig with state under ``tmp_path`` and fast healing timings."""
     base: dict[str, object] = {
         "state_dir": str(tmp_path / "state"),
-        "healing": {"group_wait_seconds": 0.05, "cooldown_seconds": 0.2, "stabilization_seconds": 0.3,
+        "healing": {"group_wait_seconds": 0.05, "retry_delay_seconds": 0.2, "stabilization_seconds": 0.3,
                     "verify_interval_seconds": 0.05, "verify_timeout_seconds": 3.0},
     }
     for k, v in data.items():

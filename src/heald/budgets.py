@@ -64,7 +64,7 @@ class Budgets:
         return target_of(candidate.remedy, candidate.params)
 
     def cooldown(self, target: str, remedy: str) -> str | None:
-        cool = self.budgets.cooldown_seconds
+        cool = self.budgets.remedy_cooldown_seconds
         if cool <= 0:
             return None
         with self.store.tx() as s:

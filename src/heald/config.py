@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from heald.models import Risk
 from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, read_yaml
 
-Seconds = Annotated[float, Field(gt=0, description="seconds")]
+Seconds = Annotated[float, Field(gt=0)]
 
 
 class _Section(BaseModel):
@@ -49,17 +49,21 @@ class ProbeConfig(_Section):
     the probe fails only once the comparison has held for ``for_seconds`` (as a rule's ``for``).
     """
 
-    type: Literal["http", "tcp", "process", "metric", "disk", "promql"] = "http"
-    name: str | None = None
+    type: Literal["http", "tcp", "process", "metric", "disk", "promql"] = Field(default="http",
+                                                                                 description="what the probe checks")
+    name: str | None = Field(default=None,
+                             description="the probe's name in signals and metrics (default: derived from type and target)")
     alertname: str | None = Field(default=None, description="the alertname label of its signals (default per type)")
     url: str | None = Field(default=None, description="for type http, metric (the /metrics URL) and promql "
                                                       "(Prometheus' base URL, e.g. http://127.0.0.1:9090)")
-    host: str = "127.0.0.1"
+    host: str = Field(default="127.0.0.1", description="for type tcp: the host to connect to")
     port: int | None = Field(default=None, ge=1, le=65535, description="for type tcp")
-    expect_status: list[int] = Field(default_factory=lambda: list(range(200, 400)))
-    interval_seconds: Seconds = 1.0
-    timeout_seconds: Seconds = 1.0
-    failure_threshold: int = Field(default=3, ge=1, le=100)
+    expect_status: list[int] = Field(default_factory=lambda: list(range(200, 400)),
+                                     description="for type http: the status codes that count as healthy")
+    interval_seconds: Seconds = Field(default=1.0, description="time between two checks")
+    timeout_seconds: Seconds = Field(default=1.0, description="limit of one check")
+    failure_threshold: int = Field(default=3, ge=1, le=100,
+                                   description="consecutive failed checks before a signal fires")
     metric: str | None = Field(default=None, pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", description="for type metric")
     match: list[str] = Field(default_factory=list, description="label matchers on the metric's series")
     by: list[str] = Field(default_factory=list, description="labels to group the series by (carried on the signal)")
@@ -136,7 +140,7 @@ class ConfigRepoConfig(_Section):
 
     path: Path = Field(description="the git work tree")
     reload_url: str | None = Field(default=None, description="POSTed after a revert so the service reloads")
-    reload_timeout_seconds: Seconds = 5.0
+    reload_timeout_seconds: Seconds = Field(default=5.0, description="limit of the reload request")
 
 
 class ReleasesConfig(_Section):
@@ -157,19 +161,20 @@ class CleanupConfig(_Section):
     """A directory ``cleanup_path`` may clean: only files matching ``pattern`` (a glob on the
     file name) whose last modification is older than ``older_than_seconds``."""
 
-    path: Path
-    pattern: str = "*"
-    older_than_seconds: Seconds = 86400.0
+    path: Path = Field(description="the directory")
+    pattern: str = Field(default="*", description="a glob on file names; only matching files are deleted")
+    older_than_seconds: Seconds = Field(default=86400.0,
+                                        description="only files not modified for this long are deleted")
     max_files: int = Field(default=10_000, ge=1, description="delete at most this many files per run")
 
 
 class CommandConfig(_Section):
     """A command ``run_command`` may run (the allowlist): its argv, exactly, with no shell."""
 
-    argv: list[str] = Field(min_length=1)
-    cwd: Path | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    timeout_seconds: Seconds = 60.0
+    argv: list[str] = Field(min_length=1, description="the command and its arguments, exactly (no shell)")
+    cwd: Path | None = Field(default=None, description="working directory")
+    env: dict[str, str] = Field(default_factory=dict, description="environment variables added for the command")
+    timeout_seconds: Seconds = Field(default=60.0, description="limit of one run; the command is killed after it")
     idempotent: bool = Field(default=False, description="safe to run again after a crash mid-run")
 
 
@@ -193,17 +198,24 @@ class ServiceConfig(_Section):
     """A service heald watches and heals. With ``command`` it is managed: heald starts it as a
     child process, supervises it and may restart it."""
 
-    command: list[str] | None = Field(default=None, min_length=1)
-    cwd: Path | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    probes: list[ProbeConfig] = Field(default_factory=list)
-    depends_on: list[str] = Field(default_factory=list, description="services this one needs; their incidents absorb its signals")
-    labels: dict[str, str] = Field(default_factory=dict)
-    config_repo: ConfigRepoConfig | None = None
-    releases: ReleasesConfig | None = None
+    command: list[str] | None = Field(default=None, min_length=1,
+                                      description="argv that starts the service (no shell); with it heald manages the process and may restart it")
+    cwd: Path | None = Field(default=None, description="working directory of the managed process")
+    env: dict[str, str] = Field(default_factory=dict,
+                                description="environment variables added for the managed process")
+    probes: list[ProbeConfig] = Field(default_factory=list,
+                                      description="active checks of the service (see services.<name>.probes[])")
+    depends_on: list[str] = Field(default_factory=list,
+                                  description="services this one needs; their incidents absorb its signals")
+    labels: dict[str, str] = Field(default_factory=dict, description="labels added to every signal of this service")
+    config_repo: ConfigRepoConfig | None = Field(default=None,
+                                                 description="the service's configuration in a git repository (see services.<name>.config_repo)")
+    releases: ReleasesConfig | None = Field(default=None,
+                                            description="the service's versioned releases (see services.<name>.releases)")
     cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
-    start_timeout_seconds: Seconds = 10.0
-    stop_timeout_seconds: Seconds = 5.0
+    start_timeout_seconds: Seconds = Field(default=10.0, description="how long a managed process may take to start")
+    stop_timeout_seconds: Seconds = Field(default=5.0,
+                                          description="how long a managed process gets to exit after SIGTERM before SIGKILL")
 
 
 DEFAULT_ERROR_PATTERN = (r"(?i)\b(?:error|err|critical|crit|fatal|panic|emerg|alert|exception|failed|failure)\b|"
@@ -222,20 +234,21 @@ class LogSourceConfig(_Section):
     path: str = Field(description="a file to follow, or '-' for heald's standard input")
     name: str | None = Field(default=None, description="the log's name in labels (default: the file name)")
     service: str | None = Field(default=None, description="the service whose log it is")
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="labels added to every signal of this log")
     error_pattern: str = Field(default=DEFAULT_ERROR_PATTERN, description="a regex: records it finds are errors")
     from_start: bool = Field(default=False, description="read the file from its start (default: only new lines)")
     new_template_signals: bool = Field(default=True, description="signal an error template never seen before")
-    rate_window_seconds: Seconds = 60.0
+    rate_window_seconds: Seconds = Field(default=60.0, description="window over which a template's rate is measured")
     rate_factor: float = Field(default=5.0, gt=1, description="a jump is this many times the template's earlier rate")
     rate_min_count: int = Field(default=10, ge=1, description="…and at least this many lines in the window")
     resolve_after_seconds: Seconds = Field(default=120.0, description="quiet this long → a resolved signal")
     similarity_threshold: float = Field(default=0.5, gt=0, lt=1, description="drain3's sim_th")
-    max_templates: int = Field(default=2000, ge=10, le=1_000_000)
-    max_evidence_lines: int = Field(default=30, ge=1, le=1000)
-    max_line_bytes: int = Field(default=16_384, ge=256)
-    max_lines_per_poll: int = Field(default=5000, ge=1)
-    poll_interval_seconds: Seconds = 0.25
+    max_templates: int = Field(default=2000, ge=10, le=1_000_000,
+                               description="most templates kept by the miner (the least used are forgotten)")
+    max_evidence_lines: int = Field(default=30, ge=1, le=1000, description="log lines kept as evidence per signal")
+    max_line_bytes: int = Field(default=16_384, ge=256, description="longer lines are cut to this many bytes")
+    max_lines_per_poll: int = Field(default=5000, ge=1, description="most lines read in one poll")
+    poll_interval_seconds: Seconds = Field(default=0.25, description="time between two reads of the file")
 
     @field_validator("error_pattern")
     @classmethod
@@ -260,19 +273,21 @@ class LLMConfig(_Section):
     ``HEALD_LLM_BASE_URL``, ``HEALD_LLM_MODEL`` and the variable named by ``api_key_env``
     (default ``HEALD_LLM_API_KEY``, then ``OPENAI_API_KEY``)."""
 
-    enabled: bool = False
-    base_url: str | None = Field(default=None, description="e.g. https://api.openai.com/v1, http://127.0.0.1:11434/v1")
-    model: str | None = None
+    enabled: bool = Field(default=False, description="use the LLM reasoner (its findings alone always need a human)")
+    base_url: str | None = Field(default=None,
+                                 description="e.g. https://api.openai.com/v1, http://127.0.0.1:11434/v1")
+    model: str | None = Field(default=None, description="the model name the endpoint serves")
     api_key: str | None = Field(default=None, description="prefer api_key_env: a key in a file is a secret at rest")
-    api_key_env: str = "HEALD_LLM_API_KEY"
-    timeout_seconds: Seconds = 30.0
+    api_key_env: str = Field(default="HEALD_LLM_API_KEY", description="environment variable holding the API key")
+    timeout_seconds: Seconds = Field(default=30.0, description="limit of one call")
     max_retries: int = Field(default=2, ge=0, le=10, description="retries of a failed call (connection, 429, 5xx)")
-    backoff_initial_seconds: float = Field(default=0.5, ge=0)
-    backoff_max_seconds: float = Field(default=8.0, ge=0)
+    backoff_initial_seconds: float = Field(default=0.5, ge=0,
+                                           description="first wait between retries (doubles each retry)")
+    backoff_max_seconds: float = Field(default=8.0, ge=0, description="longest wait between retries")
     circuit_failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that open the circuit")
     circuit_reset_seconds: Seconds = Field(default=60.0, description="how long an open circuit refuses calls")
     max_tokens: int = Field(default=1000, ge=16, le=100_000, description="completion tokens per call")
-    temperature: float = Field(default=0.0, ge=0, le=2)
+    temperature: float = Field(default=0.0, ge=0, le=2, description="sampling temperature")
     max_input_chars: int = Field(default=16_000, ge=1000, description="bound on the incident data sent")
     response_format: Literal["json_schema", "json_object", "none"] = Field(
         default="json_object", description="what to ask the endpoint for (json_schema where it supports it)")
@@ -293,16 +308,55 @@ class LLMConfig(_Section):
         return self
 
 
+from pydantic import AliasChoices, PrivateAttr  # noqa: E402
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A deprecated key of ``heald.yaml`` was used: ``old`` and ``new`` are dotted keys from the
+    top level (``healing.cooldown_seconds`` → ``healing.retry_delay_seconds``). The key still
+    works; :func:`load_config` records each with its file and line in
+    :attr:`HealdConfig.deprecations`, and the CLI prints them."""
+
+    def __init__(self, old: str, new: str):
+        super().__init__(f"{old} is deprecated: use {new} (same meaning, a name that says what it does)")
+        self.old, self.new = old, new
+
+
+def _renamed(data: Any, section: str, old: str, new: str) -> Any:
+    """A ``mode="before"`` check of ``section`` (dotted) for the deprecated key ``old``, renamed
+    ``new``: warns (:class:`ConfigDeprecationWarning`); refuses both at once."""
+    if isinstance(data, dict) and old in data:
+        if new in data:
+            raise ValueError(f"give {new} or the deprecated {old}, not both")
+        import warnings
+
+        warnings.warn(ConfigDeprecationWarning(f"{section}.{old}", f"{section}.{new}"), stacklevel=2)
+    return data
+
+
 class HealingConfig(_Section):
     """Bounds on every healing loop (DESIGN.md invariant 4)."""
 
     group_wait_seconds: float = Field(default=0.5, ge=0, description="wait for more signals before diagnosing")
-    max_attempts: int = Field(default=3, ge=1, le=20)
-    cooldown_seconds: float = Field(default=5.0, ge=0, description="between two attempts on one incident")
+    max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
+    retry_delay_seconds: float = Field(
+        default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),
+        description="pause between two attempts on the same incident (formerly cooldown_seconds, a deprecated alias); "
+                    "across incidents see policy.budgets.remedy_cooldown_seconds")
     stabilization_seconds: float = Field(default=2.0, ge=0, description="checks must pass this long")
-    verify_interval_seconds: Seconds = 0.25
-    verify_timeout_seconds: Seconds = 30.0
-    approval_ttl_seconds: Seconds = 3600.0
+    verify_interval_seconds: Seconds = Field(default=0.25, description="time between two verification checks")
+    verify_timeout_seconds: Seconds = Field(default=30.0,
+                                            description="how long verification may take before the attempt counts as failed")
+    approval_ttl_seconds: Seconds = Field(default=3600.0,
+                                          description="how long an approval request waits before the incident escalates")
+
+    _deprecated = model_validator(mode="before")(classmethod(
+        lambda cls, data: _renamed(data, "healing", "cooldown_seconds", "retry_delay_seconds")))
+
+    @property
+    def cooldown_seconds(self) -> float:
+        """Deprecated name of :attr:`retry_delay_seconds`."""
+        return self.retry_delay_seconds
 
 
 def _known_remedies(names: list[str] | None) -> list[str] | None:
@@ -322,13 +376,18 @@ class EnvironmentPolicy(_Section):
     (null: every catalog remedy): a remedy not on it is refused. ``max_risk``: a remedy above it
     is refused. ``auto: false`` makes every remedy wait for an approval."""
 
-    auto: bool | None = None
-    auto_min_confidence: float | None = Field(default=None, ge=0, le=1)
-    escalate_below_confidence: float | None = Field(default=None, ge=0, le=1)
-    auto_max_risk: Risk | None = None
-    max_risk: Risk | None = None
-    approvals_by_risk: dict[Risk, int] | None = None
-    allowed_remedies: list[str] | None = None
+    auto: bool | None = Field(default=None,
+                              description="false: every remedy waits for an approval (null: policy.auto)")
+    auto_min_confidence: float | None = Field(default=None, ge=0, le=1,
+                                              description="null: policy.auto_min_confidence")
+    escalate_below_confidence: float | None = Field(default=None, ge=0, le=1,
+                                                    description="null: policy.escalate_below_confidence")
+    auto_max_risk: Risk | None = Field(default=None, description="null: policy.auto_max_risk")
+    max_risk: Risk | None = Field(default=None,
+                                  description="remedies above this risk are refused (null: policy.max_risk)")
+    approvals_by_risk: dict[Risk, int] | None = Field(default=None, description="null: policy.approvals_by_risk")
+    allowed_remedies: list[str] | None = Field(default=None,
+                                               description="the allowlist (null: policy.allowed_remedies)")
 
     _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v: _known_remedies(v)))
 
@@ -348,15 +407,16 @@ class RateLimitConfig(_Section):
     """At most ``max_actions`` remedies applied per ``window_seconds`` (a sliding window over the
     stored actions)."""
 
-    max_actions: int = Field(ge=1, le=1_000_000)
-    window_seconds: Seconds
+    max_actions: int = Field(ge=1, le=1_000_000, description="remedies allowed in the window")
+    window_seconds: Seconds = Field(description="length of the sliding window")
 
 
 class BudgetsConfig(_Section):
     """Loop prevention (``policy.budgets``), all kept in the store so that they hold across a
     restart of heald and across workers sharing a database.
 
-    - ``cooldown_seconds``: after a remedy was applied to a target by one incident, another
+    - ``remedy_cooldown_seconds`` (formerly ``cooldown_seconds``, a deprecated alias): after a
+      remedy was applied to a target by one incident, another
       incident may not apply the same remedy to the same target for this long; the gate skips
       that candidate (recorded with the reason) and takes the next one, or escalates when none
       is left. Retries inside one incident are bounded by ``healing.max_attempts`` instead.
@@ -370,15 +430,28 @@ class BudgetsConfig(_Section):
       ``lease_wait_seconds``: how long an incident waits for another's lease before escalating.
     """
 
-    cooldown_seconds: float = Field(default=300.0, ge=0, description="per (target, remedy), across incidents")
+    remedy_cooldown_seconds: float = Field(
+        default=300.0, ge=0, validation_alias=AliasChoices("remedy_cooldown_seconds", "cooldown_seconds"),
+        description="after a remedy was applied to a target, the same remedy on the same target waits this long, "
+                    "across incidents (formerly cooldown_seconds, a deprecated alias)")
     rate_limit_per_target: RateLimitConfig = Field(
-        default_factory=lambda: RateLimitConfig(max_actions=10, window_seconds=3600.0))
+        default_factory=lambda: RateLimitConfig(max_actions=10, window_seconds=3600.0),
+        description="remedies per target in a sliding window (over it: the target is skipped)")
     rate_limit_global: RateLimitConfig = Field(
-        default_factory=lambda: RateLimitConfig(max_actions=100, window_seconds=3600.0))
+        default_factory=lambda: RateLimitConfig(max_actions=100, window_seconds=3600.0),
+        description="remedies across all targets in a sliding window (reached: escalate)")
     breaker_failures: int = Field(default=3, ge=1, le=1000, description="failed verifications that open a breaker")
     lease_seconds: Seconds = Field(default=3600.0, description="a target lease expires after this long")
     lease_wait_seconds: float = Field(default=300.0, ge=0, description="wait this long for a busy target")
     lease_poll_seconds: Seconds = Field(default=0.5, description="how often a waiting incident retries the lease")
+
+    _deprecated = model_validator(mode="before")(classmethod(
+        lambda cls, data: _renamed(data, "policy.budgets", "cooldown_seconds", "remedy_cooldown_seconds")))
+
+    @property
+    def cooldown_seconds(self) -> float:
+        """Deprecated name of :attr:`remedy_cooldown_seconds`."""
+        return self.remedy_cooldown_seconds
 
 
 class PolicyConfig(_Section):
@@ -388,16 +461,20 @@ class PolicyConfig(_Section):
     incident's, from the top-level ``environment``), over :data:`BUILTIN_ENVIRONMENTS`."""
 
     auto: bool = Field(default=True, description="false: every remedy waits for an approval")
-    auto_min_confidence: float = Field(default=0.9, ge=0, le=1)
-    escalate_below_confidence: float = Field(default=0.7, ge=0, le=1)
-    auto_max_risk: Risk = Risk.low
+    auto_min_confidence: float = Field(default=0.9, ge=0, le=1,
+                                       description="a diagnosis at least this confident may be acted on automatically")
+    escalate_below_confidence: float = Field(default=0.7, ge=0, le=1,
+                                             description="a diagnosis less confident than this escalates to a human")
+    auto_max_risk: Risk = Field(default=Risk.low, description="remedies up to this risk may run without approval")
     max_risk: Risk = Field(default=Risk.critical, description="remedies above this risk are refused")
     approvals_by_risk: dict[Risk, int] = Field(
-        default_factory=lambda: {Risk.low: 1, Risk.medium: 1, Risk.high: 2, Risk.critical: 2}
-    )
+        default_factory=lambda: {Risk.low: 1, Risk.medium: 1, Risk.high: 2, Risk.critical: 2},
+        description="approvals (distinct humans) a remedy of each risk needs")
     allowed_remedies: list[str] | None = Field(default=None, description="the allowlist; null: every catalog remedy")
-    environments: dict[str, EnvironmentPolicy] = Field(default_factory=dict)
-    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
+    environments: dict[str, EnvironmentPolicy] = Field(default_factory=dict,
+                                                       description="per-environment overrides of these keys (see policy.environments.<name>)")
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig,
+                                   description="loop prevention: cooldowns, rate limits, breakers, leases (see policy.budgets)")
 
     _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v: _known_remedies(v)))
 
@@ -461,8 +538,10 @@ class CorrelationConfig(_Section):
     dependency's incident absorbs its dependents' signals). A change (a config commit, a
     release) made within ``change_window_seconds`` before a failure began is suspect."""
 
-    group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1)
-    change_window_seconds: Seconds = 900.0
+    group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1,
+                                description="labels whose values make the grouping key of an incident")
+    change_window_seconds: Seconds = Field(default=900.0,
+                                           description="a change made this long before a failure began is suspect")
     inhibit_rules: list[InhibitRule] = Field(default_factory=list, description="label-based inhibition "
                                              "(the dependency map inhibits by services.<name>.depends_on)")
 
@@ -489,7 +568,8 @@ class SandboxConfig(_Section):
     file_size_mb: int = Field(default=1024, ge=1, description="largest file a run may write (RLIMIT_FSIZE), MiB")
     open_files: int = Field(default=4096, ge=16, description="file descriptors per process (RLIMIT_NOFILE)")
     tmp_size_mb: int = Field(default=512, ge=1, description="size of the run's private /tmp, MiB")
-    timeout_seconds: Seconds = Field(default=900.0, description="wall-clock limit of one run; the whole run is killed")
+    timeout_seconds: Seconds = Field(default=900.0,
+                                     description="wall-clock limit of one run; the whole run is killed")
     output_limit_kb: int = Field(default=1024, ge=16, description="output kept per run (first and last parts), KiB")
     uid: int = Field(default=65534, ge=1, description="user the sandbox runs as when heald runs as root")
     gid: int = Field(default=65534, ge=1, description="group the sandbox runs as when heald runs as root")
@@ -504,15 +584,18 @@ class GitHubConfig(_Section):
 
     api_url: str = Field(default="https://api.github.com", pattern=r"^https?://", description="REST API base URL")
     token_env: str = Field(default="GITHUB_TOKEN", min_length=1, description="environment variable holding the token")
-    host: str = Field(default="github.com", min_length=1, description="git host whose https URLs get the token for push")
+    host: str = Field(default="github.com", min_length=1,
+                      description="git host whose https URLs get the token for push")
 
 
 class CiRepoConfig(_Section):
     """Per-repository settings (``ci.repos."owner/name"``), all optional."""
 
     url: str | None = Field(default=None, description="clone and push URL (default: the webhook's clone_url)")
-    test_command: str | None = Field(default=None, description="shell command that runs the tests (default: detected)")
-    base_branch: str | None = Field(default=None, description="branch pull requests target (default: the failing one)")
+    test_command: str | None = Field(default=None,
+                                     description="shell command that runs the tests (default: detected)")
+    base_branch: str | None = Field(default=None,
+                                    description="branch pull requests target (default: the failing one)")
     install_command: str | None = Field(default=None, description="shell command that installs the dependencies")
 
 
@@ -521,7 +604,7 @@ class PullRequestConfig(_Section):
 
     max_per_repo: int = Field(default=5, ge=1, description="pull requests per repository per window")
     window_seconds: Seconds = Field(default=3600.0, description="the rate-limit window")
-    draft: bool = True
+    draft: bool = Field(default=True, description="open pull requests as drafts")
 
 
 class CiConfig(_Section):
@@ -530,7 +613,8 @@ class CiConfig(_Section):
 
     work_dir: Path | None = Field(default=None, description="clone cache and work trees (default <state_dir>/ci)")
     python: str = Field(default="python3", min_length=1, description="interpreter inside the sandbox for the venv")
-    install_timeout_seconds: Seconds = 900.0
+    install_timeout_seconds: Seconds = Field(default=900.0,
+                                             description="limit of installing a repository's dependencies")
     check_timeout_seconds: Seconds = Field(default=900.0, description="one run of one check (lint, tests)")
     git_timeout_seconds: Seconds = Field(default=300.0, description="one git clone, fetch or push")
     flake_reruns: int = Field(default=2, ge=1, le=10, description="re-runs of failing tests before bisecting")
@@ -548,11 +632,12 @@ class CiConfig(_Section):
                                          "(default: pip's find-links on the host)")
     index_cache_mb: int = Field(default=4096, ge=16, description="bound on the proxy's cache (least recently used "
                                 "files evicted)")
-    branch_prefix: str = Field(default="heald/", min_length=1)
-    author_name: str = "heald"
-    author_email: str = "heald@localhost"
-    pull_requests: PullRequestConfig = Field(default_factory=PullRequestConfig)
-    github: GitHubConfig = Field(default_factory=GitHubConfig)
+    branch_prefix: str = Field(default="heald/", min_length=1, description="prefix of the branches heald pushes")
+    author_name: str = Field(default="heald", description="author name of heald's commits")
+    author_email: str = Field(default="heald@localhost", description="author email of heald's commits")
+    pull_requests: PullRequestConfig = Field(default_factory=PullRequestConfig,
+                                             description="bounds on pull requests (see ci.pull_requests)")
+    github: GitHubConfig = Field(default_factory=GitHubConfig, description="the GitHub API (see ci.github)")
     repos: dict[str, CiRepoConfig] = Field(default_factory=dict, description="per repository (owner/name or path)")
 
     @field_validator("index_urls")
@@ -569,8 +654,9 @@ class ApiConfig(_Section):
     (``heald tokens create --role R``); ``auth: false`` opens the API to anyone who can reach
     it, for local development only."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8077, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="address the API and dashboard listen on")
+    port: int = Field(default=8077, ge=0, le=65535,
+                      description="TCP port the API and dashboard listen on (0: any free port)")
     auth: bool = Field(default=True, description="require API tokens with roles; false only for local development")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3,
                                 description="largest request body accepted, in bytes (413 above it, checked before "
@@ -589,7 +675,8 @@ class WebhookConfig(_Section):
     """
 
     secret: str | None = Field(default=None, min_length=16, description="shared secret, at least 16 characters")
-    secret_env: str | None = Field(default=None, min_length=1, description="environment variable that holds the secret")
+    secret_env: str | None = Field(default=None, min_length=1,
+                                   description="environment variable that holds the secret")
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebhookConfig:
@@ -619,10 +706,11 @@ class NotifyRetryConfig(_Section):
     them (``backoff_initial_seconds`` doubling up to ``backoff_max_seconds``), each attempt
     limited to ``timeout_seconds``."""
 
-    attempts: int = Field(default=3, ge=1, le=10)
-    backoff_initial_seconds: float = Field(default=0.5, ge=0)
-    backoff_max_seconds: float = Field(default=8.0, ge=0)
-    timeout_seconds: Seconds = 10.0
+    attempts: int = Field(default=3, ge=1, le=10, description="attempts in all")
+    backoff_initial_seconds: float = Field(default=0.5, ge=0,
+                                           description="first wait between attempts (doubles each time)")
+    backoff_max_seconds: float = Field(default=8.0, ge=0, description="longest wait between attempts")
+    timeout_seconds: Seconds = Field(default=10.0, description="limit of one attempt")
 
 
 class _ChannelBase(_Section):
@@ -630,7 +718,8 @@ class _ChannelBase(_Section):
     events: list[NotifyEvent] = Field(
         default_factory=lambda: ["escalated", "awaiting_approval", "failed"],
         description="what it is told about; escalated is always sent (YAML reads a key 'on' as true, hence 'events')")
-    retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig)
+    retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig,
+                                     description="bounded retries of one message (see retry)")
 
     def wants(self, event: str) -> bool:
         """Is this channel told about ``event``? Escalation always is."""
@@ -646,8 +735,9 @@ class SlackChannelConfig(_ChannelBase):
     """A Slack incoming webhook (https://api.slack.com/messaging/webhooks). Its URL is a
     secret: prefer ``url_env``."""
 
-    type: Literal["slack"]
-    url: str | None = Field(default=None, pattern=r"^https?://")
+    type: Literal["slack"] = Field(description="slack")
+    url: str | None = Field(default=None, pattern=r"^https?://",
+                            description="the incoming webhook URL (a secret: prefer url_env)")
     url_env: str | None = Field(default=None, min_length=1, description="environment variable holding the URL")
 
     @model_validator(mode="after")
@@ -666,11 +756,12 @@ class WebhookChannelConfig(_ChannelBase):
     """A generic webhook: heald POSTs JSON; with a secret it signs the body
     (``X-Heald-Signature-256: sha256=<HMAC-SHA256 hex>``, as GitHub does)."""
 
-    type: Literal["webhook"]
-    url: str = Field(pattern=r"^https?://")
+    type: Literal["webhook"] = Field(description="webhook")
+    url: str = Field(pattern=r"^https?://", description="the URL heald POSTs JSON to")
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
     secret: str | None = Field(default=None, min_length=16, description="HMAC key, at least 16 characters")
-    secret_env: str | None = Field(default=None, min_length=1, description="environment variable holding the HMAC key")
+    secret_env: str | None = Field(default=None, min_length=1,
+                                   description="environment variable holding the HMAC key")
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebhookChannelConfig:
@@ -688,14 +779,15 @@ class EmailChannelConfig(_ChannelBase):
     """Email over SMTP: plain, STARTTLS (``starttls``) or implicit TLS (``tls``), with optional
     login (``username`` and the password in the environment variable ``password_env``)."""
 
-    type: Literal["email"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=25, ge=1, le=65535)
-    starttls: bool = False
+    type: Literal["email"] = Field(description="email")
+    host: str = Field(min_length=1, description="SMTP server")
+    port: int = Field(default=25, ge=1, le=65535, description="SMTP port")
+    starttls: bool = Field(default=False, description="upgrade to TLS with STARTTLS")
     tls: bool = Field(default=False, description="implicit TLS (SMTPS, usually port 465)")
     ca_file: Path | None = Field(default=None, description="CA certificates to trust (default: the system's)")
-    username: str | None = None
-    password_env: str | None = Field(default=None, min_length=1)
+    username: str | None = Field(default=None, description="login name (with password_env)")
+    password_env: str | None = Field(default=None, min_length=1,
+                                     description="environment variable holding the password")
     from_addr: str = Field(pattern=r"^[^@\s]+@[^@\s]+$", description="the sender address")
     to: list[str] = Field(min_length=1, description="recipient addresses")
 
@@ -724,8 +816,10 @@ class NotificationsConfig(_Section):
     """Where heald tells humans about incidents (:mod:`heald.notify`). ``link`` is the URL a
     message points at; ``{incident_id}`` is replaced."""
 
-    channels: list[ChannelConfig] = Field(default_factory=list)
-    link: str = Field(default="http://127.0.0.1:8077/v1/incidents/{incident_id}/report", pattern=r"^https?://")
+    channels: list[ChannelConfig] = Field(default_factory=list,
+                                          description="where messages go: Slack, webhook or email (see notifications.channels[])")
+    link: str = Field(default="http://127.0.0.1:8077/v1/incidents/{incident_id}/report", pattern=r"^https?://",
+                      description="URL a message points at; {incident_id} is replaced")
 
     @field_validator("link")
     @classmethod
@@ -753,7 +847,8 @@ class AuditConfig(_Section):
     also receive each checkpoint, as a copy outside this machine."""
 
     checkpoints: bool = Field(default=True, description="write signed checkpoints")
-    checkpoint_interval_seconds: Seconds = 300.0
+    checkpoint_interval_seconds: Seconds = Field(default=300.0,
+                                                 description="time between two checkpoints (when the log grew)")
     checkpoint_file: Path | None = Field(default=None, description="default <state_dir>/audit-checkpoints.jsonl")
     key_file: Path | None = Field(default=None, description="Ed25519 signing key (PEM, 0600); default "
                                                             "<state_dir>/audit-checkpoint.key, created when missing")
@@ -766,26 +861,46 @@ class HealdConfig(_Section):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default sqlite:///<state_dir>/heald.db"
     )
-    state_dir: Path = Path(".heald")
-    environment: str = "development"
-    executor_id: str = Field(default="local", description="this worker's id, unique per heald process sharing a database")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    api: ApiConfig = Field(default_factory=ApiConfig)
+    state_dir: Path = Field(default=Path(".heald"),
+                            description="directory of heald's own state: the SQLite store, DBOS's database, audit checkpoints and key, CI clones")
+    environment: str = Field(default="development",
+                             description="the environment incidents belong to; selects policy.environments.<name> (production is stricter)")
+    executor_id: str = Field(default="local",
+                             description="this worker's id, unique per heald process sharing a database")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
+                                                                    description="level of heald's own logs (JSON lines on stderr)")
+    api: ApiConfig = Field(default_factory=ApiConfig, description="the HTTP API and dashboard (see api)")
     webhooks: dict[str, WebhookConfig] = Field(default_factory=dict, description="per-source webhook secrets")
-    services: dict[str, ServiceConfig] = Field(default_factory=dict)
+    services: dict[str, ServiceConfig] = Field(default_factory=dict,
+                                               description="the services heald watches and heals, by name (see services.<name>)")
     runbooks: list[Path] = Field(default_factory=list, description="extra runbook files or directories")
     logs: list[LogSourceConfig] = Field(default_factory=list, description="logs to tail and mine for errors")
-    llm: LLMConfig = Field(default_factory=LLMConfig)
-    default_runbooks: bool = True
-    healing: HealingConfig = Field(default_factory=HealingConfig)
-    policy: PolicyConfig = Field(default_factory=PolicyConfig)
-    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig)
-    sandbox: SandboxConfig = Field(default_factory=SandboxConfig)
-    remedies: RemediesConfig = Field(default_factory=RemediesConfig)
-    ci: CiConfig = Field(default_factory=CiConfig)
-    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig)
-    audit: AuditConfig = Field(default_factory=AuditConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig, description="the optional LLM reasoner (see llm)")
+    default_runbooks: bool = Field(default=True,
+                                   description="load the runbooks shipped with heald besides those in runbooks")
+    healing: HealingConfig = Field(default_factory=HealingConfig,
+                                   description="bounds on every healing loop (see healing)")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig,
+                                 description="the gate: when to act, ask or escalate (see policy)")
+    correlation: CorrelationConfig = Field(default_factory=CorrelationConfig,
+                                           description="how signals become incidents (see correlation)")
+    sandbox: SandboxConfig = Field(default_factory=SandboxConfig,
+                                   description="where untrusted work runs and its limits (see sandbox)")
+    remedies: RemediesConfig = Field(default_factory=RemediesConfig,
+                                     description="what remedies may touch beyond the services' own declarations (see remedies)")
+    ci: CiConfig = Field(default_factory=CiConfig, description="CI healing (see ci)")
+    notifications: NotificationsConfig = Field(default_factory=NotificationsConfig,
+                                               description="where humans are told about incidents (see notifications)")
+    audit: AuditConfig = Field(default_factory=AuditConfig,
+                               description="signed checkpoints of the audit chain (see audit)")
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
+    _deprecations: list[YamlProblem] = PrivateAttr(default_factory=list)
+
+    @property
+    def deprecations(self) -> list[YamlProblem]:
+        """Deprecated keys the loaded file used, each with its file, line, old key and the new
+        key to use instead (set by :func:`load_config`)."""
+        return self._deprecations
 
     @field_validator("database_url")
     @classmethod
@@ -954,8 +1069,14 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             data[key] = os.environ[var]
             env_keys.append(key)
     data.update(overrides or {})
+    import warnings
+
+    from heald.yamlfile import key_line
+
     try:
-        cfg = HealdConfig.model_validate(data)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConfigDeprecationWarning)
+            cfg = HealdConfig.model_validate(data)
     except ValidationError as err:
         problems = describe_validation_error(where, text, err)
         problems = [
@@ -965,6 +1086,13 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
             for p in problems
         ]
         raise ConfigError("\n".join(str(p) for p in problems)) from err
+    for w in caught:
+        if isinstance(w.message, ConfigDeprecationWarning):
+            old_key = w.message.old
+            cfg._deprecations.append(YamlProblem(where, key_line(text, old_key.split(".")) if text else 0, old_key,
+                                                 f"deprecated: use {w.message.new} (the old name still works)"))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     cfg.source_file = path.resolve() if path is not None else None
     cfg.resolve_paths(path.resolve().parent if path is not None else Path.cwd())
     return cfg

@@ -31,7 +31,7 @@ def heald_yaml(open_tmp: Path, pip_cache: Path) -> Callable[..., Path]:
     def write(**extra: object) -> Path:
         data: dict[str, object] = {
             "state_dir": str(open_tmp / "state"),
-            "healing": {"group_wait_seconds": 0.05, "cooldown_seconds": 0.1, "max_attempts": 2},
+            "healing": {"group_wait_seconds": 0.05, "retry_delay_seconds": 0.1, "max_attempts": 2},
             "ci": {"work_dir": str(open_tmp / "ci"), "pip_cache_dir": str(pip_cache)},
         }
         for k, v in extra.items():

@@ -34,7 +34,7 @@ def setup(tmp_path: Path, start_runtime, with_restart: bool):  # type: ignore[no
                   undo: {{method: PUT, url: "{base}/admin/flags", body: {{api_errors: true}}}}
     """) + restart)
     cfg = make_config(tmp_path, runbooks=[str(rb)], remedies={"http_allowed_urls": [f"{base}/admin/"]},
-                      healing={"verify_timeout_seconds": 1.5, "cooldown_seconds": 0.1},
+                      healing={"verify_timeout_seconds": 1.5, "retry_delay_seconds": 0.1},
                       services={"web": {"command": [sys.executable, "-m", "heald.demo.shop", "--port", str(port)],
                                         "probes": [{"url": f"{base}/healthz", "interval_seconds": 0.2,
                                                     "timeout_seconds": 0.5}]}})

@@ -100,7 +100,7 @@ def test_attempt_budget_then_escalation_with_cooldown(tmp_path: Path, start_runt
         "probes": [{"type": "tcp", "port": dead_port, "interval_seconds": 0.1, "timeout_seconds": 0.2,
                     "failure_threshold": 1}]}},
         runbooks=[str(runbook(tmp_path))],
-        healing={"max_attempts": 3, "cooldown_seconds": 0.5, "verify_timeout_seconds": 0.4})
+        healing={"max_attempts": 3, "retry_delay_seconds": 0.5, "verify_timeout_seconds": 0.4})
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
     done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="escalation")

@@ -87,7 +87,7 @@ def test_report_of_an_escalated_incident_lists_every_attempt(tmp_path: Path, sta
         "probes": [{"type": "tcp", "port": free_port(), "interval_seconds": 0.1, "timeout_seconds": 0.2,
                     "failure_threshold": 1}]}},
         runbooks=[str(runbook(tmp_path))],
-        healing={"max_attempts": 2, "cooldown_seconds": 0.1, "verify_timeout_seconds": 0.4})
+        healing={"max_attempts": 2, "retry_delay_seconds": 0.1, "verify_timeout_seconds": 0.4})
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
     done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="escalation")

@@ -17,7 +17,7 @@ PY = sys.executable
 
 def never_heals(tmp_path: Path, **data: object):  # type: ignore[no-untyped-def]
     """A managed service whose verification always fails: its tcp probe checks a dead port."""
-    healing = {"max_attempts": 3, "cooldown_seconds": 0.2, "verify_timeout_seconds": 0.4,
+    healing = {"max_attempts": 3, "retry_delay_seconds": 0.2, "verify_timeout_seconds": 0.4,
                **data.pop("healing", {})}  # type: ignore[dict-item]
     return make_config(tmp_path, services={"svc": {
         "command": [PY, "-c", "import time; time.sleep(600)"],

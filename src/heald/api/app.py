@@ -5,7 +5,8 @@ Each area's routes live in a module of their own (``signals``, ``incidents``, ``
 route that changes something declares the role it needs with
 ``Depends(heald.api.auth.require(Role.X))`` (see :mod:`heald.api.auth`); the runtime is on
 ``app.state.runtime``. Request size and shape, and the form of error answers, are
-:mod:`heald.api.limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json`` (browsable at ``/docs``).
+:mod:`heald.api.limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json``, browsable at ``/docs``
+(:mod:`heald.api.docs`: Swagger UI served offline, with the bearer security scheme).
 """
 
 from __future__ import annotations
@@ -13,19 +14,22 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from heald import __version__
-from heald.api import breakers, incidents, learning, limits, ops, reports, signals, silences, tokens
+from heald.api import breakers, docs, incidents, learning, limits, ops, reports, signals, silences, tokens
 from heald.engine import Runtime
 
 
 def create_app(rt: Runtime) -> FastAPI:
     """The FastAPI application over a started (or about to be started) Runtime."""
     app = FastAPI(title="heald", version=__version__, default_response_class=limits.SafeJSONResponse,
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                   description="Self-healing control plane: signals → incidents → diagnosis → gated remedies → verification.")
     app.state.runtime = rt
     limits.install(app, rt.config.api.max_body_bytes)
-    for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences):
-        app.include_router(module.routes(rt))
+    routers = [module.routes(rt) for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences)]
+    for router in routers:
+        app.include_router(router)
     from heald import ui
 
     ui.install(app, rt)
+    docs.install(app, routers)
     return app

@@ -1,32 +1,65 @@
-"""heald's Prometheus metrics, read from the store at scrape time.
+"""heald's own Prometheus metrics (``GET /metrics``), named by Prometheus' conventions
+(https://prometheus.io/docs/practices/naming/: a ``heald_`` prefix, base units, ``_total``
+for counters, ``_info`` for the build) and clean under ``promtool check metrics``.
 
-Because every figure comes from the database, the numbers are the same whichever heald worker
-is scraped, and survive restarts. Exposition: Prometheus text format 0.0.4 via prometheus-client.
+Most figures are read from the store at scrape time, so they are the same whichever heald
+worker is scraped and survive restarts:
+
+* ``heald_signals_received_total{source}``, ``heald_incidents{state}``,
+  ``heald_remedies_total{remedy,outcome}``;
+* ``heald_time_to_detect_seconds`` (histogram, every incident: from the first failing signal to
+  the incident being opened) and ``heald_time_to_recover_seconds`` (healed incidents);
+* ``heald_escalations_total`` (incidents that ended escalated to a human) and
+  ``heald_approvals_waiting`` (incidents waiting for an approval now);
+* ``heald_breaker_open{target}`` (1 while the target's circuit breaker is open) and
+  ``heald_breaker_failures{target}`` (consecutive failed verifications).
+
+Two are this process's own: ``heald_probe_up{service,probe,type}`` (1 when the last check of
+a probe this worker runs passed, 0 when it failed; a check without data leaves it unchanged)
+and ``heald_build_info{version,python_version}`` (always 1), beside prometheus-client's
+process collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, open
+file descriptors, start time) and platform collector (``python_info``).
+
+Exposition: Prometheus text format 0.0.4 via prometheus-client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import platform
+import threading
+from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+import sqlalchemy as sa
+from prometheus_client import PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from heald import __version__
+from heald.config import ProbeConfig
 from heald.models import IncidentState
 from heald.sources import SOURCE_METRICS
+from heald.sources.probes import ProbeResult, ProbeRunner
 from heald.store import Store
+from heald.store.tables import AuditRow, CircuitBreakerRow, IncidentRow
 
 #: Time-to-recover histogram buckets, seconds.
 TTR_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+#: Time-to-detect histogram buckets, seconds.
+TTD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+def _histogram(name: str, documentation: str, values: list[float], bounds: tuple[float, ...]) -> HistogramMetricFamily:
+    buckets = [(str(float(b)), sum(1 for v in values if v <= b)) for b in bounds] + [("+Inf", len(values))]
+    return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=sum(values))
 
 
 class StoreCollector(Collector):
-    """Collects: signals received by source, incidents by state, remedies (actions) by remedy
-    and outcome, and the time-to-recover histogram of healed incidents."""
+    """Collects the store's figures (see the module docstring); one set of queries per scrape."""
 
     def __init__(self, store: Store):
         self.store = store
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         signals = CounterMetricFamily("heald_signals_received", "Signals received, by source", labels=["source"])
         for source, n in sorted(self.store.count_signals_by_source().items()):
             signals.add_metric([source], n)
@@ -44,17 +77,95 @@ class StoreCollector(Collector):
             remedies.add_metric([remedy, status], n)
         yield remedies
 
-        times = self.store.recovery_times()
-        buckets = [(str(b), sum(1 for t in times if t <= b)) for b in TTR_BUCKETS] + [("+Inf", len(times))]
-        ttr = HistogramMetricFamily("heald_time_to_recover_seconds",
-                                    "Time from the first failing signal to verified recovery, per healed incident",
-                                    buckets=buckets, sum_value=sum(times))
-        yield ttr
+        yield _histogram("heald_time_to_recover_seconds",
+                         "Time from the first failing signal to verified recovery, per healed incident",
+                         self.store.recovery_times(), TTR_BUCKETS)
+
+        with self.store.tx() as s:
+            opened = s.execute(sa.select(IncidentRow.started_at, IncidentRow.detected_at)).all()
+            escalations = s.scalar(sa.select(sa.func.count()).select_from(AuditRow).where(
+                AuditRow.event == "incident.transition", AuditRow.details["to"].as_string() == "escalated")) or 0
+            breakers = s.execute(sa.select(CircuitBreakerRow.target, CircuitBreakerRow.opened_at,
+                                           CircuitBreakerRow.failures).order_by(CircuitBreakerRow.target)).all()
+        yield _histogram("heald_time_to_detect_seconds",
+                         "Time from the first failing signal to the incident being opened, per incident",
+                         [max(0.0, (detected - started).total_seconds()) for started, detected in opened],
+                         TTD_BUCKETS)
+        yield CounterMetricFamily("heald_escalations", "Incidents that ended escalated to a human",
+                                  value=escalations)
+        yield GaugeMetricFamily("heald_approvals_waiting", "Incidents waiting for an approval",
+                                value=counts.get(IncidentState.awaiting_approval.value, 0))
+        open_ = GaugeMetricFamily("heald_breaker_open",
+                                  "1 while the target's circuit breaker is open (remedies on it need an approval)",
+                                  labels=["target"])
+        failures = GaugeMetricFamily("heald_breaker_failures",
+                                     "Consecutive failed verifications of remedies on the target", labels=["target"])
+        for target, opened_at, n in breakers:
+            open_.add_metric([target], 1 if opened_at is not None else 0)
+            failures.add_metric([target], n)
+        yield open_
+        yield failures
 
 
-def registry_for(store: Store) -> CollectorRegistry:
+class ProbeCollector(Collector):
+    """``heald_probe_up``: the last result of each probe this process runs. :meth:`record` is
+    a :class:`heald.sources.probes.ProbeRunner` ``on_result`` callback."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._up: dict[tuple[str, str, str], int] = {}
+
+    def record(self, service: str, probe: ProbeConfig, result: ProbeResult) -> None:
+        """Note one check's result (a check without data changes nothing)."""
+        if result.no_data:
+            return
+        with self._lock:
+            self._up[(service, probe.label, probe.type)] = 1 if result.ok else 0
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("heald_probe_up", "1 when the last check of the probe passed, 0 when it failed",
+                               labels=["service", "probe", "type"])
+        with self._lock:
+            for labels, value in sorted(self._up.items()):
+                up.add_metric(list(labels), value)
+        yield up
+
+
+class BuildCollector(Collector):
+    """``heald_build_info``: heald's version and the Python running it, as labels of a 1."""
+
+    def collect(self) -> Iterator[Metric]:
+        info = GaugeMetricFamily("heald_build_info", "heald's version and the Python version running it",
+                                 labels=["version", "python_version"])
+        info.add_metric([__version__, platform.python_version()], 1)
+        yield info
+
+
+def watch_probes(probes: ProbeRunner | None, collector: ProbeCollector) -> None:
+    """Have ``collector`` see every result of ``probes`` (keeping an ``on_result`` it had)."""
+    if probes is None:
+        return
+    previous: Callable[[str, ProbeConfig, ProbeResult], None] | None = probes.on_result
+
+    def both(service: str, probe: ProbeConfig, result: ProbeResult) -> None:
+        collector.record(service, probe, result)
+        if previous is not None:
+            previous(service, probe, result)
+
+    probes.on_result = both
+
+
+def registry_for(store: Store, probes: ProbeRunner | None = None) -> CollectorRegistry:
+    """A registry with every collector above over ``store`` (and ``probes``, the runtime's
+    probe runner, when this process runs probes)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StoreCollector(store))
     for collector in SOURCE_METRICS:
         reg.register(collector)
+    probe_collector = ProbeCollector()
+    watch_probes(probes, probe_collector)
+    reg.register(probe_collector)
+    reg.register(BuildCollector())
+    ProcessCollector(registry=reg)
+    PlatformCollector(registry=reg)
     return reg

@@ -25,12 +25,28 @@ from heald.config import ConfigError, HealdConfig, load_config
 from heald.models import IncidentState
 
 app = typer.Typer(name="heald", help="heald: a self-healing control plane for services and CI.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-out = Console()
-err = Console(stderr=True)
+#: Width of output that goes to a pipe or a file: wide enough that no table is cut or wrapped
+#: (Rich assumes 80 columns when it cannot ask a terminal); $COLUMNS still wins.
+PIPE_WIDTH = 1000
+
+
+def _console(stderr: bool = False) -> Console:
+    """A Rich console for stdout (or stderr) that does not cut tables to 80 columns when its
+    stream is not a terminal."""
+    import os
+
+    stream = sys.stderr if stderr else sys.stdout
+    tty = hasattr(stream, "isatty") and stream.isatty()
+    width = None if tty or os.environ.get("COLUMNS") else PIPE_WIDTH
+    return Console(stderr=stderr, width=width)
+
+
+out = _console()
+err = _console(stderr=True)
 _state: dict[str, Any] = {"config_path": None}
 
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON only.")
@@ -42,10 +58,20 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 
 def config() -> HealdConfig:
+    """The validated configuration (``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml``); exits
+    2 naming file, line and key when it is invalid, and warns on stderr of each deprecated key."""
     try:
-        return load_config(_state["config_path"])
+        cfg = load_config(_state["config_path"])
     except ConfigError as exc:
         fail(f"invalid configuration:\n{exc}")
+    warn_deprecations(cfg)
+    return cfg
+
+
+def warn_deprecations(cfg: HealdConfig) -> None:
+    """Print a warning on stderr for each deprecated key ``cfg``'s file used, naming the new key."""
+    for problem in cfg.deprecations:
+        err.print(f"[yellow]warning:[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -60,10 +86,18 @@ def open_store(cfg: HealdConfig):  # type: ignore[no-untyped-def]
     return store
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"heald {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def main_callback(
     config_path: Path | None = typer.Option(None, "--config", "-c", envvar="HEALD_CONFIG",
                                             help="heald.yaml to use (default ./heald.yaml, else built-in defaults)."),
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print heald's version and exit."),
 ) -> None:
     _state["config_path"] = config_path
 
@@ -326,7 +360,8 @@ def reject(incident_id: int, approver: str | None = AsOpt, token: str | None = T
 
 
 def main() -> None:
-    app()
+    """The ``heald`` command (also ``python -m heald.cli``)."""
+    app(prog_name="heald")
 
 
 
@@ -340,3 +375,5 @@ from heald.cli import ci as _ci  # noqa: E402,F401
 from heald.cli import learn as _learn  # noqa: E402,F401
 from heald.cli import policy as _policy  # noqa: E402,F401
 from heald.cli import audit as _audit  # noqa: E402,F401
+from heald.cli import configcmd as _configcmd  # noqa: E402,F401
+from heald.cli import mcpcmd as _mcpcmd  # noqa: E402,F401

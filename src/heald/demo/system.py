@@ -161,9 +161,9 @@ def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = T
         "correlation": {"group_by": ["service"]},
         "remedies": {"http_allowed_urls": [f"{shop_url}/admin/"]},
         # the demo breaks the same services on purpose, back to back: no cooldown between incidents
-        "policy": {"budgets": {"cooldown_seconds": 0,
+        "policy": {"budgets": {"remedy_cooldown_seconds": 0,
                                "rate_limit_per_target": {"max_actions": 1000, "window_seconds": 3600}}},
-        "healing": {"group_wait_seconds": 0.3, "cooldown_seconds": 1.0, "stabilization_seconds": 1.0,
+        "healing": {"group_wait_seconds": 0.3, "retry_delay_seconds": 1.0, "stabilization_seconds": 1.0,
                     "verify_interval_seconds": 0.1, "verify_timeout_seconds": 20.0 if metric_probes else 40.0,
                     "max_attempts": 3},
     }
