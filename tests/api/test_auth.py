@@ -113,7 +113,7 @@ def test_tokens_are_stored_hashed_revocable_and_expire(api) -> None:
     again = client.post("/v1/signals", json=SIGNAL, headers=bearer(token))
     assert again.status_code == 401 and "revoked" in again.json()["detail"]
     assert client.post("/v1/signals", json=SIGNAL, headers=bearer("heald_made-up")).status_code == 401
-    from heald.api.auth import hash_token
+    from heald.auth import hash_token
 
     expired = "heald_expired-token-for-the-test"
     rt.store.add_token(name="old", role=__import__("heald.models").models.Role.admin, token_hash=hash_token(expired),

@@ -10,8 +10,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from heald import __version__
-from heald.api.auth import require
-from heald.api.limits import HealdRoute
+from heald.auth import require
+from heald.http_limits import HealdRoute
 from heald.api.metrics import registry_for
 from heald.engine import Runtime
 from heald.models import Role

@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from heald.api.auth import Principal, require, webhook_principal
-from heald.api.limits import HealdRoute
+from heald.auth import Principal, require, webhook_principal
+from heald.http_limits import HealdRoute
 from heald.engine import Runtime
 from heald.jsontext import quote
 from heald.models import Role, Severity, SignalStatus

@@ -43,7 +43,9 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def config() -> HealdConfig:
     try:
-        return load_config(_state["config_path"])
+        from heald.remedies import CATALOG
+
+        return load_config(_state["config_path"], remedies=CATALOG)
     except ConfigError as exc:
         fail(f"invalid configuration:\n{exc}")
 
@@ -264,7 +266,7 @@ def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: 
     """Who gives a verdict from the CLI: the identity of ``token`` (role approver or above);
     else, with ``api.auth`` on, the login name (the operating system authenticated it), and
     ``--as`` may not claim another; with auth off, ``--as`` or the login name."""
-    from heald.api.auth import lookup_token
+    from heald.auth import lookup_token
     from heald.models import Role
 
     login = login_name()

@@ -26,7 +26,7 @@ def eval_diagnosis(
     """Diagnose every labelled case as the healing workflow would; print the accuracy per
     category, the Brier score and calibration error, the remedy accuracy, and for an LLM the
     latency and cost per case."""
-    from heald.diagnose.evaluate import default_case_files, evaluate, load_cases, reasoners_for
+    from heald.evaluate import default_case_files, evaluate, load_cases, reasoners_for
     from heald.diagnose.runbooks import load_runbooks
     from heald.yamlfile import YamlFileError
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -123,4 +124,15 @@ from heald.remedies import git as _git  # noqa: E402,F401
 from heald.remedies import releases as _releases  # noqa: E402,F401
 from heald.remedies import files as _files  # noqa: E402,F401
 from heald.remedies import command as _command  # noqa: E402,F401
-from heald.remedies import ci as _ci  # noqa: E402,F401
+
+
+def _load_plugins() -> None:
+    """Import every remedy plugin declared under the entry-point group ``heald.remedies``
+    (pyproject's ``[project.entry-points."heald.remedies"]``): a plugin registers its remedies
+    with :func:`register` when imported, so the catalog never imports a plugin by name (the CI
+    remedies live in :mod:`heald.ci.remedies`, above this layer)."""
+    for entry in entry_points(group="heald.remedies"):
+        entry.load()
+
+
+_load_plugins()

@@ -17,8 +17,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, remedies
-from heald.api.auth import Principal
-from heald.api.limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
+from heald.auth import Principal
+from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.correlate.silences import list_silences
 from heald.engine import Runtime, approval_tally
 from heald.jsontext import clean
