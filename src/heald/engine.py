@@ -606,7 +606,7 @@ def act_step(incident_id: int, attempt: int, candidate: dict[str, Any]) -> dict[
         snapshot = {"error": str(exc)}
     action, new = rt.store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy.name,
                                                params=candidate["params"], idempotency_key=key, snapshot=snapshot,
-                                               target=remedy.target(params)))
+                                               target=str(remedy.target(params))))
     assert action.id is not None
     if not new and action.status != ActionStatus.started:
         return {"action_id": action.id, "status": action.status.value, "output": action.output, "undo": action.undo}

@@ -267,3 +267,29 @@ def test_run_command_only_from_the_allowlist(tmp_path: Path) -> None:
     remedy = remedies.get("run_command")
     assert remedy.already_applied(remedies.validate_params("run_command", {"name": "failing"}), ctx, None)
     assert not remedy.already_applied(remedies.validate_params("run_command", {"name": "flush-cache"}), ctx, None)
+
+
+def test_every_remedy_declares_its_target_and_whether_it_touches_heald() -> None:
+    """The CI remedies register from heald.ci (an entry-point plugin); every catalog entry
+    answers ``touches_heald`` itself, and a remedy that does not cannot be registered."""
+    from heald.remedies import CATALOG, Remedy, RemedyParams, RemedyResult, Target, register
+
+    assert {"revert_commit", "add_dependency", "lint_autofix"} <= set(CATALOG)
+    assert type(CATALOG["revert_commit"]).__module__ == "heald.ci.remedies"
+    for name, remedy in CATALOG.items():
+        assert type(remedy).touches_heald is not Remedy.touches_heald, name
+    restart = CATALOG["restart_process"]
+    assert restart.target(restart.Params(service="shop")) == Target("service", "shop")
+    assert str(restart.target(restart.Params(service="shop"))) == "service:shop"
+
+    class Silent(Remedy[RemedyParams]):  # says nothing about heald itself
+        name = "silent"
+        description = "test"
+        Params = RemedyParams
+
+        def apply(self, params: RemedyParams, ctx: RemedyContext) -> RemedyResult:
+            return RemedyResult("done")
+
+    with pytest.raises(TypeError, match="touches_heald"):
+        register(Silent)
+    assert "silent" not in CATALOG

@@ -12,7 +12,16 @@ from pydantic import Field
 
 from heald.config import ConfigRepoConfig
 from heald.correlate.changes import HEALD_GIT_EMAIL, HEALD_GIT_NAME, git
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 
 class GitRevertParams(RemedyParams):
@@ -66,7 +75,7 @@ def reload(repo: ConfigRepoConfig) -> str:
 
 
 @register
-class GitRevert(Remedy):
+class GitRevert(Remedy[GitRevertParams]):
     """``git revert`` the commit (as author ``heald``), then POST the repository's
     ``reload_url``. Refuses a work tree with uncommitted changes (they would be lost or
     committed) and a commit that is not on HEAD; a conflicting revert is aborted.
@@ -81,13 +90,21 @@ class GitRevert(Remedy):
     Params = GitRevertParams
     has_undo = True
 
-    def target(self, params: GitRevertParams) -> str:  # type: ignore[override]
-        return f"config:{params.service}"
+    def target(self, params: GitRevertParams) -> Target:
+        return Target("config", params.service)
 
-    def snapshot(self, params: GitRevertParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+    def touches_heald(self, params: GitRevertParams, heald: HealdSelf) -> str | None:
+        """A configuration repository inside heald's own state."""
+        svc = heald.config.services.get(params.service)
+        where = svc.config_repo.path if svc is not None and svc.config_repo is not None else None
+        if where is not None and heald.owns_path(where):
+            return f"refused: {self.target(params)} lives in heald's own state ({where})"
+        return None
+
+    def snapshot(self, params: GitRevertParams, ctx: RemedyContext) -> dict[str, Any] | None:
         return {"head": _git(_repo(params, ctx), "rev-parse", "HEAD")}
 
-    def already_applied(self, params: GitRevertParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+    def already_applied(self, params: GitRevertParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:
         repo = _repo(params, ctx)
         full = _git(repo, "rev-parse", "--verify", f"{params.commit}^{{commit}}")
         if reverting_commit(repo, full, (snapshot or {}).get("head")) is None:
@@ -95,7 +112,7 @@ class GitRevert(Remedy):
         reload(repo)
         return True
 
-    def apply(self, params: GitRevertParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def apply(self, params: GitRevertParams, ctx: RemedyContext) -> RemedyResult:
         repo = _repo(params, ctx)
         full = _git(repo, "rev-parse", "--verify", f"{params.commit}^{{commit}}")
         if _git(repo, "status", "--porcelain", "--untracked-files=no"):
@@ -115,7 +132,7 @@ class GitRevert(Remedy):
         new = _git(repo, "rev-parse", "HEAD")
         return RemedyResult(f"reverted {full[:12]} ({subject}) with {new[:12]}{reload(repo)}", {"revert": new})
 
-    def undo(self, params: GitRevertParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+    def undo(self, params: GitRevertParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         repo = _repo(params, ctx)
         revert = undo.get("revert")
         if not revert:
