@@ -46,7 +46,8 @@ from heald.ci.project import (
     is_test_path,
     narrowed,
 )
-from heald.ci.repo import GitError, RepoCache, Worktree
+from heald._git import GitError
+from heald.ci.repo import RepoCache, Worktree
 from heald.ci.runner import Runner, Step
 from heald.config import HealdConfig
 from heald.diagnose.signatures import classify
