@@ -84,7 +84,7 @@ def run(*args: str, cwd: Path | None = None, git_dir: Path | None = None, work_t
     when ``check``), when it runs longer than ``timeout`` or when git cannot be started."""
     try:
         r = subprocess.run(_argv(args, git_dir, work_tree), cwd=cwd, capture_output=True, timeout=timeout,
-                           env=environment(env), stdin=subprocess.DEVNULL)
+                           env=environment(env), stdin=subprocess.DEVNULL, check=False)
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {' '.join(args[:3])} timed out after {timeout:g} s") from exc
     except OSError as exc:

@@ -193,7 +193,6 @@ class ServiceConfig(_Section):
     config_repo: ConfigRepoConfig | None = None
     releases: ReleasesConfig | None = None
     cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
-    start_timeout_seconds: Seconds = 10.0
     stop_timeout_seconds: Seconds = 5.0
 
 

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from heald import budgets
 from heald.auth import Principal, require
-from heald.http_limits import HealdRoute
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.models import Role
 from heald.store import NotFound
 

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from heald.auth import Principal, require
-from heald.http_limits import MAX_DB_INT, DbId, HealdRoute
 from heald.engine import Runtime
+from heald.http_limits import MAX_DB_INT, DbId, HealdRoute
 from heald.models import Incident, IncidentState, Role
 from heald.store import InvalidTransition, NotFound
 

@@ -7,8 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 
 from heald.auth import require
-from heald.http_limits import HealdRoute
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.learn import learned_rows
 from heald.models import Role
 

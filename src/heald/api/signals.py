@@ -17,8 +17,8 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from heald.auth import Principal, require, webhook_principal
-from heald.http_limits import HealdRoute
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.jsontext import quote
 from heald.models import Role
 from heald.models import Signal as SignalModel
@@ -44,10 +44,10 @@ class SignalIn(SignalModel):
 
     @field_validator(*SERVER_ASSIGNED, mode="before")
     @classmethod
-    def _server_assigns(cls, v: Any) -> None:
+    def _server_assigns(cls, v: Any) -> Any:
         if v is not None:
             raise ValueError("no value: the server assigns it")
-        return None
+        return v
 
 
 class Accepted(BaseModel):

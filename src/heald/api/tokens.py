@@ -12,11 +12,10 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from heald.auth import Principal, issue_token, require
-from heald.http_limits import DbId, HealdRoute
 from heald.engine import Runtime
+from heald.http_limits import DbId, HealdRoute
 from heald.models import Role, utcnow
 from heald.store import IdentityConflict, NotFound
-
 
 #: The longest lifetime a token can be given (100 years): a datetime ends at year 9999.
 MAX_LIFETIME_SECONDS = 100 * 365 * 86400

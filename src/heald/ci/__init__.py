@@ -34,7 +34,6 @@ from pathlib import Path
 
 from heald.config import HealdConfig
 
-
 #: A revision a signal or a remedy may name: a sha, a branch or tag name, ``HEAD~2``. Never an
 #: option (git reads an argument starting with ``-`` as one, wherever it stands: ``git fetch
 #: origin --upload-pack=<command>`` runs the command), never whitespace or control characters.

@@ -75,8 +75,8 @@ def heal_ci(
     declare a missing dependency, autofix lint) and push it as a branch with a draft pull request,
     or escalate with the diagnosis when heald must do no harm. Exit 0 when a fix was proposed,
     1 when the incident escalated or failed, 2 for bad input, 3 when no sandbox works."""
-    from heald.ci.pull_request import github_repo as parse_github
     from heald._git import GitError
+    from heald.ci.pull_request import github_repo as parse_github
     from heald.ci.repo import RepoCache
     from heald.engine import Runtime, workflow_id
     from heald.log import configure

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
+# The built-in remedies register themselves with the catalog when imported.
+# isort: off
+from heald.remedies import process, http, git, releases, files, command  # noqa: F401  (catalog order)
+# isort: on
 from heald.remedies.base import (
     CATALOG,
     HealdSelf,
@@ -26,9 +30,6 @@ from heald.remedies.base import (
     register,
     validate_params,
 )
-
-# The built-in remedies register themselves with the catalog when imported.
-from heald.remedies import command, files, git, http, process, releases  # noqa: E402,F401,I001
 
 __all__ = ["CATALOG", "HealdSelf", "Remedy", "RemedyContext", "RemedyError", "RemedyParams", "RemedyParamsError",
            "RemedyResult", "Target", "get", "register", "validate_params"]

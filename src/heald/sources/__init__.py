@@ -14,6 +14,10 @@ Sources register themselves in :data:`WEBHOOK_SOURCES`; the API serves each at
 
 from __future__ import annotations
 
+# The built-in webhook sources register themselves when imported.
+# isort: off
+from heald.sources import generic, github, alertmanager, cloudevents  # noqa: F401  (registration order)
+# isort: on
 from heald.sources.base import (
     WEBHOOK_SOURCES,
     SourceError,
@@ -23,9 +27,6 @@ from heald.sources.base import (
     make_signal,
     register_source,
 )
-
-# The built-in webhook sources register themselves when imported.
-from heald.sources import generic, github, alertmanager, cloudevents  # noqa: E402,F401,I001
 
 __all__ = ["WEBHOOK_SOURCES", "SourceError", "SourceIgnored", "WebhookSource", "load_json", "make_signal",
            "register_source"]

@@ -18,9 +18,9 @@ from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, remedies
 from heald.auth import Principal
-from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.correlate.silences import list_silences
 from heald.engine import Runtime, approval_tally
+from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.jsontext import clean
 from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
