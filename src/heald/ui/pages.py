@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import statistics
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
@@ -26,7 +27,7 @@ from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
 from heald.sources import WEBHOOK_SOURCES
 from heald.store import InvalidTransition, NotFound
-from heald.ui import TEMPLATES, live, session
+from heald.ui import live, session
 from heald.ui.charts import Point, trend_svg
 from heald.ui.session import LoginRequired
 
@@ -46,6 +47,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+TEMPLATES = Path(__file__).parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES))
 
 
