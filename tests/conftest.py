@@ -11,7 +11,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -142,7 +141,7 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str
 def make_token(store: Store, role: str, name: str | None = None) -> str:
     """Create an API token with ``role`` (identity ``name``, default ``<role>-user``) in
     ``store``; returns the token for an ``Authorization: Bearer`` header."""
-    from heald.api.auth import issue_token
+    from heald.auth import issue_token
     from heald.models import Role
 
     _, token = issue_token(store, name=name or f"{role}-user", role=Role(role), created_by="test",

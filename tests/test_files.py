@@ -45,7 +45,7 @@ def test_cli_creates_a_private_state_dir_database_and_token_file(tmp_path: Path)
     assert mode(state) == 0o700
     assert mode(state / "heald.db") == 0o600
     assert mode(token_file) == 0o600
-    from heald.api.auth import lookup_token
+    from heald.auth import lookup_token
 
     store = Store(f"sqlite:///{state / 'heald.db'}")
     record = lookup_token(store, token_file.read_text().strip())

@@ -18,12 +18,8 @@ Every change here is written to the audit log in the same transaction.
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 
@@ -43,7 +39,7 @@ def target_of(remedy: str, params: dict[str, Any]) -> str:
     """What remedy ``remedy`` with ``params`` acts on (``service:shop``, ``path:/var/x``…).
     Raises RemedyParamsError for an unknown remedy or invalid parameters."""
     r = remedies.get(remedy)
-    return r.target(remedies.validate_params(remedy, params))
+    return str(r.target(remedies.validate_params(remedy, params)))
 
 
 class Budgets:
@@ -128,74 +124,16 @@ class Budgets:
 
 # -- heald itself -------------------------------------------------------------------------------
 
-def _overlaps(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or a in b.parents or b in a.parents
-
-
-def _own_paths(config: HealdConfig) -> list[Path]:
-    paths = [config.state_dir]
-    if config.database.startswith("sqlite"):
-        db = sa.make_url(config.database).database
-        if db:
-            paths.append(Path(db))
-    if config.source_file is not None:
-        paths.append(config.source_file)
-    return paths
-
-
-def _is_own_address(config: HealdConfig, host: str | None, port: int | None) -> bool:
-    if port != config.api.port or host is None:
-        return False
-    if host in ("localhost", config.api.host) or config.api.host in ("0.0.0.0", "::"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def heald_itself(config: HealdConfig, candidate: RemedyCandidate, target: str,
                  supervisor: Supervisor | None = None) -> str | None:
-    """Why ``candidate`` (acting on ``target``) would act on heald itself, or None: a service
-    whose process is this heald or whose probes point at heald's API port, a URL on heald's API
-    address, a path overlapping heald's state directory, database or config file, a command run
-    there. CI remedies act on remote repositories and are never heald itself."""
-    kind, _, name = target.partition(":")
-    own = _own_paths(config)
-    if kind == "service":
-        svc = config.services.get(name)
-        proc = supervisor.get(name) if supervisor is not None else None
-        ident = proc.identity() if proc is not None else None
-        if ident is not None and ident.pid in (os.getpid(), os.getppid()):
-            return f"refused: {target} is heald's own process (pid {ident.pid})"
-        if svc is not None:
-            for probe in svc.probes:
-                parts = urlsplit(probe.url) if probe.url else None
-                host, port = (parts.hostname, parts.port) if parts else (probe.host, probe.port)
-                if _is_own_address(config, host, port):
-                    return f"refused: {target} is heald's own API (its probe checks port {port})"
-    elif kind == "url":
-        parts = urlsplit(name)
-        if _is_own_address(config, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)):
-            return f"refused: {name} is heald's own API"
-    elif kind == "path":
-        if any(_overlaps(Path(name), p) for p in own):
-            return f"refused: {name} overlaps heald's own state ({', '.join(str(p) for p in own)})"
-    elif kind == "command":
-        cmd = config.remedies.commands.get(name)
-        if cmd is not None:
-            places = [p for p in ([cmd.cwd] if cmd.cwd else []) if any(_overlaps(p, o) for o in own)]
-            places += [Path(a) for a in cmd.argv if a.startswith("/") and any(_overlaps(Path(a), o) for o in own)]
-            if places:
-                return f"refused: command {name} works on heald's own state ({places[0]})"
-    elif kind in ("config", "release"):
-        svc = config.services.get(name)
-        where = (svc.config_repo.path if kind == "config" and svc and svc.config_repo
-                 else svc.releases.dir if kind == "release" and svc and svc.releases else None)
-        if where is not None and any(_overlaps(where, o) for o in own):
-            return f"refused: {target} lives in heald's own state ({where})"
-    return None
+    """Why ``candidate`` (acting on ``target``) would act on heald itself, or None. Each remedy
+    answers for its own kind of target (:meth:`heald.remedies.Remedy.touches_heald`): a
+    service whose process is this heald or whose probes point at heald's API port, a URL on
+    heald's API address, a path overlapping heald's state directory, database or config file,
+    a command run there. Raises RemedyParamsError for an unknown remedy or invalid parameters."""
+    remedy = remedies.get(candidate.remedy)
+    params = remedies.validate_params(candidate.remedy, candidate.params)
+    return remedy.touches_heald(params, remedies.HealdSelf(config, supervisor))
 
 
 # -- leases ---------------------------------------------------------------------------------------

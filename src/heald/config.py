@@ -12,10 +12,19 @@ was expected.
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from heald.models import Risk
 from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, read_yaml
@@ -213,7 +222,6 @@ class ServiceConfig(_Section):
     releases: ReleasesConfig | None = Field(default=None,
                                             description="the service's versioned releases (see services.<name>.releases)")
     cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
-    start_timeout_seconds: Seconds = Field(default=10.0, description="how long a managed process may take to start")
     stop_timeout_seconds: Seconds = Field(default=5.0,
                                           description="how long a managed process gets to exit after SIGTERM before SIGKILL")
 
@@ -359,14 +367,17 @@ class HealingConfig(_Section):
         return self.retry_delay_seconds
 
 
-def _known_remedies(names: list[str] | None) -> list[str] | None:
-    if names is None:
-        return None
-    from heald.remedies import CATALOG
-
-    unknown = [n for n in names if n not in CATALOG]
+def _known_remedies(names: list[str] | None, info: ValidationInfo) -> list[str] | None:
+    """Check remedy names against the catalog's names, which the caller passes as the
+    validation context ``{"remedies": names}`` (:func:`load_config`'s ``remedies``): the
+    configuration layer never imports the remedy catalog. Without that context the names are
+    kept unchecked (the gate refuses a remedy that is not on the allowlist anyway)."""
+    known = (info.context or {}).get("remedies")
+    if names is None or known is None:
+        return names
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise ValueError(f"unknown remedies {unknown}; the catalog has: {', '.join(sorted(CATALOG))}")
+        raise ValueError(f"unknown remedies {unknown}; the catalog has: {', '.join(sorted(known))}")
     return names
 
 
@@ -389,7 +400,7 @@ class EnvironmentPolicy(_Section):
     allowed_remedies: list[str] | None = Field(default=None,
                                                description="the allowlist (null: policy.allowed_remedies)")
 
-    _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v: _known_remedies(v)))
+    _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v, info: _known_remedies(v, info)))
 
 
 #: Built-in environments, merged under what ``heald.yaml`` says for them: production is stricter
@@ -476,7 +487,7 @@ class PolicyConfig(_Section):
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig,
                                    description="loop prevention: cooldowns, rate limits, breakers, leases (see policy.budgets)")
 
-    _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v: _known_remedies(v)))
+    _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v, info: _known_remedies(v, info)))
 
     @model_validator(mode="before")
     @classmethod
@@ -1042,10 +1053,14 @@ def config_path(explicit: Path | None = None) -> Path | None:
     return default if default.exists() else None
 
 
-def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> HealdConfig:
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None, *,
+                remedies: Collection[str] | None = None) -> HealdConfig:
     """Load and validate the configuration (see the module docstring for the search order).
 
-    ``overrides`` are top-level keys applied after the file and the environment.
+    ``overrides`` are top-level keys applied after the file and the environment. ``remedies``
+    are the names of the remedy catalog (``heald.remedies.CATALOG``): remedy names in the
+    configuration (``policy.allowed_remedies``, per environment) are checked against them;
+    without them those names are not checked (this layer does not import the catalog).
     Raises ConfigError naming the file, line, key and what was expected.
     """
     path = config_path(path)
@@ -1076,7 +1091,7 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ConfigDeprecationWarning)
-            cfg = HealdConfig.model_validate(data)
+            cfg = HealdConfig.model_validate(data, context={"remedies": remedies} if remedies is not None else None)
     except ValidationError as err:
         problems = describe_validation_error(where, text, err)
         problems = [

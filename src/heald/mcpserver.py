@@ -9,7 +9,7 @@ Tools (each returns JSON-ready data, the report Markdown text):
 * ``approve(incident_id, comment)``, ``reject(incident_id, comment)`` — role approver, as
   ``POST /v1/incidents/{id}/approve``; the verdict is the token's identity's.
 
-**Every call is authenticated with an API token** (:mod:`heald.api.auth`; ``api.auth: false``
+**Every call is authenticated with an API token** (:mod:`heald.auth`; ``api.auth: false``
 does not open the MCP server): over stdio the token given at start (``--token`` or
 ``$HEALD_TOKEN``), over streamable HTTP the ``Authorization: Bearer`` header of each request
 (a request without a valid token gets 401 before the protocol sees it). The token is looked up
@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heald import __version__
-from heald.api.auth import Principal, lookup_token
+from heald.auth import Principal, lookup_token
 from heald.config import HealdConfig
 from heald.models import IncidentState, Role, utcnow
 from heald.store import InvalidTransition, NotFound, Store

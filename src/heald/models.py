@@ -347,7 +347,7 @@ class AuditEntry(_Model):
 class ApiToken(_Model):
     """An API token as heald shows it: never the token itself, which only its creator saw once.
     ``name`` is the identity it authenticates; ``root_identity`` the human it counts as when
-    approvals are counted (see :mod:`heald.api.auth`)."""
+    approvals are counted (see :mod:`heald.auth`)."""
 
     id: int
     name: str

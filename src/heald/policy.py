@@ -96,7 +96,7 @@ def count_approvers(votes: list[dict[str, Any]], roots: Mapping[str, str]) -> di
     order given, ``roots`` maps an approver identity to its root identity (an identity missing
     from it is its own root). Returns {root identity: [approving identities that count as it]};
     its length is the number of approvals that count. Two identities with one root — one made
-    by the other, or both made by the same human — are one approver (:mod:`heald.api.auth`)."""
+    by the other, or both made by the same human — are one approver (:mod:`heald.auth`)."""
     humans: dict[str, list[str]] = {}
     for v in votes:
         if v["verdict"] != "approve":

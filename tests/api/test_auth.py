@@ -18,7 +18,7 @@ from starlette.routing import Route
 
 from heald.api.app import create_app
 from heald.models import Signal, utcnow
-from heald.sources import WEBHOOK_SOURCES, register_source
+from heald.sources import WEBHOOK_SOURCES, WebhookSource, register_source
 from heald.store.tables import ApiTokenRow
 from tests.api.test_api import SIGNAL
 from tests.conftest import bearer, make_token, wait_for
@@ -113,7 +113,7 @@ def test_tokens_are_stored_hashed_revocable_and_expire(api) -> None:
     again = client.post("/v1/signals", json=SIGNAL, headers=bearer(token))
     assert again.status_code == 401 and "revoked" in again.json()["detail"]
     assert client.post("/v1/signals", json=SIGNAL, headers=bearer("heald_made-up")).status_code == 401
-    from heald.api.auth import hash_token
+    from heald.auth import hash_token
 
     expired = "heald_expired-token-for-the-test"
     rt.store.add_token(name="old", role=__import__("heald.models").models.Role.admin, token_hash=hash_token(expired),
@@ -188,10 +188,21 @@ class SignedSource:
         return hmac.compare_digest(headers.get("x-hub-signature-256", ""), want)
 
 
-@pytest.fixture
-def signed_source() -> Iterator[SignedSource]:
-    src = SignedSource()
+class SignedSubclass(WebhookSource):
+    """The same source on the declared contract: ``verify`` overrides WebhookSource's default."""
+
+    name = "signed-test"
+    parse = SignedSource.parse
+    verify = SignedSource.verify
+
+
+@pytest.fixture(params=["plain class", "WebhookSource subclass"])
+def signed_source(request: pytest.FixtureRequest) -> Iterator[object]:
+    """A signing source written as a plain class (the shape before the base class, still
+    accepted) or as a subclass of WebhookSource: both are verified alike."""
+    src = SignedSource() if request.param == "plain class" else SignedSubclass()
     register_source(src)
+    assert WEBHOOK_SOURCES[src.name].signed
     yield src
     WEBHOOK_SOURCES.pop(src.name, None)
 
@@ -260,3 +271,20 @@ def test_cookie_needs_htmx_header_to_change_anything(api) -> None:
         assert client.post("/v1/signals", json=SIGNAL, headers={**anon, "HX-Request": "true"}).status_code == 202
     finally:
         client.cookies.clear()
+
+
+def test_signalin_is_a_signal_without_server_fields(api) -> None:  # type: ignore[no-untyped-def]
+    """POST /v1/signals takes heald's Signal model (SignalIn derives from it): a field only the
+    server assigns is a 422 naming it, and those fields are not in the OpenAPI schema."""
+    from heald.api.signals import SignalIn
+    from heald.models import Signal as SignalModel
+
+    client, _ = api
+    assert issubclass(SignalIn, SignalModel)
+    for field in ("id", "incident_id", "received_at", "suppressed_by", "raw_ref"):
+        r = client.post("/v1/signals", json={**SIGNAL, field: "x" if field != "id" else 1})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", field] and "server assigns" in r.text, r.text
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["SignalIn"]["properties"]
+    assert "incident_id" not in schema and "source" in schema and "suppressed_by" not in schema
+    assert client.post("/v1/signals", json=SIGNAL).status_code == 202

@@ -178,7 +178,7 @@ def test_an_authenticated_streamed_body_over_the_limit_is_refused_too(api_server
 
 
 def test_a_10mb_invalid_signal_gets_a_short_answer(api_server) -> None:
-    from heald.api.limits import MAX_ERRORS
+    from heald.http_limits import MAX_ERRORS
 
     client, rt = api_server(api={"max_body_bytes": 32 * MB})
     status, body, _ = send_streamed(_port(client), "/v1/signals", 0, content_length=40 * MB,

@@ -45,6 +45,18 @@ def test_config_error_names_file_line_and_key(tmp_path: Path) -> None:
     assert r.stdout == ""
 
 
+def test_config_with_an_unknown_remedy_names_it(tmp_path: Path) -> None:
+    """The configuration does not import the remedy catalog; the CLI checks remedy names
+    against it after parsing, with the same file:line: key message."""
+    cfg = tmp_path / "heald.yaml"
+    cfg.write_text("policy:\n  environments:\n    production:\n      allowed_remedies: [restart_process, reboot_the_world]\n")
+    r = run_heald("--config", str(cfg), "incidents", cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert f"{cfg}:4: policy.environments.production.allowed_remedies" in r.stderr
+    assert "unknown remedies ['reboot_the_world']" in r.stderr and "revert_commit" in r.stderr  # CI plugin known
+    assert r.stdout == ""
+
+
 def test_approve_refuses_an_incident_not_awaiting_approval(tmp_path: Path) -> None:
     from heald import correlate
 

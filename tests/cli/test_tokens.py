@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 from heald import correlate
-from heald.api.auth import lookup_token
+from heald.auth import lookup_token
 from heald.models import Role, Signal
 from heald.store import Store
 from tests.cli.test_cli import env_for

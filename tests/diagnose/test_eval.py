@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from heald.diagnose.categories import CATEGORIES
-from heald.diagnose.evaluate import default_case_files, evaluate, load_cases, reasoners_for
 from heald.diagnose.runbooks import load_runbooks
+from heald.evaluate import default_case_files, evaluate, load_cases, reasoners_for
 from heald.yamlfile import YamlFileError
 from tests.conftest import run_heald
 from tests.diagnose.fake_openai import FakeOpenAI

@@ -103,12 +103,18 @@ def test_no_remedy_targets_heald_itself(tmp_path: Path, store: Store) -> None:
         (RemedyCandidate(remedy="cleanup_path", params={"service": "svc", "path": str(tmp_path)}), "heald's own state"),
         (RemedyCandidate(remedy="restart_process", params={"service": "api"}), "heald's own API"),
         (RemedyCandidate(remedy="run_command", params={"name": "clean-state"}), "heald's own state"),
+        # the undo request is sent too (after a failed verification): it must not reach heald's API either
+        (RemedyCandidate(remedy="http_request", params={
+            "url": "http://127.0.0.1:8078/x", "undo": {"method": "POST", "url": "http://127.0.0.1:8077/v1/tokens"}}),
+         "http://127.0.0.1:8077/v1/tokens is heald's own API"),
     ]
     for cand, why in cases:
         result = run_gate(cfg, store, inc, [cand])
         assert result.decision.kind == DecisionKind.refuse and why in result.decision.reason, (cand, result.decision)
     fine = [RESTART,
             RemedyCandidate(remedy="http_request", params={"url": "http://127.0.0.1:8078/x"}),
+            RemedyCandidate(remedy="http_request", params={
+                "url": "http://127.0.0.1:8078/x", "undo": {"method": "POST", "url": "http://127.0.0.1:8078/undo"}}),
             RemedyCandidate(remedy="cleanup_path", params={"service": "svc", "path": str(tmp_path / "other")}),
             RemedyCandidate(remedy="run_command", params={"name": "ok"})]
     for cand in fine:

@@ -86,11 +86,12 @@ def test_bad_policy_config_names_the_field(tmp_path, data, field, expected) -> N
     import yaml
 
     from heald.config import ConfigError, load_config
+    from heald.remedies import CATALOG
 
     path = tmp_path / "heald.yaml"
     path.write_text(yaml.safe_dump({"policy": data}))
     with pytest.raises(ConfigError) as exc:
-        load_config(path)
+        load_config(path, remedies=CATALOG)
     text = str(exc.value)
     assert f"policy.{field}".rstrip(".") in text and expected in text, text
 

@@ -150,6 +150,31 @@ def test_git_revert_reverts_reloads_guards_and_undoes(tmp_path: Path, repo: Path
     assert json.loads((repo / "shop.json").read_text()) == {"db_pool_size": 0}
 
 
+def test_git_revert_runs_no_hook_of_the_repository(tmp_path: Path, repo: Path) -> None:
+    """heald runs as root; a configuration repository is written by others. Hooks in it (its
+    own hooks directory, or one its config names) must not run when heald reverts a commit."""
+    marker = tmp_path / "hook-ran"
+    hooks = repo / "their-hooks"
+    hooks.mkdir()
+    for d in (hooks, repo / ".git" / "hooks"):
+        for name in ("pre-commit", "commit-msg", "post-commit", "prepare-commit-msg"):
+            (d / name).write_text(f"#!/bin/sh\necho {name} >> {marker}\n")
+            (d / name).chmod(0o755)
+    git(repo, "add", "their-hooks")
+    git(repo, "commit", "-qm", "hooks", "--no-verify")
+    marker.unlink(missing_ok=True)
+    bad = git(repo, "rev-parse", "HEAD~1")
+    ctx = ctx_for(tmp_path, services={"shop": {"config_repo": {"path": str(repo)}}})
+    for hooks_path in (None, str(hooks)):
+        if hooks_path:
+            git(repo, "config", "core.hooksPath", hooks_path)
+        r = apply("git_revert", {"service": "shop", "commit": bad[:10]}, ctx)
+        assert "reverted" in r.output, r.output
+        remedies.get("git_revert").undo(remedies.validate_params("git_revert", {"service": "shop", "commit": bad}),
+                                        ctx, r.undo or {})
+    assert not marker.exists(), marker.read_text()
+
+
 def test_git_revert_refuses_a_dirty_tree_and_unknown_commits(tmp_path: Path, repo: Path) -> None:
     ctx = ctx_for(tmp_path, services={"shop": {"config_repo": {"path": str(repo)}}, "other": {}})
     with pytest.raises(RemedyError, match="failed"):
@@ -267,3 +292,29 @@ def test_run_command_only_from_the_allowlist(tmp_path: Path) -> None:
     remedy = remedies.get("run_command")
     assert remedy.already_applied(remedies.validate_params("run_command", {"name": "failing"}), ctx, None)
     assert not remedy.already_applied(remedies.validate_params("run_command", {"name": "flush-cache"}), ctx, None)
+
+
+def test_every_remedy_declares_its_target_and_whether_it_touches_heald() -> None:
+    """The CI remedies register from heald.ci (an entry-point plugin); every catalog entry
+    answers ``touches_heald`` itself, and a remedy that does not cannot be registered."""
+    from heald.remedies import CATALOG, Remedy, RemedyParams, RemedyResult, Target, register
+
+    assert {"revert_commit", "add_dependency", "lint_autofix"} <= set(CATALOG)
+    assert type(CATALOG["revert_commit"]).__module__ == "heald.ci.remedies"
+    for name, remedy in CATALOG.items():
+        assert type(remedy).touches_heald is not Remedy.touches_heald, name
+    restart = CATALOG["restart_process"]
+    assert restart.target(restart.Params(service="shop")) == Target("service", "shop")
+    assert str(restart.target(restart.Params(service="shop"))) == "service:shop"
+
+    class Silent(Remedy[RemedyParams]):  # says nothing about heald itself
+        name = "silent"
+        description = "test"
+        Params = RemedyParams
+
+        def apply(self, params: RemedyParams, ctx: RemedyContext) -> RemedyResult:
+            return RemedyResult("done")
+
+    with pytest.raises(TypeError, match="touches_heald"):
+        register(Silent)
+    assert "silent" not in CATALOG

@@ -8,7 +8,7 @@ import time
 
 import httpx
 
-from heald.api.auth import COOKIE
+from heald.auth import COOKIE
 from tests.ui.conftest import Dashboard
 
 

@@ -3,9 +3,9 @@
 Each area's routes live in a module of their own (``signals``, ``incidents``, ``ops``,
 ``tokens``) that exposes ``routes(rt) -> APIRouter``; :func:`create_app` includes them. Every
 route that changes something declares the role it needs with
-``Depends(heald.api.auth.require(Role.X))`` (see :mod:`heald.api.auth`); the runtime is on
+``Depends(heald.auth.require(Role.X))`` (see :mod:`heald.auth`); the runtime is on
 ``app.state.runtime``. Request size and shape, and the form of error answers, are
-:mod:`heald.api.limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json``, browsable at ``/docs``
+:mod:`heald.http_limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json``, browsable at ``/docs``
 (:mod:`heald.api.docs`: Swagger UI served offline, with the bearer security scheme).
 """
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from heald import __version__
-from heald.api import breakers, docs, incidents, learning, limits, ops, reports, signals, silences, tokens
+from heald import http_limits as limits
+from heald.api import breakers, docs, incidents, learning, ops, reports, signals, silences, tokens
 from heald.engine import Runtime
 
 

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from heald import budgets
-from heald.api.auth import Principal, require
-from heald.api.limits import HealdRoute
+from heald.auth import Principal, require
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.models import Role
 from heald.store import NotFound
 

@@ -7,7 +7,7 @@ Content-Security-Policy that allows only heald's own scripts. FastAPI's ``/redoc
 loads ReDoc from a CDN) is not served.
 
 The OpenAPI document (``/openapi.json``) declares the scheme ``HTTPBearer`` (``Authorization:
-Bearer <API token>``, see :mod:`heald.api.auth`): every operation behind
+Bearer <API token>``, see :mod:`heald.auth`): every operation behind
 ``Depends(require(role))`` lists it as required and says the role in its description, a
 webhook lists it as optional (a source may sign or send its secret instead), and an open
 operation (``/healthz``, ``/metrics``) lists none — so "Authorize" in ``/docs`` sends the
@@ -51,7 +51,7 @@ PAGE = """<!doctype html>
 
 
 def _requirements(dependant: Dependant) -> Iterator[str]:
-    """Roles required by ``dependant`` and its sub-dependencies (``heald.api.auth.require``
+    """Roles required by ``dependant`` and its sub-dependencies (``heald.auth.require``
     names its dependency ``require_<role>``)."""
     for dep in dependant.dependencies:
         name = getattr(dep.call, "__name__", "")

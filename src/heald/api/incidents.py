@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from heald.api.auth import Principal, require
-from heald.api.limits import MAX_DB_INT, DbId, HealdRoute
+from heald.auth import Principal, require
 from heald.engine import Runtime
+from heald.http_limits import MAX_DB_INT, DbId, HealdRoute
 from heald.models import Incident, IncidentState, Role
 from heald.store import InvalidTransition, NotFound
 
@@ -68,7 +68,7 @@ def routes(rt: Runtime) -> APIRouter:
     def approve(incident_id: DbId, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
         """Approve the pending remedy of an incident awaiting approval (409 otherwise; role
         approver). An identity counts once however often it approves, and identities with one
-        root identity (one human, :mod:`heald.api.auth`) count once together."""
+        root identity (one human, :mod:`heald.auth`) count once together."""
         return verdict(incident_id, body, "approve", who)
 
     @router.post("/v1/incidents/{incident_id}/reject", tags=["approvals"])

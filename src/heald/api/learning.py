@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query
 
-from heald.api.auth import require
-from heald.api.limits import HealdRoute
+from heald.auth import require
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.learn import learned_rows
 from heald.models import Role
 

@@ -10,10 +10,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from heald import __version__
-from heald.api.auth import require
-from heald.api.limits import HealdRoute
 from heald.api.metrics import registry_for
+from heald.auth import require
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.models import Role
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import PlainTextResponse
 
-from heald.api.auth import require
-from heald.api.limits import DbId, HealdRoute
+from heald.auth import require
 from heald.engine import Runtime
 from heald.explain import incident_report
+from heald.http_limits import DbId, HealdRoute
 from heald.jsontext import clean
 from heald.models import Role
 from heald.store import NotFound

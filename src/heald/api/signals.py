@@ -8,36 +8,46 @@ lost to a crash.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
-from heald.api.auth import Principal, require, webhook_principal
-from heald.api.limits import HealdRoute
+from heald.auth import Principal, require, webhook_principal
 from heald.engine import Runtime
+from heald.http_limits import HealdRoute
 from heald.jsontext import quote
-from heald.models import Role, Severity, SignalStatus
+from heald.models import Role
 from heald.models import Signal as SignalModel
 from heald.sources import WEBHOOK_SOURCES, SourceError, SourceIgnored
+from heald.sources.generic import SERVER_FIELDS
+
+#: Signal fields only the server sets (a client of POST /v1/signals does not name a raw payload).
+SERVER_ASSIGNED = (*SERVER_FIELDS, "raw_ref")
 
 
-class SignalIn(BaseModel):
-    """A signal as a client sends it (heald's generic JSON schema)."""
+class SignalIn(SignalModel):
+    """A signal as a client sends it: :class:`heald.models.Signal` (the same fields, limits and
+    checks) without the fields the server assigns, which are refused when sent (422 naming the
+    field) and left out of the OpenAPI schema. Unknown fields are refused too."""
 
     model_config = ConfigDict(extra="forbid")
-    source: str = Field(min_length=1, max_length=100, examples=["my-monitor"])
-    kind: str = Field(default="alert", min_length=1, max_length=100)
-    service: str | None = Field(default=None, max_length=200)
-    status: SignalStatus = SignalStatus.firing
-    severity: Severity = Severity.warning
-    summary: str = Field(default="", max_length=10_000)
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
-    fingerprint: str | None = Field(default=None, max_length=128)
     starts_at: datetime | None = Field(default=None, description="RFC 3339; default: when received")
-    ends_at: datetime | None = None
+    raw_ref: SkipJsonSchema[None] = None
+    id: SkipJsonSchema[None] = None
+    received_at: SkipJsonSchema[None] = None
+    incident_id: SkipJsonSchema[None] = None
+    suppressed_by: SkipJsonSchema[None] = None
+
+    @field_validator(*SERVER_ASSIGNED, mode="before")
+    @classmethod
+    def _server_assigns(cls, v: Any) -> Any:
+        if v is not None:
+            raise ValueError("no value: the server assigns it")
+        return v
 
 
 class Accepted(BaseModel):
@@ -57,13 +67,8 @@ def routes(rt: Runtime) -> APIRouter:
     @router.post("/v1/signals", status_code=202, response_model=Accepted)
     def post_signal(body: SignalIn, who: Principal = Depends(require(Role.operator))) -> Accepted:
         """Accept one signal in heald's generic JSON schema (role operator)."""
-        try:
-            signal = SignalModel.model_validate(body.model_dump(exclude_none=True))
-        except ValidationError as exc:  # the few checks SignalIn's schema cannot express
-            e = exc.errors()[0]
-            raise HTTPException(422, detail=[{"type": e["type"], "loc": ["body", *e["loc"]],
-                                              "msg": e["msg"].removeprefix("Value error, ")}]) from exc
-        return accept(signal, who.actor)
+        # SignalIn is a Signal (validated by the same checks): store it as the plain model
+        return accept(SignalModel.model_validate(body.model_dump(exclude_none=True)), who.actor)
 
     @router.post("/v1/webhooks/{source}", status_code=202, openapi_extra={"requestBody": {
         "required": True, "description": "the source's own payload (e.g. an Alertmanager webhook message)",
@@ -78,7 +83,7 @@ def routes(rt: Runtime) -> APIRouter:
         plugin = WEBHOOK_SOURCES.get(source)
         if plugin is None:
             raise HTTPException(404, detail=f"unknown source {quote(source)}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
-        if getattr(plugin, "verify", None) is None:
+        if not plugin.signed:
             # nothing to verify in the body: refuse a stranger before reading a byte of it
             await run_in_threadpool(webhook_principal, request, source, plugin, b"")
             body = await request.body()
@@ -95,7 +100,7 @@ def routes(rt: Runtime) -> APIRouter:
         if len(signals) > cap:
             return JSONResponse({"detail": f"too many alerts or events in one message: {len(signals)}; at most {cap} "
                                            f"are accepted (api.max_signals_per_message)"}, 413)
-        delivery = plugin.delivery_id(request.headers) if hasattr(plugin, "delivery_id") else None
+        delivery = plugin.delivery_id(request.headers)
         if delivery:
             results = await run_in_threadpool(rt.ingest_delivery, source, delivery, signals, f"source:{source}")
             if results is None:

@@ -10,11 +10,17 @@ from typing import Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from heald.api.auth import Principal, require
-from heald.api.limits import DbId, HealdRoute
-from heald.correlate.silences import SilenceError, create_silence, expire_silence, list_silences, parse_matchers
+from heald.auth import Principal, require
+from heald.correlate.silences import (
+    SilenceError,
+    create_silence,
+    expire_silence,
+    list_silences,
+    parse_matchers,
+)
 from heald.durations import parse_duration
 from heald.engine import Runtime
+from heald.http_limits import DbId, HealdRoute
 from heald.models import Role, utcnow
 from heald.store import NotFound
 

@@ -1,7 +1,7 @@
 """API tokens (role admin): ``GET /v1/tokens``, ``POST /v1/tokens`` (the answer carries the
 token, the only time it is shown), ``POST /v1/tokens/{id}/revoke``. Tokens are revoked, never
 deleted. A token made here counts, for approvals, as the root identity of the admin who made it
-(:mod:`heald.api.auth`): an admin cannot mint a second approver."""
+(:mod:`heald.auth`): an admin cannot mint a second approver."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from heald.api.auth import Principal, issue_token, require
-from heald.api.limits import DbId, HealdRoute
+from heald.auth import Principal, issue_token, require
 from heald.engine import Runtime
+from heald.http_limits import DbId, HealdRoute
 from heald.models import Role, utcnow
 from heald.store import IdentityConflict, NotFound
-
 
 #: The longest lifetime a token can be given (100 years): a datetime ends at year 9999.
 MAX_LIFETIME_SECONDS = 100 * 365 * 86400

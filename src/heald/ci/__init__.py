@@ -17,7 +17,7 @@ The path through heald's one engine (:mod:`heald.engine`):
    heald must do no harm (red on every commit, a test that never passed, flaky) have no remedy:
    the gate escalates with the diagnosis.
 4. **gate** — the same policy as any remedy (a draft pull request is low risk).
-5. **act** (:mod:`heald.remedies.ci`) — make the fix in a fresh work tree, validate it by
+5. **act** (:mod:`heald.ci.remedies`) — make the fix in a fresh work tree, validate it by
    running every check in the sandbox (the failing ones must pass, none that passed may
    break), push the branch and open a draft pull request with the evidence
    (:mod:`heald.ci.pull_request`): one per failure signature, rate-limited per repository.
@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heald.config import HealdConfig
-
 
 #: A revision a signal or a remedy may name: a sha, a branch or tag name, ``HEAD~2``. Never an
 #: option (git reads an argument starting with ``-`` as one, wherever it stands: ``git fetch

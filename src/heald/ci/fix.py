@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from heald._git import GitError
 from heald.ci import CiJob
 from heald.ci.investigate import Workspace, summarize_results
 from heald.ci.project import Check, UnsupportedDeclaration, add_requirement, forbidden_changes
-from heald.ci.repo import GitError
 from heald.ci.runner import Step
 from heald.config import HealdConfig
 from heald.sandbox import Sandbox

@@ -35,6 +35,7 @@ from typing import Any
 
 import structlog
 
+from heald._git import GitError
 from heald.ci import CiJob
 from heald.ci.project import (
     Check,
@@ -47,7 +48,7 @@ from heald.ci.project import (
     is_test_path,
     narrowed,
 )
-from heald.ci.repo import GitError, RepoCache, Worktree
+from heald.ci.repo import RepoCache, Worktree
 from heald.ci.runner import Runner, Step
 from heald.config import HealdConfig
 from heald.diagnose.signatures import classify
@@ -57,7 +58,6 @@ from heald.sandbox import Limits, Sandbox, open_sandbox
 log = structlog.get_logger("heald.ci")
 
 _MISSING = re.compile(r"(?:ModuleNotFoundError|ImportError): No module named '?(?P<module>[\w.]+)'?")
-VERDICTS_WITH_FIX = ("regression", "missing_dependency", "lint")
 
 
 @dataclass

@@ -4,7 +4,7 @@ commit facts, and pushing a fix branch.
 Every git command here runs on the host, so it must never read anything a sandbox could have
 written: commands that touch a work tree name its administrative directory explicitly
 (``--git-dir <cache>/worktrees/<name> --work-tree <path>``), never the ``.git`` file inside
-the tree, and run with hooks and fsmonitor off. Git work *inside* the sandbox (bisection) uses a
+the tree, and run through :func:`heald._git.run` (no user configuration, no hooks, no fsmonitor). Git work *inside* the sandbox (bisection) uses a
 git directory of its own inside the work tree (see :mod:`heald.ci.runner`).
 """
 
@@ -16,7 +16,6 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,14 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from heald._git import GitError, run, succeeds
 from heald.sandbox.disk import release as release_disk
-
-HARDENING = ["-c", "safe.directory=*", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false",
-             "-c", "protocol.file.allow=always", "-c", "advice.detachedHead=false"]
-
-
-class GitError(RuntimeError):
-    """A git command failed; the message has the command and git's own words."""
 
 
 @dataclass(frozen=True)
@@ -51,31 +44,6 @@ class Commit:
             if secs >= size:
                 return f"{secs / size:.0f} {unit}"
         return f"{secs:.0f} s"
-
-
-def git(*args: str, cwd: Path | None = None, git_dir: Path | None = None, work_tree: Path | None = None,
-        timeout: float = 300.0, env: Mapping[str, str] | None = None, check: bool = True) -> str:
-    """Run ``git`` on the host (hardened, see the module docstring); returns stdout.
-    Raises GitError with git's stderr when it fails and ``check`` is set."""
-    argv = ["git", *HARDENING]
-    if git_dir is not None:
-        argv.append(f"--git-dir={git_dir}")
-    if work_tree is not None:
-        argv.append(f"--work-tree={work_tree}")
-    argv += list(args)
-    full_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "/bin/false", "LC_ALL": "C",
-                **(env or {})}
-    for var in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
-        if var not in (env or {}):
-            full_env.pop(var, None)
-    try:
-        r = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env,
-                           stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired as exc:
-        raise GitError(f"git {' '.join(args[:3])} timed out after {timeout:g} s") from exc
-    if check and r.returncode != 0:
-        raise GitError(f"git {' '.join(args)} failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-800:]}")
-    return r.stdout
 
 
 def auth_env(url: str, token: str | None, host: str) -> dict[str, str]:
@@ -124,7 +92,7 @@ class RepoCache:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def git(self, *args: str, timeout: float | None = None, check: bool = True) -> str:
-        return git(*args, git_dir=self.git_dir, timeout=timeout or self.timeout, env=self.env, check=check)
+        return run(*args, git_dir=self.git_dir, timeout=timeout or self.timeout, env=self.env, check=check)
 
     def update(self, want: Sequence[str] = ()) -> None:
         """Clone (first time) or fetch every branch and tag; then make sure the commits in
@@ -133,8 +101,8 @@ class RepoCache:
             if not (self.git_dir / "HEAD").exists():
                 tmp = self.git_dir.with_name(self.git_dir.name + f".tmp{os.getpid()}")
                 shutil.rmtree(tmp, ignore_errors=True)
-                git("clone", "--bare", "--quiet", "--", self.url, str(tmp), timeout=self.timeout, env=self.env)
-                git("config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*", git_dir=tmp)
+                run("clone", "--bare", "--quiet", "--", self.url, str(tmp), timeout=self.timeout, env=self.env)
+                run("config", "remote.origin.fetch", "+refs/heads/*:refs/heads/*", git_dir=tmp)
                 (tmp / "info").mkdir(exist_ok=True)
                 (tmp / "info" / "exclude").write_text(".heald/\n")
                 tmp.rename(self.git_dir)
@@ -147,8 +115,7 @@ class RepoCache:
 
     def succeeds(self, *args: str) -> bool:
         """Does this git command (on the cache) exit 0?"""
-        return subprocess.run(["git", *HARDENING, f"--git-dir={self.git_dir}", *args], capture_output=True,
-                              timeout=60, stdin=subprocess.DEVNULL).returncode == 0
+        return succeeds(*args, git_dir=self.git_dir, timeout=60)
 
     def has(self, rev: str) -> bool:
         return self.succeeds("cat-file", "-e", "--end-of-options", f"{rev}^{{commit}}")
@@ -183,9 +150,10 @@ class RepoCache:
 
     def show(self, rev: str, path: str) -> str | None:
         """A file's content at ``rev``, or None when it does not exist there."""
-        r = subprocess.run(["git", *HARDENING, f"--git-dir={self.git_dir}", "show", f"{rev}:{path}"],
-                           capture_output=True, timeout=60)
-        return r.stdout.decode(errors="replace") if r.returncode == 0 else None
+        try:
+            return run("show", "--end-of-options", f"{rev}:{path}", git_dir=self.git_dir, timeout=60)
+        except GitError:
+            return None
 
     # -- work trees ----------------------------------------------------------------------------
     def add_worktree(self, sha: str, purpose: str) -> Worktree:
@@ -235,7 +203,7 @@ class Worktree:
     def git(self, *args: str, timeout: float | None = None, check: bool = True,
             env: Mapping[str, str] | None = None) -> str:
         """git on this tree, through its administrative directory (never its ``.git`` file)."""
-        return git(*args, git_dir=self.admin, work_tree=self.path, cwd=self.path,
+        return run(*args, git_dir=self.admin, work_tree=self.path, cwd=self.path,
                    timeout=timeout or self.cache.timeout, env={**self.cache.env, **(env or {})}, check=check)
 
     def head(self) -> str:

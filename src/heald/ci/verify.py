@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from heald import _paths
+from heald._git import GitError
 from heald.ci import CiJob
 from heald.ci.investigate import Workspace
-from heald.ci.repo import GitError, Worktree
+from heald.ci.repo import Worktree
 from heald.config import HealdConfig
 from heald.models import ActionStatus, CheckResult, Incident, utcnow
 from heald.sandbox import SandboxUnavailable

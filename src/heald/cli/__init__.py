@@ -61,7 +61,9 @@ def config() -> HealdConfig:
     """The validated configuration (``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml``); exits
     2 naming file, line and key when it is invalid, and warns on stderr of each deprecated key."""
     try:
-        cfg = load_config(_state["config_path"])
+        from heald.remedies import CATALOG
+
+        cfg = load_config(_state["config_path"], remedies=CATALOG)
     except ConfigError as exc:
         fail(f"invalid configuration:\n{exc}")
     warn_deprecations(cfg)
@@ -298,7 +300,7 @@ def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: 
     """Who gives a verdict from the CLI: the identity of ``token`` (role approver or above);
     else, with ``api.auth`` on, the login name (the operating system authenticated it), and
     ``--as`` may not claim another; with auth off, ``--as`` or the login name."""
-    from heald.api.auth import lookup_token
+    from heald.auth import lookup_token
     from heald.models import Role
 
     login = login_name()

@@ -14,7 +14,8 @@ from heald.cli import JsonOpt, app, config, err, fail, out, print_json
 
 
 def _default_branch(url: str) -> str:
-    from heald.ci.repo import GitError, git
+    from heald._git import GitError
+    from heald._git import run as git
 
     try:
         text = git("ls-remote", "--symref", url, "HEAD", timeout=60)
@@ -74,8 +75,9 @@ def heal_ci(
     declare a missing dependency, autofix lint) and push it as a branch with a draft pull request,
     or escalate with the diagnosis when heald must do no harm. Exit 0 when a fix was proposed,
     1 when the incident escalated or failed, 2 for bad input, 3 when no sandbox works."""
+    from heald._git import GitError
     from heald.ci.pull_request import github_repo as parse_github
-    from heald.ci.repo import GitError, RepoCache
+    from heald.ci.repo import RepoCache
     from heald.engine import Runtime, workflow_id
     from heald.log import configure
     from heald.models import Severity, Signal

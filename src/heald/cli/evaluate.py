@@ -26,8 +26,8 @@ def eval_diagnosis(
     """Diagnose every labelled case as the healing workflow would; print the accuracy per
     category, the Brier score and calibration error, the remedy accuracy, and for an LLM the
     latency and cost per case."""
-    from heald.diagnose.evaluate import default_case_files, evaluate, load_cases, reasoners_for
     from heald.diagnose.runbooks import load_runbooks
+    from heald.evaluate import default_case_files, evaluate, load_cases, reasoners_for
     from heald.yamlfile import YamlFileError
 
     cfg = config()

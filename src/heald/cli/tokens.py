@@ -1,4 +1,4 @@
-"""``heald tokens create|list|revoke``: API tokens with roles (see :mod:`heald.api.auth`)."""
+"""``heald tokens create|list|revoke``: API tokens with roles (see :mod:`heald.auth`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
 
     Approvals count once per human (root identity): a token made here counts as your login,
     unless --root makes NAME a human of its own; your own token (the default name) is one."""
-    from heald.api.auth import issue_token
+    from heald.auth import issue_token
     from heald.durations import parse_duration
 
     expires = None

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from heald._git import GitError, run
 from heald.config import HealdConfig, ReleasesConfig
 from heald.models import Signal, SignalStatus, utcnow
 
@@ -95,22 +95,14 @@ def without_sender_changes(signal: Signal) -> Signal:
                                      "annotations": annotations})
 
 
-def git(repo: Path, *args: str, timeout: float = 10.0) -> str:
-    """Run ``git -C repo args…`` and return its stdout. Raises RuntimeError with git's message."""
-    proc = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"})
-    if proc.returncode != 0:
-        raise RuntimeError(f"git {' '.join(args[:2])} in {repo} failed: {proc.stderr.strip()[-500:]}")
-    return proc.stdout
-
-
 def config_changes(service: str, repo: Path, since: datetime, limit: int = 100) -> list[Change]:
     """Commits to ``repo`` since ``since``, newest first, without heald's own commits and
     without commits a later commit reverts. Source: ``git log`` (committer time)."""
     try:
-        out = git(repo, "log", f"-n{limit}", f"--since=@{int(since.timestamp())}",
-                  "--format=%H%x1f%P%x1f%an%x1f%ae%x1f%ct%x1f%s%x1f%b%x1e")
-    except (RuntimeError, OSError, subprocess.TimeoutExpired):
+        out = run("log", f"-n{limit}", f"--since=@{int(since.timestamp())}",
+                  "--format=%H%x1f%P%x1f%an%x1f%ae%x1f%ct%x1f%s%x1f%b%x1e", "--end-of-options", "HEAD", "--",
+                  cwd=repo, timeout=10.0)
+    except GitError:
         return []
     commits = [rec.strip("\n").split("\x1f") for rec in out.split("\x1e") if rec.strip()]
     reverted = {m for c in commits for m in _REVERTS.findall(c[6] if len(c) > 6 else "")}

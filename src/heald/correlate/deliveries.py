@@ -7,7 +7,6 @@ delivery is either wholly accepted (and any later copy dropped) or not at all.
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from heald.config import HealdConfig
@@ -30,10 +29,3 @@ def ingest_delivery(session: Session, source: str, delivery_id: str, signals: li
                                    received_at=utcnow()))
     session.flush()
     return results
-
-
-def delivery_signals(session: Session, source: str, delivery_id: str) -> list[int] | None:
-    """The signal ids a delivery produced, or None when it was never accepted."""
-    row = session.scalar(sa.select(WebhookDeliveryRow).where(WebhookDeliveryRow.source == source,
-                                                             WebhookDeliveryRow.delivery_id == delivery_id))
-    return list(row.signal_ids) if row is not None else None

@@ -229,8 +229,8 @@ def serve_dashboard(env: DemoEnv, host: str = "127.0.0.1", port: int = 0) -> tup
     free port; the server the demo already runs for Alertmanager is reused) and create a
     one-time admin token (identity ``demo-admin``) to sign in with. Returns (base URL, token).
     Raises RuntimeError when the server does not start (the port is taken)."""
-    from heald.api.auth import issue_token
     from heald.api.server import ServerThread
+    from heald.auth import issue_token
     from heald.models import Role
 
     if env.server is None:

@@ -34,6 +34,7 @@ from typing import Any
 
 import httpx
 
+from heald._git import run
 from heald.config import HealdConfig
 from heald.engine import Runtime
 from heald.sources.probes import ProbeResult
@@ -56,11 +57,11 @@ def free_port() -> int:
 
 
 def git(repo: Path, *args: str) -> str:
-    """git in ``repo`` as the demo's deployer; raises CalledProcessError."""
-    env = {**os.environ, "GIT_AUTHOR_NAME": DEPLOYER[0], "GIT_AUTHOR_EMAIL": DEPLOYER[1],
+    """git in ``repo`` as the demo's deployer (hardened, :func:`heald._git.run`); returns its
+    stripped stdout. Raises GitError."""
+    env = {"GIT_AUTHOR_NAME": DEPLOYER[0], "GIT_AUTHOR_EMAIL": DEPLOYER[1],
            "GIT_COMMITTER_NAME": DEPLOYER[0], "GIT_COMMITTER_EMAIL": DEPLOYER[1]}
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True,
-                          env=env).stdout.strip()
+    return run(*args, cwd=repo, env=env, timeout=30.0).strip()
 
 
 def shop_source() -> str:

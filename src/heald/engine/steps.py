@@ -388,7 +388,7 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
         snapshot = {"error": str(exc)}
     action, new = deps.store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy.name,
                                                  params=candidate.params, idempotency_key=key, snapshot=snapshot,
-                                                 target=remedy.target(params)))
+                                                 target=str(remedy.target(params))))
     assert action.id is not None
     if not new and action.status != ActionStatus.started:
         return Acted(action.id, action.status, action.output, action.undo)

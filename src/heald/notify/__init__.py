@@ -19,57 +19,24 @@ heald restarted mid-send), so a receiver can drop duplicates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from heald.config import ChannelConfig, NotificationsConfig, WebhookChannelConfig
-from heald.models import Incident
+from heald.notify.base import EVENTS, Notice, NotifyError, TransientNotifyError, http_failure
 from heald.store import Store
 
+__all__ = ["EVENTS", "Notice", "Notifier", "NotifyError", "TransientNotifyError", "http_failure", "send_once"]
+
 log = structlog.get_logger("heald.notify")
-
-EVENTS = ("escalated", "awaiting_approval", "resolved", "failed")
-
-
-class NotifyError(Exception):
-    """A send failed for good (a 4xx answer, a refused address): it is not retried."""
-
-
-class TransientNotifyError(NotifyError):
-    """A send failed in a way that may pass (connection, timeout, 429, 5xx, SMTP 4xx): retried."""
-
-
-@dataclass(frozen=True)
-class Notice:
-    """What a channel is told: ``event`` (one of :data:`EVENTS`) on ``incident``, why, and a link."""
-
-    event: str
-    incident: Incident
-    reason: str
-    link: str
-
-    @property
-    def delivery_id(self) -> str:
-        """Stable for the same event of the same incident (and attempt): a resend repeats it."""
-        return f"heald-incident-{self.incident.id}-{self.event}-{self.incident.attempts}"
-
-    @property
-    def headline(self) -> str:
-        """One line: ``Incident #12 escalated: shop is down``."""
-        what = {"awaiting_approval": "awaits approval"}.get(self.event, self.event)
-        return f"Incident #{self.incident.id} {what}: {self.incident.title}"
-
-    def as_json(self) -> dict[str, Any]:
-        """The notice as the generic webhook's JSON body."""
-        inc = self.incident
-        return {"event": self.event, "delivery_id": self.delivery_id, "reason": self.reason, "link": self.link,
-                "state": inc.state.value,
-                "incident": {**inc.model_dump(mode="json"), "time_to_detect_s": inc.time_to_detect_s,
-                             "time_to_recover_s": inc.time_to_recover_s}}
-
 
 def send_once(channel: ChannelConfig, notice: Notice, store: Store) -> str:
     """One attempt on one channel; returns what the receiver answered. Raises NotifyError or
@@ -183,9 +150,3 @@ class Notifier:
                                        "transient": transient})
         except Exception:  # the audit log is down too; the log line is what is left
             log.exception("notify.audit_failed", channel=base["channel"])
-
-
-def http_failure(status: int, body: str, what: str) -> NotifyError:
-    """The error for an HTTP answer that is not 2xx: 408, 429 and 5xx are transient."""
-    msg = f"{what} answered HTTP {status}: {body[:300]}"
-    return TransientNotifyError(msg) if status in (408, 429) or status >= 500 else NotifyError(msg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from heald import __version__
-from heald.notify import TransientNotifyError, http_failure
+from heald.notify.base import TransientNotifyError, http_failure
 
 
 def post(url: str, content: bytes, headers: dict[str, str], timeout: float, what: str) -> str:

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 from email.utils import formatdate
 
 from heald.config import EmailChannelConfig
-from heald.notify import Notice, NotifyError, TransientNotifyError
+from heald.notify.base import Notice, NotifyError, TransientNotifyError
 from heald.store import Store
 
 

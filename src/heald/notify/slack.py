@@ -9,8 +9,8 @@ import json
 from typing import Any
 
 from heald.config import SlackChannelConfig
-from heald.notify import Notice
 from heald.notify._http import post
+from heald.notify.base import Notice
 from heald.store import Store
 
 _EMOJI = {"escalated": ":rotating_light:", "awaiting_approval": ":raised_hand:", "resolved": ":white_check_mark:",

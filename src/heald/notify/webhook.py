@@ -13,8 +13,8 @@ import json
 from typing import Any
 
 from heald.config import WebhookChannelConfig
-from heald.notify import Notice
 from heald.notify._http import post
+from heald.notify.base import Notice
 from heald.store import Store
 
 SIGNATURE_HEADER = "X-Heald-Signature-256"

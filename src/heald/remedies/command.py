@@ -5,13 +5,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
 
 from heald.config import CommandConfig
 from heald.models import Risk
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 #: Environment variables a command inherits from heald; everything else is left out (heald's
 #: own secrets must not leak into it). The command's ``env`` adds to these.
@@ -31,7 +41,7 @@ def _command(params: RunCommandParams, ctx: RemedyContext) -> CommandConfig:
 
 
 @register
-class RunCommand(Remedy):
+class RunCommand(Remedy[RunCommandParams]):
     """Run an allowlisted command: its argv exactly, without a shell, with a minimal
     environment, in its ``cwd``, killed after ``timeout_seconds``. A non-zero exit fails the
     remedy with the output's tail.
@@ -46,13 +56,25 @@ class RunCommand(Remedy):
     Params = RunCommandParams
     default_risk = Risk.medium
 
-    def target(self, params: RunCommandParams) -> str:  # type: ignore[override]
-        return f"command:{params.name}"
+    def target(self, params: RunCommandParams) -> Target:
+        return Target("command", params.name)
 
-    def already_applied(self, params: RunCommandParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+    def touches_heald(self, params: RunCommandParams, heald: HealdSelf) -> str | None:
+        """A command whose working directory or an absolute path among its arguments lies in
+        heald's own state."""
+        cmd = heald.config.remedies.commands.get(params.name)
+        if cmd is None:
+            return None
+        places = [p for p in ([cmd.cwd] if cmd.cwd else []) if heald.owns_path(p)]
+        places += [Path(a) for a in cmd.argv if a.startswith("/") and heald.owns_path(Path(a))]
+        if places:
+            return f"refused: command {params.name} works on heald's own state ({places[0]})"
+        return None
+
+    def already_applied(self, params: RunCommandParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:
         return not _command(params, ctx).idempotent
 
-    def apply(self, params: RunCommandParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def apply(self, params: RunCommandParams, ctx: RemedyContext) -> RemedyResult:
         cmd = _command(params, ctx)
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | cmd.env
         try:

@@ -11,7 +11,16 @@ from pydantic import Field
 
 from heald import _paths
 from heald.config import CleanupConfig
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 
 class CleanupParams(RemedyParams):
@@ -83,7 +92,7 @@ def delete(entry: CleanupConfig, files: list[Path]) -> tuple[int, int, list[str]
 
 
 @register
-class CleanupPath(Remedy):
+class CleanupPath(Remedy[CleanupParams]):
     """Delete the files under one of the service's configured ``cleanup`` paths that match its
     pattern and are older than its age, and nothing else: not newer files, not other paths,
     not through symlinks. At most ``max_files`` per run.
@@ -96,10 +105,16 @@ class CleanupPath(Remedy):
     description = "Delete old files (by pattern and age) from a configured directory"
     Params = CleanupParams
 
-    def target(self, params: CleanupParams) -> str:  # type: ignore[override]
-        return f"path:{params.path}"
+    def target(self, params: CleanupParams) -> Target:
+        return Target("path", params.path)
 
-    def apply(self, params: CleanupParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def touches_heald(self, params: CleanupParams, heald: HealdSelf) -> str | None:
+        """A path overlapping heald's state directory, database or config file."""
+        if heald.owns_path(Path(params.path)):
+            return f"refused: {params.path} overlaps heald's own state ({heald.describe_paths()})"
+        return None
+
+    def apply(self, params: CleanupParams, ctx: RemedyContext) -> RemedyResult:
         entry = _entry(params, ctx)
         files, newer = old_files(entry, time.time())
         deleted, freed, refused = delete(entry, files)

@@ -3,16 +3,24 @@ service reload its configuration."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from typing import Any
 
 import httpx
 from pydantic import Field
 
+from heald._git import GitError, run, succeeds
 from heald.config import ConfigRepoConfig
-from heald.correlate.changes import HEALD_GIT_EMAIL, HEALD_GIT_NAME, git
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.correlate.changes import HEALD_GIT_EMAIL, HEALD_GIT_NAME
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 
 class GitRevertParams(RemedyParams):
@@ -27,27 +35,24 @@ def _repo(params: GitRevertParams, ctx: RemedyContext) -> ConfigRepoConfig:
     return svc.config_repo
 
 
-def _git(repo: ConfigRepoConfig, *args: str) -> str:
+#: heald's identity on the commits it makes (a revert, the revert of a revert).
+_AS_HEALD = {"GIT_AUTHOR_NAME": HEALD_GIT_NAME, "GIT_AUTHOR_EMAIL": HEALD_GIT_EMAIL,
+             "GIT_COMMITTER_NAME": HEALD_GIT_NAME, "GIT_COMMITTER_EMAIL": HEALD_GIT_EMAIL}
+
+
+def _git(repo: ConfigRepoConfig, *args: str, as_heald: bool = False, timeout: float = 30.0) -> str:
+    """git in the configuration repository (hardened, :func:`heald._git.run`), as heald when
+    it commits. Raises RemedyError with git's words."""
     try:
-        return git(repo.path, *args).strip()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as exc:
+        return run(*args, cwd=repo.path, env=_AS_HEALD if as_heald else None, timeout=timeout).strip()
+    except GitError as exc:
         raise RemedyError(str(exc)) from exc
-
-
-def _as_heald(repo: ConfigRepoConfig, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": HEALD_GIT_NAME, "GIT_AUTHOR_EMAIL": HEALD_GIT_EMAIL,
-           "GIT_COMMITTER_NAME": HEALD_GIT_NAME, "GIT_COMMITTER_EMAIL": HEALD_GIT_EMAIL, "LC_ALL": "C",
-           "GIT_TERMINAL_PROMPT": "0"}
-    proc = subprocess.run(["git", "-C", str(repo.path), *args], capture_output=True, text=True, env=env, timeout=30)
-    if proc.returncode != 0:
-        raise RemedyError(f"git {args[0]} failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
-    return proc.stdout.strip()
 
 
 def reverting_commit(repo: ConfigRepoConfig, sha: str, since: str | None = None) -> str | None:
     """The commit on HEAD (after ``since``, if given) whose message says it reverts ``sha``."""
     rng = f"{since}..HEAD" if since else "HEAD"
-    out = _git(repo, "log", "--format=%H", "-F", f"--grep=This reverts commit {sha}.", rng)
+    out = _git(repo, "log", "--format=%H", "-F", f"--grep=This reverts commit {sha}.", "--end-of-options", rng, "--")
     return out.splitlines()[0] if out else None
 
 
@@ -66,7 +71,7 @@ def reload(repo: ConfigRepoConfig) -> str:
 
 
 @register
-class GitRevert(Remedy):
+class GitRevert(Remedy[GitRevertParams]):
     """``git revert`` the commit (as author ``heald``), then POST the repository's
     ``reload_url``. Refuses a work tree with uncommitted changes (they would be lost or
     committed) and a commit that is not on HEAD; a conflicting revert is aborted.
@@ -81,46 +86,53 @@ class GitRevert(Remedy):
     Params = GitRevertParams
     has_undo = True
 
-    def target(self, params: GitRevertParams) -> str:  # type: ignore[override]
-        return f"config:{params.service}"
+    def target(self, params: GitRevertParams) -> Target:
+        return Target("config", params.service)
 
-    def snapshot(self, params: GitRevertParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+    def touches_heald(self, params: GitRevertParams, heald: HealdSelf) -> str | None:
+        """A configuration repository inside heald's own state."""
+        svc = heald.config.services.get(params.service)
+        where = svc.config_repo.path if svc is not None and svc.config_repo is not None else None
+        if where is not None and heald.owns_path(where):
+            return f"refused: {self.target(params)} lives in heald's own state ({where})"
+        return None
+
+    def snapshot(self, params: GitRevertParams, ctx: RemedyContext) -> dict[str, Any] | None:
         return {"head": _git(_repo(params, ctx), "rev-parse", "HEAD")}
 
-    def already_applied(self, params: GitRevertParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+    def already_applied(self, params: GitRevertParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:
         repo = _repo(params, ctx)
-        full = _git(repo, "rev-parse", "--verify", f"{params.commit}^{{commit}}")
+        full = _git(repo, "rev-parse", "--verify", "--end-of-options", f"{params.commit}^{{commit}}")
         if reverting_commit(repo, full, (snapshot or {}).get("head")) is None:
             return False
         reload(repo)
         return True
 
-    def apply(self, params: GitRevertParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def apply(self, params: GitRevertParams, ctx: RemedyContext) -> RemedyResult:
         repo = _repo(params, ctx)
-        full = _git(repo, "rev-parse", "--verify", f"{params.commit}^{{commit}}")
+        full = _git(repo, "rev-parse", "--verify", "--end-of-options", f"{params.commit}^{{commit}}")
         if _git(repo, "status", "--porcelain", "--untracked-files=no"):
             raise RemedyError(f"{repo.path} has uncommitted changes; heald does not revert over them")
-        if subprocess.run(["git", "-C", str(repo.path), "merge-base", "--is-ancestor", full, "HEAD"],
-                          capture_output=True).returncode != 0:
+        if not succeeds("merge-base", "--is-ancestor", "--end-of-options", full, "HEAD", cwd=repo.path):
             raise RemedyError(f"commit {full[:12]} is not on HEAD of {repo.path}")
         if (done := reverting_commit(repo, full)) is not None:
             return RemedyResult(f"commit {full[:12]} was already reverted by {done[:12]}{reload(repo)}",
                                 {"revert": done})
-        subject = _git(repo, "log", "-1", "--format=%s", full)
+        subject = _git(repo, "log", "-1", "--format=%s", "--end-of-options", full, "--")
         try:
-            _as_heald(repo, "revert", "--no-edit", full)
+            _git(repo, "revert", "--no-edit", "--end-of-options", full, as_heald=True)
         except RemedyError:
-            subprocess.run(["git", "-C", str(repo.path), "revert", "--abort"], capture_output=True)
+            succeeds("revert", "--abort", cwd=repo.path)
             raise
         new = _git(repo, "rev-parse", "HEAD")
         return RemedyResult(f"reverted {full[:12]} ({subject}) with {new[:12]}{reload(repo)}", {"revert": new})
 
-    def undo(self, params: GitRevertParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+    def undo(self, params: GitRevertParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         repo = _repo(params, ctx)
         revert = undo.get("revert")
         if not revert:
             raise RemedyError("no revert commit recorded to undo")
         if reverting_commit(repo, revert) is not None:
             return RemedyResult(f"the revert {revert[:12]} was already undone{reload(repo)}")
-        _as_heald(repo, "revert", "--no-edit", revert)
+        _git(repo, "revert", "--no-edit", "--end-of-options", revert, as_heald=True)
         return RemedyResult(f"undid the revert {revert[:12]} with {_git(repo, 'rev-parse', 'HEAD')[:12]}{reload(repo)}")

@@ -6,11 +6,21 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    register,
+)
+from heald.remedies.base import Target as RemedyTarget
 
 #: Methods RFC 9110 §9.2.2 defines as idempotent: repeating the request has the effect of one.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
@@ -169,7 +179,7 @@ def send(method: str, url: httpx.URL, body: Any, headers: dict[str, str], timeou
 
 
 @register
-class HttpRequest(Remedy):
+class HttpRequest(Remedy[HttpRequestParams]):
     """Send one HTTP request to an allowed URL and check its status.
 
     Guard: idempotent methods (GET, PUT, DELETE, …) are safe to repeat; a POST or PATCH carries
@@ -183,10 +193,18 @@ class HttpRequest(Remedy):
     Params = HttpRequestParams
     has_undo = True
 
-    def target(self, params: HttpRequestParams) -> str:  # type: ignore[override]
-        return f"url:{params.url.split('?')[0]}"
+    def target(self, params: HttpRequestParams) -> RemedyTarget:
+        return RemedyTarget("url", params.url.split("?")[0])
 
-    def apply(self, params: HttpRequestParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def touches_heald(self, params: HttpRequestParams, heald: HealdSelf) -> str | None:
+        """A request (or its undo request) to heald's own API address."""
+        for url in [params.url, *([params.undo.url] if params.undo is not None else [])]:
+            parts = urlsplit(url)
+            if heald.is_own_address(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)):
+                return f"refused: {url.split('?')[0]} is heald's own API"
+        return None
+
+    def apply(self, params: HttpRequestParams, ctx: RemedyContext) -> RemedyResult:
         url = allowed(params.url, ctx)
         if params.undo is not None:
             allowed(params.undo.url, ctx)
@@ -202,7 +220,7 @@ class HttpRequest(Remedy):
         undo = params.undo.model_dump(mode="json") if params.undo is not None else None
         return RemedyResult(f"{params.method} {params.url} → {resp.status_code}: {text}", undo)
 
-    def undo(self, params: HttpRequestParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+    def undo(self, params: HttpRequestParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         if not undo:
             raise RemedyError("this http_request was given no undo request")
         call = HttpCall.model_validate(undo)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import os
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 
 class RestartParams(RemedyParams):
@@ -15,7 +25,7 @@ class RestartParams(RemedyParams):
 
 
 @register
-class RestartProcess(Remedy):
+class RestartProcess(Remedy[RestartParams]):
     """Stop the service's process group (SIGTERM, then SIGKILL after the service's
     ``stop_timeout_seconds``) and start it again.
 
@@ -27,8 +37,23 @@ class RestartProcess(Remedy):
     description = "Restart a managed service's process"
     Params = RestartParams
 
-    def target(self, params: RestartParams) -> str:  # type: ignore[override]
-        return f"service:{params.service}"
+    def target(self, params: RestartParams) -> Target:
+        return Target("service", params.service)
+
+    def touches_heald(self, params: RestartParams, heald: HealdSelf) -> str | None:
+        """heald's own process (or its parent), or a service whose probes check heald's API."""
+        target = self.target(params)
+        proc = heald.supervisor.get(params.service) if heald.supervisor is not None else None
+        ident = proc.identity() if proc is not None else None
+        if ident is not None and ident.pid in (os.getpid(), os.getppid()):
+            return f"refused: {target} is heald's own process (pid {ident.pid})"
+        svc = heald.config.services.get(params.service)
+        for probe in svc.probes if svc is not None else []:
+            parts = urlsplit(probe.url) if probe.url else None
+            host, port = (parts.hostname, parts.port) if parts else (probe.host, probe.port)
+            if heald.is_own_address(host, port):
+                return f"refused: {target} is heald's own API (its probe checks port {port})"
+        return None
 
     def _proc(self, params: RestartParams, ctx: RemedyContext) -> Any:
         proc = ctx.supervisor.get(params.service)
@@ -36,16 +61,16 @@ class RestartProcess(Remedy):
             raise RemedyError(f"service {params.service!r} is not managed by heald (no command configured)")
         return proc
 
-    def snapshot(self, params: RestartParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+    def snapshot(self, params: RestartParams, ctx: RemedyContext) -> dict[str, Any] | None:
         ident = self._proc(params, ctx).identity()
         return {"instance": ident.as_dict() if ident else None}
 
-    def already_applied(self, params: RestartParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+    def already_applied(self, params: RestartParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:
         ident = self._proc(params, ctx).identity()
         before = (snapshot or {}).get("instance")
         return ident is not None and ident.as_dict() != before
 
-    def apply(self, params: RestartParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def apply(self, params: RestartParams, ctx: RemedyContext) -> RemedyResult:
         proc = self._proc(params, ctx)
         ident = proc.identity()
         if ident is not None and ident.pid == os.getpid():

@@ -11,7 +11,16 @@ from pydantic import Field
 
 from heald.config import ReleasesConfig
 from heald.correlate.changes import HEALD_USER, current_release, release_names
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 
 class RollbackParams(RemedyParams):
@@ -42,7 +51,7 @@ def switch(releases: ReleasesConfig, name: str) -> None:
 
 
 @register
-class RollbackRelease(Remedy):
+class RollbackRelease(Remedy[RollbackParams]):
     """Switch ``current`` to the release before it (in natural name order, as Capistrano orders
     its timestamped releases) or to ``to``, then restart the service when heald manages it.
 
@@ -56,8 +65,16 @@ class RollbackRelease(Remedy):
     Params = RollbackParams
     has_undo = True
 
-    def target(self, params: RollbackParams) -> str:  # type: ignore[override]
-        return f"release:{params.service}"
+    def target(self, params: RollbackParams) -> Target:
+        return Target("release", params.service)
+
+    def touches_heald(self, params: RollbackParams, heald: HealdSelf) -> str | None:
+        """A releases directory inside heald's own state."""
+        svc = heald.config.services.get(params.service)
+        where = svc.releases.dir if svc is not None and svc.releases is not None else None
+        if where is not None and heald.owns_path(where):
+            return f"refused: {self.target(params)} lives in heald's own state ({where})"
+        return None
 
     def _target_release(self, params: RollbackParams, releases: ReleasesConfig, current: str) -> str:
         if params.to:
@@ -67,13 +84,13 @@ class RollbackRelease(Remedy):
             raise RemedyError(f"no release before {current!r} in {releases.dir} (releases: {', '.join(names) or 'none'})")
         return names[names.index(current) - 1]
 
-    def snapshot(self, params: RollbackParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+    def snapshot(self, params: RollbackParams, ctx: RemedyContext) -> dict[str, Any] | None:
         releases = _releases(params, ctx)
         current = current_release(releases)
         return {"current": current,
                 "target": self._target_release(params, releases, current) if current else params.to}
 
-    def already_applied(self, params: RollbackParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:  # type: ignore[override]
+    def already_applied(self, params: RollbackParams, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:
         snap = snapshot or {}
         if snap.get("target") and current_release(_releases(params, ctx)) == snap["target"] != snap.get("current"):
             self._restart(params, ctx)
@@ -86,7 +103,7 @@ class RollbackRelease(Remedy):
             return " (not a managed service: not restarted)"
         return f"; restarted {params.service} as pid {proc.restart().pid}"
 
-    def apply(self, params: RollbackParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def apply(self, params: RollbackParams, ctx: RemedyContext) -> RemedyResult:
         releases = _releases(params, ctx)
         current = current_release(releases)
         if current is None:
@@ -99,7 +116,7 @@ class RollbackRelease(Remedy):
         return RemedyResult(f"rolled {params.service} back from release {current} to {target}"
                             f"{self._restart(params, ctx)}", {"release": current})
 
-    def undo(self, params: RollbackParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+    def undo(self, params: RollbackParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         releases = _releases(params, ctx)
         name = undo.get("release")
         if not name:

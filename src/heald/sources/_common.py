@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-from heald.sources import SourceError
+from heald.sources.base import SourceError
 
 
 def header(headers: Mapping[str, str], name: str) -> str:

@@ -25,7 +25,7 @@ from typing import Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, load_json, make_signal, register_source
+from heald.sources.base import SourceError, WebhookSource, load_json, make_signal, register_source
 
 #: Labels that name the service an alert is about, in order of preference.
 SERVICE_LABELS = ("service", "app", "app_kubernetes_io_name", "job")
@@ -136,7 +136,7 @@ def alert_signal(alert: AlertIn, message: MessageIn, where: str = "", source: st
                   ends_at=_ended(alert.endsAt) if status == SignalStatus.resolved else None)
 
 
-class AlertmanagerSource:
+class AlertmanagerSource(WebhookSource):
     """Parses Alertmanager's webhook (see the module docstring). Alertmanager sends resolved
     notifications (``send_resolved``), so verification waits for them."""
 

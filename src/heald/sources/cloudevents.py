@@ -30,8 +30,8 @@ from urllib.parse import unquote
 from pydantic import TypeAdapter, ValidationError
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources.alertmanager import SEVERITIES
+from heald.sources.base import SourceError, WebhookSource, load_json, make_signal, register_source
 
 REQUIRED = ("specversion", "id", "source", "type")
 _NAME = re.compile(r"^[a-z0-9]{1,64}$")
@@ -129,7 +129,7 @@ def event_signal(event: dict[str, Any], where: str = "") -> Signal:
                   annotations=annotations, starts_at=_TIME.validate_python(event["time"]) if "time" in event else None)
 
 
-class CloudEventsSource:
+class CloudEventsSource(WebhookSource):
     """Parses CloudEvents 1.0 in structured, batched and binary HTTP mode."""
 
     name = "cloudevents"

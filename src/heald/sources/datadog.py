@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
+from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources._common import fingerprint, text
 
 RESOLVING = ("recovered",)

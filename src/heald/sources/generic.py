@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pydantic import ValidationError
 
 from heald.models import Signal
-from heald.sources import SourceError, load_json, register_source
+from heald.sources.base import SourceError, WebhookSource, load_json, register_source
 
 #: Fields a client may not set: the store assigns them.
 SERVER_FIELDS = ("id", "received_at", "incident_id", "suppressed_by")
@@ -30,7 +30,7 @@ def parse_signal(data: object, where: str = "") -> Signal:
         raise SourceError(field, e["msg"].lower().removeprefix("input should be ").removeprefix("value error, ")) from err
 
 
-class GenericSource:
+class GenericSource(WebhookSource):
     name = "generic"
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> list[Signal]:

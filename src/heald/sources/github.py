@@ -40,7 +40,14 @@ from urllib.parse import parse_qs
 
 from heald.jsontext import excerpt, quote
 from heald.models import Severity, Signal
-from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
+from heald.sources.base import (
+    SourceError,
+    SourceIgnored,
+    WebhookSource,
+    load_json,
+    make_signal,
+    register_source,
+)
 
 EVENTS = ("workflow_run", "workflow_job", "check_run", "check_suite", "status", "deployment_status")
 FAILED = ("failure", "timed_out")
@@ -139,7 +146,7 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
-class GitHubSource:
+class GitHubSource(WebhookSource):
     """The ``github`` webhook source (see the module docstring)."""
 
     name = "github"

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import Field
 
 from heald.models import Signal
-from heald.sources import SourceError, load_json, register_source
+from heald.sources.base import SourceError, load_json, register_source
 from heald.sources.alertmanager import AlertIn, MessageIn, alert_signal, validate_message
 
 

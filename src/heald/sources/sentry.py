@@ -27,7 +27,7 @@ from typing import Any
 
 from heald.jsontext import quote
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources import SourceError, SourceIgnored, load_json, make_signal, register_source
+from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources._common import any_matches, fingerprint, header, hmac_sha256_hex, obj, text, timestamp
 
 LEVELS = {"fatal": Severity.critical, "error": Severity.error, "warning": Severity.warning,

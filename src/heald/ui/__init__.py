@@ -29,7 +29,6 @@ from fastapi.staticfiles import StaticFiles
 from heald.engine import Runtime
 
 STATIC = Path(__file__).parent / "static"
-TEMPLATES = Path(__file__).parent / "templates"
 
 
 def install(app: FastAPI, rt: Runtime) -> None:

@@ -23,7 +23,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from heald.api.auth import COOKIE
+from heald.auth import COOKIE
 from heald.engine import Runtime
 from heald.ui.session import principal_from_token
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import statistics
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
@@ -17,16 +18,16 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, remedies
-from heald.api.auth import Principal
-from heald.api.limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
+from heald.auth import Principal
 from heald.correlate.silences import list_silences
 from heald.engine import Runtime, approval_tally
+from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.jsontext import clean
 from heald.learn import learned_rows
 from heald.models import IncidentState, Role, utcnow
 from heald.sources import WEBHOOK_SOURCES
 from heald.store import InvalidTransition, NotFound
-from heald.ui import TEMPLATES, live, session
+from heald.ui import live, session
 from heald.ui.charts import Point, trend_svg
 from heald.ui.session import LoginRequired
 
@@ -46,6 +47,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 
+TEMPLATES = Path(__file__).parent / "templates"
 templates = Jinja2Templates(directory=str(TEMPLATES))
 
 

@@ -1,7 +1,7 @@
 """The dashboard's sign-in: an API token in a session cookie, and CSRF protection.
 
 A browser signs in once with an API token (the login form); heald checks it and sets it in
-the ``heald_token`` cookie (:data:`heald.api.auth.COOKIE`): ``HttpOnly`` (scripts cannot read
+the ``heald_token`` cookie (:data:`heald.auth.COOKIE`): ``HttpOnly`` (scripts cannot read
 it), ``SameSite=Strict`` (a request started by another site does not carry it), ``Secure``
 when the request came over HTTPS. Each request looks the token up by its hash, so revoking
 the token (``heald tokens revoke``) signs the browser out at once.
@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 from fastapi import HTTPException, Request
 
-from heald.api.auth import COOKIE, Principal, lookup_token
+from heald.auth import COOKIE, Principal, lookup_token
 from heald.engine import Runtime
 from heald.models import Role
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from heald.diagnose.signatures import Classification, register
+from heald.diagnose.signatures.base import Classification, register
 
 _NAME = re.compile(r"\balertname[=:]\s*\"?(?P<name>[A-Za-z_][\w:.-]*)")
 

@@ -18,7 +18,7 @@ Crashes of other runtimes are ``unhandled_exception``: Go ``panic: runtime error
 
 from __future__ import annotations
 
-from heald.diagnose.signatures import Classification, Rule, register, rule_classifier, rx
+from heald.diagnose.signatures.base import Classification, Rule, register, rule_classifier, rx
 
 _RELEASE = rx(r"\b(?:deploy(?:ed|ing|ment)?|releas(?:ed|ing)|rolled out|rollout|rolling update|activated|"
               r"promoted)\b[^\n]{0,80}?(?:\bv?\d+\.\d+(?:\.\d+)?\b|release|version|image|revision|build)|"

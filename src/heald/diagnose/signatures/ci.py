@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 
-from heald.diagnose.signatures import Classification, Rule, register, rule_classifier, rx
+from heald.diagnose.signatures.base import Classification, Rule, register, rule_classifier, rx
 
 _PYTEST_SUMMARY = re.compile(r"={2,} (?P<body>(?:\d+ \w+(?:, )?)+)(?: in [\d.]+s(?: \([\d:]+\))?)? ={2,}")
 _COUNTS = re.compile(r"(?P<n>\d+) (?P<what>failed|passed|errors?|skipped|xfailed|xpassed|rerun|deselected|warnings?)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from heald.diagnose.signatures import Classification, register
+from heald.diagnose.signatures.base import Classification, register
 
 MIN_5XX = 3
 MIN_RATIO = 0.1

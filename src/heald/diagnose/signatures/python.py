@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from heald.diagnose.signatures import Classification, register
+from heald.diagnose.signatures.base import Classification, register
 
 _HEADER = re.compile(r"^(?P<prefix>.*?)Traceback \(most recent call last\):\s*$")
 _FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+)(?:, in (?P<func>.+))?')

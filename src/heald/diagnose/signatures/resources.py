@@ -23,7 +23,7 @@ Formats recognised (each a real message of the named program):
 
 from __future__ import annotations
 
-from heald.diagnose.signatures import Rule, register, rule_classifier, rx
+from heald.diagnose.signatures.base import Rule, register, rule_classifier, rx
 
 RULES = [
     # out of memory

@@ -14,7 +14,8 @@ Undo: close the pull request and delete the branch.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from abc import abstractmethod
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import Field, field_validator
 
@@ -31,7 +32,16 @@ from heald.ci.pull_request import (
     withdraw,
 )
 from heald.ci.repo import RepoCache
-from heald.remedies import Remedy, RemedyContext, RemedyError, RemedyParams, RemedyResult, register
+from heald.remedies.base import (
+    HealdSelf,
+    Remedy,
+    RemedyContext,
+    RemedyError,
+    RemedyParams,
+    RemedyResult,
+    Target,
+    register,
+)
 
 SHA = r"^[0-9a-fA-F]{7,64}$"
 
@@ -63,44 +73,59 @@ class AddDependencyParams(CiParams):
     scope: Literal["runtime", "test"] = Field(default="runtime", description="test: only the tests import it")
 
 
+CP = TypeVar("CP", bound="CiParams")
+
+
 class LintParams(CiParams):
     tools: str = Field(pattern=r"^[a-z0-9 ,]+$", description="comma-separated lint checks to autofix (ruff, black, …)")
 
 
-class _CiRemedy(Remedy):
+class _CiRemedy(Remedy[CP]):
+    """The shared apply/undo of the CI remedies over their parameter model ``CP``; a subclass
+    says what identifies its fix (:meth:`key`), the fix's parameters and the pull request's
+    title."""
+
     kind: ClassVar[str]
     has_undo = True
 
-    def target(self, params: CiParams) -> str:  # type: ignore[override]
-        return f"repo:{params.repo}"
+    def target(self, params: CP) -> Target:
+        return Target("repo", params.repo)
 
-    def key(self, params: Any) -> str:
-        raise NotImplementedError
+    def touches_heald(self, params: CP, heald: HealdSelf) -> str | None:
+        """Never: a CI remedy works in a fresh clone under ``ci.work_dir`` and acts on a
+        remote repository (a branch and a pull request), not on heald."""
+        return None
 
-    def fix_params(self, params: Any) -> dict[str, str]:
-        raise NotImplementedError
+    @abstractmethod
+    def key(self, params: CP) -> str:
+        """What identifies this fix within the repository (part of the failure signature)."""
 
-    def title(self, params: Any, fix: FixResult) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def fix_params(self, params: CP) -> dict[str, str]:
+        """The parameters :func:`heald.ci.fix.build_fix` takes for this kind of fix."""
 
-    def signature(self, params: CiParams) -> str:
+    @abstractmethod
+    def title(self, params: CP, fix: FixResult) -> str:
+        """The pull request's title."""
+
+    def signature(self, params: CP) -> str:
         return failure_signature(params.repo, self.kind, self.key(params))
 
-    def _job(self, params: CiParams, ctx: RemedyContext) -> CiJob:
+    def _job(self, params: CP, ctx: RemedyContext) -> CiJob:
         return CiJob.for_repo(ctx.config, params.repo, params.url, params.base, branch=params.branch,
                               test_command=params.test_command or None)
 
-    def snapshot(self, params: CiParams, ctx: RemedyContext) -> dict[str, Any] | None:  # type: ignore[override]
+    def snapshot(self, params: CP, ctx: RemedyContext) -> dict[str, Any] | None:
         found = find(ctx.store, params.repo, self.signature(params)) if ctx.store else None
         return {"signature": self.signature(params), "proposed_before": found.as_dict() if found else None}
 
-    def already_applied(self, params: CiParams, ctx: RemedyContext,  # type: ignore[override]
+    def already_applied(self, params: CP, ctx: RemedyContext,
                         snapshot: dict[str, Any] | None) -> bool:
         if ctx.store is None or (snapshot or {}).get("proposed_before"):
             return False
         return find(ctx.store, params.repo, self.signature(params)) is not None
 
-    def apply(self, params: CiParams, ctx: RemedyContext) -> RemedyResult:  # type: ignore[override]
+    def apply(self, params: CP, ctx: RemedyContext) -> RemedyResult:
         from heald.ci.incident import investigation_data, reproduction
 
         if ctx.store is None:
@@ -135,7 +160,7 @@ class _CiRemedy(Remedy):
                                                      if not b["ok"] and fix.after.get(n, {}).get("ok")],
                                           "test_command": params.test_command})
 
-    def undo(self, params: CiParams, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:  # type: ignore[override]
+    def undo(self, params: CP, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         if ctx.store is None or undo.get("existing"):
             return RemedyResult("nothing to undo: the proposal predates this incident")
         cache = RepoCache(ctx.config.ci_work_dir, params.repo, undo.get("repo_url") or params.url,
@@ -147,7 +172,7 @@ class _CiRemedy(Remedy):
 
 
 @register
-class RevertCommit(_CiRemedy):
+class RevertCommit(_CiRemedy[RevertParams]):
     """Revert the commit that broke the tests (found by bisection), validated in the sandbox,
     as a draft pull request."""
 
@@ -156,18 +181,18 @@ class RevertCommit(_CiRemedy):
     Params = RevertParams
     kind = "revert"
 
-    def key(self, params: RevertParams) -> str:  # type: ignore[override]
+    def key(self, params: RevertParams) -> str:
         return params.commit.lower()
 
-    def fix_params(self, params: RevertParams) -> dict[str, str]:  # type: ignore[override]
+    def fix_params(self, params: RevertParams) -> dict[str, str]:
         return {"commit": params.commit}
 
-    def title(self, params: RevertParams, fix: FixResult) -> str:  # type: ignore[override]
+    def title(self, params: RevertParams, fix: FixResult) -> str:
         return fix.message.splitlines()[0][:200]
 
 
 @register
-class AddDependency(_CiRemedy):
+class AddDependency(_CiRemedy[AddDependencyParams]):
     """Declare a distribution the tests import but the project does not declare, with a version
     that installs, validated in the sandbox, as a draft pull request."""
 
@@ -176,19 +201,19 @@ class AddDependency(_CiRemedy):
     Params = AddDependencyParams
     kind = "add_dependency"
 
-    def key(self, params: AddDependencyParams) -> str:  # type: ignore[override]
+    def key(self, params: AddDependencyParams) -> str:
         return params.module
 
-    def fix_params(self, params: AddDependencyParams) -> dict[str, str]:  # type: ignore[override]
+    def fix_params(self, params: AddDependencyParams) -> dict[str, str]:
         return {"module": params.module, "distribution": params.distribution, "version": params.version,
                 "scope": params.scope}
 
-    def title(self, params: AddDependencyParams, fix: FixResult) -> str:  # type: ignore[override]
+    def title(self, params: AddDependencyParams, fix: FixResult) -> str:
         return f"Declare the missing dependency {params.distribution}>={params.version}"
 
 
 @register
-class LintAutofix(_CiRemedy):
+class LintAutofix(_CiRemedy[LintParams]):
     """Run the project's own lint/format autofixers (ruff, black, isort) on the failing commit,
     validated in the sandbox, as a draft pull request."""
 
@@ -197,11 +222,11 @@ class LintAutofix(_CiRemedy):
     Params = LintParams
     kind = "lint"
 
-    def key(self, params: LintParams) -> str:  # type: ignore[override]
+    def key(self, params: LintParams) -> str:
         return f"{params.base.lower()}:{params.tools}"
 
-    def fix_params(self, params: LintParams) -> dict[str, str]:  # type: ignore[override]
+    def fix_params(self, params: LintParams) -> dict[str, str]:
         return {"tools": params.tools}
 
-    def title(self, params: LintParams, fix: FixResult) -> str:  # type: ignore[override]
+    def title(self, params: LintParams, fix: FixResult) -> str:
         return f"Fix lint ({params.tools.replace(',', ', ')})"

@@ -43,7 +43,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fastapi import HTTPException, Request
 
@@ -52,6 +52,7 @@ from heald.store import Store
 
 if TYPE_CHECKING:
     from heald.engine import Runtime
+    from heald.sources import WebhookSource
 
 TOKEN_PREFIX = "heald_"
 COOKIE = "heald_token"
@@ -187,10 +188,10 @@ def require(role: Role | str) -> Callable[[Request], Principal]:
     return dependency
 
 
-def webhook_principal(request: Request, source: str, plugin: Any, body: bytes) -> Principal:
+def webhook_principal(request: Request, source: str, plugin: WebhookSource, body: bytes) -> Principal:
     """Authenticate a request to ``POST /v1/webhooks/<source>`` (see the module docstring).
 
-    With a secret configured for ``source``: a signing plugin (one with ``verify``) must
+    With a secret configured for ``source``: a signing plugin (:attr:`WebhookSource.signed`) must
     verify the signature, any other source must present the secret; a request that does not
     may still come in with an API token of role operator. Without a secret: an operator token
     (or auth off). Raises HTTPException 401/403.
@@ -199,9 +200,8 @@ def webhook_principal(request: Request, source: str, plugin: Any, body: bytes) -
     cfg = rt.config.webhooks.get(source)
     secret = cfg.resolved_secret if cfg is not None else None
     if secret:
-        verify = getattr(plugin, "verify", None)
-        if verify is not None:
-            if verify(request.headers, body, secret):
+        if plugin.signed:
+            if plugin.verify(request.headers, body, secret):
                 return Principal(f"source:{source}", Role.operator, "signature")
             problem = f"webhook source {source}: the request's signature is missing or does not match its secret"
         else:

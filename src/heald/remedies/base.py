@@ -1,0 +1,195 @@
+"""The remedy contract: :class:`Remedy` over its parameter model, its :class:`Target`, the
+context it acts in, and the catalog it registers with (:func:`register`).
+
+Built-in remedies live beside this module; plugins (the CI remedies, :mod:`heald.ci.remedies`)
+register from their own package. See :mod:`heald.remedies` for the guards every remedy keeps.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from heald.models import Risk
+
+if TYPE_CHECKING:
+    from heald.config import HealdConfig
+    from heald.models import Incident
+    from heald.store import Store
+    from heald.supervise import Supervisor
+
+
+class RemedyError(RuntimeError):
+    """Applying a remedy failed; the message says what happened."""
+
+
+class RemedyParamsError(ValueError):
+    """A remedy's parameters are invalid; the message names the remedy, the field and what was
+    expected."""
+
+
+class RemedyParams(BaseModel):
+    """Base of every remedy's parameter model: unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+P = TypeVar("P", bound=RemedyParams)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a remedy acts on: ``kind`` (``service``, ``url``, ``path``, ``command``,
+    ``config``, ``release``, ``repo``…) and ``name`` within it. ``str(target)`` is the
+    ``kind:name`` key that per-target cooldowns, rate limits, leases and circuit breakers are
+    counted under (stored as ``actions.target``)."""
+
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass
+class RemedyContext:
+    """What a remedy may use: configuration, the supervisor of managed services, the incident,
+    heald's store (to read the incident's evidence and record what it proposes)."""
+
+    config: HealdConfig
+    supervisor: Supervisor
+    incident: Incident | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    store: Store | None = None
+
+
+@dataclass
+class RemedyResult:
+    """What applying did (human-readable ``output``) and, if it can be undone, the data the
+    undo needs."""
+
+    output: str
+    undo: dict[str, Any] | None = None
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether paths ``a`` and ``b`` (resolved) are the same or one contains the other."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+@dataclass
+class HealdSelf:
+    """What heald itself is, for :meth:`Remedy.touches_heald` (DESIGN.md invariant 7): its
+    configuration (API address, state directory, database, config file, managed services) and
+    the supervisor of the services it launched (None: none known)."""
+
+    config: HealdConfig
+    supervisor: Supervisor | None = None
+
+    def paths(self) -> list[Path]:
+        """heald's own state: the state directory, the SQLite database file, the config file."""
+        paths = [self.config.state_dir]
+        if self.config.database.startswith("sqlite"):
+            db = sa.make_url(self.config.database).database
+            if db:
+                paths.append(Path(db))
+        if self.config.source_file is not None:
+            paths.append(self.config.source_file)
+        return paths
+
+    def owns_path(self, path: Path) -> bool:
+        """Whether ``path`` overlaps heald's own state (:meth:`paths`)."""
+        return any(overlaps(path, own) for own in self.paths())
+
+    def describe_paths(self) -> str:
+        """heald's own state as text, for a refusal."""
+        return ", ".join(str(p) for p in self.paths())
+
+    def is_own_address(self, host: str | None, port: int | None) -> bool:
+        """Whether ``host``:``port`` reaches heald's own API (its port on its address, on
+        localhost or a loopback address, or any address when it listens on all of them)."""
+        api = self.config.api
+        if port != api.port or host is None:
+            return False
+        if host in ("localhost", api.host) or api.host in ("0.0.0.0", "::"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+class Remedy(ABC, Generic[P]):
+    """One action type of the catalog, over its parameter model ``P`` (``Params``).
+
+    Every remedy says what it acts on (:meth:`target`) and whether that is heald itself
+    (:meth:`touches_heald`, abstract: each remedy must answer for its own kind of target)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Params: type[P]
+    default_risk: ClassVar[Risk] = Risk.low
+    has_undo: ClassVar[bool] = False
+
+    def target(self, params: P) -> Target:
+        """What the remedy acts on (for per-target limits and cooldowns)."""
+        return Target("remedy", self.name)
+
+    @abstractmethod
+    def touches_heald(self, params: P, heald: HealdSelf) -> str | None:
+        """Why applying with ``params`` would act on heald itself (a refusal, starting
+        "refused: "), or None when it does not."""
+
+    def snapshot(self, params: P, ctx: RemedyContext) -> dict[str, Any] | None:
+        """The target's state before applying (stored with the action)."""
+        return None
+
+    def already_applied(self, params: P, ctx: RemedyContext, snapshot: dict[str, Any] | None) -> bool:
+        """After a crash while applying: did the effect already happen? Default False, which is
+        right only for remedies that are safe to repeat."""
+        return False
+
+    @abstractmethod
+    def apply(self, params: P, ctx: RemedyContext) -> RemedyResult:
+        """Apply the remedy. Raises RemedyError when it fails."""
+
+    def undo(self, params: P, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
+        """Undo an earlier apply; only called when ``has_undo``. Raises RemedyError."""
+        raise RemedyError(f"remedy {self.name} has no undo")
+
+
+#: Every remedy by name. Callers hold remedies of different parameter models, hence ``Any``.
+CATALOG: dict[str, Remedy[Any]] = {}
+
+R = TypeVar("R", bound="type[Remedy[Any]]")
+
+
+def register(cls: R) -> R:
+    """Class decorator: add a remedy to the catalog under ``cls.name``."""
+    CATALOG[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Remedy[Any]:
+    """Raises RemedyParamsError for a name outside the catalog."""
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise RemedyParamsError(f"unknown remedy {name!r}; the catalog has: {', '.join(sorted(CATALOG))}") from None
+
+
+def validate_params(name: str, params: dict[str, Any]) -> RemedyParams:
+    """Validate ``params`` for remedy ``name``. Raises RemedyParamsError naming the field."""
+    remedy = get(name)
+    try:
+        return remedy.Params.model_validate(params)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in err.errors())
+        raise RemedyParamsError(f"remedy {name}: invalid parameters: {problems}") from err
