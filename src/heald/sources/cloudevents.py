@@ -31,7 +31,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from heald.models import Severity, Signal, SignalStatus
 from heald.sources.alertmanager import SEVERITIES
-from heald.sources.base import SourceError, WebhookSource, load_json, make_signal, register_source
+from heald.sources.base import SourceError, SourceIgnored, WebhookSource, load_json, make_signal, register_source
 
 REQUIRED = ("specversion", "id", "source", "type")
 _NAME = re.compile(r"^[a-z0-9]{1,64}$")
