@@ -224,6 +224,18 @@ class ServiceConfig(_Section):
     cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
     stop_timeout_seconds: Seconds = Field(default=5.0,
                                           description="how long a managed process gets to exit after SIGTERM before SIGKILL")
+    start_period_seconds: Seconds = Field(default=3.0,
+                                          description="a restarted process that exits within this many seconds is a failed restart (its last output lines are the evidence)")
+    restart_backoff_max_seconds: Seconds = Field(default=300.0,
+                                                 description="cap of the exponential wait (start_period_seconds doubled per crash in a row) before heald restarts a service that keeps exiting during its start period")
+
+    @model_validator(mode="after")
+    def _process_probe_needs_command(self) -> ServiceConfig:
+        for i, probe in enumerate(self.probes):
+            if probe.type == "process" and not self.command:
+                raise ValueError(f"probes.{i}.type: a process probe needs the service's 'command' (heald can only "
+                                 "watch a process it started); add 'command' or use an http/tcp probe")
+        return self
 
 
 DEFAULT_ERROR_PATTERN = (r"(?i)\b(?:error|err|critical|crit|fatal|panic|emerg|alert|exception|failed|failure)\b|"
