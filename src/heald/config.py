@@ -891,7 +891,10 @@ class HealdConfig(_Section):
     executor_id: str = Field(default="local",
                              description="this worker's id, unique per heald process sharing a database")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
-                                                                    description="level of heald's own logs (JSON lines on stderr)")
+                                                                    description="level of heald's own logs (on stderr)")
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="format of all of heald's own log lines on stderr, uvicorn's and DBOS's included: "
+                                    "'json' (one JSON object a line) or 'console' (key=value text)")
     api: ApiConfig = Field(default_factory=ApiConfig, description="the HTTP API and dashboard (see api)")
     webhooks: dict[str, WebhookConfig] = Field(default_factory=dict, description="per-source webhook secrets")
     services: dict[str, ServiceConfig] = Field(default_factory=dict,
@@ -1050,6 +1053,7 @@ ENV_OVERRIDES = {
     "HEALD_ENVIRONMENT": "environment",
     "HEALD_EXECUTOR_ID": "executor_id",
     "HEALD_LOG_LEVEL": "log_level",
+    "HEALD_LOG_FORMAT": "log_format",
 }
 
 
