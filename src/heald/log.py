@@ -36,6 +36,7 @@ def configure(level: str = "info", json_logs: bool = True) -> None:
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
+        lib.disabled = False  # a logging.config call with disable_existing_loggers may have turned it off
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

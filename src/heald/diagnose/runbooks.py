@@ -188,14 +188,15 @@ class Runbook(_Strict):
             for text in _strings(value):
                 tmpl = string.Template(text)
                 if not tmpl.is_valid():
-                    problems.append((loc, f"runbook {self.name!r}: invalid placeholder in {text!r} (write $$ for a "
-                                          "literal $, ${name} for a variable)"))
+                    why = f"runbook {self.name!r}: invalid placeholder in {text!r} (write $$ for a literal $, ${{name}} for a variable)"
+                    problems.append((loc, why))
                     continue
                 for var in tmpl.get_identifiers():
                     if var not in known:
-                        problems.append((loc, f"runbook {self.name!r}: unknown variable ${{{var}}}; known: "
-                                              f"{', '.join(sorted(known))} (declare it under 'variables:' with the "
-                                              "text shown when a signal lacks it, or require it in 'match')"))
+                        why = (f"runbook {self.name!r}: unknown variable ${{{var}}}; known: {', '.join(sorted(known))} "
+                               "(declare it under 'variables:' with the text shown when a signal lacks it, "
+                               "or require it in 'match')")
+                        problems.append((loc, why))
         return problems
 
     def applies_to(self, signal: Signal, category: str | None = None) -> bool:
