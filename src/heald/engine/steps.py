@@ -378,7 +378,9 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
     effect is already there. Returns Closed (and frees the leases) when the incident ended or
     every signal resolved before heald acted. A remedy that raises is a failed action."""
     inc = deps.store.get_incident(incident_id)
-    closed = Closed(inc.state.value) if inc.state.terminal else \
+    # an incident already ``acting`` resumes an action begun before a crash: heald did act (the
+    # guard below tells whether it took), so it cannot have been "resolved before heald acted"
+    closed = Closed(inc.state.value) if inc.state.terminal else None if inc.state == IncidentState.acting else \
         close_if_resolved_by_source(deps, inc, deps.store.signals_for(incident_id))
     if closed is not None:
         from heald.budgets import release_lease
