@@ -30,13 +30,14 @@ def configure(level: str = "info", json_logs: bool = True) -> None:
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                     structlog.processors.format_exc_info, renderer]))
     logging.basicConfig(level=lvl, handlers=[handler], force=True)
-    for noisy in ("dbos", "httpx", "alembic", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):  # through the root handler, not their own
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
         lib.disabled = False  # a logging.config call with disable_existing_loggers may have turned it off
+        lib.setLevel(logging.NOTSET)  # an earlier uvicorn.Config(log_level=...) may have set one
+    for noisy in ("dbos", "httpx", "alembic", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(lvl, logging.WARNING))
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),

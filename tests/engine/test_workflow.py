@@ -104,7 +104,7 @@ def test_attempt_budget_then_escalation_with_cooldown(tmp_path: Path, start_runt
         healing={"max_attempts": 3, "retry_delay_seconds": 0.5, "verify_timeout_seconds": 0.4})
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
-    done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="escalation")
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=60, what="escalation")
     assert done.state == IncidentState.escalated
     assert "attempt budget spent" in done.closed_reason and "3 of 3" in done.closed_reason
     actions = rt.store.actions_for(inc_id)
