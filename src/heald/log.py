@@ -11,20 +11,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
 from structlog.typing import Processor
 
 
-def configure(level: str = "info", json_logs: bool = True) -> None:
-    """Configure structlog and the standard logging module (DBOS, uvicorn) to write to stderr,
-    both through one renderer (JSON lines when ``json_logs``, else console text)."""
+def configure(level: str = "info", json_logs: bool = True, stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard logging module (DBOS, uvicorn) to write to
+    ``stream`` (default: stderr), both through one renderer (JSON lines when ``json_logs``, else
+    console text)."""
+    out = stream if stream is not None else sys.stderr
     lvl = getattr(logging, level.upper(), logging.INFO)
     renderer: Processor = structlog.processors.JSONRenderer() if json_logs else \
         structlog.dev.ConsoleRenderer(colors=False)
     shared: list[Processor] = [structlog.processors.add_log_level,
                                structlog.processors.TimeStamper(fmt="iso", utc=True)]
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -41,6 +44,6 @@ def configure(level: str = "info", json_logs: bool = True) -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )

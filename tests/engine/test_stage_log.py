@@ -38,9 +38,10 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return out
 
 
-def test_every_stage_logs_one_json_line_and_uvicorn_too(tmp_path: Path, start_runtime, capsys,
-                                                         restore_logging) -> None:
-    configure("info", json_logs=True)
+def test_every_stage_logs_one_json_line_and_uvicorn_too(tmp_path: Path, start_runtime, restore_logging) -> None:
+    # a file, not capsys: DBOS's own handler binds the sys.stderr of its first start
+    log_file = (tmp_path / "heald.log").open("w")
+    configure("info", json_logs=True, stream=log_file)
     rt = start_runtime(sleeper_config(tmp_path, risk="medium"), run_probes=False)
     _, server = make_server(rt, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -59,7 +60,8 @@ def test_every_stage_logs_one_json_line_and_uvicorn_too(tmp_path: Path, start_ru
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-    lines = json_lines(capsys.readouterr().err)
+    log_file.flush()
+    lines = json_lines((tmp_path / "heald.log").read_text())
     mine = [x["event"] for x in lines if x.get("incident_id") == inc_id and x["event"].startswith("incident.")]
     for stage in ("diagnosed", "planned", "decided", "awaiting_approval", "acted", "verified", "resolved"):
         assert mine.count(f"incident.{stage}") == 1, (stage, mine)
@@ -72,11 +74,12 @@ def test_every_stage_logs_one_json_line_and_uvicorn_too(tmp_path: Path, start_ru
     assert all(x["level"] and x["timestamp"] for x in uvicorn)
 
 
-def test_console_format_applies_to_uvicorn_lines(capsys, restore_logging) -> None:
-    configure("info", json_logs=False)
-    logging.getLogger("uvicorn.error").info("Uvicorn running on %s", "http://127.0.0.1:1")
-    structlog.get_logger("heald.engine").info("incident.decided", incident_id=7)
-    err = capsys.readouterr().err.splitlines()
+def test_console_format_applies_to_uvicorn_lines(tmp_path: Path, restore_logging) -> None:
+    with (tmp_path / "heald.log").open("w") as f:
+        configure("info", json_logs=False, stream=f)
+        logging.getLogger("uvicorn.error").info("Uvicorn running on %s", "http://127.0.0.1:1")
+        structlog.get_logger("heald.engine").info("incident.decided", incident_id=7)
+    err = (tmp_path / "heald.log").read_text().splitlines()
     assert any("Uvicorn running on http://127.0.0.1:1" in x and "[uvicorn.error]" in x and "[info" in x for x in err)
     assert any("incident.decided" in x and "incident_id=7" in x for x in err)
     assert not any(x.lstrip().startswith("{") for x in err)
