@@ -82,3 +82,12 @@ def test_bad_environment_value_names_the_variable(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("HEALD_LOG_LEVEL", "loud")
     with pytest.raises(ConfigError, match=r"\$HEALD_LOG_LEVEL: log_level"):
         load_config(write(tmp_path, ""))
+
+
+def test_process_probe_without_command_is_refused(tmp_path: Path) -> None:
+    p = write(tmp_path, "services:\n  redis:\n    probes: [{type: process}]\n")
+    with pytest.raises(ConfigError, match=r"services\.redis: .*probes\.0\.type: a process probe needs the service's "
+                                          r"'command'"):
+        load_config(p)
+    p = write(tmp_path, "services:\n  redis:\n    command: [redis-server]\n    probes: [{type: process}]\n")
+    assert load_config(p).services["redis"].probes[0].type == "process"

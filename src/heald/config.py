@@ -224,6 +224,18 @@ class ServiceConfig(_Section):
     cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
     stop_timeout_seconds: Seconds = Field(default=5.0,
                                           description="how long a managed process gets to exit after SIGTERM before SIGKILL")
+    start_period_seconds: Seconds = Field(default=3.0,
+                                          description="a restarted process that exits within this many seconds is a failed restart (its last output lines are the evidence)")
+    restart_backoff_max_seconds: Seconds = Field(default=300.0,
+                                                 description="cap of the exponential wait (start_period_seconds doubled per crash in a row) before heald restarts a service that keeps exiting during its start period")
+
+    @model_validator(mode="after")
+    def _process_probe_needs_command(self) -> ServiceConfig:
+        for i, probe in enumerate(self.probes):
+            if probe.type == "process" and not self.command:
+                raise ValueError(f"probes.{i}.type: a process probe needs the service's 'command' (heald can only "
+                                 "watch a process it started); add 'command' or use an http/tcp probe")
+        return self
 
 
 DEFAULT_ERROR_PATTERN = (r"(?i)\b(?:error|err|critical|crit|fatal|panic|emerg|alert|exception|failed|failure)\b|"
@@ -879,7 +891,10 @@ class HealdConfig(_Section):
     executor_id: str = Field(default="local",
                              description="this worker's id, unique per heald process sharing a database")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
-                                                                    description="level of heald's own logs (JSON lines on stderr)")
+                                                                    description="level of heald's own logs (on stderr)")
+    log_format: Literal["json", "console"] = Field(
+        default="json", description="format of all of heald's own log lines on stderr, uvicorn's and DBOS's included: "
+                                    "'json' (one JSON object a line) or 'console' (key=value text)")
     api: ApiConfig = Field(default_factory=ApiConfig, description="the HTTP API and dashboard (see api)")
     webhooks: dict[str, WebhookConfig] = Field(default_factory=dict, description="per-source webhook secrets")
     services: dict[str, ServiceConfig] = Field(default_factory=dict,
@@ -1038,6 +1053,7 @@ ENV_OVERRIDES = {
     "HEALD_ENVIRONMENT": "environment",
     "HEALD_EXECUTOR_ID": "executor_id",
     "HEALD_LOG_LEVEL": "log_level",
+    "HEALD_LOG_FORMAT": "log_format",
 }
 
 

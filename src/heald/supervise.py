@@ -49,6 +49,19 @@ class ProcessIdentity:
         return {"pid": self.pid, "start_ticks": self.start_ticks}
 
 
+class StartFailed(RuntimeError):
+    """A (re)started service exited within its start period; the message holds how it ended
+    and the last lines of its output (from ``<state_dir>/services/<name>.log``)."""
+
+
+class BackingOff(RuntimeError):
+    """A service that kept exiting during its start period may not be restarted yet."""
+
+
+TAIL_LINES = 20
+_TAIL_BYTES = 16384
+
+
 class ManagedProcess:
     """One managed service. Thread-safe: start/stop/restart hold a lock."""
 
@@ -66,6 +79,9 @@ class ManagedProcess:
         self._identity: ProcessIdentity | None = None
         self.started_at: datetime | None = None
         self.starts = 0
+        self.quick_exits = 0  # restarts in a row that exited within the start period
+        self._next_start_at = 0.0  # time.monotonic() before which restart_checked backs off
+        self._log_offset = 0  # size of the log file when the current instance started
 
     # -- identity --------------------------------------------------------------------------
     def identity(self) -> ProcessIdentity | None:
@@ -121,6 +137,10 @@ class ManagedProcess:
             if ident is not None:
                 return ident
             env = {**os.environ, **self.cfg.env}
+            try:
+                self._log_offset = self.log_file.stat().st_size
+            except OSError:
+                self._log_offset = 0
             with open(self.log_file, "ab") as log:
                 proc = subprocess.Popen(self.cfg.command, cwd=self.cfg.cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -167,6 +187,50 @@ class ManagedProcess:
         with self._lock:
             self.stop()
             return self.start()
+
+    def output_tail(self, lines: int = TAIL_LINES) -> list[str]:
+        """The last ``lines`` lines the current (or last) instance wrote to its log file
+        (stdout and stderr together; at most the last 16 KiB, decoded as UTF-8 with
+        replacement)."""
+        try:
+            with open(self.log_file, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(self._log_offset, size - _TAIL_BYTES)
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            return []
+        return data.decode("utf-8", "replace").splitlines()[-lines:]
+
+    def restart_checked(self) -> ProcessIdentity:
+        """Restart, then watch the new instance for ``start_period_seconds``.
+
+        Raises BackingOff (without touching the process) while the wait after earlier quick
+        exits lasts: ``start_period_seconds * 2**(n-1)`` seconds after the n-th exit in a row,
+        capped at ``restart_backoff_max_seconds``. Raises StartFailed when the new instance
+        exits within its start period, with its exit status and last output lines.
+        """
+        with self._lock:
+            wait = self._next_start_at - time.monotonic()
+            if wait > 0:
+                raise BackingOff(f"{self.name} exited during its start period {self.quick_exits} time(s) in a row; "
+                                 f"not restarting it for another {wait:.1f}s (exponential backoff)")
+            ident = self.restart()
+            deadline = time.monotonic() + self.cfg.start_period_seconds
+            while time.monotonic() < deadline and self.is_running():
+                time.sleep(0.02)
+            if self.is_running():
+                self.quick_exits, self._next_start_at = 0, 0.0
+                return ident
+            self.quick_exits += 1
+            backoff = min(self.cfg.start_period_seconds * 2 ** (self.quick_exits - 1),
+                          self.cfg.restart_backoff_max_seconds)
+            self._next_start_at = time.monotonic() + backoff
+            tail = self.output_tail()
+            shown = "\n".join(tail) if tail else "(no output)"
+            raise StartFailed(f"{self.name} {self.exit_description()} within its start period "
+                              f"({self.cfg.start_period_seconds:g}s) after the restart; next restart allowed in "
+                              f"{backoff:g}s; last output lines:\n{shown}")
 
     def _reap(self) -> None:
         if self._proc is not None:

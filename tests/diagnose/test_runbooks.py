@@ -10,6 +10,7 @@ from heald.diagnose import RunbookReasoner, diagnose
 from heald.diagnose.runbooks import load_runbooks
 from heald.models import Incident, IncidentState, Signal, utcnow
 from heald.yamlfile import YamlFileError
+from tests.conftest import run_heald
 
 
 def incident() -> Incident:
@@ -134,3 +135,51 @@ def test_runbooks_check_cli(tmp_path: Path) -> None:
     # without a path: what heald serve would load (the shipped library here)
     r = run_heald("runbooks", "check", "--json", cwd=tmp_path)
     assert r.returncode == 0 and "process-down" in r.stdout
+
+
+def test_unknown_template_variable_fails_loading_naming_runbook_field_and_variable(tmp_path: Path) -> None:
+    p = tmp_path / "vars.yaml"
+    p.write_text(
+        "runbooks:\n"
+        "  - name: mem\n"
+        "    match: {labels: ['alertname=\"MemoryHigh\"']}\n"
+        "    diagnosis: {category: out_of_memory, confidence: 0.9, explanation: '${service} uses ${rss_bytes}'}\n"
+        "    remedies:\n"
+        "      - {remedy: restart_process, params: {service: '${servcie}'}}\n"
+    )
+    with pytest.raises(YamlFileError) as e:
+        load_runbooks([p], include_defaults=False)
+    msg = str(e.value)
+    assert f"{p}:4: runbooks.0.diagnosis.explanation: runbook 'mem': unknown variable ${{rss_bytes}}" in msg
+    assert f"{p}:6: runbooks.0.remedies.0.params: runbook 'mem': unknown variable ${{servcie}}" in msg
+    assert "${service}" not in msg.split("known:")[0]  # service is a pseudo-label: known
+    r = run_heald("runbooks", "check", str(p), cwd=tmp_path)
+    assert r.returncode == 1 and "unknown variable ${rss_bytes}" in r.stderr
+    # declared (with its fallback text) or required by a matcher: accepted
+    p.write_text(
+        "runbooks:\n"
+        "  - name: mem\n"
+        "    variables: {rss_bytes: 'an unknown amount'}\n"
+        "    match: {labels: ['alertname=\"MemoryHigh\"', 'pod!=\"\"']}\n"
+        "    diagnosis: {category: out_of_memory, confidence: 0.9, explanation: '${service}/${pod} uses ${rss_bytes}'}\n"
+    )
+    (rb,) = load_runbooks([p], include_defaults=False)
+    sig = Signal(source="alertmanager", kind="alert", service="shop", labels={"alertname": "MemoryHigh", "pod": "p1"})
+    f = diagnose(incident(), [sig], [RunbookReasoner([rb])])
+    assert f.diagnosis.explanation == "shop/p1 uses an unknown amount"
+
+
+def test_every_shipped_runbook_explanation_is_filled(tmp_path: Path) -> None:
+    """The memory runbook once read "${service}'s resident memory is over its limit (${detail})"
+    for an Alertmanager alert: ``detail`` is now always filled (description, summary or kind)."""
+    rbs = load_runbooks([])
+    sig = Signal(source="alertmanager", kind="alert", service="shop", summary="shop RSS 2.1 GiB > 2 GiB",
+                 labels={"alertname": "ContainerMemoryLimitReached", "service": "shop"})
+    f = diagnose(incident(), [sig], [RunbookReasoner(rbs)])
+    assert f.runbook.name == "memory-over-limit"
+    assert f.diagnosis.explanation == "shop's resident memory is over its limit (shop RSS 2.1 GiB > 2 GiB): a leak; a restart frees it."
+    for rb in rbs:
+        for ex in rb.examples:
+            if rb.diagnosis is not None:
+                found = diagnose(incident(), [ex.signal], [RunbookReasoner([rb])])
+                assert "${" not in found.diagnosis.explanation, (rb.name, found.diagnosis.explanation)

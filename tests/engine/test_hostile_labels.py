@@ -59,7 +59,7 @@ def test_a_label_with_dot_segments_does_not_reach_outside_the_allowlist(tmp_path
     rb.write_text(textwrap.dedent(f"""
         runbooks:
           - name: flag-broken
-            match: {{labels: ['alertname="FeatureFlagBroken"']}}
+            match: {{labels: ['alertname="FeatureFlagBroken"', 'flag!=""']}}
             diagnosis: {{category: feature_flag_broken, confidence: 0.95}}
             remedies:
               - remedy: http_request
@@ -86,7 +86,7 @@ def test_a_plain_label_still_heals(tmp_path: Path, start_runtime, admin: AdminAp
     rb.write_text(textwrap.dedent(f"""
         runbooks:
           - name: flag-broken
-            match: {{labels: ['alertname="FeatureFlagBroken"']}}
+            match: {{labels: ['alertname="FeatureFlagBroken"', 'flag!=""']}}
             diagnosis: {{category: feature_flag_broken, confidence: 0.95}}
             remedies:
               - remedy: http_request

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,7 @@ def test_attempt_budget_then_escalation_with_cooldown(tmp_path: Path, start_runt
         healing={"max_attempts": 3, "retry_delay_seconds": 0.5, "verify_timeout_seconds": 0.4})
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
-    done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="escalation")
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=60, what="escalation")
     assert done.state == IncidentState.escalated
     assert "attempt budget spent" in done.closed_reason and "3 of 3" in done.closed_reason
     actions = rt.store.actions_for(inc_id)
@@ -235,3 +236,28 @@ def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_r
     assert done.state == IncidentState.resolved, done.closed_reason
     assert [a.remedy for a in rt2.store.actions_for(inc_id)] == ["restart_process"]
     assert recorded(inc_id, "plan_step") == [] and "candidates" in recorded(inc_id, "diagnose_step")[0]
+
+
+def test_a_restart_that_does_not_take_fails_at_once_with_the_service_output(tmp_path: Path, start_runtime) -> None:
+    """Issue 12 item 5: the service exits right after its restart. The action fails with the
+    service's last output lines, and the healing does not sit out the verification timeout."""
+    marker = tmp_path / "broken"
+    code = ("import os, sys, time\n"
+            f"if os.path.exists({str(marker)!r}):\n"
+            "    sys.exit('FATAL: config error in /etc/svc.conf line 3')\n"
+            "time.sleep(600)\n")
+    cfg = make_config(tmp_path, services={"svc": {"command": [PY, "-c", code], "start_period_seconds": 5}},
+                      runbooks=[str(runbook(tmp_path))], healing={"verify_timeout_seconds": 60.0})
+    rt = start_runtime(cfg, run_probes=False)
+    marker.touch()
+    t0 = time.monotonic()
+    inc_id = rt.ingest(alert()).incident_id
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=40, what="the incident to end")
+    assert time.monotonic() - t0 < 40  # far below the 60 s verification timeout
+    assert done.state != IncidentState.resolved
+    actions = rt.store.actions_for(inc_id)
+    assert actions and actions[0].status == ActionStatus.failed
+    assert "FATAL: config error in /etc/svc.conf line 3" in actions[0].output
+    assert "exited with code 1 within its start period" in actions[0].output
+    events = [e.event for e in rt.store.audit_entries(incident_id=inc_id)]
+    assert "action.failed" in events and "action.succeeded" not in events

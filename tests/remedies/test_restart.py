@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
+import time
 
 import pytest
 
 from heald import remedies
 from heald.remedies import RemedyContext, RemedyError, RemedyParamsError
-from heald.supervise import Supervisor
+from heald.supervise import StartFailed, Supervisor
 from tests.conftest import make_config, wait_for
 
 
@@ -64,3 +66,70 @@ def test_a_new_supervisor_adopts_the_running_process(ctx, tmp_path) -> None:
     other = Supervisor(ctx.config)
     assert other.start_all() == {"svc": "adopted"}
     assert other.get("svc").identity() == ident
+
+
+def _crashing_ctx(tmp_path, start_period: float, cap: float = 300.0):  # type: ignore[no-untyped-def]
+    """A service that runs until ``crash`` exists, then writes its error and exits 3 at once."""
+    marker = tmp_path / "crash"
+    code = ("import os, sys, time\n"
+            f"if os.path.exists({str(marker)!r}):\n"
+            "    print('starting up', flush=True)\n"
+            "    print('FATAL: cannot bind 127.0.0.1:6379: Address already in use', file=sys.stderr, flush=True)\n"
+            "    sys.exit(3)\n"
+            "time.sleep(600)\n")
+    cfg = make_config(tmp_path, services={"svc": {"command": [sys.executable, "-c", code],
+                                                  "start_period_seconds": start_period,
+                                                  "restart_backoff_max_seconds": cap}})
+    sup = Supervisor(cfg)
+    sup.start_all()
+    return RemedyContext(config=cfg, supervisor=sup), marker
+
+
+def test_a_restart_that_exits_at_once_fails_with_its_last_output(tmp_path) -> None:
+    ctx, marker = _crashing_ctx(tmp_path, start_period=20.0)
+    try:
+        marker.touch()
+        params = remedies.validate_params("restart_process", {"service": "svc"})
+        t0 = time.monotonic()
+        with pytest.raises(RemedyError) as err:
+            remedies.get("restart_process").apply(params, ctx)
+        elapsed = time.monotonic() - t0
+        msg = str(err.value)
+        assert "did not take" in msg and "exited with code 3 within its start period" in msg
+        assert "FATAL: cannot bind 127.0.0.1:6379: Address already in use" in msg and "starting up" in msg
+        assert elapsed < 10, f"the failure waited {elapsed:.1f}s instead of reporting the exit"
+        # a second attempt right away backs off instead of restarting
+        starts = ctx.supervisor.get("svc").starts
+        with pytest.raises(RemedyError, match=r"exponential backoff"):
+            remedies.get("restart_process").apply(params, ctx)
+        assert ctx.supervisor.get("svc").starts == starts
+    finally:
+        ctx.supervisor.stop_all()
+
+
+def test_repeated_quick_exits_back_off_exponentially_up_to_the_cap(tmp_path) -> None:
+    ctx, marker = _crashing_ctx(tmp_path, start_period=0.2, cap=0.5)
+    try:
+        marker.touch()
+        proc = ctx.supervisor.get("svc")
+        waits = []
+        for _ in range(3):
+            wait_for(lambda: not _backing_off(proc), timeout=5, what="end of backoff")
+            with pytest.raises(StartFailed) as err:
+                proc.restart_checked()
+            waits.append(float(re.search(r"next restart allowed in ([\d.]+)s", str(err.value)).group(1)))
+        assert waits == [0.2, 0.4, 0.5]
+        marker.unlink()
+        wait_for(lambda: not _backing_off(proc), timeout=5, what="end of backoff")
+        proc.restart_checked()
+        assert proc.is_running() and proc.quick_exits == 0
+    finally:
+        ctx.supervisor.stop_all()
+
+
+def _backing_off(proc) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        with proc._lock:
+            return proc._next_start_at > time.monotonic()
+    except AttributeError:
+        return False

@@ -119,7 +119,7 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
     from heald.log import configure
 
     cfg = config()
-    configure(cfg.log_level)
+    configure(cfg.log_level, json_logs=cfg.log_format == "json")
     from heald.store.checkpoints import CheckpointError
 
     rt = Runtime(cfg)

@@ -29,7 +29,7 @@ def mcp_command(
         fail(f"--transport: expected stdio or http, got {transport!r}")
     chosen = transport  # type: ignore[assignment]
     cfg = config()
-    configure(cfg.log_level)
+    configure(cfg.log_level, json_logs=cfg.log_format == "json")
     store = open_store(cfg)
     if chosen == "stdio":
         try:

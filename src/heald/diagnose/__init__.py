@@ -77,8 +77,11 @@ class Finding:
 
 def signal_context(signal: Signal) -> dict[str, str]:
     """Values ``${name}`` may refer to in runbook text: the signal's labels, its pseudo-labels
-    and its annotations (labels win on a clash)."""
-    return {**signal.annotations, **match_labels(signal)}
+    and its annotations (labels win on a clash). ``summary`` and ``detail`` are always there:
+    ``detail`` falls back to the ``description`` annotation, then the summary, then the kind."""
+    summary = signal.summary or signal.kind
+    detail = signal.annotations.get("detail") or signal.annotations.get("description") or summary
+    return {"summary": summary, "detail": detail, **signal.annotations, **match_labels(signal)}
 
 
 def _firing_newest_first(signals: list[Signal]) -> list[Signal]:
@@ -111,10 +114,8 @@ class RunbookReasoner:
             return None
         _, rb, sig = best
         assert rb.diagnosis is not None
-        try:
-            explanation = render(rb.diagnosis.explanation, signal_context(sig))
-        except KeyError:
-            explanation = rb.diagnosis.explanation
+        # every variable is known (checked at load): declared ones fall back to their text
+        explanation = render(rb.diagnosis.explanation, {**rb.variables, **signal_context(sig)})
         evidence = [f"{s.source}: {s.summary or s.kind}" + (f" ({s.annotations.get('detail')})" if s.annotations.get("detail") else "")
                     for s in firing[:10]]
         return Finding(Diagnosis(category=rb.diagnosis.category, explanation=explanation, evidence=evidence,

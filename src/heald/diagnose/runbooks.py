@@ -13,7 +13,12 @@ A runbook file holds ``runbooks:``, a list of runbooks (see ``docs/runbooks.md``
 
 Matchers see a signal's labels plus the pseudo-labels ``source``, ``kind``, ``service``,
 ``severity`` and ``status``. ``${name}`` in explanations and parameters is replaced by that
-label's value. Loading validates everything it can and raises YamlFileError naming file,
+label's (or annotation's) value. A runbook may use only variables it can count on: the
+pseudo-labels, ``summary`` and ``detail`` (always filled, see :data:`ALWAYS_VARIABLES`), the
+labels its matchers require (a matcher that the empty value fails), and the names it declares in
+``variables:`` (each with the text an explanation shows when a signal lacks it; parameters are
+never filled from those: a remedy whose parameter is missing is dropped). Any other variable is
+a load error naming the runbook, the field and the variable. Loading validates everything it can and raises YamlFileError naming file,
 line and key.
 """
 
@@ -137,8 +142,16 @@ class RunbookExample(_Strict):
     category: str | None = None
 
 
+#: Variables every signal context fills (see ``heald.diagnose.signal_context``).
+ALWAYS_VARIABLES = frozenset({"source", "kind", "service", "severity", "status", "summary", "detail"})
+
+
 class Runbook(_Strict):
     name: str = Field(min_length=1, max_length=200)
+    variables: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels or annotations the runbook's text may use beyond those its matchers require, each with "
+                    "the text an explanation shows when a signal lacks it")
     description: str = ""
     match: RunbookMatch
     diagnosis: RunbookDiagnosis | None = None
@@ -156,6 +169,35 @@ class Runbook(_Strict):
             raise ValueError("a runbook that matches on 'match.category' takes its diagnosis from the reasoner "
                              "that named the category; remove 'diagnosis' (or the category condition)")
         return self
+
+    def known_variables(self) -> set[str]:
+        """The ``${name}`` variables this runbook may use (see the module docstring)."""
+        required = {m.name for m in self.match.matchers if not m.matches({})}
+        return set(ALWAYS_VARIABLES) | required | set(self.variables)
+
+    def template_problems(self) -> list[tuple[list[str | int], str]]:
+        """Unknown or malformed ``${...}`` in the explanation and the remedy parameters, as
+        (location under the runbook, message) pairs; empty when all are known."""
+        known = self.known_variables()
+        fields: list[tuple[list[str | int], Any]] = []
+        if self.diagnosis is not None:
+            fields.append((["diagnosis", "explanation"], self.diagnosis.explanation))
+        fields.extend((["remedies", j, "params"], rr.params) for j, rr in enumerate(self.remedies))
+        problems: list[tuple[list[str | int], str]] = []
+        for loc, value in fields:
+            for text in _strings(value):
+                tmpl = string.Template(text)
+                if not tmpl.is_valid():
+                    why = f"runbook {self.name!r}: invalid placeholder in {text!r} (write $$ for a literal $, ${{name}} for a variable)"
+                    problems.append((loc, why))
+                    continue
+                for var in tmpl.get_identifiers():
+                    if var not in known:
+                        why = (f"runbook {self.name!r}: unknown variable ${{{var}}}; known: {', '.join(sorted(known))} "
+                               "(declare it under 'variables:' with the text shown when a signal lacks it, "
+                               "or require it in 'match')")
+                        problems.append((loc, why))
+        return problems
 
     def applies_to(self, signal: Signal, category: str | None = None) -> bool:
         """Do this runbook's signal conditions hold for ``signal`` (and, when the runbook
@@ -226,6 +268,16 @@ def render(value: Any, context: Mapping[str, str]) -> Any:
     return value
 
 
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    return []
+
+
 def load_file(path: Path) -> list[Runbook]:
     """Load and validate one runbook file. Raises YamlFileError naming file, line and key."""
     text, data = read_yaml(path)
@@ -243,6 +295,9 @@ def load_file(path: Path) -> list[Runbook]:
                                         f"duplicate runbook name {rb.name!r} (also runbooks.{seen[rb.name]})"))
         seen[rb.name] = i
         rb.source_file = str(path)
+        for sub, message in rb.template_problems():
+            loc = ["runbooks", i, *sub]
+            problems.append(YamlProblem(str(path), key_line(text, loc), ".".join(map(str, loc)), message))
         for j, ex in enumerate(rb.examples):
             if not rb.applies_to(ex.signal, ex.category):
                 loc = ["runbooks", i, "examples", j]

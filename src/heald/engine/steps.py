@@ -274,6 +274,9 @@ def diagnose(deps: Deps, incident_id: int, attempt: int) -> Found | Closed:
     active = still_firing(signals)  # a condition that has resolved (a restart's blip) is not evidence
     finding = run_reasoners(inc, active, list(deps.reasoners), list(deps.runbooks))
     record_diagnosis(deps.store, incident_id, finding)
+    d = finding.diagnosis
+    log.info("incident.diagnosed", incident_id=incident_id, attempt=attempt, category=d.category,
+             confidence=d.confidence, reasoner=d.reasoner, runbook=d.runbook, signals=len(active))
     return Found(finding.diagnosis, finding.runbook.name if finding.runbook else None, tuple(finding.remedies),
                  tuple(s.id for s in active if s.id is not None),
                  finding.runbook.verify.model_dump(exclude_none=True) if finding.runbook else {})
@@ -295,6 +298,8 @@ def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> 
     deps.store.add_plan(result.plan.model_copy(update={"candidates": kept}))
     for why in result.dropped:
         deps.store.record(actor="heald", event="plan.candidate_dropped", incident_id=incident_id, reason=why)
+    log.info("incident.planned", incident_id=incident_id, candidates=[c.remedy for c in kept],
+             dropped=len(result.dropped))
     # through JSON, as the gate always saw them (and sees them on a replay)
     return Planned(tuple(RemedyCandidate.model_validate(c.model_dump(mode="json")) for c in kept))
 
@@ -314,6 +319,9 @@ def decide(deps: Deps, incident_id: int, attempt: int, found: Found, planned: Pl
                           details={"remedy": skipped.remedy, "params": skipped.params, "environment": inc.environment})
     d = result.decision
     decision_id = deps.store.add_decision(incident_id, d)
+    log.info("incident.decided", incident_id=incident_id, attempt=attempt, decision=d.kind.value,
+             remedy=d.candidate.remedy if d.candidate else None,
+             reason=d.reason)
     return Decided(decision_id, d.kind, d.reason, d.required_approvals, result.target, d.candidate)
 
 
@@ -340,6 +348,8 @@ def enter_approval(deps: Deps, incident_id: int, decided: Decided) -> None:
     deps.store.transition(incident_id, IncidentState.awaiting_approval,
                           reason=f"waiting for {n} approval{'s' if n > 1 else ''}: {decided.reason}",
                           details={"decision_id": decided.decision_id, "remedy": remedy})
+    log.info("incident.awaiting_approval", incident_id=incident_id, decision_id=decided.decision_id, remedy=remedy,
+             required_approvals=n)
     notify(deps, incident_id, IncidentState.awaiting_approval.value,
            f"{remedy} waits for {n} approval{'s' if n > 1 else ''}: {decided.reason}")
 
@@ -368,7 +378,9 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
     effect is already there. Returns Closed (and frees the leases) when the incident ended or
     every signal resolved before heald acted. A remedy that raises is a failed action."""
     inc = deps.store.get_incident(incident_id)
-    closed = Closed(inc.state.value) if inc.state.terminal else \
+    # an incident already ``acting`` resumes an action begun before a crash: heald did act (the
+    # guard below tells whether it took), so it cannot have been "resolved before heald acted"
+    closed = Closed(inc.state.value) if inc.state.terminal else None if inc.state == IncidentState.acting else \
         close_if_resolved_by_source(deps, inc, deps.store.signals_for(incident_id))
     if closed is not None:
         from heald.budgets import release_lease
@@ -391,19 +403,26 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
                                                  target=str(remedy.target(params))))
     assert action.id is not None
     if not new and action.status != ActionStatus.started:
-        return Acted(action.id, action.status, action.output, action.undo)
+        return _acted(incident_id, remedy.name, Acted(action.id, action.status, action.output, action.undo))
     if not new and _guard_saw_effect(remedy, params, ctx, action.snapshot):
         done = deps.store.finish_action(action.id, ActionStatus.succeeded,
                                         "already applied before heald restarted (the guard saw its effect); not applied again")
-        return Acted(action.id, done.status, done.output, None)
+        return _acted(incident_id, remedy.name, Acted(action.id, done.status, done.output, None))
     try:
         result = remedy.apply(params, ctx)
     except Exception as exc:  # noqa: BLE001 -- any failure of a remedy is an outcome, recorded with its reason
         failed = deps.store.finish_action(action.id, ActionStatus.failed, f"{exc.__class__.__name__}: {exc}")
-        return Acted(action.id, failed.status, failed.output, None)
+        return _acted(incident_id, remedy.name, Acted(action.id, failed.status, failed.output, None))
     failpoint("act.after_apply")
     done = deps.store.finish_action(action.id, ActionStatus.succeeded, result.output, result.undo)
-    return Acted(action.id, done.status, done.output, result.undo)
+    return _acted(incident_id, remedy.name, Acted(action.id, done.status, done.output, result.undo))
+
+
+def _acted(incident_id: int, remedy: str, acted: Acted) -> Acted:
+    """Log the action's outcome (one ``incident.acted`` line) and return it."""
+    log.info("incident.acted", incident_id=incident_id, action_id=acted.action_id, remedy=remedy,
+             status=acted.status.value, output=acted.output[-500:])
+    return acted
 
 
 def _guard_saw_effect(remedy: remedies.Remedy, params: remedies.RemedyParams, ctx: remedies.RemedyContext,
@@ -430,6 +449,7 @@ def verify(deps: Deps, incident_id: int, action_id: int, overrides: dict[str, An
                         interval=cfg.verify_interval_seconds,
                         timeout=overrides.get("timeout_seconds", cfg.verify_timeout_seconds), action_id=action_id)
     deps.store.add_verification(v)
+    log.info("incident.verified", incident_id=incident_id, action_id=action_id, passed=v.passed, reason=v.reason)
     return Verified(v.passed, v.reason, v.recovered_at)
 
 
@@ -479,6 +499,7 @@ def close(deps: Deps, incident_id: int, state: IncidentState, reason: str, verif
     except (InvalidTransition, NotFound):
         log.exception("close.failed", incident_id=incident_id, state=state.value)
         inc = deps.store.transition(incident_id, IncidentState.failed, reason=f"could not close as {state.value}: {reason}")
+        log.info("incident.failed", incident_id=incident_id, reason=inc.closed_reason or reason)
         notify(deps, incident_id, inc.state.value, inc.closed_reason or reason)
         return inc.state.value
     actions = deps.store.actions_for(incident_id)
@@ -487,6 +508,7 @@ def close(deps: Deps, incident_id: int, state: IncidentState, reason: str, verif
         remedy=actions[-1].remedy if actions and state == IncidentState.resolved else None,
         result=OutcomeResult.healed if state == IncidentState.resolved else OutcomeResult.escalated,
         attempt=0, time_to_detect_s=inc.time_to_detect_s, time_to_recover_s=inc.time_to_recover_s))
+    log.info(f"incident.{inc.state.value}", incident_id=incident_id, reason=reason)
     notify(deps, incident_id, inc.state.value, reason)
     return inc.state.value
 

@@ -18,6 +18,7 @@ from heald.remedies.base import (
     Target,
     register,
 )
+from heald.supervise import BackingOff, StartFailed
 
 
 class RestartParams(RemedyParams):
@@ -27,7 +28,9 @@ class RestartParams(RemedyParams):
 @register
 class RestartProcess(Remedy[RestartParams]):
     """Stop the service's process group (SIGTERM, then SIGKILL after the service's
-    ``stop_timeout_seconds``) and start it again.
+    ``stop_timeout_seconds``) and start it again. A new process that exits within the
+    service's ``start_period_seconds`` fails the action (RemedyError with its exit status and
+    last output lines); after such exits the restart backs off exponentially.
 
     Guard: the snapshot is the process instance (pid, start time) before restarting; after a
     crash mid-apply, a running instance that differs from it means the restart happened.
@@ -76,5 +79,8 @@ class RestartProcess(Remedy[RestartParams]):
         if ident is not None and ident.pid == os.getpid():
             raise RemedyError("refusing to restart heald itself")
         before = proc.exit_description()
-        new = proc.restart()
+        try:
+            new = proc.restart_checked()
+        except (StartFailed, BackingOff) as exc:
+            raise RemedyError(f"restart of {params.service} did not take: {exc}") from exc
         return RemedyResult(f"restarted {params.service}: was {before}; now pid {new.pid}")
