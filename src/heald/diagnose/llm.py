@@ -46,9 +46,8 @@ from heald import remedies
 from heald.config import LLMConfig
 from heald.diagnose import Finding, ReasonerUnavailable, signal_context
 from heald.diagnose.categories import CATEGORIES
-from heald.diagnose.runbooks import Runbook, render
+from heald.diagnose.runbooks import Runbook, render, signal_text
 from heald.diagnose.signatures import classify
-from heald.diagnose.runbooks import signal_text
 from heald.models import Diagnosis, Incident, RemedyCandidate, Risk, Signal, SignalStatus
 
 

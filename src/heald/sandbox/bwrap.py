@@ -149,7 +149,7 @@ class Bubblewrap(Sandbox):
                         f"keep work directories (ci.work_dir) under directories others may traverse (chmod o+x), "
                         f"or set sandbox.uid")
 
-    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, 
+    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, limits: Limits | None = None,
             read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> RunResult:
         limits = limits or Limits.from_config(self.cfg)

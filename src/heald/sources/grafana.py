@@ -24,8 +24,8 @@ from typing import Literal
 from pydantic import Field
 
 from heald.models import Signal
-from heald.sources.base import SourceError, load_json, register_source
 from heald.sources.alertmanager import AlertIn, MessageIn, alert_signal, validate_message
+from heald.sources.base import SourceError, load_json, register_source
 
 
 class GrafanaAlertIn(AlertIn):

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from heald.models import (
     ALLOWED_TRANSITIONS,
     Action,
-    ApiToken,
     ActionStatus,
+    ApiToken,
     AuditEntry,
     Decision,
     Diagnosis,
@@ -179,7 +179,7 @@ class Store:
     def count_incidents_by_state(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
-            return {state: n for state, n in rows}
+            return dict(rows.tuples())
 
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
                    details: dict[str, Any] | None = None, **fields: Any) -> Incident:
@@ -226,7 +226,7 @@ class Store:
     def count_signals_by_source(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
-            return {src: n for src, n in rows}
+            return dict(rows.tuples())
 
     # -- healing records --------------------------------------------------------------------
     def add_diagnosis(self, incident_id: int, d: Diagnosis, actor: str = "heald") -> Diagnosis:
@@ -584,7 +584,7 @@ class Store:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
                              .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
                              .group_by(IncidentRow.state))
-            return {state: n for state, n in rows}
+            return dict(rows.tuples())
 
     def incident_outcomes(self, limit: int = 50) -> list[Outcome]:
         """The newest ``limit`` outcomes of whole incidents (attempt 0, with their time to
