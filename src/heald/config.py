@@ -360,8 +360,10 @@ class HealingConfig(_Section):
     approval_ttl_seconds: Seconds = Field(default=3600.0,
                                           description="how long an approval request waits before the incident escalates")
 
-    _deprecated = model_validator(mode="before")(classmethod(
-        lambda cls, data: _renamed(data, "healing", "cooldown_seconds", "retry_delay_seconds")))
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated(cls, data: Any) -> Any:
+        return _renamed(data, "healing", "cooldown_seconds", "retry_delay_seconds")
 
     @property
     def cooldown_seconds(self) -> float:
@@ -458,8 +460,10 @@ class BudgetsConfig(_Section):
     lease_wait_seconds: float = Field(default=300.0, ge=0, description="wait this long for a busy target")
     lease_poll_seconds: Seconds = Field(default=0.5, description="how often a waiting incident retries the lease")
 
-    _deprecated = model_validator(mode="before")(classmethod(
-        lambda cls, data: _renamed(data, "policy.budgets", "cooldown_seconds", "remedy_cooldown_seconds")))
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated(cls, data: Any) -> Any:
+        return _renamed(data, "policy.budgets", "cooldown_seconds", "remedy_cooldown_seconds")
 
     @property
     def cooldown_seconds(self) -> float:
@@ -730,7 +734,7 @@ class NotifyRetryConfig(_Section):
 class _ChannelBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="the channel's name in the audit log")
     events: list[NotifyEvent] = Field(
-        default_factory=lambda: ["escalated", "awaiting_approval", "failed"],
+        default_factory=lambda: list[NotifyEvent](("escalated", "awaiting_approval", "failed")),
         description="what it is told about; escalated is always sent (YAML reads a key 'on' as true, hence 'events')")
     retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig,
                                      description="bounded retries of one message (see retry)")

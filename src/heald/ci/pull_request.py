@@ -110,7 +110,7 @@ def _open_pr(config: HealdConfig, gh_repo: str, tok: str, *, title: str, head: s
     # The answer is read as plain JSON for the two fields heald needs, so that GitHub adding
     # fields to its pull request object never breaks heald.
     try:
-        pr = gh.rest.pulls.create(owner, name, data=data).json()  # type: ignore[arg-type]
+        pr = gh.rest.pulls.create(owner, name, data=data).json()
         return int(pr["number"]), str(pr["html_url"])
     except RequestFailed as exc:
         text = exc.response.text[:500]

@@ -406,7 +406,7 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
     return Acted(action.id, done.status, done.output, result.undo)
 
 
-def _guard_saw_effect(remedy: remedies.Remedy, params: remedies.RemedyParams, ctx: remedies.RemedyContext,
+def _guard_saw_effect(remedy: remedies.Remedy[Any], params: remedies.RemedyParams, ctx: remedies.RemedyContext,
                       snapshot: dict[str, Any] | None) -> bool:
     """The remedy's guard after a crash mid-apply; a guard that cannot tell says no (apply then
     runs and records its own failure, if any)."""

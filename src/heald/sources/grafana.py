@@ -41,7 +41,7 @@ class GrafanaAlertIn(AlertIn):
 class GrafanaMessageIn(MessageIn):
     """Grafana's webhook message, version "1"."""
 
-    version: Literal["1"]  # type: ignore[assignment] (Grafana's version of the same shape)
+    version: Literal["1"]  # type: ignore[assignment]  # Grafana's version "1" of the same shape
     orgId: int | None = None  # noqa: N815
     title: str = ""
     state: str = ""
