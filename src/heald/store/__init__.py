@@ -182,7 +182,7 @@ class Store:
     def count_incidents_by_state(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
-            return dict(rows.tuples())
+            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
                    details: dict[str, Any] | None = None, **fields: Any) -> Incident:
@@ -229,7 +229,7 @@ class Store:
     def count_signals_by_source(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
-            return dict(rows.tuples())
+            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     # -- healing records --------------------------------------------------------------------
     def add_diagnosis(self, incident_id: int, d: Diagnosis, actor: str = "heald") -> Diagnosis:
@@ -587,7 +587,7 @@ class Store:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
                              .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
                              .group_by(IncidentRow.state))
-            return dict(rows.tuples())
+            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     def incident_outcomes(self, limit: int = 50) -> list[Outcome]:
         """The newest ``limit`` outcomes of whole incidents (attempt 0, with their time to
