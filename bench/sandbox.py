@@ -66,8 +66,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    head = f"{'command':28} {'backend':11} {'runs':>5} {'plain med':>10} {'plain p95':>10} {'sandbox med':>12} " \
-           f"{'sandbox p95':>12} {'overhead med':>13}"
+    head = (f"{'command':28} {'backend':11} {'runs':>5} {'plain med':>10} {'plain p95':>10} {'sandbox med':>12} "
+            f"{'sandbox p95':>12} {'overhead med':>13}")
     print(head)
     for r in rows:
         print(f"{r['command']:28} {r['backend']:11} {r['runs']:>5} {r['plain_median_ms']:>8.2f}ms {r['plain_p95_ms']:>8.2f}ms "

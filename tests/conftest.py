@@ -157,7 +157,8 @@ def heald_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "heald.cli", *args]
 
 
-def run_heald(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_heald(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(heald_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, **(env or {})})
 

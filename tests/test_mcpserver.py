@@ -4,7 +4,6 @@ over MCP resumes a real healing."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -208,7 +208,8 @@ class ServiceConfig(_Section):
     child process, supervises it and may restart it."""
 
     command: list[str] | None = Field(default=None, min_length=1,
-                                      description="argv that starts the service (no shell); with it heald manages the process and may restart it")
+                                      description="argv that starts the service (no shell); "
+                                                  "with it heald manages the process and may restart it")
     cwd: Path | None = Field(default=None, description="working directory of the managed process")
     env: dict[str, str] = Field(default_factory=dict,
                                 description="environment variables added for the managed process")
@@ -218,7 +219,8 @@ class ServiceConfig(_Section):
                                   description="services this one needs; their incidents absorb its signals")
     labels: dict[str, str] = Field(default_factory=dict, description="labels added to every signal of this service")
     config_repo: ConfigRepoConfig | None = Field(default=None,
-                                                 description="the service's configuration in a git repository (see services.<name>.config_repo)")
+                                                 description="the service's configuration in a git repository "
+                                                             "(see services.<name>.config_repo)")
     releases: ReleasesConfig | None = Field(default=None,
                                             description="the service's versioned releases (see services.<name>.releases)")
     cleanup: list[CleanupConfig] = Field(default_factory=list, description="directories cleanup_path may clean")
@@ -370,8 +372,10 @@ class HealingConfig(_Section):
     approval_ttl_seconds: Seconds = Field(default=3600.0,
                                           description="how long an approval request waits before the incident escalates")
 
-    _deprecated = model_validator(mode="before")(classmethod(
-        lambda cls, data: _renamed(data, "healing", "cooldown_seconds", "retry_delay_seconds")))
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated(cls, data: Any) -> Any:
+        return _renamed(data, "healing", "cooldown_seconds", "retry_delay_seconds")
 
     @property
     def cooldown_seconds(self) -> float:
@@ -468,8 +472,10 @@ class BudgetsConfig(_Section):
     lease_wait_seconds: float = Field(default=300.0, ge=0, description="wait this long for a busy target")
     lease_poll_seconds: Seconds = Field(default=0.5, description="how often a waiting incident retries the lease")
 
-    _deprecated = model_validator(mode="before")(classmethod(
-        lambda cls, data: _renamed(data, "policy.budgets", "cooldown_seconds", "remedy_cooldown_seconds")))
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated(cls, data: Any) -> Any:
+        return _renamed(data, "policy.budgets", "cooldown_seconds", "remedy_cooldown_seconds")
 
     @property
     def cooldown_seconds(self) -> float:
@@ -495,7 +501,8 @@ class PolicyConfig(_Section):
         description="approvals (distinct humans) a remedy of each risk needs")
     allowed_remedies: list[str] | None = Field(default=None, description="the allowlist; null: every catalog remedy")
     environments: dict[str, EnvironmentPolicy] = Field(default_factory=dict,
-                                                       description="per-environment overrides of these keys (see policy.environments.<name>)")
+                                                       description="per-environment overrides of these keys "
+                                                                   "(see policy.environments.<name>)")
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig,
                                    description="loop prevention: cooldowns, rate limits, breakers, leases (see policy.budgets)")
 
@@ -739,7 +746,7 @@ class NotifyRetryConfig(_Section):
 class _ChannelBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="the channel's name in the audit log")
     events: list[NotifyEvent] = Field(
-        default_factory=lambda: ["escalated", "awaiting_approval", "failed"],
+        default_factory=lambda: list[NotifyEvent](("escalated", "awaiting_approval", "failed")),
         description="what it is told about; escalated is always sent (YAML reads a key 'on' as true, hence 'events')")
     retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig,
                                      description="bounded retries of one message (see retry)")
@@ -885,7 +892,8 @@ class HealdConfig(_Section):
         default=None, description="SQLAlchemy URL; default sqlite:///<state_dir>/heald.db"
     )
     state_dir: Path = Field(default=Path(".heald"),
-                            description="directory of heald's own state: the SQLite store, DBOS's database, audit checkpoints and key, CI clones")
+                            description="directory of heald's own state: the SQLite store, DBOS's database, "
+                                        "audit checkpoints and key, CI clones")
     environment: str = Field(default="development",
                              description="the environment incidents belong to; selects policy.environments.<name> (production is stricter)")
     executor_id: str = Field(default="local",

@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import FastAPI, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -153,8 +153,8 @@ class HealdRequest(Request):
                 self._json = loads(body)
             except JSONInputError as exc:
                 # an HTTPException: FastAPI's body reader turns any other exception into a bare 400
-                raise StarletteHTTPException(422, detail=[{"type": "json_invalid", "loc": ["body", *_loc(exc.field)],
-                                                           "msg": str(exc)}]) from exc
+                raise HTTPException(422, detail=[{"type": "json_invalid", "loc": ["body", *_loc(exc.field)],
+                                                  "msg": str(exc)}]) from exc
         return self._json
 
 

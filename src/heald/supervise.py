@@ -70,6 +70,7 @@ class ManagedProcess:
             raise ValueError(f"service {name!r} has no command; only services with a command are managed")
         self.name = name
         self.cfg = cfg
+        self.command: list[str] = cfg.command
         self.dir = state_dir / "services"
         private_dir(self.dir)  # service output may hold secrets
         self.state_file = self.dir / f"{name}.json"
@@ -142,7 +143,7 @@ class ManagedProcess:
             except OSError:
                 self._log_offset = 0
             with open(self.log_file, "ab") as log:
-                proc = subprocess.Popen(self.cfg.command, cwd=self.cfg.cwd, env=env, stdin=subprocess.DEVNULL,
+                proc = subprocess.Popen(self.command, cwd=self.cfg.cwd, env=env, stdin=subprocess.DEVNULL,
                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
             ticks = None
             for _ in range(100):

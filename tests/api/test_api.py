@@ -6,7 +6,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import bearer, make_token, wait_for
 
-
 SIGNAL = {"source": "my-monitor", "service": "svc", "summary": "svc broken",
           "labels": {"alertname": "SvcBroken", "service": "svc"}}
 

@@ -76,8 +76,8 @@ def test_openapi_declares_bearer_where_a_token_is_needed(api) -> None:  # type: 
                 assert r.status_code != 401, (method, path)
             else:
                 assert path.startswith("/v1/webhooks/") and op["security"] == [{SCHEME: []}, {}]
-    assert dict((f"{m} {p}", o["security"]) for m, p, o in ops)["GET /v1/incidents"] == [{SCHEME: []}]
-    assert dict((f"{m} {p}", o["security"]) for m, p, o in ops)["GET /healthz"] == []
+    assert {f"{m} {p}": o["security"] for m, p, o in ops}["GET /v1/incidents"] == [{SCHEME: []}]
+    assert {f"{m} {p}": o["security"] for m, p, o in ops}["GET /healthz"] == []
     roles = {f"{m} {p}": re.search(r"\*\*(\w+)\*\*", o.get("description", "")) for m, p, o in ops}
     assert roles["POST /v1/incidents/{incident_id}/approve"].group(1) == "approver"  # type: ignore[union-attr]
     assert roles["POST /v1/tokens"].group(1) == "admin"  # type: ignore[union-attr]
@@ -86,7 +86,7 @@ def test_openapi_declares_bearer_where_a_token_is_needed(api) -> None:  # type: 
 
 
 @pytest.mark.slow
-def test_docs_in_chromium_offline_authorize_and_try(api, chromium: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_docs_in_chromium_offline_authorize_and_try(api, chromium: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 (the fixture)
     client, rt = api
     base = str(client.base_url).rstrip("/")
     viewer = make_token(rt.store, "viewer", "docs-viewer")

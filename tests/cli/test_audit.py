@@ -39,7 +39,7 @@ def rewrite_everything(url: str) -> None:
                                 r["details"], prev)
             conn.execute(sa.update(table).where(table.c.seq == r["seq"]).values(reason=reason, prev_hash=prev, hash=digest))
             prev, last = digest, r["seq"]
-        conn.exec_driver_sql("UPDATE audit_head SET seq = %s, hash = '%s'" % (last, prev))
+        conn.exec_driver_sql(f"UPDATE audit_head SET seq = {last}, hash = '{prev}'")
     engine.dispose()
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from heald.config import LLMConfig, PolicyConfig
-from heald.diagnose import ReasonerUnavailable, RunbookReasoner, diagnose
+from heald.diagnose import ReasonerUnavailable, diagnose
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.llm import CircuitBreaker, LLMReasoner
 from heald.diagnose.runbooks import load_runbooks

@@ -64,7 +64,8 @@ def test_a_failed_remedy_is_undone_and_the_next_candidate_heals(tmp_path: Path, 
     events = [e.event for e in entries]
     undone = next(e for e in entries if e.event == "action.undone")
     assert '"api_errors": true' in undone.reason  # the shop's flags as the undo left them
-    assert events.index("verification.failed") < events.index("action.undone") < events.index("action.started", events.index("action.undone"))
+    undone_at = events.index("action.undone")
+    assert events.index("verification.failed") < undone_at < events.index("action.started", undone_at)
     results = [(o.attempt, o.remedy, o.result) for o in rt.store.outcomes(incident_id=done.id) if o.attempt]
     assert results == [(1, "http_request", OutcomeResult.rolled_back), (2, "restart_process", OutcomeResult.healed)]
 

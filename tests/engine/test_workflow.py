@@ -109,7 +109,7 @@ def test_attempt_budget_then_escalation_with_cooldown(tmp_path: Path, start_runt
     assert "attempt budget spent" in done.closed_reason and "3 of 3" in done.closed_reason
     actions = rt.store.actions_for(inc_id)
     assert [a.attempt for a in actions] == [1, 2, 3]
-    for before, after in zip(actions, actions[1:]):
+    for before, after in zip(actions, actions[1:], strict=False):
         assert (after.started_at - before.finished_at).total_seconds() >= 0.5
     outcomes = [o.result.value for o in rt.store.outcomes(incident_id=inc_id)]
     assert outcomes == ["not_healed", "not_healed", "not_healed", "escalated"]
@@ -212,7 +212,9 @@ def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_r
     rows = {name: (fid, out) for fid, name, out in db.execute(
         "SELECT function_id, function_name, output FROM operation_outputs WHERE workflow_uuid = ? "
         "ORDER BY function_id", (wf,))}
-    load = lambda out: pickle.loads(base64.b64decode(out))  # DBOS's py_pickle
+
+    def load(out: str) -> Any:  # DBOS's py_pickle
+        return pickle.loads(base64.b64decode(out))
     (diag_id, diag_out), (plan_id, plan_out) = rows["diagnose_step"], rows["plan_step"]
     new = load(diag_out)
     old = {"category": new["category"], "confidence": new["confidence"], "diagnosis": new["diagnosis"],

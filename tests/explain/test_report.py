@@ -9,7 +9,7 @@ from markdown_it import MarkdownIt
 
 from heald.explain import incident_report
 from heald.models import IncidentState, Signal, SignalStatus
-from tests.conftest import bearer, free_port, make_config, make_token, run_heald, serving, wait_for
+from tests.conftest import bearer, free_port, make_config, run_heald, serving, wait_for
 from tests.engine.test_workflow import PY, alert, runbook, sleeper_config, terminal
 
 
@@ -59,7 +59,7 @@ def test_report_of_an_incident_healed_after_approval(tmp_path: Path, start_runti
     assert "> svc is broken" in md
     # the decision and why, with the approver
     [decision] = rt.store.decisions_for(inc_id)
-    assert f"1. **approval** for `restart_process` (`service=svc`), 1 approval required: " in md
+    assert "1. **approval** for `restart_process` (`service=svc`), 1 approval required: " in md
     assert decision["reason"].split(";")[0][:30].replace("_", "\\_") in md
     assert "approve by **alice**" in md and "go ahead" in md
     assert ["1", "restart_process", "medium", "svc-broken", "—", "0", "—"] in rows  # plan, no history yet

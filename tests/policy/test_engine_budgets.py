@@ -111,7 +111,7 @@ def test_one_healing_per_target_at_a_time(tmp_path: Path, start_runtime) -> None
            for n in ("A", "B")]
     assert ids[0] != ids[1]
     for i in ids:
-        assert wait_for(lambda: terminal(rt, i), timeout=30, what="both to end").state == IncidentState.escalated
+        assert wait_for(lambda i=i: terminal(rt, i), timeout=30, what="both to end").state == IncidentState.escalated
     spans = []
     for i in ids:
         [action] = rt.store.actions_for(i)

@@ -7,8 +7,8 @@ integers far beyond 64 bits."""
 from __future__ import annotations
 
 import copy
-import os
 import json
+import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
@@ -20,8 +20,8 @@ from heald.models import Signal
 from heald.sources import SourceError, SourceIgnored
 from heald.sources.alertmanager import AlertmanagerSource
 from heald.sources.cloudevents import CloudEventsSource
-from heald.sources.generic import GenericSource
 from heald.sources.datadog import DatadogSource
+from heald.sources.generic import GenericSource
 from heald.sources.github import GitHubSource
 from heald.sources.grafana import GrafanaSource
 from heald.sources.kubernetes import KubernetesEventsSource

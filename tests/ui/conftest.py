@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from heald.api.server import ServerThread
-from heald.engine import Runtime
 from heald.config import HealdConfig
+from heald.engine import Runtime
 from tests.conftest import bearer, free_port, make_config, make_token, wait_for
 from tests.engine.test_workflow import runbook
 

@@ -5,7 +5,8 @@ Each area's routes live in a module of their own (``signals``, ``incidents``, ``
 route that changes something declares the role it needs with
 ``Depends(heald.auth.require(Role.X))`` (see :mod:`heald.auth`); the runtime is on
 ``app.state.runtime``. Request size and shape, and the form of error answers, are
-:mod:`heald.http_limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at ``/openapi.json``, browsable at ``/docs``
+:mod:`heald.http_limits`'s. The dashboard (:mod:`heald.ui`) is served at ``/``. The OpenAPI document is at
+``/openapi.json``, browsable at ``/docs``
 (:mod:`heald.api.docs`: Swagger UI served offline, with the bearer security scheme).
 """
 

@@ -71,7 +71,7 @@ def _openapi(app: FastAPI, routers: list[APIRouter]) -> dict[str, Any]:
         if not isinstance(route, APIRoute) or not route.include_in_schema:
             continue
         roles = list(dict.fromkeys(_requirements(route.dependant)))
-        for method in route.methods:
+        for method in route.methods or ():
             op = schema.get("paths", {}).get(route.path_format, {}).get(method.lower())
             if op is None:
                 continue

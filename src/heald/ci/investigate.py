@@ -158,7 +158,7 @@ def excerpt_of(output: str, lines: int = 40) -> str:
     closing lines of the run."""
     found = classify(output)
     cited = [ln for c in found[:3] for ln in c.evidence]
-    tail = [ln for ln in output.rstrip().splitlines()[-lines:]]
+    tail = output.rstrip().splitlines()[-lines:]
     keep = list(dict.fromkeys([*cited[:15], *tail]))
     return "\n".join(keep)[-6000:]
 
@@ -192,7 +192,7 @@ def investigate(config: HealdConfig, job: CiJob, *, sandbox: Sandbox | None = No
 
 
 def _investigate(ws: Workspace, inv: Investigation) -> None:
-    job, cfg = ws.job, ws.config.ci
+    job = ws.job
     ws.cache.update(want=[job.bad, *([job.good] if job.good else [])])
     bad = inv.bad = ws.cache.resolve(job.bad)
     good = ws.cache.resolve(job.good) if job.good else None

@@ -295,8 +295,8 @@ def add_requirement(tree: Path, files: Files, distribution: str, version: str, s
                 doc = tomlkit.parse(files.read("pyproject.toml") or "")
                 node = doc
                 for part in table:
-                    node = node[part]  # type: ignore[index,assignment]
-                node[key].append(requirement)  # type: ignore[index,union-attr]
+                    node = node[part]
+                node[key].append(requirement)
                 _write(tree, "pyproject.toml", tomlkit.dumps(doc))
                 return DeclarationEdit("pyproject.toml", requirement, [f"{'.'.join(table)}.{key}"])
         for req in sorted(REQUIREMENT_FILES[1:], key=lambda r: "test" not in r):  # test files before dev files
@@ -323,18 +323,18 @@ def add_requirement(tree: Path, files: Files, distribution: str, version: str, s
                 return _append_line(tree, files, path, requirement)
             raise UnsupportedDeclaration("[project] declares dependencies as dynamic without a requirements file")
         doc = tomlkit.parse(files.read("pyproject.toml") or "")
-        deps = doc["project"].get("dependencies")  # type: ignore[union-attr]
+        deps = doc["project"].get("dependencies")
         if deps is None:
-            doc["project"]["dependencies"] = tomlkit.array()  # type: ignore[index]
-            deps = doc["project"]["dependencies"]  # type: ignore[index]
-        deps.append(requirement)  # type: ignore[union-attr]
+            doc["project"]["dependencies"] = tomlkit.array()
+            deps = doc["project"]["dependencies"]
+        deps.append(requirement)
         _write(tree, "pyproject.toml", tomlkit.dumps(doc))
         return DeclarationEdit("pyproject.toml", requirement)
     poetry = py.get("tool", {}).get("poetry")
     if isinstance(poetry, dict):
         doc = tomlkit.parse(files.read("pyproject.toml") or "")
-        doc["tool"]["poetry"].setdefault("dependencies", tomlkit.table())  # type: ignore[index,union-attr]
-        doc["tool"]["poetry"]["dependencies"][distribution] = f">={version}"  # type: ignore[index]
+        doc["tool"]["poetry"].setdefault("dependencies", tomlkit.table())
+        doc["tool"]["poetry"]["dependencies"][distribution] = f">={version}"
         _write(tree, "pyproject.toml", tomlkit.dumps(doc))
         return DeclarationEdit("pyproject.toml", f'{distribution} = ">={version}"')
     if files.exists("requirements.txt"):

@@ -110,7 +110,7 @@ def _open_pr(config: HealdConfig, gh_repo: str, tok: str, *, title: str, head: s
     # The answer is read as plain JSON for the two fields heald needs, so that GitHub adding
     # fields to its pull request object never breaks heald.
     try:
-        pr = gh.rest.pulls.create(owner, name, data=data).json()  # type: ignore[arg-type]
+        pr = gh.rest.pulls.create(owner, name, data=data).json()
         return int(pr["number"]), str(pr["html_url"])
     except RequestFailed as exc:
         text = exc.response.text[:500]
@@ -254,6 +254,6 @@ def render_body(*, investigation: dict[str, Any], diagnosis: dict[str, Any] | No
         net = " (network)" if st.get("network") else " (package index only)" if st.get("package_index") else ""
         lines.append(f"| {st.get('phase')} | `{str(st.get('commit', ''))[:10]}` | `{_cell(st.get('command', ''), 90)}` | "
                      f"{result}{net} |")
-    lines += ["", "---", f"Proposed by heald" + (f" for incident #{incident_id}" if incident_id else "")
+    lines += ["", "---", "Proposed by heald" + (f" for incident #{incident_id}" if incident_id else "")
               + ". heald never edits tests or CI configuration; review before merging."]
     return "\n".join(lines)[:60000]

@@ -4,7 +4,8 @@ commit facts, and pushing a fix branch.
 Every git command here runs on the host, so it must never read anything a sandbox could have
 written: commands that touch a work tree name its administrative directory explicitly
 (``--git-dir <cache>/worktrees/<name> --work-tree <path>``), never the ``.git`` file inside
-the tree, and run through :func:`heald._git.run` (no user configuration, no hooks, no fsmonitor). Git work *inside* the sandbox (bisection) uses a
+the tree, and run through :func:`heald._git.run` (no user configuration, no hooks, no fsmonitor). Git work *inside* the
+sandbox (bisection) uses a
 git directory of its own inside the work tree (see :mod:`heald.ci.runner`).
 """
 

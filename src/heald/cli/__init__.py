@@ -1,7 +1,8 @@
 """heald's command line (Typer + Rich).
 
 Commands of one area live in a module of their own under ``heald.cli`` that registers them on
-:data:`app` (or a sub-app) and is imported at the end of this file. Every command that reports results takes ``--json`` and then prints JSON only on stdout.
+:data:`app` (or a sub-app) and is imported at the end of this file. Every command that reports results takes ``--json`` and
+then prints JSON only on stdout.
 The configuration comes from ``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml`` (see
 :mod:`heald.config`); errors name the file, line and key and exit with status 2.
 """
@@ -368,14 +369,14 @@ def main() -> None:
 
 
 # Commands of each area (registered on ``app`` when imported).
-from heald.cli import runbooks as _runbooks  # noqa: E402,F401
-from heald.cli import logs as _logs  # noqa: E402,F401
+from heald.cli import audit as _audit  # noqa: E402,F401
+from heald.cli import ci as _ci  # noqa: E402,F401
+from heald.cli import configcmd as _configcmd  # noqa: E402,F401
 from heald.cli import evaluate as _evaluate  # noqa: E402,F401
+from heald.cli import learn as _learn  # noqa: E402,F401
+from heald.cli import logs as _logs  # noqa: E402,F401
+from heald.cli import mcpcmd as _mcpcmd  # noqa: E402,F401
+from heald.cli import policy as _policy  # noqa: E402,F401
+from heald.cli import runbooks as _runbooks  # noqa: E402,F401
 from heald.cli import sandbox as _sandbox  # noqa: E402,F401
 from heald.cli import tokens as _tokens  # noqa: E402,F401
-from heald.cli import ci as _ci  # noqa: E402,F401
-from heald.cli import learn as _learn  # noqa: E402,F401
-from heald.cli import policy as _policy  # noqa: E402,F401
-from heald.cli import audit as _audit  # noqa: E402,F401
-from heald.cli import configcmd as _configcmd  # noqa: E402,F401
-from heald.cli import mcpcmd as _mcpcmd  # noqa: E402,F401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.markup import escape
@@ -27,7 +28,7 @@ def scan(path: str = typer.Argument(..., help="A log file, or '-' for standard i
     signature knowledge base. Line times are the read times, so rate jumps need a live tail."""
     from heald.config import LogSourceConfig
     from heald.diagnose.kb import KnowledgeBaseReasoner
-    from heald.models import Incident, IncidentState, utcnow
+    from heald.models import Incident, IncidentState, Severity, utcnow
     from heald.sources.logs import LogMiner
 
     if path != "-" and not Path(path).is_file():
@@ -46,10 +47,10 @@ def scan(path: str = typer.Argument(..., help="A log file, or '-' for standard i
             stream.close()
     signals.extend(miner.flush())
     now = utcnow()
-    inc = Incident(id=0, title="scan", service=service, state=IncidentState.diagnosing, severity="error",
+    inc = Incident(id=0, title="scan", service=service, state=IncidentState.diagnosing, severity=Severity.error,
                    fingerprint="", group_key="", started_at=now, detected_at=now, updated_at=now)
     kb = KnowledgeBaseReasoner()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for sig in signals:
         f = kb.diagnose(inc, [sig])
         rows.append({"trigger": sig.annotations.get("trigger"), "template_id": sig.labels.get("template_id"),

@@ -19,7 +19,7 @@ from heald.config import HealdConfig
 def dependencies_of(config: HealdConfig, service: str) -> list[str]:
     """Every service ``service`` depends on, directly or through others, nearest first."""
     out: list[str] = []
-    todo = list(config.services.get(service).depends_on) if service in config.services else []
+    todo = list(config.services[service].depends_on) if service in config.services else []
     while todo:
         dep = todo.pop(0)
         if dep not in out and dep != service:

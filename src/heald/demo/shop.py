@@ -44,6 +44,7 @@ import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
@@ -51,7 +52,7 @@ RELEASE_DIR = Path(__file__).resolve().parent
 PRODUCTS = [{"id": 1, "name": "teapot", "price": 18.5}, {"id": 2, "name": "kettle", "price": 31.0},
             {"id": 3, "name": "tea cosy", "price": 9.9}]
 TAX_RATE = 0.2
-CURRENCY = {"code": "EUR", "decimals": 2}
+CURRENCY: dict[str, Any] = {"code": "EUR", "decimals": 2}
 LEAK_STEP = 4 << 20
 LEAK_CAP = 600 << 20
 DEFAULT_CONFIG = {"db_pool_size": 5, "payments_timeout_seconds": 2.0, "currency": "EUR"}
@@ -64,8 +65,8 @@ RELEASE = Gauge("shop_release_info", "The release this process runs", ["release"
 FLAGS = Gauge("shop_chaos_flag", "Chaos flags that are on", ["flag"])
 
 
-def price(product: dict) -> float:
-    return round(product["price"] * (1 + TAX_RATE), CURRENCY["decimals"])
+def price(product: dict[str, Any]) -> float:
+    return float(round(product["price"] * (1 + TAX_RATE), CURRENCY["decimals"]))
 
 
 class ShopError(Exception):
@@ -97,7 +98,7 @@ class Shop:
         for name in self.flags:
             FLAGS.labels(name).set(0)
 
-    def read_config(self) -> dict:
+    def read_config(self) -> dict[str, Any]:
         if self.config_path is None:
             return dict(DEFAULT_CONFIG)
         data = json.loads(self.config_path.read_text())
@@ -105,7 +106,7 @@ class Shop:
             raise ValueError("db_pool_size: expected an integer")
         return {**DEFAULT_CONFIG, **data}
 
-    def set_flags(self, changes: dict) -> dict:
+    def set_flags(self, changes: dict[str, Any]) -> dict[str, Any]:
         with self.lock:
             for name, value in changes.items():
                 if name not in self.flags:
@@ -140,7 +141,7 @@ class Shop:
         if self.flags["slow_mode"]:
             self.slow_over.wait(random.uniform(3.0, 10.0))
 
-    def charge(self, amount: float) -> dict:
+    def charge(self, amount: float) -> dict[str, Any]:
         if self.flags["checkout_failures"] and random.random() < 0.8:
             raise ShopError(500, "PAYMENT_GATEWAY_TIMEOUT", "the payment gateway did not answer")
         req = urllib.request.Request(f"{self.payments_url}/charge", method="POST",
@@ -171,7 +172,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
         return len(data)
 
-    def _body(self) -> dict:
+    def _body(self) -> dict[str, Any]:
         n = int(self.headers.get("content-length") or 0)
         raw = self.rfile.read(n) if n else b""
         try:

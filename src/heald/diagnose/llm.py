@@ -46,9 +46,8 @@ from heald import remedies
 from heald.config import LLMConfig
 from heald.diagnose import Finding, ReasonerUnavailable, signal_context
 from heald.diagnose.categories import CATEGORIES
-from heald.diagnose.runbooks import Runbook, render
+from heald.diagnose.runbooks import Runbook, render, signal_text
 from heald.diagnose.signatures import classify
-from heald.diagnose.runbooks import signal_text
 from heald.models import Diagnosis, Incident, RemedyCandidate, Risk, Signal, SignalStatus
 
 
@@ -235,7 +234,7 @@ class LLMReasoner:
                 break
             data_signals.append({"source": s.source, "kind": s.kind, "service": s.service, "status": s.status.value,
                                  "text": text})
-        hints = []
+        hints: list[dict[str, Any]] = []
         for s in signals[-10:]:
             hints.extend({"category": c.category, "confidence": c.confidence, "evidence": c.evidence[:3]}
                          for c in classify(signal_text(s))[:3])
@@ -271,7 +270,7 @@ class LLMReasoner:
         """Ask the model. Returns a Finding (with ``usage``) or raises ReasonerUnavailable
         (with ``usage``) when the circuit is open, the endpoint fails after its retries, or the
         answer does not validate."""
-        usage = {"reasoner": self.name, "model": self.model or "", "calls": 0, "prompt_tokens": 0,
+        usage: dict[str, Any] = {"reasoner": self.name, "model": self.model or "", "calls": 0, "prompt_tokens": 0,
                  "completion_tokens": 0, "cost_usd": 0.0, "latency_s": 0.0, "outcome": "error"}
         if not self.breaker.allow():
             raise ReasonerUnavailable(f"circuit open after {self.breaker.failures} consecutive failures; "

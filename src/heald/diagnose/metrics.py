@@ -23,6 +23,7 @@ from heald.config import HealdConfig
 from heald.models import Incident, Signal, SignalStatus
 from heald.sources.promql import PrometheusAPI, PromQLError, Series
 
+
 def _base(url: str) -> str:
     """``scheme://host:port/path-prefix`` of a Prometheus URL, without a trailing ``/graph``
     or ``/``, lowercased scheme and host."""

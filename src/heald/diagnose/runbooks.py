@@ -300,7 +300,7 @@ def load_file(path: Path) -> list[Runbook]:
             problems.append(YamlProblem(str(path), key_line(text, loc), ".".join(map(str, loc)), message))
         for j, ex in enumerate(rb.examples):
             if not rb.applies_to(ex.signal, ex.category):
-                loc = ["runbooks", i, "examples", j]
+                loc: list[str | int] = ["runbooks", i, "examples", j]
                 problems.append(YamlProblem(str(path), key_line(text, loc), ".".join(map(str, loc)),
                                             f"this example does not match runbook {rb.name!r}"))
     if problems:

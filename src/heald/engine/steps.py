@@ -425,7 +425,7 @@ def _acted(incident_id: int, remedy: str, acted: Acted) -> Acted:
     return acted
 
 
-def _guard_saw_effect(remedy: remedies.Remedy, params: remedies.RemedyParams, ctx: remedies.RemedyContext,
+def _guard_saw_effect(remedy: remedies.Remedy[Any], params: remedies.RemedyParams, ctx: remedies.RemedyContext,
                       snapshot: dict[str, Any] | None) -> bool:
     """The remedy's guard after a crash mid-apply; a guard that cannot tell says no (apply then
     runs and records its own failure, if any)."""

@@ -42,12 +42,13 @@ def send_once(channel: ChannelConfig, notice: Notice, store: Store) -> str:
     """One attempt on one channel; returns what the receiver answered. Raises NotifyError or
     TransientNotifyError."""
     if channel.type == "slack":
-        from heald.notify.slack import send
-    elif channel.type == "webhook":
-        from heald.notify.webhook import send
-    else:
-        from heald.notify.email import send
-    return send(channel, notice, store)  # type: ignore[arg-type]
+        from heald.notify import slack
+        return slack.send(channel, notice, store)
+    if channel.type == "webhook":
+        from heald.notify import webhook
+        return webhook.send(channel, notice, store)
+    from heald.notify import email
+    return email.send(channel, notice, store)
 
 
 class Notifier:

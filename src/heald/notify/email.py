@@ -62,7 +62,8 @@ def send(channel: EmailChannelConfig, notice: Notice, store: Store) -> str:
         err = f"{where} refused every recipient: " + ", ".join(f"{a} ({c})" for a, (c, _) in exc.recipients.items())
         raise (TransientNotifyError(err) if all(400 <= c < 500 for c in codes) else NotifyError(err)) from exc
     except smtplib.SMTPResponseException as exc:
-        err = f"{where} answered {exc.smtp_code} {exc.smtp_error.decode(errors='replace') if isinstance(exc.smtp_error, bytes) else exc.smtp_error}"
+        reply = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else exc.smtp_error
+        err = f"{where} answered {exc.smtp_code} {reply}"
         raise (TransientNotifyError(err) if 400 <= exc.smtp_code < 500 else NotifyError(err)) from exc
     except ssl.SSLCertVerificationError as exc:  # a wrong certificate does not fix itself
         raise NotifyError(f"{where}: TLS certificate not trusted: {exc.verify_message}") from exc

@@ -158,7 +158,7 @@ class Sandbox(ABC):
         cannot be set up.
         """
 
-    def prepare(self, path: Path) -> None:
+    def prepare(self, path: Path) -> None:  # noqa: B027 (an optional hook: most sandboxes need nothing)
         """Make ``path`` (a work tree heald created) writable by the sandbox's user. No-op when
         the sandbox runs as heald's own user."""
 

@@ -90,7 +90,7 @@ def _v2_mount() -> Path | None:
 def _v1_dirs() -> dict[str, Path]:
     """The directory of this process's own cgroup in the v1 ``memory`` and ``pids`` hierarchies."""
     own = _own_paths()
-    dirs = {}
+    dirs: dict[str, Path] = {}
     for fstype, mount, opts in _mounts():
         if fstype != "cgroup":
             continue

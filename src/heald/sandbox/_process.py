@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -99,7 +100,9 @@ def run_launcher(argv: Sequence[str], *, timeout: float, output_limit: int, env:
         os.write(gate_w, b"go\n")
         os.close(gate_w)
     cap = _Capture(output_limit)
-    assert proc.stdout is not None
+    # stdout=PIPE with the default buffering is a BufferedReader (typeshed says IO[bytes]): read1
+    # returns what is there without waiting for a full buffer.
+    assert isinstance(proc.stdout, io.BufferedReader)
     stdout = proc.stdout
 
     def pump() -> None:

@@ -149,7 +149,7 @@ class Bubblewrap(Sandbox):
                         f"keep work directories (ci.work_dir) under directories others may traverse (chmod o+x), "
                         f"or set sandbox.uid")
 
-    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, 
+    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, limits: Limits | None = None,
             read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> RunResult:
         limits = limits or Limits.from_config(self.cfg)
@@ -162,8 +162,9 @@ class Bubblewrap(Sandbox):
         argv = self.argv(command, workdir=workdir, cwd=cwd, env=env or {}, limits=limits,
                          read_only=read_only, writable=writable)
         uid, gid = self.as_user if self.as_user else (None, None)
+        cgroup: _cgroup.RunCgroup | None
         try:
-            cgroup: _cgroup.RunCgroup | None = _cgroup.create(limits.memory_bytes, limits.max_processes)
+            cgroup = _cgroup.create(limits.memory_bytes, limits.max_processes)
             notes = [cgroup.describe()]
         except _cgroup.CgroupUnavailable as exc:
             if self.cfg.aggregate_limits == "required":

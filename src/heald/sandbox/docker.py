@@ -74,7 +74,7 @@ class Docker(Sandbox):
         if running_as_root():
             hand_over(path, *self.user)
 
-    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None, 
+    def run(self, command: Sequence[str], *, workdir: Path, cwd: Path | None = None,
             env: Mapping[str, str] | None = None, limits: Limits | None = None,
             read_only: Sequence[Path] = (), writable: Sequence[Path] = ()) -> RunResult:
         limits = limits or Limits.from_config(self.cfg)

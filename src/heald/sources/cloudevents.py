@@ -11,7 +11,8 @@ Formats (cloudevents/spec ``cloudevents/spec.md``, ``formats/json-format.md``,
 Required attributes ``specversion`` ("1.0"), ``id``, ``source``, ``type``; ``time`` is RFC 3339;
 attribute names are lowercase letters and digits; ``data`` and ``data_base64`` exclude each
 other; an attribute (or ``data``) whose JSON value is ``null`` is unset, as the JSON format
-requires; an empty batch is valid and does nothing (202 with the reason). An event becomes one signal (``kind`` = its type): ``service``, ``severity`` and
+requires; an empty batch is valid and does nothing (202 with the reason). An event becomes one signal (``kind`` = its
+type): ``service``, ``severity`` and
 ``status`` come from extension attributes of those names or the same keys of a JSON ``data``
 object (``status`` "resolved" or "ok" resolves); ``data.labels`` (strings) join the labels
 ``alertname`` (``data.alertname`` or the type), ``ce_source``, ``ce_type``, ``ce_subject``, so

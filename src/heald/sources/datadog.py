@@ -27,8 +27,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources._common import fingerprint, text
+from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 
 RESOLVING = ("recovered",)
 FIRING = ("triggered", "re-triggered", "warn", "re-warn", "no data", "re-no data", "renotify")

@@ -24,8 +24,8 @@ from typing import Literal
 from pydantic import Field
 
 from heald.models import Signal
-from heald.sources.base import SourceError, load_json, register_source
 from heald.sources.alertmanager import AlertIn, MessageIn, alert_signal, validate_message
+from heald.sources.base import SourceError, load_json, register_source
 
 
 class GrafanaAlertIn(AlertIn):
@@ -41,7 +41,7 @@ class GrafanaAlertIn(AlertIn):
 class GrafanaMessageIn(MessageIn):
     """Grafana's webhook message, version "1"."""
 
-    version: Literal["1"]  # type: ignore[assignment] (Grafana's version of the same shape)
+    version: Literal["1"]  # type: ignore[assignment]  # Grafana's version "1" of the same shape
     orgId: int | None = None  # noqa: N815
     title: str = ""
     state: str = ""

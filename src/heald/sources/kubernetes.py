@@ -27,8 +27,8 @@ from typing import Any
 from prometheus_client import Counter
 
 from heald.models import Severity, Signal
-from heald.sources.base import SOURCE_METRICS, SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources._common import fingerprint, obj, text, timestamp
+from heald.sources.base import SOURCE_METRICS, SourceError, SourceIgnored, load_json, make_signal, register_source
 
 NORMAL_EVENTS = Counter("heald_kubernetes_normal_events", "Kubernetes Normal events received and counted, "
                         "not turned into signals", registry=None)

@@ -22,8 +22,8 @@ from collections.abc import Mapping
 
 from heald.jsontext import quote
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources._common import any_matches, fingerprint, header, hmac_sha256_hex, obj, text, timestamp
+from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 
 FIRING = ("incident.triggered", "incident.reopened", "incident.escalated", "incident.unacknowledged")
 RESOLVED = ("incident.resolved",)

@@ -121,7 +121,7 @@ def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = 
         ok, detail = False, f"HTTP error: {exc.__class__.__name__}: {exc}"
     except ConnectionRefusedError:
         ok, detail = False, "connection refused"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         ok, detail = False, f"timed out after {probe.timeout_seconds:g} s"
     except OSError as exc:
         ok, detail = False, f"{exc.__class__.__name__}: {exc}"

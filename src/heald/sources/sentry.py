@@ -27,8 +27,8 @@ from typing import Any
 
 from heald.jsontext import quote
 from heald.models import Severity, Signal, SignalStatus
-from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 from heald.sources._common import any_matches, fingerprint, header, hmac_sha256_hex, obj, text, timestamp
+from heald.sources.base import SourceError, SourceIgnored, load_json, make_signal, register_source
 
 LEVELS = {"fatal": Severity.critical, "error": Severity.error, "warning": Severity.warning,
           "info": Severity.info, "debug": Severity.info}

@@ -22,17 +22,20 @@ from sqlalchemy.orm import Session, sessionmaker
 from heald.models import (
     ALLOWED_TRANSITIONS,
     Action,
-    ApiToken,
     ActionStatus,
+    ApiToken,
     AuditEntry,
     Decision,
     Diagnosis,
     Incident,
     IncidentState,
     Outcome,
+    OutcomeResult,
     Plan,
     Role,
+    Severity,
     Signal,
+    SignalStatus,
     Verification,
     utcnow,
 )
@@ -71,7 +74,7 @@ class InvalidTransition(StoreError):
 def incident_model(row: IncidentRow) -> Incident:
     return Incident(
         id=row.id, title=row.title, service=row.service, state=IncidentState(row.state),
-        severity=row.severity, fingerprint=row.fingerprint, group_key=row.group_key,
+        severity=Severity(row.severity), fingerprint=row.fingerprint, group_key=row.group_key,
         labels=row.labels or {}, category=row.category, environment=row.environment,
         attempts=row.attempts, started_at=row.started_at, detected_at=row.detected_at,
         updated_at=row.updated_at, recovered_at=row.recovered_at, closed_at=row.closed_at,
@@ -81,8 +84,8 @@ def incident_model(row: IncidentRow) -> Incident:
 
 def signal_model(row: SignalRow) -> Signal:
     return Signal(
-        id=row.id, source=row.source, kind=row.kind, service=row.service, status=row.status,
-        severity=row.severity, summary=row.summary, labels=row.labels or {},
+        id=row.id, source=row.source, kind=row.kind, service=row.service, status=SignalStatus(row.status),
+        severity=Severity(row.severity), summary=row.summary, labels=row.labels or {},
         annotations=row.annotations or {}, fingerprint=row.fingerprint, starts_at=row.starts_at,
         ends_at=row.ends_at, received_at=row.received_at, raw_ref=row.raw_ref,
         incident_id=row.incident_id, suppressed_by=row.suppressed_by,
@@ -179,7 +182,7 @@ class Store:
     def count_incidents_by_state(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
-            return {state: n for state, n in rows}
+            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
                    details: dict[str, Any] | None = None, **fields: Any) -> Incident:
@@ -226,7 +229,7 @@ class Store:
     def count_signals_by_source(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
-            return {src: n for src, n in rows}
+            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     # -- healing records --------------------------------------------------------------------
     def add_diagnosis(self, incident_id: int, d: Diagnosis, actor: str = "heald") -> Diagnosis:
@@ -273,7 +276,7 @@ class Store:
         with self.tx() as s:
             rows = s.scalars(sa.select(LlmUsageRow).where(LlmUsageRow.incident_id == incident_id)
                              .order_by(LlmUsageRow.id)).all()
-            calls = [{"reasoner": r.reasoner, "model": r.model, "calls": r.calls, "prompt_tokens": r.prompt_tokens,
+            calls: list[dict[str, Any]] = [{"reasoner": r.reasoner, "model": r.model, "calls": r.calls, "prompt_tokens": r.prompt_tokens,
                       "completion_tokens": r.completion_tokens, "cost_usd": r.cost_usd, "latency_s": r.latency_s,
                       "outcome": r.outcome, "created_at": r.created_at.isoformat()} for r in rows]
         total = {k: sum(c[k] for c in calls) for k in ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")}
@@ -437,7 +440,7 @@ class Store:
         if category is not None:
             stmt = stmt.where(OutcomeRow.category == category)
         with self.tx() as s:
-            return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=r.result,
+            return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=OutcomeResult(r.result),
                             attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
                             time_to_recover_s=r.time_to_recover_s, created_at=r.created_at)
                     for r in s.scalars(stmt)]
@@ -447,7 +450,7 @@ class Store:
         with self.tx() as s:
             rows = s.scalars(sa.select(OutcomeRow.time_to_recover_s).where(
                 OutcomeRow.result == "healed", OutcomeRow.time_to_recover_s.is_not(None)))
-            return [float(x) for x in rows]
+            return [float(x) for x in rows if x is not None]
 
     def incident_detail(self, incident_id: int) -> dict[str, Any]:
         """Everything known about one incident, as JSON-ready data: the incident, its signals,
@@ -584,7 +587,7 @@ class Store:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
                              .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
                              .group_by(IncidentRow.state))
-            return {state: n for state, n in rows}
+            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     def incident_outcomes(self, limit: int = 50) -> list[Outcome]:
         """The newest ``limit`` outcomes of whole incidents (attempt 0, with their time to
@@ -593,7 +596,7 @@ class Store:
                 .order_by(OutcomeRow.id.desc()).limit(limit))
         with self.tx() as s:
             rows = list(s.scalars(stmt))
-        return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=r.result,
+        return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=OutcomeResult(r.result),
                         attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
                         time_to_recover_s=r.time_to_recover_s, created_at=r.created_at) for r in reversed(rows)]
 
@@ -604,7 +607,7 @@ class Store:
                                 sa.func.count().label("n")).group_by(SignalRow.source).subquery())
             rows = s.execute(sa.select(SignalRow, latest.c.n).join(latest, SignalRow.id == latest.c.last_id)
                              .order_by(SignalRow.source))
-            return {row.source: (signal_model(row), int(n)) for row, n in rows}
+            return {row.source: (signal_model(row), int(n)) for row, n in rows.tuples()}
 
     def search_audit(self, *, incident_id: int | None = None, actor: str | None = None,
                      event: str | None = None, before_seq: int | None = None, limit: int = 100) -> list[AuditEntry]:

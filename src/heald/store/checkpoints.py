@@ -126,12 +126,12 @@ def load_signing_key(path: Path, *, create: bool = True) -> Ed25519PrivateKey:
         raise CheckpointError(f"key_file: {path} has mode {st.st_mode & 0o777:04o}; the signing key must be readable "
                               f"by its owner only (chmod 600 {path})")
     try:
-        key = serialization.load_pem_private_key(data, password=None)
+        loaded = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"key_file: {path} is not an unencrypted PEM private key: {exc}") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise CheckpointError(f"key_file: {path} holds a {type(key).__name__}, expected an Ed25519 private key")
-    return key
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise CheckpointError(f"key_file: {path} holds a {type(loaded).__name__}, expected an Ed25519 private key")
+    return loaded
 
 
 def load_verify_key(path: Path) -> Ed25519PublicKey:

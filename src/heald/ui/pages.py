@@ -180,7 +180,6 @@ def routes(rt: Runtime) -> APIRouter:
         for inc in store.list_incidents(state=IncidentState.awaiting_approval, limit=50):
             decisions = store.decisions_for(inc.id)
             last = decisions[-1] if decisions else None
-            votes = store.approvals_for(inc.id, last["id"]) if last else []
             pending.append({"incident": inc, "decision": last, "summary": _decision_summary(last),
                             "approvals": approval_tally(store, inc.id, last["id"]) if last else 0})
         return {

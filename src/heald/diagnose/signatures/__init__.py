@@ -22,13 +22,13 @@ from heald.diagnose.signatures.base import (
 
 # The classifier modules register themselves when imported (in this order).
 # isort: off
-from heald.diagnose.signatures import python as _python  # noqa: E402,F401
-from heald.diagnose.signatures import network as _network  # noqa: E402,F401
-from heald.diagnose.signatures import resources as _resources  # noqa: E402,F401
-from heald.diagnose.signatures import http as _http  # noqa: E402,F401
-from heald.diagnose.signatures import alerts as _alerts  # noqa: E402,F401
-from heald.diagnose.signatures import changes as _changes  # noqa: E402,F401
-from heald.diagnose.signatures import ci as _ci  # noqa: E402,F401
+from heald.diagnose.signatures import python as _python  # noqa: F401
+from heald.diagnose.signatures import network as _network  # noqa: F401
+from heald.diagnose.signatures import resources as _resources  # noqa: F401
+from heald.diagnose.signatures import http as _http  # noqa: F401
+from heald.diagnose.signatures import alerts as _alerts  # noqa: F401
+from heald.diagnose.signatures import changes as _changes  # noqa: F401
+from heald.diagnose.signatures import ci as _ci  # noqa: F401
 # isort: on
 
 __all__ = ["CLASSIFIERS", "Classification", "Classifier", "Rule", "classify", "register", "rule_classifier", "rx"]

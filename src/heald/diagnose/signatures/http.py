@@ -81,7 +81,7 @@ def http_errors(text: str) -> list[Classification]:
         out.append(Classification("http_5xx", round(conf, 3), evidence, details))
     elif probe_lines:
         out.append(Classification("http_5xx", 0.78, probe_lines[:3], details))
-    elif alert_lines and any(_RATE_VALUE.search(l) or re.search(r"5xx|5\d\d", l) for l in alert_lines):
+    elif alert_lines and any(_RATE_VALUE.search(line) or re.search(r"5xx|5\d\d", line) for line in alert_lines):
         out.append(Classification("http_5xx", 0.82, alert_lines[:3], details))
     elif n5:
         out.append(Classification("http_5xx", 0.5, evidence, details))

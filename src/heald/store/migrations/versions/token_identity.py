@@ -25,11 +25,12 @@ def upgrade() -> None:
     with op.batch_alter_table("api_tokens") as batch:
         batch.add_column(sa.Column("root_identity", sa.String(200), nullable=True))
     conn = op.get_bind()
-    tokens = sa.table("api_tokens", sa.column("id", sa.Integer), sa.column("name", sa.String),
-                      sa.column("created_by", sa.String), sa.column("root_identity", sa.String))
+    tokens = sa.table("api_tokens", sa.column("id", sa.Integer()), sa.column("name", sa.String()),
+                      sa.column("created_by", sa.String()), sa.column("root_identity", sa.String()))
     roots: dict[str, str] = {}
     for token_id, name, created_by in conn.execute(
             sa.select(tokens.c.id, tokens.c.name, tokens.c.created_by).order_by(tokens.c.id)).all():
+        assert isinstance(name, str) and isinstance(created_by, str)  # NOT NULL columns
         if name not in roots:
             creator = created_by[len("user:"):] if created_by.startswith("user:") else None
             roots[name] = roots.get(creator, creator) if creator else name
