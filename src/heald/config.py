@@ -227,9 +227,12 @@ class ServiceConfig(_Section):
     stop_timeout_seconds: Seconds = Field(default=5.0,
                                           description="how long a managed process gets to exit after SIGTERM before SIGKILL")
     start_period_seconds: Seconds = Field(default=3.0,
-                                          description="a restarted process that exits within this many seconds is a failed restart (its last output lines are the evidence)")
+                                          description="a restarted process that exits within this many seconds is a failed "
+                                                      "restart (its last output lines are the evidence)")
     restart_backoff_max_seconds: Seconds = Field(default=300.0,
-                                                 description="cap of the exponential wait (start_period_seconds doubled per crash in a row) before heald restarts a service that keeps exiting during its start period")
+                                                 description="cap of the exponential wait (start_period_seconds doubled "
+                                                             "per crash in a row) before heald restarts a service that "
+                                                             "keeps exiting during its start period")
 
     @model_validator(mode="after")
     def _process_probe_needs_command(self) -> ServiceConfig:

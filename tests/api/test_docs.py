@@ -17,7 +17,6 @@ from tests.conftest import bearer, make_token
 from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS
 
 
-
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     """Debian's Chromium through Playwright, for this module only: Playwright's sync API keeps
@@ -86,7 +85,7 @@ def test_openapi_declares_bearer_where_a_token_is_needed(api) -> None:  # type: 
 
 
 @pytest.mark.slow
-def test_docs_in_chromium_offline_authorize_and_try(api, chromium: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 (the fixture)
+def test_docs_in_chromium_offline_authorize_and_try(api, chromium: Any, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     client, rt = api
     base = str(client.base_url).rstrip("/")
     viewer = make_token(rt.store, "viewer", "docs-viewer")

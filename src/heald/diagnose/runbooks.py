@@ -296,11 +296,11 @@ def load_file(path: Path) -> list[Runbook]:
         seen[rb.name] = i
         rb.source_file = str(path)
         for sub, message in rb.template_problems():
-            loc = ["runbooks", i, *sub]
+            loc: list[str | int] = ["runbooks", i, *sub]
             problems.append(YamlProblem(str(path), key_line(text, loc), ".".join(map(str, loc)), message))
         for j, ex in enumerate(rb.examples):
             if not rb.applies_to(ex.signal, ex.category):
-                loc: list[str | int] = ["runbooks", i, "examples", j]
+                loc = ["runbooks", i, "examples", j]
                 problems.append(YamlProblem(str(path), key_line(text, loc), ".".join(map(str, loc)),
                                             f"this example does not match runbook {rb.name!r}"))
     if problems:
