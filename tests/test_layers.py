@@ -15,9 +15,6 @@ import grimp
 
 #: Cycles left on purpose, each inside one package (a host importing its plugins lazily).
 KNOWN = [
-    {"heald.cli", "heald.cli.audit", "heald.cli.ci", "heald.cli.evaluate", "heald.cli.learn", "heald.cli.logs",
-     "heald.cli.policy", "heald.cli.runbooks", "heald.cli.sandbox", "heald.cli.tokens", "heald.cli.configcmd",
-     "heald.cli.mcpcmd"},
     {"heald.sandbox", "heald.sandbox.bwrap", "heald.sandbox.docker"},
     {"heald.demo.monitoring", "heald.demo.system"},
     # the Runtime starts the workflow, whose steps reach the Runtime (both lazily)

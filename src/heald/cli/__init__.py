@@ -9,84 +9,35 @@ The configuration comes from ``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml``
 
 from __future__ import annotations
 
-import getpass
-import json
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from heald import __version__
-from heald.config import ConfigError, HealdConfig, load_config
+from heald.cli._common import (
+    PIPE_WIDTH,
+    JsonOpt,
+    _state,
+    app,
+    audit_app,
+    config,
+    err,
+    fail,
+    login_name,
+    open_store,
+    out,
+    print_json,
+    warn_deprecations,
+)
+from heald.config import HealdConfig
 from heald.models import IncidentState
 
-app = typer.Typer(name="heald", help="heald: a self-healing control plane for services and CI.",
-                  no_args_is_help=True, add_completion=True, pretty_exceptions_enable=False)
-audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
-
-#: Width of output that goes to a pipe or a file: wide enough that no table is cut or wrapped
-#: (Rich assumes 80 columns when it cannot ask a terminal); $COLUMNS still wins.
-PIPE_WIDTH = 1000
-
-
-def _console(stderr: bool = False) -> Console:
-    """A Rich console for stdout (or stderr) that does not cut tables to 80 columns when its
-    stream is not a terminal."""
-    import os
-
-    stream = sys.stderr if stderr else sys.stdout
-    tty = hasattr(stream, "isatty") and stream.isatty()
-    width = None if tty or os.environ.get("COLUMNS") else PIPE_WIDTH
-    return Console(stderr=stderr, width=width)
-
-
-out = _console()
-err = _console(stderr=True)
-_state: dict[str, Any] = {"config_path": None}
-
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON only.")
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def config() -> HealdConfig:
-    """The validated configuration (``--config``, ``$HEALD_CONFIG`` or ``./heald.yaml``); exits
-    2 naming file, line and key when it is invalid, and warns on stderr of each deprecated key."""
-    try:
-        from heald.remedies import CATALOG
-
-        cfg = load_config(_state["config_path"], remedies=CATALOG)
-    except ConfigError as exc:
-        fail(f"invalid configuration:\n{exc}")
-    warn_deprecations(cfg)
-    return cfg
-
-
-def warn_deprecations(cfg: HealdConfig) -> None:
-    """Print a warning on stderr for each deprecated key ``cfg``'s file used, naming the new key."""
-    for problem in cfg.deprecations:
-        err.print(f"[yellow]warning:[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
-
-
-def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-
-
-def open_store(cfg: HealdConfig):  # type: ignore[no-untyped-def]
-    from heald.store import Store
-
-    store = Store(cfg.database)
-    store.migrate()
-    return store
+__all__ = ["PIPE_WIDTH", "JsonOpt", "_state", "app", "audit_app", "config", "err", "fail", "login_name", "main",
+           "open_store", "out", "print_json", "warn_deprecations"]
 
 
 def _print_version(value: bool) -> None:
@@ -283,18 +234,6 @@ def incident(incident_id: int = typer.Argument(..., help="The incident's id."), 
     for e in detail["timeline"]:
         timeline.add_row(e["ts"][11:23], e["actor"], e["event"], e["reason"])
     out.print(timeline)
-
-
-def login_name() -> str:
-    """The login of the user running this process, from its real uid (``$USER``/``$LOGNAME``,
-    which anyone can set, do not count); ``getpass.getuser()`` when the uid has no passwd entry."""
-    import os
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return getpass.getuser()
 
 
 def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: str | None) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from heald.cli import JsonOpt, audit_app, config, fail, open_store, out, print_json
+from heald.cli._common import JsonOpt, audit_app, config, fail, open_store, out, print_json
 
 
 @audit_app.command("verify")

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.markup import escape
 
-from heald.cli import JsonOpt, app, config, err, fail, out, print_json
+from heald.cli._common import JsonOpt, app, config, err, fail, out, print_json
 
 
 def _default_branch(url: str) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from heald.cli import JsonOpt, _state, app, err, out, print_json, warn_deprecations
+from heald.cli._common import JsonOpt, _state, app, err, out, print_json, warn_deprecations
 from heald.config import ConfigError, config_path, load_config
 
 config_app = typer.Typer(help="Check heald.yaml, print its JSON Schema or its reference.", no_args_is_help=True)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, err, fail, out, print_json
+from heald.cli._common import JsonOpt, app, config, err, fail, out, print_json
 
 eval_app = typer.Typer(help="Evaluations of heald's reasoning.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, open_store, out, print_json
+from heald.cli._common import JsonOpt, app, config, open_store, out, print_json
 
 
 @app.command()

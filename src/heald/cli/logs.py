@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, fail, out, print_json
+from heald.cli._common import JsonOpt, app, fail, out, print_json
 
 logs_app = typer.Typer(help="Logs as a source: drain3 template mining.", no_args_is_help=True)
 app.add_typer(logs_app, name="logs")

@@ -9,7 +9,7 @@ from typing import Literal
 
 import typer
 
-from heald.cli import app, config, err, fail, open_store
+from heald.cli._common import app, config, err, fail, open_store
 
 
 @app.command("mcp")

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import typer
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, fail, open_store, out, print_json
+from heald.cli._common import JsonOpt, app, config, fail, open_store, out, print_json
 
 breakers_app = typer.Typer(help="Circuit breakers: auto-remediation off for a target after repeated failed "
                                 "verifications, until a human resets it.", no_args_is_help=True)

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, err, out, print_json
+from heald.cli._common import JsonOpt, app, config, err, out, print_json
 
 runbooks_app = typer.Typer(help="Runbooks: check files, list what heald loads.", no_args_is_help=True)
 app.add_typer(runbooks_app, name="runbooks")

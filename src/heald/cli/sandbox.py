@@ -6,7 +6,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, out, print_json
+from heald.cli._common import JsonOpt, app, config, out, print_json
 
 sandbox_app = typer.Typer(help="The sandbox untrusted work runs in.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from heald.cli import JsonOpt, app, config, err, fail, login_name, open_store, out, print_json
+from heald.cli._common import JsonOpt, app, config, err, fail, login_name, open_store, out, print_json
 from heald.models import Role, utcnow
 
 tokens_app = typer.Typer(help="API tokens with roles (viewer < operator < approver < admin).", no_args_is_help=True)
