@@ -14,26 +14,16 @@ import pytest
 
 from heald.api.docs import CSP, SCHEME
 from tests.conftest import bearer, make_token
-from tests.ui.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.ui.conftest import launch_chromium
 
 
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
-    """Debian's Chromium through Playwright, for this module only: Playwright's sync API keeps
-    an event loop running on the main thread until it stops, which DBOS's synchronous calls in
-    later tests would trip over (the dashboard's session-wide browser runs last, in tests/ui)."""
-    if os.environ.get("HEALD_TEST_BROWSER") == "none":
-        pytest.skip("HEALD_TEST_BROWSER=none: browser tests deliberately skipped")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (scripts/apt-packages.txt)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    """Debian's Chromium for this module only: Playwright's sync API keeps an event loop running
+    on the main thread until it stops, which DBOS's synchronous calls in later tests would trip
+    over (the dashboard's session-wide browser runs last, in tests/ui)."""
+    with launch_chromium() as browser:
+        yield browser
 
 
 PATH_VALUES = {"incident_id": "1", "token_id": "1", "silence_id": "1", "source": "alertmanager"}

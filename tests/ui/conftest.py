@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,14 @@ def screenshots(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     """Debian's Chromium, headless, through Playwright."""
+    with launch_chromium() as browser:
+        yield browser
+
+
+@contextmanager
+def launch_chromium() -> Iterator[Any]:
+    """Start Debian's Chromium headless through Playwright's sync API; stops it (and the event
+    loop Playwright keeps running on the main thread) on exit."""
     if os.environ.get("HEALD_TEST_BROWSER") == "none":
         pytest.skip("HEALD_TEST_BROWSER=none: browser tests deliberately skipped")
     if not Path(CHROMIUM).exists():
