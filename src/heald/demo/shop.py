@@ -66,7 +66,7 @@ FLAGS = Gauge("shop_chaos_flag", "Chaos flags that are on", ["flag"])
 
 
 def price(product: dict[str, Any]) -> float:
-    return float(round(product["price"] * (1 + TAX_RATE), CURRENCY["decimals"]))
+    return round(product["price"] * (1 + TAX_RATE), CURRENCY["decimals"])  # faults.GOOD_LINE: the bad release edits it
 
 
 class ShopError(Exception):
