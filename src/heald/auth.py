@@ -119,12 +119,17 @@ def _unauthorized(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": 'Bearer realm="heald"'})
 
 
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    value = headers.get("authorization", "")
-    scheme, _, credentials = value.partition(" ")
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header value (RFC 6750 §2.1), None when
+    the value is missing, empty or of another scheme."""
+    scheme, _, credentials = (authorization or "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
     return None
+
+
+def _bearer(headers: Mapping[str, str]) -> str | None:
+    return bearer_token(headers.get("authorization"))
 
 
 def _basic_password(headers: Mapping[str, str]) -> str | None:

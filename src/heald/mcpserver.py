@@ -35,7 +35,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heald import __version__
-from heald.auth import Principal, lookup_token
+from heald.auth import Principal, bearer_token, lookup_token
 from heald.config import HealdConfig
 from heald.models import IncidentState, Role, utcnow
 from heald.store import InvalidTransition, NotFound, Store
@@ -46,11 +46,6 @@ MAX_AUDITED_ARGUMENTS = 2000
 
 class McpAuthError(PermissionError):
     """A call without a valid token, or with a role too low for the tool."""
-
-
-def _bearer(header: str | None) -> str | None:
-    scheme, _, credentials = (header or "").partition(" ")
-    return credentials.strip() or None if scheme.lower() == "bearer" else None
 
 
 def principal_for(store: Store, token: str | None) -> Principal:
@@ -74,7 +69,7 @@ class BearerGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            token = _bearer(Request(scope).headers.get("authorization"))
+            token = bearer_token(Request(scope).headers.get("authorization"))
             try:
                 await anyio.to_thread.run_sync(principal_for, self.store, token)
             except McpAuthError as exc:
@@ -101,7 +96,7 @@ def build_server(cfg: HealdConfig, store: Store, *, stdio_token: str | None = No
     def who(ctx: Context[Any, Any, Any] | None) -> tuple[Principal, str]:
         request = ctx.request_context.request if ctx is not None else None
         if request is not None:
-            return principal_for(store, _bearer(request.headers.get("authorization"))), "mcp-http"
+            return principal_for(store, bearer_token(request.headers.get("authorization"))), "mcp-http"
         return principal_for(store, stdio_token), "mcp-stdio"
 
     def call(ctx: Context[Any, Any, Any] | None, tool: str, role: Role, arguments: dict[str, Any], run: Any,

@@ -108,6 +108,13 @@ class HealdSelf:
         """Whether ``path`` overlaps heald's own state (:meth:`paths`)."""
         return any(overlaps(path, own) for own in self.paths())
 
+    def refuse_owned(self, target: Target, where: Path | None) -> str | None:
+        """The refusal for a remedy on ``target`` whose directory ``where`` lies in heald's own
+        state (:meth:`owns_path`), None when it does not (or there is no directory)."""
+        if where is not None and self.owns_path(where):
+            return f"refused: {target} lives in heald's own state ({where})"
+        return None
+
     def describe_paths(self) -> str:
         """heald's own state as text, for a refusal."""
         return ", ".join(str(p) for p in self.paths())

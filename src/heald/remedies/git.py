@@ -93,9 +93,7 @@ class GitRevert(Remedy[GitRevertParams]):
         """A configuration repository inside heald's own state."""
         svc = heald.config.services.get(params.service)
         where = svc.config_repo.path if svc is not None and svc.config_repo is not None else None
-        if where is not None and heald.owns_path(where):
-            return f"refused: {self.target(params)} lives in heald's own state ({where})"
-        return None
+        return heald.refuse_owned(self.target(params), where)
 
     def snapshot(self, params: GitRevertParams, ctx: RemedyContext) -> dict[str, Any] | None:
         return {"head": _git(_repo(params, ctx), "rev-parse", "HEAD")}

@@ -72,9 +72,7 @@ class RollbackRelease(Remedy[RollbackParams]):
         """A releases directory inside heald's own state."""
         svc = heald.config.services.get(params.service)
         where = svc.releases.dir if svc is not None and svc.releases is not None else None
-        if where is not None and heald.owns_path(where):
-            return f"refused: {self.target(params)} lives in heald's own state ({where})"
-        return None
+        return heald.refuse_owned(self.target(params), where)
 
     def _target_release(self, params: RollbackParams, releases: ReleasesConfig, current: str) -> str:
         if params.to:

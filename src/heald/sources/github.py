@@ -31,8 +31,6 @@ run's output text and the delivery id.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -40,6 +38,8 @@ from urllib.parse import parse_qs
 
 from heald.jsontext import excerpt, quote
 from heald.models import Severity, Signal
+from heald.sources._common import any_matches, header, hmac_sha256_hex
+from heald.sources._common import fingerprint as _fingerprint
 from heald.sources.base import (
     SourceError,
     SourceIgnored,
@@ -57,21 +57,19 @@ FORM = "application/x-www-form-urlencoded"
 
 def signature(secret: str, body: bytes) -> str:
     """The ``X-Hub-Signature-256`` value GitHub sends for ``body`` signed with ``secret``."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return "sha256=" + hmac_sha256_hex(secret, body)
 
 
 def verify_signature(headers: Mapping[str, str], body: bytes, secret: str) -> bool:
     """Does ``X-Hub-Signature-256`` match ``body`` under ``secret``? False when it is missing
     or malformed. Compared in constant time."""
-    sent = headers.get("x-hub-signature-256") or headers.get("X-Hub-Signature-256") or ""
-    if not sent.startswith("sha256="):
-        return False
-    return hmac.compare_digest(signature(secret, body).encode(), sent.strip().encode())
+    sent = header(headers, "X-Hub-Signature-256")
+    return sent.startswith("sha256=") and any_matches(signature(secret, body), [sent])
 
 
 def fingerprint(repo: str, sha: str) -> str:
     """One fingerprint per (repository, commit): all CI events of a commit join one incident."""
-    return hashlib.sha256(f"github\x00{repo}\x00{sha}".encode()).hexdigest()[:16]
+    return _fingerprint("github", repo, sha)
 
 
 def _get(obj: Any, path: str, expected: str) -> Any:
