@@ -494,20 +494,22 @@ def close(deps: Deps, incident_id: int, state: IncidentState, reason: str, verif
     fields: dict[str, Any] = {}
     if verified is not None and verified.recovered_at is not None:
         fields["recovered_at"] = verified.recovered_at
+    actions = deps.store.actions_for(incident_id)
+
+    def final_outcome(closed: Incident) -> Outcome:
+        return Outcome(incident_id=incident_id, category=closed.category or "unknown",
+                       remedy=actions[-1].remedy if actions and state == IncidentState.resolved else None,
+                       result=OutcomeResult.healed if state == IncidentState.resolved else OutcomeResult.escalated,
+                       attempt=0, time_to_detect_s=closed.time_to_detect_s, time_to_recover_s=closed.time_to_recover_s)
+
     try:
-        inc = deps.store.transition(incident_id, state, reason=reason, **fields)
+        inc = deps.store.transition(incident_id, state, reason=reason, outcome=final_outcome, **fields)
     except (InvalidTransition, NotFound):
         log.exception("close.failed", incident_id=incident_id, state=state.value)
         inc = deps.store.transition(incident_id, IncidentState.failed, reason=f"could not close as {state.value}: {reason}")
         log.info("incident.failed", incident_id=incident_id, reason=inc.closed_reason or reason)
         notify(deps, incident_id, inc.state.value, inc.closed_reason or reason)
         return inc.state.value
-    actions = deps.store.actions_for(incident_id)
-    deps.store.add_outcome(Outcome(
-        incident_id=incident_id, category=inc.category or "unknown",
-        remedy=actions[-1].remedy if actions and state == IncidentState.resolved else None,
-        result=OutcomeResult.healed if state == IncidentState.resolved else OutcomeResult.escalated,
-        attempt=0, time_to_detect_s=inc.time_to_detect_s, time_to_recover_s=inc.time_to_recover_s))
     log.info(f"incident.{inc.state.value}", incident_id=incident_id, reason=reason)
     notify(deps, incident_id, inc.state.value, reason)
     return inc.state.value
@@ -530,11 +532,12 @@ def close_if_resolved_by_source(deps: Deps, incident: Incident, signals: list[Si
         return None
     ended = max((s.ends_at or s.received_at or utcnow() for s in signals if s.status == SignalStatus.resolved),
                 default=utcnow())
-    deps.store.transition(incident.id, IncidentState.resolved,
-                          reason="every signal resolved at its source before heald acted", recovered_at=ended)
-    deps.store.add_outcome(Outcome(incident_id=incident.id, category=incident.category or "unknown", remedy=None,
-                                   result=OutcomeResult.healed, time_to_detect_s=incident.time_to_detect_s,
-                                   time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
+    deps.store.transition(
+        incident.id, IncidentState.resolved, reason="every signal resolved at its source before heald acted",
+        recovered_at=ended,
+        outcome=lambda closed: Outcome(incident_id=incident.id, category=closed.category or "unknown", remedy=None,
+                                       result=OutcomeResult.healed, time_to_detect_s=closed.time_to_detect_s,
+                                       time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
     notify(deps, incident.id, IncidentState.resolved.value, "every signal resolved at its source before heald acted")
     return Closed(IncidentState.resolved.value)
 

@@ -7,7 +7,7 @@ from the Alembic migrations, applied by :meth:`Store.migrate`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -185,10 +185,13 @@ class Store:
             return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
-                   details: dict[str, Any] | None = None, **fields: Any) -> Incident:
+                   details: dict[str, Any] | None = None, outcome: Callable[[Incident], Outcome] | None = None,
+                   **fields: Any) -> Incident:
         """Move an incident to state ``to`` and audit it, in one transaction.
 
         ``fields`` set other columns at the same time (``category``, ``recovered_at``, …).
+        ``outcome``, given the incident as it now is, makes the outcome recorded in the same
+        transaction (a closed incident is never seen without its outcome); only on a real move.
         A move to the state it is already in only updates ``fields`` (a replayed step).
         Raises NotFound, InvalidTransition (the state machine forbids it).
         """
@@ -210,6 +213,9 @@ class Store:
                     row.closed_reason = reason
                 audit.append(s, actor=actor, event="incident.transition", incident_id=incident_id,
                              reason=reason, details={"from": current.value, "to": to.value, **(details or {})})
+                if outcome is not None:
+                    s.flush()
+                    self._add_outcome(s, outcome(incident_model(row)))
             return incident_model(row)
 
     def bump_attempts(self, incident_id: int, attempt: int) -> None:
@@ -422,16 +428,21 @@ class Store:
                                  finished_at=r.finished_at) for r in rows]
 
     def add_outcome(self, o: Outcome) -> Outcome:
+        """Record one attempt's or one incident's outcome, audited; returns it with created_at."""
         with self.tx() as s:
-            row = OutcomeRow(incident_id=o.incident_id, category=o.category, remedy=o.remedy, result=o.result.value,
-                             attempt=o.attempt, time_to_detect_s=o.time_to_detect_s,
-                             time_to_recover_s=o.time_to_recover_s, created_at=utcnow())
-            s.add(row)
-            s.flush()
-            audit.append(s, actor="heald", event="outcome.recorded", incident_id=o.incident_id,
-                         reason=f"{o.remedy or 'no remedy'}: {o.result.value}",
-                         details=o.model_dump(mode="json", exclude={"created_at"}))
-            return o.model_copy(update={"created_at": row.created_at})
+            return self._add_outcome(s, o)
+
+    @staticmethod
+    def _add_outcome(s: Session, o: Outcome) -> Outcome:
+        row = OutcomeRow(incident_id=o.incident_id, category=o.category, remedy=o.remedy, result=o.result.value,
+                         attempt=o.attempt, time_to_detect_s=o.time_to_detect_s,
+                         time_to_recover_s=o.time_to_recover_s, created_at=utcnow())
+        s.add(row)
+        s.flush()
+        audit.append(s, actor="heald", event="outcome.recorded", incident_id=o.incident_id,
+                     reason=f"{o.remedy or 'no remedy'}: {o.result.value}",
+                     details=o.model_dump(mode="json", exclude={"created_at"}))
+        return o.model_copy(update={"created_at": row.created_at})
 
     def outcomes(self, incident_id: int | None = None, category: str | None = None) -> list[Outcome]:
         stmt = sa.select(OutcomeRow).order_by(OutcomeRow.id)
