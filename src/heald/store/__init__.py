@@ -182,7 +182,7 @@ class Store:
     def count_incidents_by_state(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
-            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
+            return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
                    details: dict[str, Any] | None = None, outcome: Callable[[Incident], Outcome] | None = None,
@@ -235,7 +235,7 @@ class Store:
     def count_signals_by_source(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
-            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
+            return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
     # -- healing records --------------------------------------------------------------------
     def add_diagnosis(self, incident_id: int, d: Diagnosis, actor: str = "heald") -> Diagnosis:
@@ -598,7 +598,7 @@ class Store:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
                              .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
                              .group_by(IncidentRow.state))
-            return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
+            return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
     def incident_outcomes(self, limit: int = 50) -> list[Outcome]:
         """The newest ``limit`` outcomes of whole incidents (attempt 0, with their time to
@@ -618,7 +618,7 @@ class Store:
                                 sa.func.count().label("n")).group_by(SignalRow.source).subquery())
             rows = s.execute(sa.select(SignalRow, latest.c.n).join(latest, SignalRow.id == latest.c.last_id)
                              .order_by(SignalRow.source))
-            return {row.source: (signal_model(row), int(n)) for row, n in rows.tuples()}
+            return {r[0].source: (signal_model(r[0]), int(r[1])) for r in rows}
 
     def search_audit(self, *, incident_id: int | None = None, actor: str | None = None,
                      event: str | None = None, before_seq: int | None = None, limit: int = 100) -> list[AuditEntry]:
