@@ -12,7 +12,8 @@
 * Error answers never echo more than a short excerpt of the input (FastAPI's default 422
   answer carries the whole ``input``), list at most :data:`MAX_ERRORS` problems, and an
   unexpected exception is answered 500 with an error id and no traceback (the traceback goes
-  to the log, so the bug stays visible).
+  to the log, so the bug stays visible); a transient database error (contention, a dropped
+  connection) that outlived its retries is answered 503 with ``Retry-After``.
 * :data:`DbId`, :data:`MAX_ID` and :data:`MAX_DB_INT`: integer path and query parameters
   bounded to what the databases store (ids: PostgreSQL ``integer``; offsets and audit
   sequence numbers: 64-bit), so a huge number is a 422, not an OverflowError or a
@@ -210,8 +211,23 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return SafeJSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
+#: Seconds a client is asked to wait after a 503 for a busy or unreachable database.
+RETRY_AFTER_SECONDS = 5
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
-    """500 for a bug: an error id to find the traceback in heald's log, never the traceback."""
+    """500 for a bug: an error id to find the traceback in heald's log, never the traceback.
+    A transient database error that outlived its retries (contention, a dropped connection:
+    :func:`heald.store.retry.is_transient`) is no bug: 503 with ``Retry-After`` (Alertmanager
+    and other senders retry; a signal ingestion is one transaction, so none of it was stored)."""
+    from heald.store.retry import is_transient
+
+    if is_transient(exc):
+        log.warning("database busy or unreachable in %s %s: %s", request.method, request.url.path,
+                    str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+        return JSONResponse({"detail": "the database is busy or unreachable for now; the request did not "
+                                       f"complete; retry in {RETRY_AFTER_SECONDS} s"},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     error_id = secrets.token_hex(6)
     log.error("unexpected error %s in %s %s", error_id, request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": f"internal error {error_id} ({type(exc).__name__}); the details are in heald's log"},

@@ -112,6 +112,7 @@ class Runtime:
         self.checkpointer: Checkpointer | None = None
         self.started = False
         self._lock = threading.Lock()
+        self._reaper_stop = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +136,7 @@ class Runtime:
                           details={"executor_id": self.config.executor_id, "services": services,
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
         self.resume_open_incidents()
+        self._start_reaper()
         if self.probes:
             self.probes.start()
         for tailer in self.log_tailers:
@@ -144,6 +146,7 @@ class Runtime:
         """Stop probes and DBOS, write a last audit checkpoint; with ``stop_services`` also
         the managed services."""
         global _runtime
+        self._reaper_stop.set()
         if self.probes:
             self.probes.stop()
         for tailer in self.log_tailers:
@@ -175,6 +178,103 @@ class Runtime:
                 started += 1
         return started
 
+    # -- stranded incidents -------------------------------------------------------------------
+    #: Seconds between two sweeps of :meth:`reap_stranded_incidents` (a test may lower it).
+    reap_interval_seconds: float = 15.0
+
+    def reap_stranded_incidents(self, incident_ids: list[int] | None = None) -> dict[str, list[int]]:
+        """Make sure no open incident is left without a live healing workflow (DESIGN.md
+        invariant 4), for every open incident or only ``incident_ids``.
+
+        For each open incident, by its workflow's DBOS status: none (a crash between storing the
+        signal and starting it) → started; ``CANCELLED`` or ``MAX_RECOVERY_ATTEMPTS_EXCEEDED`` →
+        resumed (``DBOS.resume_workflow``, from its last completed step); ``ERROR`` (a step
+        raised: DBOS would replay the same error, it cannot be resumed), ``SUCCESS`` while the
+        incident is still open, or a resume that fails → the incident ends ``failed`` with the
+        reason, audited, its leases freed and the channels told — so the next signal about the
+        target opens a new incident with a new workflow instead of joining a dead one. Live
+        workflows (``PENDING``, ``ENQUEUED``, ``DELAYED``) are left alone. Returns
+        {"started": [...], "resumed": [...], "failed": [...]} (incident ids). Never raises for one
+        incident's trouble (logged; the next sweep tries again)."""
+        done: dict[str, list[int]] = {"started": [], "resumed": [], "failed": []}
+        if incident_ids is None:
+            candidates = [i.id for i in self.store.list_incidents(limit=10_000) if not i.state.terminal]
+        else:
+            candidates = sorted(set(incident_ids))
+        for incident_id in candidates:
+            try:
+                if (what := self._reap_one(incident_id)) is not None:
+                    done[what].append(incident_id)
+            except Exception:
+                log.exception("reaper.error", incident_id=incident_id)
+        if any(done.values()):
+            log.warning("reaper.stranded_incidents", **done)
+        return done
+
+    def reap_joined(self, results: list[correlate.IngestResult]) -> None:
+        """After an ingestion: :meth:`reap_stranded_incidents` for the incidents the signals
+        joined (not those they opened), so a signal never keeps feeding an incident whose workflow
+        died: that incident ends now, and the target's next signal opens a new one."""
+        joined = [r.incident_id for r in results if r.incident_id is not None and not r.opened]
+        if joined:
+            self.reap_stranded_incidents(joined)
+
+    def _reap_one(self, incident_id: int) -> str | None:
+        """One incident of :meth:`reap_stranded_incidents`: "started", "resumed", "failed" or None."""
+        from dbos import WorkflowStatusString
+
+        if self.store.get_incident(incident_id).state.terminal:
+            return None
+        wf = workflow_id(incident_id)
+        status = DBOS.get_workflow_status(wf)
+        if status is None:
+            self.start_healing(incident_id)
+            return "started"
+        state = status.status
+        if state in (WorkflowStatusString.PENDING.value, WorkflowStatusString.ENQUEUED.value,
+                     WorkflowStatusString.DELAYED.value):
+            return None
+        if state in (WorkflowStatusString.CANCELLED.value, WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value):
+            try:
+                DBOS.resume_workflow(wf)
+                return "resumed"
+            except Exception as exc:
+                why = f"its healing workflow {wf} was {state.lower()} and could not be resumed: {exc}"
+        elif state == WorkflowStatusString.ERROR.value:
+            error = str(status.error).splitlines()[0][:300] if status.error else "no error recorded"
+            why = f"its healing workflow {wf} failed ({error}) and cannot be resumed"
+        else:  # SUCCESS, yet the incident is open
+            why = f"its healing workflow {wf} ended ({state.lower()}) without closing it"
+        if self.store.get_incident(incident_id).state.terminal:  # it closed while we looked
+            return None
+        return self._end_stranded(incident_id, why)
+
+    def _end_stranded(self, incident_id: int, why: str) -> str | None:
+        """End an incident whose workflow is dead: ``failed``, audited, leases freed, channels told."""
+        from heald.budgets import release_lease
+        from heald.engine.steps import notify
+
+        reason = f"{why}; a new signal about the target opens a new incident"
+        release_lease(self.store, incident_id)
+        try:
+            self.store.transition(incident_id, IncidentState.failed, reason=reason,
+                                  details={"stranded": True})
+        except InvalidTransition:  # it ended meanwhile
+            return None
+        notify(self.deps(), incident_id, IncidentState.failed.value, reason)
+        return "failed"
+
+    def _start_reaper(self) -> None:
+        """Sweep :meth:`reap_stranded_incidents` every :attr:`reap_interval_seconds` until stop()."""
+        self._reaper_stop.clear()
+
+        def loop() -> None:
+            while not self._reaper_stop.wait(self.reap_interval_seconds):
+                if self.started:
+                    self.reap_stranded_incidents()
+
+        threading.Thread(target=loop, name="heald-reaper", daemon=True).start()
+
     # -- intake ----------------------------------------------------------------------------
     def ingest(self, signal: Signal, actor: str | None = None) -> correlate.IngestResult:
         """Store and correlate ``signal``; start healing the incident it opens."""
@@ -189,14 +289,15 @@ class Runtime:
         from heald.ci.incident import from_outside
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        with self.store.tx() as session:
-            results = [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
+        results = self.store.transact(lambda session: [correlate.ingest(session, s, self.config, actor=actor)
+                                                        for s in signals])
         failpoint("ingest.after_commit")
         for signal, result in zip(signals, results, strict=True):
             log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
                      incident_id=result.incident_id, opened=result.opened)
             if result.opened and result.incident_id is not None:
                 self.start_healing(result.incident_id)
+        self.reap_joined(results)
         return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
@@ -208,14 +309,15 @@ class Runtime:
         from heald.correlate.deliveries import ingest_delivery
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        with self.store.tx() as session:
-            results = ingest_delivery(session, source, delivery_id, signals, self.config, actor=actor)
+        results = self.store.transact(lambda session: ingest_delivery(session, source, delivery_id, signals,
+                                                                       self.config, actor=actor))
         if results is None:
             log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
             return None
         for r in results:
             if r.opened and r.incident_id is not None:
                 self.start_healing(r.incident_id)
+        self.reap_joined(results)
         return results
 
     def start_healing(self, incident_id: int) -> None:
