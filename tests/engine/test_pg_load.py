@@ -40,3 +40,41 @@ def test_concurrent_alertmanager_senders_and_killed_connections_leave_no_5xx_no_
     assert (result.signals_stored, result.alerts_stored_twice, result.alerts_missing) == (2000, 0, 0), result
     assert result.frozen == [], f"incidents open without a live workflow: {result.frozen}"
     assert result.audit_intact, result
+
+
+def test_a_database_that_stays_unreachable_gets_503_with_retry_after_and_the_resent_message_is_stored_once(
+        pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL refuses heald's connections for longer than ingestion retries: the webhook
+    is answered 503 with ``Retry-After`` (Alertmanager sends it again), never 500, and nothing
+    of it is stored; sent again once the database is back, it is stored once."""
+    import sqlalchemy as sa
+
+    from heald.engine import Runtime
+    from heald.store import retry
+    from heald.store.db import normalize_url
+    from tests.conftest import POSTGRES_URL, make_config, serving
+
+    monkeypatch.setattr(retry, "MAX_SECONDS", 2.0)  # a short outage is retried inside; this one outlasts it
+    rt = Runtime(make_config(tmp_path, database_url=pg_url), manage_services=False, run_probes=False, tail_logs=False)
+    rt.start()
+    db = sa.make_url(normalize_url(pg_url)).database
+    admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    body = _bench().alert_message(0, 0, 5, 2, 2)  # type: ignore[attr-defined]
+    try:
+        with serving(rt, role="operator") as client:
+            with admin.connect() as c:
+                c.execute(sa.text(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS false'))
+                c.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": db})
+            try:
+                refused = client.post("/v1/webhooks/alertmanager", json=body)
+            finally:
+                with admin.connect() as c:
+                    c.execute(sa.text(f'ALTER DATABASE "{db}" ALLOW_CONNECTIONS true'))
+            assert refused.status_code == 503, refused.text
+            assert int(refused.headers["retry-after"]) > 0
+            again = client.post("/v1/webhooks/alertmanager", json=body)
+            assert again.status_code == 202, again.text
+        assert rt.store.count_signals_by_source() == {"alertmanager": 5}
+    finally:
+        rt.stop()
+        admin.dispose()
