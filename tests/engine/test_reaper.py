@@ -42,16 +42,14 @@ def test_an_incident_whose_workflow_failed_ends_failed_with_the_reason_and_the_n
     monkeypatch.undo()
     assert rt.store.get_incident(first.incident_id).state == IncidentState.observing  # stranded, as on old heald
 
-    joined = rt.ingest(sig(summary="still down"))  # a signal meets the dead incident: it is reaped at once
-    assert joined.incident_id == first.incident_id
+    fresh = rt.ingest(sig(summary="still down"))  # the dead incident ends before it can join it
+    assert fresh.opened and fresh.incident_id not in (first.incident_id, None)
     dead = rt.store.get_incident(first.incident_id)
     assert dead.state == IncidentState.failed
     assert "failed" in (dead.closed_reason or "") and "a stage crashed on this incident" in (dead.closed_reason or "")
     entry = rt.store.search_audit(incident_id=first.incident_id, event="incident.transition", limit=1)[0]
     assert entry.details["to"] == "failed" and entry.details.get("stranded") is True
 
-    fresh = rt.ingest(sig(summary="down again"))
-    assert fresh.opened and fresh.incident_id != first.incident_id
     assert fresh.incident_id is not None
     wait_for(lambda: rt.store.get_incident(fresh.incident_id).state.terminal, what="the new incident to end")
     assert rt.store.get_incident(fresh.incident_id).state == IncidentState.escalated  # its workflow ran to the end
@@ -84,3 +82,23 @@ def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path:
         assert wf_status(orphan.incident_id) == "SUCCESS"
     finally:
         rt.stop()
+
+
+def test_a_workflow_that_dies_while_a_batch_joins_it_ends_its_incident_right_after(
+        tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after correlating: an incident whose workflow died after the check before it
+    (here: a sweep that saw it live) is ended as soon as a signal joins it."""
+    rt = start_runtime(make_config(tmp_path), manage_services=False, run_probes=False, tail_logs=False)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a stage crashed on this incident")
+
+    monkeypatch.setattr(steps, "diagnose", broken)
+    first = rt.ingest(sig())
+    assert first.incident_id is not None
+    wait_for(lambda: wf_status(first.incident_id) == "ERROR", what="the workflow to fail")
+    monkeypatch.undo()
+    monkeypatch.setattr(rt, "_without_live_workflow", lambda ids: [] if ids is None else list(ids))  # the race
+    joined = rt.ingest(sig(summary="still down"))
+    assert joined.incident_id == first.incident_id and not joined.opened
+    assert rt.store.get_incident(first.incident_id).state == IncidentState.failed

@@ -193,14 +193,19 @@ class Runtime:
         incident is still open, or a resume that fails → the incident ends ``failed`` with the
         reason, audited, its leases freed and the channels told — so the next signal about the
         target opens a new incident with a new workflow instead of joining a dead one. Live
-        workflows (``PENDING``, ``ENQUEUED``, ``DELAYED``) are left alone. Returns
+        workflows (``PENDING``, ``ENQUEUED``, ``DELAYED``) are left alone; finding the others
+        takes two queries (:meth:`_without_live_workflow`), so ingestion calls it before
+        correlating. Nothing happens before :meth:`start` (no DBOS). Returns
         {"started": [...], "resumed": [...], "failed": [...]} (incident ids). Never raises for one
         incident's trouble (logged; the next sweep tries again)."""
         done: dict[str, list[int]] = {"started": [], "resumed": [], "failed": []}
-        if incident_ids is None:
-            candidates = [i.id for i in self.store.list_incidents(limit=10_000) if not i.state.terminal]
-        else:
-            candidates = sorted(set(incident_ids))
+        if not self.started:  # no DBOS yet (or any more): nothing can be started or resumed
+            return done
+        try:
+            candidates = self._without_live_workflow(incident_ids)
+        except Exception:
+            log.exception("reaper.error")
+            return done
         for incident_id in candidates:
             try:
                 if (what := self._reap_one(incident_id)) is not None:
@@ -211,10 +216,32 @@ class Runtime:
             log.warning("reaper.stranded_incidents", **done)
         return done
 
+    def _without_live_workflow(self, incident_ids: list[int] | None) -> list[int]:
+        """The open incidents (of ``incident_ids``, or all) whose workflow is not live: two
+        queries, whatever their number (the open incidents, the live workflows among theirs)."""
+        import sqlalchemy as sa
+        from dbos import WorkflowStatusString
+
+        from heald.models import OPEN_STATES
+        from heald.store.tables import IncidentRow
+
+        stmt = sa.select(IncidentRow.id).where(IncidentRow.state.in_([s.value for s in OPEN_STATES]))
+        if incident_ids is not None:
+            stmt = stmt.where(IncidentRow.id.in_(sorted(set(incident_ids))))
+        open_ids: list[int] = self.store.transact(lambda s: list(s.scalars(stmt.order_by(IncidentRow.id))))
+        if not open_ids:
+            return []
+        live = {w.workflow_id for w in DBOS.list_workflows(
+            workflow_ids=[workflow_id(i) for i in open_ids], load_input=False, load_output=False,
+            status=[WorkflowStatusString.PENDING.value, WorkflowStatusString.ENQUEUED.value,
+                    WorkflowStatusString.DELAYED.value])}
+        return [i for i in open_ids if workflow_id(i) not in live]
+
     def reap_joined(self, results: list[correlate.IngestResult]) -> None:
         """After an ingestion: :meth:`reap_stranded_incidents` for the incidents the signals
-        joined (not those they opened), so a signal never keeps feeding an incident whose workflow
-        died: that incident ends now, and the target's next signal opens a new one."""
+        joined (not those they opened). Ingestion reaps before it correlates, so a signal joins
+        no incident whose workflow was already dead; one that died meanwhile ends now, and the
+        target's next signal opens a new incident."""
         joined = [r.incident_id for r in results if r.incident_id is not None and not r.opened]
         if joined:
             self.reap_stranded_incidents(joined)
@@ -289,6 +316,7 @@ class Runtime:
         from heald.ci.incident import from_outside
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
+        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
         results = self.store.transact(lambda session: [correlate.ingest(session, s, self.config, actor=actor)
                                                         for s in signals])
         failpoint("ingest.after_commit")
@@ -309,6 +337,7 @@ class Runtime:
         from heald.correlate.deliveries import ingest_delivery
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
+        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
         results = self.store.transact(lambda session: ingest_delivery(session, source, delivery_id, signals,
                                                                        self.config, actor=actor))
         if results is None:
