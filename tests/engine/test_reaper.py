@@ -7,6 +7,7 @@ workflow failed; the target's next signal then opens a new incident. Real runtim
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from dbos import DBOS
 from heald import correlate
 from heald.engine import Runtime, steps, workflow_id
 from heald.models import IncidentState, Signal
+from heald.store.tables import IncidentRow
 from tests.conftest import make_config, wait_for
 
 
@@ -77,6 +79,8 @@ def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path:
     try:
         with rt.store.tx() as s:  # stored, but its workflow never started (heald died in between)
             orphan = correlate.ingest(s, sig(), cfg)
+            s.flush()
+            s.get_one(IncidentRow, orphan.incident_id).detected_at -= timedelta(minutes=1)
         assert orphan.incident_id is not None
         wait_for(lambda: rt.store.get_incident(orphan.incident_id).state.terminal, what="the sweep to heal it")
         assert wf_status(orphan.incident_id) == "SUCCESS"

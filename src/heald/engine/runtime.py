@@ -29,7 +29,7 @@ from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
-from heald.models import IncidentState, Signal
+from heald.models import IncidentState, Signal, utcnow
 from heald.notify import Notifier
 from heald.policy import count_approvers
 from heald.sources.logs import LogTailer
@@ -41,6 +41,8 @@ from heald.supervise import Supervisor
 log = structlog.get_logger("heald.engine")
 
 APPROVAL_TOPIC = "approval"
+#: An incident opened this recently without a workflow is left to its opener by the reaper.
+_JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
 
 
@@ -250,11 +252,14 @@ class Runtime:
         """One incident of :meth:`reap_stranded_incidents`: "started", "resumed", "failed" or None."""
         from dbos import WorkflowStatusString
 
-        if self.store.get_incident(incident_id).state.terminal:
+        incident = self.store.get_incident(incident_id)
+        if incident.state.terminal:
             return None
         wf = workflow_id(incident_id)
         status = DBOS.get_workflow_status(wf)
         if status is None:
+            if (utcnow() - incident.detected_at).total_seconds() < _JUST_OPENED_SECONDS:
+                return None  # its opener is starting it right now (it commits first, then starts)
             self.start_healing(incident_id)
             return "started"
         state = status.status
