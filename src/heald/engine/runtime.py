@@ -297,13 +297,16 @@ class Runtime:
         return "failed"
 
     def _start_reaper(self) -> None:
-        """Sweep :meth:`reap_stranded_incidents` every :attr:`reap_interval_seconds` until stop()."""
+        """Sweep :meth:`reap_stranded_incidents` now (an incident a previous heald left with a
+        failed workflow) and then every :attr:`reap_interval_seconds` until stop()."""
         self._reaper_stop.clear()
 
         def loop() -> None:
-            while not self._reaper_stop.wait(self.reap_interval_seconds):
+            while True:
                 if self.started:
                     self.reap_stranded_incidents()
+                if self._reaper_stop.wait(self.reap_interval_seconds):
+                    return
 
         threading.Thread(target=loop, name="heald-reaper", daemon=True).start()
 
