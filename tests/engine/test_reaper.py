@@ -58,17 +58,22 @@ def test_an_incident_whose_workflow_failed_ends_failed_with_the_reason_and_the_n
     assert rt.store.verify_audit().intact
 
 
-def test_a_cancelled_workflow_is_resumed(tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
-    rt = start_runtime(make_config(tmp_path, healing={"group_wait_seconds": 1.0}), manage_services=False,
-                       run_probes=False, tail_logs=False)
-    opened = rt.ingest(sig())
-    assert opened.incident_id is not None
-    DBOS.cancel_workflow(workflow_id(opened.incident_id))
-    wait_for(lambda: wf_status(opened.incident_id) == "CANCELLED", what="the cancel")
-    assert rt.reap_stranded_incidents() == {"started": [], "resumed": [opened.incident_id], "failed": []}
-    wait_for(lambda: rt.store.get_incident(opened.incident_id).state.terminal, what="the resumed healing to end")
-    assert rt.store.get_incident(opened.incident_id).state == IncidentState.escalated
-    assert rt.reap_stranded_incidents() == {"started": [], "resumed": [], "failed": []}
+def test_a_cancelled_workflow_is_resumed_by_the_sweep(tmp_path: Path) -> None:
+    rt = Runtime(make_config(tmp_path, healing={"group_wait_seconds": 3.0}), manage_services=False,
+                 run_probes=False, tail_logs=False)
+    rt.reap_interval_seconds = 0.2
+    rt.start()
+    try:
+        opened = rt.ingest(sig())
+        assert opened.incident_id is not None
+        DBOS.cancel_workflow(workflow_id(opened.incident_id))
+        wait_for(lambda: wf_status(opened.incident_id) != "CANCELLED", what="the sweep to resume it")
+        wait_for(lambda: rt.store.get_incident(opened.incident_id).state.terminal, what="the resumed healing to end")
+        assert rt.store.get_incident(opened.incident_id).state == IncidentState.escalated
+        wait_for(lambda: wf_status(opened.incident_id) == "SUCCESS", what="its workflow to finish")
+        assert rt.reap_stranded_incidents() == {"started": [], "resumed": [], "failed": []}
+    finally:
+        rt.stop()
 
 
 def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path: Path) -> None:
@@ -83,7 +88,7 @@ def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path:
             s.get_one(IncidentRow, orphan.incident_id).detected_at -= timedelta(minutes=1)
         assert orphan.incident_id is not None
         wait_for(lambda: rt.store.get_incident(orphan.incident_id).state.terminal, what="the sweep to heal it")
-        assert wf_status(orphan.incident_id) == "SUCCESS"
+        wait_for(lambda: wf_status(orphan.incident_id) == "SUCCESS", what="its workflow to finish")
     finally:
         rt.stop()
 
