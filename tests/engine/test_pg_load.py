@@ -24,6 +24,7 @@ def _bench() -> object:
     return module
 
 
+@pytest.mark.slow
 def test_concurrent_alertmanager_senders_and_killed_connections_leave_no_5xx_no_loss_no_frozen_incident(
         pg_url: str, tmp_path: Path) -> None:
     """4 senders × 500 alerts in messages of 5, every connection heald has to PostgreSQL
