@@ -12,7 +12,8 @@
 * Error answers never echo more than a short excerpt of the input (FastAPI's default 422
   answer carries the whole ``input``), list at most :data:`MAX_ERRORS` problems, and an
   unexpected exception is answered 500 with an error id and no traceback (the traceback goes
-  to the log, so the bug stays visible).
+  to the log, so the bug stays visible); a transient database error (contention, a dropped
+  connection) that outlived its retries is answered 503 with ``Retry-After``.
 * :data:`DbId`, :data:`MAX_ID` and :data:`MAX_DB_INT`: integer path and query parameters
   bounded to what the databases store (ids: PostgreSQL ``integer``; offsets and audit
   sequence numbers: 64-bit), so a huge number is a 422, not an OverflowError or a
@@ -210,6 +211,28 @@ async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
     return SafeJSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
+#: Seconds a client is asked to wait after a 503 for a busy or unreachable database.
+RETRY_AFTER_SECONDS = 5
+
+
+async def database_error(request: Request, exc: Exception) -> Response:
+    """A transient database error that outlived its retries (contention, a dropped connection:
+    :func:`heald.store.retry.is_transient`) is no bug: 503 with ``Retry-After`` (Alertmanager
+    and other senders retry; a signal ingestion is one transaction, so none of it was stored).
+    Any other database error is :func:`unexpected_error`'s. Registered for the database's
+    exception classes, not as the catch-all: Starlette's catch-all answers and then re-raises,
+    which can reset the client's connection."""
+    from heald.store.retry import is_transient
+
+    if not is_transient(exc):
+        return await unexpected_error(request, exc)
+    log.warning("database busy or unreachable in %s %s: %s", request.method, request.url.path,
+                str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    return JSONResponse({"detail": "the database is busy or unreachable for now; the request did not "
+                                   f"complete; retry in {RETRY_AFTER_SECONDS} s"},
+                        status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 async def unexpected_error(request: Request, exc: Exception) -> Response:
     """500 for a bug: an error id to find the traceback in heald's log, never the traceback."""
     error_id = secrets.token_hex(6)
@@ -223,4 +246,10 @@ def install(app: FastAPI, max_body_bytes: int) -> None:
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_exception_handler(RequestValidationError, validation_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, http_error)  # type: ignore[arg-type]
+    from sqlalchemy.exc import DBAPIError
+
+    from heald.store.retry import TransientDatabaseError
+
+    app.add_exception_handler(TransientDatabaseError, database_error)
+    app.add_exception_handler(DBAPIError, database_error)
     app.add_exception_handler(Exception, unexpected_error)

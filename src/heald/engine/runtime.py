@@ -29,7 +29,7 @@ from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
-from heald.models import IncidentState, Signal
+from heald.models import IncidentState, Signal, utcnow
 from heald.notify import Notifier
 from heald.policy import count_approvers
 from heald.sources.logs import LogTailer
@@ -41,6 +41,8 @@ from heald.supervise import Supervisor
 log = structlog.get_logger("heald.engine")
 
 APPROVAL_TOPIC = "approval"
+#: An incident opened this recently without a workflow is left to its opener by the reaper.
+_JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
 
 
@@ -112,6 +114,7 @@ class Runtime:
         self.checkpointer: Checkpointer | None = None
         self.started = False
         self._lock = threading.Lock()
+        self._reaper_stop = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +138,7 @@ class Runtime:
                           details={"executor_id": self.config.executor_id, "services": services,
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
         self.resume_open_incidents()
+        self._start_reaper()
         if self.probes:
             self.probes.start()
         for tailer in self.log_tailers:
@@ -144,6 +148,7 @@ class Runtime:
         """Stop probes and DBOS, write a last audit checkpoint; with ``stop_services`` also
         the managed services."""
         global _runtime
+        self._reaper_stop.set()
         if self.probes:
             self.probes.stop()
         for tailer in self.log_tailers:
@@ -175,6 +180,136 @@ class Runtime:
                 started += 1
         return started
 
+    # -- stranded incidents -------------------------------------------------------------------
+    #: Seconds between two sweeps of :meth:`reap_stranded_incidents` (a test may lower it).
+    reap_interval_seconds: float = 15.0
+
+    def reap_stranded_incidents(self, incident_ids: list[int] | None = None) -> dict[str, list[int]]:
+        """Make sure no open incident is left without a live healing workflow (DESIGN.md
+        invariant 4), for every open incident or only ``incident_ids``.
+
+        For each open incident, by its workflow's DBOS status: none (a crash between storing the
+        signal and starting it) → started; ``CANCELLED`` or ``MAX_RECOVERY_ATTEMPTS_EXCEEDED`` →
+        resumed (``DBOS.resume_workflow``, from its last completed step); ``ERROR`` (a step
+        raised: DBOS would replay the same error, it cannot be resumed), ``SUCCESS`` while the
+        incident is still open, or a resume that fails → the incident ends ``failed`` with the
+        reason, audited, its leases freed and the channels told — so the next signal about the
+        target opens a new incident with a new workflow instead of joining a dead one. Live
+        workflows (``PENDING``, ``ENQUEUED``, ``DELAYED``) are left alone; finding the others
+        takes two queries (:meth:`_without_live_workflow`), so ingestion calls it before
+        correlating. Nothing happens before :meth:`start` (no DBOS). Returns
+        {"started": [...], "resumed": [...], "failed": [...]} (incident ids). Never raises for one
+        incident's trouble (logged; the next sweep tries again)."""
+        done: dict[str, list[int]] = {"started": [], "resumed": [], "failed": []}
+        if not self.started:  # no DBOS yet (or any more): nothing can be started or resumed
+            return done
+        try:
+            candidates = self._without_live_workflow(incident_ids)
+        except Exception:
+            log.exception("reaper.error")
+            return done
+        for incident_id in candidates:
+            try:
+                if (what := self._reap_one(incident_id)) is not None:
+                    done[what].append(incident_id)
+            except Exception:
+                log.exception("reaper.error", incident_id=incident_id)
+        if any(done.values()):
+            log.warning("reaper.stranded_incidents", **done)
+        return done
+
+    def _without_live_workflow(self, incident_ids: list[int] | None) -> list[int]:
+        """The open incidents (of ``incident_ids``, or all) whose workflow is not live: two
+        queries, whatever their number (the open incidents, the live workflows among theirs)."""
+        import sqlalchemy as sa
+        from dbos import WorkflowStatusString
+
+        from heald.models import OPEN_STATES
+        from heald.store.tables import IncidentRow
+
+        stmt = sa.select(IncidentRow.id).where(IncidentRow.state.in_([s.value for s in OPEN_STATES]))
+        if incident_ids is not None:
+            stmt = stmt.where(IncidentRow.id.in_(sorted(set(incident_ids))))
+        open_ids: list[int] = self.store.transact(lambda s: list(s.scalars(stmt.order_by(IncidentRow.id))))
+        if not open_ids:
+            return []
+        live = {w.workflow_id for w in DBOS.list_workflows(
+            workflow_ids=[workflow_id(i) for i in open_ids], load_input=False, load_output=False,
+            status=[WorkflowStatusString.PENDING.value, WorkflowStatusString.ENQUEUED.value,
+                    WorkflowStatusString.DELAYED.value])}
+        return [i for i in open_ids if workflow_id(i) not in live]
+
+    def reap_joined(self, results: list[correlate.IngestResult]) -> None:
+        """After an ingestion: :meth:`reap_stranded_incidents` for the incidents the signals
+        joined (not those they opened). Ingestion reaps before it correlates, so a signal joins
+        no incident whose workflow was already dead; one that died meanwhile ends now, and the
+        target's next signal opens a new incident."""
+        joined = [r.incident_id for r in results if r.incident_id is not None and not r.opened]
+        if joined:
+            self.reap_stranded_incidents(joined)
+
+    def _reap_one(self, incident_id: int) -> str | None:
+        """One incident of :meth:`reap_stranded_incidents`: "started", "resumed", "failed" or None."""
+        from dbos import WorkflowStatusString
+
+        incident = self.store.get_incident(incident_id)
+        if incident.state.terminal:
+            return None
+        wf = workflow_id(incident_id)
+        status = DBOS.get_workflow_status(wf)
+        if status is None:
+            if (utcnow() - incident.detected_at).total_seconds() < _JUST_OPENED_SECONDS:
+                return None  # its opener is starting it right now (it commits first, then starts)
+            self.start_healing(incident_id)
+            return "started"
+        state = status.status
+        if state in (WorkflowStatusString.PENDING.value, WorkflowStatusString.ENQUEUED.value,
+                     WorkflowStatusString.DELAYED.value):
+            return None
+        if state in (WorkflowStatusString.CANCELLED.value, WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value):
+            try:
+                DBOS.resume_workflow(wf)
+                return "resumed"
+            except Exception as exc:
+                why = f"its healing workflow {wf} was {state.lower()} and could not be resumed: {exc}"
+        elif state == WorkflowStatusString.ERROR.value:
+            error = str(status.error).splitlines()[0][:300] if status.error else "no error recorded"
+            why = f"its healing workflow {wf} failed ({error}) and cannot be resumed"
+        else:  # SUCCESS, yet the incident is open
+            why = f"its healing workflow {wf} ended ({state.lower()}) without closing it"
+        if self.store.get_incident(incident_id).state.terminal:  # it closed while we looked
+            return None
+        return self._end_stranded(incident_id, why)
+
+    def _end_stranded(self, incident_id: int, why: str) -> str | None:
+        """End an incident whose workflow is dead: ``failed``, audited, leases freed, channels told."""
+        from heald.budgets import release_lease
+        from heald.engine.steps import notify
+
+        reason = f"{why}; a new signal about the target opens a new incident"
+        release_lease(self.store, incident_id)
+        try:
+            self.store.transition(incident_id, IncidentState.failed, reason=reason,
+                                  details={"stranded": True})
+        except InvalidTransition:  # it ended meanwhile
+            return None
+        notify(self.deps(), incident_id, IncidentState.failed.value, reason)
+        return "failed"
+
+    def _start_reaper(self) -> None:
+        """Sweep :meth:`reap_stranded_incidents` now (an incident a previous heald left with a
+        failed workflow) and then every :attr:`reap_interval_seconds` until stop()."""
+        self._reaper_stop.clear()
+
+        def loop() -> None:
+            while True:
+                if self.started:
+                    self.reap_stranded_incidents()
+                if self._reaper_stop.wait(self.reap_interval_seconds):
+                    return
+
+        threading.Thread(target=loop, name="heald-reaper", daemon=True).start()
+
     # -- intake ----------------------------------------------------------------------------
     def ingest(self, signal: Signal, actor: str | None = None) -> correlate.IngestResult:
         """Store and correlate ``signal``; start healing the incident it opens."""
@@ -189,14 +324,16 @@ class Runtime:
         from heald.ci.incident import from_outside
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        with self.store.tx() as session:
-            results = [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
+        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
+        results = self.store.transact(lambda session: [correlate.ingest(session, s, self.config, actor=actor)
+                                                        for s in signals])
         failpoint("ingest.after_commit")
         for signal, result in zip(signals, results, strict=True):
             log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
                      incident_id=result.incident_id, opened=result.opened)
             if result.opened and result.incident_id is not None:
                 self.start_healing(result.incident_id)
+        self.reap_joined(results)
         return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
@@ -208,14 +345,16 @@ class Runtime:
         from heald.correlate.deliveries import ingest_delivery
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        with self.store.tx() as session:
-            results = ingest_delivery(session, source, delivery_id, signals, self.config, actor=actor)
+        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
+        results = self.store.transact(lambda session: ingest_delivery(session, source, delivery_id, signals,
+                                                                       self.config, actor=actor))
         if results is None:
             log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
             return None
         for r in results:
             if r.opened and r.incident_id is not None:
                 self.start_healing(r.incident_id)
+        self.reap_joined(results)
         return results
 
     def start_healing(self, incident_id: int) -> None:

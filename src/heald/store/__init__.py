@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -40,7 +40,8 @@ from heald.models import (
     utcnow,
 )
 from heald.store import audit
-from heald.store.db import create_engine
+from heald.store.db import create_engine, install_lock_order
+from heald.store.retry import is_transient, retry_transient, retrying
 from heald.store.tables import (
     ActionRow,
     ApiTokenRow,
@@ -57,6 +58,7 @@ from heald.store.tables import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -140,6 +142,7 @@ class Store:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        install_lock_order(self._sessions)  # the writer lock first, always (heald.store.db)
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -155,11 +158,49 @@ class Store:
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self._sessions.begin() as session:
-            yield session
+        """A session in one transaction: committed on success, rolled back on error.
+
+        A commit whose answer is lost with its connection (a transient error, see
+        :mod:`heald.store.retry`) counts as done when the audit entry the transaction appended
+        is in the log, so a caller that retries the work does not do it twice. The public
+        methods of :class:`Store` rerun their whole transaction on a transient error
+        (:func:`heald.store.retry.retry_transient`); code that calls ``tx()`` itself retries
+        as fits its work.
+        """
+        with self._sessions() as session:
+            session.begin()
+            yield session  # an error in the block: closing the session rolls back
+            try:
+                session.commit()
+            except Exception as exc:
+                if not (is_transient(exc) and self._committed(session.info.get(audit.LAST_ENTRY))):
+                    raise
+
+    def transact(self, work: Callable[[Session], T]) -> T:
+        """``work(session)`` in one transaction (:meth:`tx`), run again whole on a transient
+        database error (:func:`heald.store.retry.retry_transient`: bounded, jittered); returns
+        what it returns. ``work`` must be safe to run again after a rollback (only database
+        effects). Raises TransientDatabaseError when the retries are spent."""
+        def once() -> T:
+            with self.tx() as session:
+                return work(session)
+        result: T = retry_transient(once)()
+        return result
+
+    def _committed(self, entry: tuple[int, str] | None) -> bool:
+        """Whether the transaction that appended audit ``entry`` committed (False: unknown or not)."""
+        if entry is None:
+            return False
+        try:
+            for attempt in retrying(attempts=4, max_seconds=5.0):
+                with attempt, self._sessions() as s:
+                    return audit.committed(s, entry)
+        except Exception:
+            return False
+        return False
 
     # -- incidents -------------------------------------------------------------------------
+    @retry_transient
     def get_incident(self, incident_id: int) -> Incident:
         """Raises NotFound."""
         with self.tx() as s:
@@ -168,6 +209,7 @@ class Store:
                 raise NotFound(f"no incident {incident_id}")
             return incident_model(row)
 
+    @retry_transient
     def list_incidents(self, state: IncidentState | None = None, service: str | None = None,
                        limit: int = 100, offset: int = 0) -> list[Incident]:
         """Incidents, newest first."""
@@ -179,11 +221,13 @@ class Store:
         with self.tx() as s:
             return [incident_model(r) for r in s.scalars(stmt)]
 
+    @retry_transient
     def count_incidents_by_state(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
             return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
+    @retry_transient
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
                    details: dict[str, Any] | None = None, outcome: Callable[[Incident], Outcome] | None = None,
                    **fields: Any) -> Incident:
@@ -218,6 +262,7 @@ class Store:
                     self._add_outcome(s, outcome(incident_model(row)))
             return incident_model(row)
 
+    @retry_transient
     def bump_attempts(self, incident_id: int, attempt: int) -> None:
         """Record that attempt number ``attempt`` has begun (idempotent for a replay)."""
         with self.tx() as s:
@@ -227,17 +272,20 @@ class Store:
             row.attempts = max(row.attempts, attempt)
 
     # -- signals ---------------------------------------------------------------------------
+    @retry_transient
     def signals_for(self, incident_id: int) -> list[Signal]:
         with self.tx() as s:
             rows = s.scalars(sa.select(SignalRow).where(SignalRow.incident_id == incident_id).order_by(SignalRow.id))
             return [signal_model(r) for r in rows]
 
+    @retry_transient
     def count_signals_by_source(self) -> dict[str, int]:
         with self.tx() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
             return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
     # -- healing records --------------------------------------------------------------------
+    @retry_transient
     def add_diagnosis(self, incident_id: int, d: Diagnosis, actor: str = "heald") -> Diagnosis:
         with self.tx() as s:
             row = DiagnosisRow(incident_id=incident_id, category=d.category, explanation=d.explanation,
@@ -255,6 +303,7 @@ class Store:
                                   "runbook": d.runbook, "evidence": d.evidence[:20]})
             return d.model_copy(update={"id": row.id, "incident_id": incident_id, "created_at": row.created_at})
 
+    @retry_transient
     def diagnoses_for(self, incident_id: int) -> list[Diagnosis]:
         with self.tx() as s:
             rows = s.scalars(sa.select(DiagnosisRow).where(DiagnosisRow.incident_id == incident_id).order_by(DiagnosisRow.id))
@@ -262,6 +311,7 @@ class Store:
                               evidence=r.evidence, confidence=r.confidence, reasoner=r.reasoner,
                               runbook=r.runbook, created_at=r.created_at) for r in rows]
 
+    @retry_transient
     def add_llm_usage(self, incident_id: int, usage: dict[str, Any]) -> None:
         """Record what one LLM reasoning cost: ``usage`` has reasoner, model, calls,
         prompt_tokens, completion_tokens, cost_usd (USD), latency_s (seconds) and outcome
@@ -276,6 +326,7 @@ class Store:
                                 f"${fields['cost_usd']:.6f}, {fields['latency_s']:.2f} s ({fields['outcome']})",
                          details=fields)
 
+    @retry_transient
     def llm_usage_for(self, incident_id: int) -> dict[str, Any]:
         """An incident's LLM accounting: {"calls": [...], "total": {prompt_tokens,
         completion_tokens, cost_usd, latency_s}}."""
@@ -288,6 +339,7 @@ class Store:
         total = {k: sum(c[k] for c in calls) for k in ("prompt_tokens", "completion_tokens", "cost_usd", "latency_s")}
         return {"calls": calls, "total": total}
 
+    @retry_transient
     def add_plan(self, plan: Plan) -> Plan:
         with self.tx() as s:
             row = PlanRow(incident_id=plan.incident_id,
@@ -301,11 +353,13 @@ class Store:
                                                   "score": c.score} for c in plan.candidates]})
             return plan.model_copy(update={"created_at": row.created_at})
 
+    @retry_transient
     def plans_for(self, incident_id: int) -> list[Plan]:
         with self.tx() as s:
             rows = s.scalars(sa.select(PlanRow).where(PlanRow.incident_id == incident_id).order_by(PlanRow.id))
             return [Plan(incident_id=incident_id, candidates=r.candidates, created_at=r.created_at) for r in rows]
 
+    @retry_transient
     def add_decision(self, incident_id: int, d: Decision) -> int:
         """Record the gate's decision; returns its id (approvals refer to it)."""
         with self.tx() as s:
@@ -320,16 +374,19 @@ class Store:
                                   "remedy": d.candidate.remedy if d.candidate else None, "decision_id": row.id})
             return row.id
 
+    @retry_transient
     def decisions_for(self, incident_id: int) -> list[dict[str, Any]]:
         with self.tx() as s:
             rows = s.scalars(sa.select(DecisionRow).where(DecisionRow.incident_id == incident_id).order_by(DecisionRow.id))
             return [{"id": r.id, "kind": r.kind, "reason": r.reason, "required_approvals": r.required_approvals,
                      "candidate": r.candidate, "created_at": r.created_at} for r in rows]
 
+    @retry_transient
     def latest_decision_id(self, incident_id: int) -> int | None:
         with self.tx() as s:
             return s.scalar(sa.select(sa.func.max(DecisionRow.id)).where(DecisionRow.incident_id == incident_id))
 
+    @retry_transient
     def add_approval(self, incident_id: int, decision_id: int, approver: str, verdict: str, comment: str = "",
                      counts_as: str | None = None) -> bool:
         """Record one approver's verdict (``approve``/``reject``) on a decision; ``counts_as``
@@ -351,6 +408,7 @@ class Store:
         except IntegrityError:
             return False
 
+    @retry_transient
     def approvals_for(self, incident_id: int, decision_id: int | None = None) -> list[dict[str, Any]]:
         stmt = sa.select(ApprovalRow).where(ApprovalRow.incident_id == incident_id).order_by(ApprovalRow.id)
         if decision_id is not None:
@@ -359,6 +417,7 @@ class Store:
             return [{"approver": r.approver, "verdict": r.verdict, "comment": r.comment,
                      "decision_id": r.decision_id, "created_at": r.created_at} for r in s.scalars(stmt)]
 
+    @retry_transient
     def begin_action(self, action: Action) -> tuple[Action, bool]:
         """Record that an action is about to be applied, keyed by its idempotency key.
 
@@ -382,6 +441,7 @@ class Store:
                                   "target": action.target})
             return action_model(row), True
 
+    @retry_transient
     def finish_action(self, action_id: int, status: ActionStatus, output: str,
                       undo: dict[str, Any] | None = None, actor: str = "heald") -> Action:
         with self.tx() as s:
@@ -394,11 +454,13 @@ class Store:
                          details={"action_id": action_id, "remedy": row.remedy})
             return action_model(row)
 
+    @retry_transient
     def actions_for(self, incident_id: int) -> list[Action]:
         with self.tx() as s:
             rows = s.scalars(sa.select(ActionRow).where(ActionRow.incident_id == incident_id).order_by(ActionRow.id))
             return [action_model(r) for r in rows]
 
+    @retry_transient
     def count_actions_by(self) -> dict[tuple[str, str], int]:
         """{(remedy, status): count} over all actions."""
         with self.tx() as s:
@@ -406,6 +468,7 @@ class Store:
                              .group_by(ActionRow.remedy, ActionRow.status))
             return {(r, st): n for r, st, n in rows}
 
+    @retry_transient
     def add_verification(self, v: Verification) -> Verification:
         with self.tx() as s:
             row = VerificationRow(incident_id=v.incident_id, action_id=v.action_id, passed=v.passed, reason=v.reason,
@@ -420,6 +483,7 @@ class Store:
                                   "recovered_at": v.recovered_at.isoformat() if v.recovered_at else None})
             return v
 
+    @retry_transient
     def verifications_for(self, incident_id: int) -> list[Verification]:
         with self.tx() as s:
             rows = s.scalars(sa.select(VerificationRow).where(VerificationRow.incident_id == incident_id).order_by(VerificationRow.id))
@@ -427,6 +491,7 @@ class Store:
                                  checks=r.checks, recovered_at=r.recovered_at, started_at=r.started_at,
                                  finished_at=r.finished_at) for r in rows]
 
+    @retry_transient
     def add_outcome(self, o: Outcome) -> Outcome:
         """Record one attempt's or one incident's outcome, audited; returns it with created_at."""
         with self.tx() as s:
@@ -444,6 +509,7 @@ class Store:
                      details=o.model_dump(mode="json", exclude={"created_at"}))
         return o.model_copy(update={"created_at": row.created_at})
 
+    @retry_transient
     def outcomes(self, incident_id: int | None = None, category: str | None = None) -> list[Outcome]:
         stmt = sa.select(OutcomeRow).order_by(OutcomeRow.id)
         if incident_id is not None:
@@ -456,6 +522,7 @@ class Store:
                             time_to_recover_s=r.time_to_recover_s, created_at=r.created_at)
                     for r in s.scalars(stmt)]
 
+    @retry_transient
     def recovery_times(self) -> list[float]:
         """Time to recover (seconds) of every healed incident."""
         with self.tx() as s:
@@ -488,6 +555,7 @@ class Store:
         }
 
     # -- API tokens ------------------------------------------------------------------------
+    @retry_transient
     def add_token(self, *, name: str, role: Role, token_hash: str, prefix: str, created_by: str,
                   sponsor: str | None, expires_at: datetime | None = None) -> ApiToken:
         """Store a new API token by its hash (the token itself is never stored) and audit it.
@@ -519,6 +587,7 @@ class Store:
                                   "expires_at": expires_at.isoformat() if expires_at else None})
             return token_model(row)
 
+    @retry_transient
     def identity_roots(self, names: Iterable[str]) -> dict[str, str]:
         """The root identity (the human, for counting approvals) of each of ``names``: the
         ``root_identity`` of its tokens, or the name itself for a name without any (a login
@@ -534,17 +603,20 @@ class Store:
                 found.setdefault(name, root)
         return {n: found.get(n, n) for n in wanted}
 
+    @retry_transient
     def token_by_hash(self, token_hash: str) -> ApiToken | None:
         """The token with this sha256 (hex), active or not; None when there is none."""
         with self.tx() as s:
             row = s.scalar(sa.select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash))
             return token_model(row) if row is not None else None
 
+    @retry_transient
     def list_tokens(self) -> list[ApiToken]:
         """Every token ever created (revoked ones too), oldest first."""
         with self.tx() as s:
             return [token_model(r) for r in s.scalars(sa.select(ApiTokenRow).order_by(ApiTokenRow.id))]
 
+    @retry_transient
     def count_active_tokens(self) -> int:
         now = utcnow()
         with self.tx() as s:
@@ -552,6 +624,7 @@ class Store:
                 ApiTokenRow.revoked_at.is_(None),
                 sa.or_(ApiTokenRow.expires_at.is_(None), ApiTokenRow.expires_at > now))) or 0
 
+    @retry_transient
     def revoke_token(self, token_id: int, by: str) -> ApiToken:
         """Revoke a token (it stays listed, marked revoked). Idempotent. Raises NotFound."""
         with self.tx() as s:
@@ -565,12 +638,14 @@ class Store:
             return token_model(row)
 
     # -- audit -----------------------------------------------------------------------------
+    @retry_transient
     def record(self, *, actor: str, event: str, reason: str = "", incident_id: int | None = None,
                details: dict[str, Any] | None = None) -> AuditEntry:
         """Append a standalone audit entry (for events with no other row to write)."""
         with self.tx() as s:
             return audit.append(s, actor=actor, event=event, reason=reason, incident_id=incident_id, details=details)
 
+    @retry_transient
     def audit_entries(self, incident_id: int | None = None, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
         """Audit entries in chain order, optionally for one incident, after ``after_seq``."""
         stmt = sa.select(AuditRow).where(AuditRow.seq > after_seq).order_by(AuditRow.seq).limit(limit)
@@ -579,11 +654,13 @@ class Store:
         with self.tx() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
 
+    @retry_transient
     def last_audit_seq(self) -> int:
         """The sequence number of the newest audit entry (0 when the log is empty)."""
         with self.tx() as s:
             return s.scalar(sa.select(sa.func.max(AuditRow.seq))) or 0
 
+    @retry_transient
     def verify_audit(self) -> audit.AuditReport:
         with self.tx() as s:
             return audit.verify(s)
@@ -592,6 +669,7 @@ class Store:
         return utcnow()
 
     # -- dashboard queries -------------------------------------------------------------------
+    @retry_transient
     def closed_since(self, since: datetime) -> dict[str, int]:
         """{terminal state: count} of the incidents closed at or after ``since``."""
         with self.tx() as s:
@@ -600,6 +678,7 @@ class Store:
                              .group_by(IncidentRow.state))
             return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
+    @retry_transient
     def incident_outcomes(self, limit: int = 50) -> list[Outcome]:
         """The newest ``limit`` outcomes of whole incidents (attempt 0, with their time to
         detect and to recover in seconds), oldest first."""
@@ -611,6 +690,7 @@ class Store:
                         attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
                         time_to_recover_s=r.time_to_recover_s, created_at=r.created_at) for r in reversed(rows)]
 
+    @retry_transient
     def last_signal_by_source(self) -> dict[str, tuple[Signal, int]]:
         """{source: (its newest signal, how many signals it sent)}, sources by name."""
         with self.tx() as s:
@@ -620,6 +700,7 @@ class Store:
                              .order_by(SignalRow.source))
             return {r[0].source: (signal_model(r[0]), int(r[1])) for r in rows}
 
+    @retry_transient
     def search_audit(self, *, incident_id: int | None = None, actor: str | None = None,
                      event: str | None = None, before_seq: int | None = None, limit: int = 100) -> list[AuditEntry]:
         """Audit entries newest first, filtered: ``actor`` exactly, ``event`` exactly or as a
@@ -638,6 +719,7 @@ class Store:
         with self.tx() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
 
+    @retry_transient
     def audit_facets(self) -> dict[str, list[str]]:
         """The distinct actors and events of the audit log (sorted), for filters."""
         with self.tx() as s:

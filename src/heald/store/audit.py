@@ -23,11 +23,11 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from heald.models import AuditEntry, utcnow
-from heald.store.db import lock
+from heald.store.db import WRITER_LOCK, lock
 from heald.store.tables import ApiTokenRow, AuditHeadRow, AuditRow, IncidentRow
 
 GENESIS = "0" * 64
-_LOCK = "heald.audit"
+_LOCK = WRITER_LOCK  # the chain is what serializes writers (heald.store.db)
 
 
 def _canonical(value: Any) -> Any:
@@ -52,7 +52,10 @@ def append(session: Session, *, actor: str, event: str, reason: str = "",
     """Append one entry inside the caller's transaction (it commits with the change it records).
 
     ``actor`` is who acted (``heald``, ``probe``, ``user:alice``); ``event`` a dotted name
-    (``incident.transition``, ``action.applied``). Writers are serialized by a lock.
+    (``incident.transition``, ``action.applied``). Writers are serialized by the writer lock
+    (:mod:`heald.store.db`), which the session took before its first write. The entry's (seq,
+    hash) is kept in ``session.info["heald.audit.last"]`` so a commit whose answer was lost can
+    be confirmed (:func:`committed`).
     """
     lock(session, _LOCK)
     head = session.get(AuditHeadRow, 1)
@@ -70,7 +73,18 @@ def append(session: Session, *, actor: str, event: str, reason: str = "",
     else:
         head.seq, head.hash = seq, digest
     session.flush()
+    session.info[LAST_ENTRY] = (seq, digest)
     return to_entry(row)
+
+
+LAST_ENTRY = "heald.audit.last"
+
+
+def committed(session: Session, entry: tuple[int, str]) -> bool:
+    """Whether audit entry ``entry`` = (seq, hash) is in the log: after a commit whose answer
+    was lost (the connection dropped), True means the transaction that appended it committed.
+    The hash chains the previous entry and the time, so no other transaction's entry has it."""
+    return session.scalar(sa.select(AuditRow.hash).where(AuditRow.seq == entry[0])) == entry[1]
 
 
 def to_entry(row: AuditRow) -> AuditEntry:

@@ -3,6 +3,19 @@
 SQLite transactions begin with ``BEGIN IMMEDIATE`` so that writers serialize instead of failing
 on a lock upgrade; PostgreSQL writers that must serialize (the audit chain, correlation) take
 a transaction-scoped advisory lock through :func:`lock`.
+
+Lock order (PostgreSQL). Every writer appends to the one audit hash chain, so writers are
+serialized by one transaction-scoped advisory lock, the *writer lock* (:data:`WRITER_LOCK`, the
+audit chain's). To make deadlocks impossible it is always the FIRST lock a transaction takes:
+:func:`install_lock_order` makes a session take it before its first write (flush), its first
+``SELECT … FOR UPDATE`` / ``FOR SHARE`` (``session.get(…, with_for_update=True)``) and its
+first other advisory lock (:func:`lock`). So no transaction ever holds a row lock (an
+incident's, or the ``FOR KEY SHARE`` a foreign key takes on it) or a named lock (a grouping
+key, a lease, a breaker) while it waits for the writer lock — the cycle that deadlocked webhook
+batches against healing steps. After it, named locks and row locks are taken in any order:
+only the holder of the writer lock can wait on them, and plain reads take no locks. Reads
+never take the writer lock. Code outside :class:`heald.store.Store`'s sessions that writes to
+heald's tables must call :func:`take_writer_lock` first.
 """
 
 from __future__ import annotations
@@ -75,12 +88,54 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     return sa.create_engine(url, **kwargs)
 
 
+#: The writer lock's name (see the module docstring); it is the audit chain's lock.
+WRITER_LOCK = "heald.audit"
+_HELD = "heald.writer_lock_held"
+
+
+def _advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def take_writer_lock(session: Session) -> None:
+    """Take the writer lock (:data:`WRITER_LOCK`) in ``session``'s transaction unless it
+    already holds it; it is held until the transaction ends. PostgreSQL only (SQLite's
+    ``BEGIN IMMEDIATE`` holds the database's single write lock already)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    tx = session.get_transaction()
+    if tx is None or session.info.get(_HELD) is tx:
+        return
+    session.info[_HELD] = tx  # set first: the statement below must not take it again
+    session.connection().execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(WRITER_LOCK)})
+
+
 def lock(session: Session, name: str) -> None:
     """Serialize writers on ``name`` until the transaction ends.
 
-    PostgreSQL: ``pg_advisory_xact_lock``; SQLite: nothing to do (``BEGIN IMMEDIATE`` already
+    PostgreSQL: the writer lock first (see the module docstring), then
+    ``pg_advisory_xact_lock`` on ``name``; SQLite: nothing to do (``BEGIN IMMEDIATE`` already
     holds the database's single write lock).
     """
     if session.get_bind().dialect.name == "postgresql":
-        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-        session.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+        take_writer_lock(session)
+        if name != WRITER_LOCK:
+            session.connection().execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(name)})
+
+
+def install_lock_order(sessions: Any) -> None:
+    """Make every session of ``sessions`` (a ``sessionmaker`` or ``Session`` class) take the
+    writer lock before its first write, row lock or advisory lock (see the module docstring)."""
+
+    @sa.event.listens_for(sessions, "before_flush")
+    def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
+        if session.new or session.dirty or session.deleted:
+            take_writer_lock(session)
+
+    @sa.event.listens_for(sessions, "do_orm_execute")
+    def _before_execute(state: Any) -> None:
+        stmt = state.statement
+        locking = state.is_select and getattr(stmt, "_for_update_arg", None) is not None
+        if locking or state.is_insert or state.is_update or state.is_delete or (
+                isinstance(stmt, sa.TextClause) and "advisory" in stmt.text.lower()):
+            take_writer_lock(state.session)

@@ -1,0 +1,125 @@
+"""Transient database errors: which they are, and retrying the work they interrupted.
+
+A transient error is one where the database rolled the transaction back and the same work,
+run again, can succeed: PostgreSQL's deadlock detected (SQLSTATE ``40P01``), serialization
+failure (``40001``), lock timeout (``55P03``), a dropped or terminated connection (class ``08``,
+``57P01`` administrator command such as ``pg_terminate_backend``, ``57P02``/``57P03``, "server
+closed the connection unexpectedly", a connection SQLAlchemy invalidated), too many
+connections (class ``53``); SQLite's "database is locked" / "database is busy".
+:func:`is_transient` is the one classifier; :func:`retry_transient` reruns a function (a whole
+transaction, a DBOS step) on such an error, a bounded number of times with jittered
+exponential back-off (tenacity). Anything else is raised at once.
+
+When the retries are spent the last error is raised as :class:`TransientDatabaseError` (still
+a ``DBAPIError`` underneath, as ``__cause__``), which the API answers with 503 and
+``Retry-After`` (never a 500).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+from sqlalchemy import exc as sa_exc
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+log = logging.getLogger("heald.store.retry")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+#: SQLSTATEs whose transaction was rolled back by the server and may simply be run again.
+_RETRY_SQLSTATES = frozenset({"40P01", "40001", "55P03", "57P01", "57P02", "57P03", "25P03"})
+_RETRY_SQLSTATE_CLASSES = ("08", "53")
+#: Driver messages of a connection that went away (psycopg gives no SQLSTATE for these).
+_CONNECTION_LOST = ("server closed the connection unexpectedly", "terminating connection",
+                    "connection is closed", "consuming input failed", "connection failed",
+                    "ssl connection has been closed unexpectedly", "the connection is lost")
+_SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
+
+#: Default bounds: attempts and wall-clock seconds (whichever comes first), back-off cap (s).
+ATTEMPTS = 8
+MAX_SECONDS = 30.0
+MAX_WAIT = 2.0
+
+
+class TransientDatabaseError(RuntimeError):
+    """A transient database error that outlived its retries (the original is ``__cause__``):
+    the database is contended or unreachable for now; the request may be retried later."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or an error it wraps) is a transient database error (see the module
+    docstring): the transaction was rolled back and running it again may succeed."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, TransientDatabaseError):
+            return True
+        if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
+            return True
+        if isinstance(err, sa_exc.TimeoutError):  # no pooled connection free in time
+            return True
+        orig = err.orig if isinstance(err, sa_exc.DBAPIError) else err
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if isinstance(sqlstate, str) and (sqlstate in _RETRY_SQLSTATES or sqlstate.startswith(_RETRY_SQLSTATE_CLASSES)):
+            return True
+        if isinstance(err, sa_exc.OperationalError | sa_exc.InterfaceError) or type(orig).__name__ in (
+                "OperationalError", "InterfaceError"):
+            text = str(orig).lower()
+            if any(m in text for m in _CONNECTION_LOST) or any(m in text for m in _SQLITE_BUSY):
+                return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    fn = getattr(state.fn, "__qualname__", "?")
+    log.warning("transient database error in %s (attempt %d), retrying: %s", fn, state.attempt_number,
+                str(exc).splitlines()[0][:200] if exc else "")
+
+
+def retrying(attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS, max_wait: float = MAX_WAIT) -> Retrying:
+    """A tenacity ``Retrying`` that reruns on a transient error only: at most ``attempts`` runs
+    and ``max_seconds`` seconds, waiting a random 0..min(max_wait, 0.05·2ⁿ) s between them
+    (full jitter, so contending writers spread out). Re-raises the last error itself."""
+    return Retrying(retry=retry_if_exception(is_transient),
+                    stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
+                    wait=wait_random_exponential(multiplier=0.05, max=max_wait),
+                    before_sleep=_log_retry, reraise=True)
+
+
+def retry_transient(fn: Callable[P, T] | None = None, *, attempts: int = ATTEMPTS,
+                    max_seconds: float = MAX_SECONDS) -> Any:
+    """Decorator: run ``fn`` again on a transient database error (see :func:`retrying`). Use it
+    on work that is safe to run again after a rollback: one whole transaction, or a step whose
+    transactions are each idempotent. When the retries are spent raises
+    :class:`TransientDatabaseError` from the last error."""
+    def wrap(f: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(f)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                for attempt in retrying(attempts, max_seconds):
+                    with attempt:
+                        return f(*args, **kwargs)
+            except Exception as exc:
+                if is_transient(exc) and not isinstance(exc, TransientDatabaseError):
+                    raise TransientDatabaseError(
+                        f"the database stayed busy or unreachable after retries: {str(exc).splitlines()[0][:300]}"
+                    ) from exc
+                raise
+            raise AssertionError("unreachable")  # pragma: no cover - Retrying always returns or raises
+        return wrapper
+
+    return wrap(fn) if fn is not None else wrap

@@ -1,0 +1,113 @@
+"""No incident stays open without a live healing workflow (issue 12, item 1): the runtime's
+reaper (:meth:`heald.engine.Runtime.reap_stranded_incidents`) starts a missing workflow,
+resumes a cancelled one, and ends ``failed`` — audited, with the reason — an incident whose
+workflow failed; the target's next signal then opens a new incident. Real runtimes, real DBOS
+(SQLite files)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from dbos import DBOS
+
+from heald import correlate
+from heald.engine import Runtime, steps, workflow_id
+from heald.models import IncidentState, Signal
+from heald.store.tables import IncidentRow
+from tests.conftest import make_config, wait_for
+
+
+def sig(**kw: object) -> Signal:
+    base = {"source": "test", "service": "shop", "labels": {"alertname": "Down", "service": "shop"}, "summary": "down"}
+    return Signal.model_validate({**base, **kw})
+
+
+def wf_status(incident_id: int) -> str | None:
+    status = DBOS.get_workflow_status(workflow_id(incident_id))
+    return status.status if status is not None else None
+
+
+def test_an_incident_whose_workflow_failed_ends_failed_with_the_reason_and_the_next_signal_opens_a_new_one(
+        tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    rt = start_runtime(make_config(tmp_path), manage_services=False, run_probes=False, tail_logs=False)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a stage crashed on this incident")
+
+    monkeypatch.setattr(steps, "diagnose", broken)  # the failure: a step raises, the workflow ends in ERROR
+    first = rt.ingest(sig())
+    assert first.opened and first.incident_id is not None
+    wait_for(lambda: wf_status(first.incident_id) == "ERROR", what="the workflow to fail")
+    monkeypatch.undo()
+    assert rt.store.get_incident(first.incident_id).state == IncidentState.observing  # stranded, as on old heald
+
+    fresh = rt.ingest(sig(summary="still down"))  # the dead incident ends before it can join it
+    assert fresh.opened and fresh.incident_id not in (first.incident_id, None)
+    dead = rt.store.get_incident(first.incident_id)
+    assert dead.state == IncidentState.failed
+    assert "failed" in (dead.closed_reason or "") and "a stage crashed on this incident" in (dead.closed_reason or "")
+    entry = rt.store.search_audit(incident_id=first.incident_id, event="incident.transition", limit=1)[0]
+    assert entry.details["to"] == "failed" and entry.details.get("stranded") is True
+
+    assert fresh.incident_id is not None
+    wait_for(lambda: rt.store.get_incident(fresh.incident_id).state.terminal, what="the new incident to end")
+    assert rt.store.get_incident(fresh.incident_id).state == IncidentState.escalated  # its workflow ran to the end
+    assert rt.store.verify_audit().intact
+
+
+def test_a_cancelled_workflow_is_resumed_by_the_sweep(tmp_path: Path) -> None:
+    rt = Runtime(make_config(tmp_path, healing={"group_wait_seconds": 3.0}), manage_services=False,
+                 run_probes=False, tail_logs=False)
+    rt.reap_interval_seconds = 0.2
+    rt.start()
+    try:
+        opened = rt.ingest(sig())
+        assert opened.incident_id is not None
+        DBOS.cancel_workflow(workflow_id(opened.incident_id))
+        wait_for(lambda: wf_status(opened.incident_id) != "CANCELLED", what="the sweep to resume it")
+        wait_for(lambda: rt.store.get_incident(opened.incident_id).state.terminal, what="the resumed healing to end")
+        assert rt.store.get_incident(opened.incident_id).state == IncidentState.escalated
+        wait_for(lambda: wf_status(opened.incident_id) == "SUCCESS", what="its workflow to finish")
+        assert rt.reap_stranded_incidents() == {"started": [], "resumed": [], "failed": []}
+    finally:
+        rt.stop()
+
+
+def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    rt = Runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    rt.reap_interval_seconds = 0.2
+    rt.start()
+    try:
+        with rt.store.tx() as s:  # stored, but its workflow never started (heald died in between)
+            orphan = correlate.ingest(s, sig(), cfg)
+            s.flush()
+            s.get_one(IncidentRow, orphan.incident_id).detected_at -= timedelta(minutes=1)
+        assert orphan.incident_id is not None
+        wait_for(lambda: rt.store.get_incident(orphan.incident_id).state.terminal, what="the sweep to heal it")
+        wait_for(lambda: wf_status(orphan.incident_id) == "SUCCESS", what="its workflow to finish")
+    finally:
+        rt.stop()
+
+
+def test_a_workflow_that_dies_while_a_batch_joins_it_ends_its_incident_right_after(
+        tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check after correlating: an incident whose workflow died after the check before it
+    (here: a sweep that saw it live) is ended as soon as a signal joins it."""
+    rt = start_runtime(make_config(tmp_path), manage_services=False, run_probes=False, tail_logs=False)
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("a stage crashed on this incident")
+
+    monkeypatch.setattr(steps, "diagnose", broken)
+    first = rt.ingest(sig())
+    assert first.incident_id is not None
+    wait_for(lambda: wf_status(first.incident_id) == "ERROR", what="the workflow to fail")
+    monkeypatch.undo()
+    monkeypatch.setattr(rt, "_without_live_workflow", lambda ids: [] if ids is None else list(ids))  # the race
+    joined = rt.ingest(sig(summary="still down"))
+    assert joined.incident_id == first.incident_id and not joined.opened
+    assert rt.store.get_incident(first.incident_id).state == IncidentState.failed
