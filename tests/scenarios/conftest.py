@@ -544,6 +544,46 @@ def blackbox_job(name: str, exporter_port: int, target: str, service: str) -> di
                 {"target_label": "__address__", "replacement": f"127.0.0.1:{exporter_port}"}]}
 
 
+# -- faults ----------------------------------------------------------------------------------------
+
+class Flapper:
+    """Makes a managed service flap, as an OOM killer or a crashing bug would: every instance
+    heald starts is SIGKILLed (its process group) ``lifetimes[i % len]`` seconds after it was
+    first seen, until :meth:`stop`. ``kills`` counts what it killed."""
+
+    def __init__(self, heald: Heald, service: str, lifetimes: list[float]):
+        import threading
+
+        self.heald, self.service, self.lifetimes = heald, service, lifetimes
+        self.kills = 0
+        self.instances = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Flapper:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        seen: set[int] = set()
+        while not self._stop.is_set():
+            pid = self.heald.running_pid(self.service)
+            if pid is not None and pid not in seen:
+                seen.add(pid)
+                life = self.lifetimes[self.instances % len(self.lifetimes)]
+                self.instances += 1
+                if self._stop.wait(life):
+                    return
+                if alive(pid):
+                    kill_group(pid, signal.SIGKILL)
+                    self.kills += 1
+            self._stop.wait(0.05)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
 # -- a notification channel ----------------------------------------------------------------------
 
 class Receiver:
