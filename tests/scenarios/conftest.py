@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,8 +104,8 @@ def redis_ping(port: int, timeout: float = 0.5) -> bool:
 def nginx_conf_text(dir: Path, port: int, upstream_port: int | None = None) -> str:
     """An nginx.conf for one server on 127.0.0.1:``port``: ``/healthz`` answers 200 itself,
     ``/`` proxies to 127.0.0.1:``upstream_port`` (or answers 200 without one)."""
-    root = "proxy_pass http://127.0.0.1:%d; proxy_connect_timeout 1s; proxy_read_timeout 2s;" % upstream_port \
-        if upstream_port else 'return 200 "hello\\n";'
+    root = (f"proxy_pass http://127.0.0.1:{upstream_port}; proxy_connect_timeout 1s; proxy_read_timeout 2s;"
+            if upstream_port else 'return 200 "hello\\n";')
     temps = "\n".join(f"  {k}_temp_path {dir / k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return f"""# written by tests/scenarios/conftest.py
 user root;
@@ -304,7 +304,7 @@ class Heald:
         self.proc = self.spawn()
         self.started_at = time.monotonic()
         if wait:
-            wait_for(lambda: self.healthy() or self.proc.poll() is not None, timeout=60, interval=0.1,  # type: ignore[union-attr]
+            wait_for(lambda: self.healthy() or self.proc.poll() is not None, timeout=60, interval=0.1,
                      what="heald serve to answer /healthz")
             if self.proc.poll() is not None:
                 pytest.fail(f"heald serve exited with {self.proc.returncode}; its log ends:\n{self.log_tail()}")
@@ -490,7 +490,7 @@ class Monitoring:
                                   f"--storage.tsdb.path={self.dir / 'tsdb'}",
                                   f"--web.listen-address=127.0.0.1:{self.prometheus_port}"])
         for p, url in zip(self.procs[-2:], (self.alertmanager_url, self.prometheus_url), strict=True):
-            wait_for(lambda u=url, p=p: http_status(f"{u}/-/ready") == 200 or p.proc.poll() is not None,  # type: ignore[misc]
+            wait_for(lambda u=url, p=p: http_status(f"{u}/-/ready") == 200 or p.proc.poll() is not None,
                      timeout=60, interval=0.1, what=f"{p.name} to be ready")
             if p.proc is not None and p.proc.poll() is not None:
                 pytest.fail(f"{p.name} exited; its log ends:\n{p.tail()}")
@@ -705,7 +705,7 @@ def _fmt(marks: dict[str, float]) -> str:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
     outcome = yield
     rep = outcome.get_result()
     if rep.when == "call":

@@ -26,7 +26,8 @@ def probe_ran(url: str, service: str) -> bool:
         text = httpx.get(f"{url}/metrics", timeout=2).text
     except httpx.HTTPError:
         return False
-    return bool(re.search(r'^heald_probe_up\{[^}]*service="%s"[^}]*\} [01](\.0)?$' % service, text, re.M))
+    pattern = r'^heald_probe_up\{[^}]*service="' + re.escape(service) + r'"[^}]*\} [01](\.0)?$'
+    return bool(re.search(pattern, text, re.M))
 
 
 def stays_down(port: int, seconds: float) -> bool:
