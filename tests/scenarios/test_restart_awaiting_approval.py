@@ -3,7 +3,7 @@ DESIGN.md invariant 1). redis-server crashes; every remedy needs an approval; he
 SIGKILLed while the restart waits for it, and started again. Nothing may start redis until a
 human approves — not the supervisor at start-up, not a second ``heald serve`` started by
 mistake on the same state (it must refuse to run) — and the approved restart then heals it,
-once."""
+once, and the probe signal that was firing across heald's restart resolves."""
 
 from __future__ import annotations
 
@@ -84,6 +84,9 @@ def test_heald_restarted_while_awaiting_approval_acts_only_once_approved(scenari
     restarts = [a for a in detail["actions"] if a["remedy"] == "restart_process"]
     assert len(restarts) == 1 and restarts[0]["status"] == "succeeded", restarts
     assert redis_ping(port)
+    # the probe signal that was firing when heald was killed resolves (probe state survives the restart)
+    wait_for(lambda: [g for g in heald.incident(inc["id"])["signals"] if g["source"] == "probe" and g["status"] == "resolved"],
+             timeout=15, what="the redis probe's signal to resolve after heald's restart")
     approvals = [e for e in heald.audit(incident_id=inc["id"]) if "approv" in e.event]
     started = [e for e in heald.audit(incident_id=inc["id"]) if e.event == "action.started"]
     assert approvals and started and approvals[0].seq < started[0].seq
