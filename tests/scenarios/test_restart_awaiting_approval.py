@@ -40,10 +40,13 @@ def stays_down(port: int, seconds: float) -> bool:
     return True
 
 
-def test_heald_restarted_while_awaiting_approval_acts_only_once_approved(scenario: Scenario) -> None:
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_heald_restarted_while_awaiting_approval_acts_only_once_approved(scenario: Scenario, db: str,
+                                                                         request: pytest.FixtureRequest) -> None:
     port = free_port()
+    store = {"database_url": request.getfixturevalue("pg_url")} if db == "postgresql" else {}
     heald = scenario.heald({"redis": managed(redis_command(scenario.dir / "redis", port), tcp_probe(port))},
-                           policy={"auto": False}).start()
+                           policy={"auto": False}, **store).start()
     wait_for(lambda: redis_ping(port), timeout=30, what="redis to answer")
     scenario.watch.fault()
     heald.crash("redis")
