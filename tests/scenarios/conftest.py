@@ -175,9 +175,9 @@ class Spawned:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, env: dict[str, str] | None = None) -> Spawned:
-        out = open(self.log, "ab")
-        self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, env={**os.environ, **(env or {})})
+        with open(self.log, "ab") as out:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env={**os.environ, **(env or {})})
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -259,7 +259,6 @@ class Heald:
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""
     seen_pids: dict[str, set[int]] = field(default_factory=dict)
-    started_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -302,7 +301,6 @@ class Heald:
         if not self.token:
             self.token = self.make_token()
         self.proc = self.spawn()
-        self.started_at = time.monotonic()
         if wait:
             wait_for(lambda: self.healthy() or self.proc.poll() is not None, timeout=60, interval=0.1,
                      what="heald serve to answer /healthz")
@@ -312,9 +310,10 @@ class Heald:
 
     def spawn(self, *extra: str) -> subprocess.Popen[bytes]:
         """Start one more ``heald serve`` on this config (the caller owns it)."""
-        return subprocess.Popen(heald_cmd("--config", str(self.config_path), "serve", *extra),
-                                stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), stdin=subprocess.DEVNULL,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.log, "ab") as log:  # the child keeps its own copy of the descriptor
+            return subprocess.Popen(heald_cmd("--config", str(self.config_path), "serve", *extra),
+                                    stdout=subprocess.DEVNULL, stderr=log, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
     def healthy(self) -> bool:
         return http_status(f"{self.url}/healthz", timeout=0.5) == 200
