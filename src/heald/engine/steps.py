@@ -527,19 +527,36 @@ def still_firing(signals: list[Signal]) -> list[Signal]:
 
 def close_if_resolved_by_source(deps: Deps, incident: Incident, signals: list[Signal]) -> Closed | None:
     """Never act on a resolved alert: when every signal has resolved, end the incident
-    ``resolved`` (recovered when the last signal ended) and return Closed; else None."""
+    ``resolved`` (recovered when the last signal ended) and return Closed; else None. After
+    heald acted and the remedy did not heal (:func:`failed_remedies`), the closing says so and
+    its outcome is ``recovered_unaided``, never a heal."""
     if still_firing(signals):
         return None
     ended = max((s.ends_at or s.received_at or utcnow() for s in signals if s.status == SignalStatus.resolved),
                 default=utcnow())
+    failed = failed_remedies(deps.store, incident.id)
+    if failed:
+        reason = (f"recovered on its own after a failed remedy: every signal resolved at its source after "
+                  f"{', '.join(failed)} did not heal it (not counted as a heal)")
+        result, remedy = OutcomeResult.recovered_unaided, failed[-1]
+    else:
+        reason, result, remedy = "every signal resolved at its source before heald acted", OutcomeResult.healed, None
     deps.store.transition(
-        incident.id, IncidentState.resolved, reason="every signal resolved at its source before heald acted",
-        recovered_at=ended,
-        outcome=lambda closed: Outcome(incident_id=incident.id, category=closed.category or "unknown", remedy=None,
-                                       result=OutcomeResult.healed, time_to_detect_s=closed.time_to_detect_s,
+        incident.id, IncidentState.resolved, reason=reason, recovered_at=ended,
+        outcome=lambda closed: Outcome(incident_id=incident.id, category=closed.category or "unknown", remedy=remedy,
+                                       result=result, time_to_detect_s=closed.time_to_detect_s,
                                        time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
-    notify(deps, incident.id, IncidentState.resolved.value, "every signal resolved at its source before heald acted")
+    log.info("incident.resolved", incident_id=incident.id, reason=reason, outcome=result.value)
+    notify(deps, incident.id, IncidentState.resolved.value, reason)
     return Closed(IncidentState.resolved.value)
+
+
+def failed_remedies(store: Store, incident_id: int) -> list[str]:
+    """The remedies heald applied to the incident that did not heal it (a failed action, or a
+    verification that did not pass after it), in order: ``restart_process (attempt 1)``."""
+    verdicts = {v.action_id: v.passed for v in store.verifications_for(incident_id)}
+    return [f"{a.remedy} (attempt {a.attempt})" for a in store.actions_for(incident_id)
+            if a.status == ActionStatus.failed or verdicts.get(a.id) is False]
 
 
 def record_diagnosis(store: Store, incident_id: int, finding: Finding) -> None:

@@ -1,0 +1,46 @@
+"""Honest outcomes (issue 12, item 8): an incident says what really happened.
+
+A target that recovers on its own after a remedy failed its verification is not healed; an
+approval wait ends when every signal resolves; a flapping service is never called healed.
+Real processes, real TCP, SQLite and DBOS, in process.
+"""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from pathlib import Path
+
+from heald.learn import learned
+from heald.models import IncidentState, OutcomeResult, SignalStatus
+from tests.conftest import free_port, make_config, wait_for
+from tests.engine.test_workflow import alert, runbook, sleeper_config, terminal, workflow_done
+
+PY = sys.executable
+
+
+def test_recovery_after_a_failed_verification_is_not_a_heal(tmp_path: Path, start_runtime) -> None:
+    """The remedy fails its verification; the alert then resolves at its source before the next
+    attempt: the incident ends resolved as "recovered on its own after a failed remedy", with the
+    outcome recovered_unaided, and learning credits the remedy nothing."""
+    dead_port = free_port()
+    cfg = make_config(tmp_path, services={"svc": {
+        "command": [PY, "-c", "import time; time.sleep(600)"],
+        "probes": [{"type": "tcp", "port": dead_port, "interval_seconds": 0.1, "timeout_seconds": 0.2,
+                    "failure_threshold": 1}]}},
+        runbooks=[str(runbook(tmp_path))],
+        healing={"max_attempts": 3, "retry_delay_seconds": 2.0, "verify_timeout_seconds": 0.4})
+    rt = start_runtime(cfg, run_probes=False)
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: any(not v.passed for v in rt.store.verifications_for(inc_id)), what="a failed verification")
+    rt.ingest(alert(SignalStatus.resolved))  # the target came back by itself, during the retry delay
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="incident to end")
+    assert done.state == IncidentState.resolved
+    assert "recovered on its own after a failed remedy" in done.closed_reason
+    assert "before heald acted" not in done.closed_reason
+    assert len(rt.store.actions_for(inc_id)) == 1  # nothing acted on a resolved alert
+    final = [o for o in rt.store.outcomes(incident_id=inc_id) if o.attempt == 0]
+    assert [o.result for o in final] == [OutcomeResult.recovered_unaided]
+    assert OutcomeResult.healed not in [o.result for o in rt.store.outcomes(incident_id=inc_id)]
+    assert learned(rt.store)["svc_broken"]["restart_process"].successes == 0
+    assert rt.store.recovery_times() == []  # not a heal: no time to recover is reported for it
