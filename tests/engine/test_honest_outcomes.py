@@ -11,8 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from heald.learn import learned
 from heald.models import IncidentState, OutcomeResult, SignalStatus
+from heald.store import InvalidTransition
 from tests.conftest import free_port, make_config, wait_for
 from tests.engine.test_workflow import alert, runbook, sleeper_config, terminal, workflow_done
 
@@ -44,3 +47,25 @@ def test_recovery_after_a_failed_verification_is_not_a_heal(tmp_path: Path, star
     assert OutcomeResult.healed not in [o.result for o in rt.store.outcomes(incident_id=inc_id)]
     assert learned(rt.store)["svc_broken"]["restart_process"].successes == 0
     assert rt.store.recovery_times() == []  # not a heal: no time to recover is reported for it
+
+
+def test_approval_wait_ends_when_every_signal_resolves(tmp_path: Path, start_runtime) -> None:
+    """An incident awaiting approval whose alert resolves ends at once (not at the approval TTL
+    of an hour): resolved, audited as approval.withdrawn, nothing applied, and a late approval
+    is refused."""
+    rt = start_runtime(sleeper_config(tmp_path, risk="medium"), run_probes=False)
+    assert rt.config.healing.approval_ttl_seconds >= 3600
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval, what="approval wait")
+    rt.ingest(alert(SignalStatus.resolved))
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=20, what="the approval wait to end")
+    assert done.state == IncidentState.resolved, done.closed_reason
+    assert "before heald acted" in done.closed_reason
+    assert rt.store.actions_for(inc_id) == []
+    events = [e.event for e in rt.store.audit_entries(incident_id=inc_id)]
+    assert "approval.withdrawn" in events and "approval.expired" not in events
+    wait_for(lambda: workflow_done(inc_id), what="the workflow to return")
+    with pytest.raises(InvalidTransition):
+        rt.approve(inc_id, "alice", "approve")
+    assert rt.store.actions_for(inc_id) == []
+    assert rt.store.verify_audit().intact

@@ -187,8 +187,9 @@ class Lease:
 
 @dataclass(frozen=True)
 class ApprovalStatus:
-    """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected`` or
-    ``pending``; ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
+    """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected``, ``pending``,
+    or ``withdrawn`` (every signal resolved while it waited: ``comment`` says so and the incident
+    has ended); ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
 
     verdict: str
     by: str | None = None
@@ -196,7 +197,7 @@ class ApprovalStatus:
     count: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        if self.verdict == "rejected":
+        if self.verdict in ("rejected", "withdrawn"):
             return {"verdict": self.verdict, "by": self.by, "comment": self.comment}
         return {"verdict": self.verdict, "count": self.count}
 
@@ -363,6 +364,22 @@ def approval_status(deps: Deps, incident_id: int, decision_id: int, required: in
             return ApprovalStatus("rejected", v["approver"], v["comment"])
     humans = count_approvers(votes, deps.store.identity_roots(v["approver"] for v in votes))
     return ApprovalStatus("approved" if len(humans) >= required else "pending", count=len(humans))
+
+
+def withdraw_if_resolved(deps: Deps, incident_id: int, decision_id: int) -> ApprovalStatus | None:
+    """End an approval wait whose reason is gone: when every signal of the incident has resolved
+    at its source, record ``approval.withdrawn``, end the incident resolved
+    (:func:`close_if_resolved_by_source`) and return the ``withdrawn`` status; else None."""
+    inc = deps.store.get_incident(incident_id)
+    signals = deps.store.signals_for(incident_id)
+    if inc.state != IncidentState.awaiting_approval or still_firing(signals):
+        return None
+    reason = "approval request withdrawn: every signal resolved at its source while it waited; nothing was applied"
+    deps.store.record(actor="heald", event="approval.withdrawn", incident_id=incident_id, reason=reason,
+                      details={"decision_id": decision_id})
+    log.info("approval.withdrawn", incident_id=incident_id, decision_id=decision_id)
+    close_if_resolved_by_source(deps, inc, signals)
+    return ApprovalStatus("withdrawn", comment=reason)
 
 
 def expire_approval(deps: Deps, incident_id: int, ttl: float) -> str:
