@@ -338,7 +338,10 @@ def record_breaker(deps: Deps, incident_id: int, target: str, passed: bool, reas
     """Count the verification on the target's circuit breaker, and free the target's lease."""
     from heald.budgets import record_verification, release_lease
 
-    record_verification(deps.store, target, passed, incident_id, deps.config.policy.budgets.breaker_failures, reason)
+    b = deps.config.policy.budgets
+    record_verification(deps.store, target, passed, incident_id, b.breaker_failures, reason,
+                        window_seconds=b.breaker_window_seconds, failure_rate=b.breaker_failure_rate,
+                        min_attempts=b.breaker_min_attempts)
     release_lease(deps.store, incident_id, target)
 
 
