@@ -7,6 +7,7 @@ Real processes, real TCP, SQLite and DBOS, in process.
 
 from __future__ import annotations
 
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -69,3 +70,30 @@ def test_approval_wait_ends_when_every_signal_resolves(tmp_path: Path, start_run
         rt.approve(inc_id, "alice", "approve")
     assert rt.store.actions_for(inc_id) == []
     assert rt.store.verify_audit().intact
+
+
+def test_a_probe_firing_before_a_restart_resolves_after_it(tmp_path: Path, start_runtime) -> None:
+    """A tcp probe fires (nothing listens on its port), heald stops with the incident awaiting
+    approval; the port comes up while heald is down; a new heald on the same state resolves the
+    probe's signal (same fingerprint) at its first pass, and the incident ends without acting."""
+    port = free_port()
+    cfg = make_config(tmp_path, services={"svc": {
+        "command": [PY, "-c", "import time; time.sleep(600)"],
+        "probes": [{"type": "tcp", "port": port, "interval_seconds": 0.1, "timeout_seconds": 0.2,
+                    "failure_threshold": 2, "alertname": "SvcBroken"}]}},
+        runbooks=[str(runbook(tmp_path))], policy={"auto": False})
+    rt = start_runtime(cfg)
+    inc = wait_for(lambda: rt.store.list_incidents(), what="the probe's incident")[0]
+    wait_for(lambda: rt.store.get_incident(inc.id).state == IncidentState.awaiting_approval, what="approval wait")
+    [fired] = rt.store.signals_for(inc.id)
+    assert fired.status == SignalStatus.firing and fired.source == "probe"
+    rt.stop()
+
+    with socket.create_server(("127.0.0.1", port)):  # the service came back while heald was down
+        rt2 = start_runtime(cfg)
+        done = wait_for(lambda: terminal(rt2, inc.id), what="the incident to end after the restart")
+        signals = rt2.store.signals_for(inc.id)
+        assert [s.status for s in signals] == [SignalStatus.firing, SignalStatus.resolved]
+        assert signals[1].fingerprint == fired.fingerprint
+        assert done.state == IncidentState.resolved and rt2.store.actions_for(inc.id) == []
+        assert len(rt2.store.list_incidents()) == 1

@@ -104,7 +104,7 @@ class Runtime:
             self.reasoners.append(LLMReasoner(config.llm, self.runbooks))
         self.reasoners += metrics_evidence(config)  # recent values of promql probes' queries as evidence
         self.manage_services = manage_services
-        self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
+        self.probes = ProbeRunner(config, self.supervisor, self.ingest, store=self.store) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
         self.changes = ChangeTracker(config)
         self.rng = random.Random()  # the plan's Thompson draws; a test may seed it
