@@ -97,3 +97,109 @@ def test_a_probe_firing_before_a_restart_resolves_after_it(tmp_path: Path, start
         assert signals[1].fingerprint == fired.fingerprint
         assert done.state == IncidentState.resolved and rt2.store.actions_for(inc.id) == []
         assert len(rt2.store.list_incidents()) == 1
+
+
+#: A service whose TCP port flaps by the wall clock: listening for UP seconds, closed for DOWN
+#: seconds, over and over; a restart does not change the phase (argv: port, up, down).
+FLAPPER = textwrap.dedent("""
+    import socket, sys, time
+    port, up, down = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+    srv = None
+    while True:
+        if time.time() % (up + down) < up:
+            if srv is None:
+                srv = socket.create_server(("127.0.0.1", port))
+                srv.settimeout(0.02)
+            try:
+                srv.accept()[0].close()
+            except OSError:
+                pass
+        else:
+            if srv is not None:
+                srv.close()
+                srv = None
+            time.sleep(0.02)
+""")
+
+#: A service that alternates by start: odd starts listen on the port for UP seconds and exit,
+#: even starts exit at once without listening (argv: port, up, counter file).
+EVERY_OTHER_START = textwrap.dedent("""
+    import pathlib, socket, sys, time
+    port, up, counter = int(sys.argv[1]), float(sys.argv[2]), pathlib.Path(sys.argv[3])
+    n = int(counter.read_text() or 0) + 1 if counter.exists() else 1
+    counter.write_text(str(n))
+    if n % 2 == 0:
+        time.sleep(0.3)
+        sys.exit(1)
+    with socket.create_server(("127.0.0.1", port)) as srv:
+        srv.settimeout(0.02)
+        end = time.monotonic() + up
+        while time.monotonic() < end:
+            try:
+                srv.accept()[0].close()
+            except OSError:
+                pass
+""")
+
+
+def probed_service(tmp_path: Path, command: list[str], port: int, **healing: float):  # type: ignore[no-untyped-def]
+    return make_config(tmp_path, services={"svc": {
+        "command": command, "start_period_seconds": 0.2,
+        "probes": [{"type": "tcp", "port": port, "interval_seconds": 0.1, "timeout_seconds": 0.2,
+                    "failure_threshold": 1, "alertname": "SvcBroken"}]}},
+        runbooks=[str(runbook(tmp_path))],
+        healing={"max_attempts": 2, "retry_delay_seconds": 0.5, **healing},
+        policy={"auto_min_confidence": 0.8, "budgets": {"remedy_cooldown_seconds": 0}})
+
+
+def test_a_flapping_service_is_never_called_healed(tmp_path: Path, start_runtime) -> None:
+    """A real process whose port is up 0.8 s, down 0.4 s: no verification can pass (the checks
+    must hold 1 s). Whatever phase the next attempt meets, an incident heald acted on ends
+    escalated or "recovered on its own after a failed remedy" — never healed, never "resolved
+    before heald acted" — and learning credits the restart nothing."""
+    port = free_port()
+    cfg = probed_service(tmp_path, [PY, "-c", FLAPPER, str(port), "0.8", "0.4"], port,
+                         stabilization_seconds=1.0, verify_timeout_seconds=2.5)
+    rt = start_runtime(cfg)
+
+    def acted_and_ended() -> list[int]:
+        return [i.id for i in rt.store.list_incidents() if i.state.terminal and rt.store.actions_for(i.id)]
+
+    wait_for(lambda: len(acted_and_ended()) >= 2, timeout=60, what="two incidents heald acted on to end")
+    for inc_id in acted_and_ended():
+        inc = rt.store.get_incident(inc_id)
+        final = [o.result for o in rt.store.outcomes(incident_id=inc_id) if o.attempt == 0]
+        assert final in ([OutcomeResult.recovered_unaided], [OutcomeResult.escalated]), (final, inc.closed_reason)
+        assert "before heald acted" not in (inc.closed_reason or "")
+        if final == [OutcomeResult.recovered_unaided]:
+            assert inc.state == IncidentState.resolved
+            assert "recovered on its own after a failed remedy" in (inc.closed_reason or "")
+    assert all(not v.passed for i in acted_and_ended() for v in rt.store.verifications_for(i))
+    assert learned(rt.store)["svc_broken"]["restart_process"].successes == 0
+
+
+def test_a_flapping_service_opens_the_breaker_by_failure_rate(tmp_path: Path, start_runtime) -> None:
+    """Every other restart of a real process dies at once: fail, pass, fail, pass… never two
+    failures in a row, so the consecutive-failure rule (3) never trips; 2 failures in 4 verified
+    remedies within the window do (breaker_failure_rate 0.5, breaker_min_attempts 4). The next
+    incident then waits for a human instead of restarting it again."""
+    port = free_port()
+    counter = tmp_path / "starts"
+    cfg = probed_service(tmp_path, [PY, "-c", EVERY_OTHER_START, str(port), "1.5", str(counter)], port,
+                         stabilization_seconds=0.3, verify_timeout_seconds=1.5)
+    cfg = cfg.model_copy(update={"policy": cfg.policy.model_copy(update={"budgets": cfg.policy.budgets.model_copy(
+        update={"breaker_failures": 3, "breaker_window_seconds": 600.0, "breaker_failure_rate": 0.5,
+                "breaker_min_attempts": 4})})})
+    rt = start_runtime(cfg)
+    from heald.budgets import breakers
+
+    opened = wait_for(lambda: [b for b in breakers(rt.store) if b["state"] == "open"], timeout=90,
+                      what="the breaker to open")
+    assert opened[0]["target"] == "service:svc"
+    assert "of the last 4 remedies verified within 10m failed (failure rate 50%" in opened[0]["opened_reason"]
+    verdicts = [v.passed for i in rt.store.list_incidents() for v in rt.store.verifications_for(i.id)]
+    assert verdicts.count(True) >= 1 and verdicts.count(False) >= 1
+    waiting = wait_for(lambda: [i for i in rt.store.list_incidents() if i.state == IncidentState.awaiting_approval],
+                       timeout=30, what="the next incident to wait for a human")
+    decision = rt.store.decisions_for(waiting[0].id)[-1]
+    assert "circuit breaker open for service:svc" in decision["reason"]
