@@ -7,6 +7,7 @@ Real processes, real TCP, SQLite and DBOS, in process.
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import textwrap
@@ -203,3 +204,31 @@ def test_a_flapping_service_opens_the_breaker_by_failure_rate(tmp_path: Path, st
                        timeout=30, what="the next incident to wait for a human")
     decision = rt.store.decisions_for(waiting[0].id)[-1]
     assert "circuit breaker open for service:svc" in decision["reason"]
+
+
+def test_an_alertmanager_resolution_ends_the_approval_wait(tmp_path: Path, start_runtime) -> None:
+    """The same over HTTP: Alertmanager (webhook version 4) sends the alert firing, the incident
+    waits for an approval, Alertmanager sends it resolved: the wait ends at once, audited."""
+    from tests.conftest import CORPUS, serving
+
+    def payload(name: str) -> bytes:
+        data = json.loads((CORPUS / "alertmanager" / name).read_bytes())
+        for a in data["alerts"]:
+            a["labels"] = {**a["labels"], "alertname": "SvcBroken", "service": "svc"}
+        return json.dumps(data).encode()
+
+    rt = start_runtime(sleeper_config(tmp_path, risk="medium"), run_probes=False)
+    with serving(rt) as client:
+        r = client.post("/v1/webhooks/alertmanager", content=payload("received.json"),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 202, r.text
+        inc_id = r.json()["accepted"][0]["incident_id"]
+        wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval, what="approval wait")
+        r = client.post("/v1/webhooks/alertmanager", content=payload("received-resolved.json"),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 202 and r.json()["accepted"][0]["incident_id"] == inc_id
+        done = wait_for(lambda: terminal(rt, inc_id), what="the approval wait to end")
+        assert done.state == IncidentState.resolved and rt.store.actions_for(inc_id) == []
+        assert "approval.withdrawn" in [e.event for e in rt.store.audit_entries(incident_id=inc_id)]
+        detail = client.get(f"/v1/incidents/{inc_id}")
+        assert detail.status_code == 200 and detail.json()["incident"]["state"] == "resolved"
