@@ -159,9 +159,11 @@ def test_a_flapping_service_is_never_called_healed(tmp_path: Path, start_runtime
     """A real process whose port is up 0.8 s, down 0.4 s: no verification can pass (the checks
     must hold 1 s). Whatever phase the next attempt meets, an incident heald acted on ends
     escalated or "recovered on its own after a failed remedy" — never healed, never "resolved
-    before heald acted" — and learning credits the restart nothing."""
+    before heald acted" — learning credits the restart nothing, and the breaker opens on the
+    failure rate (3 verified remedies, all failed) long before 10 failures in a row."""
     port = free_port()
     cfg = probed_service(tmp_path, [PY, "-c", FLAPPER, str(port), "0.8", "0.4"], port,
+                         budgets={"breaker_failures": 10, "breaker_min_attempts": 3},
                          stabilization_seconds=1.0, verify_timeout_seconds=2.5)
     rt = start_runtime(cfg)
 
@@ -179,6 +181,9 @@ def test_a_flapping_service_is_never_called_healed(tmp_path: Path, start_runtime
             assert "recovered on its own after a failed remedy" in (inc.closed_reason or "")
     assert all(not v.passed for i in acted_and_ended() for v in rt.store.verifications_for(i))
     assert learned(rt.store)["svc_broken"]["restart_process"].successes == 0
+    [breaker] = wait_for(lambda: [b for b in breakers(rt.store) if b["state"] == "open"], timeout=30,
+                         what="the breaker to open")
+    assert "failure rate 100%" in breaker["opened_reason"] and breaker["failures"] < 10
 
 
 def test_a_flapping_service_opens_the_breaker_by_failure_rate(tmp_path: Path, start_runtime) -> None:
