@@ -193,7 +193,7 @@ def test_a_flapping_service_opens_the_breaker_by_failure_rate(tmp_path: Path, st
     incident then waits for a human instead of restarting it again."""
     port = free_port()
     counter = tmp_path / "starts"
-    cfg = probed_service(tmp_path, [PY, "-c", EVERY_OTHER_START, str(port), "1.5", str(counter)], port,
+    cfg = probed_service(tmp_path, [PY, "-c", EVERY_OTHER_START, str(port), "3.0", str(counter)], port,
                          budgets={"breaker_failures": 3, "breaker_window_seconds": 600, "breaker_failure_rate": 0.5,
                                   "breaker_min_attempts": 4},
                          stabilization_seconds=0.3, verify_timeout_seconds=1.5)
