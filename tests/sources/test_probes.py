@@ -75,15 +75,12 @@ def test_false_alarm_below_threshold_emits_nothing(tmp_path, http_target) -> Non
         r.stop()
 
 
-def test_probe_state_survives_a_restart_of_the_runner(tmp_path, http_target) -> None:
-    """A probe that fired, then a new runner on the same store (heald restarted): still failing,
-    it does not fire again; once passing, it resolves the signal that fired (same fingerprint,
-    same start); a steady probe stops writing its state."""
-    from heald.store import Store
+def test_probe_state_survives_a_restart_of_the_runner(tmp_path, http_target, store) -> None:
+    """A probe that fired, then a new runner on the same store (heald restarted; SQLite and
+    PostgreSQL): still failing, it does not fire again; once passing, it resolves the signal
+    that fired (same fingerprint, same start)."""
     from heald.store.probe_state import load_probe_states
 
-    store = Store(f"sqlite:///{tmp_path / 'heald.db'}")
-    store.migrate()
     cfg = make_config(tmp_path, services={"web": {"probes": [
         {"url": http_target.url, "interval_seconds": 0.05, "timeout_seconds": 0.5, "failure_threshold": 2}]}})
     http_target.status = 500
@@ -115,4 +112,3 @@ def test_probe_state_survives_a_restart_of_the_runner(tmp_path, http_target) -> 
         r2.stop()
     [state] = load_probe_states(store).values()
     assert not state.firing and state.failures == 0 and state.fingerprint is None
-    store.close()
