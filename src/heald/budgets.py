@@ -9,7 +9,10 @@ heald and across several workers sharing one database:
   in one transaction (serialized by SQLite's ``BEGIN IMMEDIATE`` or a PostgreSQL advisory
   lock) before acting, released after verifying, and free once expired (a dead worker's);
 - a **circuit breaker** per target (``circuit_breakers``) opens after
-  ``breaker_failures`` consecutive failed verifications and stays open until a human resets it.
+  ``breaker_failures`` consecutive failed verifications, or when the share of failures among
+  the remedies verified on it within ``breaker_window_seconds`` reaches
+  ``breaker_failure_rate`` (after ``breaker_min_attempts``: a flapping target), and stays open
+  until a human resets it.
 
 :class:`Budgets` answers the policy gate's questions (:class:`heald.policy.GateFacts`),
 including whether a candidate aims at heald itself (its own process, API port or state).
@@ -203,10 +206,14 @@ def _breaker_json(row: CircuitBreakerRow) -> dict[str, Any]:
 
 
 def record_verification(store: Store, target: str, passed: bool, incident_id: int, threshold: int,
-                        reason: str = "") -> dict[str, Any]:
-    """Count a verification of a remedy on ``target``: a pass resets the count of consecutive
-    failures (an open breaker stays open: only a human closes it); the ``threshold``-th failure
-    in a row opens the breaker. Returns the breaker as JSON-ready data."""
+                        reason: str = "", *, window_seconds: float = 0.0, failure_rate: float = 1.0,
+                        min_attempts: int = 1) -> dict[str, Any]:
+    """Count a verification of a remedy on ``target`` (``passed`` False: the action or its
+    verification failed). The breaker opens on the ``threshold``-th failure in a row, or when
+    at least ``min_attempts`` verdicts fell in the last ``window_seconds`` (since the last
+    reset, if later; 0 turns this off) and the share of failures among them is at least
+    ``failure_rate`` (:func:`_trip_reason`). A pass resets the count of consecutive failures;
+    an open breaker stays open: only a human closes it. Returns the breaker as JSON-ready data."""
     now = utcnow()
     with store.tx() as s:
         lock(s, f"heald.breaker.{target}")
@@ -216,19 +223,46 @@ def record_verification(store: Store, target: str, passed: bool, incident_id: in
                                     reset_by=None, updated_at=now)
             s.add(row)
         row.updated_at = now
-        if passed:
-            row.failures = 0
-        else:
-            row.failures += 1
-            if row.opened_at is None and row.failures >= threshold:
-                row.opened_at = now
-                row.opened_reason = f"{row.failures} failed verifications in a row, the last: {reason[:300]}"
-                audit.append(s, actor="heald", event="breaker.opened", incident_id=incident_id,
-                             reason=f"{target}: {row.opened_reason}; auto-remediation is off for it until a "
-                                    f"human resets it (heald breakers reset {target})",
-                             details={"target": target, "failures": row.failures})
+        row.failures = 0 if passed else row.failures + 1
+        row.recent = _window(row, now, window_seconds, passed)
+        trip = _trip_reason(row, threshold, window_seconds, failure_rate, min_attempts)
+        if row.opened_at is None and trip is not None:
+            row.opened_at = now
+            row.opened_reason = f"{trip}, the last: {reason[:300]}" if not passed else trip
+            audit.append(s, actor="heald", event="breaker.opened", incident_id=incident_id,
+                         reason=f"{target}: {row.opened_reason}; auto-remediation is off for it until a "
+                                f"human resets it (heald breakers reset {target})",
+                         details={"target": target, "failures": row.failures,
+                                  "window_failures": sum(1 for _, ok in row.recent or [] if not ok),
+                                  "window_attempts": len(row.recent or [])})
         s.flush()
         return _breaker_json(row)
+
+
+def _window(row: CircuitBreakerRow, now: datetime, window_seconds: float, passed: bool) -> list[Any] | None:
+    """The breaker's recent verdicts with this one, [[epoch seconds, passed], …]: only those of
+    the last ``window_seconds`` and after the last reset (at most 10,000); None when off."""
+    if window_seconds <= 0:
+        return None
+    since = now.timestamp() - window_seconds
+    if row.reset_at is not None:
+        since = max(since, row.reset_at.timestamp())
+    kept = [[t, ok] for t, ok in (row.recent or []) if t >= since]
+    return [*kept, [now.timestamp(), passed]][-10_000:]
+
+
+def _trip_reason(row: CircuitBreakerRow, threshold: int, window_seconds: float, failure_rate: float,
+                 min_attempts: int) -> str | None:
+    """Why the breaker should open now (consecutive failures, or the failure rate of its
+    window), or None."""
+    if row.failures >= threshold:
+        return f"{row.failures} failed verifications in a row"
+    recent = row.recent or []
+    failed = sum(1 for _, ok in recent if not ok)
+    if window_seconds > 0 and len(recent) >= min_attempts and failed / len(recent) >= failure_rate:
+        return (f"{failed} of the last {len(recent)} remedies verified within {format_duration(window_seconds)} "
+                f"failed (failure rate {failed / len(recent):.0%}, the limit is {failure_rate:.0%})")
+    return None
 
 
 def breakers(store: Store) -> list[dict[str, Any]]:
@@ -247,7 +281,7 @@ def reset_breaker(store: Store, target: str, by: str, reason: str = "") -> dict[
         if row is None:
             raise NotFound(f"no circuit breaker for {target!r} (heald breakers list shows the known targets)")
         was_open = row.opened_at is not None
-        row.failures, row.opened_at, row.opened_reason = 0, None, None
+        row.failures, row.opened_at, row.opened_reason, row.recent = 0, None, None, None
         row.reset_at, row.reset_by, row.updated_at = now, by, now
         audit.append(s, actor=by, event="breaker.reset",
                      reason=f"{target}: " + (reason or ("auto-remediation is on again" if was_open

@@ -454,7 +454,11 @@ class BudgetsConfig(_Section):
       a target over its limit is skipped like a cooldown, a global limit reached escalates.
     - ``breaker_failures``: after this many consecutive failed verifications on a target, its
       circuit breaker opens: remedies on it need an approval until a human resets it
-      (``heald breakers reset TARGET``).
+      (``heald breakers reset TARGET``). It also opens on a failure rate: when at least
+      ``breaker_min_attempts`` remedies were verified on the target in the last
+      ``breaker_window_seconds`` and at least ``breaker_failure_rate`` of them failed (a failed
+      action or a failed verification), as a flapping target does whose failures never follow
+      each other (``breaker_window_seconds: 0`` turns the rate off).
     - ``lease_seconds``: one healing per target at a time: a lease row per target taken before
       acting and released after verifying; it expires after this long (a crashed worker's).
       ``lease_wait_seconds``: how long an incident waits for another's lease before escalating.
@@ -471,6 +475,16 @@ class BudgetsConfig(_Section):
         default_factory=lambda: RateLimitConfig(max_actions=100, window_seconds=3600.0),
         description="remedies across all targets in a sliding window (reached: escalate)")
     breaker_failures: int = Field(default=3, ge=1, le=1000, description="failed verifications that open a breaker")
+    breaker_window_seconds: float = Field(
+        default=600.0, ge=0, le=7 * 86400,
+        description="the sliding window over which a target's failure rate is measured (0: consecutive failures only)")
+    breaker_failure_rate: float = Field(
+        default=0.5, gt=0, le=1,
+        description="share of the remedies verified on a target within the window that failed (failed action or "
+                    "failed verification) at which its breaker opens")
+    breaker_min_attempts: int = Field(
+        default=4, ge=1, le=10_000,
+        description="remedies verified on a target within the window before its failure rate can open the breaker")
     lease_seconds: Seconds = Field(default=3600.0, description="a target lease expires after this long")
     lease_wait_seconds: float = Field(default=300.0, ge=0, description="wait this long for a busy target")
     lease_poll_seconds: Seconds = Field(default=0.5, description="how often a waiting incident retries the lease")

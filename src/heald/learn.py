@@ -2,7 +2,12 @@
 
 Every attempt's outcome is stored (:meth:`heald.store.Store.add_outcome`). Per (category,
 remedy) the success probability has a Beta(1 + successes, 1 + failures) posterior (a uniform
-prior updated by each healed / not healed / rolled back attempt). :func:`success_rates` gives
+prior updated by each healed / not healed / rolled back attempt). Only verified heals count: a
+``healed`` attempt is a success of its remedy only when a verification of that very action
+passed after it was applied (:func:`verified_heals`); any other ``healed`` — a target that
+happened to be up, an outcome no verification backs — counts for nothing, and a target that
+recovered on its own after a failed remedy (``recovered_unaided``) never counts as a heal.
+:func:`success_rates` gives
 the posteriors of one category, :func:`learned` those of every category (``heald learn``,
 ``GET /v1/learning``), and :func:`thompson_scores` one draw from each posterior: the plan
 ranks candidates by these draws (Thompson sampling), so a remedy that keeps failing is tried
@@ -17,8 +22,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from heald.models import Outcome, OutcomeResult
 from heald.store import Store
+from heald.store.tables import ActionRow, VerificationRow
 
 
 @dataclass(frozen=True)
@@ -53,13 +61,24 @@ class Posterior:
 PRIOR = Posterior(0, 0)
 
 
-def _count(outcomes: Iterable[Outcome]) -> dict[tuple[str, str], list[int]]:
+def verified_heals(store: Store) -> set[tuple[int, int, str]]:
+    """(incident id, attempt, remedy) of every action that a passed verification, begun after
+    the action started, backs: the attempts that may count as heals."""
+    stmt = (sa.select(ActionRow.incident_id, ActionRow.attempt, ActionRow.remedy)
+            .join(VerificationRow, VerificationRow.action_id == ActionRow.id)
+            .where(VerificationRow.passed.is_(True), VerificationRow.started_at >= ActionRow.started_at).distinct())
+    with store.tx() as s:
+        return {(i, a, r) for i, a, r in s.execute(stmt)}
+
+
+def _count(outcomes: Iterable[Outcome], verified: set[tuple[int, int, str]]) -> dict[tuple[str, str], list[int]]:
     counts: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0])
     for o in outcomes:
         if o.remedy is None or o.attempt == 0:  # attempt 0 is the incident as a whole, not one try
             continue
         if o.result == OutcomeResult.healed:
-            counts[(o.category, o.remedy)][0] += 1
+            if (o.incident_id, o.attempt, o.remedy) in verified:  # else nothing shows the remedy healed it
+                counts[(o.category, o.remedy)][0] += 1
         elif o.result in (OutcomeResult.not_healed, OutcomeResult.rolled_back):
             counts[(o.category, o.remedy)][1] += 1
     return counts
@@ -67,14 +86,14 @@ def _count(outcomes: Iterable[Outcome]) -> dict[tuple[str, str], list[int]]:
 
 def success_rates(store: Store, category: str) -> dict[str, Posterior]:
     """{remedy: Posterior} from every recorded attempt for ``category``."""
-    return {r: Posterior(s, f) for (_, r), (s, f) in _count(store.outcomes(category=category)).items()}
+    return {r: Posterior(s, f) for (_, r), (s, f) in _count(store.outcomes(category=category), verified_heals(store)).items()}
 
 
 def learned(store: Store, category: str | None = None) -> dict[str, dict[str, Posterior]]:
     """{category: {remedy: Posterior}} from every recorded attempt (only ``category`` if given),
     categories and remedies in name order."""
     result: dict[str, dict[str, Posterior]] = {}
-    for (cat, remedy), (s, f) in sorted(_count(store.outcomes(category=category)).items()):
+    for (cat, remedy), (s, f) in sorted(_count(store.outcomes(category=category), verified_heals(store)).items()):
         result.setdefault(cat, {})[remedy] = Posterior(s, f)
     return result
 

@@ -124,6 +124,9 @@ class OutcomeResult(StrEnum):
     not_healed = "not_healed"
     rolled_back = "rolled_back"
     escalated = "escalated"
+    #: every signal resolved at its source after a remedy failed its verification: the target
+    #: recovered on its own, which is not a heal (never credited to the remedy)
+    recovered_unaided = "recovered_unaided"
 
 
 class _Model(BaseModel):

@@ -15,7 +15,7 @@ from heald import correlate
 from heald.diagnose import Finding
 from heald.diagnose.runbooks import load_runbooks
 from heald.learn import Posterior, learned, learned_rows, success_rates
-from heald.models import Diagnosis, Outcome, OutcomeResult, Signal
+from heald.models import Action, Diagnosis, Outcome, OutcomeResult, Signal, Verification, utcnow
 from heald.plan import candidate_key, make_plan
 from heald.store import Store
 from tests.conftest import make_config, run_heald
@@ -51,7 +51,25 @@ def open_incident(store: Store, tmp_path: Path, service: str) -> int:
     return r.incident_id
 
 
+def verified_action(store: Store, incident_id: int, remedy: str, attempt: int = 1, passed: bool = True) -> int:
+    """An action of ``remedy`` at ``attempt`` and a verification of it (``passed``) after it:
+    what a healed attempt needs to count (:func:`heald.learn.verified_heals`)."""
+    found = [a for a in store.actions_for(incident_id) if a.attempt == attempt and a.remedy == remedy]
+    if found:
+        action = found[0]
+    else:
+        action, _ = store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy, params={},
+                                              idempotency_key=f"learn-{incident_id}-{attempt}-{remedy}"))
+    assert action.id is not None
+    store.add_verification(Verification(incident_id=incident_id, action_id=action.id, passed=passed,
+                                        started_at=utcnow(), finished_at=utcnow()))
+    return action.id
+
+
 def record(store: Store, incident_id: int, remedy: str, result: OutcomeResult, n: int = 1, attempt: int = 1) -> None:
+    if result == OutcomeResult.healed and attempt > 0 and not any(
+            a.attempt == attempt and a.remedy == remedy for a in store.actions_for(incident_id)):
+        verified_action(store, incident_id, remedy, attempt)
     for _ in range(n):
         store.add_outcome(Outcome(incident_id=incident_id, category=CATEGORY, remedy=remedy, result=result, attempt=attempt))
 
@@ -197,6 +215,7 @@ def test_learning_over_the_api(tmp_path: Path, start_runtime) -> None:  # type: 
     inc = open_incident(rt.store, tmp_path, "svc")
     record(rt.store, inc, "run_command", OutcomeResult.healed, 4)
     record(rt.store, inc, "restart_process", OutcomeResult.rolled_back, 2)
+    verified_action(rt.store, inc, "cleanup_path")
     rt.store.add_outcome(Outcome(incident_id=inc, category="disk_full", remedy="cleanup_path",
                                  result=OutcomeResult.healed, attempt=1))
     with serving(rt, "viewer") as client:
@@ -208,3 +227,23 @@ def test_learning_over_the_api(tmp_path: Path, start_runtime) -> None:  # type: 
         assert {x["category"] for x in only} == {CATEGORY} and only[0]["success_rate"] == pytest.approx(5 / 6)
         assert httpx.get(f"{client.base_url}/v1/learning").status_code == 401
         assert client.get("/v1/learning", params={"category": "x" * 101}).status_code == 422
+
+
+def test_only_verified_heals_count(store: Store, tmp_path: Path) -> None:
+    """A heal is credited to a remedy only when a verification of that very action passed after
+    it: a "healed" that no verification backs (the target happened to be up), or backed by the
+    verification of another attempt's action, counts for nothing; a target that recovered on its
+    own after a failed remedy counts as no heal either (issue 12 item 8)."""
+    inc = open_incident(store, tmp_path, "svc")
+    verified_action(store, inc, "restart_process", attempt=1, passed=False)
+    record(store, inc, "restart_process", OutcomeResult.not_healed, attempt=1)
+    store.add_outcome(Outcome(incident_id=inc, category=CATEGORY, remedy="restart_process",
+                              result=OutcomeResult.healed, attempt=1))  # its verification failed
+    store.begin_action(Action(incident_id=inc, attempt=2, remedy="run_command", params={}, idempotency_key="a2"))
+    store.add_outcome(Outcome(incident_id=inc, category=CATEGORY, remedy="run_command",
+                              result=OutcomeResult.healed, attempt=2))  # no verification at all
+    store.add_outcome(Outcome(incident_id=inc, category=CATEGORY, remedy="restart_process",
+                              result=OutcomeResult.recovered_unaided, attempt=0))
+    assert success_rates(store, CATEGORY) == {"restart_process": Posterior(successes=0, failures=1)}
+    verified_action(store, inc, "run_command", attempt=2)  # now a passed verification backs attempt 2
+    assert success_rates(store, CATEGORY)["run_command"] == Posterior(successes=1, failures=0)

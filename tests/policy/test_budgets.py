@@ -179,3 +179,28 @@ def test_breaker_opens_after_k_failures_and_only_a_human_closes_it(tmp_path: Pat
     assert events.count("breaker.opened") == 1 and events.count("breaker.reset") == 1
     assert budgets.breakers(store)[0]["target"] == "service:svc"
     assert store.verify_audit().intact
+
+
+def test_breaker_opens_on_the_failure_rate_of_a_flapping_target(store: Store) -> None:
+    """Fail, pass, fail, pass, fail: never 3 failures in a row, yet 3 of 5 remedies failed
+    within the window: the breaker opens by rate (issue 12 item 8: 120 s of flapping never
+    opened it). A human's reset starts a new window."""
+    inc = incident(store)
+    rule = {"window_seconds": 600.0, "failure_rate": 0.6, "min_attempts": 5}
+    states = [record_verification(store, "service:flap", ok, inc, 3, "probe failed", **rule)
+              for ok in (False, True, False, True)]
+    assert [b["state"] for b in states] == ["closed"] * 4 and max(b["failures"] for b in states) == 1
+    opened = record_verification(store, "service:flap", False, inc, 3, "probe failed", **rule)
+    assert opened["state"] == "open" and opened["failures"] == 1
+    assert "3 of the last 5 remedies verified within 10m failed (failure rate 60%" in opened["opened_reason"]
+    assert "the last: probe failed" in opened["opened_reason"]
+    entry = next(e for e in store.audit_entries() if e.event == "breaker.opened")
+    assert entry.details["window_failures"] == 3 and entry.details["window_attempts"] == 5
+    reset_breaker(store, "service:flap", "user:alice", "fixed the config")
+    again = [record_verification(store, "service:flap", ok, inc, 3, "probe failed", **rule)
+             for ok in (False, True, False, True)]
+    assert [b["state"] for b in again] == ["closed"] * 4  # the window restarted at the reset
+    # the same sequence with the rate off: consecutive failures only, it never opens
+    for ok in (False, True, False, True, False, True, False):
+        closed = record_verification(store, "service:other", ok, inc, 3, "probe failed")
+    assert closed["state"] == "closed"

@@ -73,3 +73,42 @@ def test_false_alarm_below_threshold_emits_nothing(tmp_path, http_target) -> Non
         assert sum(not x.ok for x in results) < 3
     finally:
         r.stop()
+
+
+def test_probe_state_survives_a_restart_of_the_runner(tmp_path, http_target, store) -> None:
+    """A probe that fired, then a new runner on the same store (heald restarted; SQLite and
+    PostgreSQL): still failing, it does not fire again; once passing, it resolves the signal
+    that fired (same fingerprint, same start)."""
+    from heald.store.probe_state import load_probe_states
+
+    cfg = make_config(tmp_path, services={"web": {"probes": [
+        {"url": http_target.url, "interval_seconds": 0.05, "timeout_seconds": 0.5, "failure_threshold": 2}]}})
+    http_target.status = 500
+    first: list = []
+    r1 = ProbeRunner(cfg, None, first.append, store=store)
+    r1.start()
+    try:
+        wait_for(lambda: first, what="firing signal")
+    finally:
+        r1.stop()
+    [fired] = first
+    [state] = load_probe_states(store).values()
+    assert state.firing and state.fingerprint == fired.fingerprint and state.failures == 2
+    assert state.first_failure == fired.starts_at
+
+    second: list = []
+    results: list = []
+    r2 = ProbeRunner(cfg, None, second.append, on_result=lambda s, p, res: results.append(res), store=store)
+    r2.start()
+    try:
+        wait_for(lambda: len(results) >= 5, what="probing after the restart")
+        assert second == []  # the streak goes on: no second firing signal
+        http_target.status = 200
+        wait_for(lambda: second, what="the resolved signal")
+        [resolved] = second
+        assert resolved.status == SignalStatus.resolved and resolved.fingerprint == fired.fingerprint
+        assert resolved.starts_at == fired.starts_at
+    finally:
+        r2.stop()
+    [state] = load_probe_states(store).values()
+    assert not state.firing and state.failures == 0 and state.fingerprint is None

@@ -129,11 +129,16 @@ def enter_approval_step(incident_id: int, decided: Decided) -> None:
 @DBOS.step(name="approval_status_step")
 @_retried
 def _approval_status_step(incident_id: int, decision_id: int, required: int) -> dict[str, Any]:
-    return steps.approval_status(runtime().deps(), incident_id, decision_id, required).to_json()
+    deps = runtime().deps()
+    status = steps.approval_status(deps, incident_id, decision_id, required)
+    if status.verdict == "pending":  # a wait whose signals all resolved ends here (same step: replays match)
+        status = steps.withdraw_if_resolved(deps, incident_id, decision_id) or status
+    return status.to_json()
 
 
 def approval_status_step(incident_id: int, decision_id: int, required: int) -> ApprovalStatus:
-    """:func:`heald.engine.steps.approval_status`, recorded."""
+    """:func:`heald.engine.steps.approval_status`, then (still pending)
+    :func:`heald.engine.steps.withdraw_if_resolved`, recorded."""
     return ApprovalStatus.from_json(_approval_status_step(incident_id, decision_id, required))
 
 
@@ -209,8 +214,9 @@ def await_lease(incident_id: int, target: str) -> str | None:
 
 def await_approval(incident_id: int, decided: Decided) -> str:
     """Wait (durably) until enough distinct humans approve (one per root identity), one
-    rejects, or the TTL passes (``healing.approval_ttl_seconds``). Returns ``approved`` or the
-    reason it was not."""
+    rejects, every signal resolves (the incident then ends resolved; ingestion wakes this wait,
+    :meth:`heald.engine.runtime.Runtime.wake_approval_waits`) or the TTL passes
+    (``healing.approval_ttl_seconds``). Returns ``approved`` or the reason it was not."""
     ttl = runtime().config.healing.approval_ttl_seconds
     enter_approval_step(incident_id, decided)
     deadline = now_step() + ttl
@@ -220,6 +226,8 @@ def await_approval(incident_id: int, decided: Decided) -> str:
             return "approved"
         if status.verdict == "rejected":
             return f"rejected by {status.by}: {status.comment or 'no reason given'}"
+        if status.verdict == "withdrawn":
+            return status.comment
         remaining = deadline - now_step()
         if remaining <= 0:
             return expire_approval_step(incident_id, ttl)

@@ -29,7 +29,7 @@ from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
-from heald.models import IncidentState, Signal, utcnow
+from heald.models import IncidentState, Signal, SignalStatus, utcnow
 from heald.notify import Notifier
 from heald.policy import count_approvers
 from heald.sources.logs import LogTailer
@@ -106,7 +106,7 @@ class Runtime:
             self.reasoners.append(LLMReasoner(config.llm, self.runbooks))
         self.reasoners += metrics_evidence(config)  # recent values of promql probes' queries as evidence
         self.manage_services = manage_services
-        self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
+        self.probes = ProbeRunner(config, self.supervisor, self.ingest, store=self.store) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
         self.changes = ChangeTracker(config)
         self.rng = random.Random()  # the plan's Thompson draws; a test may seed it
@@ -328,6 +328,7 @@ class Runtime:
         results = self.store.transact(lambda session: [correlate.ingest(session, s, self.config, actor=actor)
                                                         for s in signals])
         failpoint("ingest.after_commit")
+        self.wake_approval_waits(signals, results)
         for signal, result in zip(signals, results, strict=True):
             log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
                      incident_id=result.incident_id, opened=result.opened)
@@ -351,11 +352,31 @@ class Runtime:
         if results is None:
             log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
             return None
+        self.wake_approval_waits(signals, results)
         for r in results:
             if r.opened and r.incident_id is not None:
                 self.start_healing(r.incident_id)
         self.reap_joined(results)
         return results
+
+    def wake_approval_waits(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
+        """Wake the approval wait of each incident awaiting approval that a resolved signal
+        joined, so it ends at once when that was its last firing signal
+        (:func:`heald.engine.steps.withdraw_if_resolved`) instead of at the approval TTL.
+        Returns how many were woken; a failed wake-up is logged (the wait still ends at its TTL)."""
+        woken: set[int] = set()
+        for signal, result in zip(signals, results, strict=True):
+            inc_id = result.incident_id
+            if signal.status != SignalStatus.resolved or inc_id is None or inc_id in woken:
+                continue
+            try:
+                if self.store.get_incident(inc_id).state == IncidentState.awaiting_approval:
+                    DBOS.send(workflow_id(inc_id), {"signal_id": result.signal_id, "resolved": True},
+                              topic=APPROVAL_TOPIC)
+                    woken.add(inc_id)
+            except Exception:  # the wait re-reads the signals at its next wake-up anyway
+                log.exception("approval.wake_failed", incident_id=inc_id)
+        return len(woken)
 
     def start_healing(self, incident_id: int) -> None:
         """Start (or find, if already started) the durable workflow of an incident."""

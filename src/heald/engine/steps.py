@@ -187,8 +187,9 @@ class Lease:
 
 @dataclass(frozen=True)
 class ApprovalStatus:
-    """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected`` or
-    ``pending``; ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
+    """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected``, ``pending``,
+    or ``withdrawn`` (every signal resolved while it waited: ``comment`` says so and the incident
+    has ended); ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
 
     verdict: str
     by: str | None = None
@@ -196,7 +197,7 @@ class ApprovalStatus:
     count: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        if self.verdict == "rejected":
+        if self.verdict in ("rejected", "withdrawn"):
             return {"verdict": self.verdict, "by": self.by, "comment": self.comment}
         return {"verdict": self.verdict, "count": self.count}
 
@@ -337,7 +338,10 @@ def record_breaker(deps: Deps, incident_id: int, target: str, passed: bool, reas
     """Count the verification on the target's circuit breaker, and free the target's lease."""
     from heald.budgets import record_verification, release_lease
 
-    record_verification(deps.store, target, passed, incident_id, deps.config.policy.budgets.breaker_failures, reason)
+    b = deps.config.policy.budgets
+    record_verification(deps.store, target, passed, incident_id, b.breaker_failures, reason,
+                        window_seconds=b.breaker_window_seconds, failure_rate=b.breaker_failure_rate,
+                        min_attempts=b.breaker_min_attempts)
     release_lease(deps.store, incident_id, target)
 
 
@@ -363,6 +367,22 @@ def approval_status(deps: Deps, incident_id: int, decision_id: int, required: in
             return ApprovalStatus("rejected", v["approver"], v["comment"])
     humans = count_approvers(votes, deps.store.identity_roots(v["approver"] for v in votes))
     return ApprovalStatus("approved" if len(humans) >= required else "pending", count=len(humans))
+
+
+def withdraw_if_resolved(deps: Deps, incident_id: int, decision_id: int) -> ApprovalStatus | None:
+    """End an approval wait whose reason is gone: when every signal of the incident has resolved
+    at its source, record ``approval.withdrawn``, end the incident resolved
+    (:func:`close_if_resolved_by_source`) and return the ``withdrawn`` status; else None."""
+    inc = deps.store.get_incident(incident_id)
+    signals = deps.store.signals_for(incident_id)
+    if inc.state != IncidentState.awaiting_approval or still_firing(signals):
+        return None
+    reason = "approval request withdrawn: every signal resolved at its source while it waited; nothing was applied"
+    deps.store.record(actor="heald", event="approval.withdrawn", incident_id=incident_id, reason=reason,
+                      details={"decision_id": decision_id})
+    log.info("approval.withdrawn", incident_id=incident_id, decision_id=decision_id)
+    close_if_resolved_by_source(deps, inc, signals)
+    return ApprovalStatus("withdrawn", comment=reason)
 
 
 def expire_approval(deps: Deps, incident_id: int, ttl: float) -> str:
@@ -527,19 +547,36 @@ def still_firing(signals: list[Signal]) -> list[Signal]:
 
 def close_if_resolved_by_source(deps: Deps, incident: Incident, signals: list[Signal]) -> Closed | None:
     """Never act on a resolved alert: when every signal has resolved, end the incident
-    ``resolved`` (recovered when the last signal ended) and return Closed; else None."""
+    ``resolved`` (recovered when the last signal ended) and return Closed; else None. After
+    heald acted and the remedy did not heal (:func:`failed_remedies`), the closing says so and
+    its outcome is ``recovered_unaided``, never a heal."""
     if still_firing(signals):
         return None
     ended = max((s.ends_at or s.received_at or utcnow() for s in signals if s.status == SignalStatus.resolved),
                 default=utcnow())
+    failed = failed_remedies(deps.store, incident.id)
+    if failed:
+        reason = (f"recovered on its own after a failed remedy: every signal resolved at its source after "
+                  f"{', '.join(failed)} did not heal it (not counted as a heal)")
+        result, remedy = OutcomeResult.recovered_unaided, failed[-1]
+    else:
+        reason, result, remedy = "every signal resolved at its source before heald acted", OutcomeResult.healed, None
     deps.store.transition(
-        incident.id, IncidentState.resolved, reason="every signal resolved at its source before heald acted",
-        recovered_at=ended,
-        outcome=lambda closed: Outcome(incident_id=incident.id, category=closed.category or "unknown", remedy=None,
-                                       result=OutcomeResult.healed, time_to_detect_s=closed.time_to_detect_s,
+        incident.id, IncidentState.resolved, reason=reason, recovered_at=ended,
+        outcome=lambda closed: Outcome(incident_id=incident.id, category=closed.category or "unknown", remedy=remedy,
+                                       result=result, time_to_detect_s=closed.time_to_detect_s,
                                        time_to_recover_s=max(0.0, (ended - incident.started_at).total_seconds())))
-    notify(deps, incident.id, IncidentState.resolved.value, "every signal resolved at its source before heald acted")
+    log.info("incident.resolved", incident_id=incident.id, reason=reason, outcome=result.value)
+    notify(deps, incident.id, IncidentState.resolved.value, reason)
     return Closed(IncidentState.resolved.value)
+
+
+def failed_remedies(store: Store, incident_id: int) -> list[str]:
+    """The remedies heald applied to the incident that did not heal it (a failed action, or a
+    verification that did not pass after it), in order: ``restart_process (attempt 1)``."""
+    verdicts = {v.action_id: v.passed for v in store.verifications_for(incident_id)}
+    return [f"{a.remedy} (attempt {a.attempt})" for a in store.actions_for(incident_id)
+            if a.status == ActionStatus.failed or verdicts.get(a.id) is False]
 
 
 def record_diagnosis(store: Store, incident_id: int, finding: Finding) -> None:

@@ -8,7 +8,9 @@ interval in a thread of its own; after ``failure_threshold`` consecutive failure
 firing signal (``kind=probe_failed``) whose ``starts_at`` is the time of the first failure of
 the streak, and on the first success after that one resolved signal. A failure streak shorter
 than the threshold emits nothing (a false alarm). A result without data (a metric that could
-not be scraped or had too few events in its window) neither fails nor recovers.
+not be scraped or had too few events in its window) neither fails nor recovers. Given a store,
+the runner keeps where each probe stands in it (:mod:`heald.store.probe_state`) and goes on
+from there after a restart: a signal firing when heald stopped resolves at the first pass after.
 
 Metric probes read the Prometheus text exposition format (version 0.0.4, as served by
 prometheus-client and every exporter; parsed with ``prometheus_client.parser``) and evaluate
@@ -36,6 +38,8 @@ from heald.config import HealdConfig, ProbeConfig
 from heald.correlate.fingerprint import fingerprint
 from heald.matchers import matches_all, parse_matcher
 from heald.models import Severity, Signal, SignalStatus, utcnow
+from heald.store import Store
+from heald.store.probe_state import ProbeState, load_probe_states, save_probe_state
 from heald.supervise import Supervisor
 
 #: The alertname of a probe's signals when the probe names none.
@@ -397,18 +401,24 @@ def probe_signal(service: str, probe: ProbeConfig, status: SignalStatus, result:
 
 class ProbeRunner:
     """Runs every probe of every service in ``config`` on its interval; calls ``emit`` with the
-    signals (see the module docstring). ``on_result`` sees every single result."""
+    signals (see the module docstring). ``on_result`` sees every single result. With ``store``,
+    each probe starts from its stored state and saves every change of it."""
 
     def __init__(self, config: HealdConfig, supervisor: Supervisor | None, emit: Callable[[Signal], object],
-                 on_result: Callable[[str, ProbeConfig, ProbeResult], None] | None = None):
+                 on_result: Callable[[str, ProbeConfig, ProbeResult], None] | None = None,
+                 store: Store | None = None):
         self.config = config
         self.supervisor = supervisor
         self.emit = emit
         self.on_result = on_result
+        self.store = store
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._states: dict[tuple[str, str], ProbeState] = {}
 
     def start(self) -> None:
+        if self.store is not None:
+            self._states = load_probe_states(self.store)
         for service, svc in self.config.services.items():
             for probe in svc.probes:
                 t = threading.Thread(target=self._loop, args=(service, probe), daemon=True,
@@ -423,9 +433,10 @@ class ProbeRunner:
 
     def _loop(self, service: str, probe: ProbeConfig) -> None:
         check = make_checker(probe, service, self.supervisor)
-        failures = 0
-        first_failure: datetime | None = None
-        firing = False
+        state = self._states.get((service, probe.label), ProbeState())
+        failures, successes, firing = state.failures, state.successes, state.firing
+        first_failure: datetime | None = state.first_failure
+        fired: str | None = state.fingerprint  # the fingerprint of the signal firing now
         next_at = time.monotonic()
         while not self._stop.is_set():
             result = check()
@@ -435,22 +446,46 @@ class ProbeRunner:
                 pass  # neither a failure nor a recovery
             elif result.ok:
                 if firing:
-                    self._emit(probe_signal(service, probe, SignalStatus.resolved, result,
-                                            first_failure or result.at, failures, self.supervisor))
-                failures, first_failure, firing = 0, None, False
+                    sig = probe_signal(service, probe, SignalStatus.resolved, result, first_failure or result.at,
+                                       failures, self.supervisor)
+                    sig.fingerprint = fired or sig.fingerprint  # resolve what fired, even under an older config
+                    self._emit(sig)
+                failures, first_failure, firing, fired = 0, None, False, None
+                successes += 1
             else:
                 failures += 1
+                successes = 0
                 first_failure = first_failure or result.at
                 if failures >= probe.failure_threshold and not firing:
                     firing = True
-                    self._emit(probe_signal(service, probe, SignalStatus.firing, result, first_failure,
-                                            failures, self.supervisor))
+                    sig = probe_signal(service, probe, SignalStatus.firing, result, first_failure,
+                                       failures, self.supervisor)
+                    fired = sig.fingerprint
+                    self._emit(sig)
+            self._save(service, probe, ProbeState(min(failures, probe.failure_threshold), min(successes, 1), firing,
+                                                  first_failure, fired))
             next_at += probe.interval_seconds
             delay = next_at - time.monotonic()
             if delay < 0:  # a slow probe: skip missed ticks rather than bursting
                 next_at = time.monotonic()
                 delay = 0
             self._stop.wait(delay)
+
+    def _save(self, service: str, probe: ProbeConfig, state: ProbeState) -> None:
+        """Store ``state`` when it differs from the last stored (streaks are counted only as far
+        as they change what the probe emits, so a steady probe writes nothing); a failed write
+        is logged and retried at the next change."""
+        key = (service, probe.label)
+        if self.store is None or self._states.get(key, ProbeState()) == state:
+            return
+        try:
+            save_probe_state(self.store, service, probe.label, state)
+            self._states[key] = state
+        except Exception:
+            import structlog
+
+            structlog.get_logger("heald.probes").exception("probe.state_save_failed", service=service,
+                                                           probe=probe.label)
 
     def _emit(self, signal: Signal) -> None:
         try:

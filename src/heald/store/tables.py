@@ -266,13 +266,15 @@ class TargetLeaseRow(Base):
 
 
 class CircuitBreakerRow(Base):
-    """A target's circuit breaker: consecutive failed verifications, and since when it is open
+    """A target's circuit breaker: consecutive failed verifications, the verdicts of its recent
+    window (``recent``: [[epoch seconds, passed], …], oldest first), and since when it is open
     (auto-remediation off) until a human resets it. Rows are updated, never deleted; the
     history is in the audit log."""
 
     __tablename__ = "circuit_breakers"
     target: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
     failures: Mapped[int] = mapped_column(default=0)
+    recent: Mapped[list[Any] | None] = mapped_column(sa.JSON)
     opened_at: Mapped[datetime | None]
     opened_reason: Mapped[str | None] = mapped_column(sa.Text)
     reset_at: Mapped[datetime | None]
@@ -295,3 +297,20 @@ class SilenceRow(Base):
     created_at: Mapped[datetime]
     expired_at: Mapped[datetime | None]
     expired_by: Mapped[str | None] = mapped_column(sa.String(200))
+
+
+class ProbeStateRow(Base):
+    """Where one probe of one service stands (:class:`heald.sources.probes.ProbeRunner`), kept
+    so that a restarted heald goes on from it: the current streak of failures or successes,
+    whether its signal is firing (then ``fingerprint`` is that signal's and ``first_failure``
+    its ``starts_at``), so a signal that fired before a restart resolves after it."""
+
+    __tablename__ = "probe_state"
+    service: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    probe: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    failures: Mapped[int] = mapped_column(default=0)
+    successes: Mapped[int] = mapped_column(default=0)
+    firing: Mapped[bool] = mapped_column(default=False)
+    first_failure: Mapped[datetime | None]
+    fingerprint: Mapped[str | None] = mapped_column(sa.String(200))
+    updated_at: Mapped[datetime]
