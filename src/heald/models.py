@@ -124,6 +124,7 @@ class OutcomeResult(StrEnum):
     not_healed = "not_healed"
     rolled_back = "rolled_back"
     escalated = "escalated"
+    not_applicable = "not_applicable"  # the remedy could not act on its target; learning ignores it
 
 
 class _Model(BaseModel):

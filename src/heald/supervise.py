@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -250,18 +251,32 @@ class Supervisor:
     def get(self, name: str) -> ManagedProcess | None:
         return self.processes.get(name)
 
-    def start_all(self) -> dict[str, str]:
-        """Adopt every service still running from an earlier heald, start the others.
-        Returns {name: 'adopted' | 'started'}."""
+    def start_all(self, leave: Collection[str] = ()) -> dict[str, str]:
+        """At heald's start: adopt every service still running from an earlier heald, and
+        start only those heald never started (no instance recorded in the state file: the
+        initial start, which is not a healing). Nothing else is started (DESIGN.md invariant
+        1): a service named in ``leave`` (one with an open incident, whose workflow decides)
+        and a service heald started before that is no longer running are left as they are;
+        the caller opens an incident for the latter, and the gate decides.
+
+        Returns {name: 'adopted' | 'started' | 'left' (in ``leave``, down) | 'down' (started
+        before, not running)}."""
         result = {}
         for name, proc in self.processes.items():
             if proc.adopt():
                 result[name] = "adopted"
+            elif name in leave:
+                result[name] = "left"
+            elif proc.state_file.exists():
+                result[name] = "down"
             else:
                 proc.start()
                 result[name] = "started"
         return result
 
     def stop_all(self) -> None:
+        """Stop every service, and forget their instances: heald stopped them on purpose, so
+        the next heald's start is their initial start again (:meth:`start_all`)."""
         for proc in self.processes.values():
             proc.stop()
+            proc.state_file.unlink(missing_ok=True)

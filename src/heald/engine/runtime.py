@@ -27,6 +27,8 @@ from heald.diagnose import Reasoner, RunbookReasoner
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.engine.lock import InstanceLock
+from heald.engine.lock import acquire as acquire_instance_lock
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
 from heald.models import IncidentState, Signal
@@ -92,8 +94,9 @@ class Runtime:
     """
 
     def __init__(self, config: HealdConfig, *, manage_services: bool = True, run_probes: bool = True,
-                 tail_logs: bool = True):
+                 tail_logs: bool = True, instance_lock: InstanceLock | None = None):
         self.config = config
+        self.instance_lock = instance_lock  # taken by start() when not given (heald serve takes it before binding)
         self.store = Store(config.database)
         self.supervisor = Supervisor(config)
         self.runbooks: list[Runbook] = load_runbooks(config.runbooks, config.default_runbooks)
@@ -115,26 +118,36 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Migrate the store, start the audit checkpoints, adopt or start managed services,
-        launch DBOS (which resumes any healing a previous heald left unfinished), start missing
-        workflows, start probes. Raises CheckpointError for an unusable audit key file."""
+        """Take this heald's lock on its state directory and database (:mod:`heald.engine.lock`;
+        raises AlreadyRunning, having done nothing, when another heald holds it), migrate the
+        store, start the audit checkpoints, adopt the managed services still running and start
+        those never started (:meth:`heald.supervise.Supervisor.start_all`; a service with an open
+        incident is left to that incident's workflow), launch DBOS (which resumes any healing a
+        previous heald left unfinished), start missing workflows, open an incident for each
+        managed service found down, start probes. Raises CheckpointError for an unusable audit
+        key file."""
         global _runtime
         if _runtime is not None and _runtime is not self:
             raise RuntimeError("another heald Runtime is already running in this process")
+        if self.instance_lock is None:
+            self.instance_lock = acquire_instance_lock(self.config)  # before anything acts
         prepare_state_dir(self.config)
         self.store.migrate()
         self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
         if self.checkpointer is not None:
             self.checkpointer.start()  # a bad key file stops heald here, before anything runs
         _runtime = self
-        services = self.supervisor.start_all() if self.manage_services else {}
+        open_incidents = self.open_incidents_by_service() if self.manage_services else {}
+        services = self.supervisor.start_all(open_incidents) if self.manage_services else {}
         DBOS(config=dbos_config(self.config))  # type: ignore[arg-type]
         DBOS.launch()
         self.started = True
         self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
-                          details={"executor_id": self.config.executor_id, "services": services,
+                          details={"executor_id": self.config.executor_id, "services": services, "pid": os.getpid(),
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
+        self._record_services(services, open_incidents)
         self.resume_open_incidents()
+        self._signal_down_services(services)
         if self.probes:
             self.probes.start()
         for tailer in self.log_tailers:
@@ -164,6 +177,54 @@ class Runtime:
         self.store.close()
         if _runtime is self:
             _runtime = None
+        if self.instance_lock is not None:
+            self.instance_lock.release()
+            self.instance_lock = None
+
+    def open_incidents_by_service(self) -> dict[str, int]:
+        """{service: the id of its newest open incident} over the incidents not yet ended."""
+        found: dict[str, int] = {}
+        for inc in self.store.list_incidents(limit=10_000):  # newest first
+            if not inc.state.terminal and inc.service:
+                found.setdefault(inc.service, inc.id)
+        return found
+
+    def _record_services(self, services: dict[str, str], open_incidents: dict[str, int]) -> None:
+        """Audit what :meth:`Supervisor.start_all` did to, or left of, each managed service."""
+        for name, what in services.items():
+            proc = self.supervisor.processes[name]
+            if what == "started":
+                ident = proc.identity()
+                self.store.record(actor="heald", event="service.started",
+                                  reason=f"initial start of {name}: heald had never started it (no instance recorded)",
+                                  details={"service": name, "pid": ident.pid if ident else None})
+            elif what == "left":
+                self.store.record(actor="heald", event="service.left_down", incident_id=open_incidents[name],
+                                  reason=f"{name} is not running and incident {open_incidents[name]} about it is open: "
+                                         "heald leaves it to that incident's workflow",
+                                  details={"service": name})
+            elif what == "down":
+                self.store.record(actor="heald", event="service.down_at_start",
+                                  reason=f"{name} is not running ({_last_instance(proc)}) and no incident about it is "
+                                         "open: a process check opens one, and the gate decides what heald does",
+                                  details={"service": name})
+
+    def _signal_down_services(self, services: dict[str, str]) -> None:
+        """Ingest a failed process check for each managed service heald started before and
+        found not running at its start (no incident open): its incident goes through the gate,
+        like a crash seen while heald runs (the signal is the one a ``process`` probe sends)."""
+        from heald.config import ProbeConfig
+        from heald.models import SignalStatus, utcnow
+        from heald.sources.probes import ProbeResult, probe_signal
+
+        for name, what in services.items():
+            if what != "down":
+                continue
+            now = utcnow()
+            detail = f"not running when heald started: {_last_instance(self.supervisor.processes[name])}"
+            sig = probe_signal(name, ProbeConfig(type="process"), SignalStatus.firing, ProbeResult(False, detail, 0.0, now),
+                               now, 1, self.supervisor)
+            self.ingest(sig.model_copy(update={"summary": f"{name} was {detail}"}), actor="heald")
 
     def resume_open_incidents(self) -> int:
         """Start the workflow of every open incident that has none (a crash between storing a
@@ -235,6 +296,17 @@ class Runtime:
         """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
         return submit_approval(self.store, incident_id, approver, verdict, comment,
                                lambda wf, msg: DBOS.send(wf, msg, topic=APPROVAL_TOPIC))
+
+
+def _last_instance(proc: Any) -> str:
+    """The managed process's last recorded instance, as text (from its state file)."""
+    import json
+
+    try:
+        data = json.loads(proc.state_file.read_text())
+        return f"its last instance, pid {data['pid']} started {data.get('started_at', '?')}, is gone"
+    except (OSError, ValueError, KeyError):
+        return "its last instance is gone"
 
 
 def submit_approval(store: Store, incident_id: int, approver: str, verdict: str, comment: str,
