@@ -252,26 +252,34 @@ class Supervisor:
         return self.processes.get(name)
 
     def start_all(self, leave: Collection[str] = ()) -> dict[str, str]:
-        """At heald's start: adopt every service still running from an earlier heald, and
-        start only those heald never started (no instance recorded in the state file: the
-        initial start, which is not a healing). Nothing else is started (DESIGN.md invariant
-        1): a service named in ``leave`` (one with an open incident, whose workflow decides)
-        and a service heald started before that is no longer running are left as they are;
-        the caller opens an incident for the latter, and the gate decides.
+        """At heald's start: adopt every service still running from an earlier heald, and start
+        those heald never started (no instance recorded in the state file: the initial start,
+        which is not a healing). Nothing with an incident is touched (DESIGN.md invariant 1):
 
-        Returns {name: 'adopted' | 'started' | 'left' (in ``leave``, down) | 'down' (started
-        before, not running)}."""
+        - a service named in ``leave`` (one with an open incident) is left as it is: that
+          incident's workflow decides, through the gate;
+        - a service heald started before that is not running any more (it crashed while heald
+          was down, or the host rebooted) and that has probes is left down too: its probes
+          see it down as they would see a crash while heald runs, and open an incident that
+          goes through the gate;
+        - one with no probe is started (heald could neither notice nor verify anything about
+          it, so the gate would have nothing to decide on).
+
+        Returns {name: 'adopted' | 'started' (never started before) | 'started_unprobed'
+        (down, no open incident, no probe) | 'left' (in ``leave``, down) | 'down' (left to its
+        probes)}."""
         result = {}
         for name, proc in self.processes.items():
             if proc.adopt():
                 result[name] = "adopted"
             elif name in leave:
                 result[name] = "left"
-            elif proc.state_file.exists():
+            elif proc.state_file.exists() and proc.cfg.probes:
                 result[name] = "down"
             else:
+                known = proc.state_file.exists()
                 proc.start()
-                result[name] = "started"
+                result[name] = "started_unprobed" if known else "started"
         return result
 
     def stop_all(self) -> None:

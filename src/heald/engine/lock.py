@@ -63,6 +63,7 @@ class InstanceLock:
             self._pg_engine.dispose()
             self._pg_engine = None
         for fd in self._files:
+            os.ftruncate(fd, 0)  # still held: no other heald's pid is in it
             os.close(fd)  # closing the descriptor drops its flock
         self._files = []
 

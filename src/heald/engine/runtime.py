@@ -123,9 +123,10 @@ class Runtime:
         store, start the audit checkpoints, adopt the managed services still running and start
         those never started (:meth:`heald.supervise.Supervisor.start_all`; a service with an open
         incident is left to that incident's workflow), launch DBOS (which resumes any healing a
-        previous heald left unfinished), start missing workflows, open an incident for each
-        managed service found down, start probes. Raises CheckpointError for an unusable audit
-        key file."""
+        previous heald left unfinished), start missing workflows, start probes (which open an
+        incident for a managed service found down). Every effect on a service is audited
+        (``service.started``, ``service.left_down``, ``service.down_at_start``). Raises
+        CheckpointError for an unusable audit key file."""
         global _runtime
         if _runtime is not None and _runtime is not self:
             raise RuntimeError("another heald Runtime is already running in this process")
@@ -147,7 +148,6 @@ class Runtime:
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
         self._record_services(services, open_incidents)
         self.resume_open_incidents()
-        self._signal_down_services(services)
         if self.probes:
             self.probes.start()
         for tailer in self.log_tailers:
@@ -193,11 +193,13 @@ class Runtime:
         """Audit what :meth:`Supervisor.start_all` did to, or left of, each managed service."""
         for name, what in services.items():
             proc = self.supervisor.processes[name]
-            if what == "started":
+            if what in ("started", "started_unprobed"):
                 ident = proc.identity()
-                self.store.record(actor="heald", event="service.started",
-                                  reason=f"initial start of {name}: heald had never started it (no instance recorded)",
-                                  details={"service": name, "pid": ident.pid if ident else None})
+                why = ("heald had never started it (no instance recorded)" if what == "started" else
+                       "it was not running, no incident about it is open, and no probe watches it (heald could "
+                       "neither notice its failure nor verify a healing)")
+                self.store.record(actor="heald", event="service.started", reason=f"start of {name} at heald's start: {why}",
+                                  details={"service": name, "pid": ident.pid if ident else None, "initial": what == "started"})
             elif what == "left":
                 self.store.record(actor="heald", event="service.left_down", incident_id=open_incidents[name],
                                   reason=f"{name} is not running and incident {open_incidents[name]} about it is open: "
@@ -206,25 +208,9 @@ class Runtime:
             elif what == "down":
                 self.store.record(actor="heald", event="service.down_at_start",
                                   reason=f"{name} is not running ({_last_instance(proc)}) and no incident about it is "
-                                         "open: a process check opens one, and the gate decides what heald does",
+                                         "open: heald does not start it by itself; its probes open an incident, and the "
+                                         "gate decides",
                                   details={"service": name})
-
-    def _signal_down_services(self, services: dict[str, str]) -> None:
-        """Ingest a failed process check for each managed service heald started before and
-        found not running at its start (no incident open): its incident goes through the gate,
-        like a crash seen while heald runs (the signal is the one a ``process`` probe sends)."""
-        from heald.config import ProbeConfig
-        from heald.models import SignalStatus, utcnow
-        from heald.sources.probes import ProbeResult, probe_signal
-
-        for name, what in services.items():
-            if what != "down":
-                continue
-            now = utcnow()
-            detail = f"not running when heald started: {_last_instance(self.supervisor.processes[name])}"
-            sig = probe_signal(name, ProbeConfig(type="process"), SignalStatus.firing, ProbeResult(False, detail, 0.0, now),
-                               now, 1, self.supervisor)
-            self.ingest(sig.model_copy(update={"summary": f"{name} was {detail}"}), actor="heald")
 
     def resume_open_incidents(self) -> int:
         """Start the workflow of every open incident that has none (a crash between storing a
