@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 from heald.config import HealdConfig
-from heald.engine.lock import AlreadyRunning, acquire
 from heald.models import IncidentState
 from heald.store import Store
 from tests.conftest import free_port, heald_cmd, make_config, run_heald, wait_for
@@ -252,6 +251,8 @@ def test_a_service_down_at_start_goes_through_its_probe_and_the_gate(
 
 def test_a_stale_lock_file_of_a_dead_heald_does_not_block(tmp_path: Path) -> None:
     """The lock is the kernel's (flock), not the file's existence: a killed heald leaves none."""
+    from heald.engine.lock import acquire
+
     cfg = make_config(tmp_path)
     cfg.state_dir.mkdir(parents=True)
     (cfg.state_dir / "heald.lock").write_text("pid 999999 on elsewhere\n")
@@ -266,6 +267,8 @@ def test_a_stale_lock_file_of_a_dead_heald_does_not_block(tmp_path: Path) -> Non
 def test_one_heald_per_postgresql_database(tmp_path: Path, pg_url: str) -> None:
     """Two healds with their own state directories on one PostgreSQL database: the second is
     refused (naming the first's pid) unless database_lock is false."""
+    from heald.engine.lock import AlreadyRunning, acquire
+
     one: HealdConfig = make_config(tmp_path / "one", database_url=pg_url)
     two: HealdConfig = make_config(tmp_path / "two", database_url=pg_url)
     lock = acquire(one)
