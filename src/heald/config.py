@@ -891,7 +891,8 @@ class AuditConfig(_Section):
 class IdentityConfig(_Section):
     """How heald recognises itself in a signal, so that it never remedies itself however a
     signal names it (DESIGN.md invariant 7). A signal names heald when its ``service``, or its
-    ``job``, ``service``, ``app``, ``container`` or ``instance`` label, is one of ``names``;
+    ``job``, ``service``, ``app``, ``app_kubernetes_io_name``, ``container`` or ``instance``
+    label, is one of ``names``;
     when its ``instance`` is an address of heald's API (``api.host``:``api.port``,
     ``localhost``, a loopback address or this host's name with ``api.port``, or one of
     ``addresses``); or when its ``pid`` label is heald's process id. An incident with such a

@@ -173,3 +173,35 @@ def _incident(deps: steps.Deps) -> int:
         result = correlate.ingest(s, broken({}), deps.config)
     assert result.incident_id is not None
     return result.incident_id
+
+
+def alertmanager(labels: dict[str, str]) -> list[Signal]:
+    """The signals of one Alertmanager webhook message (version 4) with one firing alert."""
+    import json
+
+    from heald.sources.alertmanager import AlertmanagerSource
+
+    body = {"version": "4", "groupKey": "{}:{alertname}", "status": "firing", "receiver": "heald",
+            "groupLabels": {}, "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://am:9093",
+            "truncatedAlerts": 0,
+            "alerts": [{"status": "firing", "labels": labels, "annotations": {"summary": "heald itself"},
+                        "startsAt": "2026-11-22T01:56:05.915Z", "endsAt": "0001-01-01T00:00:00Z",
+                        "generatorURL": "http://prom:9090/graph", "fingerprint": "0123456789abcdef"}]}
+    return AlertmanagerSource().parse({}, json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("labels", [
+    {"alertname": "HighMemoryUsage", "job": "heald", "instance": f"127.0.0.1:{PORT}", "severity": "warning"},
+    {"alertname": "InstanceDown", "job": "heald", "instance": f"localhost:{PORT}", "severity": "critical"},
+    {"alertname": "ProcessHighMemoryUsage", "job": "svc", "instance": f"127.0.0.1:{PORT}"},
+], ids=["memory-job-heald", "instancedown-job-heald", "memory-instance-only"])
+def test_alertmanager_alerts_about_heald_with_the_shipped_runbooks(
+        tmp_path: Path, start_runtime: Callable[..., Runtime], labels: dict[str, str]) -> None:
+    """As observed (issue 12 item 7): heald's memory alert and InstanceDown for heald, through the
+    Alertmanager source and heald's own runbooks; "svc" is managed, so only the identity guards it."""
+    cfg = make_config(tmp_path, services={"svc": {"command": [PY, "-c", "import time; time.sleep(600)"]}},
+                      api={"port": PORT})
+    rt = start_runtime(cfg, manage_services=False, run_probes=False)
+    [sig] = alertmanager(labels)
+    reason = escalated_without_remedy(rt, sig)
+    assert "heald itself" in reason, reason

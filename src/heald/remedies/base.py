@@ -164,12 +164,12 @@ class HealdSelf:
 
     def names_heald(self, service: str | None, labels: Mapping[str, str]) -> str | None:
         """Why a signal with ``service`` and ``labels`` is about heald itself, or None: its
-        service, or its ``job``/``service``/``app``/``container`` label, is one of heald's
+        service, or its ``job``/``service``/``app``/``app_kubernetes_io_name``/``container`` label, is one of heald's
         names; its ``instance`` is one of heald's names or addresses (:meth:`is_own_address`);
         its ``pid`` is heald's process id."""
         if self.is_own_name(service):
             return f"service {service!r} is heald itself"
-        for key in ("job", "service", "app", "container"):
+        for key in ("job", "service", "app", "app_kubernetes_io_name", "container"):
             if self.is_own_name(labels.get(key)):
                 return f"{key}={labels[key]!r} is heald itself"
         instance = labels.get("instance")
