@@ -205,3 +205,17 @@ def test_alertmanager_alerts_about_heald_with_the_shipped_runbooks(
     [sig] = alertmanager(labels)
     reason = escalated_without_remedy(rt, sig)
     assert "heald itself" in reason, reason
+
+
+def test_heald_on_every_address_is_each_of_this_hosts_addresses_and_no_other() -> None:
+    from heald.config import HealdConfig
+    from heald.remedies.base import _local_addresses
+
+    heald = remedies.HealdSelf(HealdConfig.model_validate({"api": {"host": "0.0.0.0", "port": 8080}}))
+    mine = [f"[{a}]:8080" if a.version == 6 else f"{a}:8080" for a in _local_addresses() if not a.is_link_local]
+    for instance in [*mine, "127.0.0.1:8080", "[::1]:8080", "localhost:8080", f"{socket.gethostname()}:8080",
+                     "http://127.0.0.1:8080/metrics"]:
+        assert heald.names_heald(None, {"instance": instance}) is not None, instance
+    for instance in ["10.9.8.7:8080", "[2001:db8::7]:8080", "127.0.0.1:9100", "shop:8080", "heald-db:8080"]:
+        assert heald.names_heald(None, {"instance": instance}) is None, instance
+    assert heald.names_heald("Heald", {}) is not None and heald.names_heald("healdx", {"job": "node"}) is None

@@ -132,11 +132,16 @@ class Runtime:
             raise RuntimeError("another heald Runtime is already running in this process")
         if self.instance_lock is None:
             self.instance_lock = acquire_instance_lock(self.config)  # before anything acts
-        prepare_state_dir(self.config)
-        self.store.migrate()
-        self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
-        if self.checkpointer is not None:
-            self.checkpointer.start()  # a bad key file stops heald here, before anything runs
+        try:
+            prepare_state_dir(self.config)
+            self.store.migrate()
+            self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
+            if self.checkpointer is not None:
+                self.checkpointer.start()  # a bad key file stops heald here, before anything runs
+        except BaseException:
+            self.instance_lock.release()  # nothing acted: another heald may start on this state
+            self.instance_lock = None
+            raise
         _runtime = self
         open_incidents = self.open_incidents_by_service() if self.manage_services else {}
         services = self.supervisor.start_all(open_incidents) if self.manage_services else {}

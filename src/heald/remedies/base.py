@@ -138,12 +138,14 @@ class HealdSelf:
         if port != api.port or host is None:
             return False
         host = host.strip("[]").lower()
-        if host in ("localhost", api.host.lower(), *_host_names()) or api.host in ("0.0.0.0", "::"):
+        if host in ("localhost", api.host.lower(), *_host_names()):
             return True
         try:
-            return ipaddress.ip_address(host).is_loopback
+            ip = ipaddress.ip_address(host)
         except ValueError:
             return False
+        # listening on every address: any address of this host reaches heald (not another host's)
+        return ip.is_loopback or (api.host in ("0.0.0.0", "::") and (ip.is_unspecified or ip in _local_addresses()))
 
     def extra_addresses(self) -> set[str]:
         """``identity.addresses``, normalised (``host:port``, host lower-case)."""
@@ -201,6 +203,37 @@ def split_address(address: str) -> tuple[str | None, int | None]:
 
 def _address(host: str, port: int) -> str:
     return f"{host.strip('[]').lower()}:{port}"
+
+
+@functools.cache
+def _local_addresses() -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """This host's own IP addresses: Linux's local routes (``/proc/net/fib_trie``, the ``/32 host
+    LOCAL`` entries) and IPv6 interface addresses (``/proc/net/if_inet6``), plus what its name
+    resolves to (elsewhere, or without /proc)."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    try:
+        last = None
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            text = line.strip()
+            if text.startswith(("|--", "+--")):
+                last = text[3:].strip().split("/")[0]
+            elif text.startswith("/32 host LOCAL") and last:
+                found.add(ipaddress.IPv4Address(last))
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.add(ipaddress.IPv6Address(":".join(raw[i:i + 4] for i in range(0, 32, 4))))
+    except (OSError, ValueError, IndexError):
+        pass
+    for name in _host_names():
+        try:
+            for info in socket.getaddrinfo(name, None):
+                found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+        except (OSError, ValueError):
+            pass
+    return frozenset(found)
 
 
 @functools.cache
