@@ -219,3 +219,24 @@ def test_heald_on_every_address_is_each_of_this_hosts_addresses_and_no_other() -
     for instance in ["10.9.8.7:8080", "[2001:db8::7]:8080", "127.0.0.1:9100", "shop:8080", "heald-db:8080"]:
         assert heald.names_heald(None, {"instance": instance}) is None, instance
     assert heald.names_heald("Heald", {}) is not None and heald.names_heald("healdx", {"job": "node"}) is None
+
+
+def test_a_ci_failure_of_a_repository_named_heald_is_not_heald_itself(tmp_path: Path) -> None:
+    """heald healing its own source's CI: the repository "heald" is not the running heald."""
+    from heald import correlate
+    from heald.budgets import CI_SIGNAL_KINDS, about_heald
+    from heald.ci.incident import FAILED, REPRODUCED
+
+    assert set(CI_SIGNAL_KINDS) == {FAILED, REPRODUCED}
+    deps = make_deps(tmp_path)
+    try:
+        with deps.store.tx() as s:
+            ci = correlate.ingest(s, Signal(source="github", kind=FAILED, service="heald", summary="CI failed",
+                                            labels={"repo": "heald", "head_sha": "abc", "head_branch": "main"}),
+                                  deps.config)
+            alert = correlate.ingest(s, broken({"job": "node"}, service="heald"), deps.config)
+        assert ci.incident_id is not None and alert.incident_id is not None
+        assert about_heald(deps.config, deps.store, ci.incident_id) is None
+        assert "heald itself" in (about_heald(deps.config, deps.store, alert.incident_id) or "")
+    finally:
+        deps.store.close()
