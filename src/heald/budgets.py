@@ -111,6 +111,9 @@ class Budgets:
     def heald_itself(self, candidate: RemedyCandidate, target: str) -> str | None:
         return heald_itself(self.config, candidate, target, self.supervisor)
 
+    def about_heald(self) -> str | None:
+        return about_heald(self.config, self.store, self.incident_id, self.supervisor)
+
     def silenced(self) -> str | None:
         from heald.correlate.silences import active_silence, describe
 
@@ -136,7 +139,37 @@ def heald_itself(config: HealdConfig, candidate: RemedyCandidate, target: str,
     a command run there. Raises RemedyParamsError for an unknown remedy or invalid parameters."""
     remedy = remedies.get(candidate.remedy)
     params = remedies.validate_params(candidate.remedy, candidate.params)
-    return remedy.touches_heald(params, remedies.HealdSelf(config, supervisor))
+    heald = remedies.HealdSelf(config, supervisor)
+    aim = remedy.target(params)
+    if aim.kind == "service" and heald.is_own_name(aim.name):
+        return f"refused: {aim} is heald itself (identity.names: {', '.join(config.identity.names)})"
+    return remedy.touches_heald(params, heald)
+
+
+#: The kinds of CI signals (:data:`heald.ci.incident.FAILED` and ``REPRODUCED``; that layer is
+#: above this one): their service is a repository, which may be named like heald.
+CI_SIGNAL_KINDS = ("ci_failed", "ci_reproduced")
+
+
+def about_heald(config: HealdConfig, store: Store, incident_id: int, supervisor: Supervisor | None = None) -> str | None:
+    """Why incident ``incident_id`` is about heald itself (DESIGN.md invariant 7), or None: its
+    service, or any of its signals, names heald by one of its identities
+    (:meth:`heald.remedies.HealdSelf.names_heald`: its names, its API's addresses, its pid).
+    Such an incident gets no remedy, whatever the remedy would act on."""
+    heald = remedies.HealdSelf(config, supervisor)
+    signals = store.signals_for(incident_id)
+    if signals and all(s.kind in CI_SIGNAL_KINDS for s in signals):
+        return None  # a CI failure names a repository (maybe heald's source), never the running heald
+    inc = store.get_incident(incident_id)
+    found = heald.names_heald(inc.service, {k: str(v) for k, v in (inc.labels or {}).items()})
+    for sig in signals:
+        if found is not None:
+            break
+        found = heald.names_heald(sig.service, {k: str(v) for k, v in sig.labels.items()})
+    if found is None:
+        return None
+    return (f"refused: this incident is about heald itself ({found}); heald never remedies itself, "
+            f"a human must look")
 
 
 # -- leases ---------------------------------------------------------------------------------------

@@ -902,6 +902,23 @@ class AuditConfig(_Section):
     notify_channels: list[str] = Field(default_factory=list, description="webhook channels sent each checkpoint")
 
 
+class IdentityConfig(_Section):
+    """How heald recognises itself in a signal, so that it never remedies itself however a
+    signal names it (DESIGN.md invariant 7). A signal names heald when its ``service``, or its
+    ``job``, ``service``, ``app``, ``app_kubernetes_io_name``, ``container`` or ``instance``
+    label, is one of ``names``;
+    when its ``instance`` is an address of heald's API (``api.host``:``api.port``,
+    ``localhost``, a loopback address or this host's name with ``api.port``, or one of
+    ``addresses``); or when its ``pid`` label is heald's process id. An incident with such a
+    signal gets no remedy: it is escalated with the reason, whether or not heald is also
+    declared under ``services``."""
+
+    names: list[str] = Field(default_factory=lambda: ["heald"],
+                             description="job, instance and service names that mean heald itself (compared without case)")
+    addresses: list[str] = Field(default_factory=list,
+                                 description="more host:port addresses that reach heald (a proxy's, a load balancer's)")
+
+
 class HealdConfig(_Section):
     """The whole configuration (the top level of ``heald.yaml``)."""
 
@@ -944,6 +961,14 @@ class HealdConfig(_Section):
                                                description="where humans are told about incidents (see notifications)")
     audit: AuditConfig = Field(default_factory=AuditConfig,
                                description="signed checkpoints of the audit chain (see audit)")
+    identity: IdentityConfig = Field(default_factory=IdentityConfig,
+                                     description="how heald recognises itself in signals (see identity)")
+    database_lock: bool = Field(
+        default=True,
+        description="hold an exclusive lock on the database (a PostgreSQL advisory lock; a lock file beside a SQLite "
+                    "file outside state_dir) so that a second heald on it refuses to start; false only for a "
+                    "multi-worker mode where several heald processes, each with its own state_dir, share one "
+                    "PostgreSQL database (the state directory's lock is always held)")
     source_file: Path | None = Field(default=None, exclude=True, description="set by the loader")
     _deprecations: list[YamlProblem] = PrivateAttr(default_factory=list)
 

@@ -127,6 +127,7 @@ class OutcomeResult(StrEnum):
     #: every signal resolved at its source after a remedy failed its verification: the target
     #: recovered on its own, which is not a heal (never credited to the remedy)
     recovered_unaided = "recovered_unaided"
+    not_applicable = "not_applicable"  # the remedy could not act on its target; learning ignores it
 
 
 class _Model(BaseModel):

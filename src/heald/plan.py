@@ -39,11 +39,15 @@ class PlanResult:
 
 
 def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: set[str],
-              rates: dict[str, Posterior], rng: random.Random | None = None) -> PlanResult:
+              rates: dict[str, Posterior], rng: random.Random | None = None,
+              heald: remedies.HealdSelf | None = None) -> PlanResult:
     """Build the plan: the runbook's remedies, then remedies the reasoner proposed itself
     (``finding.remedies``). ``tried`` holds remedy names or candidate keys already applied on this
     incident; ``rates`` the learned posteriors for the diagnosed category; ``rng`` the source of
-    the Thompson draws (default: a fresh, unseeded one; tests pass a seeded one)."""
+    the Thompson draws (default: a fresh, unseeded one; tests pass a seeded one). With ``heald``
+    (its configuration), a remedy that cannot act on its target at all
+    (:meth:`heald.remedies.Remedy.cannot_apply`, e.g. ``restart_process`` for a service heald does
+    not manage) is dropped with its reason."""
     candidates: list[RemedyCandidate] = []
     dropped: list[str] = []
     if finding.runbook is not None:
@@ -70,6 +74,18 @@ def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: 
         post = rates.get(proposed.remedy)
         candidates.append(proposed.model_copy(update={"success_rate": post.mean if post else None,
                                                       "samples": post.samples if post else 0}))
+    if heald is not None:
+        kept = []
+        for c in candidates:
+            try:
+                why = remedies.get(c.remedy).cannot_apply(remedies.validate_params(c.remedy, c.params), heald)
+            except remedies.RemedyParamsError as exc:
+                why = str(exc)
+            if why is None:
+                kept.append(c)
+            else:
+                dropped.append(why)
+        candidates = kept
     if any(c.samples for c in candidates):
         scores = thompson_scores([c.remedy for c in candidates], rates, rng or random.Random())
         candidates = [c.model_copy(update={"score": round(s, 6) if c.samples else None})

@@ -126,6 +126,7 @@ class GateFacts(Protocol):
 
     def target(self, candidate: RemedyCandidate) -> str: ...
     def heald_itself(self, candidate: RemedyCandidate, target: str) -> str | None: ...
+    def about_heald(self) -> str | None: ...
     def cooldown(self, target: str, remedy: str) -> str | None: ...
     def target_rate_limited(self, target: str) -> str | None: ...
     def global_rate_limited(self) -> str | None: ...
@@ -147,7 +148,8 @@ def gate(diagnosis: Diagnosis, candidates: list[RemedyCandidate], policy: Policy
          attempt: int, max_attempts: int, environment: str | None = None) -> GateResult:
     """Run the whole gate over the plan's ``candidates`` (best first); see the module docstring.
 
-    A candidate refused by the environment or aimed at heald itself, in cooldown, or on a target
+    An incident about heald itself (:meth:`GateFacts.about_heald`) is refused before anything
+    else. A candidate refused by the environment or aimed at heald itself, in cooldown, or on a target
     over its rate limit is skipped with its reason, and the next one is considered. With none
     left the decision is ``refuse`` when every candidate was refused, else ``escalate``; both
     carry the reasons. An active silence matching the incident's labels (a maintenance window
@@ -157,6 +159,9 @@ def gate(diagnosis: Diagnosis, candidates: list[RemedyCandidate], policy: Policy
     def plain(candidate: RemedyCandidate | None) -> Decision:
         return decide(diagnosis, candidate, policy, attempt=attempt, max_attempts=max_attempts, environment=environment)
 
+    if (itself := facts.about_heald()) is not None:  # invariant 7, whatever the plan holds
+        return GateResult(Decision(kind=DecisionKind.refuse, candidate=candidates[0] if candidates else None,
+                                   reason=itself))
     if not candidates or attempt > max_attempts or diagnosis.category == "unknown":
         return GateResult(plain(candidates[0] if candidates else None))
     if (silence := facts.silenced()) is not None:  # a maintenance window that began after the incident opened

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -250,18 +251,40 @@ class Supervisor:
     def get(self, name: str) -> ManagedProcess | None:
         return self.processes.get(name)
 
-    def start_all(self) -> dict[str, str]:
-        """Adopt every service still running from an earlier heald, start the others.
-        Returns {name: 'adopted' | 'started'}."""
+    def start_all(self, leave: Collection[str] = ()) -> dict[str, str]:
+        """At heald's start: adopt every service still running from an earlier heald, and start
+        those heald never started (no instance recorded in the state file: the initial start,
+        which is not a healing). Nothing with an incident is touched (DESIGN.md invariant 1):
+
+        - a service named in ``leave`` (one with an open incident) is left as it is: that
+          incident's workflow decides, through the gate;
+        - a service heald started before that is not running any more (it crashed while heald
+          was down, or the host rebooted) and that has probes is left down too: its probes
+          see it down as they would see a crash while heald runs, and open an incident that
+          goes through the gate;
+        - one with no probe is started (heald could neither notice nor verify anything about
+          it, so the gate would have nothing to decide on).
+
+        Returns {name: 'adopted' | 'started' (never started before) | 'started_unprobed'
+        (down, no open incident, no probe) | 'left' (in ``leave``, down) | 'down' (left to its
+        probes)}."""
         result = {}
         for name, proc in self.processes.items():
             if proc.adopt():
                 result[name] = "adopted"
+            elif name in leave:
+                result[name] = "left"
+            elif proc.state_file.exists() and proc.cfg.probes:
+                result[name] = "down"
             else:
+                known = proc.state_file.exists()
                 proc.start()
-                result[name] = "started"
+                result[name] = "started_unprobed" if known else "started"
         return result
 
     def stop_all(self) -> None:
+        """Stop every service, and forget their instances: heald stopped them on purpose, so
+        the next heald's start is their initial start again (:meth:`start_all`)."""
         for proc in self.processes.values():
             proc.stop()
+            proc.state_file.unlink(missing_ok=True)

@@ -78,9 +78,11 @@ def test_llm_reasoner_in_the_workflow_with_accounting_and_fallback(tmp_path: Pat
     ])
     server = FakeOpenAI(lambda body: next(replies))
     try:
+        # svc is managed (never started here): restart_process for a service heald does not manage is never planned
         cfg = make_config(tmp_path, llm={"enabled": True, "base_url": server.url, "model": "test-model",
                                          "api_key": "k", "input_cost_per_million": 2.0,
-                                         "output_cost_per_million": 8.0, "max_retries": 0})
+                                         "output_cost_per_million": 8.0, "max_retries": 0},
+                          services={"svc": {"command": [sys.executable, "-c", "import time; time.sleep(600)"]}})
         rt = start_runtime(cfg, manage_services=False, run_probes=False)
         assert [r.name for r in rt.reasoners] == ["runbook", "kb", "llm"]
 

@@ -107,6 +107,9 @@ class NoBudgets:
     def heald_itself(self, candidate: RemedyCandidate, target: str) -> None:
         return None
 
+    def about_heald(self) -> None:
+        return None
+
     def cooldown(self, target: str, remedy: str) -> None:
         return None
 

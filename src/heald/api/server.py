@@ -8,6 +8,7 @@ browser goes away) and bound the graceful shutdown.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -29,6 +30,23 @@ def make_server(rt: Runtime, host: str, port: int) -> tuple[FastAPI, uvicorn.Ser
                                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     app.state.should_exit = lambda: server.should_exit  # ends the dashboard's live streams on shutdown
     return app, server
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` and listening (port 0: any free port), for
+    uvicorn's ``Server.run(sockets=[...])``: ``heald serve`` binds its port before anything
+    acts, so that a port in use stops it before it starts services or healings. IPv6 for a
+    host with a colon. Raises OSError (e.g. EADDRINUSE)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: restart over TIME_WAIT
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def bound_port(server: uvicorn.Server) -> int:

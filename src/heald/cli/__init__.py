@@ -65,20 +65,43 @@ def version() -> None:
 @app.command()
 def serve(host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
           port: int | None = typer.Option(None, help="Listen port (default: api.port).")) -> None:
-    """Run heald: the API, the probes, the managed services and the healing engine."""
-    from heald.api.server import make_server
+    """Run heald: the API, the probes, the managed services and the healing engine.
+
+    Before anything acts, heald takes its lock on the state directory and database (a second
+    heald on them exits with status 1 naming the first one's pid) and binds its port (a port in
+    use: status 1); only then do the managed services, DBOS and the probes start."""
+    from heald.api.server import bind_socket, make_server
     from heald.engine import Runtime
+    from heald.engine.lock import AlreadyRunning
+    from heald.engine.lock import acquire as acquire_instance_lock
     from heald.log import configure
 
     cfg = config()
     configure(cfg.log_level, json_logs=cfg.log_format == "json")
     from heald.store.checkpoints import CheckpointError
 
-    rt = Runtime(cfg)
+    bind_host, bind_port = host or cfg.api.host, port if port is not None else cfg.api.port
+    try:
+        instance_lock = acquire_instance_lock(cfg)
+    except AlreadyRunning as exc:
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        sock = bind_socket(bind_host, bind_port)
+    except OSError as exc:
+        instance_lock.release()
+        err.print(f"[red]error:[/] cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}", soft_wrap=True,
+                  highlight=False)
+        raise typer.Exit(1) from None
+    bind_port = sock.getsockname()[1]
+    # heald's own address is one of its identities (invariant 7): the one it really listens on
+    cfg = cfg.model_copy(update={"api": cfg.api.model_copy(update={"host": bind_host, "port": bind_port})})
+    rt = Runtime(cfg, instance_lock=instance_lock)
     try:
         rt.start()
     except CheckpointError as exc:
         rt.stop()
+        sock.close()
         fail(f"audit: {exc}")
     if not cfg.api.auth:
         err.print("[yellow]warning:[/] api.auth is false: anyone who reaches the API can send signals and approve "
@@ -86,15 +109,15 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
     elif rt.store.count_active_tokens() == 0:
         err.print("[yellow]warning:[/] no API tokens exist, so every /v1 request gets 401. Create one with "
                   "[bold]heald tokens create --role admin[/].")
-    bind_host, bind_port = host or cfg.api.host, port if port is not None else cfg.api.port
     err.print(f"heald serves its API and dashboard on http://{bind_host}:{bind_port}/")
     # uvicorn re-raises the SIGTERM it caught once it has shut down; the default action would
     # end the process before rt.stop() (DBOS, the last audit checkpoint) runs.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        make_server(rt, bind_host, bind_port)[1].run()
+        make_server(rt, bind_host, bind_port)[1].run(sockets=[sock])
     finally:
         rt.stop()
+        sock.close()
 
 
 def _exit_on_sigterm(signum: int, _frame: Any) -> None:

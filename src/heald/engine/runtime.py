@@ -27,6 +27,8 @@ from heald.diagnose import Reasoner, RunbookReasoner
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.engine.lock import InstanceLock
+from heald.engine.lock import acquire as acquire_instance_lock
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
 from heald.models import IncidentState, Signal, SignalStatus, utcnow
@@ -94,8 +96,9 @@ class Runtime:
     """
 
     def __init__(self, config: HealdConfig, *, manage_services: bool = True, run_probes: bool = True,
-                 tail_logs: bool = True):
+                 tail_logs: bool = True, instance_lock: InstanceLock | None = None):
         self.config = config
+        self.instance_lock = instance_lock  # taken by start() when not given (heald serve takes it before binding)
         self.store = Store(config.database)
         self.supervisor = Supervisor(config)
         self.runbooks: list[Runbook] = load_runbooks(config.runbooks, config.default_runbooks)
@@ -118,25 +121,40 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Migrate the store, start the audit checkpoints, adopt or start managed services,
-        launch DBOS (which resumes any healing a previous heald left unfinished), start missing
-        workflows, start probes. Raises CheckpointError for an unusable audit key file."""
+        """Take this heald's lock on its state directory and database (:mod:`heald.engine.lock`;
+        raises AlreadyRunning, having done nothing, when another heald holds it), migrate the
+        store, start the audit checkpoints, adopt the managed services still running and start
+        those never started (:meth:`heald.supervise.Supervisor.start_all`; a service with an open
+        incident is left to that incident's workflow), launch DBOS (which resumes any healing a
+        previous heald left unfinished), start missing workflows, start probes (which open an
+        incident for a managed service found down). Every effect on a service is audited
+        (``service.started``, ``service.left_down``, ``service.down_at_start``). Raises
+        CheckpointError for an unusable audit key file."""
         global _runtime
         if _runtime is not None and _runtime is not self:
             raise RuntimeError("another heald Runtime is already running in this process")
-        prepare_state_dir(self.config)
-        self.store.migrate()
-        self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
-        if self.checkpointer is not None:
-            self.checkpointer.start()  # a bad key file stops heald here, before anything runs
+        if self.instance_lock is None:
+            self.instance_lock = acquire_instance_lock(self.config)  # before anything acts
+        try:
+            prepare_state_dir(self.config)
+            self.store.migrate()
+            self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
+            if self.checkpointer is not None:
+                self.checkpointer.start()  # a bad key file stops heald here, before anything runs
+        except BaseException:
+            self.instance_lock.release()  # nothing acted: another heald may start on this state
+            self.instance_lock = None
+            raise
         _runtime = self
-        services = self.supervisor.start_all() if self.manage_services else {}
+        open_incidents = self.open_incidents_by_service() if self.manage_services else {}
+        services = self.supervisor.start_all(open_incidents) if self.manage_services else {}
         DBOS(config=dbos_config(self.config))  # type: ignore[arg-type]
         DBOS.launch()
         self.started = True
         self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
-                          details={"executor_id": self.config.executor_id, "services": services,
+                          details={"executor_id": self.config.executor_id, "services": services, "pid": os.getpid(),
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
+        self._record_services(services, open_incidents)
         self.resume_open_incidents()
         self._start_reaper()
         if self.probes:
@@ -169,6 +187,40 @@ class Runtime:
         self.store.close()
         if _runtime is self:
             _runtime = None
+        if self.instance_lock is not None:
+            self.instance_lock.release()
+            self.instance_lock = None
+
+    def open_incidents_by_service(self) -> dict[str, int]:
+        """{service: the id of its newest open incident} over the incidents not yet ended."""
+        found: dict[str, int] = {}
+        for inc in self.store.list_incidents(limit=10_000):  # newest first
+            if not inc.state.terminal and inc.service:
+                found.setdefault(inc.service, inc.id)
+        return found
+
+    def _record_services(self, services: dict[str, str], open_incidents: dict[str, int]) -> None:
+        """Audit what :meth:`Supervisor.start_all` did to, or left of, each managed service."""
+        for name, what in services.items():
+            proc = self.supervisor.processes[name]
+            if what in ("started", "started_unprobed"):
+                ident = proc.identity()
+                why = ("heald had never started it (no instance recorded)" if what == "started" else
+                       "it was not running, no incident about it is open, and no probe watches it (heald could "
+                       "neither notice its failure nor verify a healing)")
+                self.store.record(actor="heald", event="service.started", reason=f"start of {name} at heald's start: {why}",
+                                  details={"service": name, "pid": ident.pid if ident else None, "initial": what == "started"})
+            elif what == "left":
+                self.store.record(actor="heald", event="service.left_down", incident_id=open_incidents[name],
+                                  reason=f"{name} is not running and incident {open_incidents[name]} about it is open: "
+                                         "heald leaves it to that incident's workflow",
+                                  details={"service": name})
+            elif what == "down":
+                self.store.record(actor="heald", event="service.down_at_start",
+                                  reason=f"{name} is not running ({_last_instance(proc)}) and no incident about it is "
+                                         "open: heald does not start it by itself; its probes open an incident, and the "
+                                         "gate decides",
+                                  details={"service": name})
 
     def resume_open_incidents(self) -> int:
         """Start the workflow of every open incident that has none (a crash between storing a
@@ -395,6 +447,17 @@ class Runtime:
         """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
         return submit_approval(self.store, incident_id, approver, verdict, comment,
                                lambda wf, msg: DBOS.send(wf, msg, topic=APPROVAL_TOPIC))
+
+
+def _last_instance(proc: Any) -> str:
+    """The managed process's last recorded instance, as text (from its state file)."""
+    import json
+
+    try:
+        data = json.loads(proc.state_file.read_text())
+        return f"its last instance, pid {data['pid']} started {data.get('started_at', '?')}, is gone"
+    except (OSError, ValueError, KeyError):
+        return "its last instance is gone"
 
 
 def submit_approval(store: Store, incident_id: int, approver: str, verdict: str, comment: str,

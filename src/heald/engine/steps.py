@@ -286,16 +286,24 @@ def diagnose(deps: Deps, incident_id: int, attempt: int) -> Found | Closed:
 def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> Planned:
     """Rank the candidate remedies (:func:`heald.plan.make_plan`) and record the plan: the next
     candidate is one not tried yet on this incident when there is one; a remedy that was tried
-    and rolled back is dropped (recorded as ``plan.candidate_dropped`` with every other drop)."""
+    and rolled back, or that cannot act on its target, is dropped, and every candidate of an
+    incident about heald itself (:func:`heald.budgets.about_heald`) is (each recorded as
+    ``plan.candidate_dropped``)."""
+    from heald.budgets import about_heald
+
     runbook = next((rb for rb in deps.runbooks if rb.name == found.runbook), None)
     wanted = set(found.signal_ids)
     active = [s for s in deps.store.signals_for(incident_id) if s.id in wanted]
     result = make_plan(incident_id, Finding(found.diagnosis, runbook, found.proposed), active, {t.key for t in tried},
-                       success_rates(deps.store, found.category), rng=deps.rng)
+                       success_rates(deps.store, found.category), rng=deps.rng,
+                       heald=remedies.HealdSelf(deps.config, deps.supervisor))
     rolled_back = {t.key for t in tried if t.rolled_back}
     kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back]
     result.dropped.extend(f"{c.remedy} {c.params}: tried on this incident, did not heal it, and was undone"
                           for c in result.plan.candidates if c not in kept)
+    if (itself := about_heald(deps.config, deps.store, incident_id, deps.supervisor)) is not None:
+        result.dropped.extend(f"{c.remedy} {c.params}: {itself}" for c in kept)  # invariant 7: no remedy at all
+        kept = []
     deps.store.add_plan(result.plan.model_copy(update={"candidates": kept}))
     for why in result.dropped:
         deps.store.record(actor="heald", event="plan.candidate_dropped", incident_id=incident_id, reason=why)
@@ -476,10 +484,21 @@ def verify(deps: Deps, incident_id: int, action_id: int, overrides: dict[str, An
 def learn(deps: Deps, incident_id: int, attempt: int, category: str, remedy: str, healed: bool,
           rolled_back: bool = False) -> None:
     """Record the attempt's outcome for learning (:mod:`heald.learn`): healed, not healed, or
-    rolled back (not healed, and undone)."""
+    rolled back (not healed, and undone); ``not_applicable`` when its action failed because the
+    remedy cannot act on the target at all (learning does not count it)."""
     result = OutcomeResult.healed if healed else OutcomeResult.rolled_back if rolled_back else OutcomeResult.not_healed
+    if not healed and _not_applicable(deps.store, incident_id, attempt, remedy):
+        result = OutcomeResult.not_applicable  # the remedy could not act on the target: no evidence against it
     deps.store.add_outcome(Outcome(incident_id=incident_id, category=category, remedy=remedy, attempt=attempt,
                                    result=result))
+
+
+def _not_applicable(store: Store, incident_id: int, attempt: int, remedy: str) -> bool:
+    """Whether the attempt's action of ``remedy`` failed because the remedy cannot act on its
+    target at all (:class:`heald.remedies.RemedyNotApplicable`)."""
+    return any(a.attempt == attempt and a.remedy == remedy and a.status == ActionStatus.failed
+               and a.output.startswith(f"{remedies.RemedyNotApplicable.__name__}:")
+               for a in store.actions_for(incident_id))
 
 
 def undo(deps: Deps, incident_id: int, action_id: int, candidate: RemedyCandidate) -> bool:

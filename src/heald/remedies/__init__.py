@@ -22,6 +22,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyParamsError,
     RemedyResult,
@@ -31,7 +32,7 @@ from heald.remedies.base import (
     validate_params,
 )
 
-__all__ = ["CATALOG", "HealdSelf", "Remedy", "RemedyContext", "RemedyError", "RemedyParams", "RemedyParamsError",
+__all__ = ["CATALOG", "HealdSelf", "Remedy", "RemedyContext", "RemedyError", "RemedyNotApplicable", "RemedyParams", "RemedyParamsError",
            "RemedyResult", "Target", "get", "register", "validate_params"]
 
 

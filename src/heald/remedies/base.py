@@ -7,8 +7,12 @@ register from their own package. See :mod:`heald.remedies` for the guards every 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import os
+import socket
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
@@ -27,6 +31,11 @@ if TYPE_CHECKING:
 
 class RemedyError(RuntimeError):
     """Applying a remedy failed; the message says what happened."""
+
+
+class RemedyNotApplicable(RemedyError):
+    """The remedy cannot act on its target at all (e.g. ``restart_process`` for a service heald
+    does not manage): not a failure of the remedy, and never counted against it in learning."""
 
 
 class RemedyParamsError(ValueError):
@@ -121,16 +130,118 @@ class HealdSelf:
 
     def is_own_address(self, host: str | None, port: int | None) -> bool:
         """Whether ``host``:``port`` reaches heald's own API (its port on its address, on
-        localhost or a loopback address, or any address when it listens on all of them)."""
+        localhost, a loopback address or this host's name, or any address when it listens on
+        all of them), or is one of ``identity.addresses``."""
+        if host is not None and port is not None and _address(host, port) in self.extra_addresses():
+            return True
         api = self.config.api
         if port != api.port or host is None:
             return False
-        if host in ("localhost", api.host) or api.host in ("0.0.0.0", "::"):
+        host = host.strip("[]").lower()
+        if host in ("localhost", api.host.lower(), *_host_names()):
             return True
         try:
-            return ipaddress.ip_address(host).is_loopback
+            ip = ipaddress.ip_address(host)
         except ValueError:
             return False
+        # listening on every address: any address of this host reaches heald (not another host's)
+        return ip.is_loopback or (api.host in ("0.0.0.0", "::") and (ip.is_unspecified or ip in _local_addresses()))
+
+    def extra_addresses(self) -> set[str]:
+        """``identity.addresses``, normalised (``host:port``, host lower-case)."""
+        found = set()
+        for a in self.config.identity.addresses:
+            host, port = split_address(a)
+            if host is not None and port is not None:
+                found.add(_address(host, port))
+        return found
+
+    def names(self) -> set[str]:
+        """heald's own job, instance and service names (``identity.names``), lower-case."""
+        return {n.lower() for n in self.config.identity.names}
+
+    def is_own_name(self, name: str | None) -> bool:
+        """Whether ``name`` (a service, job or instance name) is one of heald's own."""
+        return name is not None and name.strip().lower() in self.names()
+
+    def names_heald(self, service: str | None, labels: Mapping[str, str]) -> str | None:
+        """Why a signal with ``service`` and ``labels`` is about heald itself, or None: its
+        service, or its ``job``/``service``/``app``/``app_kubernetes_io_name``/``container`` label, is one of heald's
+        names; its ``instance`` is one of heald's names or addresses (:meth:`is_own_address`);
+        its ``pid`` is heald's process id."""
+        if self.is_own_name(service):
+            return f"service {service!r} is heald itself"
+        for key in ("job", "service", "app", "app_kubernetes_io_name", "container"):
+            if self.is_own_name(labels.get(key)):
+                return f"{key}={labels[key]!r} is heald itself"
+        instance = labels.get("instance")
+        if instance:
+            host, port = split_address(instance)
+            if self.is_own_name(instance) or (port is not None and self.is_own_address(host, port)):
+                return f"instance={instance!r} is heald itself (it listens on {self.config.api.host}:{self.config.api.port})"
+        if labels.get("pid", "").strip() == str(os.getpid()):
+            return f"pid={labels['pid']} is heald's own process"
+        return None
+
+
+def split_address(address: str) -> tuple[str | None, int | None]:
+    """``host:port`` (``[v6]:port`` for IPv6; a URL's scheme and path are ignored) as
+    (host, port); (address, None) without a port."""
+    text = address.strip()
+    if "://" in text:
+        text = text.split("://", 1)[1]
+    text = text.split("/", 1)[0]
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    return (host or None), (int(port_text) if port_text.isdigit() and int(port_text) <= 65535 else None)
+
+
+def _address(host: str, port: int) -> str:
+    return f"{host.strip('[]').lower()}:{port}"
+
+
+@functools.cache
+def _local_addresses() -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """This host's own IP addresses: Linux's local routes (``/proc/net/fib_trie``, the ``/32 host
+    LOCAL`` entries) and IPv6 interface addresses (``/proc/net/if_inet6``), plus what its name
+    resolves to (elsewhere, or without /proc)."""
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    try:
+        last = None
+        for line in Path("/proc/net/fib_trie").read_text().splitlines():
+            text = line.strip()
+            if text.startswith(("|--", "+--")):
+                last = text[3:].strip().split("/")[0]
+            elif text.startswith("/32 host LOCAL") and last:
+                found.add(ipaddress.IPv4Address(last))
+    except (OSError, ValueError):
+        pass
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            found.add(ipaddress.IPv6Address(":".join(raw[i:i + 4] for i in range(0, 32, 4))))
+    except (OSError, ValueError, IndexError):
+        pass
+    for name in _host_names():
+        try:
+            for info in socket.getaddrinfo(name, None):
+                found.add(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+        except (OSError, ValueError):
+            pass
+    return frozenset(found)
+
+
+@functools.cache
+def _host_names() -> tuple[str, ...]:
+    """This host's name and fully qualified name, lower-case (looked up once: a resolver may
+    be slow)."""
+    name = socket.gethostname().lower()
+    return (name, socket.getfqdn(name).lower()) if name else ()
 
 
 class Remedy(ABC, Generic[P]):
@@ -153,6 +264,12 @@ class Remedy(ABC, Generic[P]):
     def touches_heald(self, params: P, heald: HealdSelf) -> str | None:
         """Why applying with ``params`` would act on heald itself (a refusal, starting
         "refused: "), or None when it does not."""
+
+    def cannot_apply(self, params: P, heald: HealdSelf) -> str | None:
+        """Why the remedy cannot act on its target at all under heald's configuration (e.g.
+        ``restart_process`` for a service heald does not manage), or None when it can. A
+        remedy that cannot apply is never planned. Default: None."""
+        return None
 
     def snapshot(self, params: P, ctx: RemedyContext) -> dict[str, Any] | None:
         """The target's state before applying (stored with the action)."""

@@ -17,6 +17,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyResult,
     Target,
@@ -36,7 +37,7 @@ def _command(params: RunCommandParams, ctx: RemedyContext) -> CommandConfig:
     cmd = ctx.config.remedies.commands.get(params.name)
     if cmd is None:
         allowed = ", ".join(sorted(ctx.config.remedies.commands)) or "none configured"
-        raise RemedyError(f"command {params.name!r} is not on the allowlist remedies.commands (allowed: {allowed})")
+        raise RemedyNotApplicable(f"command {params.name!r} is not on the allowlist remedies.commands (allowed: {allowed})")
     return cmd
 
 
@@ -58,6 +59,12 @@ class RunCommand(Remedy[RunCommandParams]):
 
     def target(self, params: RunCommandParams) -> Target:
         return Target("command", params.name)
+
+    def cannot_apply(self, params: RunCommandParams, heald: HealdSelf) -> str | None:
+        """A command that is not on the allowlist ``remedies.commands``."""
+        if params.name not in heald.config.remedies.commands:
+            return f"run_command cannot run {params.name!r}: it is not on the allowlist remedies.commands"
+        return None
 
     def touches_heald(self, params: RunCommandParams, heald: HealdSelf) -> str | None:
         """A command whose working directory or an absolute path among its arguments lies in

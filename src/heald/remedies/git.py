@@ -16,6 +16,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyResult,
     Target,
@@ -31,7 +32,7 @@ class GitRevertParams(RemedyParams):
 def _repo(params: GitRevertParams, ctx: RemedyContext) -> ConfigRepoConfig:
     svc = ctx.config.services.get(params.service)
     if svc is None or svc.config_repo is None:
-        raise RemedyError(f"service {params.service!r} has no config_repo in the configuration")
+        raise RemedyNotApplicable(f"service {params.service!r} has no config_repo in the configuration")
     return svc.config_repo
 
 
@@ -88,6 +89,13 @@ class GitRevert(Remedy[GitRevertParams]):
 
     def target(self, params: GitRevertParams) -> Target:
         return Target("config", params.service)
+
+    def cannot_apply(self, params: GitRevertParams, heald: HealdSelf) -> str | None:
+        """A service with no ``config_repo`` in the configuration."""
+        svc = heald.config.services.get(params.service)
+        if svc is None or svc.config_repo is None:
+            return f"git_revert cannot act on {params.service!r}: services.{params.service}.config_repo is not configured"
+        return None
 
     def touches_heald(self, params: GitRevertParams, heald: HealdSelf) -> str | None:
         """A configuration repository inside heald's own state."""

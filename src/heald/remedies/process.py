@@ -13,6 +13,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyResult,
     Target,
@@ -58,10 +59,18 @@ class RestartProcess(Remedy[RestartParams]):
                 return f"refused: {target} is heald's own API (its probe checks port {port})"
         return None
 
+    def cannot_apply(self, params: RestartParams, heald: HealdSelf) -> str | None:
+        """A service heald does not manage (not under ``services`` with a ``command``)."""
+        svc = heald.config.services.get(params.service)
+        if svc is None or not svc.command:
+            return (f"restart_process cannot act on {params.service!r}: heald does not manage it "
+                    f"(services.{params.service}.command is not configured)")
+        return None
+
     def _proc(self, params: RestartParams, ctx: RemedyContext) -> Any:
         proc = ctx.supervisor.get(params.service)
         if proc is None:
-            raise RemedyError(f"service {params.service!r} is not managed by heald (no command configured)")
+            raise RemedyNotApplicable(f"service {params.service!r} is not managed by heald (no command configured)")
         return proc
 
     def snapshot(self, params: RestartParams, ctx: RemedyContext) -> dict[str, Any] | None:

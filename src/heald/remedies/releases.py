@@ -16,6 +16,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyResult,
     Target,
@@ -32,7 +33,7 @@ class RollbackParams(RemedyParams):
 def _releases(params: RollbackParams, ctx: RemedyContext) -> ReleasesConfig:
     svc = ctx.config.services.get(params.service)
     if svc is None or svc.releases is None:
-        raise RemedyError(f"service {params.service!r} has no releases in the configuration")
+        raise RemedyNotApplicable(f"service {params.service!r} has no releases in the configuration")
     return svc.releases
 
 
@@ -67,6 +68,13 @@ class RollbackRelease(Remedy[RollbackParams]):
 
     def target(self, params: RollbackParams) -> Target:
         return Target("release", params.service)
+
+    def cannot_apply(self, params: RollbackParams, heald: HealdSelf) -> str | None:
+        """A service with no ``releases`` in the configuration."""
+        svc = heald.config.services.get(params.service)
+        if svc is None or svc.releases is None:
+            return f"rollback_release cannot act on {params.service!r}: services.{params.service}.releases is not configured"
+        return None
 
     def touches_heald(self, params: RollbackParams, heald: HealdSelf) -> str | None:
         """A releases directory inside heald's own state."""
