@@ -18,7 +18,7 @@ Every change here is written to the audit log in the same transaction.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -97,6 +97,39 @@ class Budgets:
         return (f"global rate limit: {n} remedies applied in the last {format_duration(limit.window_seconds)} "
                 f"(at most {limit.max_actions}); heald acts no more until the window moves on")
 
+    # -- what blocks, and until when (the workflow waits a blocked remedy out) ------------------
+    def cooldown_ends(self, target: str, remedy: str) -> datetime | None:
+        """When the cooldown of ``remedy`` on ``target`` ends (UTC), or None when none holds now."""
+        cool = self.budgets.remedy_cooldown_seconds
+        if cool <= 0:
+            return None
+        with self.store.tx() as s:
+            last = s.scalar(sa.select(sa.func.max(ActionRow.started_at)).where(
+                ActionRow.target == target, ActionRow.remedy == remedy, ActionRow.incident_id != self.incident_id,
+                ActionRow.started_at >= self.now - timedelta(seconds=cool)))
+        return _aware(last) + timedelta(seconds=cool) if last is not None else None
+
+    def _window_frees(self, window: float, max_actions: int, target: str | None = None) -> datetime | None:
+        """When fewer than ``max_actions`` actions (on ``target``, or anywhere) lie in the sliding
+        window of ``window`` seconds again, or None when there are fewer now."""
+        stmt = sa.select(ActionRow.started_at).where(ActionRow.started_at >= self.now - timedelta(seconds=window))
+        if target is not None:
+            stmt = stmt.where(ActionRow.target == target)
+        with self.store.tx() as s:
+            starts = sorted(_aware(t) for t in s.scalars(stmt))
+        if len(starts) < max_actions:
+            return None
+        return starts[len(starts) - max_actions] + timedelta(seconds=window)  # the oldest that must leave
+
+    def unblocked_at(self, target: str, remedy: str) -> datetime | None:
+        """When ``remedy`` on ``target`` passes the cooldown and both rate limits again (UTC, the
+        latest of the three), or None when none of them blocks it now."""
+        per_target, overall = self.budgets.rate_limit_per_target, self.budgets.rate_limit_global
+        ends = [t for t in (self.cooldown_ends(target, remedy),
+                            self._window_frees(per_target.window_seconds, per_target.max_actions, target),
+                            self._window_frees(overall.window_seconds, overall.max_actions)) if t is not None]
+        return max(ends) if ends else None
+
     def breaker_open(self, target: str) -> str | None:
         with self.store.tx() as s:
             row = s.get(CircuitBreakerRow, target)
@@ -120,6 +153,11 @@ class Budgets:
                 labels.setdefault("service", inc.service)
             row = active_silence(s, labels, self.now)
             return describe(row) if row is not None else None
+
+
+def _aware(t: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite hands back naive datetimes)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 # -- heald itself -------------------------------------------------------------------------------

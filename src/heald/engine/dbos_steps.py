@@ -197,6 +197,8 @@ def await_approval(incident_id: int, decided: Decided) -> str:
             return "approved"
         if status.verdict == "rejected":
             return f"rejected by {status.by}: {status.comment or 'no reason given'}"
+        if status.verdict == "closed":
+            return "the incident ended while it waited for approval"
         remaining = deadline - now_step()
         if remaining <= 0:
             return expire_approval_step(incident_id, ttl)

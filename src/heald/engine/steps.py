@@ -187,8 +187,8 @@ class Lease:
 
 @dataclass(frozen=True)
 class ApprovalStatus:
-    """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected`` or
-    ``pending``; ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
+    """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected``, ``pending``
+    or ``closed`` (the incident ended meanwhile); ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
 
     verdict: str
     by: str | None = None
@@ -357,6 +357,8 @@ def enter_approval(deps: Deps, incident_id: int, decided: Decided) -> None:
 def approval_status(deps: Deps, incident_id: int, decision_id: int, required: int) -> ApprovalStatus:
     """The votes on decision ``decision_id``: one rejection rejects; ``required`` distinct humans
     (one per root identity, :func:`heald.policy.count_approvers`) approve."""
+    if deps.store.get_incident(incident_id).state.terminal:  # a human resolved it meanwhile
+        return ApprovalStatus("closed")
     votes = deps.store.approvals_for(incident_id, decision_id)
     for v in votes:
         if v["verdict"] == "reject":
