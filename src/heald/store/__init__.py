@@ -169,11 +169,13 @@ class Store:
             return incident_model(row)
 
     def list_incidents(self, state: IncidentState | None = None, service: str | None = None,
-                       limit: int = 100, offset: int = 0) -> list[Incident]:
-        """Incidents, newest first."""
+                       limit: int = 100, offset: int = 0, states: Iterable[IncidentState] | None = None) -> list[Incident]:
+        """Incidents, newest first; only in ``state`` and/or one of ``states`` when given."""
         stmt = sa.select(IncidentRow).order_by(IncidentRow.id.desc()).limit(limit).offset(offset)
         if state is not None:
             stmt = stmt.where(IncidentRow.state == state.value)
+        if states is not None:
+            stmt = stmt.where(IncidentRow.state.in_([s.value for s in states]))
         if service is not None:
             stmt = stmt.where(IncidentRow.service == service)
         with self.tx() as s:
