@@ -18,7 +18,8 @@ Three parts, used by :func:`heald.engine.workflow.heal_incident` and by the huma
   signal resolves, or ``healing.attention_max_seconds`` passes (then it ends ``escalated``);
 - **the humans' actions** (:func:`retry`, :func:`acknowledge`, :func:`resolve`), from the API,
   the CLI and the dashboard, each audited with the human's identity: they change the store
-  under the incident's row lock and wake the workflow (``send(workflow_id, message, topic)``).
+  under the incident's row lock and wake the workflow (``send(workflow_id, message, topic)``);
+  they log nothing (the CLI's ``--json`` prints JSON only): the audit entry is their record.
 
 Why a state of its own rather than "escalated but still firing": every terminal state means
 closed (``closed_at``, a final outcome, no workflow), and correlation joins signals only to open
@@ -361,7 +362,7 @@ def _wake(send: Send, incident_id: int, message: dict[str, Any], *topics: str) -
         try:
             send(workflow_id(incident_id), message, topic)
         except Exception:  # no workflow to wake (not started yet): it reads the store when it runs
-            log.warning("attention.wake_failed", incident_id=incident_id, topic=topic, exc_info=True)
+            pass
 
 
 def retry(store: Store, incident_id: int, actor: str, comment: str, send: Send) -> dict[str, Any]:
@@ -375,7 +376,6 @@ def retry(store: Store, incident_id: int, actor: str, comment: str, send: Send) 
                                   + "; heald heals it again with a new attempt budget",
                            details={"human_action": "retry", "comment": text}, closed_reason=None)
     _wake(send, incident_id, {"action": "retry", "by": actor}, ATTENTION_TOPIC)
-    log.info("incident.retry", incident_id=incident_id, by=actor)
     return {"incident_id": incident_id, "action": "retry", "by": actor, "state": inc.state.value}
 
 
@@ -391,7 +391,6 @@ def acknowledge(store: Store, incident_id: int, actor: str, comment: str) -> dic
     store.record(actor=actor, event="incident.acknowledged", incident_id=incident_id,
                  reason=f"acknowledged by {actor}" + (f": {text}" if text else "") + "; reminders stop",
                  details={"human_action": "acknowledge", "comment": text, "state": inc.state.value})
-    log.info("incident.acknowledged", incident_id=incident_id, by=actor)
     return {"incident_id": incident_id, "action": "acknowledge", "by": actor, "state": inc.state.value}
 
 
@@ -413,5 +412,4 @@ def resolve(store: Store, incident_id: int, actor: str, comment: str, send: Send
                                        result=OutcomeResult.resolved_by_human, time_to_detect_s=closed.time_to_detect_s))
     release_lease(store, incident_id)
     _wake(send, incident_id, {"action": "resolve", "by": actor}, ATTENTION_TOPIC, APPROVAL_TOPIC)
-    log.info("incident.resolved_by_human", incident_id=incident_id, by=actor)
     return {"incident_id": incident_id, "action": "resolve", "by": actor, "state": inc.state.value}
