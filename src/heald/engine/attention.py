@@ -14,7 +14,7 @@ Three parts, used by :func:`heald.engine.workflow.heal_incident` and by the huma
   signal still fires, the incident moves to ``needs_attention`` — an open state, so it counts
   and shows as open and new signals join it — and the workflow waits for a human, reminding the
   notification channels every ``notifications.reminder_interval_seconds`` (each reminder
-  audited, ``incident.reminder``) until a human acknowledges, retries or resolves it, every
+  audited, ``incident.reminder``; none while a silence covers it) until a human acknowledges, retries or resolves it, every
   signal resolves, or ``healing.attention_max_seconds`` passes (then it ends ``escalated``);
 - **the humans' actions** (:func:`retry`, :func:`acknowledge`, :func:`resolve`), from the API,
   the CLI and the dashboard, each audited with the human's identity: they change the store
@@ -96,13 +96,14 @@ class Attention:
     firing: bool
     acknowledged_by: str | None
     now: float
+    silenced: bool = False  #: a silence (a maintenance window) covers it now: no reminders
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Attention:
-        return cls(data["state"], data["firing"], data.get("acknowledged_by"), data["now"])
+        return cls(data["state"], data["firing"], data.get("acknowledged_by"), data["now"], data.get("silenced", False))
 
 
 # -- the stages (plain functions: dependencies in, a small typed result out) -------------------
@@ -182,11 +183,14 @@ def hand_over(deps: Deps, incident_id: int, reason: str) -> str:
 
 def attention(deps: Deps, incident_id: int, since: float) -> Attention:
     """The incident handed over at ``since`` (epoch seconds) as it is now (:class:`Attention`)."""
+    from heald.budgets import Budgets
+
     inc = deps.store.get_incident(incident_id)
     firing = bool(still_firing(deps.store.signals_for(incident_id)))
     acked = next((e.actor for e in deps.store.search_audit(incident_id=incident_id, event="incident.acknowledged",
                                                             limit=1) if e.ts.timestamp() >= since), None)
-    return Attention(inc.state.value, firing, acked, time.time())
+    silenced = Budgets(deps.config, deps.store, incident_id).silenced() is not None
+    return Attention(inc.state.value, firing, acked, time.time(), silenced)
 
 
 def remind(deps: Deps, incident_id: int, number: int, reason: str, since: float) -> None:
@@ -339,7 +343,7 @@ def await_human(incident_id: int, reason: str) -> str | None:
             return end_attention_step(incident_id, "resolved")
         if now_.now - since >= limit:
             return end_attention_step(incident_id, "expired")
-        if every > 0 and now_.acknowledged_by is None and now_.now >= next_reminder:
+        if every > 0 and now_.acknowledged_by is None and not now_.silenced and now_.now >= next_reminder:
             reminders += 1
             remind_step(incident_id, reminders, reason, since)
             next_reminder = now_.now + every
