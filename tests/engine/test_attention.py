@@ -120,7 +120,8 @@ def test_a_block_that_never_lifts_is_handed_over_and_reminded_until_acknowledged
         assert rt.store.get_incident(second).state == NEEDS
 
         rt.ingest(alert(SignalStatus.resolved))  # the service comes back by itself: the incident ends, honestly
-        done = wait_for(lambda: terminal(rt, second), what="end when the signal resolved")
+        done = wait_for(lambda: rt.store.get_incident(second).state.terminal and rt.store.get_incident(second),
+                        what="end when the signal resolved")
         assert done.state == IncidentState.resolved and "heald did not heal it" in done.closed_reason
         assert [o.result for o in rt.store.outcomes(incident_id=second)] == [OutcomeResult.escalated]
     finally:
