@@ -109,7 +109,7 @@ class Budgets:
                 ActionRow.started_at >= self.now - timedelta(seconds=cool)))
         return _aware(last) + timedelta(seconds=cool) if last is not None else None
 
-    def _window_frees(self, window: float, max_actions: int, target: str | None = None) -> datetime | None:
+    def window_frees(self, window: float, max_actions: int, target: str | None = None) -> datetime | None:
         """When fewer than ``max_actions`` actions (on ``target``, or anywhere) lie in the sliding
         window of ``window`` seconds again, or None when there are fewer now."""
         stmt = sa.select(ActionRow.started_at).where(ActionRow.started_at >= self.now - timedelta(seconds=window))
@@ -126,8 +126,8 @@ class Budgets:
         latest of the three), or None when none of them blocks it now."""
         per_target, overall = self.budgets.rate_limit_per_target, self.budgets.rate_limit_global
         ends = [t for t in (self.cooldown_ends(target, remedy),
-                            self._window_frees(per_target.window_seconds, per_target.max_actions, target),
-                            self._window_frees(overall.window_seconds, overall.max_actions)) if t is not None]
+                            self.window_frees(per_target.window_seconds, per_target.max_actions, target),
+                            self.window_frees(overall.window_seconds, overall.max_actions)) if t is not None]
         return max(ends) if ends else None
 
     def breaker_open(self, target: str) -> str | None:

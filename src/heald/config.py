@@ -384,11 +384,12 @@ class HealingConfig(_Section):
         default=3600.0, ge=0, description="how long in all an incident waits for a blocked remedy (and for a "
                                           "busy target's lease) before it is handed over to a human (needs_attention)")
     attention_check_seconds: Seconds = Field(
-        default=5.0, description="an incident that needs attention: how often heald re-checks its signals (all "
-                                 "resolved: it ends) and whether a human acted")
+        default=30.0, description="an incident that needs attention: how often heald re-checks its signals (all "
+                                  "resolved: it ends); a human's retry or resolve wakes it at once. Each check is a "
+                                  "recorded step of the healing's durable workflow: keep checks per wait moderate")
     attention_max_seconds: float = Field(
-        default=7 * 86400.0, ge=0, description="how long an incident waits in needs_attention for a human before it "
-                                               "ends escalated (reminders stop then)")
+        default=86400.0, ge=0, description="how long an incident waits in needs_attention for a human before it "
+                                           "ends escalated (reminders stop then)")
 
     @model_validator(mode="before")
     @classmethod

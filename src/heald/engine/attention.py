@@ -124,7 +124,7 @@ def blocked(deps: Deps, incident_id: int, planned: Planned, decided: Decided) ->
     if inc.state.terminal or facts.silenced() is not None:
         return None
     overall = deps.config.policy.budgets.rate_limit_global
-    if (frees := facts._window_frees(overall.window_seconds, overall.max_actions)) is not None:
+    if (frees := facts.window_frees(overall.window_seconds, overall.max_actions)) is not None:
         return Blocked(facts.global_rate_limited() or "global rate limit", frees.timestamp())
     ends: list[float] = []
     for c in planned.candidates:
