@@ -12,7 +12,9 @@ heald and across several workers sharing one database:
   ``breaker_failures`` consecutive failed verifications and stays open until a human resets it.
 
 :class:`Budgets` answers the policy gate's questions (:class:`heald.policy.GateFacts`),
-including whether a candidate aims at heald itself (its own process, API port or state).
+including whether a candidate aims at heald itself (its own process, API port or state), and
+when a block lifts (:meth:`Budgets.unblocked_at`: the cooldown's end, the time a full rate-limit
+window frees), so that the workflow waits a blocked remedy out (:mod:`heald.engine.attention`).
 Every change here is written to the audit log in the same transaction.
 """
 
