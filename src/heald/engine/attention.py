@@ -121,7 +121,7 @@ def blocked(deps: Deps, incident_id: int, planned: Planned, decided: Decided) ->
         return None
     inc = deps.store.get_incident(incident_id)
     facts = Budgets(deps.config, deps.store, incident_id, supervisor=deps.supervisor)
-    if inc.state.terminal or facts.silenced() is not None:
+    if inc.state.terminal or inc.category == "unknown" or facts.silenced() is not None:
         return None
     overall = deps.config.policy.budgets.rate_limit_global
     if (frees := facts.window_frees(overall.window_seconds, overall.max_actions)) is not None:
