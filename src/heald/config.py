@@ -381,8 +381,9 @@ class HealingConfig(_Section):
     blocked_backoff_max_seconds: Seconds = Field(default=300.0,
                                                  description="the longest single wait of a blocked remedy")
     blocked_wait_max_seconds: float = Field(
-        default=3600.0, ge=0, description="how long in all an incident waits for a blocked remedy (and for a "
-                                          "busy target's lease) before it is handed over to a human (needs_attention)")
+        default=3600.0, ge=0, description="how long in all an incident waits for a blocked remedy before it is "
+                                          "handed over to a human (needs_attention; 0: at once). A busy target's "
+                                          "lease is waited for policy.budgets.lease_wait_seconds")
     attention_check_seconds: Seconds = Field(
         default=30.0, description="an incident that needs attention: how often heald re-checks its signals (all "
                                   "resolved: it ends); a human's retry or resolve wakes it at once. Each check is a "
@@ -766,7 +767,8 @@ class _ChannelBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="the channel's name in the audit log")
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list[NotifyEvent](("escalated", "awaiting_approval", "failed")),
-        description="what it is told about; escalated is always sent (YAML reads a key 'on' as true, hence 'events')")
+        description="what it is told about; escalated and its reminders are always sent (YAML reads a key 'on' "
+                    "as true, hence 'events')")
     retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig,
                                      description="bounded retries of one message (see retry)")
 
