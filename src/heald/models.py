@@ -198,7 +198,8 @@ class Incident(_Model):
     ``started_at`` is the earliest ``starts_at`` of its signals (when the failure began, as far
     as any source saw), ``detected_at`` when heald opened the incident, ``recovered_at`` when
     verification first saw the system healthy again, ``closed_at`` when it reached a terminal
-    state.
+    state. ``closed_reason`` says why it ended — or, while it is ``needs_attention``, why heald
+    handed it over to a human.
     """
 
     id: int
