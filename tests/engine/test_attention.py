@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 from dbos import DBOS
 
 from heald.engine import attention, workflow_id
-from heald.models import ActionStatus, IncidentState, OutcomeResult, SignalStatus
+from heald.models import ActionStatus, IncidentState, OutcomeResult, Signal, SignalStatus
 from tests.conftest import free_port, make_config, wait_for
 from tests.engine.test_workflow import alert, runbook, terminal
 from tests.notify.conftest import Receiver
@@ -162,3 +163,41 @@ def test_a_human_retry_gives_a_new_attempt_budget_and_resolve_closes_it(tmp_path
     wait_for(lambda: (s := DBOS.get_workflow_status(workflow_id(inc_id))) is not None and s.status == "SUCCESS",
              what="the workflow to end")
     assert len(rt.store.actions_for(inc_id)) == 4
+
+
+def test_a_target_leased_by_another_healing_too_long_is_handed_over_and_retried(tmp_path: Path,
+                                                                              start_runtime) -> None:
+    """Two incidents whose remedies act on one service: the second waits for the first's lease
+    no longer than lease_wait_seconds, then needs attention; a human's retry heals it further."""
+    rb = tmp_path / "two.yaml"
+    rb.write_text(textwrap.dedent("""
+        runbooks:
+          - name: a
+            match: {labels: ['alertname="A"']}
+            diagnosis: {category: a_broken, confidence: 0.95}
+            remedies: [{remedy: restart_process, risk: low, params: {service: svc}}]
+          - name: b
+            match: {labels: ['alertname="B"']}
+            diagnosis: {category: b_broken, confidence: 0.95}
+            remedies: [{remedy: restart_process, risk: low, params: {service: svc}}]
+    """))
+    cfg = make_config(tmp_path, services={"svc": {
+        "command": [PY, "-c", "import time; time.sleep(600)"],
+        "probes": [{"type": "tcp", "port": free_port(), "interval_seconds": 0.1, "timeout_seconds": 0.2,
+                    "failure_threshold": 1}]}},
+        runbooks=[str(rb)],
+        healing={"max_attempts": 1, "verify_timeout_seconds": 2.0, "attention_check_seconds": 0.1},
+        policy={"budgets": {"remedy_cooldown_seconds": 0, "lease_wait_seconds": 0.3, "lease_poll_seconds": 0.05,
+                            "breaker_failures": 100}})
+    rt = start_runtime(cfg, run_probes=False)
+    a = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "A", "service": "svc"})).incident_id
+    wait_for(lambda: rt.store.actions_for(a), what="A to act")
+    b = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "B", "service": "svc"})).incident_id
+    handed = wait_for(lambda: state_is(rt, b, NEEDS), timeout=30, what="B handed over")
+    assert f"service:svc is being healed by incident {a}" in handed.closed_reason
+    assert rt.store.actions_for(b) == []
+    wait_for(lambda: state_is(rt, a, NEEDS), timeout=30, what="A handed over (its restart never heals)")
+    attention.retry(rt.store, b, "user:dana", "A is done", rt.send)
+    wait_for(lambda: rt.store.actions_for(b) and state_is(rt, b, NEEDS), timeout=30, what="B to act, then hand over")
+    [action] = rt.store.actions_for(b)
+    assert action.attempt == 2 and action.target == "service:svc"
