@@ -239,7 +239,7 @@ def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, 
     if fixable:
         healed = d.get("state") == "resolved"
     else:
-        healed = d.get("state") == "escalated" and not d.get("remedy")
+        healed = d.get("outcome") == "escalated" and not d.get("remedy")  # escalated or handed over
     got = (d.get("culprit") or {}).get("sha")
     reverted = d.get("remedy") == "revert_commit"
     bad_revert = reverted and (not fixable or got != expected)

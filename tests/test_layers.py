@@ -17,8 +17,8 @@ import grimp
 KNOWN = [
     {"heald.sandbox", "heald.sandbox.bwrap", "heald.sandbox.docker"},
     {"heald.demo.monitoring", "heald.demo.system"},
-    # the Runtime starts the workflow, whose steps reach the Runtime (both lazily)
-    {"heald.engine.dbos_steps", "heald.engine.runtime", "heald.engine.workflow"},
+    # the Runtime starts the workflow, whose steps (and its waits for a human) reach the Runtime (both lazily)
+    {"heald.engine.attention", "heald.engine.dbos_steps", "heald.engine.runtime", "heald.engine.workflow"},
     # the probe runner builds a PromQL probe only when one is configured
     {"heald.sources.probes", "heald.sources.promql"},
 ]

@@ -15,13 +15,15 @@ heald and across several workers sharing one database:
   until a human resets it.
 
 :class:`Budgets` answers the policy gate's questions (:class:`heald.policy.GateFacts`),
-including whether a candidate aims at heald itself (its own process, API port or state).
+including whether a candidate aims at heald itself (its own process, API port or state), and
+when a block lifts (:meth:`Budgets.unblocked_at`: the cooldown's end, the time a full rate-limit
+window frees), so that the workflow waits a blocked remedy out (:mod:`heald.engine.attention`).
 Every change here is written to the audit log in the same transaction.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -100,6 +102,39 @@ class Budgets:
         return (f"global rate limit: {n} remedies applied in the last {format_duration(limit.window_seconds)} "
                 f"(at most {limit.max_actions}); heald acts no more until the window moves on")
 
+    # -- what blocks, and until when (the workflow waits a blocked remedy out) ------------------
+    def cooldown_ends(self, target: str, remedy: str) -> datetime | None:
+        """When the cooldown of ``remedy`` on ``target`` ends (UTC), or None when none holds now."""
+        cool = self.budgets.remedy_cooldown_seconds
+        if cool <= 0:
+            return None
+        with self.store.tx() as s:
+            last = s.scalar(sa.select(sa.func.max(ActionRow.started_at)).where(
+                ActionRow.target == target, ActionRow.remedy == remedy, ActionRow.incident_id != self.incident_id,
+                ActionRow.started_at >= self.now - timedelta(seconds=cool)))
+        return _aware(last) + timedelta(seconds=cool) if last is not None else None
+
+    def window_frees(self, window: float, max_actions: int, target: str | None = None) -> datetime | None:
+        """When fewer than ``max_actions`` actions (on ``target``, or anywhere) lie in the sliding
+        window of ``window`` seconds again, or None when there are fewer now."""
+        stmt = sa.select(ActionRow.started_at).where(ActionRow.started_at >= self.now - timedelta(seconds=window))
+        if target is not None:
+            stmt = stmt.where(ActionRow.target == target)
+        with self.store.tx() as s:
+            starts = sorted(_aware(t) for t in s.scalars(stmt))
+        if len(starts) < max_actions:
+            return None
+        return starts[len(starts) - max_actions] + timedelta(seconds=window)  # the oldest that must leave
+
+    def unblocked_at(self, target: str, remedy: str) -> datetime | None:
+        """When ``remedy`` on ``target`` passes the cooldown and both rate limits again (UTC, the
+        latest of the three), or None when none of them blocks it now."""
+        per_target, overall = self.budgets.rate_limit_per_target, self.budgets.rate_limit_global
+        ends = [t for t in (self.cooldown_ends(target, remedy),
+                            self.window_frees(per_target.window_seconds, per_target.max_actions, target),
+                            self.window_frees(overall.window_seconds, overall.max_actions)) if t is not None]
+        return max(ends) if ends else None
+
     def breaker_open(self, target: str) -> str | None:
         with self.store.tx() as s:
             row = s.get(CircuitBreakerRow, target)
@@ -126,6 +161,11 @@ class Budgets:
                 labels.setdefault("service", inc.service)
             row = active_silence(s, labels, self.now)
             return describe(row) if row is not None else None
+
+
+def _aware(t: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite hands back naive datetimes)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 # -- heald itself -------------------------------------------------------------------------------

@@ -374,6 +374,23 @@ class HealingConfig(_Section):
                                             description="how long verification may take before the attempt counts as failed")
     approval_ttl_seconds: Seconds = Field(default=3600.0,
                                           description="how long an approval request waits before the incident escalates")
+    blocked_backoff_initial_seconds: Seconds = Field(
+        default=10.0, description="a remedy blocked by a cooldown or rate limit: the first wait before heald "
+                                  "re-checks the signals and asks the gate again (doubles each time, like "
+                                  "Kubernetes' CrashLoopBackOff)")
+    blocked_backoff_max_seconds: Seconds = Field(default=300.0,
+                                                 description="the longest single wait of a blocked remedy")
+    blocked_wait_max_seconds: float = Field(
+        default=3600.0, ge=0, description="how long in all an incident waits for a blocked remedy before it is "
+                                          "handed over to a human (needs_attention; 0: at once). A busy target's "
+                                          "lease is waited for policy.budgets.lease_wait_seconds")
+    attention_check_seconds: Seconds = Field(
+        default=30.0, description="an incident that needs attention: how often heald re-checks its signals (all "
+                                  "resolved: it ends); a human's retry or resolve wakes it at once. Each check is a "
+                                  "recorded step of the healing's durable workflow: keep checks per wait moderate")
+    attention_max_seconds: float = Field(
+        default=86400.0, ge=0, description="how long an incident waits in needs_attention for a human before it "
+                                           "ends escalated (reminders stop then)")
 
     @model_validator(mode="before")
     @classmethod
@@ -745,7 +762,7 @@ class WebhookConfig(_Section):
         return self.secret
 
 
-NotifyEvent = Literal["escalated", "awaiting_approval", "resolved", "failed"]
+NotifyEvent = Literal["escalated", "awaiting_approval", "resolved", "failed", "reminder"]
 
 
 class NotifyRetryConfig(_Section):
@@ -764,13 +781,14 @@ class _ChannelBase(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", description="the channel's name in the audit log")
     events: list[NotifyEvent] = Field(
         default_factory=lambda: list[NotifyEvent](("escalated", "awaiting_approval", "failed")),
-        description="what it is told about; escalated is always sent (YAML reads a key 'on' as true, hence 'events')")
+        description="what it is told about; escalated and its reminders are always sent (YAML reads a key 'on' "
+                    "as true, hence 'events')")
     retry: NotifyRetryConfig = Field(default_factory=NotifyRetryConfig,
                                      description="bounded retries of one message (see retry)")
 
     def wants(self, event: str) -> bool:
-        """Is this channel told about ``event``? Escalation always is."""
-        return event == "escalated" or event in self.events
+        """Is this channel told about ``event``? Escalation and its reminders always are."""
+        return event in ("escalated", "reminder") or event in self.events
 
 
 def _env_secret(field: str, env: str | None) -> None:
@@ -867,6 +885,9 @@ class NotificationsConfig(_Section):
                                           description="where messages go: Slack, webhook or email (see notifications.channels[])")
     link: str = Field(default="http://127.0.0.1:8077/v1/incidents/{incident_id}/report", pattern=r"^https?://",
                       description="URL a message points at; {incident_id} is replaced")
+    reminder_interval_seconds: float = Field(
+        default=1800.0, ge=0, description="while an incident needs attention (handed over, target still failing) "
+                                          "and no human acknowledged it, remind the channels this often (0: never)")
 
     @field_validator("link")
     @classmethod

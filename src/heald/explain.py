@@ -21,7 +21,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from heald.models import AuditEntry, Incident
+from heald.models import AuditEntry, Incident, IncidentState
 from heald.store import Store
 
 #: Bounds on what one report shows (a long-lived incident can have thousands of signals).
@@ -56,7 +56,9 @@ def _header(inc: Incident) -> str:
              f"**Service:** {_inline(inc.service or '—')} · **Environment:** {_inline(inc.environment)} · "
              f"**Severity:** {inc.severity.value} · **Category:** {_inline(inc.category or 'not diagnosed')} · "
              f"**Attempts:** {inc.attempts}"]
-    if inc.closed_reason:
+    if inc.closed_reason and inc.state == IncidentState.needs_attention:
+        lines.append(f"**Needs a human because:** {_inline(inc.closed_reason)} (the target still fails)")
+    elif inc.closed_reason:
         lines.append(f"**Closed because:** {_inline(inc.closed_reason)}")
     return "\n\n".join(lines)
 

@@ -43,6 +43,10 @@ class IncidentState(StrEnum):
     awaiting_approval = "awaiting_approval"
     acting = "acting"
     verifying = "verifying"
+    #: heald has stopped acting but the target still fails: a human must act (retry,
+    #: acknowledge, resolve); heald waits for them and keeps reminding the channels. Open,
+    #: like ``awaiting_approval``: its workflow lives on and new signals join it.
+    needs_attention = "needs_attention"
     resolved = "resolved"
     escalated = "escalated"
     failed = "failed"
@@ -56,7 +60,9 @@ TERMINAL_STATES = frozenset({IncidentState.resolved, IncidentState.escalated, In
 OPEN_STATES = frozenset(set(IncidentState) - TERMINAL_STATES)
 
 #: The transitions the state machine allows; anything else is a bug and is refused by the store.
-#: Every open state may also end escalated or failed (a bound reached, an error).
+#: Every open state may also end escalated or failed (a bound reached, an error), or be handed
+#: over to a human (``needs_attention``) while its target still fails; a human's retry takes a
+#: ``needs_attention`` incident back to ``diagnosing`` with a new attempt budget.
 ALLOWED_TRANSITIONS: dict[IncidentState, frozenset[IncidentState]] = {
     IncidentState.observing: frozenset({IncidentState.diagnosing, IncidentState.resolved}),
     IncidentState.diagnosing: frozenset({IncidentState.deciding, IncidentState.resolved}),
@@ -66,11 +72,13 @@ ALLOWED_TRANSITIONS: dict[IncidentState, frozenset[IncidentState]] = {
     IncidentState.awaiting_approval: frozenset({IncidentState.acting, IncidentState.resolved}),
     IncidentState.acting: frozenset({IncidentState.verifying, IncidentState.diagnosing}),
     IncidentState.verifying: frozenset({IncidentState.resolved, IncidentState.diagnosing}),
+    IncidentState.needs_attention: frozenset({IncidentState.diagnosing, IncidentState.resolved}),
 }
 for _state in OPEN_STATES:
     ALLOWED_TRANSITIONS[_state] = ALLOWED_TRANSITIONS.get(_state, frozenset()) | {
         IncidentState.escalated,
         IncidentState.failed,
+        IncidentState.needs_attention,
     }
 
 
@@ -128,6 +136,8 @@ class OutcomeResult(StrEnum):
     #: recovered on its own, which is not a heal (never credited to the remedy)
     recovered_unaided = "recovered_unaided"
     not_applicable = "not_applicable"  # the remedy could not act on its target; learning ignores it
+    #: a human closed the incident (``heald incidents resolve``): not a heal by heald
+    resolved_by_human = "resolved_by_human"
 
 
 class _Model(BaseModel):
@@ -192,7 +202,8 @@ class Incident(_Model):
     ``started_at`` is the earliest ``starts_at`` of its signals (when the failure began, as far
     as any source saw), ``detected_at`` when heald opened the incident, ``recovered_at`` when
     verification first saw the system healthy again, ``closed_at`` when it reached a terminal
-    state.
+    state. ``closed_reason`` says why it ended — or, while it is ``needs_attention``, why heald
+    handed it over to a human.
     """
 
     id: int

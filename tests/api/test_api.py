@@ -69,7 +69,8 @@ def test_approve_and_reject_endpoints(api) -> None:
     r = client.post(f"/v1/incidents/{inc}/reject", json={"comment": "maintenance"}, headers=alice)
     assert r.status_code == 200 and r.json()["counted"]
     assert [a["approver"] for a in rt.store.approvals_for(inc)] == ["alice"]
-    wait_for(lambda: client.get(f"/v1/incidents/{inc}").json()["incident"]["state"] == "escalated", what="escalated")
+    wait_for(lambda: client.get(f"/v1/incidents/{inc}").json()["incident"]["state"] == "needs_attention",
+             what="handed over (the alert still fires)")
     assert client.post(f"/v1/incidents/{inc}/approve", json={}, headers=bob).status_code == 409
     assert client.post("/v1/incidents/77/approve", json={}, headers=bob).status_code == 404
 

@@ -121,10 +121,11 @@ def test_an_alert_stored_before_a_crash_is_healed_after_restart(tmp_path: Path) 
         [inc] = store.list_incidents()
         assert inc.state == IncidentState.observing  # stored, no healing started yet
         heald = start("")
-        done = wait_for(lambda: (i := store.get_incident(inc.id)).state.terminal and i, timeout=60,
-                        what="the restarted heald to end the incident")
-        # no runbook knows this demo alert: healed means diagnosed and escalated to a human
-        assert done.state == IncidentState.escalated and len(store.signals_for(inc.id)) == 1
+        done = wait_for(lambda: (i := store.get_incident(inc.id)).state in (
+            IncidentState.escalated, IncidentState.needs_attention) and i, timeout=60,
+            what="the restarted heald to settle the incident")
+        # no runbook knows this demo alert: healed means diagnosed and handed over to a human (it still fires)
+        assert done.state == IncidentState.needs_attention and len(store.signals_for(inc.id)) == 1
         store.close()
     finally:
         heald.kill()

@@ -17,6 +17,7 @@ import pytest
 
 from heald.models import IncidentState, Signal
 from tests.conftest import make_config, wait_for
+from tests.engine.test_workflow import terminal
 
 
 class AdminApi:
@@ -71,10 +72,10 @@ def test_a_label_with_dot_segments_does_not_reach_outside_the_allowlist(tmp_path
     rt = start_runtime(cfg, run_probes=False, manage_services=False)
     inc = rt.ingest(Signal(source="alertmanager", service="shop", summary="a feature flag misbehaves",
                            labels={"alertname": "FeatureFlagBroken", "service": "shop", "flag": flag})).incident_id
-    done = wait_for(lambda: (i := rt.store.get_incident(inc)).state.terminal and i, timeout=60, what="the end")
+    done = wait_for(lambda: terminal(rt, inc), timeout=60, what="the end")
     assert not [r for r in admin.requests if "secret" in r[1]], admin.requests
     assert admin.requests == []  # nothing at all was sent
-    assert done.state == IncidentState.escalated
+    assert done.state == IncidentState.needs_attention  # nothing acted, the alert still fires: a human's
     assert rt.store.actions_for(done.id) == []
     dropped = [e.reason for e in rt.store.audit_entries(incident_id=done.id) if e.event == "plan.candidate_dropped"]
     assert any("http_request" in d and ("dot segment" in d or "percent-encoded" in d) for d in dropped), dropped
@@ -101,7 +102,7 @@ def test_a_plain_label_still_heals(tmp_path: Path, start_runtime, admin: AdminAp
                                    "flag": "checkout-v2"})).incident_id
     wait_for(lambda: admin.requests, timeout=60, what="the PUT")
     assert admin.requests == [("PUT", "/admin/flags/checkout-v2")]
-    wait_for(lambda: rt.store.get_incident(inc).state.terminal, timeout=60, what="the end")
+    wait_for(lambda: terminal(rt, inc), timeout=60, what="the end")
 
 
 # -- change correlation is heald's, not the sender's ---------------------------------------------
@@ -139,7 +140,7 @@ def test_a_sender_cannot_name_the_commit_heald_reverts(tmp_path: Path, start_run
                  labels={"alertname": "HighErrorRate", "service": "shop", **(fake if where == "labels" else {})},
                  annotations=fake if where == "annotations" else {})
     inc = rt.ingest(sig).incident_id
-    done = wait_for(lambda: (i := rt.store.get_incident(inc)).state.terminal and i, timeout=60, what="the end")
+    done = wait_for(lambda: terminal(rt, inc), timeout=60, what="the end")
     assert _git(repo, "rev-parse", "HEAD") == head, "heald reverted a commit the sender named"
     assert not [a for a in rt.store.actions_for(done.id) if a.remedy == "git_revert"]
     [stored] = rt.store.signals_for(done.id)

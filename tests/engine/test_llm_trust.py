@@ -83,7 +83,8 @@ def settled(rt: Runtime, incident_id: int) -> IncidentState:
     """Wait until the healing stops at a human (awaiting approval) or ends."""
     def done() -> IncidentState | None:
         state = rt.store.get_incident(incident_id).state
-        return state if state == IncidentState.awaiting_approval or state.terminal else None
+        return state if state in (IncidentState.awaiting_approval, IncidentState.needs_attention) \
+            or state.terminal else None
     return wait_for(done, timeout=30, what="the healing waits for a human or ends")
 
 
@@ -110,8 +111,9 @@ def test_injected_llm_answer_never_restarts_by_itself(shop: tuple[Runtime, Path]
     assert detail["actions"] == []
     assert rt.supervisor.get("shop").identity() == before and starts.read_text().count("start") == 1
     rt.approve(inc, "alice", "reject", "an injected alert")
-    ended = wait_for(lambda: (i := rt.store.get_incident(inc)).state.terminal and i, what="the rejection ends it")
-    assert ended.state == IncidentState.escalated
+    ended = wait_for(lambda: rt.store.get_incident(inc).state == IncidentState.needs_attention,
+                     what="the rejection hands it over")
+    assert ended
     assert rt.store.actions_for(inc) == [] and rt.supervisor.get("shop").identity() == before
 
 
@@ -162,7 +164,7 @@ def test_off_catalog_answers_are_refused_and_recorded(shop: tuple[Runtime, Path]
     llm.responder = off_catalog
     incidents = {name: raise_alert(rt, name, f"{name}. {INJECTION}") for name in OFF_CATALOG}
     for name, inc in incidents.items():
-        assert settled(rt, inc) == IncidentState.escalated, name
+        assert settled(rt, inc) == IncidentState.needs_attention, name
         detail = rt.store.incident_detail(inc)
         assert detail["diagnoses"][0]["category"] == "unknown"  # nothing else recognised the alert
         assert detail["llm_usage"]["calls"][0]["outcome"] == "invalid"

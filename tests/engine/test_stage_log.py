@@ -56,7 +56,7 @@ def test_every_stage_logs_one_json_line_and_uvicorn_too(tmp_path: Path, start_ru
         rt.ingest(alert(SignalStatus.resolved))
         assert wait_for(lambda: terminal(rt, inc_id), what="resolution").state == IncidentState.resolved
         other = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "Mystery"})).incident_id
-        assert wait_for(lambda: terminal(rt, other), what="escalation").state == IncidentState.escalated
+        assert wait_for(lambda: terminal(rt, other), what="hand-over").state == IncidentState.needs_attention
     finally:
         server.should_exit = True
         thread.join(timeout=10)
@@ -67,8 +67,8 @@ def test_every_stage_logs_one_json_line_and_uvicorn_too(tmp_path: Path, start_ru
         assert mine.count(f"incident.{stage}") == 1, (stage, mine)
     acted = next(x for x in lines if x["event"] == "incident.acted" and x["incident_id"] == inc_id)
     assert acted["remedy"] == "restart_process" and acted["status"] == "succeeded"
-    assert [x["event"] for x in lines if x.get("incident_id") == other and x["event"] == "incident.escalated"] == \
-        ["incident.escalated"]
+    assert [x["event"] for x in lines if x.get("incident_id") == other and x["event"] == "incident.needs_attention"] \
+        == ["incident.needs_attention"]
     uvicorn = [x for x in lines if str(x.get("logger", "")).startswith("uvicorn")]
     assert any("Uvicorn running on" in x["event"] for x in uvicorn), lines
     assert all(x["level"] and x["timestamp"] for x in uvicorn)

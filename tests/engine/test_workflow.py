@@ -44,8 +44,10 @@ def sleeper_config(tmp_path: Path, **kw):  # type: ignore[no-untyped-def]
 
 
 def terminal(rt, inc_id: int):  # type: ignore[no-untyped-def]
+    """The incident once heald has stopped acting on it by itself: ended, or handed over to a
+    human while its target still fails (``needs_attention``, open); else None."""
     inc = rt.store.get_incident(inc_id)
-    return inc if inc.state.terminal else None
+    return inc if inc.state.terminal or inc.state == IncidentState.needs_attention else None
 
 
 def workflow_done(inc_id: int) -> bool:
@@ -104,15 +106,15 @@ def test_attempt_budget_then_escalation_with_cooldown(tmp_path: Path, start_runt
         healing={"max_attempts": 3, "retry_delay_seconds": 0.5, "verify_timeout_seconds": 0.4})
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
-    done = wait_for(lambda: terminal(rt, inc_id), timeout=60, what="escalation")
-    assert done.state == IncidentState.escalated
+    done = wait_for(lambda: terminal(rt, inc_id), timeout=60, what="hand-over")
+    assert done.state == IncidentState.needs_attention  # the alert still fires: a human must act
     assert "attempt budget spent" in done.closed_reason and "3 of 3" in done.closed_reason
     actions = rt.store.actions_for(inc_id)
     assert [a.attempt for a in actions] == [1, 2, 3]
     for before, after in zip(actions, actions[1:], strict=False):
         assert (after.started_at - before.finished_at).total_seconds() >= 0.5
     outcomes = [o.result.value for o in rt.store.outcomes(incident_id=inc_id)]
-    assert outcomes == ["not_healed", "not_healed", "not_healed", "escalated"]
+    assert outcomes == ["not_healed", "not_healed", "not_healed"]  # the incident's own comes when it ends
 
 
 def test_approval_then_heal(tmp_path: Path, start_runtime) -> None:
@@ -153,7 +155,7 @@ def test_rejection_ends_the_healing(tmp_path: Path, start_runtime) -> None:
     wait_for(lambda: rt.store.get_incident(inc_id).state == IncidentState.awaiting_approval, what="approval wait")
     rt.approve(inc_id, "carol", "reject", "not now")
     done = wait_for(lambda: terminal(rt, inc_id), what="end")
-    assert done.state == IncidentState.escalated and "rejected by carol: not now" in done.closed_reason
+    assert done.state == IncidentState.needs_attention and "rejected by carol: not now" in done.closed_reason
     assert rt.store.actions_for(inc_id) == []
 
 
@@ -163,7 +165,7 @@ def test_approval_expires_and_escalates(tmp_path: Path, start_runtime) -> None:
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
     done = wait_for(lambda: terminal(rt, inc_id), what="expiry")
-    assert done.state == IncidentState.escalated and "approval expired" in done.closed_reason
+    assert done.state == IncidentState.needs_attention and "approval expired" in done.closed_reason
     assert rt.store.actions_for(inc_id) == []
 
 
@@ -171,7 +173,7 @@ def test_unknown_cause_escalates_without_action(tmp_path: Path, start_runtime) -
     rt = start_runtime(sleeper_config(tmp_path), run_probes=False)
     inc_id = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "Mystery"})).incident_id
     done = wait_for(lambda: terminal(rt, inc_id), what="escalation")
-    assert done.state == IncidentState.escalated and "unknown" in done.closed_reason
+    assert done.state == IncidentState.needs_attention and "unknown" in done.closed_reason
     assert rt.store.actions_for(inc_id) == []
 
 
@@ -179,7 +181,7 @@ def test_low_confidence_escalates(tmp_path: Path, start_runtime) -> None:
     rt = start_runtime(sleeper_config(tmp_path, confidence=0.5), run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
     done = wait_for(lambda: terminal(rt, inc_id), what="escalation")
-    assert done.state == IncidentState.escalated and "confidence 0.50" in done.closed_reason
+    assert done.state == IncidentState.needs_attention and "confidence 0.50" in done.closed_reason
 
 
 def test_alert_resolved_before_action_starts_nothing(tmp_path: Path, start_runtime) -> None:

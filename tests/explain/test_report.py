@@ -87,10 +87,12 @@ def test_report_of_an_escalated_incident_lists_every_attempt(tmp_path: Path, sta
         "probes": [{"type": "tcp", "port": free_port(), "interval_seconds": 0.1, "timeout_seconds": 0.2,
                     "failure_threshold": 1}]}},
         runbooks=[str(runbook(tmp_path))],
-        healing={"max_attempts": 2, "retry_delay_seconds": 0.1, "verify_timeout_seconds": 0.4})
+        healing={"max_attempts": 2, "retry_delay_seconds": 0.1, "verify_timeout_seconds": 0.4,
+                 "attention_check_seconds": 0.05, "attention_max_seconds": 0.2})  # no human comes: it ends escalated
     rt = start_runtime(cfg, run_probes=False)
     inc_id = rt.ingest(alert()).incident_id
-    done = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="escalation")
+    done = wait_for(lambda: rt.store.get_incident(inc_id).state.terminal and rt.store.get_incident(inc_id),
+                    timeout=30, what="escalation")
     assert done.state == IncidentState.escalated
     md = incident_report(rt.store, inc_id)
     headings, rows = structure(md)
@@ -98,7 +100,8 @@ def test_report_of_an_escalated_incident_lists_every_attempt(tmp_path: Path, sta
     assert len(attempts) == 2 and all(h.startswith(f"Attempt {n}: restart_process (service=svc) — succeeded")
                                       for n, h in zip((1, 2), attempts, strict=True))
     assert md.count("- **failed**") == 2
-    assert "**Closed because:** attempt budget spent: 2 of 2 attempts made" in md
+    assert "**Closed because:** no human acted within 0.2 s of the hand-over" in md
+    assert "attempt budget spent: 2 of 2 attempts made" in md
     assert [r for r in rows if r[0] == "time to recover"] == [["time to recover", "—"]]
     assert "- attempt 1: restart\\_process → **not\\_healed**" in md
     assert "- the incident: no remedy → **escalated**" in md

@@ -204,3 +204,26 @@ def test_breaker_opens_on_the_failure_rate_of_a_flapping_target(store: Store) ->
     for ok in (False, True, False, True, False, True, False):
         closed = record_verification(store, "service:other", ok, inc, 3, "probe failed")
     assert closed["state"] == "closed"
+
+
+def test_when_a_block_lifts(tmp_path: Path, store: Store) -> None:
+    """Issue 12 item 3: the workflow waits a blocked remedy out, never past the moment it lifts:
+    the cooldown's end, and the time the oldest action that must leave a full window does."""
+    cfg = make_config(tmp_path, policy={"budgets": {"remedy_cooldown_seconds": 600,
+                                                    "rate_limit_per_target": {"max_actions": 2, "window_seconds": 3600},
+                                                    "rate_limit_global": {"max_actions": 3, "window_seconds": 7200}}})
+    first, second = incident(store), incident(store)
+    assert Budgets(cfg, store, second).unblocked_at("service:svc", "restart_process") is None
+    act(store, first)
+    [action] = store.actions_for(first)
+    facts = Budgets(cfg, store, second)
+    assert facts.cooldown_ends("service:svc", "restart_process") == action.started_at + timedelta(seconds=600)
+    assert Budgets(cfg, store, first).cooldown_ends("service:svc", "restart_process") is None  # its own action
+    assert facts.unblocked_at("service:svc", "restart_process") == action.started_at + timedelta(seconds=600)
+    act(store, first, remedy="http_request")  # a second action on the target: its window is full
+    oldest = min(a.started_at for a in store.actions_for(first))
+    assert facts.window_frees(3600, 2, "service:svc") == oldest + timedelta(seconds=3600)
+    assert facts.unblocked_at("service:svc", "cleanup_path") == oldest + timedelta(seconds=3600)
+    act(store, second, target="path:/tmp/x")  # the third anywhere: the global window is full too
+    assert facts.window_frees(7200, 3) == oldest + timedelta(seconds=7200)
+    assert facts.unblocked_at("service:other", "restart_process") == oldest + timedelta(seconds=7200)

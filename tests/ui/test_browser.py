@@ -124,7 +124,35 @@ def test_reject_without_javascript_escalates(dashboard: Dashboard, browser_page:
     page.get_by_label("Comment").fill("not during the sale")
     page.get_by_role("button", name="Reject").click()
     page.wait_for_url(f"{dashboard.url}/incidents/{incident_id}?notice=reject")
-    dashboard.wait_state(incident_id, "escalated")
+    dashboard.wait_state(incident_id, "needs_attention")  # the signal still fires: a human's now
     wait_for(lambda: "not during the sale" in (dashboard.rt.store.get_incident(incident_id).closed_reason or ""),
              what="the rejection's reason on the incident")
+    assert console.errors == []
+
+
+def test_needs_attention_acknowledge_and_resolve_in_the_browser(dashboard: Dashboard, browser_page: Any,
+                                                                screenshots: Path) -> None:
+    """An incident handed over to a human: the overview counts it open and lists it; the
+    incident's form acknowledges it (htmx, in place) and resolves it with a note."""
+    incident_id = dashboard.send_signal()
+    dashboard.wait_state(incident_id, "awaiting_approval")
+    page, console = browser_page()
+    sign_in(page, dashboard.url, dashboard.tokens["approver"], f"/incidents/{incident_id}")
+    page.get_by_role("button", name="Reject").click()
+    dashboard.wait_state(incident_id, "needs_attention")
+    page.goto(f"{dashboard.url}/")
+    assert page.locator("#open-total").inner_text() == "1"
+    page.locator(f"#attention-{incident_id}").wait_for(state="visible")
+    page.goto(f"{dashboard.url}/incidents/{incident_id}")
+    page.get_by_label("Note").fill("paged the owner")
+    page.get_by_role("button", name="Acknowledge").click()
+    page.locator("#acked").wait_for(state="visible")
+    assert "approver-user" in page.locator("#acked").inner_text()
+    page.screenshot(path=str(screenshots / "needs-attention.png"), full_page=True)
+    page.get_by_label("Note").fill("restarted it by hand")
+    page.get_by_role("button", name="Resolve").click()
+    page.locator("#notice").wait_for(state="visible")
+    assert "Resolved by you" in page.locator("#notice").inner_text()
+    dashboard.wait_state(incident_id, "resolved")
+    assert dashboard.rt.store.get_incident(incident_id).closed_reason == "resolved by user:approver-user: restarted it by hand"
     assert console.errors == []

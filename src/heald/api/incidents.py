@@ -1,5 +1,8 @@
-"""Incidents and approvals: ``GET /v1/incidents``, ``GET /v1/incidents/{id}`` (with its
-timeline), ``POST /v1/incidents/{id}/approve`` and ``/reject``."""
+"""Incidents and approvals: ``GET /v1/incidents`` (``?open=true``: the open ones, those that
+need attention included), ``GET /v1/incidents/summary`` (open incidents by state),
+``GET /v1/incidents/{id}`` (with its timeline), ``POST /v1/incidents/{id}/approve`` and
+``/reject``, and a human's actions on an open incident (:mod:`heald.engine.attention`):
+``POST /v1/incidents/{id}/retry``, ``/ack`` and ``/resolve``, with the roles of approvals."""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from fastapi import APIRouter, Depends, HTTPException, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from heald.auth import Principal, require
-from heald.engine import Runtime
+from heald.engine import Runtime, attention
 from heald.http_limits import MAX_DB_INT, DbId, HealdRoute
-from heald.models import Incident, IncidentState, Role
+from heald.models import OPEN_STATES, Incident, IncidentState, Role
 from heald.store import InvalidTransition, NotFound
 
 
@@ -21,6 +24,15 @@ class VerdictIn(BaseModel):
                                  description="who approves or rejects; with auth on it must be the token's identity "
                                              "(default), with auth off it is required")
     comment: str = Field(default="", max_length=5000)
+
+
+class HumanActionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    by: str | None = Field(default=None, min_length=1, max_length=200,
+                           description="who acts; with auth on it must be the token's identity (default), with "
+                                       "auth off it is required")
+    comment: str = Field(default="", max_length=attention.MAX_COMMENT,
+                         description="why (retry, acknowledge) or what fixed it (resolve: required)")
 
 
 def incident_json(inc: Incident) -> dict[str, Any]:
@@ -34,9 +46,24 @@ def routes(rt: Runtime) -> APIRouter:
 
     @router.get("/v1/incidents", dependencies=viewer)
     def list_incidents(state: IncidentState | None = None, service: str | None = None,
+                       open: bool = Query(False, description="only open incidents (those that need attention "  # noqa: A002
+                                                             "included)"),
                        limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_DB_INT)) -> list[dict[str, Any]]:
-        """Incidents, newest first, optionally only those in ``state``."""
-        return [incident_json(i) for i in rt.store.list_incidents(state=state, service=service, limit=limit, offset=offset)]
+        """Incidents, newest first, optionally only those in ``state`` or only the open ones."""
+        states = OPEN_STATES if open else None
+        return [incident_json(i) for i in rt.store.list_incidents(state=state, service=service, limit=limit,
+                                                                  offset=offset, states=states)]
+
+    @router.get("/v1/incidents/summary", dependencies=viewer)
+    def summary() -> dict[str, Any]:
+        """How many incidents are open (every non-terminal state), how many of them need a
+        human's attention (handed over with the target still failing, or awaiting approval),
+        and the count of every state."""
+        counts = rt.store.count_incidents_by_state()
+        by_state = {s.value: counts.get(s.value, 0) for s in IncidentState}
+        return {"open": sum(by_state[s.value] for s in OPEN_STATES),
+                "needs_attention": by_state[IncidentState.needs_attention.value],
+                "awaiting_approval": by_state[IncidentState.awaiting_approval.value], "by_state": by_state}
 
     @router.get("/v1/incidents/{incident_id}", dependencies=viewer)
     def get_incident(incident_id: DbId) -> dict[str, Any]:
@@ -75,5 +102,52 @@ def routes(rt: Runtime) -> APIRouter:
     def reject(incident_id: DbId, body: VerdictIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
         """Reject the pending remedy: the healing ends, escalated to a human (role approver)."""
         return verdict(incident_id, body, "reject", who)
+
+    def acting(body: HumanActionIn, who: Principal) -> str:
+        """The audit actor of a human's action: the token's identity, or the ``by`` of the body
+        with auth off."""
+        if who.authenticated:
+            if body.by is not None and body.by != who.identity:
+                raise HTTPException(403, detail=f"by: you are authenticated as {who.identity} and cannot act as {body.by}")
+            return who.actor
+        if body.by is None:
+            raise HTTPException(422, detail=[{"loc": ["body", "by"], "type": "missing",
+                                              "msg": "field required when api.auth is false (no token names you)"}])
+        return f"user:{body.by}"
+
+    def human(incident_id: int, body: HumanActionIn, who: Principal, action: str) -> dict[str, Any]:
+        actor = acting(body, who)
+        try:
+            if action == "retry":
+                return attention.retry(rt.store, incident_id, actor, body.comment, rt.send)
+            if action == "ack":
+                return attention.acknowledge(rt.store, incident_id, actor, body.comment)
+            return attention.resolve(rt.store, incident_id, actor, body.comment, rt.send)
+        except NotFound as exc:
+            raise HTTPException(404, detail=str(exc)) from exc
+        except InvalidTransition as exc:
+            raise HTTPException(409, detail=str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(422, detail=[{"loc": ["body", "comment"], "type": "value_error",
+                                              "msg": str(exc)}]) from exc
+
+    @router.post("/v1/incidents/{incident_id}/retry", tags=["approvals"])
+    def retry(incident_id: DbId, body: HumanActionIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
+        """Heal an incident that needs attention again, with a new attempt budget (role
+        approver; 409 when it does not need attention)."""
+        return human(incident_id, body, who, "retry")
+
+    @router.post("/v1/incidents/{incident_id}/ack", tags=["approvals"])
+    def ack(incident_id: DbId, body: HumanActionIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
+        """Acknowledge an open incident: you are on it, heald stops reminding the channels about
+        its current hand-over (role approver; 409 when it has ended)."""
+        return human(incident_id, body, who, "ack")
+
+    @router.post("/v1/incidents/{incident_id}/resolve", tags=["approvals"])
+    def resolve(incident_id: DbId, body: HumanActionIn, who: Principal = Depends(require(Role.approver))) -> dict[str, Any]:
+        """Close an open incident as resolved by you (``comment``: what fixed it, required);
+        its outcome is not a heal by heald (role approver; 409 when it has ended or heald is
+        diagnosing it or applying a remedy right now)."""
+        return human(incident_id, body, who, "resolve")
 
     return router

@@ -23,6 +23,7 @@ from heald.cli._common import (
     JsonOpt,
     _state,
     app,
+    approver_identity,
     audit_app,
     config,
     err,
@@ -33,10 +34,8 @@ from heald.cli._common import (
     print_json,
     warn_deprecations,
 )
-from heald.config import HealdConfig
-from heald.models import IncidentState
 
-__all__ = ["PIPE_WIDTH", "JsonOpt", "_state", "app", "audit_app", "config", "err", "fail", "login_name", "main",
+__all__ = ["PIPE_WIDTH", "JsonOpt", "_state", "app", "approver_identity", "audit_app", "config", "err", "fail", "login_name", "main",
            "open_store", "out", "print_json", "warn_deprecations"]
 
 
@@ -200,25 +199,6 @@ def _secs(v: float | None) -> str:
 
 
 @app.command()
-def incidents(state: IncidentState | None = typer.Option(None, help="Only incidents in this state."),
-              limit: int = typer.Option(50, min=1, max=1000), json_out: bool = JsonOpt) -> None:
-    """List incidents, newest first."""
-    store = open_store(config())
-    rows = store.list_incidents(state=state, limit=limit)
-    if json_out:
-        print_json([{**i.model_dump(mode="json"), "time_to_detect_s": i.time_to_detect_s,
-                     "time_to_recover_s": i.time_to_recover_s} for i in rows])
-        return
-    table = Table(title="incidents")
-    for col in ("id", "state", "service", "title", "category", "attempts", "detected", "TTR"):
-        table.add_column(col)
-    for i in rows:
-        table.add_row(str(i.id), i.state.value, i.service or "—", i.title, i.category or "—", str(i.attempts),
-                      i.detected_at.strftime("%Y-%m-%d %H:%M:%S"), _secs(i.time_to_recover_s))
-    out.print(table)
-
-
-@app.command()
 def incident(incident_id: int = typer.Argument(..., help="The incident's id."), json_out: bool = JsonOpt,
              report: bool = typer.Option(False, "--report", help="Print the incident's report (Markdown): what was "
                                                                "seen, hypothesis, decision, actions, verification, timings.")) -> None:
@@ -257,29 +237,6 @@ def incident(incident_id: int = typer.Argument(..., help="The incident's id."), 
     for e in detail["timeline"]:
         timeline.add_row(e["ts"][11:23], e["actor"], e["event"], e["reason"])
     out.print(timeline)
-
-
-def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: str | None) -> str:
-    """Who gives a verdict from the CLI: the identity of ``token`` (role approver or above);
-    else, with ``api.auth`` on, the login name (the operating system authenticated it), and
-    ``--as`` may not claim another; with auth off, ``--as`` or the login name."""
-    from heald.auth import lookup_token
-    from heald.models import Role
-
-    login = login_name()
-    if token:
-        record = lookup_token(store, token)
-        if record is None:
-            fail("--token: the API token is unknown, revoked or expired", 3)
-        if not record.role.allows(Role.approver):
-            fail(f"--token: {record.name} has role {record.role.value}; a verdict needs role approver or above", 3)
-        if claimed is not None and claimed != record.name:
-            fail(f"--as: the token authenticates {record.name}, not {claimed}", 3)
-        return record.name
-    if claimed is not None and claimed != login and cfg.api.auth:
-        fail(f"--as: with api.auth on you give verdicts as yourself ({login}) or as a token's identity "
-             "(--token or $HEALD_TOKEN)", 3)
-    return claimed or login
 
 
 def _verdict(incident_id: int, verdict: str, approver: str | None, token: str | None, comment: str,
@@ -335,6 +292,7 @@ from heald.cli import audit as _audit  # noqa: E402,F401
 from heald.cli import ci as _ci  # noqa: E402,F401
 from heald.cli import configcmd as _configcmd  # noqa: E402,F401
 from heald.cli import evaluate as _evaluate  # noqa: E402,F401
+from heald.cli import incidents as _incidents  # noqa: E402,F401
 from heald.cli import learn as _learn  # noqa: E402,F401
 from heald.cli import logs as _logs  # noqa: E402,F401
 from heald.cli import mcpcmd as _mcpcmd  # noqa: E402,F401

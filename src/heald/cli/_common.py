@@ -92,3 +92,26 @@ def login_name() -> str:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return getpass.getuser()
+
+
+def approver_identity(cfg: HealdConfig, store: Any, token: str | None, claimed: str | None) -> str:
+    """Who gives a verdict from the CLI: the identity of ``token`` (role approver or above);
+    else, with ``api.auth`` on, the login name (the operating system authenticated it), and
+    ``--as`` may not claim another; with auth off, ``--as`` or the login name."""
+    from heald.auth import lookup_token
+    from heald.models import Role
+
+    login = login_name()
+    if token:
+        record = lookup_token(store, token)
+        if record is None:
+            fail("--token: the API token is unknown, revoked or expired", 3)
+        if not record.role.allows(Role.approver):
+            fail(f"--token: {record.name} has role {record.role.value}; a verdict needs role approver or above", 3)
+        if claimed is not None and claimed != record.name:
+            fail(f"--as: the token authenticates {record.name}, not {claimed}", 3)
+        return record.name
+    if claimed is not None and claimed != login and cfg.api.auth:
+        fail(f"--as: with api.auth on you give verdicts as yourself ({login}) or as a token's identity "
+             "(--token or $HEALD_TOKEN)", 3)
+    return claimed or login

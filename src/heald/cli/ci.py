@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from heald.cli._common import JsonOpt, app, config, err, fail, out, print_json
+from heald.models import IncidentState
 
 
 def _default_branch(url: str) -> str:
@@ -41,7 +42,8 @@ def result_of(store: Any, incident_id: int, started: float) -> dict[str, Any]:
     actions = [a for a in detail["actions"] if a["status"] == "succeeded"]
     last = actions[-1] if actions else None
     undo = (last or {}).get("undo") or {}
-    outcome = {"resolved": "fix_proposed", "escalated": "escalated"}.get(inc["state"], inc["state"])
+    outcome = {"resolved": "fix_proposed", "escalated": "escalated",
+               "needs_attention": "escalated"}.get(inc["state"], inc["state"])  # handed over: still failing
     return {
         "incident_id": incident_id, "state": inc["state"], "outcome": outcome, "reason": inc["closed_reason"],
         "verdict": rep.labels.get("verdict") if rep else None, "summary": inv.get("summary"),
@@ -133,7 +135,7 @@ def heal_ci(
                         err.print(f"[dim]{e.ts.strftime('%H:%M:%S')}[/] {escape(e.event)}: {escape(e.reason[:160])}",
                                   highlight=False)
                     status.update(f"{inc.state.value}: {e.event}")
-                if inc.state.terminal:
+                if inc.state.terminal or inc.state == IncidentState.needs_attention:  # ended, or a human's now
                     break
                 if time.monotonic() > deadline:
                     fail(f"incident #{incident_id} did not end within {timeout:g} s (state {inc.state.value}); "

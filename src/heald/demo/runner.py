@@ -146,7 +146,7 @@ def run_fault(env: DemoEnv, fault: Fault, say: Callable[[str], None], timeout: f
                 if entry.event == "action.started":
                     acted.add(entry.incident_id)
         incidents = sorted((i for i in store.list_incidents(limit=50) if i.id > last_incident), key=lambda i: i.id)
-        finished = incidents and all(i.state.terminal for i in incidents)
+        finished = incidents and all(i.state.terminal or i.state.value == "needs_attention" for i in incidents)
         if finished and (acted or any(i.state.value != "resolved" for i in incidents)):
             break
         time.sleep(0.05)
@@ -167,7 +167,8 @@ def run_fault(env: DemoEnv, fault: Fault, say: Callable[[str], None], timeout: f
         result.confidence = diagnoses[-1].confidence if diagnoses else None
         result.remedy = actions[-1].remedy if actions else None
         result.target = target_text(actions[-1]) if actions else None
-        result.outcome = main.state.value if (main.state.terminal or not fault.expect_incident) else f"{main.state.value} (timed out)"
+        settled = main.state.terminal or main.state.value == "needs_attention"  # ended, or handed over to a human
+        result.outcome = main.state.value if (settled or not fault.expect_incident) else f"{main.state.value} (timed out)"
         result.reason = main.closed_reason or ""
         result.attempts = main.attempts
         result.other_incidents = [f"#{i.id} {i.state.value}: {i.closed_reason or i.title}" for i in incidents if i is not main]

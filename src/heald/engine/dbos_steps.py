@@ -10,7 +10,7 @@ and on a replay. The DBOS step names (``diagnose_step``, ``decide_step``, …) a
 shapes are those of the heald before the split, so a healing it left unfinished resumes; the
 plan step is new, and a diagnosis recorded by the older combined diagnose-and-plan step brings
 its plan along (:attr:`Found.recorded_plan`). Each step reruns on a transient database error
-(:data:`_retried`); the store's own transactions retry first.
+(:data:`retried`); the store's own transactions retry first.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from heald.store.retry import retry_transient
 #: :mod:`heald.store.retry`) instead of failing its workflow (a workflow in ERROR is never
 #: resumed by DBOS). Bounded: 12 runs within 120 s, then the error ends the workflow, and the
 #: runtime's reaper ends its incident with the reason (:meth:`heald.engine.Runtime.reap_stranded_incidents`).
-_retried = retry_transient(attempts=12, max_seconds=120.0)
+retried = retry_transient(attempts=12, max_seconds=120.0)
 
 
 def healing_config() -> HealingConfig:
@@ -51,21 +51,21 @@ def healing_config() -> HealingConfig:
 
 
 @DBOS.step()
-@_retried
+@retried
 def now_step() -> float:
     """The wall clock (epoch seconds), recorded so a replay sees the same value."""
     return time.time()
 
 
 @DBOS.step()
-@_retried
+@retried
 def reproduce_step(incident_id: int) -> str | None:
     """:func:`heald.engine.steps.reproduce`, recorded."""
     return steps.reproduce(runtime().deps(), incident_id)
 
 
 @DBOS.step(name="diagnose_step")
-@_retried
+@retried
 def _diagnose_step(incident_id: int, attempt: int) -> dict[str, Any]:
     return steps.diagnose(runtime().deps(), incident_id, attempt).to_json()
 
@@ -77,7 +77,7 @@ def diagnose_step(incident_id: int, attempt: int) -> Found | Closed:
 
 
 @DBOS.step(name="plan_step")
-@_retried
+@retried
 def _plan_step(incident_id: int, found: Found, tried: list[Tried]) -> dict[str, Any]:
     return steps.plan(runtime().deps(), incident_id, found, tried).to_json()
 
@@ -91,7 +91,7 @@ def plan_step(incident_id: int, found: Found, tried: list[Tried]) -> Planned:
 
 
 @DBOS.step(name="decide_step")
-@_retried
+@retried
 def _decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) -> dict[str, Any]:
     return steps.decide(runtime().deps(), incident_id, attempt, found, planned).to_json()
 
@@ -102,7 +102,7 @@ def decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) 
 
 
 @DBOS.step(name="lease_step")
-@_retried
+@retried
 def _lease_step(incident_id: int, target: str) -> dict[str, Any]:
     return steps.take_lease(runtime().deps(), incident_id, target).to_json()
 
@@ -113,21 +113,21 @@ def lease_step(incident_id: int, target: str) -> Lease:
 
 
 @DBOS.step()
-@_retried
+@retried
 def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> None:
     """:func:`heald.engine.steps.record_breaker`, recorded."""
     steps.record_breaker(runtime().deps(), incident_id, target, passed, reason)
 
 
 @DBOS.step()
-@_retried
+@retried
 def enter_approval_step(incident_id: int, decided: Decided) -> None:
     """:func:`heald.engine.steps.enter_approval`, recorded."""
     steps.enter_approval(runtime().deps(), incident_id, decided)
 
 
 @DBOS.step(name="approval_status_step")
-@_retried
+@retried
 def _approval_status_step(incident_id: int, decision_id: int, required: int) -> dict[str, Any]:
     deps = runtime().deps()
     status = steps.approval_status(deps, incident_id, decision_id, required)
@@ -143,14 +143,14 @@ def approval_status_step(incident_id: int, decision_id: int, required: int) -> A
 
 
 @DBOS.step()
-@_retried
+@retried
 def expire_approval_step(incident_id: int, ttl: float) -> str:
     """:func:`heald.engine.steps.expire_approval`, recorded."""
     return steps.expire_approval(runtime().deps(), incident_id, ttl)
 
 
 @DBOS.step(name="act_step")
-@_retried
+@retried
 def _act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> dict[str, Any]:
     return steps.act(runtime().deps(), incident_id, attempt, candidate).to_json()
 
@@ -162,7 +162,7 @@ def act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acte
 
 
 @DBOS.step(name="verify_step")
-@_retried
+@retried
 def _verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
     return steps.verify(runtime().deps(), incident_id, action_id, overrides).to_json()
 
@@ -173,14 +173,14 @@ def verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> 
 
 
 @DBOS.step()
-@_retried
+@retried
 def undo_step(incident_id: int, action_id: int, candidate: RemedyCandidate) -> bool:
     """:func:`heald.engine.steps.undo`, recorded."""
     return steps.undo(runtime().deps(), incident_id, action_id, candidate)
 
 
 @DBOS.step()
-@_retried
+@retried
 def learn_step(incident_id: int, attempt: int, category: str, remedy: str, healed: bool,
                rolled_back: bool = False) -> None:
     """:func:`heald.engine.steps.learn`, recorded."""
@@ -188,7 +188,7 @@ def learn_step(incident_id: int, attempt: int, category: str, remedy: str, heale
 
 
 @DBOS.step()
-@_retried
+@retried
 def close_step(incident_id: int, state: IncidentState, reason: str, verified: Verified | None = None) -> str:
     """:func:`heald.engine.steps.close`, recorded; returns the final state's value."""
     return steps.close(runtime().deps(), incident_id, state, reason, verified)
@@ -228,6 +228,8 @@ def await_approval(incident_id: int, decided: Decided) -> str:
             return f"rejected by {status.by}: {status.comment or 'no reason given'}"
         if status.verdict == "withdrawn":
             return status.comment
+        if status.verdict == "closed":
+            return "the incident ended while it waited for approval"
         remaining = deadline - now_step()
         if remaining <= 0:
             return expire_approval_step(incident_id, ttl)

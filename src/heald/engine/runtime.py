@@ -442,6 +442,11 @@ class Runtime:
         return Deps(config=self.config, store=self.store, supervisor=self.supervisor, reasoners=self.reasoners,
                     runbooks=self.runbooks, notifier=self.notifier, rng=self.rng)
 
+    # -- a human's action on an incident (heald.engine.attention) ----------------------------
+    def send(self, wf: str, message: dict[str, Any], topic: str) -> None:
+        """Send ``message`` to workflow ``wf`` on ``topic`` (wakes it where it waits)."""
+        DBOS.send(wf, message, topic=topic)
+
     # -- approvals -------------------------------------------------------------------------
     def approve(self, incident_id: int, approver: str, verdict: str, comment: str = "") -> dict[str, Any]:
         """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
@@ -494,11 +499,12 @@ def approval_tally(store: Store, incident_id: int, decision_id: int) -> int:
 
 def client_send(config: HealdConfig) -> Any:
     """A ``send`` for :func:`submit_approval` from a process that does not run the engine (the
-    CLI): a DBOS client on the system database."""
-    def send(wf: str, message: dict[str, Any]) -> None:
+    CLI): a DBOS client on the system database. It takes an optional third argument, the topic
+    (default :data:`APPROVAL_TOPIC`; a human's action on an incident uses another)."""
+    def send(wf: str, message: dict[str, Any], topic: str = APPROVAL_TOPIC) -> None:
         client = DBOSClient(system_database_url=config.dbos_database, application_name="heald")
         try:
-            client.send(wf, message, topic=APPROVAL_TOPIC)
+            client.send(wf, message, topic=topic)
         finally:
             client.destroy()
     return send

@@ -188,8 +188,9 @@ class Lease:
 @dataclass(frozen=True)
 class ApprovalStatus:
     """The votes on a decision so far: ``verdict`` is ``approved``, ``rejected``, ``pending``,
-    or ``withdrawn`` (every signal resolved while it waited: ``comment`` says so and the incident
-    has ended); ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
+    ``withdrawn`` (every signal resolved while it waited: ``comment`` says so and the incident
+    has ended) or ``closed`` (the incident ended meanwhile, e.g. a human resolved it);
+    ``by``/``comment`` name the rejecter; ``count`` the humans who approved."""
 
     verdict: str
     by: str | None = None
@@ -369,6 +370,8 @@ def enter_approval(deps: Deps, incident_id: int, decided: Decided) -> None:
 def approval_status(deps: Deps, incident_id: int, decision_id: int, required: int) -> ApprovalStatus:
     """The votes on decision ``decision_id``: one rejection rejects; ``required`` distinct humans
     (one per root identity, :func:`heald.policy.count_approvers`) approve."""
+    if deps.store.get_incident(incident_id).state.terminal:  # a human resolved it meanwhile
+        return ApprovalStatus("closed")
     votes = deps.store.approvals_for(incident_id, decision_id)
     for v in votes:
         if v["verdict"] == "reject":

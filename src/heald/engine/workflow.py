@@ -2,7 +2,9 @@
 
 Wait for the group to fill, reproduce (a CI failure), diagnose, plan, decide, wait for approval
 if needed, take the target's lease, act, verify, undo what did not heal, learn; repeat with the
-next candidate while attempts remain; end resolved, escalated or failed. Each stage is a DBOS
+next candidate while attempts remain; end resolved, escalated or failed — or, while the target
+still fails, hand it over to a human and wait for them (:mod:`heald.engine.attention`: a remedy
+blocked by a cooldown or rate limit is waited out first). Each stage is a DBOS
 step (:mod:`heald.engine.dbos_steps`, over the plain functions of :mod:`heald.engine.steps`), so
 a heald killed at any point resumes the workflow on restart, replaying completed steps from
 their recorded results instead of running them again.
@@ -10,8 +12,11 @@ their recorded results instead of running them again.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from dbos import DBOS
 
+from heald.engine.attention import await_human, wait_out_block
 from heald.engine.dbos_steps import (
     act_step,
     await_approval,
@@ -31,7 +36,14 @@ from heald.engine.steps import Closed, Tried, Verified
 from heald.models import ActionStatus, DecisionKind, IncidentState
 from heald.plan import candidate_key
 
-ESCALATED = IncidentState.escalated
+
+@dataclass(frozen=True)
+class Stopped:
+    """heald stopped healing after attempt number ``attempt``, for ``reason`` (a human takes
+    over, :func:`heald.engine.attention.await_human`)."""
+
+    attempt: int
+    reason: str
 
 
 @DBOS.workflow(max_recovery_attempts=50)
@@ -41,25 +53,43 @@ def heal_incident(incident_id: int) -> str:
     if cfg.group_wait_seconds > 0:
         DBOS.sleep(cfg.group_wait_seconds)  # let correlated signals join before diagnosing
     reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
-    tried: list[Tried] = []  # the candidates applied that did not heal
     attempt = 0
+    while True:  # one round per attempt budget: the first, then one per retry a human asks for
+        healed = heal_round(incident_id, attempt)
+        if not isinstance(healed, Stopped):
+            return healed
+        attempt = healed.attempt
+        if (ended := await_human(incident_id, healed.reason)) is not None:  # the target still fails
+            return ended
+
+
+def heal_round(incident_id: int, attempt: int) -> str | Stopped:
+    """Attempts ``attempt + 1`` … ``attempt + healing.max_attempts``: diagnose, plan, decide
+    (waiting out a remedy that is only blocked), approve, act, verify, undo, learn. Returns the
+    final state, or :class:`Stopped` when heald stops acting with the target still failing."""
+    cfg = healing_config()
+    first = attempt
+    tried: list[Tried] = []  # the candidates applied that did not heal
     while True:
         attempt += 1
         found = diagnose_step(incident_id, attempt)
         if isinstance(found, Closed):
             return found.state
         planned = plan_step(incident_id, found, tried)
-        decided = decide_step(incident_id, attempt, found, planned)
+        decided = wait_out_block(incident_id, attempt - first, found, planned,
+                                 decide_step(incident_id, attempt - first, found, planned), decide_step)
+        if isinstance(decided, Closed):
+            return decided.state
         if decided.kind in (DecisionKind.escalate, DecisionKind.refuse):
-            return close_step(incident_id, ESCALATED, decided.reason)
+            return Stopped(attempt, decided.reason)
         if decided.kind == DecisionKind.approval:
             verdict = await_approval(incident_id, decided)
             if verdict != "approved":
-                return close_step(incident_id, ESCALATED, verdict)
+                return Stopped(attempt, verdict)
         assert decided.candidate is not None and decided.target is not None  # the gate chose one to apply
         candidate = decided.candidate
         if (busy := await_lease(incident_id, decided.target)) is not None:
-            return close_step(incident_id, ESCALATED, busy)
+            return Stopped(attempt, busy)
         acted = act_step(incident_id, attempt, candidate)
         if isinstance(acted, Closed):
             return acted.state
@@ -76,9 +106,8 @@ def heal_incident(incident_id: int) -> str:
             return close_step(incident_id, IncidentState.resolved,
                               f"healed by {candidate.remedy}: {verified.reason}", verified)
         tried.append(Tried(candidate_key(candidate.remedy, candidate.params), rolled_back=undone))
-        if attempt >= cfg.max_attempts:
-            return close_step(incident_id, ESCALATED,
-                              f"attempt budget spent: {attempt} of {cfg.max_attempts} attempts made, none healed it; "
-                              f"last: {verified.reason}")
+        if attempt - first >= cfg.max_attempts:
+            return Stopped(attempt, f"attempt budget spent: {attempt - first} of {cfg.max_attempts} attempts made, "
+                                    f"none healed it; last: {verified.reason}")
         if cfg.cooldown_seconds > 0:
             DBOS.sleep(cfg.cooldown_seconds)

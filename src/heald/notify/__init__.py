@@ -2,8 +2,9 @@
 
 :class:`Notifier` sends a :class:`Notice` (an incident, the event, the reason, a link) to each
 configured channel (``notifications.channels`` in heald.yaml, :mod:`heald.config`) that wants
-the event: ``escalated`` always, ``awaiting_approval``, ``resolved`` and ``failed`` as each
-channel's ``events`` say. Channels: a Slack incoming webhook (:mod:`heald.notify.slack`), a
+the event: ``escalated`` and its ``reminder`` notices (an incident that still needs attention,
+every ``notifications.reminder_interval_seconds``) always, ``awaiting_approval``, ``resolved``
+and ``failed`` as each channel's ``events`` say. Channels: a Slack incoming webhook (:mod:`heald.notify.slack`), a
 generic JSON webhook with an optional HMAC signature (:mod:`heald.notify.webhook`) and email
 over SMTP (:mod:`heald.notify.email`).
 
@@ -58,10 +59,11 @@ class Notifier:
         self.config = config
         self.store = store
 
-    def notify(self, incident_id: int, event: str, reason: str) -> list[dict[str, Any]]:
-        """Tell every channel that wants ``event`` about incident ``incident_id``. Returns one
-        result per channel told: {"channel", "type", "sent" (bool), "attempts", "detail"}.
-        Never raises (a failure is a result and an audit entry)."""
+    def notify(self, incident_id: int, event: str, reason: str, number: int = 0) -> list[dict[str, Any]]:
+        """Tell every channel that wants ``event`` about incident ``incident_id`` (``number``: a
+        reminder's number, part of its delivery id). Returns one result per channel told:
+        {"channel", "type", "sent" (bool), "attempts", "detail"}. Never raises (a failure is a
+        result and an audit entry)."""
         if event not in EVENTS:
             raise ValueError(f"event: expected one of {', '.join(EVENTS)}, got {event!r}")
         channels = [c for c in self.config.channels if c.wants(event)]
@@ -73,7 +75,7 @@ class Notifier:
             log.exception("notify.incident_unreadable", incident_id=incident_id)
             return [{"channel": c.name, "type": c.type, "sent": False, "attempts": 0, "detail": str(exc)} for c in channels]
         notice = Notice(event=event, incident=inc, reason=reason,
-                        link=self.config.link.format(incident_id=incident_id))
+                        link=self.config.link.format(incident_id=incident_id), number=number)
         return [self._send(c, notice) for c in channels]
 
     def send_audit_checkpoint(self, channel_names: list[str], checkpoint: dict[str, Any]) -> list[dict[str, Any]]:

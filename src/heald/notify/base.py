@@ -8,7 +8,7 @@ from typing import Any
 
 from heald.models import Incident
 
-EVENTS = ("escalated", "awaiting_approval", "resolved", "failed")
+EVENTS = ("escalated", "awaiting_approval", "resolved", "failed", "reminder")
 
 
 class NotifyError(Exception):
@@ -27,16 +27,20 @@ class Notice:
     incident: Incident
     reason: str
     link: str
+    number: int = 0  #: a reminder's number (1, 2, …) since the incident was handed over; 0 otherwise
 
     @property
     def delivery_id(self) -> str:
-        """Stable for the same event of the same incident (and attempt): a resend repeats it."""
-        return f"heald-incident-{self.incident.id}-{self.event}-{self.incident.attempts}"
+        """Stable for the same event of the same incident (and attempt, and reminder number): a
+        resend repeats it."""
+        base = f"heald-incident-{self.incident.id}-{self.event}-{self.incident.attempts}"
+        return f"{base}-{self.number}" if self.number else base
 
     @property
     def headline(self) -> str:
         """One line: ``Incident #12 escalated: shop is down``."""
-        what = {"awaiting_approval": "awaits approval"}.get(self.event, self.event)
+        what = {"awaiting_approval": "awaits approval",
+                "reminder": f"still needs attention (reminder {self.number})"}.get(self.event, self.event)
         return f"Incident #{self.incident.id} {what}: {self.incident.title}"
 
     def as_json(self) -> dict[str, Any]:

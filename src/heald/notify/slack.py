@@ -14,7 +14,7 @@ from heald.notify.base import Notice
 from heald.store import Store
 
 _EMOJI = {"escalated": ":rotating_light:", "awaiting_approval": ":raised_hand:", "resolved": ":white_check_mark:",
-          "failed": ":x:"}
+          "failed": ":x:", "reminder": ":rotating_light:"}
 
 
 def escape(text: str) -> str:

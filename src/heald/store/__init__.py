@@ -211,11 +211,13 @@ class Store:
 
     @retry_transient
     def list_incidents(self, state: IncidentState | None = None, service: str | None = None,
-                       limit: int = 100, offset: int = 0) -> list[Incident]:
-        """Incidents, newest first."""
+                       limit: int = 100, offset: int = 0, states: Iterable[IncidentState] | None = None) -> list[Incident]:
+        """Incidents, newest first; only in ``state`` and/or one of ``states`` when given."""
         stmt = sa.select(IncidentRow).order_by(IncidentRow.id.desc()).limit(limit).offset(offset)
         if state is not None:
             stmt = stmt.where(IncidentRow.state == state.value)
+        if states is not None:
+            stmt = stmt.where(IncidentRow.state.in_([s.value for s in states]))
         if service is not None:
             stmt = stmt.where(IncidentRow.service == service)
         with self.tx() as s:
@@ -230,20 +232,25 @@ class Store:
     @retry_transient
     def transition(self, incident_id: int, to: IncidentState, *, actor: str = "heald", reason: str,
                    details: dict[str, Any] | None = None, outcome: Callable[[Incident], Outcome] | None = None,
-                   **fields: Any) -> Incident:
+                   only_from: Iterable[IncidentState] | None = None, **fields: Any) -> Incident:
         """Move an incident to state ``to`` and audit it, in one transaction.
 
         ``fields`` set other columns at the same time (``category``, ``recovered_at``, …).
         ``outcome``, given the incident as it now is, makes the outcome recorded in the same
         transaction (a closed incident is never seen without its outcome); only on a real move.
         A move to the state it is already in only updates ``fields`` (a replayed step).
-        Raises NotFound, InvalidTransition (the state machine forbids it).
+        ``only_from``: the states it may move from (checked under the row's lock; a human's
+        action decided on a state it read before).
+        Raises NotFound, InvalidTransition (the state machine or ``only_from`` forbids it).
         """
         with self.tx() as s:
             row = s.get(IncidentRow, incident_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"no incident {incident_id}")
             current = IncidentState(row.state)
+            if only_from is not None and current not in set(only_from):
+                raise InvalidTransition(f"incident {incident_id} is {current.value}: {to.value} only from "
+                                        f"{', '.join(sorted(x.value for x in only_from))}")
             if current != to and to not in ALLOWED_TRANSITIONS.get(current, frozenset()):
                 raise InvalidTransition(f"incident {incident_id}: {current.value} → {to.value} is not allowed")
             now = utcnow()

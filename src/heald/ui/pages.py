@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from heald import __version__, budgets, remedies
 from heald.auth import Principal
 from heald.correlate.silences import list_silences
-from heald.engine import Runtime, approval_tally
+from heald.engine import Runtime, approval_tally, attention
 from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.jsontext import clean
 from heald.learn import learned_rows
@@ -36,7 +36,12 @@ __all__ = ["LoginRequired", "login_redirect", "routes"]
 OPEN_STATES = [s for s in IncidentState if not s.terminal]
 CLOSED_STATES = [s for s in IncidentState if s.terminal]
 NOTICES = {"approve": "Your approval is recorded.", "reject": "Your rejection is recorded; the healing ends, escalated.",
-           "repeat": "You had already given a verdict on this decision; an identity counts once."}
+           "repeat": "You had already given a verdict on this decision; an identity counts once.",
+           "retry": "heald heals it again, with a new attempt budget.",
+           "ack": "Acknowledged: heald stops reminding the channels about it.",
+           "resolve": "Resolved by you; it does not count as a heal by heald."}
+#: A human's actions on an open incident (:mod:`heald.engine.attention`), as the form names them.
+HUMAN_ACTIONS = ("retry", "ack", "resolve")
 #: Security headers of every dashboard page: scripts, styles and connections only from heald.
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -183,6 +188,7 @@ def routes(rt: Runtime) -> APIRouter:
             pending.append({"incident": inc, "decision": last, "summary": _decision_summary(last),
                             "approvals": approval_tally(store, inc.id, last["id"]) if last else 0})
         return {
+            "attention": store.list_incidents(state=IncidentState.needs_attention, limit=50),
             "open_by_state": [(s.value, by_state.get(s.value, 0)) for s in OPEN_STATES],
             "open_total": sum(by_state.get(s.value, 0) for s in OPEN_STATES),
             "healed_24h": day.get(IncidentState.resolved.value, 0),
@@ -231,8 +237,14 @@ def routes(rt: Runtime) -> APIRouter:
             pending = {"decision": last, "votes": votes, "summary": _decision_summary(last),
                        "approvals": approval_tally(rt.store, incident_id, last["id"]),
                        "mine": next((v for v in votes if v["approver"] == who.identity), None)}
+        state = IncidentState(inc["state"])
+        actions = [] if state.terminal else [a for a in HUMAN_ACTIONS if (
+            a == "ack" or (a == "retry" and state == IncidentState.needs_attention)
+            or (a == "resolve" and state in attention.RESOLVABLE))]
+        acked = next((e for e in reversed(d["timeline"]) if e["event"] == "incident.acknowledged"), None)
         return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
-                "pending": pending, "plan": d["plans"][-1] if d["plans"] else None}
+                "pending": pending, "plan": d["plans"][-1] if d["plans"] else None, "human_actions": actions,
+                "acked": acked}
 
     @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
     def incident_page(request: Request, incident_id: DbId, partial: bool = False, notice: str | None = None) -> Response:
@@ -287,6 +299,56 @@ def routes(rt: Runtime) -> APIRouter:
             data = incident_data(request, incident_id, who)
             return render(request, "_incident_live.html", {"notice": NOTICES[notice], **data}, who=who)
         return RedirectResponse(f"/incidents/{incident_id}?notice={notice}", status_code=303)
+
+    @router.post("/incidents/{incident_id}/act")
+    def act(request: Request, incident_id: DbId, action: str = Form(""), csrf: str = Form(""),
+            comment: str = Form(""), by: str = Form("")) -> Response:
+        """A human's action on an open incident: retry, ack or resolve (role approver, CSRF)."""
+        who = session.current(request, rt)
+        htmx = request.headers.get("hx-request") == "true"
+
+        def refused(status: int, message: str) -> Response:
+            if htmx:  # htmx swaps only 2xx answers: show the refusal in the incident's live part
+                try:
+                    return render(request, "_incident_live.html",
+                                  {"error": message, **incident_data(request, incident_id, who)}, who=who)
+                except NotFound:
+                    pass
+            return error_page(request, who, status, message)
+        try:
+            session.check_csrf(request, rt, csrf)
+            if not who.role.allows(Role.approver):
+                raise HTTPException(403, detail=f"{who.identity} has role {who.role.value}; acting on an incident "
+                                                f"needs role approver or above")
+            if action not in HUMAN_ACTIONS:
+                raise HTTPException(422, detail=f"action: expected one of {', '.join(HUMAN_ACTIONS)}, got {action[:50]!r}")
+            if len(comment) > attention.MAX_COMMENT:
+                raise HTTPException(422, detail=f"comment: at most {attention.MAX_COMMENT} characters, got {len(comment)}")
+            if clean(comment) != comment or clean(by) != by:
+                raise HTTPException(422, detail="comment, by: text without NUL characters")
+            actor = who.actor
+            if not who.authenticated:  # api.auth is off: nothing names the human but the form
+                if not by.strip():
+                    raise HTTPException(422, detail="by: your name is required when api.auth is false")
+                actor = f"user:{by.strip()[:200]}"
+            if action == "retry":
+                attention.retry(rt.store, incident_id, actor, comment, rt.send)
+            elif action == "ack":
+                attention.acknowledge(rt.store, incident_id, actor, comment)
+            else:
+                attention.resolve(rt.store, incident_id, actor, comment, rt.send)
+        except HTTPException as exc:
+            return refused(exc.status_code, str(exc.detail))
+        except NotFound:
+            return error_page(request, who, 404, f"There is no incident {incident_id}.")
+        except InvalidTransition as exc:
+            return refused(409, f"{exc}.")
+        except ValueError as exc:
+            return refused(422, str(exc))
+        if htmx:
+            return render(request, "_incident_live.html",
+                          {"notice": NOTICES[action], **incident_data(request, incident_id, who)}, who=who)
+        return RedirectResponse(f"/incidents/{incident_id}?notice={action}", status_code=303)
 
     # -- runbooks and remedies ---------------------------------------------------------------
     @router.get("/runbooks", response_class=HTMLResponse)
