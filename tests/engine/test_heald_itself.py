@@ -55,7 +55,7 @@ def escalated_without_remedy(rt: Runtime, sig: Signal) -> str:
     inc_id = rt.ingest(sig).incident_id
     assert inc_id is not None
     inc = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="the incident to end")
-    assert inc.state == IncidentState.escalated, inc
+    assert inc.state == IncidentState.needs_attention, inc
     assert rt.store.actions_for(inc_id) == []
     assert all(p.candidates == [] for p in rt.store.plans_for(inc_id))
     assert not rt.supervisor.processes["svc"].is_running()
@@ -119,7 +119,7 @@ def test_restart_process_for_an_unmanaged_service_is_never_planned(
     inc_id = rt.ingest(broken({}, service="ext")).incident_id
     assert inc_id is not None
     inc = wait_for(lambda: terminal(rt, inc_id), timeout=30, what="the incident to end")
-    assert inc.state == IncidentState.escalated and "no remedy left" in (inc.closed_reason or ""), inc
+    assert inc.state == IncidentState.needs_attention and "no remedy left" in (inc.closed_reason or ""), inc
     assert rt.store.actions_for(inc_id) == []
     dropped = [e.reason for e in rt.store.audit_entries(incident_id=inc_id) if e.event == "plan.candidate_dropped"]
     assert any("restart_process cannot act on 'ext'" in d and "does not manage it" in d for d in dropped), dropped

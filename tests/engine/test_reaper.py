@@ -19,6 +19,10 @@ from heald.models import IncidentState, Signal
 from heald.store.tables import IncidentRow
 from tests.conftest import make_config, wait_for
 
+#: nobody answers the hand-over in these tests: it expires at once, so each healing ends
+#: (escalated) and its workflow finishes
+HAND_OVER_EXPIRES = {"attention_max_seconds": 0.3, "attention_check_seconds": 0.1}
+
 
 def sig(**kw: object) -> Signal:
     base = {"source": "test", "service": "shop", "labels": {"alertname": "Down", "service": "shop"}, "summary": "down"}
@@ -32,7 +36,7 @@ def wf_status(incident_id: int) -> str | None:
 
 def test_an_incident_whose_workflow_failed_ends_failed_with_the_reason_and_the_next_signal_opens_a_new_one(
         tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
-    rt = start_runtime(make_config(tmp_path), manage_services=False, run_probes=False, tail_logs=False)
+    rt = start_runtime(make_config(tmp_path, healing=HAND_OVER_EXPIRES), manage_services=False, run_probes=False, tail_logs=False)
 
     def broken(*_: object) -> None:
         raise RuntimeError("a stage crashed on this incident")
@@ -59,7 +63,7 @@ def test_an_incident_whose_workflow_failed_ends_failed_with_the_reason_and_the_n
 
 
 def test_a_cancelled_workflow_is_resumed_by_the_sweep(tmp_path: Path) -> None:
-    rt = Runtime(make_config(tmp_path, healing={"group_wait_seconds": 3.0}), manage_services=False,
+    rt = Runtime(make_config(tmp_path, healing={"group_wait_seconds": 3.0, **HAND_OVER_EXPIRES}), manage_services=False,
                  run_probes=False, tail_logs=False)
     rt.reap_interval_seconds = 0.2
     rt.start()
@@ -77,7 +81,7 @@ def test_a_cancelled_workflow_is_resumed_by_the_sweep(tmp_path: Path) -> None:
 
 
 def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path: Path) -> None:
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, healing=HAND_OVER_EXPIRES)
     rt = Runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
     rt.reap_interval_seconds = 0.2
     rt.start()
@@ -97,7 +101,7 @@ def test_a_workflow_that_dies_while_a_batch_joins_it_ends_its_incident_right_aft
         tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
     """The check after correlating: an incident whose workflow died after the check before it
     (here: a sweep that saw it live) is ended as soon as a signal joins it."""
-    rt = start_runtime(make_config(tmp_path), manage_services=False, run_probes=False, tail_logs=False)
+    rt = start_runtime(make_config(tmp_path, healing=HAND_OVER_EXPIRES), manage_services=False, run_probes=False, tail_logs=False)
 
     def broken(*_: object) -> None:
         raise RuntimeError("a stage crashed on this incident")

@@ -40,7 +40,7 @@ import structlog
 from dbos import DBOS
 
 from heald.engine.dbos_steps import now_step, retried
-from heald.engine.runtime import APPROVAL_TOPIC, runtime
+from heald.engine.runtime import APPROVAL_TOPIC, ATTENTION_TOPIC, runtime
 from heald.engine.steps import (
     Closed,
     Decided,
@@ -57,8 +57,6 @@ from heald.store import InvalidTransition, Store
 
 log = structlog.get_logger("heald.engine")
 
-#: The DBOS topic a human's action (retry, resolve) wakes a waiting healing on.
-ATTENTION_TOPIC = "attention"
 NEEDS_ATTENTION = IncidentState.needs_attention
 #: Where a human may resolve an incident: where its healing waits (not while it diagnoses or
 #: applies a remedy, whose next step would then meet a closed incident).

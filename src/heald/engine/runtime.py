@@ -43,6 +43,8 @@ from heald.supervise import Supervisor
 log = structlog.get_logger("heald.engine")
 
 APPROVAL_TOPIC = "approval"
+#: The DBOS topic that wakes a healing waiting for a human (a human's retry or resolve, a resolved signal).
+ATTENTION_TOPIC = "attention"
 #: An incident opened this recently without a workflow is left to its opener by the reaper.
 _JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
@@ -412,22 +414,24 @@ class Runtime:
         return results
 
     def wake_approval_waits(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
-        """Wake the approval wait of each incident awaiting approval that a resolved signal
-        joined, so it ends at once when that was its last firing signal
-        (:func:`heald.engine.steps.withdraw_if_resolved`) instead of at the approval TTL.
-        Returns how many were woken; a failed wake-up is logged (the wait still ends at its TTL)."""
+        """Wake the wait of each incident that a resolved signal joined while it awaits approval
+        or a human (``needs_attention``), so it ends at once when that was its last firing signal
+        (:func:`heald.engine.steps.withdraw_if_resolved`, :func:`heald.engine.attention.await_human`)
+        instead of at the approval TTL or the next periodic check. Returns how many were woken;
+        a failed wake-up is logged (the wait still re-reads the signals at its next check)."""
+        topics = {IncidentState.awaiting_approval: APPROVAL_TOPIC, IncidentState.needs_attention: ATTENTION_TOPIC}
         woken: set[int] = set()
         for signal, result in zip(signals, results, strict=True):
             inc_id = result.incident_id
             if signal.status != SignalStatus.resolved or inc_id is None or inc_id in woken:
                 continue
             try:
-                if self.store.get_incident(inc_id).state == IncidentState.awaiting_approval:
-                    DBOS.send(workflow_id(inc_id), {"signal_id": result.signal_id, "resolved": True},
-                              topic=APPROVAL_TOPIC)
+                topic = topics.get(self.store.get_incident(inc_id).state)
+                if topic is not None:
+                    DBOS.send(workflow_id(inc_id), {"signal_id": result.signal_id, "resolved": True}, topic=topic)
                     woken.add(inc_id)
             except Exception:  # the wait re-reads the signals at its next wake-up anyway
-                log.exception("approval.wake_failed", incident_id=inc_id)
+                log.exception("wait.wake_failed", incident_id=inc_id)
         return len(woken)
 
     def start_healing(self, incident_id: int) -> None:
