@@ -186,7 +186,7 @@ def release_lease(store: Store, incident_id: int, target: str | None = None) -> 
 def leases(store: Store) -> list[dict[str, Any]]:
     """Every lease held now (expired ones included, marked), by target."""
     now = utcnow()
-    with store.tx() as s:
+    with store.read() as s:
         return [{"target": r.target, "incident_id": r.incident_id, "holder": r.holder,
                  "acquired_at": r.acquired_at.isoformat(), "expires_at": r.expires_at.isoformat(),
                  "expired": r.expires_at <= now}
@@ -233,7 +233,7 @@ def record_verification(store: Store, target: str, passed: bool, incident_id: in
 
 def breakers(store: Store) -> list[dict[str, Any]]:
     """Every target's breaker (open and closed), by target."""
-    with store.tx() as s:
+    with store.read() as s:
         return [_breaker_json(r) for r in s.scalars(sa.select(CircuitBreakerRow).order_by(CircuitBreakerRow.target))]
 
 

@@ -40,7 +40,7 @@ from heald.models import (
     utcnow,
 )
 from heald.store import audit
-from heald.store.db import create_engine
+from heald.store.db import create_engine, is_sqlite, write_gate
 from heald.store.tables import (
     ActionRow,
     ApiTokenRow,
@@ -134,35 +134,56 @@ def _jsonable(value: Any) -> Any:
 
 class Store:
     """Persistence for heald. ``url`` is a SQLAlchemy URL (``sqlite:///path`` or
-    ``postgresql://…``). Thread-safe: each call uses its own session."""
+    ``postgresql://…``). Thread-safe: each call uses its own session.
+
+    Writes go through :meth:`tx`, reads through :meth:`read`: a read never waits for a writer
+    (SQLite in WAL mode, a reader sees the last commit), see :mod:`heald.store.db`."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        database = sa.make_url(self.engine.url).database or ""
+        in_memory = is_sqlite(self.engine) and (database in ("", ":memory:") or database.startswith("file:"))
+        # an in-memory SQLite database exists once per connection: reads must use the writers' engine
+        self.read_engine = self.engine if in_memory else create_engine(url, read_only=True)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with write_gate(self.engine), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self._sessions.begin() as session:
+        """A session in one write transaction: committed on success, rolled back on error.
+        SQLite: it holds the database's write lock from its start (``BEGIN IMMEDIATE``)."""
+        with write_gate(self.engine), self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session in one read-only transaction, for reads: it takes no write lock and never
+        waits for a writer (SQLite: a deferred ``BEGIN`` in WAL mode, seeing the last commit;
+        PostgreSQL: ``READ ONLY``, no advisory lock). A write in it raises (SQLite
+        ``PRAGMA query_only``: ``attempt to write a readonly database``; PostgreSQL:
+        ``cannot execute … in a read-only transaction``)."""
+        with self._read_sessions.begin() as session:
             yield session
 
     # -- incidents -------------------------------------------------------------------------
     def get_incident(self, incident_id: int) -> Incident:
         """Raises NotFound."""
-        with self.tx() as s:
+        with self.read() as s:
             row = s.get(IncidentRow, incident_id)
             if row is None:
                 raise NotFound(f"no incident {incident_id}")
@@ -176,11 +197,11 @@ class Store:
             stmt = stmt.where(IncidentRow.state == state.value)
         if service is not None:
             stmt = stmt.where(IncidentRow.service == service)
-        with self.tx() as s:
+        with self.read() as s:
             return [incident_model(r) for r in s.scalars(stmt)]
 
     def count_incidents_by_state(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
             return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
@@ -228,12 +249,12 @@ class Store:
 
     # -- signals ---------------------------------------------------------------------------
     def signals_for(self, incident_id: int) -> list[Signal]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(SignalRow).where(SignalRow.incident_id == incident_id).order_by(SignalRow.id))
             return [signal_model(r) for r in rows]
 
     def count_signals_by_source(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
             return dict(rows.tuples().all())  # .all(): a Result has keys(), dict() would read it as a mapping
 
@@ -256,7 +277,7 @@ class Store:
             return d.model_copy(update={"id": row.id, "incident_id": incident_id, "created_at": row.created_at})
 
     def diagnoses_for(self, incident_id: int) -> list[Diagnosis]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(DiagnosisRow).where(DiagnosisRow.incident_id == incident_id).order_by(DiagnosisRow.id))
             return [Diagnosis(id=r.id, incident_id=r.incident_id, category=r.category, explanation=r.explanation,
                               evidence=r.evidence, confidence=r.confidence, reasoner=r.reasoner,
@@ -279,7 +300,7 @@ class Store:
     def llm_usage_for(self, incident_id: int) -> dict[str, Any]:
         """An incident's LLM accounting: {"calls": [...], "total": {prompt_tokens,
         completion_tokens, cost_usd, latency_s}}."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(LlmUsageRow).where(LlmUsageRow.incident_id == incident_id)
                              .order_by(LlmUsageRow.id)).all()
             calls: list[dict[str, Any]] = [{"reasoner": r.reasoner, "model": r.model, "calls": r.calls, "prompt_tokens": r.prompt_tokens,
@@ -302,7 +323,7 @@ class Store:
             return plan.model_copy(update={"created_at": row.created_at})
 
     def plans_for(self, incident_id: int) -> list[Plan]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(PlanRow).where(PlanRow.incident_id == incident_id).order_by(PlanRow.id))
             return [Plan(incident_id=incident_id, candidates=r.candidates, created_at=r.created_at) for r in rows]
 
@@ -321,13 +342,13 @@ class Store:
             return row.id
 
     def decisions_for(self, incident_id: int) -> list[dict[str, Any]]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(DecisionRow).where(DecisionRow.incident_id == incident_id).order_by(DecisionRow.id))
             return [{"id": r.id, "kind": r.kind, "reason": r.reason, "required_approvals": r.required_approvals,
                      "candidate": r.candidate, "created_at": r.created_at} for r in rows]
 
     def latest_decision_id(self, incident_id: int) -> int | None:
-        with self.tx() as s:
+        with self.read() as s:
             return s.scalar(sa.select(sa.func.max(DecisionRow.id)).where(DecisionRow.incident_id == incident_id))
 
     def add_approval(self, incident_id: int, decision_id: int, approver: str, verdict: str, comment: str = "",
@@ -355,7 +376,7 @@ class Store:
         stmt = sa.select(ApprovalRow).where(ApprovalRow.incident_id == incident_id).order_by(ApprovalRow.id)
         if decision_id is not None:
             stmt = stmt.where(ApprovalRow.decision_id == decision_id)
-        with self.tx() as s:
+        with self.read() as s:
             return [{"approver": r.approver, "verdict": r.verdict, "comment": r.comment,
                      "decision_id": r.decision_id, "created_at": r.created_at} for r in s.scalars(stmt)]
 
@@ -395,13 +416,13 @@ class Store:
             return action_model(row)
 
     def actions_for(self, incident_id: int) -> list[Action]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(ActionRow).where(ActionRow.incident_id == incident_id).order_by(ActionRow.id))
             return [action_model(r) for r in rows]
 
     def count_actions_by(self) -> dict[tuple[str, str], int]:
         """{(remedy, status): count} over all actions."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(ActionRow.remedy, ActionRow.status, sa.func.count())
                              .group_by(ActionRow.remedy, ActionRow.status))
             return {(r, st): n for r, st, n in rows}
@@ -421,7 +442,7 @@ class Store:
             return v
 
     def verifications_for(self, incident_id: int) -> list[Verification]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(VerificationRow).where(VerificationRow.incident_id == incident_id).order_by(VerificationRow.id))
             return [Verification(incident_id=r.incident_id, action_id=r.action_id, passed=r.passed, reason=r.reason,
                                  checks=r.checks, recovered_at=r.recovered_at, started_at=r.started_at,
@@ -450,7 +471,7 @@ class Store:
             stmt = stmt.where(OutcomeRow.incident_id == incident_id)
         if category is not None:
             stmt = stmt.where(OutcomeRow.category == category)
-        with self.tx() as s:
+        with self.read() as s:
             return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=OutcomeResult(r.result),
                             attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
                             time_to_recover_s=r.time_to_recover_s, created_at=r.created_at)
@@ -458,7 +479,7 @@ class Store:
 
     def recovery_times(self) -> list[float]:
         """Time to recover (seconds) of every healed incident."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(OutcomeRow.time_to_recover_s).where(
                 OutcomeRow.result == "healed", OutcomeRow.time_to_recover_s.is_not(None)))
             return [float(x) for x in rows if x is not None]
@@ -526,7 +547,7 @@ class Store:
         wanted = sorted(set(names))
         if not wanted:
             return {}
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(ApiTokenRow.name, ApiTokenRow.root_identity)
                              .where(ApiTokenRow.name.in_(wanted)).order_by(ApiTokenRow.id))
             found: dict[str, str] = {}
@@ -536,18 +557,18 @@ class Store:
 
     def token_by_hash(self, token_hash: str) -> ApiToken | None:
         """The token with this sha256 (hex), active or not; None when there is none."""
-        with self.tx() as s:
+        with self.read() as s:
             row = s.scalar(sa.select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash))
             return token_model(row) if row is not None else None
 
     def list_tokens(self) -> list[ApiToken]:
         """Every token ever created (revoked ones too), oldest first."""
-        with self.tx() as s:
+        with self.read() as s:
             return [token_model(r) for r in s.scalars(sa.select(ApiTokenRow).order_by(ApiTokenRow.id))]
 
     def count_active_tokens(self) -> int:
         now = utcnow()
-        with self.tx() as s:
+        with self.read() as s:
             return s.scalar(sa.select(sa.func.count()).select_from(ApiTokenRow).where(
                 ApiTokenRow.revoked_at.is_(None),
                 sa.or_(ApiTokenRow.expires_at.is_(None), ApiTokenRow.expires_at > now))) or 0
@@ -576,16 +597,16 @@ class Store:
         stmt = sa.select(AuditRow).where(AuditRow.seq > after_seq).order_by(AuditRow.seq).limit(limit)
         if incident_id is not None:
             stmt = stmt.where(AuditRow.incident_id == incident_id)
-        with self.tx() as s:
+        with self.read() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
 
     def last_audit_seq(self) -> int:
         """The sequence number of the newest audit entry (0 when the log is empty)."""
-        with self.tx() as s:
+        with self.read() as s:
             return s.scalar(sa.select(sa.func.max(AuditRow.seq))) or 0
 
     def verify_audit(self) -> audit.AuditReport:
-        with self.tx() as s:
+        with self.read() as s:
             return audit.verify(s)
 
     def now(self) -> datetime:
@@ -594,7 +615,7 @@ class Store:
     # -- dashboard queries -------------------------------------------------------------------
     def closed_since(self, since: datetime) -> dict[str, int]:
         """{terminal state: count} of the incidents closed at or after ``since``."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
                              .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
                              .group_by(IncidentRow.state))
@@ -605,7 +626,7 @@ class Store:
         detect and to recover in seconds), oldest first."""
         stmt = (sa.select(OutcomeRow).where(OutcomeRow.attempt == 0)
                 .order_by(OutcomeRow.id.desc()).limit(limit))
-        with self.tx() as s:
+        with self.read() as s:
             rows = list(s.scalars(stmt))
         return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=OutcomeResult(r.result),
                         attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
@@ -613,7 +634,7 @@ class Store:
 
     def last_signal_by_source(self) -> dict[str, tuple[Signal, int]]:
         """{source: (its newest signal, how many signals it sent)}, sources by name."""
-        with self.tx() as s:
+        with self.read() as s:
             latest = (sa.select(SignalRow.source, sa.func.max(SignalRow.id).label("last_id"),
                                 sa.func.count().label("n")).group_by(SignalRow.source).subquery())
             rows = s.execute(sa.select(SignalRow, latest.c.n).join(latest, SignalRow.id == latest.c.last_id)
@@ -635,11 +656,11 @@ class Store:
             stmt = stmt.where(sa.or_(AuditRow.event == event, AuditRow.event.like(prefix, escape="\\")))
         if before_seq is not None:
             stmt = stmt.where(AuditRow.seq < before_seq)
-        with self.tx() as s:
+        with self.read() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
 
     def audit_facets(self) -> dict[str, list[str]]:
         """The distinct actors and events of the audit log (sorted), for filters."""
-        with self.tx() as s:
+        with self.read() as s:
             return {"actors": list(s.scalars(sa.select(AuditRow.actor).distinct().order_by(AuditRow.actor))),
                     "events": list(s.scalars(sa.select(AuditRow.event).distinct().order_by(AuditRow.event)))}
