@@ -23,6 +23,7 @@ from heald.engine.runtime import IngestIncomplete
 from heald.models import Signal
 from heald.store import db
 from heald.store.tables import AuditRow, SignalRow
+from tests.conftest import wait_for
 from tests.store.test_read_path import writer_holding_the_lock
 
 JSON = {"content-type": "application/json"}
@@ -107,7 +108,8 @@ def test_healthz_api_and_dashboard_answer_while_a_writer_holds_the_lock(api) -> 
 
 
 def test_a_big_message_is_stored_in_chunks_with_another_writer_between_and_each_alert_once(api_server) -> None:
-    client, rt = api_server(api={"signals_per_transaction": CHUNK, "max_signals_per_message": 1000})
+    client, rt = api_server(api={"signals_per_transaction": CHUNK, "max_signals_per_message": 1000},
+                            healing={"group_wait_seconds": 0})
     n = 300
     committed: list[int] = []
     between: list[int] = []  # the audit seq of a write made by another thread during the message
@@ -135,6 +137,15 @@ def test_a_big_message_is_stored_in_chunks_with_another_writer_between_and_each_
     with rt.store.read() as s:
         last_signal_audit = s.scalar(sa.select(sa.func.max(AuditRow.seq)).where(AuditRow.actor == "source:alertmanager"))
     assert seq < last_signal_audit
+    # the incidents' healings started once the whole message was stored: every alert joined its
+    # incident before it was diagnosed (as with one transaction), none moved on between chunks
+    wait_for(lambda: _first_transition(rt) is not None, what="a healing to start")
+    assert _first_transition(rt) > last_signal_audit
+
+
+def _first_transition(rt: Runtime) -> int | None:
+    with rt.store.read() as s:
+        return s.scalar(sa.select(sa.func.min(AuditRow.seq)).where(AuditRow.event == "incident.transition"))
 
 
 def test_a_transient_error_in_a_later_chunk_keeps_what_was_stored_and_asks_for_a_retry(api_server, short_busy) -> None:

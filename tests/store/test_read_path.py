@@ -157,5 +157,7 @@ def _waiting(store: Store) -> int:
     """How many writers wait for their turn on ``store``'s database (the gate's queue)."""
     from heald.store import db
 
-    gate = db._gates.get(str(Path(store.engine.url.database or "").resolve()))
+    db_file = db.sqlite_file(store.engine)
+    assert db_file is not None
+    gate = db._gates.get(str(db_file.resolve()))
     return len(gate._queue) if gate is not None else 0

@@ -206,8 +206,8 @@ class Runtime:
     def ingest_many(self, signals: list[Signal], actor: str | None = None) -> list[correlate.IngestResult]:
         """Store and correlate ``signals``, then start healing the incidents they open. They are
         stored in transactions of at most ``api.signals_per_transaction`` (so that other writers
-        and the healings' steps take turns with a big message), each committed before the
-        healings of the incidents it opened start. Each signal is first annotated with the
+        and the healings' steps take turns with a big message); the healings of the incidents
+        the message opened start once all of it is stored (or it stopped). Each signal is first annotated with the
         changes that may have caused it (:mod:`heald.correlate.changes`); one claiming to be
         heald's own sandbox finding is made inert (:func:`heald.ci.incident.from_outside`).
         Raises IngestIncomplete when a transient database error stops it after (or before) some
@@ -217,13 +217,16 @@ class Runtime:
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
-        for start in range(0, len(signals), size):
-            chunk = signals[start:start + size]
-            part = self._commit_chunk(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
-            assert part is not None
-            for signal, result in zip(chunk, part, strict=True):
-                log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
-                         incident_id=result.incident_id, opened=result.opened)
+        try:
+            for start in range(0, len(signals), size):
+                chunk = signals[start:start + size]
+                part = self._commit_chunk(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
+                assert part is not None
+                for signal, result in zip(chunk, part, strict=True):
+                    log.info("signal.ingested", source=signal.source, service=signal.service,
+                             status=signal.status.value, incident_id=result.incident_id, opened=result.opened)
+        finally:
+            self._start_healings(results)
         return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
@@ -240,14 +243,17 @@ class Runtime:
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
-        for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery when it has none
-            part = self._commit_chunk(lambda session: ingest_delivery(
-                session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
-            if part is None:
-                if chunk == 0:
-                    log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
-                    return None
-                break
+        try:
+            for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery without any
+                part = self._commit_chunk(lambda session: ingest_delivery(
+                    session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
+                if part is None:
+                    if chunk == 0:
+                        log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
+                        return None
+                    break
+        finally:
+            self._start_healings(results)
         return results
 
     def _ingest_chunk(self, signals: list[Signal], actor: str | None, session: Session) -> list[correlate.IngestResult]:
@@ -256,9 +262,9 @@ class Runtime:
     def _commit_chunk(self, store: Callable[[Session], list[correlate.IngestResult] | None],
                       done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
         """Run ``store`` (storing one chunk of a message's signals) in a transaction of its
-        own; once committed, add its results to ``done`` and start the healings of the
-        incidents it opened. Returns its results (None: it stored nothing). Raises
-        IngestIncomplete (``total``: the message's signals) on a transient database error."""
+        own; once committed, add its results to ``done``. Returns its results (None: it stored
+        nothing). Raises IngestIncomplete (``total``: the message's signals) on a transient
+        database error."""
         try:
             with self.store.tx() as session:
                 part = store(session)
@@ -270,10 +276,16 @@ class Runtime:
             return None
         failpoint("ingest.after_commit")
         done.extend(part)
-        for result in part:
+        return part
+
+    def _start_healings(self, results: list[correlate.IngestResult]) -> None:
+        """Start the healings of the incidents ``results`` opened: once a message is stored (or
+        stopped), so that its alerts have joined their incidents before these are diagnosed,
+        as with a message stored in one transaction (a crash before this point leaves them to
+        :meth:`resume_open_incidents`)."""
+        for result in results:
             if result.opened and result.incident_id is not None:
                 self.start_healing(result.incident_id)
-        return part
 
     def start_healing(self, incident_id: int) -> None:
         """Start (or find, if already started) the durable workflow of an incident."""

@@ -40,7 +40,7 @@ from heald.models import (
     utcnow,
 )
 from heald.store import audit
-from heald.store.db import create_engine, is_sqlite, write_gate
+from heald.store.db import create_engine, is_sqlite, sqlite_file, write_gate
 from heald.store.tables import (
     ActionRow,
     ApiTokenRow,
@@ -143,9 +143,8 @@ class Store:
         self.url = url
         self.engine = create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        database = sa.make_url(self.engine.url).database or ""
-        in_memory = is_sqlite(self.engine) and (database in ("", ":memory:") or database.startswith("file:"))
         # an in-memory SQLite database exists once per connection: reads must use the writers' engine
+        in_memory = is_sqlite(self.engine) and sqlite_file(self.engine) is None
         self.read_engine = self.engine if in_memory else create_engine(url, read_only=True)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 

@@ -16,7 +16,7 @@ import hashlib
 import threading
 from collections import deque
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,18 @@ def normalize_url(url: str) -> str:
 def is_sqlite(engine_or_url: Engine | str) -> bool:
     url = engine_or_url if isinstance(engine_or_url, str) else str(engine_or_url.url)
     return url.startswith("sqlite")
+
+
+def sqlite_file(engine_or_url: Engine | str) -> Path | None:
+    """The database file of a SQLite URL or engine; None for another database, an in-memory
+    SQLite database or a ``file:`` URI."""
+    if not is_sqlite(engine_or_url):
+        return None
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else sa.make_url(normalize_url(engine_or_url))
+    db_path = url.database
+    if not db_path or db_path == ":memory:" or db_path.startswith("file:"):
+        return None
+    return Path(db_path)
 
 
 def _private_database_file(path: Path) -> None:
@@ -68,9 +80,8 @@ def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine
     ``read_only`` makes every transaction ``READ ONLY``."""
     url = normalize_url(url)
     if is_sqlite(url):
-        db_path = sa.make_url(url).database
-        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
-            _private_database_file(Path(db_path))
+        if (db_file := sqlite_file(url)) is not None:
+            _private_database_file(db_file)
         engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
                                   **kwargs)
 
@@ -134,7 +145,7 @@ _gates: dict[str, _FairLock] = {}
 _gates_lock = threading.Lock()
 
 
-def write_gate(engine: Engine) -> Any:
+def write_gate(engine: Engine) -> AbstractContextManager[None]:
     """A context manager a write transaction on ``engine`` is opened in.
 
     SQLite file: the writers of this process on that file take turns in arrival order (a
@@ -142,12 +153,10 @@ def write_gate(engine: Engine) -> Any:
     writer that waits longer than :data:`SQLITE_BUSY_TIMEOUT` goes on without its turn and
     meets SQLite's own busy timeout. Other databases (and in-memory SQLite): nothing.
     """
-    if not is_sqlite(engine):
+    db_file = sqlite_file(engine)
+    if db_file is None:
         return nullcontext()
-    db_path = engine.url.database
-    if not db_path or db_path == ":memory:" or db_path.startswith("file:"):
-        return nullcontext()
-    key = str(Path(db_path).resolve())
+    key = str(db_file.resolve())
     with _gates_lock:
         gate = _gates.setdefault(key, _FairLock())
     return _turn(gate)
