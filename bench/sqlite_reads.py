@@ -177,6 +177,7 @@ def run_one(size: int, mode: str, work: Path, probe: bool = True) -> dict[str, A
         for p in pollers:
             p.finish()
         result: dict[str, Any] = {"size": size, "mode": mode, "status": r.status_code, "ingest_s": t1 - t0,
+                                  "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
                                   "accepted": len(r.json().get("accepted", [])) if r.status_code < 600 else 0}
         for name, p in zip(("healthz", "dashboard"), pollers, strict=False):
             during = [(d, ok) for start, d, ok in p.samples if t0 <= start < t1]
@@ -220,7 +221,8 @@ def main() -> None:
                 if not args.json:
                     alone = f" (alone: {res['alone_ingest_s']:.1f} s)" if "alone_ingest_s" in res else ""
                     print(f"{size:>6} alerts, {mode:<3}: HTTP {res['status']}, {res['accepted']} accepted, "
-                          f"ingest {res['ingest_s']:.1f} s{alone}", flush=True)
+                          f"ingest {res['ingest_s']:.1f} s{alone}; load average {res['loadavg_1m']:.1f} on "
+                          f"{res['cpus']} CPUs", flush=True)
                     for name in ("healthz", "dashboard"):
                         d = res[name]
                         print(f"    {name:<9} during ingest: n={d['n']:<4} failed={d['failed']:<3} "
