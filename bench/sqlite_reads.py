@@ -9,7 +9,10 @@ every 50 ms each, whether the last probe answered or not (as a monitoring prober
 not answered within 5 s failed). Prints, per endpoint, p50/p99/max latency and the failed
 probes among those sent during the ingestion, and the ingestion's total time (the POST's round
 trip) — with the probes, and alone (a second heald, nothing probing: the cost of the chunks
-themselves, apart from the CPU the answered reads take on this machine).
+themselves, apart from the CPU the answered reads take on this machine). A control process
+(one busy thread, one sleeping 10 ms in a loop) shows how late the machine and the GIL alone
+wake a thread of a busy Python process meanwhile: on a shared machine under load that floor,
+not heald's locking, dominates the tail.
 
 Behaviours:
 
@@ -138,6 +141,28 @@ class Prober(threading.Thread):
         self._client.close()
 
 
+#: A control: a separate Python process with one thread busy computing (as heald's thread that
+#: stores the message) and one that sleeps 10 ms again and again, recording how late it wakes:
+#: what this machine (other processes' load) and the GIL alone add to the latency of a thread
+#: in a busy Python process, apart from anything heald does.
+CONTROL = """
+import json, sys, threading, time
+done = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+def busy():
+    x = 0
+    while not done.is_set():
+        x = (x * 31 + 7) % 1000003
+threading.Thread(target=busy, daemon=True).start()
+late = []
+while not done.is_set():
+    t = time.monotonic()
+    time.sleep(0.01)
+    late.append(time.monotonic() - t - 0.01)
+print(json.dumps(late))
+"""
+
+
 def run_one(size: int, mode: str, work: Path, probe: bool = True) -> dict[str, Any]:
     """Start a heald, ingest one message of ``size`` alerts while probing (unless not
     ``probe``); the figures."""
@@ -169,15 +194,20 @@ def run_one(size: int, mode: str, work: Path, probe: bool = True) -> dict[str, A
         pollers = [Prober(f"{base}/healthz"), Prober(f"{base}/")] if probe else []
         for p in pollers:
             p.start()
+        control = subprocess.Popen([sys.executable, "-c", CONTROL], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True)
         time.sleep(0.5 if probe else 0)  # a few probes before, as a baseline
         t0 = time.monotonic()
         r = httpx.post(f"{base}/v1/webhooks/alertmanager", content=body,
                        headers={"content-type": "application/json"}, timeout=1800)
         t1 = time.monotonic()
+        late = json.loads(control.communicate("", timeout=60)[0])
         for p in pollers:
             p.finish()
         result: dict[str, Any] = {"size": size, "mode": mode, "status": r.status_code, "ingest_s": t1 - t0,
                                   "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count(),
+                                  "control_late_ms": {"p50": pct(late, 0.5) * 1000, "p99": pct(late, 0.99) * 1000,
+                                                      "max": max(late, default=math.nan) * 1000},
                                   "accepted": len(r.json().get("accepted", [])) if r.status_code < 600 else 0}
         for name, p in zip(("healthz", "dashboard"), pollers, strict=False):
             during = [(d, ok) for start, d, ok in p.samples if t0 <= start < t1]
@@ -223,6 +253,10 @@ def main() -> None:
                     print(f"{size:>6} alerts, {mode:<3}: HTTP {res['status']}, {res['accepted']} accepted, "
                           f"ingest {res['ingest_s']:.1f} s{alone}; load average {res['loadavg_1m']:.1f} on "
                           f"{res['cpus']} CPUs", flush=True)
+                    c = res["control_late_ms"]
+                    print(f"    control: a 10 ms sleep beside a busy thread in another Python process woke late by "
+                          f"p50={c['p50']:.1f} ms p99={c['p99']:.1f} ms max={c['max']:.1f} ms (machine + GIL, no heald)",
+                          flush=True)
                     for name in ("healthz", "dashboard"):
                         d = res[name]
                         print(f"    {name:<9} during ingest: n={d['n']:<4} failed={d['failed']:<3} "
