@@ -165,7 +165,9 @@ class Store:
     @contextmanager
     def tx(self) -> Iterator[Session]:
         """A session in one write transaction: committed on success, rolled back on error.
-        SQLite: it holds the database's write lock from its start (``BEGIN IMMEDIATE``)."""
+        SQLite: it holds the database's write lock from its start (``BEGIN IMMEDIATE``), and
+        this process's writers get it in arrival order (:func:`heald.store.db.write_gate`).
+        Reads belong in :meth:`read`."""
         with write_gate(self.engine), self._sessions.begin() as session:
             yield session
 
