@@ -213,7 +213,8 @@ def run_one(size: int, mode: str, work: Path, probe: bool = True) -> dict[str, A
             during = [(d, ok) for start, d, ok in p.samples if t0 <= start < t1]
             before = [d for start, d, ok in p.samples if start < t0 and ok]
             latencies = [d for d, _ in during]
-            result[name] = {"n": len(during), "failed": sum(not ok for _, ok in during),
+            slow = sorted(round(start - t0, 1) for start, d, _ in p.samples if t0 <= start < t1 and d > 0.1)
+            result[name] = {"n": len(during), "failed": sum(not ok for _, ok in during), "slow_at_s": slow,
                             "p50_ms": pct(latencies, 0.5) * 1000, "p99_ms": pct(latencies, 0.99) * 1000,
                             "max_ms": max(latencies, default=math.nan) * 1000,
                             "idle_p50_ms": pct(before, 0.5) * 1000}
@@ -262,6 +263,9 @@ def main() -> None:
                         print(f"    {name:<9} during ingest: n={d['n']:<4} failed={d['failed']:<3} "
                               f"p50={d['p50_ms']:8.1f} ms  p99={d['p99_ms']:8.1f} ms  max={d['max_ms']:8.1f} ms"
                               f"   (idle p50 {d['idle_p50_ms']:.1f} ms)", flush=True)
+                        if 0 < len(d["slow_at_s"]) <= 40:
+                            print(f"              over 100 ms: probes sent at {d['slow_at_s']} s after the POST",
+                                  flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
         return
