@@ -262,7 +262,7 @@ def release_lease(store: Store, incident_id: int, target: str | None = None) -> 
 def leases(store: Store) -> list[dict[str, Any]]:
     """Every lease held now (expired ones included, marked), by target."""
     now = utcnow()
-    with store.tx() as s:
+    with store.read() as s:
         return [{"target": r.target, "incident_id": r.incident_id, "holder": r.holder,
                  "acquired_at": r.acquired_at.isoformat(), "expires_at": r.expires_at.isoformat(),
                  "expired": r.expires_at <= now}
@@ -340,7 +340,7 @@ def _trip_reason(row: CircuitBreakerRow, threshold: int, window_seconds: float, 
 
 def breakers(store: Store) -> list[dict[str, Any]]:
     """Every target's breaker (open and closed), by target."""
-    with store.tx() as s:
+    with store.read() as s:
         return [_breaker_json(r) for r in s.scalars(sa.select(CircuitBreakerRow).order_by(CircuitBreakerRow.target))]
 
 

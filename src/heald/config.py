@@ -727,6 +727,11 @@ class ApiConfig(_Section):
                                             "authentication; GitHub sends up to 25 MB for some events)")
     max_signals_per_message: int = Field(default=1000, ge=1, le=100_000,
                                          description="most alerts or events one webhook message may carry (413 above)")
+    signals_per_transaction: int = Field(default=500, ge=1, le=100_000,
+                                         description="a message's signals are stored in transactions of at most this "
+                                                     "many, so that reads and other writers are not held up by a big "
+                                                     "message; the chunks already stored stay stored if a later one "
+                                                     "fails (the answer is then 503 with Retry-After)")
 
 
 class WebhookConfig(_Section):

@@ -81,7 +81,7 @@ class StoreCollector(Collector):
                          "Time from the first failing signal to verified recovery, per healed incident",
                          self.store.recovery_times(), TTR_BUCKETS)
 
-        with self.store.tx() as s:
+        with self.store.read() as s:
             opened = s.execute(sa.select(IncidentRow.started_at, IncidentRow.detected_at)).all()
             escalations = s.scalar(sa.select(sa.func.count()).select_from(AuditRow).where(
                 AuditRow.event == "incident.transition", AuditRow.details["to"].as_string() == "escalated")) or 0

@@ -32,7 +32,8 @@ def routes(rt: Runtime) -> APIRouter:
 
     @router.get("/healthz")
     def healthz() -> dict[str, Any]:
-        """Liveness and readiness: the database answers and the engine runs."""
+        """Liveness and readiness: the database answers a read (which never waits for a writer,
+        such as a big webhook message being stored) and the engine runs."""
         rt.store.count_incidents_by_state()
         return {"status": "ok", "version": __version__, "engine": rt.started}
 

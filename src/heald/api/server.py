@@ -8,6 +8,7 @@ browser goes away) and bound the graceful shutdown.
 
 from __future__ import annotations
 
+import gc
 import socket
 import threading
 import time
@@ -26,6 +27,13 @@ def make_server(rt: Runtime, host: str, port: int) -> tuple[FastAPI, uvicorn.Ser
     """The application over ``rt`` and a uvicorn server for it on ``host:port`` (port 0: any
     free port; read the bound one from :func:`bound_port` once started)."""
     app = create_app(rt)
+    # What heald holds once started (modules, DBOS, the application) lives as long as the
+    # process: moved out of the cyclic garbage collector's generations (Python's gc.freeze), a
+    # full collection — which holds the GIL, so every request waits for it — then walks only
+    # what was allocated since, e.g. a big webhook message's alerts, not all of heald (a
+    # 20,000-alert message: three collections of 50 ms at most instead of 90-140 ms each).
+    gc.collect()
+    gc.freeze()
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
                                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS))
     app.state.should_exit = lambda: server.should_exit  # ends the dashboard's live streams on shutdown

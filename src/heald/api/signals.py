@@ -2,7 +2,10 @@
 and ``POST /v1/webhooks/{source}`` (any registered webhook source, see :mod:`heald.sources`).
 
 A signal is stored (committed) before the 2xx answer is sent, so an accepted signal is never
-lost to a crash.
+lost to a crash. A big message is stored in chunks (``api.signals_per_transaction``); when a
+transient database error stops it, the chunks stored stay stored and the answer is 503 with
+``Retry-After`` and the signals stored so far (Alertmanager and most senders retry a 5xx;
+a redelivery stores only what is missing, see :mod:`heald.correlate.deliveries`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
 from heald.auth import Principal, require, webhook_principal
+from heald.correlate import IngestResult
 from heald.engine import Runtime
+from heald.engine.runtime import IngestIncomplete
 from heald.http_limits import HealdRoute
 from heald.jsontext import quote
 from heald.models import Role
@@ -57,11 +62,25 @@ class Accepted(BaseModel):
     suppressed_by: str | None = None
 
 
+#: Seconds a sender is asked to wait (``Retry-After``) before sending again a message that a
+#: transient database error stopped.
+RETRY_AFTER_SECONDS = 5
+
+
+def _retry_detail(exc: IngestIncomplete) -> str:
+    return (f"{len(exc.accepted)} of the message's {exc.total} signals were stored before a transient database "
+            f"error ({type(exc.cause).__name__}); send it again after {RETRY_AFTER_SECONDS} s (signals already "
+            f"stored are not lost)")
+
+
 def routes(rt: Runtime) -> APIRouter:
     router = APIRouter(tags=["signals"], route_class=HealdRoute)
 
     def accept(signal: SignalModel, actor: str | None = None) -> Accepted:
-        r = rt.ingest(signal, actor=actor)
+        try:
+            r = rt.ingest(signal, actor=actor)
+        except IngestIncomplete as exc:
+            raise HTTPException(503, detail=_retry_detail(exc), headers={"Retry-After": str(RETRY_AFTER_SECONDS)}) from exc
         return Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened, suppressed_by=r.suppressed_by)
 
     @router.post("/v1/signals", status_code=202, response_model=Accepted)
@@ -79,7 +98,9 @@ def routes(rt: Runtime) -> APIRouter:
         token, 422 naming the field for a payload the source rejects, 413 for a body over
         ``api.max_body_bytes`` (before authentication) or a message of more than
         ``api.max_signals_per_message`` alerts or events. Every signal of the payload is stored
-        in one transaction before the 202 is sent."""
+        before the 202 is sent, in transactions of at most ``api.signals_per_transaction``; 503
+        with ``Retry-After`` and the signals stored so far (``accepted``) when a transient
+        database error stopped it."""
         plugin = WEBHOOK_SOURCES.get(source)
         if plugin is None:
             raise HTTPException(404, detail=f"unknown source {quote(source)}; known: {', '.join(sorted(WEBHOOK_SOURCES))}")
@@ -101,15 +122,23 @@ def routes(rt: Runtime) -> APIRouter:
             return JSONResponse({"detail": f"too many alerts or events in one message: {len(signals)}; at most {cap} "
                                            f"are accepted (api.max_signals_per_message)"}, 413)
         delivery = plugin.delivery_id(request.headers)
-        if delivery:
-            results = await run_in_threadpool(rt.ingest_delivery, source, delivery, signals, f"source:{source}")
-            if results is None:
-                return JSONResponse({"accepted": [], "duplicate": True, "delivery": delivery,
-                                     "reason": f"delivery {delivery} was accepted before; this redelivery is dropped"}, 202)
-        else:
-            results = await run_in_threadpool(rt.ingest_many, signals, f"source:{source}")
-        accepted = [Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened,
-                             suppressed_by=r.suppressed_by).model_dump() for r in results]
-        return JSONResponse({"accepted": accepted}, 202)
+        try:
+            if delivery:
+                results = await run_in_threadpool(rt.ingest_delivery, source, delivery, signals, f"source:{source}")
+                if results is None:
+                    return JSONResponse({"accepted": [], "duplicate": True, "delivery": delivery,
+                                         "reason": f"delivery {delivery} was accepted before; this redelivery is "
+                                                   f"dropped"}, 202)
+            else:
+                results = await run_in_threadpool(rt.ingest_many, signals, f"source:{source}")
+        except IngestIncomplete as exc:
+            return JSONResponse({"accepted": _accepted(exc.accepted), "detail": _retry_detail(exc)}, 503,
+                                headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        return JSONResponse({"accepted": _accepted(results)}, 202)
 
     return router
+
+
+def _accepted(results: list[IngestResult]) -> list[dict[str, Any]]:
+    return [Accepted(signal_id=r.signal_id, incident_id=r.incident_id, opened=r.opened,
+                     suppressed_by=r.suppressed_by).model_dump() for r in results]

@@ -108,7 +108,7 @@ def list_silences(store: Store, state: str | None = None) -> list[dict[str, Any]
     if state is not None and state not in STATES:
         raise SilenceError("state", f"expected one of {', '.join(STATES)}, got {state!r}")
     now = utcnow()
-    with store.tx() as s:
+    with store.read() as s:
         rows = [silence_json(r, now) for r in s.scalars(sa.select(SilenceRow).order_by(SilenceRow.id.desc()))]
     return [r for r in rows if state is None or r["state"] == state]
 

@@ -9,15 +9,19 @@ incident it opens. :func:`submit_approval` records a human's verdict and wakes t
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
+import sqlalchemy as sa
 import structlog
 from dbos import DBOS, DBOSClient, SetWorkflowID
+from sqlalchemy.orm import Session
 
 from heald import __version__, correlate
 from heald._failpoints import failpoint
@@ -38,6 +42,7 @@ from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, Store
 from heald.store.checkpoints import Checkpointer
+from heald.store.retry import TransientDatabaseError
 from heald.supervise import Supervisor
 
 log = structlog.get_logger("heald.engine")
@@ -48,6 +53,25 @@ ATTENTION_TOPIC = "attention"
 #: An incident opened this recently without a workflow is left to its opener by the reaper.
 _JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
+
+#: Database errors after which storing a message's signals again can succeed (locked, deadlock,
+#: serialization failure, a dropped connection): the sender is asked to retry.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+
+
+class IngestIncomplete(RuntimeError):
+    """Storing a message of ``total`` signals stopped on ``cause``, a transient database error
+    (:data:`TRANSIENT_DB_ERRORS`), after this call had stored (committed, their incidents'
+    healings started) ``accepted``, possibly none. Sending the message again is safe: a
+    redelivery with a delivery id stores only what is missing; signals without one join the
+    incidents their fingerprints already have."""
+
+    def __init__(self, accepted: list[correlate.IngestResult], total: int, cause: Exception):
+        first_line = str(cause).splitlines()[0] if str(cause) else ""
+        super().__init__(f"{len(accepted)} of {total} signals stored before {type(cause).__name__}: {first_line}")
+        self.accepted = accepted
+        self.total = total
+        self.cause = cause
 
 
 def runtime() -> Runtime:
@@ -370,47 +394,59 @@ class Runtime:
         return self.ingest_many([signal], actor)[0]
 
     def ingest_many(self, signals: list[Signal], actor: str | None = None) -> list[correlate.IngestResult]:
-        """Store and correlate ``signals`` in one transaction (all or none: a webhook's batch is
-        accepted whole), then start healing the incidents they open. Each signal is first
-        annotated with the changes that may have caused it (:mod:`heald.correlate.changes`);
-        one claiming to be heald's own sandbox finding is made inert
-        (:func:`heald.ci.incident.from_outside`)."""
+        """Store and correlate ``signals``, then start healing the incidents they open. They are
+        stored in transactions of at most ``api.signals_per_transaction`` (so that other writers
+        and the healings' steps take turns with a big message); the healings of the incidents
+        the message opened start once all of it is stored (or it stopped). Each signal is first annotated with the
+        changes that may have caused it (:mod:`heald.correlate.changes`); one claiming to be
+        heald's own sandbox finding is made inert (:func:`heald.ci.incident.from_outside`).
+        Raises IngestIncomplete when a transient database error stops it after (or before) some
+        chunks were committed."""
         from heald.ci.incident import from_outside
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
-        results = self.store.transact(lambda session: [correlate.ingest(session, s, self.config, actor=actor)
-                                                        for s in signals])
-        failpoint("ingest.after_commit")
-        self.wake_approval_waits(signals, results)
-        for signal, result in zip(signals, results, strict=True):
-            log.info("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
-                     incident_id=result.incident_id, opened=result.opened)
-            if result.opened and result.incident_id is not None:
-                self.start_healing(result.incident_id)
-        self.reap_joined(results)
+        size = self.config.api.signals_per_transaction
+        results: list[correlate.IngestResult] = []
+        try:
+            for start in range(0, len(signals), size):
+                chunk = signals[start:start + size]
+                part = self._commit_chunk(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
+                assert part is not None
+                for signal, result in zip(chunk, part, strict=True):
+                    log.info("signal.ingested", source=signal.source, service=signal.service,
+                             status=signal.status.value, incident_id=result.incident_id, opened=result.opened)
+        finally:
+            self._after_ingest(signals[:len(results)], results)
         return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
                         actor: str | None = None) -> list[correlate.IngestResult] | None:
-        """Store and correlate one webhook delivery's signals together with its delivery id;
-        None (nothing stored) for a redelivery. Each signal is annotated with its suspect
-        changes first (as in :meth:`ingest_many`). Starts healing the incidents they open."""
+        """Store and correlate one webhook delivery's signals, remembering the delivery id, in
+        transactions of at most ``api.signals_per_transaction`` (as :meth:`ingest_many`; see
+        :func:`heald.correlate.deliveries.ingest_delivery`). Returns the signals this call
+        stored, or None (nothing stored) for a redelivery of a delivery stored whole; a
+        redelivery of one stored in part stores the rest. Starts healing the incidents they
+        open. Raises IngestIncomplete as :meth:`ingest_many` does."""
         from heald.ci.incident import from_outside
         from heald.correlate.deliveries import ingest_delivery
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
-        results = self.store.transact(lambda session: ingest_delivery(session, source, delivery_id, signals,
-                                                                       self.config, actor=actor))
-        if results is None:
-            log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
-            return None
-        self.wake_approval_waits(signals, results)
-        for r in results:
-            if r.opened and r.incident_id is not None:
-                self.start_healing(r.incident_id)
-        self.reap_joined(results)
+        size = self.config.api.signals_per_transaction
+        results: list[correlate.IngestResult] = []
+        try:
+            for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery without any
+                part = self._commit_chunk(lambda session: ingest_delivery(
+                    session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
+                if part is None:
+                    if chunk == 0:
+                        log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
+                        return None
+                    break
+        finally:
+            # a delivery's results are those of its last signals (an earlier attempt may have stored the first)
+            self._after_ingest(signals[len(signals) - len(results):], results)
         return results
 
     def wake_approval_waits(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
@@ -433,6 +469,40 @@ class Runtime:
             except Exception:  # the wait re-reads the signals at its next wake-up anyway
                 log.exception("wait.wake_failed", incident_id=inc_id)
         return len(woken)
+
+    def _ingest_chunk(self, signals: list[Signal], actor: str | None, session: Session) -> list[correlate.IngestResult]:
+        return [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
+
+    def _commit_chunk(self, store: Callable[[Session], list[correlate.IngestResult] | None],
+                      done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
+        """Run ``store`` (storing one chunk of a message's signals) in a transaction of its
+        own; once committed, add its results to ``done``. Returns its results (None: it stored
+        nothing). Raises IngestIncomplete (``total``: the message's signals) on a transient
+        database error."""
+        try:
+            part = self.store.transact(store)  # a transient error is retried first (heald.store.retry)
+        except (TransientDatabaseError, *TRANSIENT_DB_ERRORS) as exc:
+            incomplete = IngestIncomplete(list(done), total, exc)
+            log.warning("ingest.incomplete", stored=len(done), total=total, error=str(incomplete))
+            raise incomplete from exc
+        if part is None:
+            return None
+        failpoint("ingest.after_commit")
+        done.extend(part)
+        return part
+
+    def _after_ingest(self, signals: list[Signal], results: list[correlate.IngestResult]) -> None:
+        """Once a message is stored (or stopped): wake the waits its resolved ``signals`` end
+        (:meth:`wake_approval_waits`), start the healings of the incidents ``results`` opened —
+        only now, so that its alerts have joined their incidents before these are diagnosed, as
+        with a message stored in one transaction (a crash before this point leaves them to
+        :meth:`resume_open_incidents`) — and end the incidents joined whose workflow died
+        meanwhile (:meth:`reap_joined`)."""
+        self.wake_approval_waits(signals, results)
+        for result in results:
+            if result.opened and result.incident_id is not None:
+                self.start_healing(result.incident_id)
+        self.reap_joined(results)
 
     def start_healing(self, incident_id: int) -> None:
         """Start (or find, if already started) the durable workflow of an incident."""

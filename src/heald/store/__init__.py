@@ -40,7 +40,7 @@ from heald.models import (
     utcnow,
 )
 from heald.store import audit
-from heald.store.db import create_engine, install_lock_order
+from heald.store.db import create_engine, install_lock_order, is_sqlite, sqlite_file, write_gate
 from heald.store.retry import is_transient, retry_transient, retrying
 from heald.store.tables import (
     ActionRow,
@@ -136,29 +136,41 @@ def _jsonable(value: Any) -> Any:
 
 class Store:
     """Persistence for heald. ``url`` is a SQLAlchemy URL (``sqlite:///path`` or
-    ``postgresql://…``). Thread-safe: each call uses its own session."""
+    ``postgresql://…``). Thread-safe: each call uses its own session.
+
+    Writes go through :meth:`tx`, reads through :meth:`read`: a read never waits for a writer
+    (SQLite in WAL mode, a reader sees the last commit), see :mod:`heald.store.db`."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = create_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         install_lock_order(self._sessions)  # the writer lock first, always (heald.store.db)
+        # an in-memory SQLite database exists once per connection: reads must use the writers' engine
+        in_memory = is_sqlite(self.engine) and sqlite_file(self.engine) is None
+        self.read_engine = self.engine if in_memory else create_engine(url, read_only=True)
+        self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> None:
         """Bring the schema to the newest migration (idempotent)."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
+        with write_gate(self.engine), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
     def close(self) -> None:
         self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
 
     @contextmanager
     def tx(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error.
+        """A session in one write transaction: committed on success, rolled back on error.
+        SQLite: it holds the database's write lock from its start (``BEGIN IMMEDIATE``), and
+        this process's writers get it in arrival order (:func:`heald.store.db.write_gate`).
+        Reads belong in :meth:`read`.
 
         A commit whose answer is lost with its connection (a transient error, see
         :mod:`heald.store.retry`) counts as done when the audit entry the transaction appended
@@ -167,7 +179,7 @@ class Store:
         (:func:`heald.store.retry.retry_transient`); code that calls ``tx()`` itself retries
         as fits its work.
         """
-        with self._sessions() as session:
+        with write_gate(self.engine), self._sessions() as session:
             session.begin()
             yield session  # an error in the block: closing the session rolls back
             try:
@@ -199,11 +211,21 @@ class Store:
             return False
         return False
 
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A session in one read-only transaction, for reads: it takes no write lock and never
+        waits for a writer (SQLite: a deferred ``BEGIN`` in WAL mode, seeing the last commit;
+        PostgreSQL: ``READ ONLY``, no advisory lock). A write in it raises (SQLite
+        ``PRAGMA query_only``: ``attempt to write a readonly database``; PostgreSQL:
+        ``cannot execute … in a read-only transaction``)."""
+        with self._read_sessions.begin() as session:
+            yield session
+
     # -- incidents -------------------------------------------------------------------------
     @retry_transient
     def get_incident(self, incident_id: int) -> Incident:
         """Raises NotFound."""
-        with self.tx() as s:
+        with self.read() as s:
             row = s.get(IncidentRow, incident_id)
             if row is None:
                 raise NotFound(f"no incident {incident_id}")
@@ -220,12 +242,12 @@ class Store:
             stmt = stmt.where(IncidentRow.state.in_([s.value for s in states]))
         if service is not None:
             stmt = stmt.where(IncidentRow.service == service)
-        with self.tx() as s:
+        with self.read() as s:
             return [incident_model(r) for r in s.scalars(stmt)]
 
     @retry_transient
     def count_incidents_by_state(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))
             return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
@@ -281,13 +303,13 @@ class Store:
     # -- signals ---------------------------------------------------------------------------
     @retry_transient
     def signals_for(self, incident_id: int) -> list[Signal]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(SignalRow).where(SignalRow.incident_id == incident_id).order_by(SignalRow.id))
             return [signal_model(r) for r in rows]
 
     @retry_transient
     def count_signals_by_source(self) -> dict[str, int]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
             return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
 
@@ -312,7 +334,7 @@ class Store:
 
     @retry_transient
     def diagnoses_for(self, incident_id: int) -> list[Diagnosis]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(DiagnosisRow).where(DiagnosisRow.incident_id == incident_id).order_by(DiagnosisRow.id))
             return [Diagnosis(id=r.id, incident_id=r.incident_id, category=r.category, explanation=r.explanation,
                               evidence=r.evidence, confidence=r.confidence, reasoner=r.reasoner,
@@ -337,7 +359,7 @@ class Store:
     def llm_usage_for(self, incident_id: int) -> dict[str, Any]:
         """An incident's LLM accounting: {"calls": [...], "total": {prompt_tokens,
         completion_tokens, cost_usd, latency_s}}."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(LlmUsageRow).where(LlmUsageRow.incident_id == incident_id)
                              .order_by(LlmUsageRow.id)).all()
             calls: list[dict[str, Any]] = [{"reasoner": r.reasoner, "model": r.model, "calls": r.calls, "prompt_tokens": r.prompt_tokens,
@@ -362,7 +384,7 @@ class Store:
 
     @retry_transient
     def plans_for(self, incident_id: int) -> list[Plan]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(PlanRow).where(PlanRow.incident_id == incident_id).order_by(PlanRow.id))
             return [Plan(incident_id=incident_id, candidates=r.candidates, created_at=r.created_at) for r in rows]
 
@@ -383,14 +405,14 @@ class Store:
 
     @retry_transient
     def decisions_for(self, incident_id: int) -> list[dict[str, Any]]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(DecisionRow).where(DecisionRow.incident_id == incident_id).order_by(DecisionRow.id))
             return [{"id": r.id, "kind": r.kind, "reason": r.reason, "required_approvals": r.required_approvals,
                      "candidate": r.candidate, "created_at": r.created_at} for r in rows]
 
     @retry_transient
     def latest_decision_id(self, incident_id: int) -> int | None:
-        with self.tx() as s:
+        with self.read() as s:
             return s.scalar(sa.select(sa.func.max(DecisionRow.id)).where(DecisionRow.incident_id == incident_id))
 
     @retry_transient
@@ -420,7 +442,7 @@ class Store:
         stmt = sa.select(ApprovalRow).where(ApprovalRow.incident_id == incident_id).order_by(ApprovalRow.id)
         if decision_id is not None:
             stmt = stmt.where(ApprovalRow.decision_id == decision_id)
-        with self.tx() as s:
+        with self.read() as s:
             return [{"approver": r.approver, "verdict": r.verdict, "comment": r.comment,
                      "decision_id": r.decision_id, "created_at": r.created_at} for r in s.scalars(stmt)]
 
@@ -463,14 +485,14 @@ class Store:
 
     @retry_transient
     def actions_for(self, incident_id: int) -> list[Action]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(ActionRow).where(ActionRow.incident_id == incident_id).order_by(ActionRow.id))
             return [action_model(r) for r in rows]
 
     @retry_transient
     def count_actions_by(self) -> dict[tuple[str, str], int]:
         """{(remedy, status): count} over all actions."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(ActionRow.remedy, ActionRow.status, sa.func.count())
                              .group_by(ActionRow.remedy, ActionRow.status))
             return {(r, st): n for r, st, n in rows}
@@ -492,7 +514,7 @@ class Store:
 
     @retry_transient
     def verifications_for(self, incident_id: int) -> list[Verification]:
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(VerificationRow).where(VerificationRow.incident_id == incident_id).order_by(VerificationRow.id))
             return [Verification(incident_id=r.incident_id, action_id=r.action_id, passed=r.passed, reason=r.reason,
                                  checks=r.checks, recovered_at=r.recovered_at, started_at=r.started_at,
@@ -523,7 +545,7 @@ class Store:
             stmt = stmt.where(OutcomeRow.incident_id == incident_id)
         if category is not None:
             stmt = stmt.where(OutcomeRow.category == category)
-        with self.tx() as s:
+        with self.read() as s:
             return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=OutcomeResult(r.result),
                             attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
                             time_to_recover_s=r.time_to_recover_s, created_at=r.created_at)
@@ -532,7 +554,7 @@ class Store:
     @retry_transient
     def recovery_times(self) -> list[float]:
         """Time to recover (seconds) of every healed incident."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.scalars(sa.select(OutcomeRow.time_to_recover_s).where(
                 OutcomeRow.result == "healed", OutcomeRow.time_to_recover_s.is_not(None)))
             return [float(x) for x in rows if x is not None]
@@ -602,7 +624,7 @@ class Store:
         wanted = sorted(set(names))
         if not wanted:
             return {}
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(ApiTokenRow.name, ApiTokenRow.root_identity)
                              .where(ApiTokenRow.name.in_(wanted)).order_by(ApiTokenRow.id))
             found: dict[str, str] = {}
@@ -613,20 +635,20 @@ class Store:
     @retry_transient
     def token_by_hash(self, token_hash: str) -> ApiToken | None:
         """The token with this sha256 (hex), active or not; None when there is none."""
-        with self.tx() as s:
+        with self.read() as s:
             row = s.scalar(sa.select(ApiTokenRow).where(ApiTokenRow.token_hash == token_hash))
             return token_model(row) if row is not None else None
 
     @retry_transient
     def list_tokens(self) -> list[ApiToken]:
         """Every token ever created (revoked ones too), oldest first."""
-        with self.tx() as s:
+        with self.read() as s:
             return [token_model(r) for r in s.scalars(sa.select(ApiTokenRow).order_by(ApiTokenRow.id))]
 
     @retry_transient
     def count_active_tokens(self) -> int:
         now = utcnow()
-        with self.tx() as s:
+        with self.read() as s:
             return s.scalar(sa.select(sa.func.count()).select_from(ApiTokenRow).where(
                 ApiTokenRow.revoked_at.is_(None),
                 sa.or_(ApiTokenRow.expires_at.is_(None), ApiTokenRow.expires_at > now))) or 0
@@ -658,18 +680,18 @@ class Store:
         stmt = sa.select(AuditRow).where(AuditRow.seq > after_seq).order_by(AuditRow.seq).limit(limit)
         if incident_id is not None:
             stmt = stmt.where(AuditRow.incident_id == incident_id)
-        with self.tx() as s:
+        with self.read() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
 
     @retry_transient
     def last_audit_seq(self) -> int:
         """The sequence number of the newest audit entry (0 when the log is empty)."""
-        with self.tx() as s:
+        with self.read() as s:
             return s.scalar(sa.select(sa.func.max(AuditRow.seq))) or 0
 
     @retry_transient
     def verify_audit(self) -> audit.AuditReport:
-        with self.tx() as s:
+        with self.read() as s:
             return audit.verify(s)
 
     def now(self) -> datetime:
@@ -679,7 +701,7 @@ class Store:
     @retry_transient
     def closed_since(self, since: datetime) -> dict[str, int]:
         """{terminal state: count} of the incidents closed at or after ``since``."""
-        with self.tx() as s:
+        with self.read() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count())
                              .where(IncidentRow.closed_at.is_not(None), IncidentRow.closed_at >= since)
                              .group_by(IncidentRow.state))
@@ -691,7 +713,7 @@ class Store:
         detect and to recover in seconds), oldest first."""
         stmt = (sa.select(OutcomeRow).where(OutcomeRow.attempt == 0)
                 .order_by(OutcomeRow.id.desc()).limit(limit))
-        with self.tx() as s:
+        with self.read() as s:
             rows = list(s.scalars(stmt))
         return [Outcome(incident_id=r.incident_id, category=r.category, remedy=r.remedy, result=OutcomeResult(r.result),
                         attempt=r.attempt, time_to_detect_s=r.time_to_detect_s,
@@ -700,7 +722,7 @@ class Store:
     @retry_transient
     def last_signal_by_source(self) -> dict[str, tuple[Signal, int]]:
         """{source: (its newest signal, how many signals it sent)}, sources by name."""
-        with self.tx() as s:
+        with self.read() as s:
             latest = (sa.select(SignalRow.source, sa.func.max(SignalRow.id).label("last_id"),
                                 sa.func.count().label("n")).group_by(SignalRow.source).subquery())
             rows = s.execute(sa.select(SignalRow, latest.c.n).join(latest, SignalRow.id == latest.c.last_id)
@@ -723,12 +745,12 @@ class Store:
             stmt = stmt.where(sa.or_(AuditRow.event == event, AuditRow.event.like(prefix, escape="\\")))
         if before_seq is not None:
             stmt = stmt.where(AuditRow.seq < before_seq)
-        with self.tx() as s:
+        with self.read() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
 
     @retry_transient
     def audit_facets(self) -> dict[str, list[str]]:
         """The distinct actors and events of the audit log (sorted), for filters."""
-        with self.tx() as s:
+        with self.read() as s:
             return {"actors": list(s.scalars(sa.select(AuditRow.actor).distinct().order_by(AuditRow.actor))),
                     "events": list(s.scalars(sa.select(AuditRow.event).distinct().order_by(AuditRow.event)))}

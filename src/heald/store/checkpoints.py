@@ -227,7 +227,7 @@ def write_checkpoint(store: Store, checkpoint_file: Path, key: Ed25519PrivateKey
             if not check_signature(last, key.public_key()):
                 raise CheckpointError(f"{checkpoint_file}: the last checkpoint is not signed by this key "
                                       f"({key_id(key.public_key())}); the file or the key was replaced")
-        with store.tx() as s:
+        with store.read() as s:
             report = audit.verify(s, anchors=[last.anchor()] if last else (),
                                   since=last.anchor() if last and not full else None)
         if not report.intact:
@@ -284,7 +284,7 @@ def verify_with_checkpoints(store: Store, checkpoint_file: Path, public: Ed25519
             return audit.AuditReport(False, 0, problem=f"checkpoint file altered: {where}: checkpoint {cp.n} names "
                                                        f"entry {cp.seq}, before checkpoint {cp.n - 1}'s {checkpoints[-1].seq}")
         checkpoints.append(cp)
-    with store.tx() as s:
+    with store.read() as s:
         report = audit.verify(s, anchors=[c.anchor() for c in checkpoints])
     report.checkpoints = len(checkpoints)
     return report

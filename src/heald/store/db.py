@@ -1,8 +1,13 @@
 """Database engines for heald's store: a SQLite file (WAL mode) by default, PostgreSQL by URL.
 
-SQLite transactions begin with ``BEGIN IMMEDIATE`` so that writers serialize instead of failing
-on a lock upgrade; PostgreSQL writers that must serialize (the audit chain, correlation) take
-a transaction-scoped advisory lock through :func:`lock`.
+Writes and reads take different paths. SQLite write transactions begin with ``BEGIN IMMEDIATE``
+so that writers serialize instead of failing on a lock upgrade, and the writers of one process
+queue for the database's single write lock in arrival order (:func:`write_gate`); reads go
+through an engine of their own (:func:`create_engine` with ``read_only``) whose transactions
+are plain deferred ``BEGIN`` on connections with ``PRAGMA query_only``: in WAL mode a reader
+never waits for a writer, and a write attempted on the read path fails. PostgreSQL reads run in
+``READ ONLY`` transactions; writers that must serialize (the audit chain, correlation) take a
+transaction-scoped advisory lock through :func:`lock`.
 
 Lock order (PostgreSQL). Every writer appends to the one audit hash chain, so writers are
 serialized by one transaction-scoped advisory lock, the *writer lock* (:data:`WRITER_LOCK`, the
@@ -21,6 +26,10 @@ heald's tables must call :func:`take_writer_lock` first.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import deque
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +54,18 @@ def is_sqlite(engine_or_url: Engine | str) -> bool:
     return url.startswith("sqlite")
 
 
+def sqlite_file(engine_or_url: Engine | str) -> Path | None:
+    """The database file of a SQLite URL or engine; None for another database, an in-memory
+    SQLite database or a ``file:`` URI."""
+    if not is_sqlite(engine_or_url):
+        return None
+    url = engine_or_url.url if isinstance(engine_or_url, Engine) else sa.make_url(normalize_url(engine_or_url))
+    db_path = url.database
+    if not db_path or db_path == ":memory:" or db_path.startswith("file:"):
+        return None
+    return Path(db_path)
+
+
 def _private_database_file(path: Path) -> None:
     """The SQLite file and its ``-wal``/``-shm`` companions are readable by their owner only:
     a missing parent directory is created 0700, the file 0600 (SQLite gives ``-wal`` and
@@ -58,16 +79,24 @@ def _private_database_file(path: Path) -> None:
             private_file(companion)
 
 
-def create_engine(url: str, **kwargs: Any) -> Engine:
+#: Seconds a SQLite connection waits for a lock another connection holds (the busy timeout),
+#: and a writer for its turn at :func:`write_gate`.
+SQLITE_BUSY_TIMEOUT = 30.0
+
+
+def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
     """Create an engine for ``url``. For SQLite: the parent directory is created (0700), the
     database file is 0600 (see :func:`_private_database_file`), WAL mode and a 30 s busy
-    timeout are set, and every transaction is ``BEGIN IMMEDIATE``."""
+    timeout are set, and every transaction is ``BEGIN IMMEDIATE`` — or, with ``read_only``, a
+    deferred ``BEGIN`` on a connection with ``PRAGMA query_only`` (a write on it raises
+    ``sqlite3.OperationalError: attempt to write a readonly database``). For PostgreSQL,
+    ``read_only`` makes every transaction ``READ ONLY``."""
     url = normalize_url(url)
     if is_sqlite(url):
-        db_path = sa.make_url(url).database
-        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
-            _private_database_file(Path(db_path))
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        if (db_file := sqlite_file(url)) is not None:
+            _private_database_file(db_file)
+        engine = sa.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False},
+                                  **kwargs)
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -77,15 +106,83 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            if read_only:
+                cur.execute("PRAGMA query_only=ON")
             cur.close()
+
+        begin = "BEGIN" if read_only else "BEGIN IMMEDIATE"
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql(begin)
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
-    return sa.create_engine(url, **kwargs)
+    engine = sa.create_engine(url, **kwargs)
+    return engine.execution_options(postgresql_readonly=True) if read_only else engine
+
+
+class _FairLock:
+    """A lock handed over in arrival order: a thread that releases it and asks again queues
+    behind the threads already waiting (a plain lock, like SQLite's busy handler that polls,
+    lets the releasing thread take it straight back and starve the others)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._owner: int | None = None
+
+    def acquire(self, timeout: float) -> bool:
+        """Wait at most ``timeout`` seconds for this thread's turn; True when it holds the lock.
+        False at once for a thread that holds it already (a write transaction opened inside
+        another one: SQLite's busy timeout then decides, as without the lock)."""
+        me = object()
+        with self._cond:
+            if self._owner == threading.get_ident():
+                return False
+            self._queue.append(me)
+            got = self._cond.wait_for(lambda: self._owner is None and self._queue[0] is me, timeout)
+            if got:
+                self._owner = threading.get_ident()
+            self._queue.remove(me)
+            self._cond.notify_all()  # the next in the queue is now at its head
+            return got
+
+    def release(self) -> None:
+        with self._cond:
+            self._owner = None
+            self._cond.notify_all()
+
+
+_gates: dict[str, _FairLock] = {}
+_gates_lock = threading.Lock()
+
+
+def write_gate(engine: Engine) -> AbstractContextManager[None]:
+    """A context manager a write transaction on ``engine`` is opened in.
+
+    SQLite file: the writers of this process on that file take turns in arrival order (a
+    webhook batch stored in chunks lets the workflow steps waiting meanwhile in between); a
+    writer that waits longer than :data:`SQLITE_BUSY_TIMEOUT` goes on without its turn and
+    meets SQLite's own busy timeout. Other databases (and in-memory SQLite): nothing.
+    """
+    db_file = sqlite_file(engine)
+    if db_file is None:
+        return nullcontext()
+    key = str(db_file.resolve())
+    with _gates_lock:
+        gate = _gates.setdefault(key, _FairLock())
+    return _turn(gate)
+
+
+@contextmanager
+def _turn(gate: _FairLock) -> Iterator[None]:
+    held = gate.acquire(SQLITE_BUSY_TIMEOUT)
+    try:
+        yield
+    finally:
+        if held:
+            gate.release()
 
 
 #: The writer lock's name (see the module docstring); it is the audit chain's lock.
