@@ -55,8 +55,9 @@ _JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
 
 #: Database errors after which storing a message's signals again can succeed (locked, deadlock,
-#: serialization failure, a dropped connection): the sender is asked to retry.
-TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (sa.exc.OperationalError, sa.exc.InterfaceError)
+#: serialization failure, a dropped connection; TransientDatabaseError: heald's own retries of
+#: them were spent): the sender is asked to retry.
+TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (TransientDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError)
 
 
 class IngestIncomplete(RuntimeError):
@@ -481,7 +482,7 @@ class Runtime:
         database error."""
         try:
             part = self.store.transact(store)  # a transient error is retried first (heald.store.retry)
-        except (TransientDatabaseError, *TRANSIENT_DB_ERRORS) as exc:
+        except TRANSIENT_DB_ERRORS as exc:
             incomplete = IngestIncomplete(list(done), total, exc)
             log.warning("ingest.incomplete", stored=len(done), total=total, error=str(incomplete))
             raise incomplete from exc
