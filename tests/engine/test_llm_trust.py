@@ -160,8 +160,8 @@ def test_off_catalog_answers_are_refused_and_recorded(shop: tuple[Runtime, Path]
         return 200, OFF_CATALOG[name][0], 0
 
     llm.responder = off_catalog
-    incidents = {name: raise_alert(rt, name, f"{name}. {INJECTION}") for name in OFF_CATALOG}
-    for name, inc in incidents.items():
+    for name in OFF_CATALOG:  # one after the other: alerts about shop while its incident is open would join it
+        inc = raise_alert(rt, name, f"{name}. {INJECTION}")
         assert settled(rt, inc) == IncidentState.escalated, name
         detail = rt.store.incident_detail(inc)
         assert detail["diagnoses"][0]["category"] == "unknown"  # nothing else recognised the alert
