@@ -216,7 +216,11 @@ class ServiceConfig(_Section):
     probes: list[ProbeConfig] = Field(default_factory=list,
                                       description="active checks of the service (see services.<name>.probes[])")
     depends_on: list[str] = Field(default_factory=list,
-                                  description="services this one needs; their incidents absorb its signals")
+                                  description="services this one needs (a database, a cache, an upstream API): while one of "
+                                              "them fails, this service's signals join the dependency's incident, and "
+                                              "a dependency's signal takes over this service's incident still in "
+                                              "group_wait, so that one incident is healed and its remedy targets the "
+                                              "dependency")
     labels: dict[str, str] = Field(default_factory=dict, description="labels added to every signal of this service")
     config_repo: ConfigRepoConfig | None = Field(default=None,
                                                  description="the service's configuration in a git repository "
@@ -595,15 +599,49 @@ class InhibitRule(_Section):
         return v
 
 
+class CorrelationRoute(_Section):
+    """One route of ``correlation.routes``, as a route of Alertmanager's routing tree: a signal
+    matching all ``matchers`` is grouped by this route's ``group_by`` and its new incident waits
+    this route's ``group_wait_seconds`` before diagnosis; a key left out falls back to
+    ``correlation.group_by`` and ``healing.group_wait_seconds``. The first matching route wins."""
+
+    matchers: list[str] = Field(default_factory=list,
+                                description="label matchers (name=\"value\", name=~\"regex\", …) over the signal's labels "
+                                            "and source, kind, service, severity; none: every signal matches")
+    group_by: list[str] | None = Field(default=None, min_length=1,
+                                       description="labels whose values make the grouping key of a matching signal "
+                                                   "(null: correlation.group_by)")
+    group_wait_seconds: float | None = Field(default=None, ge=0,
+                                             description="how long an incident this route opens waits for more signals "
+                                                         "before diagnosis (null: healing.group_wait_seconds)")
+
+    @field_validator("matchers")
+    @classmethod
+    def _matchers(cls, v: list[str]) -> list[str]:
+        from heald.matchers import parse_matcher
+
+        for text in v:
+            parse_matcher(text)
+        return v
+
+
 class CorrelationConfig(_Section):
-    """How signals become incidents: ``group_by`` labels make the grouping key (as
-    Alertmanager's), ``healing.group_wait_seconds`` is how long an incident waits for more
-    signals before diagnosis, and ``services.<name>.depends_on`` is the dependency map (a
-    dependency's incident absorbs its dependents' signals). A change (a config commit, a
-    release) made within ``change_window_seconds`` before a failure began is suspect."""
+    """How signals become incidents (docs/correlation.md). Signals about the same target (the
+    service, host or commit they are about) join its open incident whatever their alert names;
+    signals a sender grouped (Alertmanager's ``groupKey``) join one incident; otherwise
+    ``group_by`` labels make the grouping key (as Alertmanager's), per ``routes``.
+    ``healing.group_wait_seconds`` is how long an incident waits for more signals before
+    diagnosis, and ``services.<name>.depends_on`` is the dependency map (a dependency's incident
+    absorbs its dependents' signals). A change (a config commit, a release) made within
+    ``change_window_seconds`` before a failure began is suspect."""
 
     group_by: list[str] = Field(default_factory=lambda: ["service", "alertname"], min_length=1,
-                                description="labels whose values make the grouping key of an incident")
+                                description="labels whose values make the grouping key of an incident "
+                                            "(signals about one target join its incident whatever the key)")
+    routes: list[CorrelationRoute] = Field(default_factory=list,
+                                           description="per-signal group_by and group_wait_seconds, as Alertmanager's "
+                                                       "routing tree: the first route whose matchers all match applies "
+                                                       "(see correlation.routes[])")
     change_window_seconds: Seconds = Field(default=900.0,
                                            description="a change made this long before a failure began is suspect")
     inhibit_rules: list[InhibitRule] = Field(default_factory=list, description="label-based inhibition "

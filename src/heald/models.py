@@ -168,6 +168,9 @@ class Signal(_Model):
     received_at: datetime | None = None
     incident_id: int | None = None
     suppressed_by: str | None = Field(default=None, description="why this signal starts nothing (silence, inhibition), if it does")
+    group: str | None = Field(default=None, max_length=2000,
+                              description="the sender's own grouping (Alertmanager's groupKey): the signals of one "
+                                          "group join one incident")
 
     @field_validator("starts_at", "ends_at", "received_at")
     @classmethod

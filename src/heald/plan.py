@@ -40,18 +40,22 @@ class PlanResult:
 
 def make_plan(incident_id: int, finding: Finding, signals: list[Signal], tried: set[str],
               rates: dict[str, Posterior], rng: random.Random | None = None,
-              heald: remedies.HealdSelf | None = None) -> PlanResult:
+              heald: remedies.HealdSelf | None = None, service: str | None = None) -> PlanResult:
     """Build the plan: the runbook's remedies, then remedies the reasoner proposed itself
     (``finding.remedies``). ``tried`` holds remedy names or candidate keys already applied on this
     incident; ``rates`` the learned posteriors for the diagnosed category; ``rng`` the source of
     the Thompson draws (default: a fresh, unseeded one; tests pass a seeded one). With ``heald``
     (its configuration), a remedy that cannot act on its target at all
     (:meth:`heald.remedies.Remedy.cannot_apply`, e.g. ``restart_process`` for a service heald does
-    not manage) is dropped with its reason."""
+    not manage) is dropped with its reason. The runbook's parameters are filled from the newest
+    firing signal it applies to, one about ``service`` (the incident's: the root cause, when a
+    dependent's signals joined a dependency's incident) first."""
     candidates: list[RemedyCandidate] = []
     dropped: list[str] = []
     if finding.runbook is not None:
         firing = [s for s in reversed(signals) if s.status == SignalStatus.firing] or list(reversed(signals))
+        if service:  # stable: newest first within each side
+            firing.sort(key=lambda s: s.service != service)
         context = signal_context(next((s for s in firing if finding.runbook.applies_to(s, finding.diagnosis.category)), firing[0]))
         for rr in finding.runbook.remedies:
             try:

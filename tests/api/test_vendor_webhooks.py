@@ -31,7 +31,7 @@ def _start(api_server: Any, **more: Any) -> Any:
     return api_server(token_role=None, webhooks={k: {"secret": v} for k, v in SECRETS.items()}, **more)
 
 
-def test_grafanas_example_opens_an_incident_per_alert_and_resolved_closes_them(api_server) -> None:
+def test_grafanas_example_group_opens_one_incident_and_resolved_closes_it(api_server) -> None:
     client, rt = _start(api_server)
     assert client.post("/v1/webhooks/grafana", content=GRAFANA, headers=JSON).status_code == 401
     wrong = client.post("/v1/webhooks/grafana", content=GRAFANA, headers={**JSON, "authorization": "Bearer nope"})
@@ -40,7 +40,9 @@ def test_grafanas_example_opens_an_incident_per_alert_and_resolved_closes_them(a
     r = client.post("/v1/webhooks/grafana", content=GRAFANA, headers=auth)
     assert r.status_code == 202, r.text
     accepted = r.json()["accepted"]
-    assert len(accepted) == 2 and all(a["opened"] for a in accepted)
+    # the two alerts of one notification group (groupKey "{}:{}") make one incident
+    assert len(accepted) == 2 and [a["opened"] for a in accepted] == [True, False]
+    assert accepted[0]["incident_id"] == accepted[1]["incident_id"]
     resolved = json.loads(GRAFANA)
     resolved["status"] = "resolved"
     for alert in resolved["alerts"]:

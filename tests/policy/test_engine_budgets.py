@@ -114,7 +114,8 @@ def test_one_healing_per_target_at_a_time(tmp_path: Path, start_runtime) -> None
                       policy={"budgets": {"cooldown_seconds": 0, "lease_poll_seconds": 0.05}})
     cfg.runbooks = [rb]
     rt = start_runtime(cfg, run_probes=False)
-    ids = [rt.ingest(Signal(source="test", service="svc", labels={"alertname": n, "service": "svc"})).incident_id
+    # two targets (signals about one target would join one incident) whose remedies act on svc
+    ids = [rt.ingest(Signal(source="test", service=f"view-{n}", labels={"alertname": n})).incident_id
            for n in ("A", "B")]
     assert ids[0] != ids[1]
     for i in ids:

@@ -1,16 +1,19 @@
-"""Correlation: signals become incidents.
+"""Correlation: signals become incidents. One root cause, one incident (DESIGN.md invariant 4).
 
-:func:`ingest` is the stage's entry: it fingerprints a signal, stores it, and, unless a silence
-or an inhibition rule suppresses it (:mod:`heald.correlate.inhibit`), joins it to the
-open incident with the same fingerprint or grouping key, or to an open incident of a service
-it depends on (:mod:`heald.correlate.dependencies`), or opens a new incident. It runs in the
-caller's transaction, so a signal that was accepted is stored before anything answers
-(DESIGN.md invariant 6), and writers on one grouping key (and on the dependency map) are
+:func:`ingest` is the stage's entry: it resolves the configured service a signal is about
+(:mod:`heald.correlate.targets`), fingerprints it, stores it, and, unless a silence or an
+inhibition rule suppresses it (:mod:`heald.correlate.inhibit`), joins it to the open incident
+with the same fingerprint, of the same sender's group (Alertmanager's ``groupKey``) or grouping
+key, about the same target (whatever its alert name), or of a service it depends on
+(:mod:`heald.correlate.dependencies`), or opens a new incident. It runs in the caller's
+transaction, so a signal that was accepted is stored before anything answers (DESIGN.md
+invariant 6), and writers on one grouping key, one target (and on the dependency map) are
 serialized.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -22,13 +25,14 @@ from heald.config import HealdConfig
 from heald.correlate.dependencies import dependencies_of, dependents_of, has_dependencies
 from heald.correlate.fingerprint import fingerprint, group_key
 from heald.correlate.inhibit import suppressed_by
+from heald.correlate.targets import COMMIT_LABEL, group_by_for, resolve_service, target_of
 from heald.models import OPEN_STATES, Signal, SignalStatus, utcnow
 from heald.store import audit
 from heald.store.db import lock
 from heald.store.tables import IncidentRow, SignalRow
 
-__all__ = ["IngestResult", "Join", "JoinedBy", "audit_join", "find_incident", "fingerprint", "group_key", "ingest",
-           "open_incident", "store_signal"]
+__all__ = ["IngestResult", "Join", "JoinedBy", "audit_join", "find_incident", "fingerprint", "group_key",
+           "grouping_key", "ingest", "open_incident", "store_signal"]
 
 
 class JoinedBy(StrEnum):
@@ -36,7 +40,8 @@ class JoinedBy(StrEnum):
 
     new_incident = "new_incident"  #: a firing signal nothing explains: it opens an incident
     same_fingerprint = "same_fingerprint"  #: the open incident where its fingerprint fired before
-    same_group = "same_group"  #: the open incident with its grouping key (``correlation.group_by``)
+    same_group = "same_group"  #: the open incident with its grouping key (the sender's group, else ``group_by``)
+    same_target = "same_target"  #: the open incident about the same target, whatever its alert name
     dependency = "dependency"  #: the open incident of a service its service depends on
     took_over_dependent = "took_over_dependent"  #: a dependent's incident still ``observing``, retargeted at it
     explained_by_dependency = "explained_by_dependency"  #: a dependency's incident, closed since, open when it began
@@ -81,17 +86,21 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
     moves that incident's start back (not a closed incident it is only recorded with).
     """
     now = utcnow()
+    if (service := resolve_service(signal, config)) is not None and service != signal.service:
+        signal = signal.model_copy(update={"service": service})
     fp = signal.fingerprint or fingerprint(signal)
-    key = group_key(signal, config.correlation.group_by)
+    key = grouping_key(signal, config)
     if (why := suppressed_by(session, signal, fp, config, now)) is not None:
         return _store_suppressed(session, signal, fp, key, why, now, actor)
     if has_dependencies(config, signal.service):  # one lock for the whole map (taken first, always): no race
         lock(session, "heald.correlate.dependencies")
+    if (target := target_of(signal.service, signal.labels, config)) is not None:  # target before key, always
+        lock(session, f"heald.correlate.target.{target}")
     lock(session, f"heald.correlate.{key}")
     join = find_incident(session, signal, fp, key, config, now)
     incident = open_incident(session, signal, fp, key, config, now) if join.how == JoinedBy.new_incident \
         else _join(join, signal, fp, key, now)
-    row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by)
+    row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by, key)
     audit_join(session, signal, join, row, incident, key, actor)
     return IngestResult(row.id, incident.id if incident else None, join.how == JoinedBy.new_incident,
                         signal.suppressed_by, join.how)
@@ -99,32 +108,52 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
 
 def find_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
                   now: datetime) -> Join:
-    """The incident ``signal`` (fingerprint ``fp``, grouping key ``key``) joins, and how. Reads
-    only; the caller holds the locks.
+    """The incident ``signal`` (fingerprint ``fp``, grouping key ``key``, its service already
+    resolved by :func:`heald.correlate.targets.resolve_service`) joins, and how. Reads only; the
+    caller holds the locks.
 
     A signal joins, in this order: the open incident with its fingerprint; the open incident
-    with its grouping key. A firing signal of a service in ``correlation.dependencies`` then
-    joins the open incident of a service its service depends on (nearest first); else, when a
-    service depending on its service has an incident still in ``observing``, takes that
-    incident over (the caller retargets it); else, when its failure began while an incident of a
-    service it depends on was open and that incident has closed since (its verification covered
-    the dependents), it is recorded with that incident. A resolved signal is else recorded with
-    the latest incident its fingerprint fired in, and never opens one. Anything else firing
-    opens a new incident."""
+    with its grouping key (the sender's group, see :func:`grouping_key`: every signal of one
+    Alertmanager notification group joins one incident); the open incident about the same
+    target (:func:`heald.correlate.targets.target_of`), whatever its alert name. A firing
+    signal of a service in the dependency map then joins the open incident of a service its
+    service depends on (nearest first); else, when a service depending on its service has an
+    incident still in ``observing``, takes that incident over (the caller retargets it); else,
+    when its failure began while an incident of a service it depends on was open and that
+    incident has closed since (its verification covered the dependents), it is recorded with
+    that incident. A firing signal about a dependency of the incident it joined by group or
+    target takes that incident over too while it is ``observing``: the incident is about the
+    root cause. A resolved signal is else recorded with the latest incident its fingerprint
+    fired in, and never opens one. Anything else firing opens a new incident."""
     open_states = [s.value for s in OPEN_STATES]
     by_fp = session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
         SignalRow.fingerprint == fp, IncidentRow.state.in_(open_states)).order_by(IncidentRow.id.desc()).limit(1))
     if by_fp is not None:
         return Join(JoinedBy.same_fingerprint, by_fp)
-    by_key = session.scalar(sa.select(IncidentRow).where(IncidentRow.group_key == key, IncidentRow.state.in_(open_states))
-                            .order_by(IncidentRow.id.desc()).limit(1))
-    if by_key is not None:
-        return Join(JoinedBy.same_group, by_key)
+    if (by_key := _open_incident_of_group(session, key, open_states)) is not None:
+        return _root(Join(JoinedBy.same_group, by_key), signal, config)
+    if (by_target := _open_incident_of_target(session, signal, config, open_states)) is not None:
+        return _root(Join(JoinedBy.same_target, by_target), signal, config)
     if (by_map := _join_by_dependency(session, signal, config, now)) is not None:
         return by_map
     if signal.status == SignalStatus.resolved and (latest := _latest_with_fingerprint(session, fp)) is not None:
         return Join(JoinedBy.resolves_closed, latest)
     return Join(JoinedBy.new_incident if signal.status == SignalStatus.firing else JoinedBy.unmatched)
+
+
+def grouping_key(signal: Signal, config: HealdConfig) -> str:
+    """The grouping key of ``signal`` (its service already resolved): ``group:<source>:<group>``
+    for a signal its sender grouped (Alertmanager's ``groupKey``; hashed when longer than 120
+    characters), else :func:`group_key` over its route's ``group_by``
+    (:func:`heald.correlate.targets.group_by_for`), to which a CI signal's commit is always added:
+    CI failures are one incident per (repository, commit)."""
+    if signal.group:
+        key = f"group:{signal.source}:{signal.group}"
+        return key if len(key) <= 120 else "group:sha256:" + hashlib.sha256(key.encode()).hexdigest()[:32]
+    group_by = group_by_for(signal, config)
+    if signal.labels.get(COMMIT_LABEL) and COMMIT_LABEL not in group_by:
+        group_by = [*group_by, COMMIT_LABEL]
+    return group_key(signal, group_by)
 
 
 def open_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
@@ -191,14 +220,15 @@ def _retarget(join: Join, signal: Signal, fp: str, key: str) -> None:
 
 
 def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incident_id: int | None,
-                 suppressed: str | None) -> SignalRow:
+                 suppressed: str | None, key: str | None = None) -> SignalRow:
     """Store ``signal`` with its fingerprint, received ``now``, with incident ``incident_id``
-    (None: none) and the reason it was ``suppressed`` (None: it was not)."""
+    (None: none), the reason it was ``suppressed`` (None: it was not) and the grouping ``key``
+    it was correlated under."""
     row = SignalRow(
         source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
         severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
         annotations=signal.annotations, fingerprint=fp, starts_at=signal.starts_at or now, ends_at=signal.ends_at,
-        received_at=now, raw_ref=signal.raw_ref, incident_id=incident_id, suppressed_by=suppressed,
+        received_at=now, raw_ref=signal.raw_ref, incident_id=incident_id, suppressed_by=suppressed, group_key=key,
     )
     session.add(row)
     session.flush()
@@ -224,6 +254,12 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
     if join.how == JoinedBy.dependency:
         reason += f" (joined: {signal.service} depends on {join.related}, whose incident is open)"
         details["inhibited_by_dependency"] = join.related
+    elif join.how == JoinedBy.same_target:
+        reason += f" (joined: it is about {signal.service or signal.labels.get('instance')}, whose incident is open)"
+        details["joined_by"] = "same_target"
+    elif join.how == JoinedBy.same_group and key.startswith("group:"):
+        reason += f" (joined: {signal.source} grouped it with this incident's signals)"
+        details["joined_by"] = "sender_group"
     elif join.how == JoinedBy.resolves_closed:
         reason += f" (the incident was already {incident.state})"
     elif join.how == JoinedBy.explained_by_dependency:
@@ -237,6 +273,44 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
                      reason=f"{join.related} depends on {signal.service}, which fails too: the incident is "
                             f"now about {signal.service}, the likelier root cause",
                      details={"from": join.related, "to": signal.service, "group_key": key})
+
+
+def _open_incident_of_group(session: Session, key: str, states: list[str]) -> IncidentRow | None:
+    """The newest open incident with grouping key ``key``, or holding a signal correlated under it
+    (a group that joined an incident by target or dependency keeps joining it)."""
+    by_key = session.scalar(sa.select(IncidentRow).where(IncidentRow.group_key == key, IncidentRow.state.in_(states))
+                            .order_by(IncidentRow.id.desc()).limit(1))
+    if by_key is not None:
+        return by_key
+    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
+        SignalRow.group_key == key, IncidentRow.state.in_(states)).order_by(IncidentRow.id.desc()).limit(1))
+
+
+def _open_incident_of_target(session: Session, signal: Signal, config: HealdConfig,
+                             states: list[str]) -> IncidentRow | None:
+    """The newest open incident about the target of ``signal`` (None when it names none)."""
+    target = target_of(signal.service, signal.labels, config)
+    if target is None:
+        return None
+    query = sa.select(IncidentRow).where(IncidentRow.state.in_(states))
+    query = query.where(IncidentRow.service == signal.service) if signal.service \
+        else query.where(IncidentRow.service.is_(None))
+    for row in session.scalars(query.order_by(IncidentRow.id.desc()).limit(50)):
+        if target_of(row.service, {k: str(v) for k, v in (row.labels or {}).items()}, config) == target:
+            return row
+    return None
+
+
+def _root(join: Join, signal: Signal, config: HealdConfig) -> Join:
+    """``join`` (by group or target), or a takeover when ``signal`` is about a service the
+    joined incident's service depends on and the incident is still ``observing``: the incident
+    is then about that dependency, the likelier root cause."""
+    incident = join.incident
+    if (incident is not None and signal.status == SignalStatus.firing and incident.state == "observing"
+            and signal.service and incident.service and signal.service != incident.service
+            and signal.service in dependencies_of(config, incident.service)):
+        return Join(JoinedBy.took_over_dependent, incident, incident.service)
+    return join
 
 
 def _open_incident_of(session: Session, services: list[str], states: list[str]) -> IncidentRow | None:
@@ -266,7 +340,7 @@ def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
 def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: str, now: datetime,
                       actor: str | None) -> IngestResult:
     """Record a silenced or inhibited signal: stored and audited, joined to no incident."""
-    row = store_signal(session, signal, fp, now, None, why)
+    row = store_signal(session, signal, fp, now, None, why, key)
     silenced = why.startswith("silence ")
     audit.append(session, actor=actor or f"source:{signal.source}",
                  event="signal.silenced" if silenced else "signal.inhibited",

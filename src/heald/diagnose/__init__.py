@@ -100,6 +100,7 @@ class RunbookReasoner:
 
     def diagnose(self, incident: Incident, signals: list[Signal]) -> Finding | None:
         firing = _firing_newest_first(signals)
+        firing.sort(key=lambda s: s.service != incident.service)  # the incident's own service (the root) first
         best: tuple[tuple[int, float], Runbook, Signal] | None = None
         for rb in self.runbooks:
             if rb.diagnosis is None:

@@ -6,9 +6,12 @@ set the LLM may choose from, and ``heald runbooks check`` warns about a category
 vocabulary that no runbook defines).
 
 Categories are related: a *cause* explains *symptoms* (a process that is down explains
-``connection_refused`` on its port; a missing module explains a pytest collection error).
-Two hypotheses *agree* when they name the same category or one explains the other; otherwise
-the reasoners disagree and the gate sees the lower confidence (:func:`agree`).
+``connection_refused`` on its port, and ``database_unavailable`` and ``http_5xx`` for the
+services that use it; a missing module explains a pytest collection error). The relations are
+the ``explains`` column of :data:`CATEGORIES`, listed in docs/diagnosis.md (a test keeps the two
+equal). Two hypotheses *agree* when they name the same category or one explains the other
+(directly or through a chain); then the gate keeps the winner's confidence. Otherwise the
+reasoners disagree and the gate sees the lower confidence (:func:`agree`).
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ _NET = ("connection_refused", "network_timeout", "http_5xx", "unhandled_exceptio
 
 CATEGORIES: dict[str, Category] = {c.name: c for c in [
     # -- services ----------------------------------------------------------------------------
+    # a process that is down explains, for the services that use it, refused connections, an
+    # unavailable database or cache (when it is one: redis, postgres), 5xx and upstream errors
     Category("process_down", "the service's process is not running (crashed, killed, exited)", "service",
-             ("connection_refused", "http_5xx", "network_timeout", "dependency_down")),
+             ("connection_refused", "http_5xx", "network_timeout", "dependency_down", "database_unavailable")),
     Category("dependency_down", "a service this one depends on is down or unreachable (upstream errors)", "service",
              _NET),
     Category("database_unavailable", "the service cannot reach or use its database or cache", "service", _NET),

@@ -50,6 +50,19 @@ def healing_config() -> HealingConfig:
     return runtime().config.healing
 
 
+def group_wait_seconds(incident_id: int) -> float:
+    """How long incident ``incident_id`` waits for more signals before diagnosis: the
+    ``group_wait_seconds`` of the ``correlation.routes`` entry its first signal matches, else
+    ``healing.group_wait_seconds`` (:func:`heald.correlate.targets.group_wait_for`). Not a step:
+    it reads only the configuration and the incident's first signal, which never changes, so a
+    replay computes the same value (and the DBOS sleep it feeds is recorded)."""
+    from heald.correlate.targets import group_wait_for
+
+    rt = runtime()
+    first = rt.store.signals_for(incident_id)[:1]
+    return group_wait_for(first[0], rt.config) if first else rt.config.healing.group_wait_seconds
+
+
 @DBOS.step()
 @retried
 def now_step() -> float:

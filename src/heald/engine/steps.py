@@ -297,7 +297,8 @@ def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> 
     active = [s for s in deps.store.signals_for(incident_id) if s.id in wanted]
     result = make_plan(incident_id, Finding(found.diagnosis, runbook, found.proposed), active, {t.key for t in tried},
                        success_rates(deps.store, found.category), rng=deps.rng,
-                       heald=remedies.HealdSelf(deps.config, deps.supervisor))
+                       heald=remedies.HealdSelf(deps.config, deps.supervisor),
+                       service=deps.store.get_incident(incident_id).service)
     rolled_back = {t.key for t in tried if t.rolled_back}
     kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back]
     result.dropped.extend(f"{c.remedy} {c.params}: tried on this incident, did not heal it, and was undone"

@@ -25,6 +25,7 @@ from heald.engine.dbos_steps import (
     close_step,
     decide_step,
     diagnose_step,
+    group_wait_seconds,
     healing_config,
     learn_step,
     plan_step,
@@ -49,9 +50,8 @@ class Stopped:
 @DBOS.workflow(max_recovery_attempts=50)
 def heal_incident(incident_id: int) -> str:
     """Heal one incident; returns its final state. Reads top to bottom as the pipeline."""
-    cfg = healing_config()
-    if cfg.group_wait_seconds > 0:
-        DBOS.sleep(cfg.group_wait_seconds)  # let correlated signals join before diagnosing
+    if (wait := group_wait_seconds(incident_id)) > 0:  # the incident's route's group_wait
+        DBOS.sleep(wait)  # let correlated signals join before diagnosing
     reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
     attempt = 0
     while True:  # one round per attempt budget: the first, then one per retry a human asks for

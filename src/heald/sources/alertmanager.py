@@ -13,11 +13,14 @@ Each alert becomes one signal: ``status`` firing or resolved (an alert without o
 message's), its labels and annotations, ``starts_at``/``ends_at`` (Go's zero time
 ``0001-01-01T00:00:00Z`` means "not ended"), and Alertmanager's own fingerprint (computed the
 way Alertmanager does when the sender omits it), so a resolved notification finds the
-incident its firing one opened.
+incident its firing one opened. The message's ``groupKey`` (the notification group its route's
+``group_by`` made) is each signal's ``group``: the alerts Alertmanager grouped join one incident
+(:func:`heald.correlate.grouping_key`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Literal, TypeVar
@@ -112,6 +115,14 @@ def _ended(at: datetime | None) -> datetime | None:
     return None if at is None or at.year <= 1 else at
 
 
+def _group(group_key: str) -> str | None:
+    """The signal's ``group`` for a message's ``groupKey``: itself, hashed when it is longer than
+    the field allows; None when the sender gave none."""
+    if len(group_key) > 1000:
+        return "sha256:" + hashlib.sha256(group_key.encode()).hexdigest()
+    return group_key or None
+
+
 def alert_signal(alert: AlertIn, message: MessageIn, where: str = "", source: str = "alertmanager",
                  extra: Mapping[str, str] | None = None) -> Signal:
     """The signal of one alert (see the module docstring); ``where`` prefixes the field named by
@@ -132,7 +143,7 @@ def alert_signal(alert: AlertIn, message: MessageIn, where: str = "", source: st
                   severity=SEVERITIES.get(labels.get("severity", "").lower(), Severity.warning),
                   summary=summary[:10_000], labels=labels, annotations=annotations,
                   fingerprint=alert.fingerprint or label_set_fingerprint(labels),
-                  starts_at=alert.startsAt,
+                  group=_group(message.groupKey), starts_at=alert.startsAt,
                   ends_at=_ended(alert.endsAt) if status == SignalStatus.resolved else None)
 
 

@@ -74,6 +74,9 @@ class SignalRow(Base):
     raw_ref: Mapped[str | None] = mapped_column(sa.String(500))
     incident_id: Mapped[int | None] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
     suppressed_by: Mapped[str | None] = mapped_column(sa.String(500))
+    #: the grouping key the signal was correlated under (heald.correlate.ingest): the incident
+    #: of a sender's group is found by it even after the incident's own key changed
+    group_key: Mapped[str | None] = mapped_column(sa.String(128), index=True)
 
 
 class DiagnosisRow(Base):
