@@ -26,6 +26,7 @@ from heald.correlate.changes import ChangeTracker
 from heald.diagnose import Reasoner, RunbookReasoner
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
+from heald.diagnose.targets import target_logs_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
@@ -103,6 +104,7 @@ class Runtime:
 
             self.reasoners.append(LLMReasoner(config.llm, self.runbooks))
         self.reasoners += metrics_evidence(config)  # recent values of promql probes' queries as evidence
+        self.reasoners += target_logs_evidence(config)  # adopted containers' logs, units' journals
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []

@@ -41,7 +41,7 @@ from heald.supervise import Supervisor
 #: The alertname of a probe's signals when the probe names none.
 DEFAULT_ALERTNAMES = {"http": "ProbeFailed", "tcp": "ProbeFailed", "process": "ProbeFailed",
                       "metric": "MetricThresholdExceeded", "disk": "DiskQuotaExceeded",
-                      "promql": "PromQLThresholdExceeded"}
+                      "promql": "PromQLThresholdExceeded", "container": "ContainerDown", "systemd": "UnitDown"}
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,18 @@ class ProbeResult:
 Checker = Callable[[], ProbeResult]
 
 
-def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None) -> Checker:
-    """The check of ``probe`` as a callable that never raises. Metric probes are stateful:
-    call the same checker again to evaluate rates over its window."""
+def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None,
+                 config: HealdConfig | None = None) -> Checker:
+    """The check of ``probe`` as a callable that never raises. Metric, container and systemd
+    probes are stateful: call the same checker again to evaluate rates over its window or to
+    see restarts between two checks. Container and systemd probes need ``config`` (the targets
+    they name, :mod:`heald.sources.targets`); without it they fail with that reason."""
+    if probe.type in ("container", "systemd"):
+        from heald.sources.targets import ContainerProbe, SystemdProbe
+
+        if config is None:
+            return lambda: ProbeResult(False, f"a {probe.type} probe needs heald's configuration", 0.0, utcnow())
+        return ContainerProbe(probe, config) if probe.type == "container" else SystemdProbe(probe, config)
     if probe.type == "metric":
         return MetricProbe(probe)
     if probe.type == "promql":
@@ -81,7 +90,7 @@ def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None
 def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None) -> ProbeResult:
     """Run ``probe`` once against ``service``. Never raises: a failure is a result. (A metric
     probe run once can judge gauges only; rates need :func:`make_checker`.)"""
-    if probe.type in ("metric", "promql"):
+    if probe.type in ("metric", "promql", "container", "systemd"):
         return make_checker(probe, service, supervisor)()
     t0 = time.monotonic()
     value: float | None = None
@@ -361,6 +370,10 @@ def probe_signal(service: str, probe: ProbeConfig, status: SignalStatus, result:
     labels = {"alertname": probe.alertname or DEFAULT_ALERTNAMES[probe.type], "service": service,
               "probe": probe.label, "probe_type": probe.type}
     annotations = {"detail": result.detail, "consecutive_failures": str(failures)}
+    if probe.type in ("container", "systemd"):
+        labels.update({k: v for k, v in result.labels.items() if k not in labels})
+        if result.value is not None:
+            annotations["restart_count"] = f"{result.value:.0f}"
     if probe.type in ("metric", "promql"):
         labels.update({k: v for k, v in result.labels.items() if k not in labels})
         if probe.type == "metric":
@@ -422,7 +435,7 @@ class ProbeRunner:
             t.join(timeout=5)
 
     def _loop(self, service: str, probe: ProbeConfig) -> None:
-        check = make_checker(probe, service, self.supervisor)
+        check = make_checker(probe, service, self.supervisor, self.config)
         failures = 0
         first_failure: datetime | None = None
         firing = False
