@@ -36,17 +36,22 @@ def _container(ctx: RemedyContext, key: str) -> ContainerConfig:
     return cfg
 
 
-def _own_container_ids() -> set[str]:
-    """Container ids heald's own process runs in, read from /proc/self/cgroup and mountinfo
-    (Docker and podman put the container's 64-hex id in both); empty outside a container."""
+def own_container_ids() -> set[str]:
+    """Container ids heald's own process may run in: the 64-hex ids in /proc/self/cgroup
+    (Docker's ``/docker/<id>``, podman's ``libpod-<id>.scope``) and the host name when it is a
+    12-hex id prefix (the default host name of a Docker or podman container); empty on a host.
+    Best effort: a container with a private cgroup namespace and its own host name hides both."""
     import re
+    import socket
 
     ids: set[str] = set()
-    for f in ("/proc/self/cgroup", "/proc/self/mountinfo"):
-        try:
-            ids.update(re.findall(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])", Path(f).read_text()))
-        except OSError:
-            continue
+    try:
+        ids.update(re.findall(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])", Path("/proc/self/cgroup").read_text()))
+    except OSError:
+        pass
+    host = socket.gethostname()
+    if re.fullmatch(r"[0-9a-f]{12}", host):
+        ids.add(host)
     return ids
 
 
@@ -59,7 +64,8 @@ def _refuse_own(key: str, cfg: ContainerConfig | None, heald: HealdSelf) -> str 
         st = ct.inspect(cfg)
     except TargetError:
         return None
-    if st.id in _own_container_ids() or (st.pid and st.pid in (os.getpid(), os.getppid())):
+    own = own_container_ids()
+    if st.id in own or st.id[:12] in own or (st.pid and st.pid in (os.getpid(), os.getppid())):
         return f"refused: container:{key} ({cfg.name}) is the container heald itself runs in"
     return None
 
