@@ -79,7 +79,8 @@ def test_probe_reads_state_restarts_and_image_changes(tmp_path: Path, images: Im
     assert r.labels["container_state"] == "running" and r.labels["container_image"] == images.good
     assert "container_previous_image" not in r.labels
     podman("kill", container_name)
-    r = wait_for(lambda: (x := check()) and not x.ok and x, what="the probe to see the kill")
+    r = wait_for(lambda: (x := check()) and "code 137" in x.detail and x, what="the probe to see the kill")
+    assert not r.ok
     assert r.labels["container_state"] == "exited" and "exited with code 137" in r.detail
     assert r.labels["oom_killed"] == "false"
     # someone deploys a new image: the probe remembers the one before

@@ -97,10 +97,13 @@ _ERRORS = (docker.errors.DockerException, requests.exceptions.RequestException, 
 def state_of(attrs: dict[str, Any]) -> ContainerState:
     """The :class:`ContainerState` of an inspect answer (``GET /containers/{id}/json``)."""
     st = attrs.get("State") or {}
+    status = st.get("Status") or "unknown"
+    if status in ("stopped", "configured"):  # podman's own words leak through its compat API
+        status = {"stopped": "exited", "configured": "created"}[status]
     health = (st.get("Health") or {}).get("Status") or None
     return ContainerState(id=attrs.get("Id", ""), name=str(attrs.get("Name", "")).lstrip("/"),
                           image=(attrs.get("Config") or {}).get("Image") or "", image_id=attrs.get("Image") or "",
-                          status=st.get("Status") or "unknown", health=health, oom_killed=bool(st.get("OOMKilled")),
+                          status=status, health=health, oom_killed=bool(st.get("OOMKilled")),
                           exit_code=int(st.get("ExitCode") or 0), restart_count=int(attrs.get("RestartCount") or 0),
                           started_at=str(st.get("StartedAt") or ""), error=str(st.get("Error") or ""),
                           pid=int(st.get("Pid") or 0))
