@@ -136,3 +136,123 @@ def container_inspect(name: str) -> dict[str, object]:
     r = podman("inspect", name)
     return json.loads(r.stdout)[0]  # type: ignore[no-any-return]
 
+
+
+@dataclass
+class SystemdHost:
+    """A real systemd as PID 1 in a podman container (the host's /usr and /etc read-only,
+    host networking): ``name`` is the container, ``shared`` a host directory mounted at
+    ``/heald-test`` inside it."""
+
+    name: str
+    shared: Path
+
+    def sh(self, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run ``script`` with sh inside the container."""
+        return podman("exec", self.name, "sh", "-c", script, check=check)
+
+    def add_unit(self, unit: str, body: str) -> None:
+        """Write ``unit`` (a [Service] section etc.) under /run/systemd/system and start it."""
+        self.sh(f"cat > /run/systemd/system/{unit} <<'UNIT'\n{body}\nUNIT\nsystemctl daemon-reload && "
+                f"systemctl reset-failed {unit} 2>/dev/null; systemctl restart {unit}")
+
+    def show(self, unit: str) -> dict[str, str]:
+        out = self.sh(f"systemctl show --property=ActiveState,SubState,Result,InvocationID,MainPID,NRestarts -- {unit}")
+        return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="module")
+def systemd_host() -> Iterator[SystemdHost]:
+    need_podman()
+    tag = f"localhost/heald-test-merged-{uuid.uuid4().hex[:8]}:1"
+    name = f"heald-test-host-{uuid.uuid4().hex[:8]}"
+    shared = Path(tempfile.mkdtemp(prefix="heald-host-"))
+    shared.chmod(0o755)
+    with tempfile.TemporaryDirectory(prefix="heald-merged-") as d:
+        root = Path(d) / "r"
+        for sub in ("usr", "etc", "proc", "sys", "dev", "run", "tmp", "var", "root", "heald-test"):
+            (root / sub).mkdir(parents=True)
+        for link in ("bin", "lib", "lib64", "sbin"):
+            (root / link).symlink_to(f"usr/{link}")
+        subprocess.run(["tar", "-C", str(root), "-cf", f"{d}/merged.tar", "."], check=True)
+        podman("import", f"{d}/merged.tar", tag)
+    try:
+        # boot to a target of our own that needs only sysinit (the journal): the machine's own
+        # services (/etc is the host's) must not start in there
+        units = shared / "units"
+        units.mkdir()
+        (units / "heald-test.target").write_text("[Unit]\nDescription=heald test host\nRequires=sysinit.target\n"
+                                                 "After=sysinit.target\n")
+        podman("run", "-d", "--name", name, "--network", "host", "--systemd=always", *ULIMITS,
+               "-v", "/usr:/usr:ro", "-v", "/etc:/etc:ro", "-v", f"{units}:/etc/systemd/system:ro",
+               "-v", f"{shared}:/heald-test", tag, "/usr/lib/systemd/systemd", "--unit=heald-test.target")
+        host = SystemdHost(name, shared)
+        deadline = time.monotonic() + 60
+        while host.sh("systemctl is-system-running", check=False).stdout.strip() not in ("running", "degraded"):
+            if time.monotonic() > deadline:
+                pytest.fail(f"systemd in {name} did not come up: {host.sh('systemctl --failed', check=False).stdout}")
+            time.sleep(0.2)
+        yield host
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+        podman("rmi", "-f", tag, check=False)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+@dataclass
+class SSHServer:
+    """A real OpenSSH server on a loopback ``port`` (inside ``systemd_host``, so commands over
+    SSH reach that systemd), accepting ``client_key`` for root; ``known_hosts`` holds its real
+    host key, ``wrong_known_hosts`` another key under the same name."""
+
+    port: int
+    client_key: Path
+    known_hosts: Path
+    wrong_known_hosts: Path
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "heald-test", "-f", str(path)], check=True)
+    return Path(f"{path}.pub").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def ssh_server(systemd_host: SystemdHost) -> Iterator[SSHServer]:
+    if shutil.which("sshd") is None and not Path("/usr/sbin/sshd").exists():
+        pytest.skip("OpenSSH's server is not installed (apt-get install openssh-server)")
+    if shutil.which("ssh-keygen") is None:
+        pytest.skip("ssh-keygen is not installed (apt-get install openssh-client)")
+    import socket
+
+    from tests.conftest import free_port
+
+    d = systemd_host.shared
+    host_pub = _keygen(d / "ssh_host_ed25519_key")
+    other_pub = _keygen(d / "other_host_key")
+    client_pub = _keygen(d / "client_key")
+    (d / "authorized_keys").write_text(client_pub + "\n")
+    port = free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey /heald-test/ssh_host_ed25519_key\n"
+        "AuthorizedKeysFile /heald-test/authorized_keys\nPermitRootLogin prohibit-password\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+        "PidFile /run/heald-test-sshd.pid\n")
+    systemd_host.sh("mkdir -p /run/sshd && chmod 0755 /run/sshd")
+    podman("exec", "-d", systemd_host.name, "/usr/sbin/sshd", "-D", "-e", "-f", "/heald-test/sshd_config")
+    known = d / "known_hosts"
+    known.write_text(f"[127.0.0.1]:{port} {' '.join(host_pub.split()[:2])}\n")
+    wrong = d / "wrong_known_hosts"
+    wrong.write_text(f"[127.0.0.1]:{port} {' '.join(other_pub.split()[:2])}\n")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail("sshd did not start")
+        time.sleep(0.1)
+    yield SSHServer(port, d / "client_key", known, wrong)
+    systemd_host.sh("kill $(cat /run/heald-test-sshd.pid) 2>/dev/null", check=False)

@@ -24,13 +24,14 @@ from heald.config import SSHHostConfig
 from heald.targets import TargetError
 from heald.targets.transport import CommandResult
 
-_limits: dict[tuple[str, int, str], threading.BoundedSemaphore] = {}
+_limits: dict[tuple[str, int, str, int], threading.BoundedSemaphore] = {}
 _limits_lock = threading.Lock()
 
 
 def _semaphore(cfg: SSHHostConfig) -> threading.BoundedSemaphore:
-    """The per-host concurrency limit, shared by every runner of the same host and user."""
-    key = (cfg.address, cfg.port, cfg.user)
+    """The per-host concurrency limit, shared by every runner of the same host, user and limit
+    (a configuration reloaded with another ``max_sessions`` gets a limit of its own)."""
+    key = (cfg.address, cfg.port, cfg.user, cfg.max_sessions)
     with _limits_lock:
         sem = _limits.get(key)
         if sem is None:
