@@ -26,8 +26,8 @@ from heald.correlate.changes import ChangeTracker
 from heald.diagnose import Reasoner, RunbookReasoner
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
-from heald.diagnose.targets import target_logs_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.diagnose.targets import target_logs_evidence
 from heald.engine.steps import Deps, workflow_id
 from heald.files import private_dir, private_file
 from heald.models import IncidentState, Signal

@@ -77,7 +77,14 @@ def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None
 
         if config is None:
             return lambda: ProbeResult(False, f"a {probe.type} probe needs heald's configuration", 0.0, utcnow())
-        return ContainerProbe(probe, config) if probe.type == "container" else SystemdProbe(probe, config)
+        read = ContainerProbe(probe, config) if probe.type == "container" else SystemdProbe(probe, config)
+
+        def check() -> ProbeResult:
+            t0 = time.monotonic()
+            r = read()
+            return ProbeResult(r.ok, r.detail, time.monotonic() - t0, utcnow(), no_data=r.no_data, value=r.value,
+                               labels=r.labels)
+        return check
     if probe.type == "metric":
         return MetricProbe(probe)
     if probe.type == "promql":

@@ -3,8 +3,8 @@ state through the Docker Engine API (:mod:`heald.targets.containers`), a ``syste
 unit's through ``systemctl show`` (:mod:`heald.targets.systemd`), locally or over SSH.
 
 Each is a stateful checker (one per probe loop, like a metric probe) returning a
-:class:`~heald.sources.probes.ProbeResult` whose ``labels`` go on the probe's signals, for
-runbooks to match:
+:class:`Reading`, which :func:`heald.sources.probes.make_checker` turns into a probe result;
+its ``labels`` go on the probe's signals, for runbooks to match:
 
 - container: fails when it is not running, its health check says ``unhealthy``, or its
   restart count grew since the previous check (a crash loop under a restart policy). Labels
@@ -23,14 +23,24 @@ cannot judge, and could not act either); a container or unit that does not exist
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass, field
 
 from heald.config import HealdConfig, ProbeConfig
-from heald.models import utcnow
-from heald.sources.probes import ProbeResult
 from heald.targets import TargetError
 from heald.targets import containers as ct
 from heald.targets import systemd as sd
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One check of a target: ``ok``, a human-readable ``detail``, ``no_data`` (could not judge;
+    ``ok`` is then True), ``value`` (its restart count) and the ``labels`` for its signals."""
+
+    ok: bool
+    detail: str
+    no_data: bool = False
+    value: float | None = None
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class ContainerProbe:
@@ -44,14 +54,13 @@ class ContainerProbe:
         self.image: str | None = None
         self.previous_image: str | None = None
 
-    def __call__(self) -> ProbeResult:
-        t0 = time.monotonic()
+    def __call__(self) -> Reading:
         try:
             st = ct.inspect(self.cfg)
         except TargetError as exc:
             gone = str(exc).endswith("not found")
-            return ProbeResult(not gone, str(exc) if gone else f"no data: {exc}", time.monotonic() - t0, utcnow(),
-                               no_data=not gone, labels={"container": self.key, "container_state": "missing"})
+            return Reading(not gone, str(exc) if gone else f"no data: {exc}", no_data=not gone,
+                           labels={"container": self.key, "container_state": "missing"})
         if self.image is not None and st.image != self.image:
             self.previous_image = self.image
         self.image = st.image
@@ -66,7 +75,7 @@ class ContainerProbe:
                   "oom_killed": "true" if st.oom_killed else "false", "container_image": st.image}
         if self.previous_image:
             labels["container_previous_image"] = self.previous_image
-        return ProbeResult(ok, detail, time.monotonic() - t0, utcnow(), value=float(st.restart_count), labels=labels)
+        return Reading(ok, detail, value=float(st.restart_count), labels=labels)
 
 
 class SystemdProbe:
@@ -79,13 +88,11 @@ class SystemdProbe:
         self.runner = sd.runner_for(self.cfg, config, probe.unit)
         self.last_restarts: int | None = None
 
-    def __call__(self) -> ProbeResult:
-        t0 = time.monotonic()
+    def __call__(self) -> Reading:
         try:
             st = sd.unit_state(self.cfg, self.runner)
         except TargetError as exc:
-            return ProbeResult(True, f"no data: {exc}", time.monotonic() - t0, utcnow(), no_data=True,
-                               labels={"unit": self.key})
+            return Reading(True, f"no data: {exc}", no_data=True, labels={"unit": self.key})
         grew = self.last_restarts is not None and st.n_restarts > self.last_restarts
         self.last_restarts = st.n_restarts
         ok = st.active and st.load_state == "loaded" and not grew
@@ -94,4 +101,4 @@ class SystemdProbe:
             detail += " (restarted automatically since the last check)"
         labels = {"unit": self.key, "unit_active_state": st.active_state, "unit_sub_state": st.sub_state,
                   "unit_result": st.result or "none"}
-        return ProbeResult(ok, detail, time.monotonic() - t0, utcnow(), value=float(st.n_restarts), labels=labels)
+        return Reading(ok, detail, value=float(st.n_restarts), labels=labels)
