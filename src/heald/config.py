@@ -207,6 +207,16 @@ class CommandConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict, description="environment variables added for the command")
     timeout_seconds: Seconds = Field(default=60.0, description="limit of one run; the command is killed after it")
     idempotent: bool = Field(default=False, description="safe to run again after a crash mid-run")
+    host: str | None = Field(default=None, pattern=TARGET_KEY_PATTERN,
+                             description="run it on this host of hosts over SSH (default: this machine); "
+                                         "not with cwd or env")
+
+    @model_validator(mode="after")
+    def _remote(self) -> CommandConfig:
+        if self.host is not None and (self.cwd is not None or self.env):
+            raise ValueError("cwd and env apply on this machine only; a command on 'host' runs in the login "
+                             "user's home with its environment")
+        return self
 
 
 class RemediesConfig(_Section):
@@ -519,7 +529,9 @@ class EnvironmentPolicy(_Section):
 BUILTIN_ENVIRONMENTS: dict[str, dict[str, Any]] = {
     "production": {"auto_max_risk": "low", "max_risk": "high",
                    "allowed_remedies": ["restart_process", "rollback_release", "git_revert", "http_request",
-                                        "cleanup_path", "revert_commit", "add_dependency", "lint_autofix"]},
+                                        "cleanup_path", "revert_commit", "add_dependency", "lint_autofix",
+                                        "restart_container", "rollback_container_image", "restart_unit",
+                                        "reload_unit", "reset_failed_unit"]},
     "development": {},
 }
 
@@ -1078,6 +1090,9 @@ class HealdConfig(_Section):
         for name, unit in self.systemd_units.items():
             if unit.host is not None and unit.host not in self.hosts:
                 raise ValueError(f"systemd_units.{name}.host: {unit.host!r} is not a host of hosts")
+        for name, cmd in self.remedies.commands.items():
+            if cmd.host is not None and cmd.host not in self.hosts:
+                raise ValueError(f"remedies.commands.{name}.host: {cmd.host!r} is not a host of hosts")
         for name, svc in self.services.items():
             for i, probe in enumerate(svc.probes):
                 if probe.container is not None and probe.container not in self.containers:

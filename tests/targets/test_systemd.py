@@ -173,6 +173,25 @@ def test_ssh_runs_a_unit_action_and_quotes_arguments(tmp_path: Path, systemd_hos
     assert not (systemd_host.shared / "pwned").exists()
 
 
+def test_an_allowlisted_command_runs_on_its_host(tmp_path: Path, systemd_host: SystemdHost,
+                                                 ssh_server: SSHServer) -> None:
+    marker = f"flushed-{uuid.uuid4().hex[:6]}"
+    cfg = make_config(tmp_path, hosts=ssh_hosts(ssh_server), remedies={"commands": {
+        "flush": {"argv": ["sh", "-c", f"echo done > /heald-test/{marker}; echo flushed", "ignored; touch x"],
+                  "host": "box"},
+        "broken": {"argv": ["sh", "-c", "echo no cache >&2; exit 4"], "host": "box"}}})
+    out = apply("run_command", {"name": "flush"}, ctx_of(cfg))
+    assert out.output == "flush on host box succeeded: flushed"
+    assert (systemd_host.shared / marker).read_text() == "done\n"
+    with pytest.raises(RemedyError, match="broken on host box exited with code 4: no cache"):
+        apply("run_command", {"name": "broken"}, ctx_of(cfg))
+    with pytest.raises(ValidationError, match="cwd and env apply on this machine only"):
+        make_config(tmp_path, hosts=ssh_hosts(ssh_server),
+                    remedies={"commands": {"x": {"argv": ["true"], "host": "box", "cwd": "/tmp"}}})
+    with pytest.raises(ValidationError, match="'nohost' is not a host of hosts"):
+        make_config(tmp_path, remedies={"commands": {"x": {"argv": ["true"], "host": "nohost"}}})
+
+
 @pytest.mark.parametrize("which", ["wrong", "unknown"])
 def test_a_host_with_a_wrong_or_unknown_key_is_refused(tmp_path: Path, systemd_host: SystemdHost,
                                                        ssh_server: SSHServer, which: str) -> None:
