@@ -161,13 +161,14 @@ class SystemdHost:
         return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
-@pytest.fixture(scope="module")
-def systemd_host() -> Iterator[SystemdHost]:
-    need_podman()
-    tag = f"localhost/heald-test-merged-{uuid.uuid4().hex[:8]}:1"
-    name = f"heald-test-host-{uuid.uuid4().hex[:8]}"
-    shared = Path(tempfile.mkdtemp(prefix="heald-host-"))
-    shared.chmod(0o755)
+MERGED = "localhost/heald-test-merged:1"
+
+
+def merged_image() -> str:
+    """An empty merged-/usr image (run it with the host's /usr mounted read-only): built once
+    per machine, kept (it holds nothing but empty directories and four symlinks)."""
+    if podman("image", "exists", MERGED, check=False).returncode == 0:
+        return MERGED
     with tempfile.TemporaryDirectory(prefix="heald-merged-") as d:
         root = Path(d) / "r"
         for sub in ("usr", "etc", "proc", "sys", "dev", "run", "tmp", "var", "root", "heald-test"):
@@ -175,7 +176,17 @@ def systemd_host() -> Iterator[SystemdHost]:
         for link in ("bin", "lib", "lib64", "sbin"):
             (root / link).symlink_to(f"usr/{link}")
         subprocess.run(["tar", "-C", str(root), "-cf", f"{d}/merged.tar", "."], check=True)
-        podman("import", f"{d}/merged.tar", tag)
+        podman("import", f"{d}/merged.tar", MERGED)
+    return MERGED
+
+
+@pytest.fixture(scope="module")
+def systemd_host() -> Iterator[SystemdHost]:
+    need_podman()
+    tag = merged_image()
+    name = f"heald-test-host-{uuid.uuid4().hex[:8]}"
+    shared = Path(tempfile.mkdtemp(prefix="heald-host-"))
+    shared.chmod(0o755)
     try:
         # boot to a target of our own that needs only sysinit (the journal): the machine's own
         # services (/etc is the host's) must not start in there
@@ -195,7 +206,6 @@ def systemd_host() -> Iterator[SystemdHost]:
         yield host
     finally:
         podman("rm", "-f", "-t", "0", name, check=False)
-        podman("rmi", "-f", tag, check=False)
         shutil.rmtree(shared, ignore_errors=True)
 
 

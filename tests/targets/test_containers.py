@@ -173,6 +173,34 @@ def test_rollback_onto_an_image_that_fails_puts_the_old_container_back(
             remedies.validate_params("rollback_container_image", {"container": "web", "to": "localhost/nope:9"}), ctx)
 
 
+def test_heald_refuses_to_act_on_the_container_it_runs_in(tmp_path: Path, docker_api: str,
+                                                         container_name: str) -> None:
+    """heald itself in a podman container with the engine's socket mounted (as people run
+    it), configured to heal that very container: both remedies refuse; the same check from
+    outside the container does not."""
+    import sys
+
+    from tests.conftest import REPO
+    from tests.targets.conftest import ULIMITS, merged_image
+
+    sock = docker_api.removeprefix("unix://")
+    script = ("from heald.config import HealdConfig\n"
+              "from heald.remedies import HealdSelf, get, validate_params\n"
+              f"cfg = HealdConfig.model_validate({{'containers': {{'me': {{'name': {container_name!r}, "
+              "'docker_host': 'unix:///engine.sock'}}})\n"
+              "for name in ('restart_container', 'rollback_container_image'):\n"
+              "    print(get(name).touches_heald(validate_params(name, {'container': 'me'}), HealdSelf(cfg)))\n")
+    r = podman("run", "--name", container_name, "--network", "none", *ULIMITS, "-e", "PYTHONDONTWRITEBYTECODE=1",
+               "-v", "/usr:/usr:ro", "-v", f"{sys.base_prefix}:{sys.base_prefix}:ro", "-v", f"{REPO}:{REPO}:ro",
+               "-v", f"{sock}:/engine.sock", merged_image(), sys.executable, "-c", script, timeout=120)
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and all(f"refused: container:me ({container_name}) is the container heald itself runs in"
+                                   in line for line in lines), r.stdout + r.stderr
+    cfg = make_config(tmp_path, containers={"me": {"name": container_name, "docker_host": docker_api}})
+    params = remedies.validate_params("restart_container", {"container": "me"})
+    assert remedies.get("restart_container").touches_heald(params, remedies.HealdSelf(cfg)) is None
+
+
 def test_container_target_config_is_checked(tmp_path: Path) -> None:
     from pydantic import ValidationError
 

@@ -38,17 +38,29 @@ def _container(ctx: RemedyContext, key: str) -> ContainerConfig:
 
 def own_container_ids() -> set[str]:
     """Container ids heald's own process may run in: the 64-hex ids in /proc/self/cgroup
-    (Docker's ``/docker/<id>``, podman's ``libpod-<id>.scope``) and the host name when it is a
-    12-hex id prefix (the default host name of a Docker or podman container); empty on a host.
-    Best effort: a container with a private cgroup namespace and its own host name hides both."""
+    (Docker's ``/docker/<id>``, podman's ``libpod-<id>.scope``), in the sources of the files the
+    engine mounts over /etc/hostname, /etc/hosts and /etc/resolv.conf (/proc/self/mountinfo:
+    ``…/containers/<id>/hostname``, ``…/overlay-containers/<id>/userdata/hosts``), and the host
+    name when it is a 12-hex id prefix; empty on a host. Best effort: a container with a private
+    cgroup namespace, its own host name and those files not mounted by the engine hides all."""
     import re
-    import socket
 
+    hexid = re.compile(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])")
     ids: set[str] = set()
     try:
-        ids.update(re.findall(r"(?<![0-9a-f])([0-9a-f]{64})(?![0-9a-f])", Path("/proc/self/cgroup").read_text()))
+        ids.update(hexid.findall(Path("/proc/self/cgroup").read_text()))
     except OSError:
         pass
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            # fields[3] is the mount's root in its source, fields[4] where it is mounted here
+            if len(fields) > 4 and fields[4] in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+                ids.update(hexid.findall(fields[3]))
+    except OSError:
+        pass
+    import socket
+
     host = socket.gethostname()
     if re.fullmatch(r"[0-9a-f]{12}", host):
         ids.add(host)
