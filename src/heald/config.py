@@ -66,6 +66,10 @@ class ProbeConfig(_Section):
     A ``promql`` probe asks an existing Prometheus (``url``, its base URL) for the instant value
     of ``query`` (``/api/v1/query``); the worst series is compared with ``above``/``below``, and
     the probe fails only once the comparison has held for ``for_seconds`` (as a rule's ``for``).
+
+    A ``container`` probe checks a container of ``containers`` (``container``: running, health,
+    restarts) and a ``systemd`` probe a unit of ``systemd_units`` (``unit``: active, restarts);
+    see :mod:`heald.sources.targets`.
     """
 
     type: Literal["http", "tcp", "process", "metric", "disk", "promql", "container", "systemd"] = Field(
