@@ -49,9 +49,9 @@ class Images:
     bad: str
 
     @staticmethod
-    def command(port: int) -> list[str]:
+    def command(port: int, address: str = "127.0.0.1") -> list[str]:
         return ["/bin/sh", "-c", f"echo web starting on {port}; test -f /www/ok || {{ echo 'FATAL: /www/ok missing'; "
-                                 f"exit 1; }}; exec /bin/httpd -f -p 127.0.0.1:{port} -h /www"]
+                                 f"exit 1; }}; exec /bin/httpd -f -p {address}:{port} -h /www"]
 
 
 def _import(root: Path, tag: str, release: str, ok: bool) -> None:

@@ -157,6 +157,28 @@ def test_rollback_recreates_with_the_same_configuration_and_undo_goes_forward(
     assert f"on {images.good2} again" in undone.output and serves(port) == "release 2\n"
 
 
+def test_rollback_keeps_published_ports_networks_and_volumes(tmp_path: Path, images: Images, docker_api: str,
+                                                            container_name: str) -> None:
+    port = free_port()
+    volume = f"{container_name}-data"
+    podman("run", "-d", "--name", container_name, "-p", f"127.0.0.1:{port}:8080", "-v", f"{volume}:/data",
+           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", images.good2, *Images.command(8080, "0.0.0.0"))
+    try:
+        wait_for(lambda: serves(port) == "release 2\n", what="the bridged container")
+        ctx = ctx_of(make_config(tmp_path, containers={"web": {"name": container_name, "docker_host": docker_api,
+                                                               "start_period_seconds": 1.0}}))
+        apply_params = remedies.validate_params("rollback_container_image", {"container": "web", "to": images.good})
+        remedies.get("rollback_container_image").apply(apply_params, ctx)
+        assert wait_for(lambda: serves(port), what="the recreated container") == "release 1\n"
+        after = container_inspect(container_name)
+        assert after["HostConfig"]["PortBindings"] == {"8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(port)}]}  # type: ignore[index]
+        assert after["HostConfig"]["NetworkMode"] == "bridge"  # type: ignore[index]
+        assert [m.get("Name") for m in after["Mounts"]] == [volume]  # type: ignore[attr-defined]
+    finally:
+        podman("rm", "-f", "-t", "0", container_name, check=False)
+        podman("volume", "rm", "-f", volume, check=False)
+
+
 def test_rollback_onto_an_image_that_fails_puts_the_old_container_back(
         tmp_path: Path, images: Images, docker_api: str, container_name: str) -> None:
     port = free_port()

@@ -188,8 +188,9 @@ def _host_config(hc: dict[str, Any]) -> dict[str, Any]:
 
 def recreate(cfg: ContainerConfig, image: str) -> tuple[ContainerState, ContainerState]:
     """Replace the container by one with the same configuration (command, entrypoint,
-    environment, labels, working directory, user, health check, host configuration: mounts,
-    network mode, ports, limits, restart policy) on ``image``, under the same name. The image
+    environment, labels, working directory, user, health check, exposed ports, anonymous
+    volumes, host configuration: mounts, network mode, port bindings, limits, restart policy)
+    on ``image``, under the same name. The image
     must be on the engine already (heald pulls nothing).
 
     The old container is stopped and renamed aside first; if the new one does not stay up for
@@ -215,7 +216,8 @@ def recreate(cfg: ContainerConfig, image: str) -> tuple[ContainerState, Containe
                     environment=conf.get("Env") or None, labels=conf.get("Labels") or None,
                     working_dir=conf.get("WorkingDir") or None, user=conf.get("User") or None,
                     healthcheck=conf.get("Healthcheck") or None, stop_signal=conf.get("StopSignal") or None,
-                    tty=bool(conf.get("Tty")), name=old.name, host_config=_host_config(attrs.get("HostConfig") or {}))
+                    tty=bool(conf.get("Tty")), name=old.name, host_config=_host_config(attrs.get("HostConfig") or {}),
+                    ports=list(conf.get("ExposedPorts") or {}) or None, volumes=list(conf.get("Volumes") or {}) or None)
                 new_id = str(created["Id"])
                 c.api.start(new_id)
                 new = _wait_running(c, cfg, new_id, None)
