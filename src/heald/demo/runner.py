@@ -105,7 +105,10 @@ def target_text(action: Action) -> str:
     extra = {"git_revert": lambda: f": revert {str(p.get('commit'))[:10]}",
              "rollback_release": lambda: f": to {p.get('to') or 'the previous release'}",
              "cleanup_path": lambda: f": {p.get('path')}"}.get(action.remedy, lambda: "")
-    return f"{p.get('service', p.get('name', ''))}{extra()}"
+    what = next((str(p[k]) for k in ("service", "container", "unit", "name") if p.get(k)), "")
+    if action.remedy == "rollback_container_image":
+        return f"{what}: to {p.get('to') or 'the previous image'}"
+    return f"{what}{extra()}"
 
 
 def _contains(params: Any, expected: Any) -> bool:
@@ -214,7 +217,10 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
     try:
         if on_start is not None:
             on_start(env)
-        results = [run_fault(env, FAULTS[n], say, timeout) for n in names]
+        results = [run_fault(env, FAULTS[n], say, timeout) if env.targets is not None or not FAULTS[n].needs_targets
+                   else DemoResult(fault=n, injected="", outcome="skipped", expected=fault_names is None,
+                                   reason=f"needs podman: {env.targets_missing}")
+                   for n in names]
         if before_stop is not None:
             before_stop(env, results)
         return results
