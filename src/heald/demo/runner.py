@@ -208,7 +208,7 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
     say: Callable[[str], None] = console.print if console else (lambda _m: None)
     own_dir = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="heald-demo-")) if workdir is None else workdir
-    env = start_demo(wd, with_prometheus=with_prometheus)
+    env = start_demo(wd, with_prometheus=with_prometheus, with_targets=any(FAULTS[n].needs_targets for n in names))
     say(f"heald is watching the demo system in [cyan]{wd}[/]: the shop on {env.shop_url}, "
         f"payments on port {env.ports['payments']}")
     if env.monitoring is not None:

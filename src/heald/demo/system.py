@@ -173,7 +173,7 @@ def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = T
     if targets:  # the adopted container and systemd unit (heald.demo.targets)
         data["containers"] = targets["containers"]
         data["systemd_units"] = targets["systemd_units"]
-        data["services"].update(targets["services"])
+        data["services"] = {**data["services"], **targets["services"]}  # type: ignore[dict-item]
     cfg = HealdConfig.model_validate(data)
     cfg.resolve_paths(workdir)
     return cfg
@@ -256,10 +256,12 @@ def wait_healthy(url: str, timeout: float = 15.0) -> None:
     raise TimeoutError(f"{url} did not become healthy within {timeout:g} s")
 
 
-def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: float = 20.0) -> DemoEnv:
+def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: float = 20.0,
+               with_targets: bool = True) -> DemoEnv:
     """Build the demo system in ``workdir`` (emptied first), start heald's runtime over it and
-    the load generator; returns once the shop answers. Where podman can run, the system also
-    has a web container and a worker systemd unit heald adopts (:mod:`heald.demo.targets`). ``with_prometheus``: the shop's metrics
+    the load generator; returns once the shop answers. With ``with_targets``, where podman can
+    run, the system also has a web container and a worker systemd unit heald adopts
+    (:mod:`heald.demo.targets`). ``with_prometheus``: the shop's metrics
     are watched by a real Prometheus and Alertmanager (:mod:`heald.demo.monitoring`) instead of
     heald's metric probes, and heald serves its API on loopback to receive their alerts.
     Raises RuntimeError when they are not installed or do not start."""
@@ -277,7 +279,8 @@ def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: flo
     from heald.demo.targets import DemoTargets, missing
 
     targets: DemoTargets | None = None
-    if (why := missing()) is None:
+    why = missing() if with_targets else "not asked for"
+    if why is None:
         ports.update(web=free_port(), worker=free_port())
         targets = DemoTargets(workdir, ports)
         targets.start()
