@@ -90,6 +90,39 @@ def test_probe_reads_state_restarts_and_image_changes(tmp_path: Path, images: Im
     assert r.ok and r.labels["container_previous_image"] == images.good and r.labels["container_image"] == images.good2
 
 
+def test_probe_fails_on_an_unhealthy_health_check(tmp_path: Path, images: Images, docker_api: str,
+                                                   container_name: str) -> None:
+    port = free_port()
+    # --health-interval 0: no timer (this machine has no systemd to run podman's); checks run on demand
+    run_web(container_name, images.good, port, "--health-cmd", "test -f /www/ok", "--health-retries", "1",
+            "--health-interval", "0")
+    podman("healthcheck", "run", container_name)
+    cfg = web_config(tmp_path, container_name, docker_api, port)
+    check = make_checker(cfg.services["web"].probes[0], "web", None, cfg)
+    r = check()
+    assert r.ok and r.labels["container_health"] == "healthy", r.detail
+    podman("exec", container_name, "/bin/busybox", "rm", "/www/ok")
+    podman("healthcheck", "run", container_name, check=False)
+    r = check()
+    assert not r.ok and r.labels["container_health"] == "unhealthy" and r.labels["container_state"] == "running"
+    assert "is running (unhealthy)" in r.detail
+
+
+def test_probe_fails_when_a_restart_policy_restarts_the_container(tmp_path: Path, images: Images, docker_api: str,
+                                                                  container_name: str) -> None:
+    """A crash loop the engine hides by restarting (``--restart on-failure``): the container is
+    mostly "running", but its restart count grows between two checks."""
+    podman("run", "-d", "--name", container_name, "--restart", "on-failure:100", "--network", "none",
+           "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", images.good, "/bin/sh", "-c",
+           "echo crashing; sleep 0.5; exit 3")
+    cfg = make_config(tmp_path, containers={"web": {"name": container_name, "docker_host": docker_api}},
+                      services={"web": {"probes": [{"type": "container", "container": "web"}]}})
+    check = make_checker(cfg.services["web"].probes[0], "web", None, cfg)
+    check()
+    r = wait_for(lambda: (x := check()) and "since the last check" in x.detail and x, what="a restart between checks")
+    assert not r.ok and r.value is not None and r.value >= 1
+
+
 def test_an_unreachable_engine_is_no_data_and_a_missing_container_fails(tmp_path: Path, docker_api: str) -> None:
     cfg = make_config(tmp_path, containers={"gone": {"name": "heald-test-no-such-container", "docker_host": docker_api},
                                             "far": {"name": "x", "docker_host": f"unix://{tmp_path}/none.sock"}},
