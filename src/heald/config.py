@@ -294,7 +294,6 @@ class SystemdUnitConfig(_Section):
                              description="a host of hosts to reach it over SSH (default: this machine)")
     command_prefix: list[str] = Field(default_factory=list,
                                       description="argv put before systemctl and journalctl on this machine (no shell)")
-    user: bool = Field(default=False, description="a user unit: systemctl --user, journalctl --user-unit")
     timeout_seconds: Seconds = Field(default=30.0, description="limit of one systemctl or journalctl run")
     start_period_seconds: Seconds = Field(default=3.0,
                                           description="a restarted unit that is not active this long after the "

@@ -91,7 +91,7 @@ def test_a_hostile_remedy_parameter_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_name_that_slipped_past_validation_never_reaches_systemctl(systemd_host: SystemdHost) -> None:
-    unit = SystemdUnitConfig.model_construct(unit="x.service; touch /heald-test/pwned", host=None, user=False,
+    unit = SystemdUnitConfig.model_construct(unit="x.service; touch /heald-test/pwned", host=None,
                                              command_prefix=[], timeout_seconds=10.0, start_period_seconds=1.0,
                                              journal_lines=5)
     runner = LocalRunner(["podman", "exec", systemd_host.name])

@@ -104,15 +104,11 @@ def _int(text: str) -> int:
         return 0
 
 
-def _systemctl(unit: SystemdUnitConfig) -> list[str]:
-    return ["systemctl", "--user"] if unit.user else ["systemctl"]
-
-
 def unit_state(unit: SystemdUnitConfig, runner: Runner) -> UnitState:
     """The unit's state now (``systemctl show``). Raises TargetError when systemctl cannot
     answer (no systemd there, the host unreachable)."""
     name = check_unit_name(unit.unit)
-    r = runner.run([*_systemctl(unit), "show", f"--property={','.join(PROPERTIES)}", "--", name],
+    r = runner.run(["systemctl", "show", f"--property={','.join(PROPERTIES)}", "--", name],
                    unit.timeout_seconds)
     if r.returncode != 0:
         raise TargetError(f"{runner.where}: systemctl show {name} failed (exit {r.returncode}): {r.tail()}")
@@ -142,9 +138,8 @@ def journal_tail(unit: SystemdUnitConfig, runner: Runner, lines: int | None = No
     """The unit's last ``lines`` (default ``journal_lines``) journal entries, oldest first, as
     ``<UTC time> <identifier>[<pid>]: <message>``. Raises TargetError when journalctl fails."""
     name = check_unit_name(unit.unit)
-    which = "--user-unit" if unit.user else "--unit"
     r = runner.run(["journalctl", "-o", "json", "--no-pager", "-n", str(lines or unit.journal_lines),
-                    f"{which}={name}"], unit.timeout_seconds)
+                    f"--unit={name}"], unit.timeout_seconds)
     if r.returncode != 0:
         raise TargetError(f"{runner.where}: journalctl for {name} failed (exit {r.returncode}): {r.tail()}")
     out = []
@@ -180,8 +175,8 @@ def act(unit: SystemdUnitConfig, runner: Runner, verb: Verb) -> tuple[UnitState,
         raise TargetError(f"{runner.where}: unit {name} is not loaded (not found)")
     if verb == "restart" and before.result == "start-limit-hit":
         # systemd refuses to start a unit that hit StartLimitBurst= until its failed state is reset
-        runner.run([*_systemctl(unit), "reset-failed", "--", name], unit.timeout_seconds)
-    r = runner.run([*_systemctl(unit), verb, "--", name], unit.timeout_seconds)
+        runner.run(["systemctl", "reset-failed", "--", name], unit.timeout_seconds)
+    r = runner.run(["systemctl", verb, "--", name], unit.timeout_seconds)
     if r.returncode != 0:
         now = unit_state(unit, runner)
         raise TargetError(f"{runner.where}: systemctl {verb} {name} failed (exit {r.returncode}): {r.tail()}; "
