@@ -155,6 +155,25 @@ def test_a_restart_that_does_not_stay_up_fails(tmp_path: Path, systemd_host: Sys
         apply("restart_unit", {"unit": "bad"}, ctx)
 
 
+def test_a_unit_that_hit_its_start_limit_is_reset_then_restarted(tmp_path: Path, systemd_host: SystemdHost) -> None:
+    port = free_port()
+    unit = f"heald-limit-{uuid.uuid4().hex[:8]}.service"
+    (systemd_host.shared / unit).write_text(
+        "[Unit]\nStartLimitIntervalSec=300\nStartLimitBurst=2\n[Service]\n"
+        f"ExecStart=/bin/sh -c 'test -f /run/{unit}.ok || exit 3; "
+        f"exec /usr/bin/python3 -m http.server {port} --bind 127.0.0.1'\nRestart=always\nRestartSec=0\n")
+    systemd_host.sh(f"cp /heald-test/{unit} /run/systemd/system/ && systemctl daemon-reload && systemctl start {unit}",
+                    check=False)
+    wait_for(lambda: "Start request repeated too quickly" in systemd_host.sh(f"journalctl -u {unit} --no-pager").stdout,
+             what="the start limit")
+    systemd_host.sh(f"touch /run/{unit}.ok")  # the cause is fixed; systemd still refuses to start it
+    assert systemd_host.sh(f"systemctl start {unit}", check=False).returncode != 0
+    ctx = ctx_of(make_config(tmp_path, systemd_units=local_units(systemd_host, lim={"unit": unit})))
+    out = apply("restart_unit", {"unit": "lim"}, ctx)
+    assert "was failed (failed)" in out.output and "now active (running)" in out.output
+    wait_for(lambda: serves(port), what="the unit to serve")
+
+
 # -- SSH -------------------------------------------------------------------------------------
 
 def test_ssh_runs_a_unit_action_and_quotes_arguments(tmp_path: Path, systemd_host: SystemdHost,

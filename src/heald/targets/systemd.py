@@ -162,8 +162,8 @@ def journal_tail(unit: SystemdUnitConfig, runner: Runner, lines: int | None = No
 
 
 def act(unit: SystemdUnitConfig, runner: Runner, verb: Verb) -> tuple[UnitState, UnitState]:
-    """Run ``systemctl VERB -- UNIT`` (a restart of a unit that hit its start limit runs
-    ``reset-failed`` first, or systemd would refuse it); after a restart wait ``start_period_seconds`` and require
+    """Run ``systemctl VERB -- UNIT`` (a restart of a failed unit runs ``reset-failed`` first:
+    one that hit its start limit would be refused otherwise); after a restart wait ``start_period_seconds`` and require
     the unit to be active with the same invocation (it did not fail and restart meanwhile).
     Returns the state before and after. Raises TargetError with the unit's state when the
     command fails or the unit does not stay active."""
@@ -173,8 +173,9 @@ def act(unit: SystemdUnitConfig, runner: Runner, verb: Verb) -> tuple[UnitState,
     before = unit_state(unit, runner)
     if before.load_state == "not-found":
         raise TargetError(f"{runner.where}: unit {name} is not loaded (not found)")
-    if verb == "restart" and before.result == "start-limit-hit":
-        # systemd refuses to start a unit that hit StartLimitBurst= until its failed state is reset
+    if verb == "restart" and before.active_state == "failed":
+        # systemd refuses to start a unit that hit StartLimitBurst= ("start request repeated too
+        # quickly", its Result often still exit-code) until its failed state is reset
         runner.run(["systemctl", "reset-failed", "--", name], unit.timeout_seconds)
     r = runner.run(["systemctl", verb, "--", name], unit.timeout_seconds)
     if r.returncode != 0:
