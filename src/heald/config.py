@@ -31,6 +31,16 @@ from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error
 
 Seconds = Annotated[float, Field(gt=0)]
 
+#: The names of targets (``containers``, ``systemd_units``, ``hosts``) as heald calls them: what
+#: remedy parameters and probes refer to. No shell metacharacter, no path separator, no space,
+#: never a leading ``-`` (an option), so a name can never become something else in a command.
+TARGET_KEY_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,199}$"
+
+#: A systemd unit name (systemd.unit(5)): a name of letters, digits and ``:_.@-`` (never a
+#: leading ``-``, no ``/``, no ``\\`` escapes, no spaces), then a unit type suffix.
+UNIT_NAME_PATTERN = (r"^[A-Za-z0-9_:][A-Za-z0-9_:.@-]{0,240}\.(service|socket|target|timer|path|mount|automount|"
+                     r"swap|slice|scope|device)$")
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -56,10 +66,14 @@ class ProbeConfig(_Section):
     A ``promql`` probe asks an existing Prometheus (``url``, its base URL) for the instant value
     of ``query`` (``/api/v1/query``); the worst series is compared with ``above``/``below``, and
     the probe fails only once the comparison has held for ``for_seconds`` (as a rule's ``for``).
+
+    A ``container`` probe checks a container of ``containers`` (``container``: running, health,
+    restarts) and a ``systemd`` probe a unit of ``systemd_units`` (``unit``: active, restarts);
+    see :mod:`heald.sources.targets`.
     """
 
-    type: Literal["http", "tcp", "process", "metric", "disk", "promql"] = Field(default="http",
-                                                                                 description="what the probe checks")
+    type: Literal["http", "tcp", "process", "metric", "disk", "promql", "container", "systemd"] = Field(
+        default="http", description="what the probe checks")
     name: str | None = Field(default=None,
                              description="the probe's name in signals and metrics (default: derived from type and target)")
     alertname: str | None = Field(default=None, description="the alertname label of its signals (default per type)")
@@ -90,6 +104,10 @@ class ProbeConfig(_Section):
     query: str | None = Field(default=None, min_length=1, max_length=4000, description="for type promql: the expression")
     for_seconds: float = Field(default=0.0, ge=0, description="for type promql: how long the threshold must be "
                                                              "crossed before the probe fails")
+    container: str | None = Field(default=None, pattern=TARGET_KEY_PATTERN,
+                                  description="for type container: a container of containers.<name>")
+    unit: str | None = Field(default=None, pattern=TARGET_KEY_PATTERN,
+                             description="for type systemd: a unit of systemd_units.<name>")
 
     @field_validator("match", "per_match")
     @classmethod
@@ -123,6 +141,10 @@ class ProbeConfig(_Section):
                 raise ValueError(f"url: expected Prometheus' http(s) base URL, got {self.url!r}")
         if self.type == "disk" and (self.path is None or self.max_bytes is None):
             raise ValueError("a disk probe needs 'path' and 'max_bytes'")
+        if self.type == "container" and not self.container:
+            raise ValueError("a container probe needs 'container' (a name under containers)")
+        if self.type == "systemd" and not self.unit:
+            raise ValueError("a systemd probe needs 'unit' (a name under systemd_units)")
         return self
 
     @property
@@ -139,6 +161,10 @@ class ProbeConfig(_Section):
             return f"disk {self.path}"
         if self.type == "promql":
             return f"promql {self.query}"[:120]
+        if self.type == "container":
+            return f"container {self.container}"
+        if self.type == "systemd":
+            return f"systemd {self.unit}"
         return "process"
 
 
@@ -185,6 +211,16 @@ class CommandConfig(_Section):
     env: dict[str, str] = Field(default_factory=dict, description="environment variables added for the command")
     timeout_seconds: Seconds = Field(default=60.0, description="limit of one run; the command is killed after it")
     idempotent: bool = Field(default=False, description="safe to run again after a crash mid-run")
+    host: str | None = Field(default=None, pattern=TARGET_KEY_PATTERN,
+                             description="run it on this host of hosts over SSH (default: this machine); "
+                                         "not with cwd or env")
+
+    @model_validator(mode="after")
+    def _remote(self) -> CommandConfig:
+        if self.host is not None and (self.cwd is not None or self.env):
+            raise ValueError("cwd and env apply on this machine only; a command on 'host' runs in the login "
+                             "user's home with its environment")
+        return self
 
 
 class RemediesConfig(_Section):
@@ -201,6 +237,74 @@ class RemediesConfig(_Section):
             if not u.startswith(("http://", "https://")) or "://" not in u or len(u.split("/", 3)) < 4:
                 raise ValueError(f"{u!r}: expected an http(s) URL prefix ending with a path, e.g. http://host:port/admin/")
         return v
+
+
+class ContainerConfig(_Section):
+    """A container heald adopts by reference (``containers.<name>``): it talks to the engine
+    that runs it through the Docker Engine API (Docker, or podman's ``podman system service``),
+    never needs to have started it, and never creates one of its own except when
+    ``rollback_container_image`` recreates this one on its previous image.
+
+    A ``container`` probe (``services.<service>.probes[]``, ``container: <name>``) checks its
+    state, under that service; ``restart_container`` and ``rollback_container_image`` act on it; its logs' tail is
+    evidence of a diagnosis."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$",
+                      description="the container's name (or id) on the engine")
+    docker_host: str = Field(default="unix:///var/run/docker.sock", pattern=r"^(unix|tcp|ssh)://",
+                             description="the engine's Docker API: unix:///path/to.sock (Docker, or podman's "
+                                         "'podman system service'), tcp://host:port or ssh://user@host")
+    timeout_seconds: Seconds = Field(default=10.0, description="limit of one API call")
+    stop_timeout_seconds: Seconds = Field(default=10.0,
+                                          description="how long the container gets to stop (SIGTERM) before SIGKILL")
+    start_period_seconds: Seconds = Field(default=3.0,
+                                          description="a restarted or recreated container that is not running this "
+                                                      "long after its start is a failed remedy")
+    log_lines: int = Field(default=30, ge=1, le=1000, description="lines of its log kept as evidence")
+
+
+class SSHHostConfig(_Section):
+    """A remote host heald reaches over SSH (``hosts.<name>``): key authentication only, the
+    host key checked against ``known_hosts`` (an unknown or different key is refused, never
+    accepted), at most ``max_sessions`` commands at once, each bounded in time."""
+
+    address: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.:\[\]-]+$", description="host name or IP address")
+    port: int = Field(default=22, ge=1, le=65535, description="SSH port")
+    user: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$", description="login name")
+    key_file: Path = Field(description="private key (OpenSSH or PEM format) heald authenticates with")
+    key_passphrase_env: str | None = Field(default=None, min_length=1,
+                                           description="environment variable holding the key's passphrase")
+    known_hosts: Path = Field(description="OpenSSH known_hosts file holding the host's key; required")
+    max_sessions: int = Field(default=2, ge=1, le=64, description="commands run at once on this host")
+    connect_timeout_seconds: Seconds = Field(default=10.0, description="limit of connecting and authenticating")
+    command_timeout_seconds: Seconds = Field(default=30.0, description="limit of one command")
+
+
+class SystemdUnitConfig(_Section):
+    """A systemd unit heald adopts by reference (``systemd_units.<name>``), on this machine or
+    on one of ``hosts``. heald reads its state with ``systemctl show`` and its journal with
+    ``journalctl -o json``, and may restart, reload and reset-failed it.
+
+    ``command_prefix`` puts an argv in front of every ``systemctl``/``journalctl`` run on this
+    machine: ``[podman, exec, host1]`` reaches the systemd of a container, ``[sudo, -n]`` a
+    system heald may not act on as its own user."""
+
+    unit: str = Field(pattern=UNIT_NAME_PATTERN, description="the unit's name, with its type (web.service)")
+    host: str | None = Field(default=None, pattern=TARGET_KEY_PATTERN,
+                             description="a host of hosts to reach it over SSH (default: this machine)")
+    command_prefix: list[str] = Field(default_factory=list,
+                                      description="argv put before systemctl and journalctl on this machine (no shell)")
+    timeout_seconds: Seconds = Field(default=30.0, description="limit of one systemctl or journalctl run")
+    start_period_seconds: Seconds = Field(default=3.0,
+                                          description="a restarted unit that is not active this long after the "
+                                                      "restart is a failed remedy")
+    journal_lines: int = Field(default=30, ge=1, le=1000, description="journal lines kept as evidence")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SystemdUnitConfig:
+        if self.host is not None and self.command_prefix:
+            raise ValueError("command_prefix: applies on this machine only; a unit on 'host' is reached over SSH")
+        return self
 
 
 class ServiceConfig(_Section):
@@ -449,7 +553,9 @@ class EnvironmentPolicy(_Section):
 BUILTIN_ENVIRONMENTS: dict[str, dict[str, Any]] = {
     "production": {"auto_max_risk": "low", "max_risk": "high",
                    "allowed_remedies": ["restart_process", "rollback_release", "git_revert", "http_request",
-                                        "cleanup_path", "revert_commit", "add_dependency", "lint_autofix"]},
+                                        "cleanup_path", "revert_commit", "add_dependency", "lint_autofix",
+                                        "restart_container", "rollback_container_image", "restart_unit",
+                                        "reload_unit", "reset_failed_unit"]},
     "development": {},
 }
 
@@ -1005,6 +1111,14 @@ class HealdConfig(_Section):
     webhooks: dict[str, WebhookConfig] = Field(default_factory=dict, description="per-source webhook secrets")
     services: dict[str, ServiceConfig] = Field(default_factory=dict,
                                                description="the services heald watches and heals, by name (see services.<name>)")
+    containers: dict[str, ContainerConfig] = Field(default_factory=dict,
+                                                   description="containers heald adopts through the Docker Engine API, "
+                                                               "by name (see containers.<name>)")
+    systemd_units: dict[str, SystemdUnitConfig] = Field(default_factory=dict,
+                                                        description="systemd units heald adopts, by name "
+                                                                    "(see systemd_units.<name>)")
+    hosts: dict[str, SSHHostConfig] = Field(default_factory=dict,
+                                            description="remote hosts heald reaches over SSH, by name (see hosts.<name>)")
     runbooks: list[Path] = Field(default_factory=list, description="extra runbook files or directories")
     logs: list[LogSourceConfig] = Field(default_factory=list, description="logs to tail and mine for errors")
     llm: LLMConfig = Field(default_factory=LLMConfig, description="the optional LLM reasoner (see llm)")
@@ -1071,6 +1185,30 @@ class HealdConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _targets_exist(self) -> HealdConfig:
+        import re
+
+        for section in ("containers", "systemd_units", "hosts"):
+            for key in getattr(self, section):
+                if not re.match(TARGET_KEY_PATTERN, key):
+                    raise ValueError(f"{section}: {key!r} is not a valid name (letters, digits, _.@:- and no "
+                                     "leading - or .)")
+        for name, unit in self.systemd_units.items():
+            if unit.host is not None and unit.host not in self.hosts:
+                raise ValueError(f"systemd_units.{name}.host: {unit.host!r} is not a host of hosts")
+        for name, cmd in self.remedies.commands.items():
+            if cmd.host is not None and cmd.host not in self.hosts:
+                raise ValueError(f"remedies.commands.{name}.host: {cmd.host!r} is not a host of hosts")
+        for name, svc in self.services.items():
+            for i, probe in enumerate(svc.probes):
+                if probe.container is not None and probe.container not in self.containers:
+                    raise ValueError(f"services.{name}.probes.{i}.container: {probe.container!r} is not a container "
+                                     "of containers")
+                if probe.unit is not None and probe.unit not in self.systemd_units:
+                    raise ValueError(f"services.{name}.probes.{i}.unit: {probe.unit!r} is not a unit of systemd_units")
+        return self
+
+    @model_validator(mode="after")
     def _audit_channels(self) -> HealdConfig:
         types = {c.name: c.type for c in self.notifications.channels}
         for name in self.audit.notify_channels:
@@ -1117,6 +1255,9 @@ class HealdConfig(_Section):
         for cmd in self.remedies.commands.values():
             if cmd.cwd is not None:
                 cmd.cwd = absolute(cmd.cwd)
+        for host in self.hosts.values():
+            host.key_file = absolute(host.key_file.expanduser())
+            host.known_hosts = absolute(host.known_hosts.expanduser())
         for ch in self.notifications.channels:
             if isinstance(ch, EmailChannelConfig) and ch.ca_file is not None:
                 ch.ca_file = absolute(ch.ca_file)

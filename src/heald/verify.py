@@ -36,7 +36,7 @@ def probe_checks(config: HealdConfig, service: str, supervisor: Supervisor | Non
         return []
 
     def make(probe):  # type: ignore[no-untyped-def]
-        checker = make_checker(probe, service, supervisor)
+        checker = make_checker(probe, service, supervisor, config)
 
         def check() -> CheckResult:
             r = checker()

@@ -39,6 +39,7 @@ class Fault:
     ``check`` needs). ``remedy``/``target`` are the remedy heald should end with and a subset
     of its parameters; ``expect_incident`` False means heald should do nothing (a false
     alarm). ``check(env, memo, actions)`` returns what went wrong afterwards, if anything.
+    ``needs_targets``: it breaks the adopted container or unit, which need podman.
     """
 
     name: str
@@ -48,11 +49,12 @@ class Fault:
     target: dict[str, Any] = field(default_factory=dict)
     expect_incident: bool = True
     check: Callable[[DemoEnv, dict[str, Any], list[Action]], list[str]] | None = None
+    needs_targets: bool = False
 
 
 def _kill(service: str) -> Callable[[DemoEnv, dict[str, Any]], str]:
     def inject(env: DemoEnv, memo: dict[str, Any]) -> str:
-        memo["pids"] = {name: env.pid(name) for name in env.config.services}
+        memo["pids"] = {name: env.pid(name) for name, svc in env.config.services.items() if svc.command}
         pid = env.pid(service)
         os.kill(pid, signal.SIGKILL)
         return f"SIGKILL {service} (pid {pid})"
@@ -183,4 +185,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           remedy="cleanup_path", target={"service": "shop"}, check=_only_old_files_deleted),
     Fault("false-alarm", "one failed health check, then healthy again", _blip, expect_incident=False,
           check=_one_failure_seen),
+    Fault("container-crash", "the web container (podman, adopted through its Docker API) is killed",
+          lambda env, memo: env.targets.kill_web(), remedy="restart_container", target={"container": "web"},
+          needs_targets=True),
+    Fault("unit-crash", "the worker systemd unit's process is killed; the unit fails",
+          lambda env, memo: env.targets.kill_worker(), remedy="restart_unit", target={"unit": "worker"},
+          needs_targets=True),
 ]}

@@ -105,7 +105,10 @@ def target_text(action: Action) -> str:
     extra = {"git_revert": lambda: f": revert {str(p.get('commit'))[:10]}",
              "rollback_release": lambda: f": to {p.get('to') or 'the previous release'}",
              "cleanup_path": lambda: f": {p.get('path')}"}.get(action.remedy, lambda: "")
-    return f"{p.get('service', p.get('name', ''))}{extra()}"
+    what = next((str(p[k]) for k in ("service", "container", "unit", "name") if p.get(k)), "")
+    if action.remedy == "rollback_container_image":
+        return f"{what}: to {p.get('to') or 'the previous image'}"
+    return f"{what}{extra()}"
 
 
 def _contains(params: Any, expected: Any) -> bool:
@@ -206,7 +209,7 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
     say: Callable[[str], None] = console.print if console else (lambda _m: None)
     own_dir = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="heald-demo-")) if workdir is None else workdir
-    env = start_demo(wd, with_prometheus=with_prometheus)
+    env = start_demo(wd, with_prometheus=with_prometheus, with_targets=any(FAULTS[n].needs_targets for n in names))
     say(f"heald is watching the demo system in [cyan]{wd}[/]: the shop on {env.shop_url}, "
         f"payments on port {env.ports['payments']}")
     if env.monitoring is not None:
@@ -215,7 +218,10 @@ def run_demo(fault_names: list[str], *, console: Console | None = None, workdir:
     try:
         if on_start is not None:
             on_start(env)
-        results = [run_fault(env, FAULTS[n], say, timeout) for n in names]
+        results = [run_fault(env, FAULTS[n], say, timeout) if env.targets is not None or not FAULTS[n].needs_targets
+                   else DemoResult(fault=n, injected="", outcome="skipped", expected=fault_names is None,
+                                   reason=f"needs podman: {env.targets_missing}")
+                   for n in names]
         if before_stop is not None:
             before_stop(env, results)
         return results

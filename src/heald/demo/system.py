@@ -106,7 +106,7 @@ def build_layout(workdir: Path, ports: dict[str, int]) -> None:
 
 
 def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = True,
-                webhook_secret: str | None = None) -> HealdConfig:
+                webhook_secret: str | None = None, targets: dict[str, Any] | None = None) -> HealdConfig:
     """heald's configuration for the demo system in ``workdir`` (see the module docstring).
     Without ``metric_probes`` the shop's metrics are left to Prometheus (``--with-prometheus``),
     whose Alertmanager authenticates with ``webhook_secret``."""
@@ -170,6 +170,10 @@ def demo_config(workdir: Path, ports: dict[str, int], *, metric_probes: bool = T
     }
     if webhook_secret:
         data["webhooks"] = {"alertmanager": {"secret": webhook_secret}}
+    if targets:  # the adopted container and systemd unit (heald.demo.targets)
+        data["containers"] = targets["containers"]
+        data["systemd_units"] = targets["systemd_units"]
+        data["services"] = {**data["services"], **targets["services"]}  # type: ignore[dict-item]
     cfg = HealdConfig.model_validate(data)
     cfg.resolve_paths(workdir)
     return cfg
@@ -188,6 +192,8 @@ class DemoEnv:
     traffic: subprocess.Popen[bytes] | None = None
     monitoring: Any = None
     server: Any = None
+    targets: Any = None
+    targets_missing: str | None = None
     results: dict[tuple[str, str], ProbeResult] = field(default_factory=dict)
     failures: list[tuple[str, str, ProbeResult]] = field(default_factory=list)
     history: deque[tuple[str, str, ProbeResult]] = field(default_factory=lambda: deque(maxlen=20_000))
@@ -224,6 +230,8 @@ class DemoEnv:
     def stop(self) -> None:
         if self.monitoring is not None:
             self.monitoring.stop()
+        if self.targets is not None:
+            self.targets.stop()
         if self.server is not None:
             self.server.stop()
         if self.traffic is not None and self.traffic.poll() is None:
@@ -248,9 +256,12 @@ def wait_healthy(url: str, timeout: float = 15.0) -> None:
     raise TimeoutError(f"{url} did not become healthy within {timeout:g} s")
 
 
-def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: float = 20.0) -> DemoEnv:
+def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: float = 20.0,
+               with_targets: bool = True) -> DemoEnv:
     """Build the demo system in ``workdir`` (emptied first), start heald's runtime over it and
-    the load generator; returns once the shop answers. ``with_prometheus``: the shop's metrics
+    the load generator; returns once the shop answers. With ``with_targets``, where podman can
+    run, the system also has a web container and a worker systemd unit heald adopts
+    (:mod:`heald.demo.targets`). ``with_prometheus``: the shop's metrics
     are watched by a real Prometheus and Alertmanager (:mod:`heald.demo.monitoring`) instead of
     heald's metric probes, and heald serves its API on loopback to receive their alerts.
     Raises RuntimeError when they are not installed or do not start."""
@@ -265,9 +276,23 @@ def start_demo(workdir: Path, *, with_prometheus: bool = False, traffic_rps: flo
     ports = {"shop": free_port(), "payments": free_port()}
     build_layout(workdir, ports)
     secret = secrets.token_hex(16) if with_prometheus else None
-    cfg = demo_config(workdir, ports, metric_probes=not with_prometheus, webhook_secret=secret)
-    rt = Runtime(cfg)
-    env = DemoEnv(workdir=workdir, config=cfg, runtime=rt, ports=ports)
+    from heald.demo.targets import DemoTargets, missing
+
+    targets: DemoTargets | None = None
+    why = missing() if with_targets else "not asked for"
+    if why is None:
+        ports.update(web=free_port(), worker=free_port())
+        targets = DemoTargets(workdir, ports)
+        targets.start()
+    try:
+        cfg = demo_config(workdir, ports, metric_probes=not with_prometheus, webhook_secret=secret,
+                          targets=targets.config() if targets else None)
+        rt = Runtime(cfg)
+    except BaseException:
+        if targets is not None:
+            targets.stop()
+        raise
+    env = DemoEnv(workdir=workdir, config=cfg, runtime=rt, ports=ports, targets=targets, targets_missing=why)
     if rt.probes is not None:
         rt.probes.on_result = env.record
     rt.start()

@@ -31,6 +31,7 @@ from heald.diagnose import Reasoner, RunbookReasoner
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.diagnose.targets import target_logs_evidence
 from heald.engine.lock import InstanceLock
 from heald.engine.lock import acquire as acquire_instance_lock
 from heald.engine.steps import Deps, workflow_id
@@ -135,6 +136,7 @@ class Runtime:
 
             self.reasoners.append(LLMReasoner(config.llm, self.runbooks))
         self.reasoners += metrics_evidence(config)  # recent values of promql probes' queries as evidence
+        self.reasoners += target_logs_evidence(config)  # adopted containers' logs, units' journals
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest, store=self.store) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 
 # The built-in remedies register themselves with the catalog when imported.
 # isort: off
-from heald.remedies import process, http, git, releases, files, command  # noqa: F401  (catalog order)
+from heald.remedies import process, http, git, releases, files, command, containers, systemd  # noqa: F401  (catalog order)
 # isort: on
 from heald.remedies.base import (
     CATALOG,

@@ -41,11 +41,32 @@ def _command(params: RunCommandParams, ctx: RemedyContext) -> CommandConfig:
     return cmd
 
 
+def _run_remote(name: str, cmd: CommandConfig, ctx: RemedyContext) -> RemedyResult:
+    """Run the allowlisted ``cmd`` on its host over SSH (:mod:`heald.targets.ssh`: known host
+    key, key authentication, the host's session limit), bounded by its ``timeout_seconds``."""
+    from heald.targets import TargetError
+    from heald.targets.ssh import SSHRunner
+
+    assert cmd.host is not None
+    host = ctx.config.hosts.get(cmd.host)
+    if host is None:
+        raise RemedyError(f"{name}: host {cmd.host!r} is not a host of hosts")
+    try:
+        r = SSHRunner(cmd.host, host).run(cmd.argv, cmd.timeout_seconds)
+    except TargetError as exc:
+        raise RemedyError(f"{name}: {exc}") from exc
+    output = (r.stdout + r.stderr).strip()
+    if r.returncode != 0:
+        raise RemedyError(f"{name} on host {cmd.host} exited with code {r.returncode}: {output[-1000:]}")
+    return RemedyResult(f"{name} on host {cmd.host} succeeded: {output[-1000:] or '(no output)'}")
+
+
 @register
 class RunCommand(Remedy[RunCommandParams]):
     """Run an allowlisted command: its argv exactly, without a shell, with a minimal
     environment, in its ``cwd``, killed after ``timeout_seconds``. A non-zero exit fails the
-    remedy with the output's tail.
+    remedy with the output's tail. With ``host`` it runs on that host of ``hosts`` over SSH
+    (its argv quoted for the remote shell, so each argument stays one).
 
     Guard: after a crash mid-run heald cannot know whether the command ran; it runs it again
     only when the allowlist marks it ``idempotent``, and otherwise leaves the verdict to
@@ -68,9 +89,9 @@ class RunCommand(Remedy[RunCommandParams]):
 
     def touches_heald(self, params: RunCommandParams, heald: HealdSelf) -> str | None:
         """A command whose working directory or an absolute path among its arguments lies in
-        heald's own state."""
+        heald's own state (on this machine: a command on another host does not touch it)."""
         cmd = heald.config.remedies.commands.get(params.name)
-        if cmd is None:
+        if cmd is None or cmd.host is not None:
             return None
         places = [p for p in ([cmd.cwd] if cmd.cwd else []) if heald.owns_path(p)]
         places += [Path(a) for a in cmd.argv if a.startswith("/") and heald.owns_path(Path(a))]
@@ -83,6 +104,8 @@ class RunCommand(Remedy[RunCommandParams]):
 
     def apply(self, params: RunCommandParams, ctx: RemedyContext) -> RemedyResult:
         cmd = _command(params, ctx)
+        if cmd.host is not None:
+            return _run_remote(params.name, cmd, ctx)
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ} | cmd.env
         try:
             proc = subprocess.Popen(cmd.argv, cwd=cmd.cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,

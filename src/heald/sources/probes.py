@@ -45,7 +45,7 @@ from heald.supervise import Supervisor
 #: The alertname of a probe's signals when the probe names none.
 DEFAULT_ALERTNAMES = {"http": "ProbeFailed", "tcp": "ProbeFailed", "process": "ProbeFailed",
                       "metric": "MetricThresholdExceeded", "disk": "DiskQuotaExceeded",
-                      "promql": "PromQLThresholdExceeded"}
+                      "promql": "PromQLThresholdExceeded", "container": "ContainerDown", "systemd": "UnitDown"}
 
 
 @dataclass(frozen=True)
@@ -70,9 +70,25 @@ class ProbeResult:
 Checker = Callable[[], ProbeResult]
 
 
-def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None) -> Checker:
-    """The check of ``probe`` as a callable that never raises. Metric probes are stateful:
-    call the same checker again to evaluate rates over its window."""
+def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None,
+                 config: HealdConfig | None = None) -> Checker:
+    """The check of ``probe`` as a callable that never raises. Metric, container and systemd
+    probes are stateful: call the same checker again to evaluate rates over its window or to
+    see restarts between two checks. Container and systemd probes need ``config`` (the targets
+    they name, :mod:`heald.sources.targets`); without it they fail with that reason."""
+    if probe.type in ("container", "systemd"):
+        from heald.sources.targets import ContainerProbe, SystemdProbe
+
+        if config is None:
+            return lambda: ProbeResult(False, f"a {probe.type} probe needs heald's configuration", 0.0, utcnow())
+        read = ContainerProbe(probe, config) if probe.type == "container" else SystemdProbe(probe, config)
+
+        def check() -> ProbeResult:
+            t0 = time.monotonic()
+            r = read()
+            return ProbeResult(r.ok, r.detail, time.monotonic() - t0, utcnow(), no_data=r.no_data, value=r.value,
+                               labels=r.labels)
+        return check
     if probe.type == "metric":
         return MetricProbe(probe)
     if probe.type == "promql":
@@ -85,7 +101,7 @@ def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None
 def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None) -> ProbeResult:
     """Run ``probe`` once against ``service``. Never raises: a failure is a result. (A metric
     probe run once can judge gauges only; rates need :func:`make_checker`.)"""
-    if probe.type in ("metric", "promql"):
+    if probe.type in ("metric", "promql", "container", "systemd"):
         return make_checker(probe, service, supervisor)()
     t0 = time.monotonic()
     value: float | None = None
@@ -365,6 +381,10 @@ def probe_signal(service: str, probe: ProbeConfig, status: SignalStatus, result:
     labels = {"alertname": probe.alertname or DEFAULT_ALERTNAMES[probe.type], "service": service,
               "probe": probe.label, "probe_type": probe.type}
     annotations = {"detail": result.detail, "consecutive_failures": str(failures)}
+    if probe.type in ("container", "systemd"):
+        labels.update({k: v for k, v in result.labels.items() if k not in labels})
+        if result.value is not None:
+            annotations["restart_count"] = f"{result.value:.0f}"
     if probe.type in ("metric", "promql"):
         labels.update({k: v for k, v in result.labels.items() if k not in labels})
         if probe.type == "metric":
@@ -432,7 +452,7 @@ class ProbeRunner:
             t.join(timeout=5)
 
     def _loop(self, service: str, probe: ProbeConfig) -> None:
-        check = make_checker(probe, service, self.supervisor)
+        check = make_checker(probe, service, self.supervisor, self.config)
         state = self._states.get((service, probe.label), ProbeState())
         failures, successes, firing = state.failures, state.successes, state.firing
         first_failure: datetime | None = state.first_failure
