@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -257,20 +258,26 @@ def routes(rt: Runtime) -> APIRouter:
         ctx = {"title": f"Incident #{incident_id}", "notice": NOTICES.get(notice or ""), **data}
         return render(request, "_incident_live.html" if partial else "incident.html", ctx, who=who)
 
-    @router.post("/incidents/{incident_id}/verdict")
-    def verdict(request: Request, incident_id: DbId, verdict: str = Form(""), csrf: str = Form(""),
-                comment: str = Form(""), approver: str = Form("")) -> Response:
-        who = session.current(request, rt)
-        htmx = request.headers.get("hx-request") == "true"
-
+    def refuser(request: Request, incident_id: int, who: Any, htmx: bool) -> Callable[[int, str], Response]:
+        """How a refused form on an incident's page answers: (status, message) → the incident's
+        live part with the message for htmx (which swaps only 2xx answers), else an error page."""
         def refused(status: int, message: str) -> Response:
-            if htmx:  # htmx swaps only 2xx answers: show the refusal in the incident's live part
+            if htmx:
                 try:
                     return render(request, "_incident_live.html",
                                   {"error": message, **incident_data(request, incident_id, who)}, who=who)
                 except NotFound:
                     pass
             return error_page(request, who, status, message)
+        return refused
+
+    @router.post("/incidents/{incident_id}/verdict")
+    def verdict(request: Request, incident_id: DbId, verdict: str = Form(""), csrf: str = Form(""),
+                comment: str = Form(""), approver: str = Form("")) -> Response:
+        who = session.current(request, rt)
+        htmx = request.headers.get("hx-request") == "true"
+
+        refused = refuser(request, incident_id, who, htmx)
         try:
             session.check_csrf(request, rt, csrf)
             if not who.role.allows(Role.approver):
@@ -307,14 +314,7 @@ def routes(rt: Runtime) -> APIRouter:
         who = session.current(request, rt)
         htmx = request.headers.get("hx-request") == "true"
 
-        def refused(status: int, message: str) -> Response:
-            if htmx:  # htmx swaps only 2xx answers: show the refusal in the incident's live part
-                try:
-                    return render(request, "_incident_live.html",
-                                  {"error": message, **incident_data(request, incident_id, who)}, who=who)
-                except NotFound:
-                    pass
-            return error_page(request, who, status, message)
+        refused = refuser(request, incident_id, who, htmx)
         try:
             session.check_csrf(request, rt, csrf)
             if not who.role.allows(Role.approver):
