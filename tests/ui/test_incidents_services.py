@@ -18,7 +18,7 @@ from heald.models import IncidentState, Signal, utcnow
 from heald.store import Store
 from heald.store.probe_state import ProbeState, save_probe_state
 from tests.conftest import make_config, make_token, wait_for
-from tests.ui.conftest import Dashboard, ui_config
+from tests.ui.conftest import Dashboard, sign_in, ui_config
 from tests.ui.test_http import browser
 
 
@@ -167,3 +167,77 @@ def test_services_page_lists_every_target_down_first(targets: Dashboard) -> None
     assert dict(rows) == {"svc": "down", "api": "up", "cache": "unknown", "cron": "unknown"}
     assert f'href="/incidents/{inc}"' in html and "firing" in html and "UTC" in html
     assert "container" in html and "systemd unit" in html
+
+
+# -- in Chromium -------------------------------------------------------------------------------
+
+def phone_page(chromium, url: str, token: str):  # type: ignore[no-untyped-def]
+    """A signed-in page in a 390 px wide context (a phone), on the overview."""
+    context = chromium.new_context(viewport={"width": 390, "height": 844})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    sign_in(page, url, token)
+    return context, page
+
+
+def no_sideways_scroll(page) -> None:  # type: ignore[no-untyped-def]
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, f"{page.url} is {width} px wide at a 390 px viewport"
+
+
+@pytest.mark.slow
+def test_incidents_page_in_chromium_from_the_overview(dashboard: Dashboard, chromium, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                      screenshots: Path) -> None:
+    ids = seed(dashboard, tmp_path)
+    context, page = phone_page(chromium, dashboard.url, dashboard.tokens["viewer"])
+    try:
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.locator("#count-observing").click()  # the overview's count of one state → the filtered list
+        page.wait_for_url("**/incidents?state=observing")
+        assert page.locator("#incident-list tbody tr").count() == 12
+        no_sideways_scroll(page)
+        page.get_by_label("Text (title, labels, signal summaries)").fill("r42")
+        page.get_by_label("Environment").select_option("production")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url("**q=r42**")
+        rows = page.locator("#incident-list tbody tr")
+        assert rows.count() == 1 and rows.first.get_attribute("id") == f"incident-{ids[-1]}"
+        assert "UTC" in rows.first.inner_text()
+        no_sideways_scroll(page)
+        page.screenshot(path=str(screenshots / "incidents-filtered-390.png"), full_page=True)
+        page.goto(f"{dashboard.url}/incidents?size=10")
+        page.get_by_role("link", name="Older →").click()
+        page.wait_for_url("**page=2")
+        assert page.locator("#incident-list tbody tr").count() == 2
+        page.get_by_label("Per page").select_option("10")
+        page.get_by_label("State").select_option("needs_attention")
+        page.get_by_role("button", name="Filter").click()
+        page.wait_for_url("**state=needs_attention**")
+        assert "No incident matches" in page.locator("#result-count").inner_text()
+        page.goto(f"{dashboard.url}/incidents?since=yesterday")
+        assert "since:" in page.locator("#filter-error").inner_text()
+        no_sideways_scroll(page)
+        assert errors == []
+    finally:
+        context.close()
+
+
+@pytest.mark.slow
+def test_services_page_in_chromium_shows_the_down_one_first(targets: Dashboard, chromium,  # type: ignore[no-untyped-def]
+                                                             screenshots: Path) -> None:
+    inc = make_svc_down(targets)
+    context, page = phone_page(chromium, targets.url, targets.tokens["viewer"])
+    try:
+        page.locator("#all-services").click()
+        page.wait_for_url("**/services")
+        first = page.locator("#targets tbody tr").first
+        assert first.get_attribute("id") == "target-svc" and first.get_attribute("data-health") == "down"
+        assert "firing" in first.inner_text() and "UTC" in first.inner_text()
+        assert page.locator("#targets tbody tr").count() == 4
+        no_sideways_scroll(page)
+        page.screenshot(path=str(screenshots / "services-390.png"), full_page=True)
+        first.get_by_role("link", name=f"#{inc}").click()
+        page.wait_for_url(f"**/incidents/{inc}")
+    finally:
+        context.close()
