@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from heald import correlate
+from heald import budgets, correlate
 from heald.api.server import ServerThread
+from heald.correlate.silences import create_silence
 from heald.engine import Runtime
 from heald.models import IncidentState, Signal, utcnow
 from heald.store import Store
@@ -167,6 +168,15 @@ def test_services_page_lists_every_target_down_first(targets: Dashboard) -> None
     assert dict(rows) == {"svc": "down", "api": "up", "cache": "unknown", "cron": "unknown"}
     assert f'href="/incidents/{inc}"' in html and "firing" in html and "UTC" in html
     assert "container" in html and "systemd unit" in html
+    # a silence on the service and an open circuit breaker show on its row, and only there
+    silence = create_silence(targets.rt.store, ['service="svc"'], utcnow() + timedelta(hours=1),
+                             created_by="user:admin-user", comment="maintenance")
+    budgets.record_verification(targets.rt.store, "svc", False, inc, threshold=1, reason="restart did not help")
+    html = browser(targets, "viewer").get("/services").text
+    svc_row = html.split('<tr id="target-svc"')[1].split("</tr>")[0]
+    assert f'id="silence-{silence["id"]}"' in svc_row and "<strong>open</strong> since" in svc_row
+    api_row = html.split('<tr id="target-api"')[1].split("</tr>")[0]
+    assert "silence-" not in api_row and "<strong>open</strong>" not in api_row
 
 
 # -- in Chromium -------------------------------------------------------------------------------

@@ -490,7 +490,7 @@ def routes(rt: Runtime) -> APIRouter:
         open_incidents = rt.store.list_incidents(states=OPEN_STATES, limit=1000)
         all_breakers = budgets.breakers(rt.store)
         all_leases = [x for x in budgets.leases(rt.store) if not x["expired"]]
-        active = [x for x in list_silences(rt.store, "active")]
+        active = list_silences(rt.store, "active")
 
         def is_target(target: str, name: str) -> bool:
             return target == name or target.rsplit(":", 1)[-1] == name
@@ -508,7 +508,7 @@ def routes(rt: Runtime) -> APIRouter:
             silences = []
             for x in active:
                 try:
-                    if matches_all(parse_matchers(x["matchers"]), {"service": name}):
+                    if any(matches_all(parse_matchers(x["matchers"]), {"service": o}) for o in sorted(owners)):
                         silences.append(x)
                 except ValueError:
                     continue
@@ -529,7 +529,7 @@ def routes(rt: Runtime) -> APIRouter:
                         "incident": incidents[0] if incidents else None, "open_incidents": len(incidents),
                         "last_signal": max(signals, key=lambda x: x.received_at) if signals else None,
                         "breaker": breaker, "lease": lease, "silences": silences})
-        out.sort(key=lambda t: (HEALTH_ORDER[t["health"]], t["name"]))
+        out.sort(key=lambda t: (HEALTH_ORDER[str(t["health"])], str(t["name"])))
         return out
 
     # -- runbooks and remedies ---------------------------------------------------------------
