@@ -17,7 +17,7 @@ from heald.correlate.silences import create_silence
 from heald.engine import Runtime
 from heald.models import IncidentState, Signal, utcnow
 from heald.store import Store
-from heald.store.probe_state import ProbeState, save_probe_state
+from heald.store.probe_state import ProbeState, read_probe_states, save_probe_state
 from tests.conftest import make_config, make_token, wait_for
 from tests.ui.conftest import Dashboard, sign_in, ui_config
 from tests.ui.test_http import browser
@@ -60,6 +60,9 @@ def test_search_incidents_filters_pages_and_counts(store: Store, tmp_path: Path)
     assert store.environments() == ["development", "production"]
     last = store.last_signal_by_service()
     assert last["shop"].summary == "Disk 100% full_x" and last["queue"].summary == "queue slow"
+    save_probe_state(store, "shop", "http x", ProbeState(failures=2, firing=True, first_failure=now))
+    (state, changed), = read_probe_states(store).values()
+    assert state.firing and state.failures == 2 and changed >= now - timedelta(seconds=5)
 
 
 def seed(d: Dashboard, tmp_path: Path) -> list[int]:
