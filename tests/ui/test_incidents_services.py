@@ -89,6 +89,8 @@ def test_incidents_page_filters_and_pages(dashboard: Dashboard, tmp_path: Path) 
     assert [f'id="incident-{i}"' in second.text for i in ids[:2]] == [True, True]
     assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
     assert "UTC" in second.text  # times with their zone
+    past = c.get("/incidents?size=10&page=3").text
+    assert "Page 3 is past the last page (2) of the 12" in past and 'href="/incidents?size=10&amp;page=1"' in past
 
     only = c.get("/incidents", params={"environment": "production"}).text
     assert f'id="incident-{ids[-1]}"' in only and "Incidents 1–1 of 1" in only

@@ -453,7 +453,8 @@ def routes(rt: Runtime) -> APIRouter:
 
         pages = max(1, -(-total // per_page))
         ctx = {"title": "Incidents", "filters": filters, "error": "", "items": items, "total": total,
-               "page": number, "pages": pages, "first": (number - 1) * per_page + 1,
+               "page": number, "pages": pages, "first": (number - 1) * per_page + 1, "total_all": total,
+               "first_page": link(1),
                "prev": link(number - 1) if number > 1 else None, "next": link(number + 1) if number < pages else None,
                **incident_choices()}
         return render(request, "incidents.html", ctx, who=who)
