@@ -176,7 +176,10 @@ def test_services_page_lists_every_target_down_first(targets: Dashboard) -> None
     # a silence on the service and an open circuit breaker show on its row, and only there
     silence = create_silence(targets.rt.store, ['service="svc"'], utcnow() + timedelta(hours=1),
                              created_by="user:admin-user", comment="maintenance")
-    budgets.record_verification(targets.rt.store, "svc", False, inc, threshold=1, reason="restart did not help")
+    budgets.record_verification(targets.rt.store, "service:svc", False, inc, threshold=1,
+                                reason="restart did not help")
+    budgets.record_verification(targets.rt.store, "container:api", False, inc, threshold=1,
+                                reason="not the service api")
     html = browser(targets, "viewer").get("/services").text
     svc_row = html.split('<tr id="target-svc"')[1].split("</tr>")[0]
     assert f'id="silence-{silence["id"]}"' in svc_row and "<strong>open</strong> since" in svc_row

@@ -121,6 +121,10 @@ _EVENT_ID = re.compile(r"[0-9]{1,18}")
 PAGE_SIZES = (10, 25, 50, 100)
 #: How the services page orders targets: what is down first.
 HEALTH_ORDER = {"down": 0, "degraded": 1, "unknown": 2, "up": 3}
+#: The kinds of remedy targets (``Target.kind``) a configured target's breakers and leases are
+#: kept under, by the services page's kind of target.
+TARGET_KEY_KINDS = {"service": ("service", "config", "release"), "container": ("container",),
+                    "systemd unit": ("unit",)}
 #: The largest page number the incidents page accepts.
 MAX_PAGE = 1_000_000
 
@@ -493,8 +497,10 @@ def routes(rt: Runtime) -> APIRouter:
         all_leases = [x for x in budgets.leases(rt.store) if not x["expired"]]
         active = list_silences(rt.store, "active")
 
-        def is_target(target: str, name: str) -> bool:
-            return target == name or target.rsplit(":", 1)[-1] == name
+        def keys_of(kind: str, name: str) -> set[str]:
+            """The remedy target keys (``kind:name``, :class:`heald.remedies.base.Target`) that
+            breakers and leases of this target are kept under."""
+            return {f"{k}:{name}" for k in TARGET_KEY_KINDS[kind]}
 
         out = []
         for kind, name in kinds:
@@ -513,8 +519,10 @@ def routes(rt: Runtime) -> APIRouter:
                         silences.append(x)
                 except ValueError:
                     continue
-            breaker = next((b for b in all_breakers if is_target(b["target"], name)), None)
-            lease = next((x for x in all_leases if is_target(x["target"], name)), None)
+            keys = keys_of(kind, name)
+            mine = sorted((b for b in all_breakers if b["target"] in keys), key=lambda b: b["state"] != "open")
+            breaker = mine[0] if mine else None
+            lease = next((x for x in all_leases if x["target"] in keys), None)
             firing = any(p["state"] is not None and p["state"].firing for p in probes)
             failing = any(p["state"] is not None and p["state"].failures > 0 for p in probes)
             if firing or (breaker and breaker["state"] == "open") or any(
