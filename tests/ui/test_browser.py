@@ -151,7 +151,7 @@ def test_needs_attention_acknowledge_and_resolve_in_the_browser(dashboard: Dashb
     page.screenshot(path=str(screenshots / "needs-attention.png"), full_page=True)
     page.get_by_label("Note").fill("restarted it by hand")
     page.get_by_role("button", name="Resolve").click()
-    page.locator("#notice").wait_for(state="visible")
+    page.locator("#notice", has_text="Resolved").wait_for(state="visible")  # not the acknowledgement's notice
     assert "Resolved by you" in page.locator("#notice").inner_text()
     dashboard.wait_state(incident_id, "resolved")
     assert dashboard.rt.store.get_incident(incident_id).closed_reason == "resolved by user:approver-user: restarted it by hand"

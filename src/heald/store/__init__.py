@@ -246,6 +246,53 @@ class Store:
             return [incident_model(r) for r in s.scalars(stmt)]
 
     @retry_transient
+    def search_incidents(self, *, states: Iterable[IncidentState] | None = None, service: str | None = None,
+                         environment: str | None = None, since: datetime | None = None,
+                         until: datetime | None = None, text: str | None = None, limit: int = 25,
+                         offset: int = 0) -> tuple[list[Incident], int]:
+        """One page of incidents, newest first, and how many match in all: in one of ``states``,
+        of ``service`` and ``environment`` exactly, detected at or after ``since`` and before
+        ``until`` (UTC), ``text`` found (case-insensitively, as a substring) in the title, the
+        labels or the summary of one of its signals."""
+        conds: list[Any] = []
+        if states is not None:
+            conds.append(IncidentRow.state.in_([s.value for s in states]))
+        if service:
+            conds.append(IncidentRow.service == service)
+        if environment:
+            conds.append(IncidentRow.environment == environment)
+        if since is not None:
+            conds.append(IncidentRow.detected_at >= since)
+        if until is not None:
+            conds.append(IncidentRow.detected_at < until)
+        if text:
+            needle = text.lower()
+            in_signals = sa.exists().where(SignalRow.incident_id == IncidentRow.id,
+                                           sa.func.lower(SignalRow.summary).contains(needle, autoescape=True))
+            conds.append(sa.or_(sa.func.lower(IncidentRow.title).contains(needle, autoescape=True),
+                                sa.func.lower(sa.cast(IncidentRow.labels, sa.Text)).contains(needle, autoescape=True),
+                                in_signals))
+        page = sa.select(IncidentRow).where(*conds).order_by(IncidentRow.id.desc()).limit(limit).offset(offset)
+        with self.read() as s:
+            total = int(s.scalar(sa.select(sa.func.count()).select_from(IncidentRow).where(*conds)) or 0)
+            return [incident_model(r) for r in s.scalars(page)], total
+
+    @retry_transient
+    def environments(self) -> list[str]:
+        """The environments incidents were opened in, by name."""
+        with self.read() as s:
+            return sorted(s.scalars(sa.select(IncidentRow.environment).distinct()))
+
+    @retry_transient
+    def last_signal_by_service(self) -> dict[str, Signal]:
+        """{service: its newest signal} over the signals that name a service."""
+        with self.read() as s:
+            latest = (sa.select(sa.func.max(SignalRow.id).label("last_id")).where(SignalRow.service.is_not(None))
+                      .group_by(SignalRow.service).subquery())
+            rows = s.scalars(sa.select(SignalRow).join(latest, SignalRow.id == latest.c.last_id))
+            return {r.service: signal_model(r) for r in rows if r.service is not None}
+
+    @retry_transient
     def count_incidents_by_state(self) -> dict[str, int]:
         with self.read() as s:
             rows = s.execute(sa.select(IncidentRow.state, sa.func.count()).group_by(IncidentRow.state))

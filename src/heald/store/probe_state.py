@@ -43,3 +43,12 @@ def save_probe_state(store: Store, service: str, probe: str, state: ProbeState) 
             s.add(row)
         row.failures, row.successes, row.firing = state.failures, state.successes, state.firing
         row.first_failure, row.fingerprint, row.updated_at = state.first_failure, state.fingerprint, utcnow()
+
+
+def read_probe_states(store: Store) -> dict[tuple[str, str], tuple[ProbeState, datetime]]:
+    """Every stored probe state by (service, probe label), with when it last changed (UTC);
+    a read-only transaction (:meth:`heald.store.Store.read`), for pages and reports."""
+    with store.read() as s:
+        return {(r.service, r.probe): (ProbeState(r.failures, r.successes, r.firing, r.first_failure, r.fingerprint),
+                                       r.updated_at)
+                for r in s.scalars(sa.select(ProbeStateRow))}

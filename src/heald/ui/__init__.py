@@ -8,6 +8,10 @@ log moved, and submits the approval form in place. Pages:
 * ``/`` overview: open incidents by state, healed in the last 24 h, heal rate, the time to
   detect / time to recover trend (inline SVG, :mod:`heald.ui.charts`), pending approvals,
   recent incidents;
+* ``/incidents``: every incident newest first, with filters (state, service, environment,
+  detection time, text) and pages;
+* ``/services``: every configured target's health now (probes, last signal, open incident,
+  circuit breaker, silences, lease), the down ones first;
 * ``/incidents/{id}``: the stages with timestamps, signals, evidence, diagnosis, plan with
   learned success rates, the gate's decision, approvals (Approve / Reject for role approver),
   actions with output, verification, outcomes, audit entries;

@@ -10,9 +10,10 @@ from __future__ import annotations
 import re
 import statistics
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -20,14 +21,16 @@ from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, remedies
 from heald.auth import Principal
-from heald.correlate.silences import list_silences
+from heald.correlate.silences import list_silences, parse_matchers
 from heald.engine import Runtime, approval_tally, attention
 from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.jsontext import clean
 from heald.learn import learned_rows
+from heald.matchers import matches_all
 from heald.models import IncidentState, Role, utcnow
 from heald.sources import WEBHOOK_SOURCES
 from heald.store import InvalidTransition, NotFound
+from heald.store.probe_state import read_probe_states
 from heald.ui import live, session
 from heald.ui.charts import Point, trend_svg
 from heald.ui.session import LoginRequired
@@ -69,6 +72,21 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
 
 
+def _when_tz(value: Any) -> str:
+    """A timestamp with its time zone, to the second: ``2025-01-31 12:00:05 UTC`` (from a
+    datetime or ISO text; naive values are UTC, as heald stores them)."""
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S") + " UTC"
+
+
 def _secs(value: float | None) -> str:
     if value is None:
         return "—"
@@ -93,10 +111,76 @@ def _finalize(value: Any) -> Any:
     return type(value)(cleaned) if isinstance(value, str) else cleaned
 
 
-templates.env.filters.update(when=_when, secs=_secs, pct=_pct)
+templates.env.filters.update(when=_when, whenz=_when_tz, secs=_secs, pct=_pct)
 templates.env.finalize = _finalize
 #: A ``Last-Event-ID`` the stream resumes from: ASCII digits only (``str.isdigit`` also takes ``²``).
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
+
+
+#: Page sizes the incidents page offers (and accepts).
+PAGE_SIZES = (10, 25, 50, 100)
+#: How the services page orders targets: what is down first.
+HEALTH_ORDER = {"down": 0, "degraded": 1, "unknown": 2, "up": 3}
+#: The kinds of remedy targets (``Target.kind``) a configured target's breakers and leases are
+#: kept under, by the services page's kind of target.
+TARGET_KEY_KINDS = {"service": ("service", "config", "release"), "container": ("container",),
+                    "systemd unit": ("unit",)}
+#: The largest page number the incidents page accepts.
+MAX_PAGE = 1_000_000
+
+
+class FilterError(ValueError):
+    """A filter of the incidents page that cannot be used; the message names the field."""
+
+
+def _instant(field: str, text: str) -> datetime:
+    """``text`` (ISO 8601 date or date and time; without a zone: UTC) as an aware datetime.
+    Raises FilterError naming ``field``."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise FilterError(f"{field}: expected a date or time such as 2025-01-31 or 2025-01-31T12:00 (UTC), "
+                          f"got {text[:50]!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_incident_filters(filters: dict[str, str], page: str) -> dict[str, Any]:
+    """The incidents page's query (``state``, ``service``, ``environment``, ``since``,
+    ``until``, ``q``, ``size`` and ``page``, as text) as arguments of
+    :meth:`heald.store.Store.search_incidents` plus ``page`` and ``size`` (ints).
+    ``state``: an incident state, ``open`` or ``closed``. Raises FilterError naming the field."""
+    out: dict[str, Any] = {}
+    state = filters["state"].strip()
+    if state == "open":
+        out["states"] = OPEN_STATES
+    elif state == "closed":
+        out["states"] = CLOSED_STATES
+    elif state:
+        try:
+            out["states"] = [IncidentState(state)]
+        except ValueError:
+            raise FilterError(f"state: expected open, closed or one of {', '.join(s.value for s in IncidentState)}, "
+                              f"got {state[:50]!r}") from None
+    for field, limit in (("service", 200), ("environment", 100), ("q", 200)):
+        value = filters[field].strip()
+        if len(value) > limit:
+            raise FilterError(f"{field}: at most {limit} characters, got {len(value)}")
+        if clean(value) != value or "\x00" in value:
+            raise FilterError(f"{field}: text without NUL characters or lone surrogates")
+        out["text" if field == "q" else field] = value or None
+    out["since"] = _instant("since", filters["since"]) if filters["since"].strip() else None
+    out["until"] = _instant("until", filters["until"]) if filters["until"].strip() else None
+    if out["since"] and out["until"] and out["until"] <= out["since"]:
+        raise FilterError("until: must be after since")
+    size = filters["size"].strip() or "25"
+    if size not in {str(n) for n in PAGE_SIZES}:
+        raise FilterError(f"size: expected one of {', '.join(map(str, PAGE_SIZES))}, got {size[:50]!r}")
+    out["size"] = int(size)
+    number = page.strip() or "1"
+    if not re.fullmatch(r"[0-9]{1,7}", number) or not 1 <= int(number) <= MAX_PAGE:
+        raise FilterError(f"page: expected a page number from 1 to {MAX_PAGE}, got {page[:50]!r}")
+    out["page"] = int(number)
+    return out
 
 
 def login_redirect(request: Request, exc: LoginRequired) -> Response:
@@ -349,6 +433,113 @@ def routes(rt: Runtime) -> APIRouter:
             return render(request, "_incident_live.html",
                           {"notice": NOTICES[action], **incident_data(request, incident_id, who)}, who=who)
         return RedirectResponse(f"/incidents/{incident_id}?notice={action}", status_code=303)
+
+    # -- incidents ---------------------------------------------------------------------------
+    @router.get("/incidents", response_class=HTMLResponse)
+    def incidents_page(request: Request, state: str = "", service: str = "", environment: str = "", since: str = "",
+                       until: str = "", q: str = "", page: str = "1", size: str = "25") -> Response:
+        """Every incident, newest first, filtered and paged; a bad filter → 422 naming it."""
+        who = session.current(request, rt)
+        filters = {"state": state, "service": service, "environment": environment, "since": since,
+                   "until": until, "q": q, "size": size}
+        try:
+            parsed = parse_incident_filters(filters, page)
+        except FilterError as exc:
+            ctx = {"title": "Incidents", "filters": filters, "error": str(exc), "items": [], "total": 0,
+                   **incident_choices()}
+            return render(request, "incidents.html", ctx, status=422, who=who)
+        number, per_page = parsed.pop("page"), parsed.pop("size")
+        items, total = rt.store.search_incidents(**parsed, limit=per_page, offset=(number - 1) * per_page)
+        keep = {k: v for k, v in filters.items() if v and not (k == "size" and v == "25")}
+
+        def link(n: int) -> str:
+            return "/incidents?" + urlencode({**keep, "page": n})
+
+        pages = max(1, -(-total // per_page))
+        ctx = {"title": "Incidents", "filters": filters, "error": "", "items": items, "total": total,
+               "page": number, "pages": pages, "first": (number - 1) * per_page + 1, "total_all": total,
+               "first_page": link(1),
+               "prev": link(number - 1) if number > 1 else None, "next": link(number + 1) if number < pages else None,
+               **incident_choices()}
+        return render(request, "incidents.html", ctx, who=who)
+
+    def incident_choices() -> dict[str, Any]:
+        services = sorted({*rt.config.services, *rt.config.containers, *rt.config.systemd_units})
+        return {"state_choices": [("", "any"), ("open", "open (any)"), ("closed", "closed (any)"),
+                                  *((s.value, s.value.replace("_", " ")) for s in IncidentState)],
+                "service_choices": services, "environment_choices": rt.store.environments() or [rt.config.environment],
+                "size_choices": PAGE_SIZES}
+
+    # -- services and targets ------------------------------------------------------------------
+    @router.get("/services", response_class=HTMLResponse)
+    def services_page(request: Request) -> Response:
+        """Every configured target with its current health, the down ones first."""
+        who = session.current(request, rt)
+        return render(request, "services.html", {"title": "Services and targets", "targets": target_health(),
+                                                 "now": utcnow()}, who=who)
+
+    def target_health() -> list[dict[str, Any]]:
+        cfg = rt.config
+        probes_of: dict[tuple[str, str], list[tuple[str, Any]]] = {}
+        for svc, scfg in cfg.services.items():
+            for p in scfg.probes:
+                probes_of.setdefault(("service", svc), []).append((svc, p))
+                if p.type == "container" and p.container:
+                    probes_of.setdefault(("container", p.container), []).append((svc, p))
+                if p.type == "systemd" and p.unit:
+                    probes_of.setdefault(("systemd unit", p.unit), []).append((svc, p))
+        kinds = [*(("service", n) for n in cfg.services), *(("container", n) for n in cfg.containers),
+                 *(("systemd unit", n) for n in cfg.systemd_units)]
+        states = read_probe_states(rt.store)
+        last = rt.store.last_signal_by_service()
+        open_incidents = rt.store.list_incidents(states=OPEN_STATES, limit=1000)
+        all_breakers = budgets.breakers(rt.store)
+        all_leases = [x for x in budgets.leases(rt.store) if not x["expired"]]
+        active = list_silences(rt.store, "active")
+
+        def keys_of(kind: str, name: str) -> set[str]:
+            """The remedy target keys (``kind:name``, :class:`heald.remedies.base.Target`) that
+            breakers and leases of this target are kept under."""
+            return {f"{k}:{name}" for k in TARGET_KEY_KINDS[kind]}
+
+        out = []
+        for kind, name in kinds:
+            probes = []
+            for svc, p in probes_of.get((kind, name), []):
+                st = states.get((svc, p.label))
+                probes.append({"service": svc, "label": p.label, "type": p.type,
+                               "state": st[0] if st else None, "changed": st[1] if st else None})
+            owners = {name} | {svc for svc, _ in probes_of.get((kind, name), [])}
+            incidents = [i for i in open_incidents if i.service in owners]
+            signals = [last[o] for o in owners if o in last]
+            silences = []
+            for x in active:
+                try:
+                    if any(matches_all(parse_matchers(x["matchers"]), {"service": o}) for o in sorted(owners)):
+                        silences.append(x)
+                except ValueError:
+                    continue
+            keys = keys_of(kind, name)
+            mine = sorted((b for b in all_breakers if b["target"] in keys), key=lambda b: b["state"] != "open")
+            breaker = mine[0] if mine else None
+            lease = next((x for x in all_leases if x["target"] in keys), None)
+            firing = any(p["state"] is not None and p["state"].firing for p in probes)
+            failing = any(p["state"] is not None and p["state"].failures > 0 for p in probes)
+            if firing or (breaker and breaker["state"] == "open") or any(
+                    i.state == IncidentState.needs_attention for i in incidents):
+                health = "down"
+            elif failing or incidents:
+                health = "degraded"
+            elif not probes or all(p["state"] is None for p in probes):
+                health = "unknown"
+            else:
+                health = "up"
+            out.append({"kind": kind, "name": name, "health": health, "probes": probes,
+                        "incident": incidents[0] if incidents else None, "open_incidents": len(incidents),
+                        "last_signal": max(signals, key=lambda x: x.received_at) if signals else None,
+                        "breaker": breaker, "lease": lease, "silences": silences})
+        out.sort(key=lambda t: (HEALTH_ORDER[str(t["health"])], str(t["name"])))
+        return out
 
     # -- runbooks and remedies ---------------------------------------------------------------
     @router.get("/runbooks", response_class=HTMLResponse)
