@@ -192,7 +192,8 @@ def test_a_target_leased_by_another_healing_too_long_is_handed_over_and_retried(
     rt = start_runtime(cfg, run_probes=False)
     a = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "A", "service": "svc"})).incident_id
     wait_for(lambda: rt.store.actions_for(a), what="A to act")
-    b = rt.ingest(Signal(source="test", service="svc", labels={"alertname": "B", "service": "svc"})).incident_id
+    # B is about another service (about svc it would join A: one target, one incident) whose runbook restarts svc
+    b = rt.ingest(Signal(source="test", service="gateway", labels={"alertname": "B", "service": "gateway"})).incident_id
     handed = wait_for(lambda: state_is(rt, b, NEEDS), timeout=30, what="B handed over")
     assert f"service:svc is being healed by incident {a}" in handed.closed_reason
     assert rt.store.actions_for(b) == []
