@@ -70,6 +70,9 @@ def test_shadow_mode_for_an_environment_records_what_heald_would_have_done(tmp_p
     assert shadowed.details["remedy"] == "restart_process" and shadowed.details["params"] == {"service": "svc"}
     assert shadowed.details["decision"] == "auto" and shadowed.details["target"]
     assert "would have: restart_process {service: svc} (auto)" in (done.closed_reason or "")
+    from heald.explain import incident_report
+
+    assert "**would have**: `restart_process {service: svc} (auto)` (shadow mode" in incident_report(rt.store, inc_id)
 
 
 def test_shadow_mode_for_a_runbook(tmp_path: Path, start_runtime) -> None:
