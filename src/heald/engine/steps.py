@@ -30,8 +30,8 @@ from heald.diagnose.runbooks import Runbook
 from heald.learn import success_rates
 from heald.models import (
     Action,
-    Decision,
     ActionStatus,
+    Decision,
     DecisionKind,
     Diagnosis,
     Incident,
