@@ -94,3 +94,20 @@ def test_pause_needs_a_reason_and_resume_needs_a_pause(tmp_path: Path, start_run
     with pytest.raises(ValueError, match="not paused"):
         pause.resume(rt.store, "user:alice")
     assert not pause.state(rt.store).paused
+
+
+def test_resume_wakes_a_healing_waiting_out_its_backoff(tmp_path: Path, start_runtime) -> None:
+    """With a long backoff (60 s), the healing would ask the gate again only a minute after the
+    resume; the resume's wake makes it act now."""
+    from heald.engine import attention
+
+    cfg = make_config(tmp_path, services={"svc": {"command": [PY, "-c", "import time; time.sleep(600)"]}},
+                      runbooks=[str(runbook(tmp_path))],
+                      healing={"blocked_backoff_initial_seconds": 60, "blocked_backoff_max_seconds": 60})
+    rt = start_runtime(cfg, run_probes=False)
+    pause.pause(rt.store, "user:alice", "deploy freeze")
+    inc_id = rt.ingest(alert()).incident_id
+    wait_for(lambda: "healing.blocked" in events(rt, inc_id), what="the healing to wait for resume")
+    pause.resume(rt.store, "user:alice")
+    assert attention.wake_after_resume(rt.store, rt.send) == 1
+    wait_for(lambda: rt.store.actions_for(inc_id), timeout=20, what="the remedy right after resume")

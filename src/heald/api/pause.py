@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from heald import pause
 from heald.auth import Principal, require
-from heald.engine import Runtime
+from heald.engine import Runtime, attention
 from heald.http_limits import HealdRoute
 from heald.models import Role
 
@@ -49,9 +49,11 @@ def routes(rt: Runtime) -> APIRouter:
     def post_resume(body: ResumeIn | None = None, who: Principal = Depends(require(Role.operator))) -> dict[str, Any]:
         """Resume automatic actions (role operator); 409 when heald is not paused."""
         try:
-            return pause.resume(rt.store, who.actor, body.reason if body else "").to_json()
+            state = pause.resume(rt.store, who.actor, body.reason if body else "").to_json()
         except ValueError as exc:
             code = 409 if "not paused" in str(exc) else 422
             raise HTTPException(code, detail=str(exc)) from exc
+        attention.wake_after_resume(rt.store, rt.send)  # the waiting healings ask the gate again now
+        return state
 
     return router

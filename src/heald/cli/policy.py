@@ -158,11 +158,15 @@ def resume_cmd(reason: str = typer.Option("", "--reason", "-m", help="Why it is 
                json_out: bool = JsonOpt) -> None:
     """Resume automatic actions after ``heald pause``."""
     from heald import pause
+    from heald.engine import attention, client_send
 
+    cfg = config()
+    store = open_store(cfg)
     try:
-        state = pause.resume(open_store(config()), f"cli:{getpass.getuser()}", reason)
+        state = pause.resume(store, f"cli:{getpass.getuser()}", reason)
     except ValueError as exc:
         fail(str(exc).replace("reason:", "--reason:", 1), 1)
+    attention.wake_after_resume(store, client_send(cfg))  # the waiting healings ask the gate again now
     if json_out:
         print_json(state.to_json())
     else:

@@ -377,6 +377,16 @@ def _wake(send: Send, incident_id: int, message: dict[str, Any], *topics: str) -
             pass
 
 
+def wake_after_resume(store: Store, send: Send) -> int:
+    """After a resume (:func:`heald.pause.resume`): wake every healing that waits in
+    ``deciding`` (a paused gate's wait, :func:`wait_out_block`), so it asks the gate again now
+    rather than at the end of its backoff. Returns how many were woken (at most 1000)."""
+    waiting = store.list_incidents(state=IncidentState.deciding, limit=1000)
+    for inc in waiting:
+        _wake(send, inc.id, {"action": "resume"}, ATTENTION_TOPIC)
+    return len(waiting)
+
+
 def retry(store: Store, incident_id: int, actor: str, comment: str, send: Send) -> dict[str, Any]:
     """A human (audit actor ``actor``, e.g. ``user:alice``) asks heald to heal an incident that
     needs attention again, with a new attempt budget: it moves to ``diagnosing`` and its

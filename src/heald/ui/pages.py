@@ -245,6 +245,7 @@ def routes(rt: Runtime) -> APIRouter:
                 pause.pause(rt.store, actor, reason)
             else:
                 pause.resume(rt.store, actor, reason)
+                attention.wake_after_resume(rt.store, rt.send)
         except HTTPException as exc:
             return error_page(request, who, exc.status_code, str(exc.detail))
         except ValueError as exc:
