@@ -627,6 +627,29 @@ class BudgetsConfig(_Section):
         return self.remedy_cooldown_seconds
 
 
+class ShadowConfig(_Section):
+    """Shadow mode ("watch, don't touch", where a team starts trusting heald): for an incident in
+    one of ``environments``, or diagnosed by one of ``runbooks``, heald does everything up to the
+    action — diagnosis, plan, the gate's decision — and records what it would have done
+    (audit ``action.shadowed``: remedy, parameters, target and the gate's decision) without
+    acting; the incident is then handed over to a human (``needs_attention``)."""
+
+    environments: list[str] = Field(default_factory=list,
+                                    description="environments (the incident's, from the top-level 'environment') "
+                                                "where heald only records what it would have done")
+    runbooks: list[str] = Field(default_factory=list,
+                                description="runbook names whose incidents heald only records what it would have done "
+                                            "for, in every environment")
+
+    def covers(self, environment: str | None, runbook: str | None) -> str | None:
+        """Why an incident in ``environment`` diagnosed by ``runbook`` is in shadow mode, or None."""
+        if environment is not None and environment in self.environments:
+            return f"shadow mode in environment {environment} (policy.shadow.environments)"
+        if runbook is not None and runbook in self.runbooks:
+            return f"shadow mode for runbook {runbook} (policy.shadow.runbooks)"
+        return None
+
+
 class PolicyConfig(_Section):
     """The gate: risk × confidence × environment → auto, approval, escalate or refuse
     (:mod:`heald.policy`). The keys of :class:`EnvironmentPolicy` set here are the defaults of
@@ -649,6 +672,9 @@ class PolicyConfig(_Section):
                                                                    "(see policy.environments.<name>)")
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig,
                                    description="loop prevention: cooldowns, rate limits, breakers, leases (see policy.budgets)")
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig,
+                                 description="shadow mode: environments and runbooks where heald records what it would "
+                                             "have done instead of acting (see policy.shadow)")
 
     _remedies = field_validator("allowed_remedies")(classmethod(lambda cls, v, info: _known_remedies(v, info)))
 

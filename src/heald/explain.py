@@ -144,6 +144,15 @@ def _decision(store: Store, inc: Incident) -> str:
         for a in (a for a in approvals if a["decision_id"] == d["id"]):
             out.append(f"   - {a['verdict']} by **{_inline(a['approver'])}** at {_ts(a['created_at'])}"
                        + (f": {_inline(a['comment'])}" if a["comment"] else ""))
+    unapplied = [e for e in reversed(store.search_audit(incident_id=inc.id, limit=1000))
+                 if e.event in ("action.shadowed", "gate.paused", "action.held")]
+    if unapplied:
+        out.append("")
+    for e in unapplied:  # shadow mode or the kill switch (heald.pause): what heald would have done
+        why = {"action.shadowed": "shadow mode", "gate.paused": "heald was paused",
+               "action.held": "heald was paused before it acted"}[e.event]
+        what = e.details.get("would_have") or f"{e.details.get('remedy')} {e.details.get('params', {})}"
+        out.append(f"- **would have**: `{_code(str(what))}` ({why}, {_ts(e.ts)}); nothing was applied")
     return "\n".join(out)
 
 

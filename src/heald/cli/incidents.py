@@ -111,12 +111,17 @@ def status(json_out: bool = JsonOpt) -> None:
     counts = store.count_incidents_by_state()
     by_state = {s.value: counts.get(s.value, 0) for s in OPEN_STATES}
     attention = store.list_incidents(state=IncidentState.needs_attention, limit=100)
+    from heald import pause
+
+    switch = pause.state(store)
     if json_out:
         print_json({"open": sum(by_state.values()), "needs_attention": by_state[IncidentState.needs_attention.value],
-                    "by_state": by_state,
+                    "by_state": by_state, "pause": switch.to_json(),
                     "needing_attention": [{"id": i.id, "title": i.title, "service": i.service,
                                            "reason": i.closed_reason} for i in attention]})
         return
+    if switch.paused:
+        out.print(f"[bold red]PAUSED[/]: {escape(switch.describe())} (heald resume to act again)")
     out.print(f"open incidents: [bold]{sum(by_state.values())}[/]  "
               + "  ".join(f"{s}: {n}" for s, n in by_state.items() if n))
     if not attention:

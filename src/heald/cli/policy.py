@@ -1,5 +1,6 @@
-"""``heald breakers list|reset`` (circuit breakers per target, :mod:`heald.budgets`) and
-``heald silences add|list|expire`` (:mod:`heald.correlate.silences`)."""
+"""``heald breakers list|reset`` (circuit breakers per target, :mod:`heald.budgets`),
+``heald silences add|list|expire`` (:mod:`heald.correlate.silences`) and ``heald pause`` /
+``heald resume`` (the kill switch, :mod:`heald.pause`)."""
 
 from __future__ import annotations
 
@@ -133,3 +134,40 @@ def expire_silence_cmd(silence_id: int = typer.Argument(..., help="The silence's
         print_json(row)
     else:
         out.print(f"silence {silence_id} is expired.")
+
+
+@app.command("pause")
+def pause_cmd(reason: str = typer.Option(..., "--reason", "-m", help="Why every automatic action stops (required)."),
+              json_out: bool = JsonOpt) -> None:
+    """Stop every automatic action of every heald worker on the database, at once. Incidents are
+    still opened and diagnosed; their remedies wait for ``heald resume``."""
+    from heald import pause
+
+    try:
+        state = pause.pause(open_store(config()), f"cli:{getpass.getuser()}", reason)
+    except ValueError as exc:
+        fail(str(exc).replace("reason:", "--reason:", 1))
+    if json_out:
+        print_json(state.to_json())
+    else:
+        out.print(f"{state.describe()}. heald resume to act again.", highlight=False)
+
+
+@app.command("resume")
+def resume_cmd(reason: str = typer.Option("", "--reason", "-m", help="Why it is safe to act again."),
+               json_out: bool = JsonOpt) -> None:
+    """Resume automatic actions after ``heald pause``."""
+    from heald import pause
+    from heald.engine import attention, client_send
+
+    cfg = config()
+    store = open_store(cfg)
+    try:
+        state = pause.resume(store, f"cli:{getpass.getuser()}", reason)
+    except ValueError as exc:
+        fail(str(exc).replace("reason:", "--reason:", 1), 1)
+    attention.wake_after_resume(store, client_send(cfg))  # the waiting healings ask the gate again now
+    if json_out:
+        print_json(state.to_json())
+    else:
+        out.print("heald is resumed: it acts by its policy again.", highlight=False)

@@ -3,7 +3,8 @@
 Three parts, used by :func:`heald.engine.workflow.heal_incident` and by the humans' commands:
 
 - **waiting out a block** (:func:`wait_out_block`): when the gate escalates only because every
-  candidate remedy is in cooldown or over a rate limit (:mod:`heald.budgets`), the healing
+  candidate remedy is in cooldown or over a rate limit (:mod:`heald.budgets`), or because heald
+  is paused (:mod:`heald.pause`: the block lifts when a human resumes it), the healing
   waits — a durable ``DBOS.recv`` with a timeout, so a human's action wakes it — with
   exponential backoff capped at ``healing.blocked_backoff_max_seconds`` (in the spirit of
   Kubernetes' CrashLoopBackOff), and never past the moment the block lifts; each time it
@@ -118,6 +119,8 @@ def blocked(deps: Deps, incident_id: int, planned: Planned, decided: Decided) ->
     if decided.kind != DecisionKind.escalate or not planned.candidates:
         return None
     inc = deps.store.get_incident(incident_id)
+    if decided.paused:  # heald is paused (heald.pause): the block lifts when a human resumes it
+        return None if inc.state.terminal else Blocked(decided.reason)
     facts = Budgets(deps.config, deps.store, incident_id, supervisor=deps.supervisor)
     if inc.state.terminal or inc.category == "unknown" or facts.silenced() is not None:
         return None
@@ -372,6 +375,16 @@ def _wake(send: Send, incident_id: int, message: dict[str, Any], *topics: str) -
             send(workflow_id(incident_id), message, topic)
         except Exception:  # no workflow to wake (not started yet): it reads the store when it runs
             pass
+
+
+def wake_after_resume(store: Store, send: Send) -> int:
+    """After a resume (:func:`heald.pause.resume`): wake every healing that waits in
+    ``deciding`` (a paused gate's wait, :func:`wait_out_block`), so it asks the gate again now
+    rather than at the end of its backoff. Returns how many were woken (at most 1000)."""
+    waiting = store.list_incidents(state=IncidentState.deciding, limit=1000)
+    for inc in waiting:
+        _wake(send, inc.id, {"action": "resume"}, ATTENTION_TOPIC)
+    return len(waiting)
 
 
 def retry(store: Store, incident_id: int, actor: str, comment: str, send: Send) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from heald.engine.steps import (
     Closed,
     Decided,
     Found,
+    Held,
     Lease,
     Planned,
     Tried,
@@ -168,9 +169,11 @@ def _act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> dic
     return steps.act(runtime().deps(), incident_id, attempt, candidate).to_json()
 
 
-def act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acted | Closed:
+def act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acted | Closed | Held:
     """:func:`heald.engine.steps.act`, recorded (the remedy applies at most once; see there)."""
     data = _act_step(incident_id, attempt, candidate)
+    if data.get("held"):
+        return Held(data["held"])
     return closed_or(data) or Acted.from_json(data)
 
 

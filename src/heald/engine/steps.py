@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from heald import remedies
+from heald import pause, remedies
 from heald._failpoints import failpoint
 from heald.config import HealdConfig
 from heald.diagnose import Finding, Reasoner
@@ -31,6 +31,7 @@ from heald.learn import success_rates
 from heald.models import (
     Action,
     ActionStatus,
+    Decision,
     DecisionKind,
     Diagnosis,
     Incident,
@@ -157,16 +158,30 @@ class Decided:
     required_approvals: int = 0
     target: str | None = None
     candidate: RemedyCandidate | None = None
+    paused: bool = False  #: an escalation only because heald is paused (:mod:`heald.pause`): it waits for resume
 
     def to_json(self) -> dict[str, Any]:
         return {"decision_id": self.decision_id, "kind": self.kind.value, "reason": self.reason,
                 "required_approvals": self.required_approvals, "target": self.target,
-                "candidate": self.candidate.model_dump(mode="json") if self.candidate else None}
+                "candidate": self.candidate.model_dump(mode="json") if self.candidate else None,
+                "paused": self.paused}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Decided:
         return cls(data["decision_id"], DecisionKind(data["kind"]), data["reason"], data["required_approvals"],
-                   data["target"], RemedyCandidate.model_validate(data["candidate"]) if data["candidate"] else None)
+                   data["target"], RemedyCandidate.model_validate(data["candidate"]) if data["candidate"] else None,
+                   bool(data.get("paused", False)))
+
+
+@dataclass(frozen=True)
+class Held:
+    """The remedy the gate chose was not applied: heald was paused (:mod:`heald.pause`) between
+    the decision and the action; ``reason`` says so."""
+
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"held": self.reason}
 
 
 @dataclass(frozen=True)
@@ -329,11 +344,34 @@ def decide(deps: Deps, incident_id: int, attempt: int, found: Found, planned: Pl
         deps.store.record(actor="policy", event="gate.skipped", incident_id=incident_id, reason=why,
                           details={"remedy": skipped.remedy, "params": skipped.params, "environment": inc.environment})
     d = result.decision
+    paused = False
+    if d.kind in (DecisionKind.auto, DecisionKind.approval) and d.candidate is not None:
+        would = would_have(d.candidate, d.kind)
+        details = {"remedy": d.candidate.remedy, "params": d.candidate.params, "target": result.target,
+                   "decision": d.kind.value, "gate_reason": d.reason, "would_have": would}
+        if (shadow := deps.config.policy.shadow.covers(inc.environment, found.runbook)) is not None:
+            deps.store.record(actor="policy", event="action.shadowed", incident_id=incident_id,
+                              reason=f"{shadow}: would have: {would}; heald did not act", details=details)
+            d = Decision(kind=DecisionKind.escalate, candidate=d.candidate,
+                         reason=f"{shadow}: would have: {would} ({d.reason}); heald did not act")
+        elif (switch := pause.state(deps.store)).paused:
+            deps.store.record(actor="policy", event="gate.paused", incident_id=incident_id,
+                              reason=f"{switch.describe()}; would have: {would}; heald waits for resume",
+                              details={**details, "paused_by": switch.actor, "pause_reason": switch.reason})
+            d = Decision(kind=DecisionKind.escalate, candidate=d.candidate,
+                         reason=f"{switch.describe()}; would have: {would} ({d.reason}); heald waits for resume")
+            paused = True
     decision_id = deps.store.add_decision(incident_id, d)
     log.info("incident.decided", incident_id=incident_id, attempt=attempt, decision=d.kind.value,
              remedy=d.candidate.remedy if d.candidate else None,
              reason=d.reason)
-    return Decided(decision_id, d.kind, d.reason, d.required_approvals, result.target, d.candidate)
+    return Decided(decision_id, d.kind, d.reason, d.required_approvals, result.target, d.candidate, paused)
+
+
+def would_have(candidate: RemedyCandidate, kind: DecisionKind) -> str:
+    """What heald would have done, for a human: ``restart_process {service: shop} (auto)``."""
+    params = ", ".join(f"{k}: {v}" for k, v in candidate.params.items())
+    return f"{candidate.remedy} {{{params}}} ({kind.value})"
 
 
 def take_lease(deps: Deps, incident_id: int, target: str) -> Lease:
@@ -404,12 +442,20 @@ def expire_approval(deps: Deps, incident_id: int, ttl: float) -> str:
     return reason
 
 
-def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acted | Closed:
+def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acted | Closed | Held:
     """Apply ``candidate`` at most once: the action's idempotency key (per workflow, attempt and
     remedy) finds an action begun before a crash, and the remedy's guard tells whether its
     effect is already there. Returns Closed (and frees the leases) when the incident ended or
-    every signal resolved before heald acted. A remedy that raises is a failed action."""
+    every signal resolved before heald acted; Held (audited ``action.held``, nothing applied)
+    when heald was paused after the gate decided (:mod:`heald.pause`). A remedy that raises is
+    a failed action."""
     inc = deps.store.get_incident(incident_id)
+    if inc.state != IncidentState.acting and (switch := pause.state(deps.store)).paused:
+        reason = f"{switch.describe()}; {candidate.remedy} was decided before the pause and is not applied"
+        deps.store.record(actor="heald", event="action.held", incident_id=incident_id, reason=reason,
+                          details={"remedy": candidate.remedy, "params": candidate.params, "attempt": attempt})
+        log.info("incident.held", incident_id=incident_id, remedy=candidate.remedy, reason=reason)
+        return Held(reason)
     # an incident already ``acting`` resumes an action begun before a crash: heald did act (the
     # guard below tells whether it took), so it cannot have been "resolved before heald acted"
     closed = Closed(inc.state.value) if inc.state.terminal else None if inc.state == IncidentState.acting else \

@@ -4,7 +4,8 @@ Wait for the group to fill, reproduce (a CI failure), diagnose, plan, decide, wa
 if needed, take the target's lease, act, verify, undo what did not heal, learn; repeat with the
 next candidate while attempts remain; end resolved, escalated or failed — or, while the target
 still fails, hand it over to a human and wait for them (:mod:`heald.engine.attention`: a remedy
-blocked by a cooldown or rate limit is waited out first). Each stage is a DBOS
+blocked by a cooldown or rate limit, or by heald being paused (:mod:`heald.pause`), is waited out first; a
+remedy decided before a pause is not applied after it, and a human takes over). Each stage is a DBOS
 step (:mod:`heald.engine.dbos_steps`, over the plain functions of :mod:`heald.engine.steps`), so
 a heald killed at any point resumes the workflow on restart, replaying completed steps from
 their recorded results instead of running them again.
@@ -33,7 +34,7 @@ from heald.engine.dbos_steps import (
     undo_step,
     verify_step,
 )
-from heald.engine.steps import Closed, Tried, Verified
+from heald.engine.steps import Closed, Held, Tried, Verified
 from heald.models import ActionStatus, DecisionKind, IncidentState
 from heald.plan import candidate_key
 
@@ -93,6 +94,8 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
         acted = act_step(incident_id, attempt, candidate)
         if isinstance(acted, Closed):
             return acted.state
+        if isinstance(acted, Held):  # paused after the gate decided: nothing applied, a human takes over
+            return Stopped(attempt, acted.reason)
         if acted.status == ActionStatus.succeeded:
             verified = verify_step(incident_id, acted.action_id, found.verify)
         else:

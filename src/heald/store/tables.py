@@ -317,3 +317,16 @@ class ProbeStateRow(Base):
     first_failure: Mapped[datetime | None]
     fingerprint: Mapped[str | None] = mapped_column(sa.String(200))
     updated_at: Mapped[datetime]
+
+
+class PauseRow(Base):
+    """The kill switch (:mod:`heald.pause`): one row (``id`` 1) per database, so every heald
+    worker on a shared PostgreSQL sees it. While ``paused`` no remedy is applied anywhere; the
+    history of pauses and resumes is in the audit log (``heald.paused``, ``heald.resumed``)."""
+
+    __tablename__ = "heald_pause"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    paused: Mapped[bool] = mapped_column(default=False)
+    reason: Mapped[str] = mapped_column(sa.Text, default="")
+    actor: Mapped[str] = mapped_column(sa.String(200), default="")
+    changed_at: Mapped[datetime]

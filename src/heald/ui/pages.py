@@ -19,7 +19,7 @@ from fastapi import APIRouter, Form, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from heald import __version__, budgets, remedies
+from heald import __version__, budgets, pause, remedies
 from heald.auth import Principal
 from heald.correlate.silences import list_silences, parse_matchers
 from heald.engine import Runtime, approval_tally, attention
@@ -43,7 +43,9 @@ NOTICES = {"approve": "Your approval is recorded.", "reject": "Your rejection is
            "repeat": "You had already given a verdict on this decision; an identity counts once.",
            "retry": "heald heals it again, with a new attempt budget.",
            "ack": "Acknowledged: heald stops reminding the channels about it.",
-           "resolve": "Resolved by you; it does not count as a heal by heald."}
+           "resolve": "Resolved by you; it does not count as a heal by heald.",
+           "paused": "heald is paused: no remedy is applied anywhere until someone resumes it.",
+           "resumed": "heald is resumed: it acts by its policy again."}
 #: A human's actions on an open incident (:mod:`heald.engine.attention`), as the form names them.
 HUMAN_ACTIONS = ("retry", "ack", "resolve")
 #: Security headers of every dashboard page: scripts, styles and connections only from heald.
@@ -298,7 +300,41 @@ def routes(rt: Runtime) -> APIRouter:
         data = {"since": since, **overview_data()}
         if partial:
             return render(request, "_overview_live.html", data, who=who)
-        return render(request, "overview.html", {"title": "Overview", **data}, who=who)
+        return render(request, "overview.html", {"title": "Overview", "pause": pause.state(rt.store),
+                                                 "can_pause": who is not None and who.role.allows(Role.operator),
+                                                 "notice": NOTICES.get(request.query_params.get("notice") or ""),
+                                                 **data}, who=who)
+
+    @router.post("/pause")
+    def pause_form(request: Request, action: str = Form(""), reason: str = Form(""), csrf: str = Form(""),
+                   by: str = Form("")) -> Response:
+        """The kill switch from the overview: pause (with a reason) or resume every automatic
+        action (role operator, CSRF; :mod:`heald.pause`, audited with the human's identity)."""
+        who = session.current(request, rt)
+        try:
+            session.check_csrf(request, rt, csrf)
+            if not who.role.allows(Role.operator):
+                raise HTTPException(403, detail=f"{who.identity} has role {who.role.value}; pausing or resuming heald "
+                                                f"needs role operator or above")
+            if action not in ("pause", "resume"):
+                raise HTTPException(422, detail=f"action: expected 'pause' or 'resume', got {action[:50]!r}")
+            if clean(reason) != reason or clean(by) != by:
+                raise HTTPException(422, detail="reason, by: text without NUL characters")
+            actor = who.actor
+            if not who.authenticated:  # api.auth is off: nothing names the human but the form
+                if not by.strip():
+                    raise HTTPException(422, detail="by: your name is required when api.auth is false")
+                actor = f"user:{by.strip()[:200]}"
+            if action == "pause":
+                pause.pause(rt.store, actor, reason)
+            else:
+                pause.resume(rt.store, actor, reason)
+                attention.wake_after_resume(rt.store, rt.send)
+        except HTTPException as exc:
+            return error_page(request, who, exc.status_code, str(exc.detail))
+        except ValueError as exc:
+            return error_page(request, who, 409 if "not paused" in str(exc) else 422, str(exc))
+        return RedirectResponse(f"/?notice={'paused' if action == 'pause' else 'resumed'}", status_code=303)
 
     # -- incident --------------------------------------------------------------------------
     def incident_data(request: Request, incident_id: int, who: Principal) -> dict[str, Any]:
@@ -327,9 +363,12 @@ def routes(rt: Runtime) -> APIRouter:
             a == "ack" or (a == "retry" and state == IncidentState.needs_attention)
             or (a == "resolve" and state in attention.RESOLVABLE))]
         acked = next((e for e in reversed(d["timeline"]) if e["event"] == "incident.acknowledged"), None)
+        would_have = [{"what": e["details"].get("would_have", ""), "why": e["reason"], "ts": e["ts"],
+                       "shadow": e["event"] == "action.shadowed"}
+                      for e in d["timeline"] if e["event"] in ("action.shadowed", "gate.paused")]
         return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
                 "pending": pending, "plan": d["plans"][-1] if d["plans"] else None, "human_actions": actions,
-                "acked": acked}
+                "acked": acked, "would_have": would_have}
 
     @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
     def incident_page(request: Request, incident_id: DbId, partial: bool = False, notice: str | None = None) -> Response:
