@@ -19,7 +19,7 @@ from heald.ci import CiJob
 from heald.ci.fix import build_fix
 from heald.ci.repo import RepoCache
 from heald.config import load_config
-from heald.models import Severity, Signal, SignalStatus
+from heald.models import IncidentState, Severity, Signal, SignalStatus
 from tests.ci.repos import CALC, TESTS, commit, sh
 
 HOST_TEXT = "root:x:0:0:root:/root:/bin/bash\n"
@@ -241,7 +241,8 @@ def test_a_forged_sandbox_finding_does_not_make_heald_push_a_revert(open_tmp: Pa
     rt.start()
     try:
         inc = rt.ingest(sig, actor="test").incident_id
-        done = wait_for(lambda: (i := rt.store.get_incident(inc)).state.terminal and i, timeout=400, what="the end")
+        done = wait_for(lambda: ((i := rt.store.get_incident(inc)).state.terminal
+                                 or i.state == IncidentState.needs_attention) and i, timeout=400, what="the end or a hand-over")
         actions = rt.store.actions_for(done.id)
         [stored] = rt.store.signals_for(done.id)
     finally:

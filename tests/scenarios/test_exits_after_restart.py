@@ -25,8 +25,8 @@ def test_a_service_that_exits_right_after_its_restart_is_a_failed_action_with_ev
         {"web": managed(nginx_command(ndir, port), http_probe(f"http://127.0.0.1:{port}/healthz"),
                         start_period_seconds=1.5, restart_backoff_max_seconds=30.0)},
         healing={"max_attempts": 8, "retry_delay_seconds": 1.0},
-        # the breaker would hand it to a human after 3 failures; let the back-off show first
-        policy={"budgets": {"breaker_failures": 10}}).start()
+        # the breaker (after 3 failures, or by failure rate) would hand it to a human; let the back-off show first
+        policy={"budgets": {"breaker_failures": 10, "breaker_window_seconds": 0}}).start()
     wait_for(lambda: http_status(f"http://127.0.0.1:{port}/healthz") == 200, timeout=30, what="nginx to answer")
     conf = ndir / "nginx.conf"
     conf.write_text(BAD + conf.read_text())
