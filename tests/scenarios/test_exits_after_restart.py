@@ -34,7 +34,7 @@ def test_a_service_that_exits_right_after_its_restart_is_a_failed_action_with_ev
     heald.crash("web")
     inc = heald.wait_incident(lambda i: i["service"] == "web", timeout=30, what="an incident about web")
     scenario.watch.mark("detect")
-    inc = heald.wait_state(inc["id"], TERMINAL | {"awaiting_approval"}, timeout=60)
+    inc = heald.wait_state(inc["id"], TERMINAL | {"awaiting_approval", "needs_attention"}, timeout=60)
     scenario.watch.mark("closed")
     detail = heald.incident(inc["id"])
     actions = [a for a in detail["actions"] if a["remedy"] == "restart_process"]
