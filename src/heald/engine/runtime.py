@@ -206,6 +206,7 @@ class Runtime:
             logging.getLogger("dbos").setLevel(logging.CRITICAL)
             sys_db = _system_database()
             DBOS.destroy(destroy_registry=False)
+            _stop_retrying(sys_db)  # a wait woken below must not retry the gone database forever
             _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
             self.started = False
         if self.checkpointer is not None:
@@ -595,6 +596,19 @@ def _system_database() -> Any:
         return getattr(_dbos_global_instance, "_sys_db_field", None)
     except ImportError:
         return None
+
+
+def _stop_retrying(sys_db: Any) -> None:
+    """After ``DBOS.destroy``: make DBOS's own database calls in this process's remaining workflow
+    threads fail instead of retrying without end (DBOS's ``db_retry`` retries a lost PostgreSQL
+    connection, and any SQLite error it deems retriable, forever, which kept heald's process
+    from exiting after Ctrl-C while a healing waited for a human). Those workflows stay PENDING
+    and resume at the next start. Without DBOS's internals (another version) nothing changes."""
+    if sys_db is None:
+        return
+    for attr, value in (("_retry_connection_errors", False), ("_is_sqlite", False)):
+        if hasattr(sys_db, attr):
+            setattr(sys_db, attr, value)
 
 
 def _wake_recv_waiters(sys_db: Any, grace: float = 5.0) -> None:

@@ -141,11 +141,16 @@ class _FairLock:
             if self._owner == threading.get_ident():
                 return False
             self._queue.append(me)
-            got = self._cond.wait_for(lambda: self._owner is None and self._queue[0] is me, timeout)
-            if got:
-                self._owner = threading.get_ident()
-            self._queue.remove(me)
-            self._cond.notify_all()  # the next in the queue is now at its head
+            got = False
+            try:
+                got = self._cond.wait_for(lambda: self._owner is None and self._queue[0] is me, timeout)
+                if got:
+                    self._owner = threading.get_ident()
+            finally:
+                # also on an exception in the wait (KeyboardInterrupt on Ctrl-C): an entry left at
+                # the queue's head would make every later writer wait out its whole timeout
+                self._queue.remove(me)
+                self._cond.notify_all()  # the next in the queue is now at its head
             return got
 
     def release(self) -> None:
