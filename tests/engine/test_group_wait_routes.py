@@ -11,7 +11,8 @@ from tests.conftest import make_config, wait_for
 
 def test_an_incident_waits_its_routes_group_wait(tmp_path: Path, start_runtime) -> None:
     cfg = make_config(tmp_path, services={"fast": {}, "slow": {}},
-                      healing={"group_wait_seconds": 20},  # the default: nothing is diagnosed for 20 s (a longer DBOS.sleep would hold the test process at exit)
+                      # the default: nothing is diagnosed for 20 s (a longer DBOS.sleep holds the process at exit)
+                      healing={"group_wait_seconds": 20},
                       correlation={"routes": [{"matchers": ['service="fast"'], "group_wait_seconds": 0}]})
     rt = start_runtime(cfg, run_probes=False)
     slow = rt.ingest(Signal(source="test", service="slow", labels={"alertname": "Mystery"})).incident_id
