@@ -23,6 +23,8 @@ from heald.engine import Runtime
 from heald.store import Store
 from heald.store.db import normalize_url
 
+_EXIT_STATUS = pytest.StashKey[int]()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 CORPUS = SHARED / "corpus"
@@ -202,3 +204,19 @@ def serving(rt: Runtime, role: str | None = "admin", name: str = "root") -> Iter
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    session.config.stash[_EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """End the test process with pytest's own exit status once everything is reported: workflow
+    threads that tests leave in a ``DBOS.sleep`` (which nothing can wake) would otherwise hold
+    the interpreter's exit for as long as they sleep."""
+    status = config.stash.get(_EXIT_STATUS, None)
+    if status is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
