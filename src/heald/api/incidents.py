@@ -27,6 +27,9 @@ class VerdictIn(BaseModel):
 
 
 class HumanActionIn(BaseModel):
+    """Body of ``POST /v1/incidents/{id}/retry|ack|resolve``: who acts (``by``) and a comment
+    (required to resolve)."""
+
     model_config = ConfigDict(extra="forbid")
     by: str | None = Field(default=None, min_length=1, max_length=200,
                            description="who acts; with auth on it must be the token's identity (default), with "

@@ -18,17 +18,23 @@ from heald.models import Role
 
 
 class PauseIn(BaseModel):
+    """Body of ``POST /v1/pause``: ``{"reason": str}`` (1–MAX_REASON characters, not blank)."""
+
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=pause.MAX_REASON, pattern=r"\S",
                         description="why every automatic action stops (e.g. 'deploy freeze'); required")
 
 
 class ResumeIn(BaseModel):
+    """Body of ``POST /v1/resume``: ``{"reason": str}`` (optional, at most MAX_REASON characters)."""
+
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(default="", max_length=pause.MAX_REASON, description="why it is safe to act again")
 
 
 def routes(rt: Runtime) -> APIRouter:
+    """The pause switch: ``GET /v1/pause`` (viewer), ``POST /v1/pause`` and ``POST /v1/resume``
+    (operator); 409 when already paused / not paused, 422 naming the field for a bad body."""
     router = APIRouter(tags=["pause"], route_class=HealdRoute)
 
     @router.get("/v1/pause", dependencies=[Depends(require(Role.viewer))])

@@ -231,7 +231,7 @@ def await_lease(incident_id: int, target: str) -> str | None:
 def await_approval(incident_id: int, decided: Decided) -> str:
     """Wait (durably) until enough distinct humans approve (one per root identity), one
     rejects, every signal resolves (the incident then ends resolved; ingestion wakes this wait,
-    :meth:`heald.engine.runtime.Runtime.wake_approval_waits`) or the TTL passes
+    :meth:`heald.engine.runtime.Runtime.wake_waiting_healings`) or the TTL passes
     (``healing.approval_ttl_seconds``). Returns ``approved`` or the reason it was not."""
     ttl = runtime().config.healing.approval_ttl_seconds
     enter_approval_step(incident_id, decided)

@@ -43,7 +43,7 @@ from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, Store
 from heald.store.checkpoints import Checkpointer
-from heald.store.retry import TransientDatabaseError
+from heald.store.retry import TransientDatabaseError, is_transient
 from heald.supervise import Supervisor
 
 log = structlog.get_logger("heald.engine")
@@ -55,15 +55,9 @@ ATTENTION_TOPIC = "attention"
 _JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
 
-#: Database errors after which storing a message's signals again can succeed (locked, deadlock,
-#: serialization failure, a dropped connection; TransientDatabaseError: heald's own retries of
-#: them were spent): the sender is asked to retry.
-TRANSIENT_DB_ERRORS: tuple[type[Exception], ...] = (TransientDatabaseError, sa.exc.OperationalError, sa.exc.InterfaceError)
-
-
 class IngestIncomplete(RuntimeError):
     """Storing a message of ``total`` signals stopped on ``cause``, a transient database error
-    (:data:`TRANSIENT_DB_ERRORS`), after this call had stored (committed, their incidents'
+    (:func:`heald.store.retry.is_transient`) that outlived the store's retries, after this call had stored (committed, their incidents'
     healings started) ``accepted``, possibly none. Sending the message again is safe: a
     redelivery with a delivery id stores only what is missing; signals without one join the
     incidents their fingerprints already have."""
@@ -303,7 +297,6 @@ class Runtime:
     def _without_live_workflow(self, incident_ids: list[int] | None) -> list[int]:
         """The open incidents (of ``incident_ids``, or all) whose workflow is not live: two
         queries, whatever their number (the open incidents, the live workflows among theirs)."""
-        import sqlalchemy as sa
         from dbos import WorkflowStatusString
 
         from heald.models import OPEN_STATES
@@ -453,7 +446,7 @@ class Runtime:
             self._after_ingest(signals[len(signals) - len(results):], results)
         return results
 
-    def wake_approval_waits(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
+    def wake_waiting_healings(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
         """Wake the wait of each incident that a resolved signal joined while it awaits approval
         or a human (``needs_attention``), so it ends at once when that was its last firing signal
         (:func:`heald.engine.steps.withdraw_if_resolved`, :func:`heald.engine.attention.await_human`)
@@ -485,7 +478,9 @@ class Runtime:
         database error."""
         try:
             part = self.store.transact(store)  # a transient error is retried first (heald.store.retry)
-        except TRANSIENT_DB_ERRORS as exc:
+        except Exception as exc:
+            if not (isinstance(exc, TransientDatabaseError) or is_transient(exc)):
+                raise
             incomplete = IngestIncomplete(list(done), total, exc)
             log.warning("ingest.incomplete", stored=len(done), total=total, error=str(incomplete))
             raise incomplete from exc
@@ -497,12 +492,12 @@ class Runtime:
 
     def _after_ingest(self, signals: list[Signal], results: list[correlate.IngestResult]) -> None:
         """Once a message is stored (or stopped): wake the waits its resolved ``signals`` end
-        (:meth:`wake_approval_waits`), start the healings of the incidents ``results`` opened —
+        (:meth:`wake_waiting_healings`), start the healings of the incidents ``results`` opened —
         only now, so that its alerts have joined their incidents before these are diagnosed, as
         with a message stored in one transaction (a crash before this point leaves them to
         :meth:`resume_open_incidents`) — and end the incidents joined whose workflow died
         meanwhile (:meth:`reap_joined`)."""
-        self.wake_approval_waits(signals, results)
+        self.wake_waiting_healings(signals, results)
         for result in results:
             if result.opened and result.incident_id is not None:
                 self.start_healing(result.incident_id)

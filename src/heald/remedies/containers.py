@@ -83,6 +83,8 @@ def _refuse_own(key: str, cfg: ContainerConfig | None, heald: HealdSelf) -> str 
 
 
 class RestartContainerParams(RemedyParams):
+    """restart_container's parameters: the name of a configured container (``containers.<name>``)."""
+
     container: str = Field(pattern=TARGET_KEY_PATTERN, description="a container of containers.<name>")
 
 
@@ -136,6 +138,9 @@ class RestartContainer(Remedy[RestartContainerParams]):
 
 
 class RollbackContainerParams(RemedyParams):
+    """rollback_container_image's parameters: a configured container and, optionally, the image
+    reference to go back to (default: the previous image heald saw it run)."""
+
     container: str = Field(pattern=TARGET_KEY_PATTERN, description="a container of containers.<name>")
     to: str | None = Field(default=None, pattern=IMAGE_PATTERN,
                            description="the image to go back to (default: the newest image of the same repository "

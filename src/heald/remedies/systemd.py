@@ -31,6 +31,8 @@ from heald.targets import systemd as sd
 
 
 class UnitParams(RemedyParams):
+    """The unit remedies' parameters: the name of a configured unit (``systemd_units.<name>``)."""
+
     unit: str = Field(pattern=TARGET_KEY_PATTERN, description="a unit of systemd_units.<name>")
 
 

@@ -50,6 +50,7 @@ class LocalRunner:
         self.where = " ".join(self.prefix) or "this machine"
 
     def run(self, argv: list[str], timeout: float) -> CommandResult:
+        """Run ``argv`` (after the prefix) for at most ``timeout`` seconds; see :class:`Runner`."""
         full = [*self.prefix, *argv]
         env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
         try:
