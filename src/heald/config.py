@@ -368,7 +368,23 @@ class LogSourceConfig(_Section):
     name: str | None = Field(default=None, description="the log's name in labels (default: the file name)")
     service: str | None = Field(default=None, description="the service whose log it is")
     labels: dict[str, str] = Field(default_factory=dict, description="labels added to every signal of this log")
-    error_pattern: str = Field(default=DEFAULT_ERROR_PATTERN, description="a regex: records it finds are errors")
+    error_pattern: str = Field(default=DEFAULT_ERROR_PATTERN,
+                               description="a regex: a record without a level of its own is an error when it "
+                                           "matches (a record with a level is judged by min_level)")
+    min_level: Literal["debug", "info", "notice", "warning", "error", "critical"] = Field(
+        default="warning", description="a record whose own level (syslog priority, a level token such as ERROR or "
+                                       "[WARN], a JSON or logfmt level field) is lower never becomes a signal")
+    always_signal: list[str] = Field(default_factory=list,
+                                     description="regexes: a record whose key line matches is signal-worthy whatever "
+                                                 "its level, warm-up or never_signal")
+    never_signal: list[str] = Field(default_factory=list,
+                                    description="regexes: a record whose key line matches never becomes a signal "
+                                                "(a known, harmless message)")
+    warmup_seconds: float = Field(default=300.0, ge=0,
+                                  description="while a fresh miner learns (this long, in log time, or warmup_records, "
+                                              "whichever ends first) templates it sees are normal: no new-template "
+                                              "or rate-jump signals; 0 = no warm-up")
+    warmup_records: int = Field(default=1000, ge=0, description="…or this many records; 0 = no warm-up")
     from_start: bool = Field(default=False, description="read the file from its start (default: only new lines)")
     new_template_signals: bool = Field(default=True, description="signal an error template never seen before")
     rate_window_seconds: Seconds = Field(default=60.0, description="window over which a template's rate is measured")
@@ -392,6 +408,18 @@ class LogSourceConfig(_Section):
             re.compile(v)
         except re.error as exc:
             raise ValueError(f"invalid regex: {exc}") from exc
+        return v
+
+    @field_validator("always_signal", "never_signal")
+    @classmethod
+    def _regexes(cls, v: list[str]) -> list[str]:
+        import re
+
+        for i, pattern in enumerate(v):
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"item {i} {pattern!r}: invalid regex: {exc}") from exc
         return v
 
     @property

@@ -23,6 +23,7 @@ an LLM the latency and cost per case.
 
 from __future__ import annotations
 
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -77,7 +78,9 @@ class Case(BaseModel):
         if self.log:
             from heald.sources.logs import LogMiner
 
-            miner = LogMiner(LogSourceConfig(path="-", name=f"{self.service or 'app'}.log", service=self.service))
+            # a case is a log's incident, not its first minutes: no warm-up
+            miner = LogMiner(LogSourceConfig(path="-", name=f"{self.service or 'app'}.log", service=self.service,
+                                             warmup_seconds=0))
             mined = miner.feed(self.log.splitlines(keepends=True), now=0.0) + miner.flush(now=0.0)
             for s in mined:  # as the incident holds them after its group wait: each template's lines so far
                 t = miner.templates.get(int(s.labels["template_id"]))
@@ -264,3 +267,195 @@ def evaluate(cases: list[Case], reasoners: list[Reasoner], runbooks: list[Runboo
             progress(r)
     return results, summarize(results)
 
+
+
+# -- heald eval logs ---------------------------------------------------------------------------
+"""``heald eval logs``: precision and recall of the log source's signals on logs labelled per
+line, beside a level filter run on the same lines.
+
+A labelled log is a text file whose every line is ``LABEL LINE``: ``-`` for a normal line,
+any other word (an alert category such as ``KERNDTLB``) for an anomalous one: the format of
+loghub's BGL and Thunderbird logs (https://github.com/logpai/loghub). heald ships small sets of
+its own (``heald/sources/eval_logs/*.log``, written for heald); loghub's sets are for research
+use only, so heald never ships them: ``--loghub`` reads them from a checkout or a URL at
+evaluation time.
+
+Each log is fed to :class:`heald.sources.logs.LogMiner` line by line at the time the line
+carries (:func:`line_time`), as a live tail would have read it. A line is *raised* by heald when
+its record is part of a firing signal (the record that fired, or a later one of that template
+while its signal fires). The level filter raises a line whose own level
+(:func:`heald.sources.logs.parse_level`) is error or higher: the issue's baseline (on BGL:
+ERROR, SEVERE and FATAL lines). Reported per set: lines, anomalous lines, for each method the
+raised lines, precision, recall and F1, the anomaly categories caught (a category is caught when
+one of its lines is raised), and for heald the signals fired and how many of them fired on an
+anomalous record.
+"""
+
+LOGHUB_SETS = ("BGL/BGL_2k.log", "Thunderbird/Thunderbird_2k.log")
+LOGHUB_URL = "https://raw.githubusercontent.com/logpai/loghub/master/"
+_MAX_LOG_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class LabelledLog:
+    """One labelled log: its lines (without the label) and their labels (``-`` = normal)."""
+
+    name: str
+    source: str
+    lines: list[str]
+    labels: list[str]
+
+
+def parse_labelled_log(name: str, source: str, text: str) -> LabelledLog:
+    """Split ``LABEL LINE`` lines (see above). Raises ValueError naming the line number of a
+    line without a label; empty lines are skipped."""
+    lines: list[str] = []
+    labels: list[str] = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        if not raw.strip():
+            continue
+        label, sep, line = raw.partition(" ")
+        if not sep or not label:
+            raise ValueError(f"{source}:{n}: expected 'LABEL LINE' ('-' for a normal line), got {raw[:80]!r}")
+        lines.append(line)
+        labels.append(label)
+    return LabelledLog(name=name, source=source, lines=lines, labels=labels)
+
+
+def default_log_sets() -> list[Path]:
+    """The labelled logs shipped with heald (written for it)."""
+    root = resources.files("heald") / "sources" / "eval_logs"
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".log"))
+
+
+def load_log_sets(paths: list[Path]) -> list[LabelledLog]:
+    """Read labelled log files (a directory: its ``*.log``). Raises ValueError naming the file
+    and line of a malformed line, or a file that cannot be read."""
+    files: list[Path] = []
+    for p in paths:
+        files.extend(sorted(p.glob("*.log")) if p.is_dir() else [p])
+    out = []
+    for f in files:
+        try:
+            data = f.read_bytes()[:_MAX_LOG_BYTES]
+        except OSError as exc:
+            raise ValueError(f"{f}: cannot read: {exc.strerror or exc}") from exc
+        out.append(parse_labelled_log(f.stem, str(f), data.decode("utf-8", errors="replace")))
+    return out
+
+
+def load_loghub(where: str, timeout_s: float = 60.0) -> list[LabelledLog]:
+    """loghub's line-labelled 2k samples (BGL, Thunderbird) from a checkout of
+    https://github.com/logpai/loghub (a directory) or a URL of its raw files (e.g.
+    :data:`LOGHUB_URL`). loghub's licence allows research and academic use only, which is why
+    heald reads them here instead of shipping them. Raises ValueError naming the file that is
+    missing, unreadable or malformed."""
+    out = []
+    for rel in LOGHUB_SETS:
+        name = rel.rsplit("/", 1)[-1].removesuffix(".log")
+        if where.startswith(("http://", "https://")):
+            import httpx
+
+            url = where.rstrip("/") + "/" + rel
+            try:
+                r = httpx.get(url, timeout=timeout_s, follow_redirects=True)
+            except httpx.HTTPError as exc:
+                raise ValueError(f"{url}: {exc}") from exc
+            if r.status_code != 200:
+                raise ValueError(f"{url}: HTTP {r.status_code}")
+            text, source = r.content[:_MAX_LOG_BYTES].decode("utf-8", errors="replace"), url
+        else:
+            path = Path(where) / rel
+            if not path.is_file():
+                raise ValueError(f"{path}: not found (expected a checkout of https://github.com/logpai/loghub)")
+            text, source = path.read_bytes()[:_MAX_LOG_BYTES].decode("utf-8", errors="replace"), str(path)
+        out.append(parse_labelled_log(f"loghub {name}", source, text))
+    return out
+
+
+_EPOCH = re.compile(r"^\s*(\d{10})(?:\.\d+)?\b")
+_ISO = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:[.,](\d{1,6}))?")
+_BSD = re.compile(r"\b(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) +(\d{1,2}) (\d{2}):(\d{2}):(\d{2})\b")
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                                       "Dec"), 1)}
+
+
+def line_time(line: str) -> float | None:
+    """The time a log line carries, in epoch seconds (UTC assumed), or None: a leading 10-digit
+    epoch (BGL), an ISO 8601 date and time anywhere in its first 120 characters, or a BSD
+    syslog ``Mar  2 09:00:05`` (RFC 3164 has no year: 2000 is used, only differences matter)."""
+    from datetime import UTC, datetime
+
+    if m := _EPOCH.match(line):
+        return float(m.group(1))
+    head = line[:120]
+    try:
+        iso, bsd = _ISO.search(head), _BSD.search(head)
+        if iso and (bsd is None or iso.start() < bsd.start()):  # the first time in the line is the line's
+            y, mo, d, h, mi, s = (int(g) for g in iso.groups()[:6])
+            frac = float("0." + iso.group(7)) if iso.group(7) else 0.0
+            return datetime(y, mo, d, h, mi, s, tzinfo=UTC).timestamp() + frac
+        if bsd:
+            return datetime(2000, _MONTHS[bsd.group(1)], int(bsd.group(2)), int(bsd.group(3)), int(bsd.group(4)),
+                            int(bsd.group(5)), tzinfo=UTC).timestamp()
+    except ValueError:  # 2024-13-45: not a time
+        return None
+    return None
+
+
+def _scores(raised: set[int], anomalous: set[int], labels: list[str]) -> dict[str, Any]:
+    tp = len(raised & anomalous)
+    precision = tp / len(raised) if raised else None
+    recall = tp / len(anomalous) if anomalous else None
+    f1 = (2 * precision * recall / (precision + recall)
+          if precision is not None and recall is not None and precision + recall > 0 else None)
+    caught = sorted({labels[i] for i in raised & anomalous})
+    return {"raised": len(raised), "true_positives": tp,
+            "precision": None if precision is None else round(precision, 4),
+            "recall": None if recall is None else round(recall, 4),
+            "f1": None if f1 is None else round(f1, 4), "categories_caught": caught}
+
+
+def evaluate_log(labelled: LabelledLog, cfg: LogSourceConfig | None = None) -> dict[str, Any]:
+    """Run one labelled log through the log source and the level filter; see above for what
+    is reported. ``cfg`` is the log source's configuration (default: the defaults)."""
+    from heald.sources.logs import LEVELS, LogMiner, RecordVerdict, parse_level
+
+    cfg = cfg or LogSourceConfig(path="-")
+    cfg = cfg.model_copy(update={"name": labelled.name})
+    verdicts: list[RecordVerdict] = []
+    miner = LogMiner(cfg, on_record=verdicts.append)
+    now = 0.0
+    signals = []
+    for line in labelled.lines:
+        t = line_time(line)
+        now = max(now, t) if t is not None else now  # a line without a time, or out of order: the last time
+        signals.extend(miner.feed([line + "\n"], now=now))
+    signals.extend(miner.flush(now=now))
+    anomalous = {i for i, lab in enumerate(labelled.labels) if lab != "-"}
+    raised: set[int] = set()
+    fired = fired_anomalous = 0
+    for v in verdicts:
+        span = set(range(v.first_line, v.first_line + v.line_count))
+        if v.raised:
+            raised |= span
+        if v.signal is not None:
+            fired += 1
+            fired_anomalous += bool(span & anomalous)
+    error_rank = LEVELS.index("error")
+    baseline = set()
+    for i, line in enumerate(labelled.lines):
+        level = parse_level(line)[0]
+        if level is not None and LEVELS.index(level) >= error_rank:
+            baseline.add(i)
+    return {"name": labelled.name, "source": labelled.source, "lines": len(labelled.lines),
+            "anomalous": len(anomalous),
+            "categories": sorted({labelled.labels[i] for i in anomalous}),
+            "heald": {**_scores(raised, anomalous, labelled.labels), "signals": fired,
+                      "signals_on_anomalies": fired_anomalous},
+            "level_filter": _scores(baseline, anomalous, labelled.labels)}
+
+
+def evaluate_logs(sets: list[LabelledLog], cfg: LogSourceConfig | None = None) -> list[dict[str, Any]]:
+    """:func:`evaluate_log` for every set."""
+    return [evaluate_log(s, cfg) for s in sets]

@@ -23,6 +23,7 @@ psycopg2.OperationalError: could not connect to server: Connection refused
 
 
 def cfg(**kw) -> LogSourceConfig:  # type: ignore[no-untyped-def]
+    kw.setdefault("warmup_seconds", 0)
     return LogSourceConfig(path="app.log", service="shop", **kw)
 
 
@@ -93,7 +94,7 @@ def test_tailer_follows_a_file_through_rotation(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.write_text("ERROR old error before heald started\n")
     got = []
-    t = LogTailer(LogSourceConfig(path=str(log), service="shop", poll_interval_seconds=0.05), got.append)
+    t = LogTailer(LogSourceConfig(path=str(log), service="shop", poll_interval_seconds=0.05, warmup_seconds=0), got.append)
     t.start()
     try:
         time.sleep(0.3)
@@ -128,7 +129,7 @@ def test_tailer_reads_stdin_stream() -> None:
     import io
 
     got = []
-    t = LogTailer(LogSourceConfig(path="-", service="job"), got.append,
+    t = LogTailer(LogSourceConfig(path="-", service="job", warmup_seconds=0), got.append,
                   stdin=io.StringIO("INFO ok\nERROR build step failed: exit code 2\n"))
     t.start()
     wait_for(lambda: got, what="signal from stdin")

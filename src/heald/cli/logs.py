@@ -22,6 +22,9 @@ def scan(path: str = typer.Argument(..., help="A log file, or '-' for standard i
          service: str | None = typer.Option(None, help="The service whose log it is (a label on the signals)."),
          rate_window: float = typer.Option(60.0, help="Seconds of the rate-jump window."),
          max_lines: int = typer.Option(1_000_000, min=1, help="Stop after this many lines."),
+         warmup_records: int = typer.Option(0, min=0, help="Records learned as normal before anything fires "
+                                                            "(the log source's warm-up; 0: none)."),
+         min_level: str = typer.Option("warning", help="Records whose own level is lower are never signals."),
          json_out: bool = JsonOpt) -> None:
     """Read a whole log once, from its start; print the error templates mined and the signals
     the log source would raise (new template, rate jump), each with its diagnosis by the
@@ -33,7 +36,13 @@ def scan(path: str = typer.Argument(..., help="A log file, or '-' for standard i
 
     if path != "-" and not Path(path).is_file():
         fail(f"{path}: no such file")
-    cfg = LogSourceConfig(path=path, service=service, rate_window_seconds=rate_window, from_start=True)
+    from heald.sources.logs import LEVELS
+
+    if min_level not in LEVELS:
+        fail(f"--min-level: {min_level!r}: expected one of {', '.join(LEVELS)}")
+    cfg = LogSourceConfig.model_validate({
+        "path": path, "service": service, "rate_window_seconds": rate_window, "from_start": True,
+        "warmup_seconds": 0 if warmup_records == 0 else 1e9, "warmup_records": warmup_records, "min_level": min_level})
     miner = LogMiner(cfg)
     signals = []
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")  # noqa: SIM115
