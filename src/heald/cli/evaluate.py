@@ -89,3 +89,59 @@ def _print(summary: dict, results: list, llm: bool) -> None:  # type: ignore[typ
         for r in misses:
             m.add_row(escape(r.id), r.expected, r.predicted, f"{r.confidence:.2f}", r.reasoner)
         out.print(m)
+
+
+@eval_app.command("logs")
+def eval_logs(
+    dataset: list[Path] = typer.Option([], "--dataset", help="Labelled logs ('LABEL LINE' per line, '-' = normal) "
+                                                             "or directories of *.log (default: heald's own sets)."),
+    loghub: str | None = typer.Option(None, "--loghub", help="Also loghub's BGL and Thunderbird 2k samples, from a "
+                                                             "checkout of github.com/logpai/loghub or a raw URL "
+                                                             "(research use only, so heald does not ship them)."),
+    log_name: str | None = typer.Option(None, "--log", help="Use the settings of this entry of heald.yaml's logs: "
+                                                            "(its name or path; default: the log source's defaults)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Feed each labelled log to the log source line by line at the lines' own times and print,
+    per log, the precision and recall of the lines heald's signals raise beside a level filter
+    (lines whose own level is error or higher) run on the same lines."""
+    from heald.config import LogSourceConfig
+    from heald.evaluate import default_log_sets, evaluate_logs, load_log_sets, load_loghub
+
+    cfg: LogSourceConfig | None = None
+    if log_name is not None:
+        entries = [lg for lg in config().logs if log_name in (lg.label, lg.path)]
+        if not entries:
+            fail(f"--log: no entry of logs: in the configuration is named {log_name!r}")
+        cfg = entries[0]
+    try:
+        sets = load_log_sets(dataset or default_log_sets())
+        if loghub:
+            sets += load_loghub(loghub)
+    except ValueError as exc:
+        fail(f"{'--loghub' if loghub and 'loghub' in str(exc) else '--dataset'}: {exc}")
+    results = evaluate_logs(sets, cfg)
+    if json_out:
+        print_json({"datasets": results, "baseline": "level filter: a line's own level is error or higher"})
+        return
+    t = Table(title="log signals: heald vs a level filter (lines raised)")
+    for col in ("dataset", "lines", "anomalous", "method", "raised", "precision", "recall", "F1", "categories",
+                "signals (on anomalies)"):
+        t.add_column(col, justify="left" if col in ("dataset", "method") else "right")
+    for r in results:
+        for method, key in (("heald", "heald"), ("level filter", "level_filter")):
+            m = r[key]
+            t.add_row(escape(r["name"]) if key == "heald" else "", str(r["lines"]) if key == "heald" else "",
+                      str(r["anomalous"]) if key == "heald" else "", method, str(m["raised"]),
+                      _pct(m["precision"]), _pct(m["recall"]), _pct(m["f1"]),
+                      f"{len(m['categories_caught'])}/{len(r['categories'])}",
+                      f"{m['signals']} ({m['signals_on_anomalies']})" if key == "heald" else "")
+        t.add_section()
+    out.print(t)
+    out.print("raised: lines heald put into a firing signal (the record that fired and later records of its template "
+              "while it fires); level filter: lines whose own level is error or higher; categories: anomaly "
+              "labels with at least one raised line; '—': undefined (nothing raised, or no anomalies)")
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"

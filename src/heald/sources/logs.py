@@ -161,7 +161,7 @@ def parse_level(line: str) -> tuple[str | None, str]:
         if level is None and word[:1] in "[<(" and word.rstrip(":,|")[-1:] in "]>)":
             level = _LOWER.get(token)
         if level is not None:
-            return level, line[end:].lstrip(" \t:-|")
+            return level, line[pos + word.find(token) + len(token):].lstrip(" \t:-|])>")
         pos = end
     return None, line
 
@@ -340,7 +340,6 @@ class LogMiner:
             self._started = now
         if now - self._started >= self.cfg.warmup_seconds or self.records > self.cfg.warmup_records:
             self.warm = True
-            log.info("logs.warmup_over", log=self.name, records=self.records, templates=len(self.templates))
         return not self.warm
 
     def _verdict(self, record: list[str], level: str | None, candidate: bool, cid: int | None,
