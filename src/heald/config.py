@@ -381,10 +381,12 @@ class LogSourceConfig(_Section):
                                     description="regexes: a record whose key line matches never becomes a signal "
                                                 "(a known, harmless message)")
     warmup_seconds: float = Field(default=300.0, ge=0,
-                                  description="while a fresh miner learns (this long, in log time, or warmup_records, "
-                                              "whichever ends first) templates it sees are normal: no new-template "
-                                              "or rate-jump signals; 0 = no warm-up")
-    warmup_records: int = Field(default=1000, ge=0, description="…or this many records; 0 = no warm-up")
+                                  description="a log read from its start (stdin, from_start) warms up this long in "
+                                              "log time or for warmup_records records, whichever ends first: what it "
+                                              "holds then is normal (no new-template or rate-jump signals); 0 = none")
+    warmup_records: int = Field(default=1000, ge=0,
+                                description="…and a tailed file warms up on its last this-many lines written before "
+                                            "heald watched it (none: no warm-up); 0 = no warm-up")
     from_start: bool = Field(default=False, description="read the file from its start (default: only new lines)")
     new_template_signals: bool = Field(default=True, description="signal an error template never seen before")
     rate_window_seconds: Seconds = Field(default=60.0, description="window over which a template's rate is measured")

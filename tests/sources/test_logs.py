@@ -94,7 +94,7 @@ def test_tailer_follows_a_file_through_rotation(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     log.write_text("ERROR old error before heald started\n")
     got = []
-    t = LogTailer(LogSourceConfig(path=str(log), service="shop", poll_interval_seconds=0.05, warmup_seconds=0), got.append)
+    t = LogTailer(LogSourceConfig(path=str(log), service="shop", poll_interval_seconds=0.05), got.append)
     t.start()
     try:
         time.sleep(0.3)
@@ -293,3 +293,33 @@ def test_tailer_never_holds_more_than_max_line_bytes_of_an_unfinished_line(tmp_p
                   stdin=io.StringIO("ERROR " + "z" * 500_000 + "\nERROR second\n"))
     s._run_stream(s.stdin)  # type: ignore[arg-type]
     assert s.lines_read == 2 and len(got) == 2 and len(got[0].annotations["log"]) <= 1024
+
+
+def test_tailer_warms_up_on_the_files_past_and_is_live_at_once_without_one(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    routine = "".join(f"2024-05-02 10:00:{i:02d} ERROR mail could not deliver to u{i}@x.org: mailbox full\n"
+                      for i in range(50))
+    log.write_text("garbage-tail-of-a-line\n" + routine)
+    got: list = []  # type: ignore[type-arg]
+    t = LogTailer(LogSourceConfig(path=str(log), service="shop", poll_interval_seconds=0.05, warmup_records=40),
+                  got.append)
+    t.start()
+    try:
+        wait_for(lambda: t.miner.warm, what="warm-up on the file's past")
+        assert t.miner.records == 40 and got == []  # the last 40 lines, learned, no signal
+        with log.open("a") as fh:
+            fh.write("2024-05-02 10:01:00 ERROR mail could not deliver to u99@x.org: mailbox full\n")
+            fh.write("2024-05-02 10:01:01 ERROR db could not connect to 10.0.0.5:5432\n")
+        wait_for(lambda: got, what="the new template's signal")
+        time.sleep(0.3)
+        assert [s.annotations["template"] for s in got] == ["db could not connect to <IP>"]
+    finally:
+        t.stop()
+    empty = tmp_path / "new.log"
+    empty.touch()
+    fresh = LogTailer(LogSourceConfig(path=str(empty), poll_interval_seconds=0.05), lambda s: None)
+    fresh.start()
+    try:
+        wait_for(lambda: fresh.miner.warm, what="no past: live at once")
+    finally:
+        fresh.stop()

@@ -16,8 +16,10 @@ A worthy record's message (the text after its level token, or the JSON ``msg``) 
 drain3's ``TemplateMiner`` after masking timestamps, dates, UUIDs, IPs, node ids, URLs, paths,
 hex and numbers (:func:`mask`). Then, per template:
 
-- during the warm-up of a fresh miner (``warmup_seconds`` of log time or ``warmup_records``
-  records, whichever ends first) templates are learned as normal and nothing fires;
+- during the warm-up of a fresh miner templates are learned as normal and nothing fires: a
+  tailed file's last ``warmup_records`` lines written before heald watched it (none: no
+  warm-up), or, for a log read from its start (stdin, ``from_start``, :meth:`LogMiner.feed`),
+  its first ``warmup_seconds`` of log time or ``warmup_records`` records, whichever ends first;
 - a template drain3 has never seen fires ``trigger: new_template``;
 - a template whose count over the last ``rate_window_seconds`` reaches ``rate_min_count`` and
   ``rate_factor`` times what its earlier rate predicts fires ``trigger: rate_jump`` (at most
@@ -92,6 +94,7 @@ MASKS = [
 ]
 _MASKS = [(re.compile(p), f"<{name}>") for p, name in MASKS]
 _MASK_RUN = re.compile(r"<([A-Z]+)>(?:[\s,;]+<\1>)+")
+_HISTORY_BYTES = 16 * 1024 * 1024
 _TB_HEADER = "Traceback (most recent call last)"
 _EXC_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception|Exit|Interrupt|Timeout|gaierror|error))(?::|$)")
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
@@ -281,6 +284,7 @@ class LogMiner:
         # a miner restored from saved templates has learned already
         self.warm = cfg.warmup_seconds == 0 or cfg.warmup_records == 0 or bool(self.miner.drain.clusters)
         self._started: float | None = None
+        self._learning = False
 
     # -- records -------------------------------------------------------------------------
     def feed(self, lines: Iterable[str], now: float | None = None) -> list[Signal]:
@@ -333,7 +337,25 @@ class LogMiner:
                     return line.strip()
         return record[0].strip()
 
+    def learn(self, lines: Iterable[str], now: float | None = None) -> None:
+        """Mine ``lines`` as normal (the log's past, before heald watched it): no signals; the
+        miner is warmed up afterwards."""
+        now = time.time() if now is None else now
+        self._learning = True
+        try:
+            self.feed(lines, now)
+            self.flush(now)
+        finally:
+            self._learning = False
+        self.warm = True
+        for t in self.templates.values():  # the past had its own times: its lines are no burst now
+            t.times.clear()
+            t.earlier = 0
+            t.first_seen = now
+
     def _warming(self, now: float) -> bool:
+        if self._learning:
+            return True
         if self.warm:
             return False
         if self._started is None:
@@ -523,6 +545,7 @@ class LogTailer:
                 fh = path.open("rb")
                 inode = st.st_ino
                 if first and not self.cfg.from_start:
+                    self._learn_history(fh)
                     fh.seek(0, os.SEEK_END)
                 first = False
             if fh is not None:
@@ -534,6 +557,21 @@ class LogTailer:
             self._stop.wait(self.cfg.poll_interval_seconds)
         if fh is not None:
             fh.close()
+
+    def _learn_history(self, fh: IO[bytes]) -> None:
+        """Warm a fresh miner up on the file's last ``warmup_records`` lines (at most
+        :data:`_HISTORY_BYTES`), the past heald did not watch: what it already holds is normal.
+        A file without history leaves nothing to compare with, so the miner is live at once."""
+        if self.miner.warm:
+            return
+        end = fh.seek(0, os.SEEK_END)
+        start = max(0, end - min(_HISTORY_BYTES, self.cfg.warmup_records * 1024))
+        fh.seek(start)
+        data = fh.read(end - start)
+        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+        if start > 0 and lines:
+            lines = lines[1:]  # the first line read is a tail of a line
+        self.miner.learn(lines[-self.cfg.warmup_records:])
 
     def _drain(self, fh: IO[bytes], partial: bytes) -> bytes:
         """Read up to ``max_lines_per_poll`` complete lines; return the incomplete tail. Never
