@@ -1,4 +1,6 @@
-"""``heald eval diagnosis``: run a labelled case set through the reasoners and measure them.
+"""``heald eval diagnosis`` and ``heald eval logs``.
+
+``heald eval diagnosis`` runs a labelled case set through the reasoners and measures them.
 
 A case file (YAML; the shipped set is ``heald/diagnose/eval_cases/*.yaml``, format in
 ``docs/diagnosis.md``) holds ``cases:``, each with an ``id``, an ``area`` (``service`` or
@@ -19,6 +21,26 @@ the category (overall and per expected category), the Brier score of the confide
 of (confidence − correct)², correct ∈ {0, 1}; lower is better, 0.25 is a coin flip), the
 expected calibration error over 10 bins, the accuracy of the first remedy of the plan, and for
 an LLM the latency and cost per case.
+
+``heald eval logs``: precision and recall of the log source's signals on logs labelled per
+line, beside a level filter run on the same lines.
+
+A labelled log is a text file whose every line is ``LABEL LINE``: ``-`` for a normal line,
+any other word (an alert category such as ``KERNDTLB``) for an anomalous one: the format of
+loghub's BGL and Thunderbird logs (https://github.com/logpai/loghub). heald ships small sets of
+its own (``heald/sources/eval_logs/*.log``, written for heald); loghub's sets are for research
+use only, so heald never ships them: ``--loghub`` reads them from a checkout or a URL at
+evaluation time.
+
+Each log is fed to :class:`heald.sources.logs.LogMiner` line by line at the time the line
+carries (:func:`line_time`), as a live tail would have read it. A line is *raised* by heald when
+its record is part of a firing signal (the record that fired, or a later one of that template
+while its signal fires). The level filter raises a line whose own level
+(:func:`heald.sources.logs.parse_level`) is error or higher: the issue's baseline (on BGL:
+ERROR, SEVERE and FATAL lines). Reported per set: lines, anomalous lines, for each method the
+raised lines, precision, recall and F1, the anomaly categories caught (a category is caught when
+one of its lines is raised), and for heald the signals fired and how many of them fired on an
+anomalous record.
 """
 
 from __future__ import annotations
@@ -269,28 +291,7 @@ def evaluate(cases: list[Case], reasoners: list[Reasoner], runbooks: list[Runboo
 
 
 
-# -- heald eval logs ---------------------------------------------------------------------------
-"""``heald eval logs``: precision and recall of the log source's signals on logs labelled per
-line, beside a level filter run on the same lines.
-
-A labelled log is a text file whose every line is ``LABEL LINE``: ``-`` for a normal line,
-any other word (an alert category such as ``KERNDTLB``) for an anomalous one: the format of
-loghub's BGL and Thunderbird logs (https://github.com/logpai/loghub). heald ships small sets of
-its own (``heald/sources/eval_logs/*.log``, written for heald); loghub's sets are for research
-use only, so heald never ships them: ``--loghub`` reads them from a checkout or a URL at
-evaluation time.
-
-Each log is fed to :class:`heald.sources.logs.LogMiner` line by line at the time the line
-carries (:func:`line_time`), as a live tail would have read it. A line is *raised* by heald when
-its record is part of a firing signal (the record that fired, or a later one of that template
-while its signal fires). The level filter raises a line whose own level
-(:func:`heald.sources.logs.parse_level`) is error or higher: the issue's baseline (on BGL:
-ERROR, SEVERE and FATAL lines). Reported per set: lines, anomalous lines, for each method the
-raised lines, precision, recall and F1, the anomaly categories caught (a category is caught when
-one of its lines is raised), and for heald the signals fired and how many of them fired on an
-anomalous record.
-"""
-
+# -- heald eval logs (see the module docstring) -----------------------------------------------
 LOGHUB_SETS = ("BGL/BGL_2k.log", "Thunderbird/Thunderbird_2k.log")
 LOGHUB_URL = "https://raw.githubusercontent.com/logpai/loghub/master/"
 _MAX_LOG_BYTES = 64 * 1024 * 1024
