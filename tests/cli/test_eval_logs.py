@@ -111,3 +111,16 @@ def test_loghub_from_a_directory_and_over_http(loghub_dir: Path, served: str, tm
     (loghub_dir / "Thunderbird" / "Thunderbird_2k.log").unlink()
     r = run_heald("eval", "logs", "--loghub", served, cwd=tmp_path)
     assert r.returncode == 2 and "HTTP 404" in r.stderr and "Thunderbird_2k.log" in r.stderr
+
+
+def test_the_settings_of_a_configured_log(tmp_path: Path) -> None:
+    (tmp_path / "heald.yaml").write_text("logs:\n  - path: /var/log/db.log\n    name: db\n"
+                                         "    never_signal: ['database connection lost']\n")
+    f = tmp_path / "mine.log"
+    f.write_text(_labelled(sorted(ROUTINE + INFO + FAILURE, key=lambda x: x[1])))
+    r = run_heald("eval", "logs", "--dataset", str(f), "--log", "db", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (d,) = json.loads(r.stdout)["datasets"]
+    assert d["heald"]["raised"] == 0 and d["heald"]["signals"] == 0  # the operator said it never matters
+    r = run_heald("eval", "logs", "--dataset", str(f), "--log", "nope", cwd=tmp_path)
+    assert r.returncode == 2 and "--log" in r.stderr and "'nope'" in r.stderr

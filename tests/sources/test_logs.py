@@ -323,3 +323,9 @@ def test_tailer_warms_up_on_the_files_past_and_is_live_at_once_without_one(tmp_p
         wait_for(lambda: fresh.miner.warm, what="no past: live at once")
     finally:
         fresh.stop()
+
+
+def test_logs_scan_names_a_bad_min_level(tmp_path: Path) -> None:
+    r = subprocess.run(heald_cmd("logs", "scan", "-", "--min-level", "loud"), input="ERROR x\n", capture_output=True,
+                       text=True, timeout=60, cwd=tmp_path)
+    assert r.returncode == 2 and "--min-level" in r.stderr and "'loud'" in r.stderr and "warning" in r.stderr
