@@ -380,6 +380,10 @@ class LogSourceConfig(_Section):
     never_signal: list[str] = Field(default_factory=list,
                                     description="regexes: a record whose key line matches never becomes a signal "
                                                 "(a known, harmless message)")
+    max_new_template_signals: int = Field(default=20, ge=1, le=10_000,
+                                          description="most new-template signals per rate_window_seconds; beyond "
+                                                      "it one 'template_flood' signal stands for the rest (garbage "
+                                                      "or a flood of unrelated errors)")
     warmup_seconds: float = Field(default=300.0, ge=0,
                                   description="a log read from its start (stdin, from_start) warms up this long in "
                                               "log time or for warmup_records records, whichever ends first: what it "

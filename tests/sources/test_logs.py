@@ -329,3 +329,24 @@ def test_logs_scan_names_a_bad_min_level(tmp_path: Path) -> None:
     r = subprocess.run(heald_cmd("logs", "scan", "-", "--min-level", "loud"), input="ERROR x\n", capture_output=True,
                        text=True, timeout=60, cwd=tmp_path)
     assert r.returncode == 2 and "--min-level" in r.stderr and "'loud'" in r.stderr and "warning" in r.stderr
+
+
+def test_a_flood_of_garbage_raises_a_bounded_number_of_signals_and_keeps_bounded_state() -> None:
+    import random
+
+    rng = random.Random(3)
+    words = ["".join(rng.choice("qwxzjkvbpy") for _ in range(rng.randint(3, 9))) for _ in range(4000)]
+    m = LogMiner(cfg(max_new_template_signals=5, max_templates=50, rate_window_seconds=60))
+    out = []
+    for i in range(600):  # 600 unrelated error messages of varying length in 60 s
+        n = rng.randint(2, 12)
+        out += m.feed(["ERROR " + " ".join(rng.choice(words) for _ in range(n)) + "\n"], now=i * 0.1)
+    out += m.flush(now=60)
+    triggers = [s.annotations["trigger"] for s in out if s.status == SignalStatus.firing]
+    assert triggers.count("new_template") == 5 and triggers.count("template_flood") == 1
+    flood = next(s for s in out if s.annotations["trigger"] == "template_flood")
+    assert flood.labels["template_id"] == "flood" and "more than 5 new error templates" in flood.summary
+    assert len(m.templates) <= 50 and len(m.miner.drain.clusters) <= 50
+    # after the window the budget is back
+    later = m.feed(["ERROR brand new failure of the billing export\n"], now=200) + m.flush(now=200)
+    assert "new_template" in [s.annotations.get("trigger") for s in later]

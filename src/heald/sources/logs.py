@@ -20,7 +20,10 @@ hex and numbers (:func:`mask`). Then, per template:
   tailed file's last ``warmup_records`` lines written before heald watched it (none: no
   warm-up), or, for a log read from its start (stdin, ``from_start``, :meth:`LogMiner.feed`),
   its first ``warmup_seconds`` of log time or ``warmup_records`` records, whichever ends first;
-- a template drain3 has never seen fires ``trigger: new_template``;
+- a template drain3 has never seen fires ``trigger: new_template``, at most
+  ``max_new_template_signals`` per ``rate_window_seconds``: beyond that one signal
+  (``trigger: template_flood``, ``template_id=flood``) stands for the rest, so a log of garbage
+  cannot raise thousands of incidents;
 - a template whose count over the last ``rate_window_seconds`` reaches ``rate_min_count`` and
   ``rate_factor`` times what its earlier rate predicts fires ``trigger: rate_jump`` (at most
   once per window per template);
@@ -53,7 +56,7 @@ import re
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -95,6 +98,7 @@ MASKS = [
 _MASKS = [(re.compile(p), f"<{name}>") for p, name in MASKS]
 _MASK_RUN = re.compile(r"<([A-Z]+)>(?:[\s,;]+<\1>)+")
 _HISTORY_BYTES = 16 * 1024 * 1024
+_FLOOD = -1  # the template id of the one signal that stands for new templates beyond the budget
 _TB_HEADER = "Traceback (most recent call last)"
 _EXC_LINE = re.compile(r"^\s*(?:[\w.]+(?:Error|Exception|Exit|Interrupt|Timeout|gaierror|error))(?::|$)")
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")
@@ -274,7 +278,8 @@ class LogMiner:
             state_dir.mkdir(parents=True, exist_ok=True)
             persistence = FilePersistence(str(state_dir / f"drain3-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.json"))
         self.miner = TemplateMiner(persistence, tm_config)
-        self.templates: dict[int, _Template] = {}
+        self.templates: OrderedDict[int, _Template] = OrderedDict()  # least recently seen first
+        self._new_fired: deque[float] = deque()
         self._record: list[str] = []
         self._record_start = 0
         self._lines_fed = 0
@@ -394,23 +399,11 @@ class LogMiner:
         self.errors += 1
         result = self.miner.add_log_message(mask(message.strip() or key))
         cid = int(result["cluster_id"])
-        t = self.templates.get(cid)
         created = result["change_type"] == "cluster_created"
         # a worthy record below warning (always_signal, a low min_level) or without a level is an error
         rec_level = level if level is not None and _RANK[level] >= _RANK["warning"] else "error"
-        if t is None:
-            t = self.templates[cid] = _Template(first_seen=now, level=rec_level)
-        t.last_seen = now
-        t.level = max(t.level, rec_level, key=_RANK.__getitem__)
-        t.times.append(now)
-        for line in record:
-            t.lines.append(line)
-        while len(t.lines) > self.cfg.max_evidence_lines:
-            t.lines.popleft()
+        t = self._touch(cid, record, now, rec_level)
         window = self.cfg.rate_window_seconds
-        while t.times and t.times[0] < now - window:
-            t.times.popleft()
-            t.earlier += 1
         template = str(result["template_mined"])
         sig: Signal | None = None
         if always and not t.firing:
@@ -419,7 +412,18 @@ class LogMiner:
         elif warming:
             pass  # learning what is normal
         elif created and self.cfg.new_template_signals:
-            sig = self._fire(cid, t, template, now, "new_template", f"new error template in {self.name}: {template}")
+            while self._new_fired and self._new_fired[0] <= now - window:
+                self._new_fired.popleft()
+            if len(self._new_fired) < self.cfg.max_new_template_signals:
+                self._new_fired.append(now)
+                sig = self._fire(cid, t, template, now, "new_template",
+                                 f"new error template in {self.name}: {template}")
+            else:  # the budget is spent: one flood signal holds the rest
+                flood = self._touch(_FLOOD, record, now, rec_level)
+                if not flood.firing:
+                    sig = self._fire(_FLOOD, flood, "many new templates", now, "template_flood",
+                                     f"more than {self.cfg.max_new_template_signals} new error templates in "
+                                     f"{window:g} s in {self.name}: garbage, or a flood of unrelated errors")
         else:
             count = len(t.times)
             observed_before = max(0.0, (now - window) - t.first_seen)
@@ -432,8 +436,32 @@ class LogMiner:
         self._verdict(record, level, True, cid, sig)
         return sig
 
+    def _touch(self, cid: int, record: list[str], now: float, level: str) -> _Template:
+        """The template's state after one more record: times, evidence lines, level; the least
+        recently seen quiet template is forgotten beyond ``max_templates`` (as drain3 does)."""
+        t = self.templates.get(cid)
+        if t is None:
+            t = self.templates[cid] = _Template(first_seen=now, level=level)
+            if len(self.templates) > self.cfg.max_templates:
+                old = next((k for k, v in self.templates.items() if not v.firing and k != cid), None)
+                if old is not None:
+                    del self.templates[old]
+        self.templates.move_to_end(cid)
+        t.last_seen = now
+        t.level = max(t.level, level, key=_RANK.__getitem__)
+        t.times.append(now)
+        t.lines.extend(record)
+        while len(t.lines) > self.cfg.max_evidence_lines:
+            t.lines.popleft()
+        window = self.cfg.rate_window_seconds
+        while t.times and t.times[0] < now - window:
+            t.times.popleft()
+            t.earlier += 1
+        return t
+
     def _labels(self, cid: int) -> dict[str, str]:
-        labels = {**self.cfg.labels, "alertname": "ErrorLogs", "log": self.name, "template_id": str(cid)}
+        labels = {**self.cfg.labels, "alertname": "ErrorLogs", "log": self.name,
+                  "template_id": "flood" if cid == _FLOOD else str(cid)}
         if self.cfg.service:
             labels["service"] = self.cfg.service
         return labels
