@@ -1,4 +1,5 @@
-"""``heald eval diagnosis``: measure the reasoners on a labelled case set."""
+"""``heald eval diagnosis`` and ``heald eval logs``: measure the reasoners on a labelled case set, and the log
+source's signals on labelled logs beside a level filter."""
 
 from __future__ import annotations
 
