@@ -29,7 +29,7 @@ from heald.correlate.silences import (
     parse_matchers,
     parse_recurrence,
 )
-from heald.durations import parse_duration
+from heald.durations import format_duration, parse_duration
 from heald.engine import Runtime, approval_tally, attention
 from heald.explain import is_human
 from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
@@ -128,7 +128,7 @@ def _finalize(value: Any) -> Any:
     return type(value)(cleaned) if isinstance(value, str) else cleaned
 
 
-templates.env.filters.update(when=_when, whenz=_when_tz, secs=_secs, pct=_pct)
+templates.env.filters.update(when=_when, whenz=_when_tz, secs=_secs, pct=_pct, duration=format_duration)
 templates.env.finalize = _finalize
 #: A ``Last-Event-ID`` the stream resumes from: ASCII digits only (``str.isdigit`` also takes ``²``).
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
