@@ -170,3 +170,28 @@ def test_shadow_mode_would_have_beside_what_a_human_did_in_chromium(shadow_dashb
         assert page.errors == []
     finally:
         context.close()
+
+
+@pytest.mark.slow
+def test_retry_a_handed_over_incident_in_chromium(dashboard: Dashboard, chromium: Any) -> None:
+    """Rejected, the incident is handed over (needs_attention); Retry healing from its page
+    starts a new attempt, which the gate again sends for approval."""
+    inc = dashboard.send_signal()
+    dashboard.wait_state(inc, "awaiting_approval")
+    context, page = phone(chromium, dashboard, "approver")
+    try:
+        page.goto(f"{dashboard.url}/incidents/{inc}")
+        page.get_by_role("button", name="Reject").click()
+        dashboard.wait_state(inc, "needs_attention")
+        page.goto(f"{dashboard.url}/incidents/{inc}")
+        page.get_by_label("Note").fill("the disk is free now")
+        fits(page)
+        page.get_by_role("button", name="Retry healing").click()
+        page.locator("#notice", has_text="heals it again").wait_for(state="visible")
+        dashboard.wait_state(inc, "awaiting_approval")
+        retried = [e for e in dashboard.rt.store.search_audit(incident_id=inc, event="incident.transition", limit=50)
+                   if e.details.get("human_action") == "retry"]
+        assert [e.actor for e in retried] == ["user:approver-user"] and "the disk is free now" in retried[0].reason
+        assert page.errors == []
+    finally:
+        context.close()
