@@ -81,6 +81,8 @@ def test_in_effect_is_a_pure_function_of_silence_and_now() -> None:
     assert not in_effect(period, at("2026-02-22T01:30:00+00:00"))  # a window before it began
     plain = Silence(period.starts_at, period.ends_at, None)
     assert in_effect(plain, at("2026-03-08T04:00:00+00:00"))
+    naive = Silence(datetime(2026, 3, 1), datetime(2026, 3, 15), SUNDAY_2AM_PARIS)  # as SQLite may return them
+    assert in_effect(naive, at("2026-03-08T01:30:00+00:00")) and not in_effect(naive, at("2026-03-15T01:30:00+00:00"))
     # Same arguments, same answer, whatever the clock says.
     assert [in_effect(period, at("2026-03-08T01:30:00+00:00")) for _ in range(3)] == [True] * 3
 

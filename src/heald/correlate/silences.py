@@ -135,8 +135,10 @@ def next_window(recurrence: Mapping[str, Any], now: datetime) -> tuple[datetime,
 def in_effect(silence: SilenceLike, now: datetime) -> bool:
     """Whether ``silence`` silences signals at ``now`` (timezone-aware): inside
     ``[starts_at, ends_at)`` and, for a recurring one, inside one of its windows. Pure: it
-    reads nothing but its arguments, so a cache of silences may call it for every signal."""
-    if not silence.starts_at <= now < silence.ends_at:
+    reads nothing but its arguments, so a cache of silences may call it for every signal.
+    Naive ``starts_at``/``ends_at`` (as SQLite may hand them back) are read as UTC."""
+    starts, ends = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (silence.starts_at, silence.ends_at))
+    if not starts <= now < ends:
         return False
     return silence.recurrence is None or window_at(silence.recurrence, now) is not None
 
@@ -246,6 +248,7 @@ def active_silence(session: Session, labels: dict[str, str], now: datetime | Non
 
 def describe(row: SilenceRow) -> str:
     """``silence N: <matchers> until <time> (<comment>)``, the ``suppressed_by`` of a signal."""
-    every = f" (window at '{row.recurrence['schedule']}' {row.recurrence['timezone']})" if row.recurrence else ""
+    rec = getattr(row, "recurrence", None)
+    every = f" (window at '{rec['schedule']}' {rec['timezone']})" if rec else ""
     return (f"silence {row.id}: {', '.join(row.matchers)}{every} until "
             f"{row.ends_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({row.comment})")[:500]
