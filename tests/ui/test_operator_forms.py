@@ -126,14 +126,16 @@ def test_breaker_reset_form_roles_csrf_and_audit(dashboard: Dashboard) -> None:
     store = dashboard.rt.store
     budgets.record_verification(store, "service:svc", False, 0, threshold=1, reason="still failing")
     budgets.record_verification(store, "repo:acme/app", False, 0, threshold=1, reason="CI still red")
+    budgets.record_verification(store, "config:svc", False, 0, threshold=1, reason="bad config")
     viewer, operator = browser(dashboard, "viewer"), browser(dashboard, "operator")
     as_viewer = viewer.get("/services").text
     assert 'action="/breakers/reset"' not in as_viewer
     denied = viewer.post("/breakers/reset", data={"target": "service:svc", "csrf": csrf_of(as_viewer)})
     assert denied.status_code == 403 and "needs role operator" in denied.text
     page = operator.get("/services").text
-    assert page.count('action="/breakers/reset"') == 2  # the service's row and "other open breakers"
-    assert "repo:acme/app" in page
+    # the service's row (one of its two breakers) and "other open breakers" (the second one, the repo)
+    assert page.count('action="/breakers/reset"') == 3
+    assert "repo:acme/app" in page and 'value="config:svc"' in page and 'value="service:svc"' in page
     token = csrf_of(page)
     assert operator.post("/breakers/reset", data={"target": "service:svc"}).status_code == 403
     assert operator.post("/breakers/reset", data={"target": "service:svc", "csrf": token},
