@@ -94,7 +94,7 @@ def test_every_page_passes_axe_and_fits_a_phone(dashboard: Dashboard, chromium: 
                     problems.append(f"{path} is {scroll_width(page)} px wide at {width} px: {too_wide(page, width)}")
                 if width == 390 and path in ("/", "/silences", f"/incidents/{inc}", "/services", "/audit"):
                     name = path.strip("/").replace("/", "-").replace("?", "-") or "overview"
-                    page.screenshot(path=str(screenshots / f"a11y-{name}-390.png"), full_page=True)
+                    page.screenshot(path=str(screenshots / f"ui-a11y-{name}-390.png"), full_page=True)
         finally:
             context.close()
     assert problems == [], "\n".join(problems)
