@@ -30,6 +30,28 @@ MAX_OUTPUT_CHARS = 2000
 MAX_TIMELINE = 200
 
 
+#: Audit events that mean heald did not act where it would have (shadow mode, the pause switch).
+UNAPPLIED_EVENTS = ("action.shadowed", "gate.paused", "action.held")
+#: Events of humans that are not something done about an incident.
+_NOT_HUMAN_ACTIONS = ("dashboard.signed_in",)
+
+
+def is_human(actor: str) -> bool:
+    """Whether an audit ``actor`` is a person: ``user:<identity>`` (API token or dashboard) or
+    ``cli:<login>`` (heald's own CLI entry points, ``cli:heal-ci``, are heald)."""
+    return actor.startswith("user:") or (actor.startswith("cli:") and not actor.startswith("cli:heal"))
+
+
+def human_followups(entries: list[AuditEntry]) -> list[AuditEntry]:
+    """What humans did about an incident after heald first held back (``entries``: its audit
+    entries, oldest first): their entries from the first of :data:`UNAPPLIED_EVENTS` on, in
+    order. Empty when heald never held back or nobody acted yet."""
+    first = next((i for i, e in enumerate(entries) if e.event in UNAPPLIED_EVENTS), None)
+    if first is None:
+        return []
+    return [e for e in entries[first + 1:] if is_human(e.actor) and e.event not in _NOT_HUMAN_ACTIONS]
+
+
 def incident_report(store: Store, incident_id: int) -> str:
     """The Markdown report of incident ``incident_id``. Raises :class:`heald.store.NotFound`."""
     inc = store.get_incident(incident_id)
@@ -144,8 +166,8 @@ def _decision(store: Store, inc: Incident) -> str:
         for a in (a for a in approvals if a["decision_id"] == d["id"]):
             out.append(f"   - {a['verdict']} by **{_inline(a['approver'])}** at {_ts(a['created_at'])}"
                        + (f": {_inline(a['comment'])}" if a["comment"] else ""))
-    unapplied = [e for e in reversed(store.search_audit(incident_id=inc.id, limit=1000))
-                 if e.event in ("action.shadowed", "gate.paused", "action.held")]
+    entries = list(reversed(store.search_audit(incident_id=inc.id, limit=1000)))
+    unapplied = [e for e in entries if e.event in UNAPPLIED_EVENTS]
     if unapplied:
         out.append("")
     for e in unapplied:  # shadow mode or the kill switch (heald.pause): what heald would have done
@@ -153,6 +175,10 @@ def _decision(store: Store, inc: Incident) -> str:
                "action.held": "heald was paused before it acted"}[e.event]
         what = e.details.get("would_have") or f"{e.details.get('remedy')} {e.details.get('params', {})}"
         out.append(f"- **would have**: `{_code(str(what))}` ({why}, {_ts(e.ts)}); nothing was applied")
+    if unapplied:
+        humans = human_followups(entries)
+        out += ["", "What humans then did:" if humans else "What humans then did: nothing recorded yet."]
+        out += [f"- {_ts(e.ts)} **{_inline(e.actor)}** `{_code(e.event)}`: {_inline(e.reason, 500)}" for e in humans]
     return "\n".join(out)
 
 

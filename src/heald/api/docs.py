@@ -40,6 +40,7 @@ PAGE = """<!doctype html>
 <title>heald API</title>
 <link rel="icon" href="/static/favicon.svg">
 <link rel="stylesheet" href="/docs/static/swagger-ui.css">
+<link rel="stylesheet" href="/docs/static/heald-docs.css">
 </head>
 <body>
 <div id="swagger-ui"></div>

@@ -1,6 +1,7 @@
 """Silences and maintenance windows (:mod:`heald.correlate.silences`): ``GET /v1/silences``
 (role viewer), ``POST /v1/silences`` and ``POST /v1/silences/{id}/expire`` (role operator).
-Silences are expired, never deleted."""
+Silences are expired, never deleted. A silence with a ``recurrence`` is a recurring maintenance
+window (a cron schedule in a time zone, a window length), in effect only inside its windows."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from heald.correlate.silences import (
     expire_silence,
     list_silences,
     parse_matchers,
+    parse_recurrence,
 )
 from heald.durations import parse_duration
 from heald.engine import Runtime
@@ -25,9 +27,39 @@ from heald.models import Role, utcnow
 from heald.store import NotFound
 
 
+class RecurrenceIn(BaseModel):
+    """A recurring maintenance window: a window of ``window`` begins at every time of the cron
+    ``schedule`` read in ``timezone``."""
+
+    model_config = ConfigDict(extra="forbid")
+    schedule: str = Field(min_length=1, max_length=200,
+                          description="cron: minute hour day-of-month month day-of-week, e.g. '0 2 * * 0' (Sundays "
+                                      "02:00), or @daily, @weekly …")
+    window: str = Field(min_length=1, max_length=50, description="how long each window lasts: 30m, 2h (1m to 7d)")
+    timezone: str = Field(default="UTC", min_length=1, max_length=100,
+                          description="IANA time zone the schedule is read in, e.g. Europe/Paris")
+
+    @model_validator(mode="after")
+    def _valid(self) -> RecurrenceIn:
+        self.as_json()
+        return self
+
+    def as_json(self) -> dict[str, Any]:
+        """The stored form (:func:`heald.correlate.silences.parse_recurrence`); ValueError naming the field."""
+        try:
+            seconds = parse_duration(self.window)
+        except ValueError as exc:
+            raise ValueError(f"recurrence.window: {exc}") from exc
+        try:
+            return parse_recurrence(self.schedule, seconds, self.timezone)
+        except SilenceError as exc:
+            raise ValueError(str(exc)) from exc
+
+
 class SilenceIn(BaseModel):
-    """A new silence: ``matchers`` (Alertmanager syntax, all must match), and its window: from
-    ``starts_at`` (default now) to ``ends_at``, or for ``duration`` (``2h``, ``30m``)."""
+    """A new silence: ``matchers`` (Alertmanager syntax, all must match), and its period: from
+    ``starts_at`` (default now) to ``ends_at``, or for ``duration`` (``2h``, ``30m``). With
+    ``recurrence`` it silences only inside the schedule's windows within that period."""
 
     model_config = ConfigDict(extra="forbid")
     matchers: list[str] = Field(min_length=1, max_length=50, description='e.g. ["service=\\"shop\\"", "alertname=~\\"High.*\\""]')
@@ -35,6 +67,7 @@ class SilenceIn(BaseModel):
     ends_at: AwareDatetime | None = None
     duration: str | None = Field(default=None, description="instead of ends_at: 30m, 2h, 1d …")
     comment: str = Field(min_length=1, max_length=5000, description="why (a maintenance, a known issue)")
+    recurrence: RecurrenceIn | None = Field(default=None, description="a recurring maintenance window")
 
     @field_validator("matchers")
     @classmethod
@@ -79,10 +112,12 @@ def routes(rt: Runtime) -> APIRouter:
 
     @router.post("/v1/silences", status_code=201)
     def post_silence(body: SilenceIn, who: Principal = Depends(require(Role.operator))) -> dict[str, Any]:
-        """Create a silence (role operator): matching firing signals are recorded but start nothing."""
+        """Create a silence (role operator): matching firing signals are recorded but start
+        nothing. ``recurrence`` makes it a recurring maintenance window."""
         try:
             return create_silence(rt.store, body.matchers, body.end(), starts_at=body.starts_at,
-                                  created_by=who.actor, comment=body.comment)
+                                  created_by=who.actor, comment=body.comment,
+                                  recurrence=body.recurrence.as_json() if body.recurrence else None)
         except SilenceError as exc:
             raise _unprocessable(exc) from exc
 

@@ -65,20 +65,36 @@ app.add_typer(silences_app, name="silences")
 @silences_app.command("add")
 def add_silence(
     matchers: list[str] = typer.Argument(..., help='Label matchers, all must match: service="shop" alertname=~"High.*"'),
-    duration: str = typer.Option("1h", "--duration", "-d", help="How long: 30m, 2h, 1d …"),
+    duration: str | None = typer.Option(None, "--duration", "-d",
+                                        help="How long: 30m, 2h, 1d … (default 1h; with --every: how long the "
+                                             "schedule holds, required)"),
     start: str | None = typer.Option(None, "--start", help="When it begins (ISO 8601 with a time zone; default now)."),
     comment: str = typer.Option(..., "--comment", "-m", help="Why (a maintenance, a known issue)."),
+    every: str | None = typer.Option(None, "--every", help="A recurring maintenance window: a cron schedule "
+                                                           "('0 2 * * 0' = Sundays 02:00, @daily …)."),
+    window: str = typer.Option("1h", "--window", help="With --every: how long each window lasts (1m to 7d)."),
+    timezone: str = typer.Option("UTC", "--timezone", help="With --every: the IANA time zone the schedule is read in."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Silence signals matching MATCHERS for --duration from --start (default now)."""
-    from heald.correlate.silences import SilenceError, create_silence
+    """Silence signals matching MATCHERS for --duration from --start (default now); with
+    --every, only inside the schedule's windows during that time."""
+    from heald.correlate.silences import SilenceError, create_silence, parse_recurrence
     from heald.durations import format_duration, parse_duration
     from heald.models import utcnow
 
+    if every is not None and duration is None:
+        fail("--duration: say how long the schedule holds (e.g. --duration 90d) when --every is given")
     try:
-        seconds = parse_duration(duration)
+        seconds = parse_duration(duration or "1h")
     except ValueError as exc:
         fail(f"--duration: {exc}")
+    recurrence = None
+    if every is not None:
+        try:
+            recurrence = parse_recurrence(every, parse_duration(window), timezone)
+        except ValueError as exc:
+            name = exc.field.split(".")[-1] if isinstance(exc, SilenceError) else "window"
+            fail(f"--{'every' if name == 'schedule' else name}: {getattr(exc, 'message', exc)}")
     starts_at = None
     if start is not None:
         try:
@@ -89,14 +105,20 @@ def add_silence(
             fail(f"--start: give a time zone (e.g. {start}+00:00 or {start}Z)")
     try:
         row = create_silence(open_store(config()), matchers, (starts_at or utcnow()) + timedelta(seconds=seconds),
-                             starts_at=starts_at, created_by=f"cli:{getpass.getuser()}", comment=comment)
+                             starts_at=starts_at, created_by=f"cli:{getpass.getuser()}", comment=comment,
+                             recurrence=recurrence)
     except SilenceError as exc:
         fail(str(exc).replace("matchers", "MATCHERS", 1))
     if json_out:
         print_json(row)
     else:
+        windows = ""
+        if recurrence is not None:
+            nxt = row["next_window"]
+            windows = (f" Windows of {format_duration(recurrence['window_seconds'])} at '{recurrence['schedule']}' "
+                       f"({recurrence['timezone']})" + (f", next from {nxt['starts_at'][:19]} UTC." if nxt else "."))
         out.print(f"silence {row['id']} ({', '.join(row['matchers'])}) is {row['state']} for "
-                  f"{format_duration(seconds)}, until {row['ends_at'][:19]} UTC.")
+                  f"{format_duration(seconds)}, until {row['ends_at'][:19]} UTC.{windows}")
 
 
 @silences_app.command("list")
@@ -110,10 +132,12 @@ def list_silences_cmd(all_: bool = typer.Option(False, "--all", help="Expired si
         print_json(rows)
         return
     table = Table(title="silences")
-    for col in ("id", "state", "matchers", "starts", "ends", "by", "comment"):
+    for col in ("id", "state", "matchers", "starts (UTC)", "ends (UTC)", "windows", "by", "comment"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["id"]), r["state"], ", ".join(r["matchers"]), r["starts_at"][:19], r["ends_at"][:19],
+        rec = r["recurrence"]
+        windows = (f"{rec['window_seconds'] // 60}m at '{rec['schedule']}' {rec['timezone']}" if rec else "—")
+        table.add_row(str(r["id"]), r["state"], ", ".join(r["matchers"]), r["starts_at"][:19], r["ends_at"][:19], windows,
                       r["expired_by"] and f"{r['created_by']} (expired by {r['expired_by']})" or r["created_by"],
                       r["comment"])
     out.print(table)

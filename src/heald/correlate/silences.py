@@ -8,14 +8,24 @@ of expiry, and the history stays (``GET /v1/silences``, the audit log).
 
 The labels a silence sees are the signal's labels plus ``service``, ``source`` and ``kind``
 when the signal's labels do not carry them already.
+
+A silence may recur (a maintenance window every Sunday at 02:00): its ``recurrence`` is a cron
+schedule (five fields, or ``@daily``/``@weekly``…, evaluated by croniter in an IANA time zone)
+and the length of each window. Such a silence is in effect only inside a window that began at
+one of its schedule's times, and only between its ``starts_at`` and ``ends_at`` (the period the
+schedule holds). :func:`in_effect` decides it from the silence and the instant alone (no
+database, no clock), so a cache of active silences can call it.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
+from croniter import CroniterBadDateError, croniter
 from sqlalchemy.orm import Session
 
 from heald.matchers import Matcher, matches_all, parse_matcher
@@ -24,6 +34,10 @@ from heald.store import NotFound, Store, audit
 from heald.store.tables import SilenceRow
 
 STATES = ("pending", "active", "expired")
+#: croniter's named schedules heald accepts besides five-field expressions.
+CRON_ALIASES = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+#: Bounds of one window of a recurring silence, seconds (a minute to a week).
+MIN_WINDOW_S, MAX_WINDOW_S = 60, 7 * 86400
 
 
 class SilenceError(ValueError):
@@ -59,26 +73,110 @@ def parse_matchers(texts: list[str], field: str = "matchers") -> list[Matcher]:
     return parsed
 
 
-def state_of(row: SilenceRow, now: datetime | None = None) -> str:
+class SilenceLike(Protocol):
+    """What :func:`in_effect` reads of a silence (a :class:`SilenceRow` or a cached copy)."""
+
+    starts_at: datetime
+    ends_at: datetime
+    recurrence: dict[str, Any] | None
+
+
+def parse_recurrence(schedule: str, window_seconds: float, timezone: str = "UTC") -> dict[str, Any]:
+    """A recurring silence's ``recurrence`` (``{"schedule", "window_seconds", "timezone"}``)
+    from a cron ``schedule`` (five fields ``minute hour day-of-month month day-of-week`` as
+    crontab(5), or one of :data:`CRON_ALIASES`), the length of each window in seconds (60 s to
+    7 days) and an IANA ``timezone`` (``Europe/Paris``) the schedule is read in. Raises
+    SilenceError naming ``recurrence.schedule``, ``recurrence.window`` or ``recurrence.timezone``."""
+    text = " ".join(schedule.split())
+    if not (len(text.split(" ")) == 5 or text in CRON_ALIASES) or not croniter.is_valid(text):
+        raise SilenceError("recurrence.schedule", f"expected a cron schedule of five fields (minute hour "
+                                                  f"day-of-month month day-of-week, e.g. '0 2 * * 0') or one of "
+                                                  f"{', '.join(CRON_ALIASES)}, got {schedule[:100]!r}")
+    if not MIN_WINDOW_S <= window_seconds <= MAX_WINDOW_S:
+        raise SilenceError("recurrence.window", f"each window lasts from 1m to 7d, got {window_seconds:g} s")
+    try:
+        zone = ZoneInfo(timezone.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SilenceError("recurrence.timezone", f"expected an IANA time zone such as UTC or Europe/Paris, "
+                                                  f"got {timezone[:100]!r}") from None
+    try:
+        croniter(text, datetime(2000, 1, 1, tzinfo=zone)).get_next(datetime)
+    except CroniterBadDateError:
+        raise SilenceError("recurrence.schedule", f"{text!r} never fires (e.g. the 30th of February)") from None
+    return {"schedule": text, "window_seconds": int(window_seconds), "timezone": timezone.strip()}
+
+
+def window_at(recurrence: Mapping[str, Any], now: datetime) -> tuple[datetime, datetime] | None:
+    """The window of ``recurrence`` (see :func:`parse_recurrence`) that contains ``now``
+    (timezone-aware) as ``(start, end)`` in UTC, or None between windows. The latest schedule
+    time at or before ``now`` starts it: windows longer than the schedule's period overlap and
+    the latest one ends last. Pure: same arguments, same answer."""
+    zone = ZoneInfo(recurrence["timezone"])
+    try:
+        start = croniter(recurrence["schedule"], now.astimezone(zone) + timedelta(microseconds=1)).get_prev(datetime)
+    except CroniterBadDateError:
+        return None
+    end = start + timedelta(seconds=recurrence["window_seconds"])
+    return (start.astimezone(UTC), end.astimezone(UTC)) if start <= now < end else None
+
+
+def next_window(recurrence: Mapping[str, Any], now: datetime) -> tuple[datetime, datetime] | None:
+    """The window containing ``now``, else the next one to begin, as ``(start, end)`` in UTC
+    (None when the schedule never fires again)."""
+    if (current := window_at(recurrence, now)) is not None:
+        return current
+    try:
+        start = croniter(recurrence["schedule"], now.astimezone(ZoneInfo(recurrence["timezone"]))).get_next(datetime)
+    except CroniterBadDateError:
+        return None
+    return start.astimezone(UTC), (start + timedelta(seconds=recurrence["window_seconds"])).astimezone(UTC)
+
+
+def in_effect(silence: SilenceLike, now: datetime) -> bool:
+    """Whether ``silence`` silences signals at ``now`` (timezone-aware): inside
+    ``[starts_at, ends_at)`` and, for a recurring one, inside one of its windows. Pure: it
+    reads nothing but its arguments, so a cache of silences may call it for every signal.
+    Naive ``starts_at``/``ends_at`` (as SQLite may hand them back) are read as UTC."""
+    starts, ends = (t if t.tzinfo is not None else t.replace(tzinfo=UTC) for t in (silence.starts_at, silence.ends_at))
+    if not starts <= now < ends:
+        return False
+    return silence.recurrence is None or window_at(silence.recurrence, now) is not None
+
+
+def state_of(row: SilenceLike, now: datetime | None = None) -> str:
+    """``expired`` (past ``ends_at``), ``active`` (:func:`in_effect`) or ``pending`` (not yet
+    begun, or a recurring silence between two windows)."""
     now = now or utcnow()
     if row.ends_at <= now:
         return "expired"
-    return "pending" if row.starts_at > now else "active"
+    return "active" if in_effect(row, now) else "pending"
 
 
 def silence_json(row: SilenceRow, now: datetime | None = None) -> dict[str, Any]:
+    """A silence as JSON-ready data; a recurring one carries ``recurrence`` and ``next_window``
+    (``{"starts_at", "ends_at"}`` of the window in effect or next, within the silence's period;
+    None when no other window falls in it)."""
+    now = now or utcnow()
+    upcoming = None
+    if row.recurrence is not None and row.ends_at > now:
+        w = next_window(row.recurrence, max(now, row.starts_at))
+        if w is not None and w[0] < row.ends_at:
+            upcoming = {"starts_at": w[0].isoformat(), "ends_at": min(w[1], row.ends_at).isoformat()}
     return {"id": row.id, "matchers": list(row.matchers), "starts_at": row.starts_at.isoformat(),
             "ends_at": row.ends_at.isoformat(), "state": state_of(row, now), "comment": row.comment,
+            "recurrence": dict(row.recurrence) if row.recurrence is not None else None, "next_window": upcoming,
             "created_by": row.created_by, "created_at": row.created_at.isoformat(),
             "expired_at": row.expired_at.isoformat() if row.expired_at else None, "expired_by": row.expired_by}
 
 
 def create_silence(store: Store, matchers: list[str], ends_at: datetime, *, created_by: str, comment: str,
-                   starts_at: datetime | None = None) -> dict[str, Any]:
+                   starts_at: datetime | None = None, recurrence: dict[str, Any] | None = None) -> dict[str, Any]:
     """Store a silence from ``starts_at`` (default now) to ``ends_at`` (timezone-aware) and audit
-    it; returns it as JSON-ready data. Raises SilenceError naming the field (see
-    :func:`parse_matchers`; ``ends_at`` not after ``starts_at`` or already past; an empty
-    ``comment``)."""
+    it; returns it as JSON-ready data. ``recurrence`` (from :func:`parse_recurrence`) makes it
+    a recurring maintenance window, in effect only inside its windows within that period.
+    Raises SilenceError naming the field (see :func:`parse_matchers`; ``ends_at`` not after
+    ``starts_at`` or already past; an empty ``comment``; a recurrence not checked again by
+    :func:`parse_recurrence`)."""
     now = utcnow()
     parsed = parse_matchers(matchers)
     start = starts_at or now
@@ -91,15 +189,22 @@ def create_silence(store: Store, matchers: list[str], ends_at: datetime, *, crea
         raise SilenceError("ends_at", "is in the past: the silence would never be active")
     if not comment.strip():
         raise SilenceError("comment", "say why signals are silenced (who reads the history needs it)")
+    if recurrence is not None:
+        recurrence = parse_recurrence(str(recurrence.get("schedule", "")), float(recurrence.get("window_seconds", 0)),
+                                      str(recurrence.get("timezone", "UTC")))
+    every = (f", windows of {recurrence['window_seconds']} s at '{recurrence['schedule']}' "
+             f"({recurrence['timezone']})" if recurrence else "")
     with store.tx() as s:
         row = SilenceRow(matchers=[str(m) for m in parsed], starts_at=start, ends_at=ends_at, comment=comment,
-                         created_by=created_by, created_at=now, expired_at=None, expired_by=None)
+                         created_by=created_by, created_at=now, expired_at=None, expired_by=None,
+                         recurrence=recurrence)
         s.add(row)
         s.flush()
         audit.append(s, actor=created_by, event="silence.created",
-                     reason=f"silence {row.id} ({', '.join(row.matchers)}) until {ends_at:%Y-%m-%d %H:%M:%S} UTC: {comment}",
+                     reason=f"silence {row.id} ({', '.join(row.matchers)}){every} until "
+                            f"{ends_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC: {comment}",
                      details={"silence_id": row.id, "matchers": row.matchers, "starts_at": start.isoformat(),
-                              "ends_at": ends_at.isoformat()})
+                              "ends_at": ends_at.isoformat(), "recurrence": recurrence})
         return silence_json(row, now)
 
 
@@ -130,17 +235,20 @@ def expire_silence(store: Store, silence_id: int, by: str) -> dict[str, Any]:
 
 
 def active_silence(session: Session, labels: dict[str, str], now: datetime | None = None) -> SilenceRow | None:
-    """The oldest silence active at ``now`` whose matchers all match ``labels``, or None."""
+    """The oldest silence in effect at ``now`` (:func:`in_effect`: a recurring one only inside
+    its windows) whose matchers all match ``labels``, or None."""
     now = now or utcnow()
     rows = session.scalars(sa.select(SilenceRow).where(SilenceRow.starts_at <= now, SilenceRow.ends_at > now)
                            .order_by(SilenceRow.id))
     for row in rows:
-        if matches_all([parse_matcher(m) for m in row.matchers], labels):
+        if in_effect(row, now) and matches_all([parse_matcher(m) for m in row.matchers], labels):
             return row
     return None
 
 
 def describe(row: SilenceRow) -> str:
     """``silence N: <matchers> until <time> (<comment>)``, the ``suppressed_by`` of a signal."""
-    return (f"silence {row.id}: {', '.join(row.matchers)} until {row.ends_at:%Y-%m-%d %H:%M:%S} UTC"
-            f" ({row.comment})")[:500]
+    rec = getattr(row, "recurrence", None)
+    every = f" (window at '{rec['schedule']}' {rec['timezone']})" if rec else ""
+    return (f"silence {row.id}: {', '.join(row.matchers)}{every} until "
+            f"{row.ends_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC ({row.comment})")[:500]

@@ -300,6 +300,9 @@ class SilenceRow(Base):
     created_at: Mapped[datetime]
     expired_at: Mapped[datetime | None]
     expired_by: Mapped[str | None] = mapped_column(sa.String(200))
+    #: A recurring maintenance window: ``{"schedule": cron, "window_seconds", "timezone"}``
+    #: (:func:`heald.correlate.silences.parse_recurrence`), or None for one window.
+    recurrence: Mapped[dict[str, Any] | None]
 
 
 class ProbeStateRow(Base):

@@ -21,8 +21,17 @@ from fastapi.templating import Jinja2Templates
 
 from heald import __version__, budgets, pause, remedies
 from heald.auth import Principal
-from heald.correlate.silences import list_silences, parse_matchers
+from heald.correlate.silences import (
+    SilenceError,
+    create_silence,
+    expire_silence,
+    list_silences,
+    parse_matchers,
+    parse_recurrence,
+)
+from heald.durations import format_duration, parse_duration
 from heald.engine import Runtime, approval_tally, attention
+from heald.explain import is_human
 from heald.http_limits import MAX_DB_INT, MAX_ID, DbId, HealdRoute
 from heald.jsontext import clean
 from heald.learn import learned_rows
@@ -45,7 +54,10 @@ NOTICES = {"approve": "Your approval is recorded.", "reject": "Your rejection is
            "ack": "Acknowledged: heald stops reminding the channels about it.",
            "resolve": "Resolved by you; it does not count as a heal by heald.",
            "paused": "heald is paused: no remedy is applied anywhere until someone resumes it.",
-           "resumed": "heald is resumed: it acts by its policy again."}
+           "resumed": "heald is resumed: it acts by its policy again.",
+           "silenced": "The silence is stored: matching firing signals are recorded but start nothing.",
+           "expired": "The silence is expired: matching signals start healings again.",
+           "breaker-reset": "The circuit breaker is closed: heald heals this target automatically again."}
 #: A human's actions on an open incident (:mod:`heald.engine.attention`), as the form names them.
 HUMAN_ACTIONS = ("retry", "ack", "resolve")
 #: Security headers of every dashboard page: scripts, styles and connections only from heald.
@@ -63,7 +75,8 @@ templates = Jinja2Templates(directory=str(TEMPLATES))
 
 
 def _when(value: Any) -> str:
-    """A timestamp for people: ``2025-01-31 12:00:05.123`` (UTC), from a datetime or ISO text."""
+    """A timestamp for people with its time zone: ``2025-01-31 12:00:05.123 UTC``, from a
+    datetime or ISO text (naive values are UTC, as heald stores them)."""
     if value is None or value == "":
         return "—"
     if isinstance(value, str):
@@ -71,7 +84,9 @@ def _when(value: Any) -> str:
             value = datetime.fromisoformat(value)
         except ValueError:
             return value
-    return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d}"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M:%S.") + f"{value.microsecond // 1000:03d} UTC"
 
 
 def _when_tz(value: Any) -> str:
@@ -113,7 +128,7 @@ def _finalize(value: Any) -> Any:
     return type(value)(cleaned) if isinstance(value, str) else cleaned
 
 
-templates.env.filters.update(when=_when, whenz=_when_tz, secs=_secs, pct=_pct)
+templates.env.filters.update(when=_when, whenz=_when_tz, secs=_secs, pct=_pct, duration=format_duration)
 templates.env.finalize = _finalize
 #: A ``Last-Event-ID`` the stream resumes from: ASCII digits only (``str.isdigit`` also takes ``²``).
 _EVENT_ID = re.compile(r"[0-9]{1,18}")
@@ -129,6 +144,34 @@ TARGET_KEY_KINDS = {"service": ("service", "config", "release"), "container": ("
                     "systemd unit": ("unit",)}
 #: The largest page number the incidents page accepts.
 MAX_PAGE = 1_000_000
+#: A label name a prefilled silence matcher may use (the matcher syntax's, :mod:`heald.matchers`).
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_.]{0,99}")
+#: At most this many matchers are prefilled from an incident's labels.
+MAX_PREFILL = 12
+
+
+def quote_matcher(name: str, value: str) -> str:
+    """``name="value"`` with ``\\`` and ``"`` escaped, as :func:`heald.matchers.parse_matcher` reads it."""
+    return f'{name}="' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def prefill_matchers(service: str | None, signals: list[dict[str, Any]]) -> list[str]:
+    """Matchers that silence signals like an incident's: ``service`` and every label all of its
+    ``signals`` (``heald.models.Signal`` as JSON) share with the same value. Labels with a
+    name the matcher syntax refuses, control characters or a value over 200 characters are
+    left out (labels come from senders: the form must stay one matcher per line)."""
+    shared: dict[str, str] | None = None
+    for sig in signals:
+        labels = {str(k): str(v) for k, v in (sig.get("labels") or {}).items()}
+        shared = labels if shared is None else {k: v for k, v in shared.items() if labels.get(k) == v}
+    out = [quote_matcher("service", service)] if service and len(service) <= 200 else []
+    for name, value in sorted((shared or {}).items()):
+        if name == "service" or not _LABEL_NAME.fullmatch(name) or len(value) > 200 or not value:
+            continue
+        if any(ord(c) < 32 or ord(c) == 127 for c in value) or clean(value) != value:
+            continue
+        out.append(quote_matcher(name, value))
+    return out[:MAX_PREFILL]
 
 
 class FilterError(ValueError):
@@ -211,6 +254,7 @@ def routes(rt: Runtime) -> APIRouter:
         ctx = {"request": request, "version": __version__, "who": who, "auth": rt.config.api.auth,
                "csrf": session.csrf_token(request, rt) if who is not None else "",
                "can_approve": who is not None and who.role.allows(Role.approver),
+               "can_operate": who is not None and who.role.allows(Role.operator),
                "path": request.url.path, **context}
         response = templates.TemplateResponse(request, name, ctx, status_code=status)
         response.headers.update(SECURITY_HEADERS)
@@ -366,9 +410,11 @@ def routes(rt: Runtime) -> APIRouter:
         would_have = [{"what": e["details"].get("would_have", ""), "why": e["reason"], "ts": e["ts"],
                        "shadow": e["event"] == "action.shadowed"}
                       for e in d["timeline"] if e["event"] in ("action.shadowed", "gate.paused")]
+        humans_then = [e for e in d["timeline"] if e["event"] not in ("dashboard.signed_in",) and is_human(e["actor"])
+                       and would_have and e["ts"] > would_have[0]["ts"]]
         return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
                 "pending": pending, "plan": d["plans"][-1] if d["plans"] else None, "human_actions": actions,
-                "acked": acked, "would_have": would_have}
+                "acked": acked, "would_have": would_have, "humans_then": humans_then}
 
     @router.get("/incidents/{incident_id}", response_class=HTMLResponse)
     def incident_page(request: Request, incident_id: DbId, partial: bool = False, notice: str | None = None) -> Response:
@@ -514,8 +560,12 @@ def routes(rt: Runtime) -> APIRouter:
     def services_page(request: Request) -> Response:
         """Every configured target with its current health, the down ones first."""
         who = session.current(request, rt)
-        return render(request, "services.html", {"title": "Services and targets", "targets": target_health(),
-                                                 "now": utcnow()}, who=who)
+        targets = target_health()
+        shown = {t["breaker"]["target"] for t in targets if t["breaker"]}
+        others = [b for b in budgets.breakers(rt.store) if b["state"] == "open" and b["target"] not in shown]
+        return render(request, "services.html", {"title": "Services and targets", "targets": targets,
+                                                 "other_breakers": others, "now": utcnow(), "notice": NOTICES.get(
+                                                     request.query_params.get("notice") or "")}, who=who)
 
     def target_health() -> list[dict[str, Any]]:
         cfg = rt.config
@@ -579,6 +629,136 @@ def routes(rt: Runtime) -> APIRouter:
                         "breaker": breaker, "lease": lease, "silences": silences})
         out.sort(key=lambda t: (HEALTH_ORDER[str(t["health"])], str(t["name"])))
         return out
+
+    # -- silences and circuit breakers -----------------------------------------------------------
+    def operator_actor(who: Principal, by: str, what: str) -> str:
+        """The audit actor of an operator's form (raises HTTPException 403 below operator, 422
+        for an unnamed human when ``api.auth`` is off or text with NUL characters)."""
+        if not who.role.allows(Role.operator):
+            raise HTTPException(403, detail=f"{who.identity} has role {who.role.value}; {what} needs role operator "
+                                            f"or above")
+        if clean(by) != by or "\x00" in by:
+            raise HTTPException(422, detail="by: text without NUL characters")
+        if who.authenticated:
+            return who.actor
+        if not by.strip():  # api.auth is off: nothing names the human but the form
+            raise HTTPException(422, detail="by: your name is required when api.auth is false")
+        return f"user:{by.strip()[:200]}"
+
+    def silences_page_data(show_all: bool) -> dict[str, Any]:
+        rows = list_silences(rt.store)
+        return {"silences": [x for x in rows if show_all or x["state"] != "expired"],
+                "expired_count": sum(1 for x in rows if x["state"] == "expired"), "show_all": show_all,
+                "now": utcnow()}
+
+    @router.get("/silences", response_class=HTMLResponse)
+    def silences_page(request: Request, incident: int | None = Query(None, ge=1, le=MAX_ID),
+                      service: str = Query("", max_length=200), all: bool = False,  # noqa: A002
+                      notice: str | None = None) -> Response:
+        """Silences (pending and active; ``all=1``: expired too) and the form to add one,
+        prefilled from ``incident``'s labels or a ``service``'s name."""
+        who = session.current(request, rt)
+        form = {"matchers": "", "duration": "2h", "starts_at": "", "comment": "", "schedule": "", "window": "1h",
+                "timezone": "UTC", "by": ""}
+        source = ""
+        if incident is not None:
+            try:
+                d = rt.store.incident_detail(incident)
+            except NotFound:
+                return error_page(request, who, 404, f"There is no incident {incident}.")
+            form["matchers"] = "\n".join(prefill_matchers(d["incident"]["service"], d["signals"]))
+            form["comment"] = f"incident #{incident}: "
+            source = f"incident #{incident}"
+        elif service.strip() and clean(service) == service:
+            form["matchers"] = quote_matcher("service", service.strip())
+            source = f"service {service.strip()}"
+        ctx = {"title": "Silences", "form": form, "prefilled_from": source, "incident_id": incident,
+               "notice": NOTICES.get(notice or ""), "error": "", "error_field": "", **silences_page_data(all)}
+        return render(request, "silences.html", ctx, who=who)
+
+    @router.post("/silences")
+    def silence_create(request: Request, matchers: str = Form(""), duration: str = Form(""),
+                       starts_at: str = Form(""), comment: str = Form(""), schedule: str = Form(""),
+                       window: str = Form(""), timezone: str = Form("UTC"), by: str = Form(""),
+                       csrf: str = Form("")) -> Response:
+        """Create a silence from the form (role operator, CSRF; audited with the human's
+        identity, as ``POST /v1/silences``). A bad field → the form again, 422, naming it."""
+        who = session.current(request, rt)
+        form = {"matchers": matchers, "duration": duration, "starts_at": starts_at, "comment": comment,
+                "schedule": schedule, "window": window, "timezone": timezone, "by": by}
+        try:
+            session.check_csrf(request, rt, csrf)
+            actor = operator_actor(who, by, "silencing signals")
+        except HTTPException as exc:
+            return error_page(request, who, exc.status_code, str(exc.detail))
+        try:
+            fields = {"matchers": matchers, "duration": duration, "starts_at": starts_at, "comment": comment,
+                      "schedule": schedule, "window": window, "timezone": timezone}
+            for name, value in fields.items():
+                if len(value) > 5000 or clean(value) != value or "\x00" in value:
+                    raise SilenceError(name, "at most 5000 characters of text without NUL characters")
+            lines = [line.strip() for line in matchers.splitlines() if line.strip()]
+            if len(lines) > 50:
+                raise SilenceError("matchers", f"at most 50 matchers, got {len(lines)}")
+            start = None
+            if starts_at.strip():
+                try:
+                    start = _instant("starts_at", starts_at)
+                except FilterError as exc:
+                    raise SilenceError("starts_at", str(exc).split(": ", 1)[1]) from None
+            try:
+                seconds = parse_duration(duration or "")
+            except ValueError as exc:
+                raise SilenceError("duration", str(exc)) from None
+            recurrence = None
+            if schedule.strip():
+                try:
+                    window_s = parse_duration(window or "")
+                except ValueError as exc:
+                    raise SilenceError("recurrence.window", str(exc)) from None
+                recurrence = parse_recurrence(schedule, window_s, timezone or "UTC")
+            create_silence(rt.store, lines, (start or utcnow()) + timedelta(seconds=seconds), starts_at=start,
+                           created_by=actor, comment=comment.strip(), recurrence=recurrence)
+        except SilenceError as exc:
+            ctx = {"title": "Silences", "form": form, "prefilled_from": "", "incident_id": None, "notice": "",
+                   "error": f"{exc.field.replace('recurrence.', '')}: {exc.message}", "error_field": exc.field,
+                   **silences_page_data(False)}
+            return render(request, "silences.html", ctx, status=422, who=who)
+        return RedirectResponse("/silences?notice=silenced", status_code=303)
+
+    @router.post("/silences/{silence_id}/expire")
+    def silence_expire(request: Request, silence_id: DbId, csrf: str = Form(""), by: str = Form("")) -> Response:
+        """Expire a silence now (role operator, CSRF; audited as ``POST /v1/silences/{id}/expire``)."""
+        who = session.current(request, rt)
+        try:
+            session.check_csrf(request, rt, csrf)
+            expire_silence(rt.store, silence_id, operator_actor(who, by, "expiring a silence"))
+        except HTTPException as exc:
+            return error_page(request, who, exc.status_code, str(exc.detail))
+        except NotFound:
+            return error_page(request, who, 404, f"There is no silence {silence_id}.")
+        return RedirectResponse("/silences?notice=expired", status_code=303)
+
+    @router.post("/breakers/reset")
+    def breaker_reset(request: Request, target: str = Form(""), comment: str = Form(""), csrf: str = Form(""),
+                      by: str = Form("")) -> Response:
+        """Close a target's circuit breaker (role operator, CSRF; audited as ``POST
+        /v1/breakers/reset``), then back to the services page."""
+        who = session.current(request, rt)
+        try:
+            session.check_csrf(request, rt, csrf)
+            actor = operator_actor(who, by, "resetting a circuit breaker")
+            if not target.strip() or len(target) > 500 or clean(target) != target or "\x00" in target:
+                raise HTTPException(422, detail="target: a breaker's target such as service:shop (at most 500 "
+                                                "characters)")
+            if len(comment) > 5000 or clean(comment) != comment or "\x00" in comment:
+                raise HTTPException(422, detail="comment: at most 5000 characters of text without NUL characters")
+            budgets.reset_breaker(rt.store, target, actor, comment.strip())
+        except HTTPException as exc:
+            return error_page(request, who, exc.status_code, str(exc.detail))
+        except NotFound as exc:
+            return error_page(request, who, 404, str(exc))
+        return RedirectResponse("/services?notice=breaker-reset", status_code=303)
 
     # -- runbooks and remedies ---------------------------------------------------------------
     @router.get("/runbooks", response_class=HTMLResponse)
