@@ -43,7 +43,11 @@ from heald.store.retry import retry_transient
 #: :mod:`heald.store.retry`) instead of failing its workflow (a workflow in ERROR is never
 #: resumed by DBOS). Bounded: 12 runs within 120 s, then the error ends the workflow, and the
 #: runtime's reaper ends its incident with the reason (:meth:`heald.engine.Runtime.reap_stranded_incidents`).
-retried = retry_transient(attempts=12, max_seconds=120.0)
+#: A step that found no free pooled connection (more healings and requests at once than the
+#: pool, :func:`heald.store.db.pool_settings`) did nothing yet: it waits its turn again for up
+#: to :data:`POOL_WAIT_SECONDS`, without spending those runs.
+POOL_WAIT_SECONDS = 1800.0
+retried = retry_transient(attempts=12, max_seconds=120.0, pool_wait_seconds=POOL_WAIT_SECONDS)
 
 
 def healing_config() -> HealingConfig:
