@@ -584,6 +584,11 @@ class Store:
             return self._add_outcome(s, o)
 
     @staticmethod
+    def add_outcome_in(s: Session, o: Outcome) -> Outcome:
+        """:meth:`add_outcome` inside the caller's write transaction ``s`` (a session of :meth:`tx`)."""
+        return Store._add_outcome(s, o)
+
+    @staticmethod
     def _add_outcome(s: Session, o: Outcome) -> Outcome:
         row = OutcomeRow(incident_id=o.incident_id, category=o.category, remedy=o.remedy, result=o.result.value,
                          attempt=o.attempt, time_to_detect_s=o.time_to_detect_s,
