@@ -137,22 +137,56 @@ def run_one(db: str, size: int, database_url: str | None, work: Path, timeout: f
     cfg.resolve_paths(work)
 
     # what the overhead excludes: the remedy's apply and the verification's polling window, per incident
-    spent: dict[int, dict[str, float]] = defaultdict(lambda: {"apply": 0.0, "window": 0.0})
+    spent: dict[int, dict[str, float]] = defaultdict(lambda: {"apply": 0.0, "window": 0.0, "apply_cpu": 0.0,
+                                                              "window_cpu": 0.0})
+    # CPU time of the workflow's thread (time.thread_time): from the first stage after the group
+    # wait to the end of the last, and per stage; a loaded machine inflates wall times, not these
+    cpu: dict[int, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     apply, verify_recovery = RestartProcess.apply, steps.verify_recovery
 
     def timed_apply(self: Any, params: Any, ctx: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return apply(self, params, ctx)
         finally:
             spent[ctx.incident.id]["apply"] += time.perf_counter() - t0
+            spent[ctx.incident.id]["apply_cpu"] += time.thread_time() - c0
 
     def timed_verify(incident_id: int, *args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             return verify_recovery(incident_id, *args, **kwargs)
         finally:
             spent[incident_id]["window"] += time.perf_counter() - t0
+            spent[incident_id]["window_cpu"] += time.thread_time() - c0
+
+    nested = threading.local()  # a stage called by another (plan_and_decide → plan) counts for its caller
+
+    def cpu_of(stage: str, fn: Any, first: bool = False, last: bool = False) -> Any:
+        def wrapper(deps: Any, incident_id: int, *args: Any, **kwargs: Any) -> Any:
+            if getattr(nested, "depth", 0):
+                return fn(deps, incident_id, *args, **kwargs)
+            nested.depth = 1
+            c0 = time.thread_time()
+            if first and "start" not in cpu[incident_id]:
+                cpu[incident_id]["start"] = c0
+            try:
+                return fn(deps, incident_id, *args, **kwargs)
+            finally:
+                nested.depth = 0
+                c1 = time.thread_time()
+                cpu[incident_id][stage] += c1 - c0
+                if last:
+                    cpu[incident_id]["end"] = c1
+        return wrapper
+
+    for name, stage in (("reproduce", "diagnose"), ("diagnose", "diagnose"), ("plan", "plan+decide"),
+                        ("decide", "plan+decide"), ("plan_and_decide", "plan+decide"), ("take_lease", "lease"),
+                        ("act", "act"), ("verify", "verify"), ("learn", "finish"), ("record_breaker", "finish"),
+                        ("close", "finish"), ("finish", "finish")):
+        if hasattr(steps, name):  # the stage functions of this heald (older ones had others)
+            setattr(steps, name, cpu_of(stage, getattr(steps, name), first=name == "reproduce",
+                                        last=name in ("close", "finish")))
 
     RestartProcess.apply = timed_apply  # type: ignore[method-assign]
     steps.verify_recovery = timed_verify  # type: ignore[assignment]
@@ -240,9 +274,16 @@ def run_one(db: str, size: int, database_url: str | None, work: Path, timeout: f
         all_end_s = time.monotonic() - started
         ended = [i for i in incidents if i.state.terminal]
         by_state = Counter(i.state.value for i in incidents)
+        why_not: Counter[str] = Counter()  # what kept the others from healing
+        for i in incidents:
+            if i.state.value != "resolved":
+                last = rt.store.search_audit(incident_id=i.id, event="incident.transition", limit=1)
+                why_not[(i.closed_reason or (last[0].reason if last else "") or "?")[:160]] += 1
         writes = tx_count[0] - tx_before
 
         stage_ms: dict[str, list[float]] = defaultdict(list)
+        cpu_stage_ms: dict[str, list[float]] = defaultdict(list)
+        cpu_total_ms: list[float] = []
         total_ms: list[float] = []
         step_counts: list[int] = []
         wf_states: Counter[str] = Counter()
@@ -264,6 +305,16 @@ def run_one(db: str, size: int, database_url: str | None, work: Path, timeout: f
                     slept += ms
                     continue
                 per[STAGES.get(name, name)] += ms
+            c = cpu[inc.id]
+            c["act"] -= spent[inc.id]["apply_cpu"]
+            c["verify"] -= spent[inc.id]["window_cpu"]
+            staged = {k: v for k, v in c.items() if k not in ("start", "end")}
+            if "end" in c and "start" in c:
+                staged["checkpoints"] = max(0.0, c["end"] - c["start"] - spent[inc.id]["apply_cpu"]
+                                            - spent[inc.id]["window_cpu"] - sum(staged.values()))
+                for k, v in staged.items():
+                    cpu_stage_ms[k].append(1000 * v)
+                cpu_total_ms.append(1000 * sum(staged.values()))
             per["act"] = per.get("act", 0.0) - 1000 * spent[inc.id]["apply"]
             per["verify"] = per.get("verify", 0.0) - 1000 * spent[inc.id]["window"]
             # from the first step after the group wait (a DBOS.sleep records its step as it begins)
@@ -278,6 +329,7 @@ def run_one(db: str, size: int, database_url: str | None, work: Path, timeout: f
         return {
             "db": db, "size": size, "sent_s": round(sent_s, 2), "all_end_s": round(all_end_s, 2),
             "incidents": len(incidents), "ended": len(ended), "by_state": dict(by_state),
+            "not_resolved": dict(why_not.most_common(5)),
             "workflows": dict(wf_states), "http": dict(statuses),
             "server_errors": sum(n for c, n in statuses.items() if not c.startswith(("2", "4"))),
             "overhead_ms": {"median": round(statistics.median(total_ms), 1) if total_ms else None,
@@ -285,6 +337,10 @@ def run_one(db: str, size: int, database_url: str | None, work: Path, timeout: f
             "stages_ms": {k: {"median": round(statistics.median(v), 1), "p95": round(pct(v, 0.95), 1)}
                           for k, v in sorted(stage_ms.items(), key=lambda kv: STAGE_ORDER.index(kv[0])
                                              if kv[0] in STAGE_ORDER else 99)},
+            "cpu_ms": {"median": round(statistics.median(cpu_total_ms), 1) if cpu_total_ms else None,
+                       "p95": round(pct(cpu_total_ms, 0.95), 1) if cpu_total_ms else None},
+            "cpu_stages_ms": {k: round(statistics.median(v), 1) for k, v in sorted(
+                cpu_stage_ms.items(), key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else 99)},
             "dbos_steps_per_healing": statistics.median(step_counts) if step_counts else None,
             "store_writes_per_healing": round(writes / max(1, len(incidents)), 1),
             "peak_rss_mb": round(peak["rss_kb"] / 1024, 1), "peak_threads": peak["threads"],

@@ -395,6 +395,7 @@ def plan_and_decide(deps: Deps, incident_id: int, attempt: int, found: Found, tr
     store, and none acts on a target; run again after a crash, they decide again)."""
     planned = plan(deps, incident_id, found, tried)
     decided = decide(deps, incident_id, attempt, found, planned)
+    failpoint("plan.after_decide")
     lease = None
     if decided.kind == DecisionKind.auto and decided.target is not None:
         lease = take_lease(deps, incident_id, decided.target)
@@ -609,6 +610,7 @@ def finish(deps: Deps, incident_id: int, attempt: int, category: str, remedy: st
                                    min_attempts=b.breaker_min_attempts)
             Store.add_outcome_in(session, outcome)
         deps.store.transact(record)
+    failpoint("finish.after_outcome")
     if verified.passed:
         return close(deps, incident_id, IncidentState.resolved, f"healed by {remedy}: {verified.reason}", verified)
     release_lease(deps.store, incident_id, target)
