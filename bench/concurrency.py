@@ -414,6 +414,7 @@ def main() -> int:
     ap.add_argument("--small", action="store_true", help="smoke test: sizes 1,5")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds a run waits for every incident to end")
     ap.add_argument("--json", action="store_true", help="print JSON only")
+    ap.add_argument("--json-file", type=Path, help="also write the JSON to this file")
     ap.add_argument("--one", nargs=2, metavar=("DB", "SIZE"), help=argparse.SUPPRESS)  # a child's run
     args = ap.parse_args()
     if args.one:
@@ -439,8 +440,11 @@ def main() -> int:
             if not args.json:
                 print(f"running {db} × {size} …", file=sys.stderr, flush=True)
             rows.append(child(db, size, args.timeout))
+    report = json.dumps({"runs": rows, "load_avg": os.getloadavg()}, indent=2)
+    if args.json_file:
+        args.json_file.write_text(report)
     if args.json:
-        print(json.dumps({"runs": rows, "load_avg": os.getloadavg()}, indent=2))
+        print(report)
     else:
         print(f"simultaneous incidents on distinct managed services (restart_process, process probe); "
               f"{SENDERS} webhook senders; overhead = workflow wall time − group wait − remedy apply − "
