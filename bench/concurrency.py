@@ -387,7 +387,7 @@ def child(db: str, size: int, timeout: float) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ["db", "N", "all end (s)", "ended", "states", "5xx", "overhead ms (med / p95)",
+    head = ["db", "N", "all end (s)", "ended", "states", "5xx", "overhead ms (med / p95)", "CPU ms (med)",
             *[f"{s} (med)" for s in STAGE_ORDER], "steps", "writes", "RSS MB", "threads"]
     lines = []
     for r in rows:
@@ -397,7 +397,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         st = r["stages_ms"]
         lines.append([r["db"], str(r["size"]), f"{r['all_end_s']:.1f}", f"{r['ended']}/{r['size']}",
                       " ".join(f"{k}:{v}" for k, v in sorted(r["by_state"].items())), str(r["server_errors"]),
-                      f"{r['overhead_ms']['median']} / {r['overhead_ms']['p95']}",
+                      f"{r['overhead_ms']['median']} / {r['overhead_ms']['p95']}", str(r["cpu_ms"]["median"]),
                       *[f"{st[s]['median']}" if s in st else "—" for s in STAGE_ORDER],
                       str(r["dbos_steps_per_healing"]), str(r["store_writes_per_healing"]),
                       f"{r['peak_rss_mb']:.0f}", str(r["peak_threads"])])

@@ -554,8 +554,7 @@ def verify(deps: Deps, incident_id: int, action_id: int, overrides: dict[str, An
     ``timeout_seconds``); record the verification."""
     failpoint("verify.before")
     cfg = deps.config.healing
-    deps.store.transition(incident_id, IncidentState.verifying, reason="verifying recovery")
-    inc = deps.store.get_incident(incident_id)
+    inc = deps.store.transition(incident_id, IncidentState.verifying, reason="verifying recovery")
     v = verify_recovery(incident_id, checks_for(inc, deps.config, deps.store, deps.supervisor),
                         stabilization=overrides.get("stabilization_seconds", cfg.stabilization_seconds),
                         interval=cfg.verify_interval_seconds,
