@@ -16,11 +16,15 @@ incident to end and prints per run:
 - the HTTP answers (5xx must be 0);
 - the healing overhead per incident: the workflow's wall time minus the group wait, the
   remedy's own ``apply`` and the verification's polling window, split by stage (median and
-  p95 over the incidents, in ms): ``diagnose``, ``plan+decide``, ``lease``, ``act`` (without
-  the remedy), ``verify`` (without the window), ``finish`` (learn, breaker, close) and
-  ``checkpoints`` (the workflow's own time between steps: DBOS's records, the group-wait lookup);
-  the stage names follow the DBOS steps (a step an older heald records under another name is
-  counted under its stage);
+  p95 over the incidents, in ms): ``diagnose``, ``plan+decide`` (with the target's lease since
+  issue 19; ``lease`` was a step of its own before), ``act`` (without the remedy), ``verify``
+  (without the window), ``finish`` (learn, breaker, close) and ``checkpoints`` (the workflow's
+  own time between steps: DBOS's records, the group-wait lookup; on PostgreSQL DBOS stamps a
+  step's end with the server's transaction time, so this column reads 0 there); the stage
+  names follow the DBOS steps (a step an older heald records under another name is counted
+  under its stage). Wall times grow with the machine's load; ``CPU ms`` is the CPU time of the
+  workflow's thread over the same span (``time.thread_time``, per stage in the JSON), which
+  does not;
 - the DBOS steps and the store's write transactions per healing;
 - peak RSS (MB) and peak thread count of the heald process.
 
