@@ -19,8 +19,7 @@ incident to end and prints per run:
   p95 over the incidents, in ms): ``diagnose``, ``plan+decide`` (with the target's lease since
   issue 19; ``lease`` was a step of its own before), ``act`` (without the remedy), ``verify``
   (without the window), ``finish`` (learn, breaker, close) and ``checkpoints`` (the workflow's
-  own time between steps: DBOS's records, the group-wait lookup; on PostgreSQL DBOS stamps a
-  step's end with the server's transaction time, so this column reads 0 there); the stage
+  own time between steps: DBOS's records, the group-wait lookup); the stage
   names follow the DBOS steps (a step an older heald records under another name is counted
   under its stage). Wall times grow with the machine's load; ``CPU ms`` is the CPU time of the
   workflow's thread over the same span (``time.thread_time``, per stage in the JSON), which
@@ -305,11 +304,11 @@ def run_one(db: str, size: int, database_url: str | None, work: Path, timeout: f
                 if s.get("started_at_epoch_ms") is None or s.get("completed_at_epoch_ms") is None:
                     continue
                 ms = float(s["completed_at_epoch_ms"] - s["started_at_epoch_ms"])
-                in_steps += ms
                 name = s["function_name"]
-                if name == "DBOS.sleep":
+                if name == "DBOS.sleep":  # the group wait: outside the span measured below
                     slept += ms
                     continue
+                in_steps += ms
                 per[STAGES.get(name, name)] += ms
             c = cpu[inc.id]
             c["act"] -= spent[inc.id]["apply_cpu"]
