@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from heald import remedies
 from heald.durations import format_duration
@@ -287,29 +288,39 @@ def record_verification(store: Store, target: str, passed: bool, incident_id: in
     reset, if later; 0 turns this off) and the share of failures among them is at least
     ``failure_rate`` (:func:`_trip_reason`). A pass resets the count of consecutive failures;
     an open breaker stays open: only a human closes it. Returns the breaker as JSON-ready data."""
-    now = utcnow()
     with store.tx() as s:
-        lock(s, f"heald.breaker.{target}")
-        row = s.get(CircuitBreakerRow, target, with_for_update=True)
-        if row is None:
-            row = CircuitBreakerRow(target=target, failures=0, opened_at=None, opened_reason=None, reset_at=None,
-                                    reset_by=None, updated_at=now)
-            s.add(row)
-        row.updated_at = now
-        row.failures = 0 if passed else row.failures + 1
-        row.recent = _window(row, now, window_seconds, passed)
-        trip = _trip_reason(row, threshold, window_seconds, failure_rate, min_attempts)
-        if row.opened_at is None and trip is not None:
-            row.opened_at = now
-            row.opened_reason = f"{trip}, the last: {reason[:300]}" if not passed else trip
-            audit.append(s, actor="heald", event="breaker.opened", incident_id=incident_id,
-                         reason=f"{target}: {row.opened_reason}; auto-remediation is off for it until a "
-                                f"human resets it (heald breakers reset {target})",
-                         details={"target": target, "failures": row.failures,
-                                  "window_failures": sum(1 for _, ok in row.recent or [] if not ok),
-                                  "window_attempts": len(row.recent or [])})
-        s.flush()
-        return _breaker_json(row)
+        return record_verification_in(s, target, passed, incident_id, threshold, reason, window_seconds=window_seconds,
+                                      failure_rate=failure_rate, min_attempts=min_attempts)
+
+
+def record_verification_in(s: Session, target: str, passed: bool, incident_id: int, threshold: int,
+                           reason: str = "", *, window_seconds: float = 0.0, failure_rate: float = 1.0,
+                           min_attempts: int = 1) -> dict[str, Any]:
+    """:func:`record_verification` inside the caller's write transaction ``s`` (a session of
+    :meth:`heald.store.Store.tx`), so that the verdict is counted in the same commit as what
+    else the caller records (the attempt's outcome: both once, or neither)."""
+    now = utcnow()
+    lock(s, f"heald.breaker.{target}")
+    row = s.get(CircuitBreakerRow, target, with_for_update=True)
+    if row is None:
+        row = CircuitBreakerRow(target=target, failures=0, opened_at=None, opened_reason=None, reset_at=None,
+                                reset_by=None, updated_at=now)
+        s.add(row)
+    row.updated_at = now
+    row.failures = 0 if passed else row.failures + 1
+    row.recent = _window(row, now, window_seconds, passed)
+    trip = _trip_reason(row, threshold, window_seconds, failure_rate, min_attempts)
+    if row.opened_at is None and trip is not None:
+        row.opened_at = now
+        row.opened_reason = f"{trip}, the last: {reason[:300]}" if not passed else trip
+        audit.append(s, actor="heald", event="breaker.opened", incident_id=incident_id,
+                     reason=f"{target}: {row.opened_reason}; auto-remediation is off for it until a "
+                            f"human resets it (heald breakers reset {target})",
+                     details={"target": target, "failures": row.failures,
+                              "window_failures": sum(1 for _, ok in row.recent or [] if not ok),
+                              "window_attempts": len(row.recent or [])})
+    s.flush()
+    return _breaker_json(row)
 
 
 def _window(row: CircuitBreakerRow, now: datetime, window_seconds: float, passed: bool) -> list[Any] | None:

@@ -506,6 +506,9 @@ class HealingConfig(_Section):
 
     group_wait_seconds: float = Field(default=0.5, ge=0, description="wait for more signals before diagnosing")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
+    max_concurrent: int = Field(default=16, ge=1, le=1000,
+                                description="healing workflows run at once (a DBOS queue's concurrency); the store's "
+                                            "connection pool is sized from it")
     retry_delay_seconds: float = Field(
         default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),
         description="pause between two attempts on the same incident (formerly cooldown_seconds, a deprecated alias); "

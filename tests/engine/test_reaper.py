@@ -115,3 +115,30 @@ def test_a_workflow_that_dies_while_a_batch_joins_it_ends_its_incident_right_aft
     joined = rt.ingest(sig(summary="still down"))
     assert joined.incident_id == first.incident_id and not joined.opened
     assert rt.store.get_incident(first.incident_id).state == IncidentState.failed
+
+
+def test_a_workflow_that_ends_in_error_has_its_incident_ended_by_the_periodic_sweep_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 19: a healing step that still fails (here at once, with the message of a pool that
+    stayed exhausted) ends its workflow in ERROR; no new signal arrives, and the runtime's
+    periodic sweep alone ends the incident ``failed`` with the error as the reason — no incident
+    stays open without a live workflow."""
+    rt = Runtime(make_config(tmp_path, healing=HAND_OVER_EXPIRES), manage_services=False, run_probes=False,
+                 tail_logs=False)
+    rt.reap_interval_seconds = 0.2
+    rt.start()
+    try:
+        def exhausted(*_: object) -> None:
+            raise RuntimeError("QueuePool limit of size 20 overflow 40 reached, connection timed out")
+
+        monkeypatch.setattr(steps, "diagnose", exhausted)
+        opened = rt.ingest(sig())
+        assert opened.incident_id is not None
+        wait_for(lambda: rt.store.get_incident(opened.incident_id).state == IncidentState.failed, timeout=30,
+                 what="the sweep to end the incident")
+        assert wf_status(opened.incident_id) == "ERROR"
+        reason = rt.store.get_incident(opened.incident_id).closed_reason or ""
+        assert "QueuePool limit" in reason and "cannot be resumed" in reason
+        assert len(rt.store.list_incidents()) == 1  # ended by the sweep, not by a new signal
+    finally:
+        rt.stop()

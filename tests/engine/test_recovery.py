@@ -119,3 +119,59 @@ def test_sigkill_mid_healing_resumes_and_applies_the_remedy_once(tmp_path: Path,
             os.killpg(shop_pid(tmp_path), signal.SIGKILL)
         except (ProcessLookupError, FileNotFoundError):
             pass
+
+
+@pytest.mark.parametrize("failpoint", ["plan.after_decide", "finish.after_outcome"])
+def test_sigkill_inside_a_merged_step_reruns_it_and_counts_everything_once(tmp_path: Path, failpoint: str) -> None:
+    """plan.after_decide: killed inside the step that plans, decides and takes the lease, after
+    the decision was stored and before the lease; finish.after_outcome: killed inside the step
+    that records the outcome and the breaker's verdict and closes, after their transaction and
+    before the close. On restart the step runs again: the remedy is applied once, the attempt's
+    outcome is recorded once, the breaker counted the verdict once, and the incident resolves."""
+    from heald.store.tables import CircuitBreakerRow
+
+    config, api_port, starts = write_config(tmp_path)
+    log = tmp_path / "heald.log"
+    heald = start_heald(config, log, failpoints=failpoint)
+    second = None
+    try:
+        wait_for(lambda: api_up(api_port) and starts.exists(), what="heald and the shop to start")
+        os.kill(shop_pid(tmp_path), signal.SIGKILL)
+        wait_for(lambda: f"failpoint {failpoint} reached" in log.read_text(), timeout=30, what=f"fail point {failpoint}")
+        heald.send_signal(signal.SIGKILL)
+        heald.wait(timeout=10)
+
+        store = Store(f"sqlite:///{tmp_path / 'state' / 'heald.db'}")
+        [inc] = store.list_incidents()
+        if failpoint == "plan.after_decide":
+            assert inc.state == IncidentState.deciding and store.actions_for(inc.id) == []
+        else:
+            assert inc.state == IncidentState.verifying
+            assert [o.attempt for o in store.outcomes(incident_id=inc.id)] == [1]
+
+        second = start_heald(config, log)
+        done = wait_for(lambda: (i := store.get_incident(inc.id)).state.terminal and i, timeout=60,
+                        what="the resumed healing to end")
+        assert done.state == IncidentState.resolved, done.closed_reason
+        wait_for(lambda: workflow_status(tmp_path, inc.id) == "SUCCESS", what="the resumed workflow to return")
+        actions = store.actions_for(inc.id)
+        assert [(a.remedy, a.status) for a in actions] == [("restart_process", ActionStatus.succeeded)]
+        assert len(starts.read_text().splitlines()) == 2, "the remedy ran twice"
+        assert sorted(o.attempt for o in store.outcomes(incident_id=inc.id)) == [0, 1]  # the attempt's, the incident's
+        with store.read() as s:
+            row = s.get(CircuitBreakerRow, actions[0].target)
+            assert row is not None and row.failures == 0 and row.opened_at is None
+            assert [ok for _, ok in row.recent or []] == [True]  # the verdict counted once
+        events = [e.event for e in store.audit_entries(incident_id=inc.id)]
+        assert events.count("action.started") == 1 and events.count("outcome.recorded") == 2
+        assert store.verify_audit().intact
+        store.close()
+    finally:
+        for p in (heald, second):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                p.wait(timeout=15)
+        try:
+            os.killpg(shop_pid(tmp_path), signal.SIGKILL)
+        except (ProcessLookupError, FileNotFoundError):
+            pass

@@ -291,3 +291,54 @@ def test_close_that_cannot_take_the_state_fails_with_the_reason(deps: Deps) -> N
 
 def test_reproduce_is_none_for_a_service_incident(deps: Deps) -> None:
     assert steps.reproduce(deps, opened(deps)) is None
+
+
+def test_plan_and_decide_plans_decides_and_leases_an_auto_remedy_in_one_stage(deps: Deps) -> None:
+    inc_id = opened(deps)
+    found = steps.diagnose(deps, inc_id, attempt=1)
+    assert isinstance(found, Found)
+    settled = steps.plan_and_decide(deps, inc_id, 1, found, [])
+    assert [c.remedy for c in settled.planned.candidates] == ["restart_process"]
+    assert settled.decided is not None and settled.decided.kind == DecisionKind.auto
+    assert settled.lease == Lease(True)  # the target is this incident's: nothing else to wait for
+    assert steps.Settled.from_json(settled.to_json()) == settled
+    assert steps.Settled.from_json({"candidates": settled.to_json()["candidates"]}).decided is None  # an older record
+    again = steps.plan_and_decide(deps, inc_id, 1, found, [])  # run again (a crash before its checkpoint)
+    assert again.lease == Lease(True) and again.decided is not None and again.decided.kind == DecisionKind.auto
+
+
+def test_plan_and_decide_takes_no_lease_for_a_remedy_that_waits_for_approval(tmp_path: Path) -> None:
+    deps = make_deps(tmp_path, risk="high")
+    try:
+        inc_id = opened(deps)
+        found = steps.diagnose(deps, inc_id, attempt=1)
+        assert isinstance(found, Found)
+        settled = steps.plan_and_decide(deps, inc_id, 1, found, [])
+        assert settled.decided is not None and settled.decided.kind == DecisionKind.approval
+        assert settled.lease is None
+    finally:
+        deps.store.close()
+
+
+def test_finish_counts_the_outcome_and_the_breaker_once_when_it_runs_again(deps: Deps) -> None:
+    """A crash after finish's transaction and before its checkpoint runs it again: the outcome
+    and the breaker's verdict are not counted twice; a healed incident ends resolved once."""
+    from heald.store.tables import CircuitBreakerRow
+
+    inc_id = opened(deps)
+    steps.diagnose(deps, inc_id, attempt=1)
+    failed = Verified(False, "still down")
+    assert steps.finish(deps, inc_id, 1, "svc_broken", "restart_process", "service:svc", failed) is None
+    assert steps.finish(deps, inc_id, 1, "svc_broken", "restart_process", "service:svc", failed) is None
+    assert [(o.attempt, o.result) for o in deps.store.outcomes(incident_id=inc_id)] == [(1, OutcomeResult.not_healed)]
+    with deps.store.read() as s:
+        row = s.get(CircuitBreakerRow, "service:svc")
+        assert row is not None and row.failures == 1  # once, not twice
+
+    healed = Verified(True, "all checks passed")
+    assert steps.finish(deps, inc_id, 2, "svc_broken", "restart_process", "service:svc", healed) == "resolved"
+    assert steps.finish(deps, inc_id, 2, "svc_broken", "restart_process", "service:svc", healed) == "resolved"
+    assert [(o.attempt, o.result) for o in deps.store.outcomes(incident_id=inc_id)] == \
+        [(1, OutcomeResult.not_healed), (2, OutcomeResult.healed), (0, OutcomeResult.healed)]
+    assert deps.store.get_incident(inc_id).state == IncidentState.resolved
+    assert events(deps, inc_id).count("outcome.recorded") == 3

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dbos import DBOS
 
 from heald.engine import workflow_id
@@ -195,10 +196,13 @@ def test_alert_resolved_before_action_starts_nothing(tmp_path: Path, start_runti
     assert rt.store.actions_for(inc_id) == []
 
 
-def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_runtime) -> None:
-    """A heald from before the separate plan step recorded one diagnose step holding the plan:
-    rewrite the recorded steps that way while the healing waits for approval, start a new
-    heald on the same files, and the healing resumes from the record to the end."""
+@pytest.mark.parametrize("older", ["combined_diagnose_and_plan", "separate_plan_and_decide"])
+def test_a_healing_recorded_by_an_older_heald_resumes(tmp_path: Path, start_runtime, older: str) -> None:
+    """Older healds recorded the plan inside the diagnose step and then a ``decide_step``
+    (``combined_diagnose_and_plan``), or a ``plan_step`` with the plan alone and then a
+    ``decide_step`` (``separate_plan_and_decide``); today's ``plan_step`` also decides. Rewrite
+    the recorded steps the older way while the healing waits for approval, start a new heald on
+    the same files, and the healing resumes from the record to the end."""
     import base64
     import pickle
     import sqlite3
@@ -210,26 +214,41 @@ def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_r
     rt.stop(stop_services=True)
 
     db = sqlite3.connect(tmp_path / "state" / "dbos.sqlite")
+    db.row_factory = sqlite3.Row
     wf = workflow_id(inc_id)
-    rows = {name: (fid, out) for fid, name, out in db.execute(
-        "SELECT function_id, function_name, output FROM operation_outputs WHERE workflow_uuid = ? "
-        "ORDER BY function_id", (wf,))}
+    rows = {r["function_name"]: dict(r) for r in db.execute(
+        "SELECT * FROM operation_outputs WHERE workflow_uuid = ? ORDER BY function_id", (wf,))}
 
     def load(out: str) -> Any:  # DBOS's py_pickle
         return pickle.loads(base64.b64decode(out))
-    (diag_id, diag_out), (plan_id, plan_out) = rows["diagnose_step"], rows["plan_step"]
-    new = load(diag_out)
-    old = {"category": new["category"], "confidence": new["confidence"], "diagnosis": new["diagnosis"],
-           "candidates": load(plan_out)["candidates"], "verify": new["verify"]}
+
+    def dump(value: Any) -> str:
+        return base64.b64encode(pickle.dumps(value)).decode()
+
+    diag, plan = rows["diagnose_step"], rows["plan_step"]
+    settled = load(plan["output"])
+    assert settled["decided"]["kind"] == "approval" and settled["lease"] is None  # one step planned and decided
+    decide = {**plan, "function_name": "decide_step", "output": dump(settled["decided"])}
     with db:
-        db.execute("UPDATE operation_outputs SET output = ? WHERE workflow_uuid = ? AND function_id = ?",
-                   (base64.b64encode(pickle.dumps(old)).decode(), wf, diag_id))
-        db.execute("DELETE FROM operation_outputs WHERE workflow_uuid = ? AND function_id = ?", (wf, plan_id))
-        later = [r[0] for r in db.execute("SELECT function_id FROM operation_outputs WHERE workflow_uuid = ? AND "
-                                          "function_id > ? ORDER BY function_id", (wf, plan_id))]
-        for fid in later:
-            db.execute("UPDATE operation_outputs SET function_id = ? WHERE workflow_uuid = ? AND function_id = ?",
-                       (fid - 1, wf, fid))
+        if older == "combined_diagnose_and_plan":  # diagnose (with the plan), decide: as many steps as today
+            new = load(diag["output"])
+            old = {"category": new["category"], "confidence": new["confidence"], "diagnosis": new["diagnosis"],
+                   "candidates": settled["candidates"], "verify": new["verify"]}
+            db.execute("UPDATE operation_outputs SET output = ? WHERE workflow_uuid = ? AND function_id = ?",
+                       (dump(old), wf, diag["function_id"]))
+            db.execute("DELETE FROM operation_outputs WHERE workflow_uuid = ? AND function_id = ?",
+                       (wf, plan["function_id"]))
+        else:  # diagnose, plan (alone), decide: one step more than today
+            later = [r[0] for r in db.execute("SELECT function_id FROM operation_outputs WHERE workflow_uuid = ? AND "
+                                              "function_id > ? ORDER BY function_id DESC", (wf, plan["function_id"]))]
+            for fid in later:
+                db.execute("UPDATE operation_outputs SET function_id = ? WHERE workflow_uuid = ? AND function_id = ?",
+                           (fid + 1, wf, fid))
+            db.execute("UPDATE operation_outputs SET output = ? WHERE workflow_uuid = ? AND function_id = ?",
+                       (dump({"candidates": settled["candidates"]}), wf, plan["function_id"]))
+            decide["function_id"] = plan["function_id"] + 1
+        db.execute(f"INSERT INTO operation_outputs ({', '.join(decide)}) VALUES ({', '.join('?' * len(decide))})",
+                   list(decide.values()))
     db.close()
 
     rt2 = start_runtime(cfg, run_probes=False)
@@ -239,7 +258,9 @@ def test_a_healing_recorded_before_the_plan_step_resumes(tmp_path: Path, start_r
     done = wait_for(lambda: terminal(rt2, inc_id), what="the resumed healing to end")
     assert done.state == IncidentState.resolved, done.closed_reason
     assert [a.remedy for a in rt2.store.actions_for(inc_id)] == ["restart_process"]
-    assert recorded(inc_id, "plan_step") == [] and "candidates" in recorded(inc_id, "diagnose_step")[0]
+    assert len(recorded(inc_id, "decide_step")) == 1
+    if older == "combined_diagnose_and_plan":
+        assert recorded(inc_id, "plan_step") == [] and "candidates" in recorded(inc_id, "diagnose_step")[0]
 
 
 def test_a_restart_that_does_not_take_fails_at_once_with_the_service_output(tmp_path: Path, start_runtime) -> None:

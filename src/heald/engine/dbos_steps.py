@@ -6,10 +6,14 @@ stage function and returns the result as JSON-safe data — that is what DBOS re
 as the step's checkpoint and replays after a restart. Its typed twin here (same name without
 the leading underscore) converts that data back to the stage's dataclass, so
 :func:`heald.engine.workflow.heal_incident` only sees typed results, the same on the first run
-and on a replay. The DBOS step names (``diagnose_step``, ``decide_step``, …) and their recorded
-shapes are those of the heald before the split, so a healing it left unfinished resumes; the
-plan step is new, and a diagnosis recorded by the older combined diagnose-and-plan step brings
-its plan along (:attr:`Found.recorded_plan`). Each step reruns on a transient database error
+and on a replay. Stages that need no checkpoint between them share one step: ``plan_step``
+plans, decides and takes the target's lease (:func:`heald.engine.steps.plan_and_decide`);
+``learn_step`` records the outcome and the breaker's verdict and ends a healed incident
+(:func:`heald.engine.steps.finish`). The DBOS step names are those older healds recorded and
+their merged results say so, so a healing an older heald left unfinished resumes: a plan
+recorded without a decision is followed by ``decide_step``, an outcome recorded alone by
+``breaker_step`` and ``close_step``, and a diagnosis recorded by the combined
+diagnose-and-plan step brings its plan along (:attr:`Found.recorded_plan`). Each step reruns on a transient database error
 (:data:`retried`); the store's own transactions retry first.
 """
 
@@ -32,6 +36,7 @@ from heald.engine.steps import (
     Held,
     Lease,
     Planned,
+    Settled,
     Tried,
     Verified,
     closed_or,
@@ -43,7 +48,11 @@ from heald.store.retry import retry_transient
 #: :mod:`heald.store.retry`) instead of failing its workflow (a workflow in ERROR is never
 #: resumed by DBOS). Bounded: 12 runs within 120 s, then the error ends the workflow, and the
 #: runtime's reaper ends its incident with the reason (:meth:`heald.engine.Runtime.reap_stranded_incidents`).
-retried = retry_transient(attempts=12, max_seconds=120.0)
+#: A step that found no free pooled connection (more healings and requests at once than the
+#: pool, :func:`heald.store.db.pool_settings`) did nothing yet: it waits its turn again for up
+#: to :data:`POOL_WAIT_SECONDS`, without spending those runs.
+POOL_WAIT_SECONDS = 1800.0
+retried = retry_transient(attempts=12, max_seconds=120.0, pool_wait_seconds=POOL_WAIT_SECONDS)
 
 
 def healing_config() -> HealingConfig:
@@ -92,16 +101,19 @@ def diagnose_step(incident_id: int, attempt: int) -> Found | Closed:
 
 @DBOS.step(name="plan_step")
 @retried
-def _plan_step(incident_id: int, found: Found, tried: list[Tried]) -> dict[str, Any]:
-    return steps.plan(runtime().deps(), incident_id, found, tried).to_json()
+def _plan_step(incident_id: int, attempt: int, found: Found, tried: list[Tried]) -> dict[str, Any]:
+    return steps.plan_and_decide(runtime().deps(), incident_id, attempt, found, tried).to_json()
 
 
-def plan_step(incident_id: int, found: Found, tried: list[Tried]) -> Planned:
-    """:func:`heald.engine.steps.plan`, recorded — unless ``found`` was recorded with its plan
-    by an older heald (then that plan, and no step: the replay must meet the steps it recorded)."""
+def plan_step(incident_id: int, attempt: int, found: Found, tried: list[Tried]) -> Settled:
+    """:func:`heald.engine.steps.plan_and_decide` (plan, decide and, for an ``auto`` decision,
+    the target's lease), recorded as one step — unless ``found`` was recorded with its plan by an
+    older heald (then that plan, no step and no decision: the replay must meet the steps it
+    recorded). A plan recorded alone by an older heald comes back with ``decided`` None: the
+    workflow then asks the gate in the ``decide_step`` that heald recorded next."""
     if found.recorded_plan is not None:
-        return found.recorded_plan
-    return Planned.from_json(_plan_step(incident_id, found, tried))
+        return Settled(found.recorded_plan, None)
+    return Settled.from_json(_plan_step(incident_id, attempt, found, tried))
 
 
 @DBOS.step(name="decide_step")
@@ -195,12 +207,28 @@ def undo_step(incident_id: int, action_id: int, candidate: RemedyCandidate) -> b
     return steps.undo(runtime().deps(), incident_id, action_id, candidate)
 
 
-@DBOS.step()
+@DBOS.step(name="learn_step")
 @retried
-def learn_step(incident_id: int, attempt: int, category: str, remedy: str, healed: bool,
-               rolled_back: bool = False) -> None:
-    """:func:`heald.engine.steps.learn`, recorded."""
-    steps.learn(runtime().deps(), incident_id, attempt, category, remedy, healed, rolled_back)
+def _learn_step(incident_id: int, attempt: int, category: str, remedy: str, target: str, verified: Verified,
+                rolled_back: bool) -> dict[str, Any]:
+    state = steps.finish(runtime().deps(), incident_id, attempt, category, remedy, target, verified, rolled_back)
+    return {"finished": True, "state": state}
+
+
+def learn_step(incident_id: int, attempt: int, category: str, remedy: str, target: str, verified: Verified,
+               rolled_back: bool = False) -> str | None:
+    """:func:`heald.engine.steps.finish` (outcome and breaker, then the incident's end when it
+    healed), recorded as one step; returns the final state when it ended the incident. A
+    ``learn_step`` recorded by an older heald (outcome alone) is followed, as it was, by
+    ``breaker_step`` and — when it healed — ``close_step``."""
+    data = _learn_step(incident_id, attempt, category, remedy, target, verified, rolled_back)
+    if isinstance(data, dict) and data.get("finished"):
+        state: str | None = data["state"]
+        return state
+    breaker_step(incident_id, target, verified.passed, verified.reason)
+    if verified.passed:
+        return close_step(incident_id, IncidentState.resolved, f"healed by {remedy}: {verified.reason}", verified)
+    return None
 
 
 @DBOS.step()
@@ -212,10 +240,13 @@ def close_step(incident_id: int, state: IncidentState, reason: str, verified: Ve
 
 # -- durable waits (workflow code: they run inside heal_incident) --------------------------
 
-def await_lease(incident_id: int, target: str) -> str | None:
+def await_lease(incident_id: int, target: str, taken: Lease | None = None) -> str | None:
     """Wait (durably) until this incident holds the lease on ``target`` (one healing per target
-    at a time, :mod:`heald.budgets`). Returns None once held, or the reason to escalate when
+    at a time, :mod:`heald.budgets`). Returns None once held — at once, with no step, when
+    ``taken`` (the lease :func:`plan_step` asked for) is held — or the reason to escalate when
     another healing kept it longer than ``policy.budgets.lease_wait_seconds``."""
+    if taken is not None and taken.held:
+        return None
     budgets = runtime().config.policy.budgets
     deadline = now_step() + budgets.lease_wait_seconds
     while True:

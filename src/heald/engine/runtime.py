@@ -43,6 +43,7 @@ from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, Store
 from heald.store.checkpoints import Checkpointer
+from heald.store.db import BACKGROUND_THREADS
 from heald.store.retry import TransientDatabaseError, is_transient
 from heald.supervise import Supervisor
 
@@ -82,7 +83,9 @@ def dbos_config(config: HealdConfig) -> dict[str, Any]:
     restarted heald recovers the workflows the previous one left), this worker's executor id."""
     return {"name": "heald", "system_database_url": config.dbos_database, "application_version": __version__,
             "executor_id": config.executor_id, "log_level": "WARNING",
-            "notification_listener_polling_interval_sec": 0.1}
+            "notification_listener_polling_interval_sec": 0.1,
+            # DBOS records every step of every running healing: a connection each, as the store's pool
+            "sys_db_pool_size": max(20, config.healing.max_concurrent + BACKGROUND_THREADS)}
 
 
 def prepare_state_dir(config: HealdConfig) -> None:
@@ -121,7 +124,7 @@ class Runtime:
                  tail_logs: bool = True, instance_lock: InstanceLock | None = None):
         self.config = config
         self.instance_lock = instance_lock  # taken by start() when not given (heald serve takes it before binding)
-        self.store = Store(config.database)
+        self.store = Store(config.database, concurrency=config.healing.max_concurrent)  # pools sized with the healings
         self.supervisor = Supervisor(config)
         self.runbooks: list[Runbook] = load_runbooks(config.runbooks, config.default_runbooks)
         self.reasoners: list[Reasoner] = [RunbookReasoner(self.runbooks), KnowledgeBaseReasoner()]

@@ -174,6 +174,27 @@ class Decided:
 
 
 @dataclass(frozen=True)
+class Settled:
+    """What :func:`plan_and_decide` settled in one step: the plan, the gate's decision on it and,
+    when the gate lets heald apply the remedy at once, whether this incident holds the lease on
+    its target (None: no lease was asked for). ``decided`` is None only for a plan recorded by an
+    older heald whose gate decided in a step of its own (the workflow then asks the gate)."""
+
+    planned: Planned
+    decided: Decided | None
+    lease: Lease | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.planned.to_json(), "decided": self.decided.to_json() if self.decided else None,
+                "lease": self.lease.to_json() if self.lease else None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Settled:
+        return cls(Planned.from_json(data), Decided.from_json(data["decided"]) if data.get("decided") else None,
+                   Lease.from_json(data["lease"]) if data.get("lease") else None)
+
+
+@dataclass(frozen=True)
 class Held:
     """The remedy the gate chose was not applied: heald was paused (:mod:`heald.pause`) between
     the decision and the action; ``reason`` says so."""
@@ -285,9 +306,8 @@ def diagnose(deps: Deps, incident_id: int, attempt: int) -> Found | Closed:
     signals = deps.store.signals_for(incident_id)
     if (closed := close_if_resolved_by_source(deps, inc, signals)) is not None:
         return closed
-    deps.store.transition(incident_id, IncidentState.diagnosing,
-                          reason=f"attempt {attempt}: diagnosing {len(signals)} signals")
-    deps.store.bump_attempts(incident_id, attempt)
+    deps.store.transition(incident_id, IncidentState.diagnosing,  # the attempt counted in the same transaction
+                          reason=f"attempt {attempt}: diagnosing {len(signals)} signals", attempts=max(inc.attempts, attempt))
     active = still_firing(signals)  # a condition that has resolved (a restart's blip) is not evidence
     finding = run_reasoners(inc, active, list(deps.reasoners), list(deps.runbooks))
     record_diagnosis(deps.store, incident_id, finding)
@@ -366,6 +386,20 @@ def decide(deps: Deps, incident_id: int, attempt: int, found: Found, planned: Pl
              remedy=d.candidate.remedy if d.candidate else None,
              reason=d.reason)
     return Decided(decision_id, d.kind, d.reason, d.required_approvals, result.target, d.candidate, paused)
+
+
+def plan_and_decide(deps: Deps, incident_id: int, attempt: int, found: Found, tried: Sequence[Tried]) -> Settled:
+    """:func:`plan`, then :func:`decide` on that plan, then — for a remedy the gate applies
+    without a human (``auto``) — :func:`take_lease` on its target: one step of the workflow, as
+    nothing between them needs a checkpoint of its own (each records what it decided in the
+    store, and none acts on a target; run again after a crash, they decide again)."""
+    planned = plan(deps, incident_id, found, tried)
+    decided = decide(deps, incident_id, attempt, found, planned)
+    failpoint("plan.after_decide")
+    lease = None
+    if decided.kind == DecisionKind.auto and decided.target is not None:
+        lease = take_lease(deps, incident_id, decided.target)
+    return Settled(planned, decided, lease)
 
 
 def would_have(candidate: RemedyCandidate, kind: DecisionKind) -> str:
@@ -520,8 +554,7 @@ def verify(deps: Deps, incident_id: int, action_id: int, overrides: dict[str, An
     ``timeout_seconds``); record the verification."""
     failpoint("verify.before")
     cfg = deps.config.healing
-    deps.store.transition(incident_id, IncidentState.verifying, reason="verifying recovery")
-    inc = deps.store.get_incident(incident_id)
+    inc = deps.store.transition(incident_id, IncidentState.verifying, reason="verifying recovery")
     v = verify_recovery(incident_id, checks_for(inc, deps.config, deps.store, deps.supervisor),
                         stabilization=overrides.get("stabilization_seconds", cfg.stabilization_seconds),
                         interval=cfg.verify_interval_seconds,
@@ -549,6 +582,38 @@ def _not_applicable(store: Store, incident_id: int, attempt: int, remedy: str) -
     return any(a.attempt == attempt and a.remedy == remedy and a.status == ActionStatus.failed
                and a.output.startswith(f"{remedies.RemedyNotApplicable.__name__}:")
                for a in store.actions_for(incident_id))
+
+
+def finish(deps: Deps, incident_id: int, attempt: int, category: str, remedy: str, target: str, verified: Verified,
+           rolled_back: bool = False) -> str | None:
+    """The end of an attempt, in one step: the attempt's outcome (:func:`learn`) and the
+    verdict on the target's circuit breaker (:func:`record_breaker`) in one transaction — both
+    counted once, also when a crash makes the step run again (an outcome already recorded for
+    the attempt means both were) — then, when it healed, the incident ends ``resolved``
+    (:func:`close`, which frees every lease; returns the final state); else the target's lease is
+    freed for the next attempt and None is returned."""
+    from heald.budgets import record_verification_in, release_lease
+
+    if not any(o.attempt == attempt for o in deps.store.outcomes(incident_id=incident_id)):
+        healed = verified.passed
+        result = OutcomeResult.healed if healed else OutcomeResult.rolled_back if rolled_back \
+            else OutcomeResult.not_healed
+        if not healed and _not_applicable(deps.store, incident_id, attempt, remedy):
+            result = OutcomeResult.not_applicable  # the remedy could not act on the target: no evidence against it
+        outcome = Outcome(incident_id=incident_id, category=category, remedy=remedy, attempt=attempt, result=result)
+        b = deps.config.policy.budgets
+
+        def record(session: Any) -> None:
+            record_verification_in(session, target, verified.passed, incident_id, b.breaker_failures, verified.reason,
+                                   window_seconds=b.breaker_window_seconds, failure_rate=b.breaker_failure_rate,
+                                   min_attempts=b.breaker_min_attempts)
+            Store.add_outcome_in(session, outcome)
+        deps.store.transact(record)
+    failpoint("finish.after_outcome")
+    if verified.passed:
+        return close(deps, incident_id, IncidentState.resolved, f"healed by {remedy}: {verified.reason}", verified)
+    release_lease(deps.store, incident_id, target)
+    return None
 
 
 def undo(deps: Deps, incident_id: int, action_id: int, candidate: RemedyCandidate) -> bool:

@@ -6,7 +6,8 @@ next candidate while attempts remain; end resolved, escalated or failed — or, 
 still fails, hand it over to a human and wait for them (:mod:`heald.engine.attention`: a remedy
 blocked by a cooldown or rate limit, or by heald being paused (:mod:`heald.pause`), is waited out first; a
 remedy decided before a pause is not applied after it, and a human takes over). Each stage is a DBOS
-step (:mod:`heald.engine.dbos_steps`, over the plain functions of :mod:`heald.engine.steps`), so
+step (:mod:`heald.engine.dbos_steps`, over the plain functions of :mod:`heald.engine.steps`;
+plan, decide and the lease share one, as do learning, the breaker and the close), so
 a heald killed at any point resumes the workflow on restart, replaying completed steps from
 their recorded results instead of running them again.
 """
@@ -22,8 +23,6 @@ from heald.engine.dbos_steps import (
     act_step,
     await_approval,
     await_lease,
-    breaker_step,
-    close_step,
     decide_step,
     diagnose_step,
     group_wait_seconds,
@@ -35,7 +34,7 @@ from heald.engine.dbos_steps import (
     verify_step,
 )
 from heald.engine.steps import Closed, Held, Tried, Verified
-from heald.models import ActionStatus, DecisionKind, IncidentState
+from heald.models import ActionStatus, DecisionKind
 from heald.plan import candidate_key
 
 
@@ -76,11 +75,14 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
         found = diagnose_step(incident_id, attempt)
         if isinstance(found, Closed):
             return found.state
-        planned = plan_step(incident_id, found, tried)
-        decided = wait_out_block(incident_id, attempt - first, found, planned,
-                                 decide_step(incident_id, attempt - first, found, planned), decide_step)
+        settled = plan_step(incident_id, attempt - first, found, tried)  # plan, decide, and an auto remedy's lease
+        planned, lease = settled.planned, settled.lease
+        first_decision = settled.decided or decide_step(incident_id, attempt - first, found, planned)
+        decided = wait_out_block(incident_id, attempt - first, found, planned, first_decision, decide_step)
         if isinstance(decided, Closed):
             return decided.state
+        if decided is not first_decision:  # decided again after a block: its lease is still to take
+            lease = None
         if decided.kind in (DecisionKind.escalate, DecisionKind.refuse):
             return Stopped(attempt, decided.reason)
         if decided.kind == DecisionKind.approval:
@@ -89,7 +91,7 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
                 return Stopped(attempt, verdict)
         assert decided.candidate is not None and decided.target is not None  # the gate chose one to apply
         candidate = decided.candidate
-        if (busy := await_lease(incident_id, decided.target)) is not None:
+        if (busy := await_lease(incident_id, decided.target, lease)) is not None:
             return Stopped(attempt, busy)
         acted = act_step(incident_id, attempt, candidate)
         if isinstance(acted, Closed):
@@ -103,11 +105,10 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
         undone = False
         if not verified.passed and acted.undo is not None:
             undone = undo_step(incident_id, acted.action_id, candidate)  # back to how it was before
-        learn_step(incident_id, attempt, found.category, candidate.remedy, verified.passed, undone)
-        breaker_step(incident_id, decided.target, verified.passed, verified.reason)
-        if verified.passed:
-            return close_step(incident_id, IncidentState.resolved,
-                              f"healed by {candidate.remedy}: {verified.reason}", verified)
+        # the outcome and the breaker's verdict; a healed incident ends here, resolved
+        if (ended := learn_step(incident_id, attempt, found.category, candidate.remedy, decided.target, verified,
+                                undone)) is not None:
+            return ended
         tried.append(Tried(candidate_key(candidate.remedy, candidate.params), rolled_back=undone))
         if attempt - first >= cfg.max_attempts:
             return Stopped(attempt, f"attempt budget spent: {attempt - first} of {cfg.max_attempts} attempts made, "

@@ -40,7 +40,14 @@ from heald.models import (
     utcnow,
 )
 from heald.store import audit
-from heald.store.db import create_engine, install_lock_order, is_sqlite, sqlite_file, write_gate
+from heald.store.db import (
+    DEFAULT_CONCURRENCY,
+    create_engine,
+    install_lock_order,
+    is_sqlite,
+    sqlite_file,
+    write_gate,
+)
 from heald.store.retry import is_transient, retry_transient, retrying
 from heald.store.tables import (
     ActionRow,
@@ -139,16 +146,19 @@ class Store:
     ``postgresql://…``). Thread-safe: each call uses its own session.
 
     Writes go through :meth:`tx`, reads through :meth:`read`: a read never waits for a writer
-    (SQLite in WAL mode, a reader sees the last commit), see :mod:`heald.store.db`."""
+    (SQLite in WAL mode, a reader sees the last commit), see :mod:`heald.store.db`.
+    ``concurrency`` is how many healing workflows run at once (``healing.max_concurrent``): it
+    sizes both engines' connection pools (:func:`heald.store.db.pool_settings`)."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, *, concurrency: int = DEFAULT_CONCURRENCY):
         self.url = url
-        self.engine = create_engine(url)
+        # each engine's pool: one connection per healing workflow at once, plus the API's threads
+        self.engine = create_engine(url, concurrency=concurrency)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         install_lock_order(self._sessions)  # the writer lock first, always (heald.store.db)
         # an in-memory SQLite database exists once per connection: reads must use the writers' engine
         in_memory = is_sqlite(self.engine) and sqlite_file(self.engine) is None
-        self.read_engine = self.engine if in_memory else create_engine(url, read_only=True)
+        self.read_engine = self.engine if in_memory else create_engine(url, read_only=True, concurrency=concurrency)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -572,6 +582,11 @@ class Store:
         """Record one attempt's or one incident's outcome, audited; returns it with created_at."""
         with self.tx() as s:
             return self._add_outcome(s, o)
+
+    @staticmethod
+    def add_outcome_in(s: Session, o: Outcome) -> Outcome:
+        """:meth:`add_outcome` inside the caller's write transaction ``s`` (a session of :meth:`tx`)."""
+        return Store._add_outcome(s, o)
 
     @staticmethod
     def _add_outcome(s: Session, o: Outcome) -> Outcome:

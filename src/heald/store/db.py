@@ -83,15 +83,44 @@ def _private_database_file(path: Path) -> None:
 #: and a writer for its turn at :func:`write_gate`.
 SQLITE_BUSY_TIMEOUT = 30.0
 
+#: Threads of the HTTP API that may use the store at once: Starlette runs heald's synchronous
+#: endpoints (and ``run_in_threadpool``) in anyio's default thread limiter, 40 threads.
+API_THREADS = 40
+#: heald's other threads that use the store besides healing workflows and the API: the probe
+#: runner, the log tailers, the reaper, the audit checkpointer.
+BACKGROUND_THREADS = 4
+#: Seconds a thread waits for a pooled connection before SQLAlchemy raises ``TimeoutError``
+#: ("QueuePool limit … reached"); a transient error (:func:`heald.store.retry.is_transient`)
+#: that the store and the healing steps wait out again (:func:`heald.store.retry.retrying`).
+POOL_TIMEOUT = 10.0
+#: Healing workflows that run at once when the caller does not say (``healing.max_concurrent``).
+DEFAULT_CONCURRENCY = 16
 
-def create_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
+
+def pool_settings(concurrency: int = DEFAULT_CONCURRENCY) -> dict[str, Any]:
+    """SQLAlchemy ``QueuePool`` arguments for an engine used by ``concurrency`` healing workflows
+    at once (``healing.max_concurrent``) plus the API's threads: each workflow and each background
+    thread (:data:`BACKGROUND_THREADS`) uses at most one connection of an engine at a time, so
+    they keep ``concurrency + BACKGROUND_THREADS`` connections open; the API's threads
+    (:data:`API_THREADS`) may add as many, closed again when returned. A thread that finds none
+    free waits :data:`POOL_TIMEOUT` seconds, then retries (never fails a healing on it)."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency: expected at least 1 workflow, got {concurrency}")
+    return {"pool_size": concurrency + BACKGROUND_THREADS, "max_overflow": API_THREADS, "pool_timeout": POOL_TIMEOUT}
+
+
+def create_engine(url: str, *, read_only: bool = False, concurrency: int | None = None, **kwargs: Any) -> Engine:
     """Create an engine for ``url``. For SQLite: the parent directory is created (0700), the
     database file is 0600 (see :func:`_private_database_file`), WAL mode and a 30 s busy
     timeout are set, and every transaction is ``BEGIN IMMEDIATE`` — or, with ``read_only``, a
     deferred ``BEGIN`` on a connection with ``PRAGMA query_only`` (a write on it raises
     ``sqlite3.OperationalError: attempt to write a readonly database``). For PostgreSQL,
-    ``read_only`` makes every transaction ``READ ONLY``."""
+    ``read_only`` makes every transaction ``READ ONLY``. ``concurrency`` (healing workflows at
+    once) sizes the connection pool of a PostgreSQL or SQLite-file engine (:func:`pool_settings`;
+    None: SQLAlchemy's default pool, 5 + 10)."""
     url = normalize_url(url)
+    if concurrency is not None and (not is_sqlite(url) or sqlite_file(url) is not None):
+        kwargs = {**pool_settings(concurrency), **kwargs}  # an in-memory SQLite database has one connection
     if is_sqlite(url):
         if (db_file := sqlite_file(url)) is not None:
             _private_database_file(db_file)

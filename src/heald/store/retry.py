@@ -27,8 +27,6 @@ from tenacity import (
     RetryCallState,
     Retrying,
     retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
     wait_random_exponential,
 )
 
@@ -83,6 +81,39 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def waited_for_connection(exc: BaseException) -> bool:
+    """True when ``exc`` (or an error it wraps) is SQLAlchemy's pool ``TimeoutError`` ("QueuePool
+    limit … reached"): no connection was free in time, so nothing was sent to the database —
+    running the work again is always safe, and waiting longer is the remedy."""
+    seen: set[int] = set()
+    err: BaseException | None = exc
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, sa_exc.TimeoutError):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+class _Stop:
+    """tenacity's stop condition of :func:`retrying`: ``attempts`` runs and ``max_seconds`` for
+    the transient errors of a database that answered; a wait for a pooled connection
+    (:func:`waited_for_connection`) is not counted as an attempt and is bounded by
+    ``pool_wait_seconds`` (from the first run) instead."""
+
+    def __init__(self, attempts: int, max_seconds: float, pool_wait_seconds: float):
+        self.attempts, self.max_seconds, self.pool_wait_seconds = attempts, max_seconds, pool_wait_seconds
+        self.failures = 0  # runs that failed other than on a pool wait
+
+    def __call__(self, state: RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome else None
+        elapsed = state.seconds_since_start or 0.0
+        if exc is not None and waited_for_connection(exc):
+            return elapsed >= max(self.pool_wait_seconds, self.max_seconds)
+        self.failures += 1
+        return self.failures >= self.attempts or elapsed >= self.max_seconds
+
+
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     fn = getattr(state.fn, "__qualname__", "?")
@@ -90,18 +121,21 @@ def _log_retry(state: RetryCallState) -> None:
                 str(exc).splitlines()[0][:200] if exc else "")
 
 
-def retrying(attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS, max_wait: float = MAX_WAIT) -> Retrying:
+def retrying(attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS, max_wait: float = MAX_WAIT,
+             pool_wait_seconds: float = 0.0) -> Retrying:
     """A tenacity ``Retrying`` that reruns on a transient error only: at most ``attempts`` runs
     and ``max_seconds`` seconds, waiting a random 0..min(max_wait, 0.05·2ⁿ) s between them
-    (full jitter, so contending writers spread out). Re-raises the last error itself."""
+    (full jitter, so contending writers spread out). Waiting for a pooled connection that
+    timed out (:func:`waited_for_connection`) is no attempt: it is waited again for up to
+    ``pool_wait_seconds`` in all (at least ``max_seconds``). Re-raises the last error itself."""
     return Retrying(retry=retry_if_exception(is_transient),
-                    stop=stop_after_attempt(attempts) | stop_after_delay(max_seconds),
+                    stop=_Stop(attempts, max_seconds, pool_wait_seconds),
                     wait=wait_random_exponential(multiplier=0.05, max=max_wait),
                     before_sleep=_log_retry, reraise=True)
 
 
 def retry_transient(fn: Callable[P, T] | None = None, *, attempts: int = ATTEMPTS,
-                    max_seconds: float = MAX_SECONDS) -> Any:
+                    max_seconds: float = MAX_SECONDS, pool_wait_seconds: float = 0.0) -> Any:
     """Decorator: run ``fn`` again on a transient database error (see :func:`retrying`). Use it
     on work that is safe to run again after a rollback: one whole transaction, or a step whose
     transactions are each idempotent. When the retries are spent raises
@@ -110,7 +144,7 @@ def retry_transient(fn: Callable[P, T] | None = None, *, attempts: int = ATTEMPT
         @functools.wraps(f)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
             try:
-                for attempt in retrying(attempts, max_seconds):
+                for attempt in retrying(attempts, max_seconds, pool_wait_seconds=pool_wait_seconds):
                     with attempt:
                         return f(*args, **kwargs)
             except Exception as exc:
