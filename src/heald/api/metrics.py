@@ -77,9 +77,11 @@ class StoreCollector(Collector):
             remedies.add_metric([remedy, status], n)
         yield remedies
 
-        yield _histogram("heald_time_to_recover_seconds",
-                         "Time from the first failing signal to verified recovery, per healed incident",
-                         self.store.recovery_times(), TTR_BUCKETS)
+        ttr = self.store.recovery_summary(TTR_BUCKETS)  # counted by the database: there may be 100k
+        yield HistogramMetricFamily("heald_time_to_recover_seconds",
+                                    "Time from the first failing signal to verified recovery, per healed incident",
+                                    buckets=[(str(float(b)), n) for b, n in ttr["buckets"]] + [("+Inf", ttr["count"])],
+                                    sum_value=ttr["sum"])
 
         with self.store.read() as s:
             opened = s.execute(sa.select(IncidentRow.started_at, IncidentRow.detected_at)).all()
