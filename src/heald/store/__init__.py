@@ -177,6 +177,20 @@ class Store:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+    def schema_revisions(self) -> tuple[str | None, str]:
+        """(the database's schema revision — None when it has no schema yet —, the newest this
+        heald knows): one read of ``alembic_version`` and the migration scripts' headers, no
+        migration run and no write lock taken."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with self.read_engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        return current, str(head)
+
     def close(self) -> None:
         self.engine.dispose()
         if self.read_engine is not self.engine:
