@@ -100,5 +100,6 @@ def test_verification_probes_share_one_client(tmp_path, http_target, monkeypatch
     assert len(made) == 1 and http_target.hits == 9
     verification.close_http_client()
     assert made[0].is_closed
-    assert len(made) == 2 and all(c().ok for c in verification.probe_checks(cfg, "web", None))
+    again = verification.probe_checks(cfg, "web", None)  # a new client, made on demand
+    assert len(made) == 2 and all(c().ok for c in again)
     verification.close_http_client()
