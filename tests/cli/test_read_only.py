@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
 from heald.store import MIGRATIONS, Store
 from tests.conftest import run_heald
+
+pytestmark = pytest.mark.slow  # real heald subprocesses
 
 
 def revision(url: str) -> str:

@@ -418,6 +418,14 @@ class Store:
         return sorted(rows, key=lambda r: (r[0], r[1] or "", r[2].value))
 
     @retry_transient
+    def count_signals_by_status(self, incident_id: int) -> dict[str, int]:
+        """{status: how many of the incident's signals have it}."""
+        with self.read() as s:
+            rows = s.execute(sa.select(SignalRow.status, sa.func.count()).where(SignalRow.incident_id == incident_id)
+                             .group_by(SignalRow.status))
+            return {r[0]: int(r[1]) for r in rows}
+
+    @retry_transient
     def count_signals(self, incident_id: int) -> int:
         """How many signals the incident has."""
         with self.read() as s:
@@ -872,6 +880,20 @@ class Store:
             stmt = stmt.where(AuditRow.event.in_(sorted(set(events))))
         with self.read() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
+
+    @retry_transient
+    def audit_summary(self, incident_id: int) -> dict[str, Any]:
+        """The incident's audit entries in figures, by two grouped queries: ``count``,
+        ``first_seq`` and ``last_seq`` (None when it has none), ``events`` ({event: count},
+        most frequent first) and ``actors`` (sorted)."""
+        where = AuditRow.incident_id == incident_id
+        with self.read() as s:
+            count, first, last = s.execute(sa.select(sa.func.count(), sa.func.min(AuditRow.seq), sa.func.max(AuditRow.seq))
+                                           .where(where)).one()
+            events = s.execute(sa.select(AuditRow.event, sa.func.count()).where(where).group_by(AuditRow.event)).all()
+            actors = sorted(s.scalars(sa.select(AuditRow.actor).where(where).distinct()))
+        return {"count": int(count), "first_seq": first, "last_seq": last, "actors": actors,
+                "events": dict(sorted(((e, int(n)) for e, n in events), key=lambda x: (-x[1], x[0])))}
 
     @retry_transient
     def count_audit_entries(self, incident_id: int | None = None) -> int:
