@@ -172,3 +172,21 @@ def test_the_chain_watch_claims_only_what_it_walked_and_a_full_walk_sees_older_f
     due = check(store, watch)
     assert due.full and not due.intact and due.report.first_bad_seq == 3
     assert not check(store, ChainWatch(), full=True).intact
+
+
+def test_metrics_histograms_are_counted_by_the_database(store: Store, fire: Callable[..., int]) -> None:
+    """/metrics read every incident and every heal into Python (seconds at 100k); the database
+    now counts the buckets, on SQLite and PostgreSQL alike."""
+    from heald.api.metrics import StoreCollector
+
+    inc = fire(1)
+    for t in (0.4, 4.0, 4000.0):
+        store.add_outcome(Outcome(incident_id=inc, category="c", remedy="r", result=OutcomeResult.healed,
+                                  time_to_recover_s=t))
+    families = {m.name: m for m in StoreCollector(store).collect()}
+    ttr = {s.labels.get("le"): s.value for s in families["heald_time_to_recover_seconds"].samples
+           if s.name.endswith("_bucket")}
+    assert ttr["0.5"] == 1 and ttr["5.0"] == 2 and ttr["3600.0"] == 2 and ttr["+Inf"] == 3
+    ttd = list(families["heald_time_to_detect_seconds"].samples)
+    assert {s.name: s.value for s in ttd if not s.name.endswith("_bucket")}["heald_time_to_detect_seconds_count"] == 1
+    assert all(s.value == 1 for s in ttd if s.name.endswith("_bucket"))  # opened as the signal came: 0 s
