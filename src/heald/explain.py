@@ -17,7 +17,6 @@ it cannot change the report's structure.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +27,9 @@ from heald.store import Store
 MAX_SIGNALS = 50
 MAX_OUTPUT_CHARS = 2000
 MAX_TIMELINE = 200
+#: The audit events the report's sections read (whatever the number of the incident's entries).
+INTERPRETED_EVENTS = ("diagnosis.hypotheses", "action.undone", "action.undo_failed", "action.shadowed",
+                      "gate.paused", "action.held")
 
 
 #: Audit events that mean heald did not act where it would have (shadow mode, the pause switch).
@@ -55,16 +57,17 @@ def human_followups(entries: list[AuditEntry]) -> list[AuditEntry]:
 def incident_report(store: Store, incident_id: int) -> str:
     """The Markdown report of incident ``incident_id``. Raises :class:`heald.store.NotFound`."""
     inc = store.get_incident(incident_id)
-    entries = store.audit_entries(incident_id=incident_id, limit=100_000)
+    # bounded however long the history: the entries the sections interpret, read by event
+    entries = store.audit_entries(incident_id=incident_id, events=INTERPRETED_EVENTS, limit=10_000)
     parts = [
         _header(inc),
         _seen(store, inc),
         _hypothesis(store, inc, entries),
-        _decision(store, inc),
+        _decision(store, inc, entries),
         _done(store, inc, entries),
         _verification(store, inc),
         _outcome(store, inc),
-        _audit(entries),
+        _audit(store, inc),
     ]
     return "\n\n".join(p.rstrip() for p in parts if p) + "\n"
 
@@ -86,11 +89,13 @@ def _header(inc: Incident) -> str:
 
 
 def _seen(store: Store, inc: Incident) -> str:
-    signals = store.signals_for(inc.id)
+    counts = store.count_signals_by_status(inc.id)
+    total = sum(counts.values())
+    signals = store.signals_for(inc.id, limit=MAX_SIGNALS)
     out = ["## What was seen", "",
-           f"{len(signals)} signal{'s' if len(signals) != 1 else ''} "
-           f"({sum(1 for s in signals if s.status.value == 'firing')} firing, "
-           f"{sum(1 for s in signals if s.status.value == 'resolved')} resolved), grouped by `{_code(inc.group_key)}`.",
+           f"{total} signal{'s' if total != 1 else ''} "
+           f"({counts.get('firing', 0)} firing, "
+           f"{counts.get('resolved', 0)} resolved), grouped by `{_code(inc.group_key)}`.",
            ""]
     if not signals:
         return "\n".join(out[:2] + ["No signals are stored for this incident."])
@@ -102,8 +107,8 @@ def _seen(store: Store, inc: Incident) -> str:
             summary += f" (suppressed: {s.suppressed_by})"
         out.append(f"| {_ts(s.received_at)} | {_cell(s.source)} | {_cell(s.kind)} | {s.status.value} | "
                    f"{s.severity.value} | {_cell(summary, 300)} |")
-    if len(signals) > len(shown):
-        out.append(f"\n… and {len(signals) - len(shown)} more signals (`heald incident {inc.id} --json` lists all).")
+    if total > len(shown):
+        out.append(f"\n… and {total - len(shown)} more signals (`GET /v1/incidents/{inc.id}/signals` lists all).")
     first = signals[0]
     if first.labels:
         out += ["", "Labels of the first signal: " + ", ".join(f"`{_code(k)}={_code(v)}`" for k, v in sorted(first.labels.items()))]
@@ -138,7 +143,7 @@ def _hypothesis(store: Store, inc: Incident, entries: list[AuditEntry]) -> str:
     return "\n".join(out)
 
 
-def _decision(store: Store, inc: Incident) -> str:
+def _decision(store: Store, inc: Incident, entries: list[AuditEntry]) -> str:
     plans = store.plans_for(inc.id)
     decisions = store.decisions_for(inc.id)
     approvals = store.approvals_for(inc.id)
@@ -236,21 +241,21 @@ def _outcome(store: Store, inc: Incident) -> str:
     return "\n".join(out)
 
 
-def _audit(entries: list[AuditEntry]) -> str:
+def _audit(store: Store, inc: Incident) -> str:
     out = ["## Audit", ""]
-    if not entries:
+    summary = store.audit_summary(inc.id)
+    if not summary["count"]:
         return "\n".join(out + ["No audit entries."])
-    counts = Counter(e.event for e in entries)
-    actors = sorted({e.actor for e in entries})
-    out += [f"{len(entries)} entries (seq {entries[0].seq}–{entries[-1].seq}) by {', '.join(_inline(a) for a in actors)}; "
+    out += [f"{summary['count']} entries (seq {summary['first_seq']}–{summary['last_seq']}) by "
+            f"{', '.join(_inline(a) for a in summary['actors'])}; "
             f"the chain's integrity is checked by `heald audit verify`.", "",
             "| event | count |", "|---|---|"]
-    out += [f"| {_cell(ev)} | {n} |" for ev, n in counts.most_common()]
+    out += [f"| {_cell(ev)} | {n} |" for ev, n in summary["events"].items()]
     out += ["", "### Timeline", "", "| time | actor | event | reason |", "|---|---|---|---|"]
-    for e in entries[:MAX_TIMELINE]:
+    for e in store.audit_entries(incident_id=inc.id, limit=MAX_TIMELINE):
         out.append(f"| {_ts(e.ts)} | {_cell(e.actor)} | {_cell(e.event)} | {_cell(e.reason, 200)} |")
-    if len(entries) > MAX_TIMELINE:
-        out.append(f"\n… and {len(entries) - MAX_TIMELINE} more entries.")
+    if summary["count"] > MAX_TIMELINE:
+        out.append(f"\n… and {summary['count'] - MAX_TIMELINE} more entries.")
     return "\n".join(out)
 
 

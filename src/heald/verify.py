@@ -10,33 +10,74 @@ firing signals, and the services depending on these), each with its own
 state (a metric probe judges only what happened since verification began); plus, for signals
 from sources that report resolution (Alertmanager), that those alerts have resolved; with no
 probe at all, that every signal of the incident has been resolved by its source.
+
+Cost: every verification of this process sends its HTTP checks through one shared client
+(:func:`http_client`, closed by :func:`close_http_client`), and the check that alerts resolved
+reads only the signals that arrived since its last poll (with a short overlap, see
+:func:`alert_resolved_check`), not the incident's whole history at every poll.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime
+
+import httpx
 
 from heald.config import HealdConfig
 from heald.correlate.dependencies import dependents_of
 from heald.models import CheckResult, Incident, Signal, SignalStatus, Verification, utcnow
 from heald.sources import WEBHOOK_SOURCES
-from heald.sources.probes import make_checker
+from heald.sources.probes import make_checker, probe_client
 from heald.store import Store
 from heald.supervise import Supervisor
 
 Check = Callable[[], CheckResult]
 
+#: How long (seconds) the alerts-resolved check keeps re-reading signals it has read: a
+#: PostgreSQL transaction can commit a signal with a lower id after one with a higher id was
+#: read; SQLite commits in id order.
+SIGNAL_OVERLAP_SECONDS = 5.0
 
-def probe_checks(config: HealdConfig, service: str, supervisor: Supervisor | None) -> list[Check]:
-    """One check per configured probe of ``service`` (a fresh checker each)."""
+_http: httpx.Client | None = None
+_http_lock = threading.Lock()
+
+
+def http_client() -> httpx.Client:
+    """The HTTP client every verification of this process shares
+    (:func:`heald.sources.probes.probe_client`: thread-safe, no idle connection kept), made at
+    the first call; :func:`close_http_client` closes it."""
+    global _http
+    with _http_lock:
+        if _http is None or _http.is_closed:
+            _http = probe_client()
+        return _http
+
+
+def close_http_client() -> None:
+    """Close the shared verification client (when the engine stops); a later verification
+    makes a new one."""
+    global _http
+    with _http_lock:
+        if _http is not None:
+            _http.close()
+            _http = None
+
+
+def probe_checks(config: HealdConfig, service: str, supervisor: Supervisor | None,
+                 http: httpx.Client | None = None) -> list[Check]:
+    """One check per configured probe of ``service`` (a fresh checker each, its HTTP requests
+    through ``http``, default :func:`http_client`)."""
     svc = config.services.get(service)
     if svc is None:
         return []
+    client = http if http is not None else http_client()
 
     def make(probe):  # type: ignore[no-untyped-def]
-        checker = make_checker(probe, service, supervisor, config)
+        checker = make_checker(probe, service, supervisor, config, http=client)
 
         def check() -> CheckResult:
             r = checker()
@@ -46,16 +87,33 @@ def probe_checks(config: HealdConfig, service: str, supervisor: Supervisor | Non
     return [make(p) for p in svc.probes]
 
 
-def alert_resolved_check(store: Store, incident_id: int, sources: set[str] | None = None) -> Check:
+def alert_resolved_check(store: Store, incident_id: int, sources: set[str] | None = None,
+                         clock: Callable[[], float] = time.monotonic) -> Check:
     """Passes when every fingerprint that fired in the incident (from ``sources`` only, when
-    given) has a later resolved signal."""
+    given) has a later resolved signal.
+
+    Stateful: the first call reads the (id, fingerprint, status) of every signal, each later
+    call only those above the newest id it had read :data:`SIGNAL_OVERLAP_SECONDS` before
+    (re-reading a signal changes nothing: each fingerprint keeps the status of its newest id)."""
+    state: dict[str, tuple[int, SignalStatus]] = {}
+    seen: deque[tuple[float, int]] = deque()  # (when, the newest id read by then)
+    lock = threading.Lock()
+
     def check() -> CheckResult:
-        signals = store.signals_for(incident_id)
-        state: dict[str, SignalStatus] = {}
-        for s in signals:
-            if sources is None or s.source in sources:
-                state[s.fingerprint or ""] = s.status
-        firing = sorted(fp for fp, st in state.items() if st == SignalStatus.firing)
+        now = clock()
+        with lock:
+            while len(seen) > 1 and seen[1][0] <= now - SIGNAL_OVERLAP_SECONDS:
+                seen.popleft()
+            after = seen[0][1] if seen and seen[0][0] <= now - SIGNAL_OVERLAP_SECONDS else 0
+            newest = seen[-1][1] if seen else 0
+            for row in store.signal_statuses(incident_id, after_id=after):
+                newest = max(newest, row.id)
+                if sources is None or row.source in sources:
+                    fp = row.fingerprint or ""
+                    if fp not in state or state[fp][0] < row.id:
+                        state[fp] = (row.id, row.status)
+            seen.append((now, newest))
+            firing = sorted(fp for fp, (_, st) in state.items() if st == SignalStatus.firing)
         return CheckResult(name="alerts resolved", ok=not firing,
                            detail="all resolved" if not firing else f"{len(firing)} still firing", at=utcnow())
     return check
@@ -65,10 +123,14 @@ def affected_services(incident: Incident, signals: list[Signal], config: HealdCo
     """The incident's service, every other service a firing signal of it names, and the
     services that depend on these (the dependency map): healing payments is verified only when
     the shop's checkouts work again."""
+    return _with_dependents(incident, [s.service for s in signals if s.status == SignalStatus.firing and s.service],
+                            config)
+
+
+def _with_dependents(incident: Incident, firing_services: list[str], config: HealdConfig) -> list[str]:
+    """The incident's service, then ``firing_services``, then their dependents, each once."""
     out = [incident.service] if incident.service else []
-    for s in signals:
-        if s.status == SignalStatus.firing and s.service and s.service not in out:
-            out.append(s.service)
+    out.extend(svc for svc in dict.fromkeys(firing_services) if svc not in out)
     for svc in list(out):
         out.extend(d for d in dependents_of(config, svc) if d not in out)
     return out
@@ -82,13 +144,12 @@ def checks_for(incident: Incident, config: HealdConfig, store: Store, supervisor
     ci = ci_checks(incident, config, store)
     if ci:
         return ci
-    signals = store.signals_for(incident.id)
-    services = affected_services(incident, signals, config)
+    kinds = store.signal_kinds(incident.id)  # not every signal: an incident can hold 100k
+    services = _with_dependents(incident, [svc for _, svc, st in kinds if st == SignalStatus.firing and svc], config)
     checks = [c for svc in services for c in probe_checks(config, svc, supervisor)]
     if not checks:
         return [alert_resolved_check(store, incident.id)]
-    resolving = {s.source for s in signals
-                 if getattr(WEBHOOK_SOURCES.get(s.source), "sends_resolved", False)}
+    resolving = {src for src, _, _ in kinds if getattr(WEBHOOK_SOURCES.get(src), "sends_resolved", False)}
     if resolving:
         checks.append(alert_resolved_check(store, incident.id, resolving))
     return checks

@@ -8,11 +8,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from heald.api.incidents import next_link
 from heald.auth import Principal, require
 from heald.correlate.silences import (
+    MAX_LIST,
     SilenceError,
     create_silence,
     expire_silence,
@@ -22,7 +24,7 @@ from heald.correlate.silences import (
 )
 from heald.durations import parse_duration
 from heald.engine import Runtime
-from heald.http_limits import DbId, HealdRoute
+from heald.http_limits import MAX_DB_INT, DbId, HealdRoute
 from heald.models import Role, utcnow
 from heald.store import NotFound
 
@@ -106,9 +108,16 @@ def routes(rt: Runtime) -> APIRouter:
     router = APIRouter(tags=["silences"], route_class=HealdRoute)
 
     @router.get("/v1/silences", dependencies=[Depends(require(Role.viewer))])
-    def get_silences(state: Literal["pending", "active", "expired"] | None = None) -> list[dict[str, Any]]:
-        """Silences, newest first (expired ones too: history is kept), optionally by state."""
-        return list_silences(rt.store, state)
+    def get_silences(state: Literal["pending", "active", "expired"] | None = None,
+                     limit: int = Query(MAX_LIST, ge=1, le=MAX_LIST),
+                     before: int | None = Query(None, ge=1, le=MAX_DB_INT, description="the id this page starts below"),
+                     *, request: Request, response: Response) -> list[dict[str, Any]]:
+        """Silences, newest first (expired ones too: history is kept), optionally by state; a
+        full page names the next in its ``Link`` header (``rel="next"``, ``before`` the last id)."""
+        rows = list_silences(rt.store, state, limit=limit, before_id=before)
+        if len(rows) == limit:
+            next_link(request, response, before=rows[-1]["id"], limit=limit)
+        return rows
 
     @router.post("/v1/silences", status_code=201)
     def post_silence(body: SilenceIn, who: Principal = Depends(require(Role.operator))) -> dict[str, Any]:

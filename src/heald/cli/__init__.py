@@ -62,6 +62,15 @@ def version() -> None:
 
 
 @app.command()
+def migrate() -> None:
+    """Bring the database's schema to this heald's newest migration (what every command that
+    writes does first; the read-only commands ask for it when the database is behind)."""
+    store = open_store(config())
+    current, head = store.schema_revisions()
+    out.print(f"database schema at revision {current} (newest: {head})")
+
+
+@app.command()
 def serve(host: str | None = typer.Option(None, help="Listen address (default: api.host)."),
           port: int | None = typer.Option(None, help="Listen port (default: api.port).")) -> None:
     """Run heald: the API, the probes, the managed services and the healing engine.
@@ -207,7 +216,7 @@ def incident(incident_id: int = typer.Argument(..., help="The incident's id."), 
 
     if report and json_out:
         fail("--report and --json: choose one (the report is Markdown; --json gives the data)")
-    store = open_store(config())
+    store = open_store(config(), write=False)
     if report:
         from heald.explain import incident_report
 

@@ -74,12 +74,32 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def open_store(cfg: HealdConfig):  # type: ignore[no-untyped-def]
+def open_store(cfg: HealdConfig, *, write: bool = True):  # type: ignore[no-untyped-def]
+    """The store of ``cfg``. A command that writes (``write``) brings the schema to the newest
+    migration first; a read-only one only compares the schema's revision with this heald's
+    (:meth:`heald.store.Store.schema_revisions`, no migration run) and exits 2 telling the
+    user to run ``heald migrate`` when the database is behind. A database without any schema
+    yet is created (first use), whichever the command."""
     from heald.store import Store
 
     store = Store(cfg.database)
-    store.migrate()
+    if write:
+        store.migrate()
+        return store
+    current, head = store.schema_revisions()
+    if current is None:
+        store.migrate()
+    elif current != head:
+        store.close()
+        fail(f"database: its schema is at revision {current}, this heald {_version()} needs {head}; run "
+             "`heald migrate` (or any command that writes, such as `heald serve`) to upgrade it, then try again")
     return store
+
+
+def _version() -> str:
+    from heald import __version__
+
+    return __version__
 
 
 def login_name() -> str:

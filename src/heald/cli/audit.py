@@ -28,7 +28,7 @@ def verify(checkpoints: Path | None = typer.Option(
     cfg = config()
     if no_checkpoints and (checkpoints or key):
         fail("--no-checkpoints: not with --checkpoints or --key")
-    store = open_store(cfg)
+    store = open_store(cfg, write=False)
     file = None if no_checkpoints else checkpoints or (cfg.audit_checkpoint_file if cfg.audit_checkpoint_file.exists() else None)
     if file is None:
         report = store.verify_audit()
@@ -107,7 +107,7 @@ def list_entries(incident: int | None = typer.Option(None, "--incident", min=1, 
                  limit: int = typer.Option(50, "--limit", min=1, max=10_000),
                  json_out: bool = JsonOpt) -> None:
     """List audit entries, newest first, filtered like the dashboard's audit page."""
-    entries = open_store(config()).search_audit(incident_id=incident, actor=actor or None, event=event or None,
+    entries = open_store(config(), write=False).search_audit(incident_id=incident, actor=actor or None, event=event or None,
                                                 before_seq=before, limit=limit)
     if json_out:
         print_json([e.model_dump(mode="json") for e in entries])
@@ -127,7 +127,7 @@ def export(json_out: bool = typer.Option(True, "--json", help="JSON (the only fo
            batch: int = typer.Option(1000, "--batch", min=1, max=100_000, help="Entries read per query.")) -> None:
     """Print the whole audit log as a JSON array in chain order (every field, hashes
     included, so that it can be verified elsewhere); memory stays bounded."""
-    store = open_store(config())
+    store = open_store(config(), write=False)
     write = sys.stdout.write
     write("[")
     after, first = 0, True

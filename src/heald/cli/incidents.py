@@ -32,7 +32,7 @@ def incidents(ctx: typer.Context,
     """List incidents, newest first (incidents that need a human are marked)."""
     if ctx.invoked_subcommand is not None:
         return
-    store = open_store(config())
+    store = open_store(config(), write=False)
     rows = store.list_incidents(state=state, limit=limit, states=OPEN_STATES if open_ else None)
     if json_out:
         print_json([{**i.model_dump(mode="json"), "time_to_detect_s": i.time_to_detect_s,
@@ -107,7 +107,7 @@ def resolve(incident_id: int = typer.Argument(..., help="The incident's id."),
 @app.command()
 def status(json_out: bool = JsonOpt) -> None:
     """Open incidents by state, and the ones that need a human now."""
-    store = open_store(config())
+    store = open_store(config(), write=False)
     counts = store.count_incidents_by_state()
     by_state = {s.value: counts.get(s.value, 0) for s in OPEN_STATES}
     attention = store.list_incidents(state=IncidentState.needs_attention, limit=100)

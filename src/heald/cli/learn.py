@@ -17,7 +17,7 @@ def learn(category: str | None = typer.Option(None, "--category", help="Only thi
     Thompson sampling draws from."""
     from heald.learn import learned_rows
 
-    rows = learned_rows(open_store(config()), category)
+    rows = learned_rows(open_store(config(), write=False), category)
     if json_out:
         print_json(rows)
         return

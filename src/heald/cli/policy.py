@@ -22,7 +22,7 @@ def list_breakers(json_out: bool = JsonOpt) -> None:
     """List every target's breaker (open ones first)."""
     from heald.budgets import breakers
 
-    rows = sorted(breakers(open_store(config())), key=lambda b: (b["state"] != "open", b["target"]))
+    rows = sorted(breakers(open_store(config(), write=False)), key=lambda b: (b["state"] != "open", b["target"]))
     if json_out:
         print_json(rows)
         return
@@ -127,7 +127,7 @@ def list_silences_cmd(all_: bool = typer.Option(False, "--all", help="Expired si
     """List pending and active silences (--all: expired ones too)."""
     from heald.correlate.silences import list_silences
 
-    rows = [r for r in list_silences(open_store(config())) if all_ or r["state"] != "expired"]
+    rows = list_silences(open_store(config(), write=False), unexpired=not all_)
     if json_out:
         print_json(rows)
         return

@@ -73,7 +73,7 @@ def create(role: Role = typer.Option(..., "--role", help="viewer, operator, appr
 @tokens_app.command("list")
 def list_tokens(json_out: bool = JsonOpt) -> None:
     """List the tokens (never the tokens themselves), revoked ones included."""
-    tokens = open_store(config()).list_tokens()
+    tokens = open_store(config(), write=False).list_tokens()
     if json_out:
         print_json([t.model_dump(mode="json") for t in tokens])
         return

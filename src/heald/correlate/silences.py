@@ -208,14 +208,34 @@ def create_silence(store: Store, matchers: list[str], ends_at: datetime, *, crea
         return silence_json(row, now)
 
 
-def list_silences(store: Store, state: str | None = None) -> list[dict[str, Any]]:
-    """Silences, newest first, optionally only those in ``state`` (pending, active, expired)."""
+#: The most silences one call of :func:`list_silences` gives.
+MAX_LIST = 1000
+
+
+def list_silences(store: Store, state: str | None = None, *, limit: int = MAX_LIST, before_id: int | None = None,
+                  unexpired: bool = False) -> list[dict[str, Any]]:
+    """Silences, newest first, at most ``limit`` (1..:data:`MAX_LIST`), those with an id below
+    ``before_id`` only when given (the next page: the last id of this one); only those in
+    ``state`` (pending, active, expired) when given, or not expired with ``unexpired``. Raises
+    SilenceError naming ``state`` or ``limit``."""
     if state is not None and state not in STATES:
         raise SilenceError("state", f"expected one of {', '.join(STATES)}, got {state!r}")
+    if not 1 <= limit <= MAX_LIST:
+        raise SilenceError("limit", f"expected 1 to {MAX_LIST}, got {limit}")
     now = utcnow()
+    stmt = sa.select(SilenceRow).order_by(SilenceRow.id.desc()).limit(limit)
+    if before_id is not None:
+        stmt = stmt.where(SilenceRow.id < before_id)
+    if state == "expired":
+        stmt = stmt.where(SilenceRow.ends_at <= now)
+    elif state == "active":
+        stmt = stmt.where(SilenceRow.ends_at > now, SilenceRow.starts_at <= now)
+    elif state == "pending":
+        stmt = stmt.where(SilenceRow.ends_at > now, SilenceRow.starts_at > now)
+    elif unexpired:
+        stmt = stmt.where(SilenceRow.ends_at > now)
     with store.read() as s:
-        rows = [silence_json(r, now) for r in s.scalars(sa.select(SilenceRow).order_by(SilenceRow.id.desc()))]
-    return [r for r in rows if state is None or r["state"] == state]
+        return [silence_json(r, now) for r in s.scalars(stmt)]
 
 
 def expire_silence(store: Store, silence_id: int, by: str) -> dict[str, Any]:

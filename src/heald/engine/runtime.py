@@ -194,7 +194,7 @@ class Runtime:
         global _runtime
         self._reaper_stop.set()
         if self.probes:
-            self.probes.stop()
+            self.probes.stop()  # closes the probes' HTTP client
         for tailer in self.log_tailers:
             tailer.stop()
         if self.started:
@@ -206,6 +206,9 @@ class Runtime:
             _stop_retrying(sys_db)  # a wait woken below must not retry the gone database forever
             _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
             self.started = False
+        from heald.verify import close_http_client
+
+        close_http_client()  # the verifications' shared HTTP client (made again if a verification runs later)
         if self.checkpointer is not None:
             self.checkpointer.stop()  # a last checkpoint covers everything written until now
             self.checkpointer = None

@@ -26,7 +26,8 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,20 @@ from heald.models import Severity, Signal, SignalStatus, utcnow
 from heald.store import Store
 from heald.store.probe_state import ProbeState, load_probe_states, save_probe_state
 from heald.supervise import Supervisor
+
+#: What a probe's HTTP client sends as its user agent.
+USER_AGENT = "heald-probe"
+
+
+def probe_client() -> httpx.Client:
+    """A new HTTP client for probes, to share between every check of one owner (a
+    :class:`ProbeRunner`, a verification): building one costs about 18 ms of CPU (its TLS
+    context), a request on a shared one about 0.3 ms. Thread-safe. It keeps no idle
+    connection (every probe opens its own, so a probe still sees a service that stopped
+    accepting connections) and follows no redirect; each request gives its own timeout. The
+    owner closes it (:meth:`httpx.Client.close`)."""
+    return httpx.Client(follow_redirects=False, headers={"user-agent": USER_AGENT},
+                        limits=httpx.Limits(max_keepalive_connections=0))
 
 #: The alertname of a probe's signals when the probe names none.
 DEFAULT_ALERTNAMES = {"http": "ProbeFailed", "tcp": "ProbeFailed", "process": "ProbeFailed",
@@ -71,11 +86,13 @@ Checker = Callable[[], ProbeResult]
 
 
 def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None,
-                 config: HealdConfig | None = None) -> Checker:
+                 config: HealdConfig | None = None, http: httpx.Client | None = None) -> Checker:
     """The check of ``probe`` as a callable that never raises. Metric, container and systemd
     probes are stateful: call the same checker again to evaluate rates over its window or to
     see restarts between two checks. Container and systemd probes need ``config`` (the targets
-    they name, :mod:`heald.sources.targets`); without it they fail with that reason."""
+    they name, :mod:`heald.sources.targets`); without it they fail with that reason. HTTP,
+    metric and PromQL probes send their requests through ``http`` (:func:`probe_client`, owned
+    and closed by the caller); without it, each check makes and closes a client of its own."""
     if probe.type in ("container", "systemd"):
         from heald.sources.targets import ContainerProbe, SystemdProbe
 
@@ -90,26 +107,28 @@ def make_checker(probe: ProbeConfig, service: str, supervisor: Supervisor | None
                                labels=r.labels)
         return check
     if probe.type == "metric":
-        return MetricProbe(probe)
+        return MetricProbe(probe, http=http)
     if probe.type == "promql":
         from heald.sources.promql import PromQLProbe
 
-        return PromQLProbe(probe)
-    return lambda: run_probe(probe, service, supervisor)
+        return PromQLProbe(probe, http=http)
+    return lambda: run_probe(probe, service, supervisor, http)
 
 
-def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None) -> ProbeResult:
-    """Run ``probe`` once against ``service``. Never raises: a failure is a result. (A metric
-    probe run once can judge gauges only; rates need :func:`make_checker`.)"""
+def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = None,
+              http: httpx.Client | None = None) -> ProbeResult:
+    """Run ``probe`` once against ``service`` (HTTP through ``http`` when given, see
+    :func:`make_checker`). Never raises: a failure is a result. (A metric probe run once can
+    judge gauges only; rates need :func:`make_checker`.)"""
     if probe.type in ("metric", "promql", "container", "systemd"):
-        return make_checker(probe, service, supervisor)()
+        return make_checker(probe, service, supervisor, http=http)()
     t0 = time.monotonic()
     value: float | None = None
     try:
         if probe.type == "http":
             assert probe.url is not None
-            resp = httpx.get(probe.url, timeout=probe.timeout_seconds, follow_redirects=False,
-                             headers={"user-agent": "heald-probe", "connection": "close"})
+            with _client(http) as client:
+                resp = client.get(probe.url, timeout=probe.timeout_seconds, headers={"connection": "close"})
             ok = resp.status_code in probe.expect_status
             detail = f"HTTP {resp.status_code}" + ("" if ok else _error_code(resp))
         elif probe.type == "tcp":
@@ -139,6 +158,8 @@ def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = 
         ok, detail = False, f"timed out after {probe.timeout_seconds:g} s"
     except httpx.HTTPError as exc:
         ok, detail = False, f"HTTP error: {exc.__class__.__name__}: {exc}"
+    except RuntimeError as exc:  # httpx: the shared client was closed (its owner stopped)
+        ok, detail = False, f"not probed: {exc}"
     except ConnectionRefusedError:
         ok, detail = False, "connection refused"
     except TimeoutError:
@@ -146,6 +167,16 @@ def run_probe(probe: ProbeConfig, service: str, supervisor: Supervisor | None = 
     except OSError as exc:
         ok, detail = False, f"{exc.__class__.__name__}: {exc}"
     return ProbeResult(ok, detail, time.monotonic() - t0, utcnow(), value=value)
+
+
+@contextmanager
+def _client(http: httpx.Client | None) -> Iterator[httpx.Client]:
+    """``http`` (left open: its owner closes it), or a client of this one request."""
+    if http is not None:
+        yield http
+        return
+    with probe_client() as own:
+        yield own
 
 
 def _error_code(resp: httpx.Response) -> str:
@@ -204,10 +235,12 @@ class MetricProbe:
     was created (what verification wants after a remedy).
     """
 
-    def __init__(self, probe: ProbeConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, probe: ProbeConfig, clock: Callable[[], float] = time.monotonic,
+                 http: httpx.Client | None = None):
         assert probe.type == "metric" and probe.url and probe.metric
         self.probe = probe
         self.clock = clock
+        self.http = http  # shared with the owner's other checks (make_checker); None: one per scrape
         self.matchers = [parse_matcher(m) for m in probe.match]
         self.per_matchers = [parse_matcher(m) for m in probe.per_match]
         self.sample = f"{probe.metric}_bucket" if probe.quantile is not None else probe.metric
@@ -217,11 +250,12 @@ class MetricProbe:
     def __call__(self) -> ProbeResult:
         t0 = time.monotonic()
         try:
-            resp = httpx.get(self.probe.url or "", timeout=self.probe.timeout_seconds,
-                             headers={"accept": "text/plain;version=0.0.4", "user-agent": "heald-probe"})
+            with _client(self.http) as client:
+                resp = client.get(self.probe.url or "", timeout=self.probe.timeout_seconds,
+                                  headers={"accept": "text/plain;version=0.0.4"})
             resp.raise_for_status()
             scraped = self._select(resp.text)
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, ValueError, RuntimeError) as exc:  # RuntimeError: the shared client was closed
             return ProbeResult(True, f"no data: scraping {self.probe.url} failed ({exc.__class__.__name__}: {exc})"[:300],
                                time.monotonic() - t0, utcnow(), no_data=True)
         with self._lock:
@@ -422,7 +456,9 @@ def probe_signal(service: str, probe: ProbeConfig, status: SignalStatus, result:
 class ProbeRunner:
     """Runs every probe of every service in ``config`` on its interval; calls ``emit`` with the
     signals (see the module docstring). ``on_result`` sees every single result. With ``store``,
-    each probe starts from its stored state and saves every change of it."""
+    each probe starts from its stored state and saves every change of it. Every probe of the
+    runner sends its HTTP requests through one client (:func:`probe_client`), made by
+    :meth:`start` and closed by :meth:`stop`."""
 
     def __init__(self, config: HealdConfig, supervisor: Supervisor | None, emit: Callable[[Signal], object],
                  on_result: Callable[[str, ProbeConfig, ProbeResult], None] | None = None,
@@ -435,8 +471,11 @@ class ProbeRunner:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._states: dict[tuple[str, str], ProbeState] = {}
+        self.http: httpx.Client | None = None
 
     def start(self) -> None:
+        """Start one thread per probe (and the runner's HTTP client)."""
+        self.http = probe_client()
         if self.store is not None:
             self._states = load_probe_states(self.store)
         for service, svc in self.config.services.items():
@@ -447,12 +486,16 @@ class ProbeRunner:
                 self._threads.append(t)
 
     def stop(self) -> None:
+        """Stop every probe's thread (waiting up to 5 s each) and close the HTTP client (a
+        probe still in a request then ends with an error, not reported: the runner stopped)."""
         self._stop.set()
         for t in self._threads:
             t.join(timeout=5)
+        if self.http is not None:
+            self.http.close()
 
     def _loop(self, service: str, probe: ProbeConfig) -> None:
-        check = make_checker(probe, service, self.supervisor, self.config)
+        check = make_checker(probe, service, self.supervisor, self.config, http=self.http)
         state = self._states.get((service, probe.label), ProbeState())
         failures, successes, firing = state.failures, state.successes, state.firing
         first_failure: datetime | None = state.first_failure
@@ -460,6 +503,8 @@ class ProbeRunner:
         next_at = time.monotonic()
         while not self._stop.is_set():
             result = check()
+            if self._stop.is_set():  # stopped during the check: its client may be closed under it
+                break
             if self.on_result:
                 self.on_result(service, probe, result)
             if result.no_data:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import httpx
@@ -60,22 +61,30 @@ def _value(point: object) -> tuple[float, float]:
 
 class PrometheusAPI:
     """A client of one Prometheus' HTTP API (``base_url`` such as ``http://127.0.0.1:9090``);
-    each request times out after ``timeout_seconds`` (also sent as the query's ``timeout``)."""
+    each request times out after ``timeout_seconds`` (also sent as the query's ``timeout``).
+    Requests go through ``http`` when given (a shared client its owner closes, such as a probe
+    runner's :func:`heald.sources.probes.probe_client`), else through a client of their own."""
 
-    def __init__(self, base_url: str, timeout_seconds: float = 5.0):
+    def __init__(self, base_url: str, timeout_seconds: float = 5.0, http: httpx.Client | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout_seconds = timeout_seconds
+        self.http = http
 
     def _get(self, path: str, params: dict[str, str]) -> tuple[str, object]:
         params = {**params, "timeout": f"{self.timeout_seconds:g}s"}
         try:
-            with httpx.stream("GET", f"{self.base_url}{path}", params=params, timeout=self.timeout_seconds,
-                              headers={"accept": "application/json", "user-agent": "heald"}) as resp:
+            with ExitStack() as stack:
+                client = self.http if self.http is not None else stack.enter_context(httpx.Client())
+                resp = stack.enter_context(client.stream(
+                    "GET", f"{self.base_url}{path}", params=params, timeout=self.timeout_seconds,
+                    headers={"accept": "application/json", "user-agent": "heald"}))
                 body = b""
                 for chunk in resp.iter_bytes():
                     body += chunk
                     if len(body) > MAX_RESPONSE_BYTES:
                         raise PromQLError(f"the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+        except RuntimeError as exc:  # httpx: the shared client was closed (its owner stopped)
+            raise PromQLError(f"{self.base_url} not asked ({exc})"[:300]) from exc
         except httpx.HTTPError as exc:
             raise PromQLError(f"{self.base_url} unreachable ({exc.__class__.__name__}: {exc})"[:300]) from exc
         try:
@@ -131,11 +140,12 @@ class PromQLProbe:
     """The check of a ``promql`` probe (see the module docstring). Stateful: it remembers since
     when the threshold has been crossed, so one object must be reused from check to check."""
 
-    def __init__(self, probe: ProbeConfig, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, probe: ProbeConfig, clock: Callable[[], float] = time.monotonic,
+                 http: httpx.Client | None = None):
         assert probe.type == "promql" and probe.url and probe.query
         self.probe = probe
         self.clock = clock
-        self.api = PrometheusAPI(probe.url, probe.timeout_seconds)
+        self.api = PrometheusAPI(probe.url, probe.timeout_seconds, http=http)
         self._crossed_since: float | None = None
 
     def __call__(self) -> ProbeResult:

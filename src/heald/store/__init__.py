@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -65,6 +65,8 @@ from heald.store.tables import (
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+#: The outcomes that carry a time to recover (:meth:`Store.recovery_summary`).
+_HEALED: tuple[sa.ColumnElement[bool], ...] = (OutcomeRow.result == "healed", OutcomeRow.time_to_recover_s.is_not(None))
 T = TypeVar("T")
 
 
@@ -108,6 +110,21 @@ def action_model(row: ActionRow) -> Action:
         output=row.output, snapshot=row.snapshot, undo=row.undo, started_at=row.started_at, finished_at=row.finished_at,
         target=row.target,
     )
+
+
+class SignalStatusRow(NamedTuple):
+    """What :meth:`Store.signal_statuses` gives of one signal."""
+
+    id: int
+    source: str
+    service: str | None
+    fingerprint: str
+    status: SignalStatus
+
+
+#: The signals and timeline entries :meth:`Store.incident_detail` gives at most, unless told.
+DETAIL_SIGNALS = 200
+DETAIL_TIMELINE = 1000
 
 
 class IdentityConflict(ValueError):
@@ -169,6 +186,20 @@ class Store:
         with write_gate(self.engine), self.engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def schema_revisions(self) -> tuple[str | None, str]:
+        """(the database's schema revision — None when it has no schema yet —, the newest this
+        heald knows): one read of ``alembic_version`` and the migration scripts' headers, no
+        migration run and no write lock taken."""
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        with self.read_engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+        return current, str(head)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -359,10 +390,57 @@ class Store:
 
     # -- signals ---------------------------------------------------------------------------
     @retry_transient
-    def signals_for(self, incident_id: int) -> list[Signal]:
+    def signals_for(self, incident_id: int, *, after_id: int = 0, limit: int | None = None) -> list[Signal]:
+        """The incident's signals oldest first, those with an id above ``after_id`` only, at
+        most ``limit`` (None: all of them — an incident can hold 100k signals; pages and polls
+        should bound it or use :meth:`signal_statuses`)."""
+        stmt = (sa.select(SignalRow).where(SignalRow.incident_id == incident_id, SignalRow.id > after_id)
+                .order_by(SignalRow.id))
+        if limit is not None:
+            stmt = stmt.limit(limit)
         with self.read() as s:
-            rows = s.scalars(sa.select(SignalRow).where(SignalRow.incident_id == incident_id).order_by(SignalRow.id))
-            return [signal_model(r) for r in rows]
+            return [signal_model(r) for r in s.scalars(stmt)]
+
+    def signals_page(self, incident_id: int, *, after_id: int = 0, limit: int = 100) -> tuple[list[Signal], int | None]:
+        """One page of the incident's signals (oldest first, ids above ``after_id``, at most
+        ``limit``) and the ``after_id`` of the next page (None: this is the last)."""
+        rows = self.signals_for(incident_id, after_id=after_id, limit=limit + 1)
+        return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
+
+    @retry_transient
+    def signal_statuses(self, incident_id: int, *, after_id: int = 0) -> list[SignalStatusRow]:
+        """(id, source, service, fingerprint, status) of the incident's signals with an id
+        above ``after_id``, oldest first: what a poll that follows the incident's signals
+        needs, without their labels, annotations and summaries."""
+        stmt = (sa.select(SignalRow.id, SignalRow.source, SignalRow.service, SignalRow.fingerprint, SignalRow.status)
+                .where(SignalRow.incident_id == incident_id, SignalRow.id > after_id).order_by(SignalRow.id))
+        with self.read() as s:
+            return [SignalStatusRow(i, src, svc, fp, SignalStatus(st)) for i, src, svc, fp, st in s.execute(stmt)]
+
+    @retry_transient
+    def signal_kinds(self, incident_id: int) -> list[tuple[str, str | None, SignalStatus]]:
+        """The distinct (source, service, status) of the incident's signals, sorted: which
+        sources and services it involves and how, in one query however many signals it has."""
+        stmt = (sa.select(SignalRow.source, SignalRow.service, SignalRow.status).distinct()
+                .where(SignalRow.incident_id == incident_id))
+        with self.read() as s:
+            rows = [(src, svc, SignalStatus(st)) for src, svc, st in s.execute(stmt)]
+        return sorted(rows, key=lambda r: (r[0], r[1] or "", r[2].value))
+
+    @retry_transient
+    def count_signals_by_status(self, incident_id: int) -> dict[str, int]:
+        """{status: how many of the incident's signals have it}."""
+        with self.read() as s:
+            rows = s.execute(sa.select(SignalRow.status, sa.func.count()).where(SignalRow.incident_id == incident_id)
+                             .group_by(SignalRow.status))
+            return {r[0]: int(r[1]) for r in rows}
+
+    @retry_transient
+    def count_signals(self, incident_id: int) -> int:
+        """How many signals the incident has."""
+        with self.read() as s:
+            return int(s.scalar(sa.select(sa.func.count()).select_from(SignalRow)
+                                .where(SignalRow.incident_id == incident_id)) or 0)
 
     @retry_transient
     def count_signals_by_source(self) -> dict[str, int]:
@@ -495,6 +573,37 @@ class Store:
             return False
 
     @retry_transient
+    def pending_approvals(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest ``limit`` incidents awaiting approval, each as ``{"incident", "decision"
+        (its latest, as :meth:`decisions_for` gives it; None if it has none), "votes" (the
+        verdicts on that decision, as :meth:`approvals_for`)}``, in three queries whatever
+        ``limit`` is."""
+        with self.read() as s:
+            incidents = [incident_model(r) for r in s.scalars(
+                sa.select(IncidentRow).where(IncidentRow.state == IncidentState.awaiting_approval.value)
+                .order_by(IncidentRow.id.desc()).limit(limit))]
+            ids = [i.id for i in incidents]
+            latest = (sa.select(sa.func.max(DecisionRow.id)).where(DecisionRow.incident_id.in_(ids))
+                      .group_by(DecisionRow.incident_id))
+            decisions = {r.incident_id: r for r in s.scalars(sa.select(DecisionRow).where(DecisionRow.id.in_(latest)))} \
+                if ids else {}
+            votes: dict[int, list[dict[str, Any]]] = {}
+            if decisions:
+                for r in s.scalars(sa.select(ApprovalRow).where(ApprovalRow.decision_id.in_([d.id for d in decisions.values()]))
+                                   .order_by(ApprovalRow.id)):
+                    votes.setdefault(r.decision_id, []).append(
+                        {"approver": r.approver, "verdict": r.verdict, "comment": r.comment,
+                         "decision_id": r.decision_id, "created_at": r.created_at})
+        out = []
+        for inc in incidents:
+            d = decisions.get(inc.id)
+            decision = None if d is None else {"id": d.id, "kind": d.kind, "reason": d.reason,
+                                               "required_approvals": d.required_approvals, "candidate": d.candidate,
+                                               "created_at": d.created_at}
+            out.append({"incident": inc, "decision": decision, "votes": votes.get(d.id, []) if d else []})
+        return out
+
+    @retry_transient
     def approvals_for(self, incident_id: int, decision_id: int | None = None) -> list[dict[str, Any]]:
         stmt = sa.select(ApprovalRow).where(ApprovalRow.incident_id == incident_id).order_by(ApprovalRow.id)
         if decision_id is not None:
@@ -614,26 +723,62 @@ class Store:
                     for r in s.scalars(stmt)]
 
     @retry_transient
-    def recovery_times(self) -> list[float]:
-        """Time to recover (seconds) of every healed incident."""
+    def recovery_times(self, limit: int = 1000, before_id: int | None = None) -> list[float]:
+        """Time to recover (seconds) of the newest ``limit`` healed outcomes (those older than
+        outcome ``before_id`` when given), newest first. For figures over all of them use
+        :meth:`recovery_summary`."""
+        stmt = (sa.select(OutcomeRow.time_to_recover_s).where(*_HEALED).order_by(OutcomeRow.id.desc()).limit(limit))
+        if before_id is not None:
+            stmt = stmt.where(OutcomeRow.id < before_id)
         with self.read() as s:
-            rows = s.scalars(sa.select(OutcomeRow.time_to_recover_s).where(
-                OutcomeRow.result == "healed", OutcomeRow.time_to_recover_s.is_not(None)))
-            return [float(x) for x in rows if x is not None]
+            return [float(x) for x in s.scalars(stmt) if x is not None]
 
-    def incident_detail(self, incident_id: int) -> dict[str, Any]:
+    @retry_transient
+    def recovery_summary(self, bounds: Iterable[float] = ()) -> dict[str, Any]:
+        """Time to recover over every healed outcome, in two indexed queries however many
+        there are: ``count``, ``sum`` (seconds), ``median`` (seconds, None when there are
+        none; for an even count the mean of the two middle values) and
+        ``buckets``: [(upper bound, how many took at most that)] for each of ``bounds``
+        (a Prometheus histogram's cumulative buckets)."""
+        edges = sorted(float(b) for b in bounds)
+        ttr = OutcomeRow.time_to_recover_s
+        cols: list[sa.ColumnElement[Any]] = [sa.func.count(), sa.func.coalesce(sa.func.sum(ttr), 0.0),
+                *(sa.func.coalesce(sa.func.sum(sa.case((ttr <= b, 1), else_=0)), 0) for b in edges)]
+        with self.read() as s:
+            row = s.execute(sa.select(*cols).where(*_HEALED)).one()
+            count = int(row[0])
+            median: float | None = None
+            if count:
+                middle = [float(x) for x in s.scalars(sa.select(ttr).where(*_HEALED).order_by(ttr)
+                                                      .offset((count - 1) // 2).limit(2 - count % 2)) if x is not None]
+                median = sum(middle) / len(middle)
+        return {"count": count, "sum": float(row[1]), "median": median,
+                "buckets": [(b, int(n)) for b, n in zip(edges, row[2:], strict=True)]}
+
+    def incident_detail(self, incident_id: int, *, signals_limit: int = DETAIL_SIGNALS,
+                        timeline_limit: int = DETAIL_TIMELINE) -> dict[str, Any]:
         """Everything known about one incident, as JSON-ready data: the incident, its signals,
         diagnoses, plans, decisions, approvals, actions, verifications, outcomes and its
-        timeline (its audit entries in order). Raises NotFound."""
+        timeline (its audit entries in order). Raises NotFound.
+
+        ``signals`` and ``timeline`` are bounded: the first ``signals_limit`` signals and
+        ``timeline_limit`` entries, oldest first; ``signals_page`` and ``timeline_page`` say
+        ``{"total", "limit", "next_after"}`` — the cursor of the next page (a signal id for
+        :meth:`signals_page`, an audit ``seq`` for :meth:`audit_entries`' ``after_seq``), None
+        when everything is shown."""
         inc = self.get_incident(incident_id)
 
         def dump(items: list[Any]) -> list[Any]:
             return [i.model_dump(mode="json") if hasattr(i, "model_dump") else _jsonable(i) for i in items]
 
+        signals, next_signal = self.signals_page(incident_id, limit=signals_limit)
+        timeline = self.audit_entries(incident_id=incident_id, limit=timeline_limit + 1)
+
         return {
             "incident": {**inc.model_dump(mode="json"), "time_to_detect_s": inc.time_to_detect_s,
                          "time_to_recover_s": inc.time_to_recover_s},
-            "signals": dump(self.signals_for(incident_id)),
+            "signals": dump(signals),
+            "signals_page": {"total": self.count_signals(incident_id), "limit": signals_limit, "next_after": next_signal},
             "diagnoses": dump(self.diagnoses_for(incident_id)),
             "plans": dump(self.plans_for(incident_id)),
             "decisions": dump(self.decisions_for(incident_id)),
@@ -642,7 +787,9 @@ class Store:
             "verifications": dump(self.verifications_for(incident_id)),
             "outcomes": dump(self.outcomes(incident_id=incident_id)),
             "llm_usage": self.llm_usage_for(incident_id),
-            "timeline": dump(self.audit_entries(incident_id=incident_id, limit=10_000)),
+            "timeline": dump(timeline[:timeline_limit]),
+            "timeline_page": {"total": self.count_audit_entries(incident_id), "limit": timeline_limit,
+                              "next_after": timeline[timeline_limit - 1].seq if len(timeline) > timeline_limit else None},
         }
 
     # -- API tokens ------------------------------------------------------------------------
@@ -737,13 +884,40 @@ class Store:
             return audit.append(s, actor=actor, event=event, reason=reason, incident_id=incident_id, details=details)
 
     @retry_transient
-    def audit_entries(self, incident_id: int | None = None, after_seq: int = 0, limit: int = 1000) -> list[AuditEntry]:
-        """Audit entries in chain order, optionally for one incident, after ``after_seq``."""
+    def audit_entries(self, incident_id: int | None = None, after_seq: int = 0, limit: int = 1000,
+                      events: Iterable[str] | None = None) -> list[AuditEntry]:
+        """Audit entries in chain order, optionally for one incident, after ``after_seq``, at
+        most ``limit``; only those whose event is one of ``events`` when given."""
         stmt = sa.select(AuditRow).where(AuditRow.seq > after_seq).order_by(AuditRow.seq).limit(limit)
         if incident_id is not None:
             stmt = stmt.where(AuditRow.incident_id == incident_id)
+        if events is not None:
+            stmt = stmt.where(AuditRow.event.in_(sorted(set(events))))
         with self.read() as s:
             return [audit.to_entry(r) for r in s.scalars(stmt)]
+
+    @retry_transient
+    def audit_summary(self, incident_id: int) -> dict[str, Any]:
+        """The incident's audit entries in figures, by two grouped queries: ``count``,
+        ``first_seq`` and ``last_seq`` (None when it has none), ``events`` ({event: count},
+        most frequent first) and ``actors`` (sorted)."""
+        where = AuditRow.incident_id == incident_id
+        with self.read() as s:
+            count, first, last = s.execute(sa.select(sa.func.count(), sa.func.min(AuditRow.seq), sa.func.max(AuditRow.seq))
+                                           .where(where)).one()
+            events = s.execute(sa.select(AuditRow.event, sa.func.count()).where(where).group_by(AuditRow.event)).all()
+            actors = sorted(s.scalars(sa.select(AuditRow.actor).where(where).distinct()))
+        return {"count": int(count), "first_seq": first, "last_seq": last, "actors": actors,
+                "events": dict(sorted(((e, int(n)) for e, n in events), key=lambda x: (-x[1], x[0])))}
+
+    @retry_transient
+    def count_audit_entries(self, incident_id: int | None = None) -> int:
+        """How many audit entries there are (about one incident when given)."""
+        stmt = sa.select(sa.func.count()).select_from(AuditRow)
+        if incident_id is not None:
+            stmt = stmt.where(AuditRow.incident_id == incident_id)
+        with self.read() as s:
+            return int(s.scalar(stmt) or 0)
 
     @retry_transient
     def last_audit_seq(self) -> int:

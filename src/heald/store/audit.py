@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -199,3 +202,74 @@ def _history_without_entries(session: Session, last_seq: int) -> str | None:
         if tokens:
             return f"the audit log is empty, but the store holds {tokens} API token(s) whose creation it recorded: it was deleted"
     return None
+
+
+#: How often (seconds) :class:`ChainWatch` walks the whole chain again.
+FULL_WALK_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class ChainStatus:
+    """What :meth:`ChainWatch.check` found. ``report`` is the walk of this check (its
+    ``entries``: the entries read, ``head_seq``/``head_hash``: the newest entry when intact);
+    ``verified_to`` the newest entry known good (0: none); ``since_seq`` the entry this walk
+    started from (1: a full walk); ``full_at`` when a walk from entry 1 last passed (UTC)."""
+
+    report: AuditReport
+    verified_to: int
+    since_seq: int
+    full_at: datetime | None
+
+    @property
+    def intact(self) -> bool:
+        return self.report.intact
+
+    @property
+    def full(self) -> bool:
+        """Whether this check walked the whole chain."""
+        return self.since_seq == 1
+
+
+class ChainWatch:
+    """Incremental verification of the chain for frequent views (the dashboard's audit page):
+    a full walk (:func:`verify`) the first time and every ``full_every_s`` seconds; in
+    between, a walk of only the entries after the newest one verified, starting from that
+    entry, which must still have the hash it had (``since`` of :func:`verify`). The head, the
+    end of the log and the store's records of history are checked at every walk.
+
+    What a check between full walks does not see: a change to an entry older than the newest
+    one verified before (other than that entry itself); the next full walk shows it, and so
+    does ``heald audit verify`` at any time (with the signed checkpoints too). A broken chain
+    is never remembered as good: each check walks again from the last good entry. Thread-safe
+    (one walk at a time); the state is this process's memory."""
+
+    def __init__(self, full_every_s: float = FULL_WALK_EVERY_S, clock: Callable[[], float] = time.monotonic,
+                 now: Callable[[], datetime] = utcnow):
+        self.full_every_s = full_every_s
+        self._clock = clock
+        self._now = now
+        self._lock = threading.Lock()
+        self._good: Anchor | None = None  # the newest entry verified
+        self._full_t: float | None = None
+        self._full_at: datetime | None = None
+
+    def check(self, session: Session, *, full: bool = False) -> ChainStatus:
+        """Verify the chain in ``session`` (see the class docstring); ``full`` forces a walk
+        from entry 1. Does not raise on tampering."""
+        with self._lock:
+            t = self._clock()
+            due = self._full_t is None or t - self._full_t >= self.full_every_s
+            since = None if full or due or self._good is None else self._good
+            report = verify(session, since=since)
+            if report.intact:
+                if since is None:
+                    self._full_t, self._full_at = t, self._now()
+                if report.head_seq:
+                    self._good = Anchor(report.head_seq, report.head_hash or "", f"entry {report.head_seq}")
+            return ChainStatus(report, self._good.seq if self._good and report.intact else 0,
+                               since.seq if since else 1, self._full_at)
+
+    def forget(self) -> None:
+        """Drop what was verified: the next check walks the whole chain."""
+        with self._lock:
+            self._good, self._full_t, self._full_at = None, None, None

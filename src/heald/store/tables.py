@@ -52,12 +52,14 @@ class IncidentRow(Base):
     detected_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     recovered_at: Mapped[datetime | None]
-    closed_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None] = mapped_column(index=True)
     closed_reason: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class SignalRow(Base):
     __tablename__ = "signals"
+    __table_args__ = (sa.Index("ix_signals_incident_id_id", "incident_id", "id"),
+                      sa.Index("ix_signals_service_id", "service", "id"))
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(sa.String(100), index=True)
     kind: Mapped[str] = mapped_column(sa.String(100))
@@ -113,7 +115,8 @@ class DecisionRow(Base):
 
 class ApprovalRow(Base):
     __tablename__ = "approvals"
-    __table_args__ = (sa.UniqueConstraint("incident_id", "decision_id", "approver", name="uq_approval_once"),)
+    __table_args__ = (sa.UniqueConstraint("incident_id", "decision_id", "approver", name="uq_approval_once"),
+                      sa.Index("ix_approvals_decision_id", "decision_id"))
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
     decision_id: Mapped[int] = mapped_column(sa.ForeignKey("decisions.id"))
@@ -157,6 +160,7 @@ class VerificationRow(Base):
 
 class OutcomeRow(Base):
     __tablename__ = "outcomes"
+    __table_args__ = (sa.Index("ix_outcomes_result_time_to_recover_s", "result", "time_to_recover_s"),)
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     incident_id: Mapped[int] = mapped_column(sa.ForeignKey("incidents.id"), index=True)
     category: Mapped[str] = mapped_column(sa.String(100), index=True)
@@ -215,6 +219,8 @@ class CiPullRequestRow(Base):
 
 class AuditRow(Base):
     __tablename__ = "audit_log"
+    __table_args__ = (sa.Index("ix_audit_log_incident_id_event", "incident_id", "event"),
+                      sa.Index("ix_audit_log_actor", "actor"), sa.Index("ix_audit_log_event", "event"))
     seq: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=False)
     ts: Mapped[datetime]
     actor: Mapped[str] = mapped_column(sa.String(200))

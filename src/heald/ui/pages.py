@@ -8,7 +8,6 @@ event stream says something changed). See :mod:`heald.ui` for the list of pages.
 from __future__ import annotations
 
 import re
-import statistics
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,9 +36,12 @@ from heald.jsontext import clean
 from heald.learn import learned_rows
 from heald.matchers import matches_all
 from heald.models import IncidentState, Role, utcnow
+from heald.policy import count_approvers
 from heald.sources import WEBHOOK_SOURCES
 from heald.store import InvalidTransition, NotFound
+from heald.store.audit import ChainStatus, ChainWatch
 from heald.store.probe_state import read_probe_states
+from heald.store.retry import retry_transient
 from heald.ui import live, session
 from heald.ui.charts import Point, trend_svg
 from heald.ui.session import LoginRequired
@@ -142,6 +144,14 @@ HEALTH_ORDER = {"down": 0, "degraded": 1, "unknown": 2, "up": 3}
 #: kept under, by the services page's kind of target.
 TARGET_KEY_KINDS = {"service": ("service", "config", "release"), "container": ("container",),
                     "systemd unit": ("unit",)}
+#: The signals and audit entries an incident's page lists (the first ones; it says how many there are).
+PAGE_SIGNALS = 100
+PAGE_TIMELINE = 200
+#: The audit events an incident's page reads whatever their number: its stages, hypotheses,
+#: acknowledgement and what a pause or shadow mode held back.
+STAGE_EVENTS = ("incident.opened", "incident.transition", "diagnosis.hypotheses", "incident.acknowledged",
+                "action.shadowed", "gate.paused")
+MAX_STAGE_ENTRIES = 2000
 #: The largest page number the incidents page accepts.
 MAX_PAGE = 1_000_000
 #: A label name a prefilled silence matcher may use (the matcher syntax's, :mod:`heald.matchers`).
@@ -248,6 +258,7 @@ def _decision_summary(decision: dict[str, Any] | None) -> str:
 def routes(rt: Runtime) -> APIRouter:
     """The dashboard's routes over the runtime ``rt``."""
     router = APIRouter(include_in_schema=False, route_class=HealdRoute)
+    chain_watch = ChainWatch()  # the audit page verifies only what is new since its last view
 
     def render(request: Request, name: str, context: dict[str, Any], status: int = 200,
                who: Principal | None = None) -> HTMLResponse:
@@ -311,13 +322,10 @@ def routes(rt: Runtime) -> APIRouter:
         closed_day = sum(day.values())
         closed_all = sum(by_state.get(s.value, 0) for s in CLOSED_STATES)
         outcomes = store.incident_outcomes(limit=50)
-        recoveries = store.recovery_times()
-        pending = []
-        for inc in store.list_incidents(state=IncidentState.awaiting_approval, limit=50):
-            decisions = store.decisions_for(inc.id)
-            last = decisions[-1] if decisions else None
-            pending.append({"incident": inc, "decision": last, "summary": _decision_summary(last),
-                            "approvals": approval_tally(store, inc.id, last["id"]) if last else 0})
+        waiting = store.pending_approvals(limit=50)  # one set of queries, not a few per incident
+        roots = store.identity_roots(v["approver"] for p in waiting for v in p["votes"])
+        pending = [{"incident": p["incident"], "decision": p["decision"], "summary": _decision_summary(p["decision"]),
+                    "approvals": len(count_approvers(p["votes"], roots)) if p["decision"] else 0} for p in waiting]
         return {
             "attention": store.list_incidents(state=IncidentState.needs_attention, limit=50),
             "open_by_state": [(s.value, by_state.get(s.value, 0)) for s in OPEN_STATES],
@@ -327,12 +335,12 @@ def routes(rt: Runtime) -> APIRouter:
             "heal_rate_24h": day.get(IncidentState.resolved.value, 0) / closed_day if closed_day else None,
             "heal_rate_all": by_state.get(IncidentState.resolved.value, 0) / closed_all if closed_all else None,
             "closed_all": closed_all,
-            "mttr": statistics.median(recoveries) if recoveries else None,
+            "mttr": store.recovery_summary()["median"],
             "chart": trend_svg([Point(o.incident_id, o.time_to_detect_s, o.time_to_recover_s) for o in outcomes]),
             "trend": outcomes,
             "pending": pending,
             "recent": store.list_incidents(limit=25),
-            "silences": [x for x in list_silences(store) if x["state"] != "expired"],
+            "silences": list_silences(store, unexpired=True, limit=50),
             "breakers": [b for b in budgets.breakers(store) if b["state"] == "open"],
             "leases": [x for x in budgets.leases(store) if not x["expired"]],
         }
@@ -382,17 +390,21 @@ def routes(rt: Runtime) -> APIRouter:
 
     # -- incident --------------------------------------------------------------------------
     def incident_data(request: Request, incident_id: int, who: Principal) -> dict[str, Any]:
-        d = rt.store.incident_detail(incident_id)
+        # bounded: an incident can hold 100k signals and as many audit entries; the page shows the
+        # first ones (saying how many there are) and reads the entries it interprets by event
+        d = rt.store.incident_detail(incident_id, signals_limit=PAGE_SIGNALS, timeline_limit=PAGE_TIMELINE)
         inc = d["incident"]
+        marked = [e.model_dump(mode="json") for e in rt.store.audit_entries(
+            incident_id=incident_id, events=STAGE_EVENTS, limit=MAX_STAGE_ENTRIES)]
         stages = []
-        for e in d["timeline"]:
+        for e in marked:
             if e["event"] == "incident.opened":
                 stages.append({"ts": e["ts"], "state": "observing", "reason": e["reason"], "actor": e["actor"]})
             elif e["event"] == "incident.transition":
                 stages.append({"ts": e["ts"], "state": e["details"].get("to"), "reason": e["reason"], "actor": e["actor"]})
         for prev, nxt in zip(stages, stages[1:], strict=False):
             prev["duration"] = (datetime.fromisoformat(nxt["ts"]) - datetime.fromisoformat(prev["ts"])).total_seconds()
-        hypotheses = [h for e in d["timeline"] if e["event"] == "diagnosis.hypotheses"
+        hypotheses = [h for e in marked if e["event"] == "diagnosis.hypotheses"
                       for h in e["details"].get("hypotheses", [])]
         evidence = [(dg["reasoner"], line) for dg in d["diagnoses"] for line in dg.get("evidence") or []]
         pending = None
@@ -406,10 +418,10 @@ def routes(rt: Runtime) -> APIRouter:
         actions = [] if state.terminal else [a for a in HUMAN_ACTIONS if (
             a == "ack" or (a == "retry" and state == IncidentState.needs_attention)
             or (a == "resolve" and state in attention.RESOLVABLE))]
-        acked = next((e for e in reversed(d["timeline"]) if e["event"] == "incident.acknowledged"), None)
+        acked = next((e for e in reversed(marked) if e["event"] == "incident.acknowledged"), None)
         would_have = [{"what": e["details"].get("would_have", ""), "why": e["reason"], "ts": e["ts"],
                        "shadow": e["event"] == "action.shadowed"}
-                      for e in d["timeline"] if e["event"] in ("action.shadowed", "gate.paused")]
+                      for e in marked if e["event"] in ("action.shadowed", "gate.paused")]
         humans_then = [e for e in d["timeline"] if e["event"] not in ("dashboard.signed_in",) and is_human(e["actor"])
                        and would_have and e["ts"] > would_have[0]["ts"]]
         return {"d": d, "inc": inc, "stages": stages, "hypotheses": hypotheses, "evidence": evidence,
@@ -794,10 +806,15 @@ def routes(rt: Runtime) -> APIRouter:
                                                           event=event.strip() or None, before_seq=before, limit=limit)
         filters = {"incident": incident, "actor": actor, "event": event}
         ctx = {"title": "Audit log", "since": since, "entries": entries, "filters": filters, "error": error, "limit": limit,
-               "before": before, "chain": rt.store.verify_audit(), "facets": rt.store.audit_facets(),
+               "before": before, "chain": chain_status(), "facets": rt.store.audit_facets(),
                "older": entries[-1].seq if len(entries) == limit else None}
         return render(request, "_audit_live.html" if partial else "audit.html", ctx,
                       status=422 if error else 200, who=who)
+
+    @retry_transient
+    def chain_status() -> ChainStatus:
+        with rt.store.read() as s:
+            return chain_watch.check(s)
 
     # -- sources ---------------------------------------------------------------------------
     @router.get("/sources", response_class=HTMLResponse)
