@@ -5,7 +5,7 @@ time to recover (the median and histogram of time to recover), and the verdicts 
 (The open incident of a fingerprint has its own index, from the ingest work.)
 
 Revision ID: growth_indexes
-Revises: heald_pause
+Revises: silence_recurrence
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "growth_indexes"
-down_revision = "heald_pause"
+down_revision = "silence_recurrence"
 branch_labels = None
 depends_on = None
 
