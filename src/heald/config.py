@@ -1110,6 +1110,12 @@ class ClusterConfig(_Section):
     heartbeat_timeout_seconds: Seconds = Field(
         default=15.0, description="a worker whose last heartbeat is older is dead: its healings are recovered by a "
                                   "live worker and its probe and log leases expire (at least 3 heartbeat intervals)")
+    dedup_window_seconds: float = Field(
+        default=60.0, ge=0,
+        description="with several workers (database_lock: false): a webhook message without a delivery id whose signals "
+                    "(fingerprint, status, start, end) equal a message accepted by any worker this many seconds before "
+                    "is the same notification sent to two workers (Alertmanager with several webhook URLs, an HA pair) "
+                    "and is stored once; 0: off")
     advertise_url: str | None = Field(default=None, max_length=500,
                                       description="this worker's API URL as others reach it, shown by 'heald workers' "
                                                   "(default http://<host>:<api.port>)")

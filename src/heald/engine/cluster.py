@@ -50,8 +50,10 @@ import structlog
 
 from heald import __version__
 from heald.config import HealdConfig
+from heald.models import Signal
+from heald.store import Store
 from heald.store.db import create_engine, is_sqlite, normalize_url, write_gate
-from heald.store.tables import ClusterLeaseRow, WorkerRow
+from heald.store.tables import ClusterLeaseRow, WebhookDeliveryRow, WorkerRow
 
 log = structlog.get_logger("heald.cluster")
 
@@ -337,12 +339,17 @@ class Cluster:
         """Renew, take and hand over leases in the heartbeat's transaction."""
         if not self.lease_names:
             return
-        ttl = self.timeout
+        # a dead holder's lease lapses within the heartbeat timeout of its last renewal, so another
+        # worker's next heartbeat takes it within the timeout of the death
+        ttl = self.timeout - self.interval
         deadline = t0 + ttl - self.interval  # stop running it here before anyone else may take it
         rows = {r[0]: (r[1], r[2]) for r in c.execute(sa.select(_L.c.name, _L.c.executor_id, _L.c.expires_at)
                                                       .where(_L.c.name.in_(self.lease_names)))}
-        starts: dict[str, float] = dict(c.execute(sa.select(_W.c.executor_id, _W.c.started_at).where(_W.c.executor_id.in_(live))).all())
-        settled = [e for e in live if now - starts.get(e, now) >= 2 * self.interval] or live
+        # who a lease is given to: workers heartbeating now (a dead one drops out long before its
+        # timeout) that have been running for two heartbeats
+        beating = c.execute(sa.select(_W.c.executor_id, _W.c.started_at).where(
+            _W.c.executor_id.in_(live), _W.c.heartbeat_at >= now - 2 * self.interval)).tuples().all()
+        settled = [e for e, started in beating if now - started >= 2 * self.interval] or [e for e, _ in beating]
         for name in self.lease_names:
             holder = rows.get(name)
             preferred = preferred_worker(name, settled)
@@ -466,6 +473,31 @@ class Cluster:
         log.warning("cluster.worker_recovered", executor_id=self.executor_id, dead=eid, workflows=n)
         if self.on_recovered is not None:
             self.on_recovered(eid, n)
+
+
+def fanout_delivery_id(store: Store, config: HealdConfig, source: str, signals: list[Signal]) -> str | None:
+    """A delivery id for a webhook message that carries none, so that the same notification
+    sent to two workers is stored once (:mod:`heald.correlate.deliveries` drops the second):
+    ``same:<sha256 of the signals' fingerprints, statuses, starts and ends>:<window number>``,
+    the previous window's id when a message with these signals was accepted in it less than
+    ``cluster.dedup_window_seconds`` ago. None (no dedup) on SQLite, with ``database_lock``
+    (one worker), or with a window of 0. Two copies arriving within milliseconds of a window's
+    boundary, the first not yet committed, are both stored (joined to one incident)."""
+    window = config.cluster.dedup_window_seconds
+    if window <= 0 or config.database_lock or is_sqlite(normalize_url(config.database)) or not signals:
+        return None
+    from heald.correlate.fingerprint import fingerprint
+
+    digest = hashlib.sha256(repr([(s.fingerprint or fingerprint(s), s.status.value,
+                                   s.starts_at.isoformat() if s.starts_at else None,
+                                   s.ends_at.isoformat() if s.ends_at else None) for s in signals]).encode()).hexdigest()
+    n = int(time.time() // window)
+    previous = f"same:{digest}:{n - 1}"
+    with store.read() as session:
+        row = session.get(WebhookDeliveryRow, (source, previous))
+    if row is not None and (time.time() - row.received_at.timestamp()) < window:
+        return previous
+    return f"same:{digest}:{n}"
 
 
 def _insert(c: sa.Connection) -> Any:
