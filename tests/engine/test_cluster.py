@@ -124,7 +124,7 @@ class Worker:
     def probe_checks(self) -> float:
         """This worker's count of checks of web's probe (``heald_probe_checks_total``)."""
         text = httpx.get(f"{self.url}/metrics", timeout=5).text
-        m = re.search(r'^heald_probe_checks_total\{service="web",probe="[^"]*"\} (\S+)$', text, re.M)
+        m = re.search(r'^heald_probe_checks_total\{probe="[^"]*",service="web"\} (\S+)$', text, re.M)
         return float(m.group(1)) if m else 0.0
 
 

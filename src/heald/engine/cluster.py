@@ -191,6 +191,9 @@ class Cluster:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._fenced = False
+        #: whether this worker recovers dead workers' healings (set once DBOS is launched)
+        self.recovering = False
+        self._joined = False
 
     @contextmanager
     def _tx(self) -> Iterator[sa.Connection]:
@@ -218,11 +221,14 @@ class Cluster:
                 c.execute(sa.insert(_W).values(executor_id=self.executor_id, **values))
             else:
                 c.execute(sa.update(_W).where(_W.c.executor_id == self.executor_id).values(**values))
+        self._joined = True
         log.info("cluster.joined", executor_id=self.executor_id, host=self.host, pid=self.pid, single=self.single)
 
     def start(self) -> None:
         """One heartbeat now (leases and leadership taken at once), then one every interval
-        in a thread until :meth:`stop`."""
+        in a thread until :meth:`stop_heartbeats`. Right after :meth:`join`: DBOS's launch
+        can take longer than the heartbeat timeout; dead workers are recovered only once
+        :attr:`recovering` is set."""
         self._stop.clear()
         self._safe_beat()
         self._thread = threading.Thread(target=self._run, name="heald-cluster", daemon=True)
@@ -246,6 +252,8 @@ class Cluster:
         if self._thread is not None:
             self._thread.join(timeout=10)
             self._thread = None
+        if not self._joined:
+            return  # another worker's row and leases, if any, are not this one's to touch
         for name in list(self._owned):
             self._lose(name)
         try:
@@ -258,6 +266,10 @@ class Cluster:
     def leave(self) -> None:
         """Record this worker as stopped (after DBOS is destroyed: its pending healings are
         then recovered by a live worker at once) and close the connections."""
+        if not self._joined:
+            self.engine.dispose()
+            return
+        self._joined = False
         try:
             with self._tx() as c:
                 c.execute(sa.update(_W).where(_W.c.executor_id == self.executor_id, _W.c.pid == self.pid,
@@ -319,7 +331,7 @@ class Cluster:
                 self._leases(c, now, t0, live)
         self.beats += 1
         self._elect()
-        if not self.single:
+        if not self.single and self.recovering:
             self._recover_dead()
 
     def _fence(self, c: sa.Connection) -> None:

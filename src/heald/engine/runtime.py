@@ -166,11 +166,14 @@ class Runtime:
             prepare_state_dir(self.config)
             self.store.migrate()
             self.cluster.join()  # raises ExecutorIdInUse when a live worker has this executor id
+            self.cluster.start()  # heartbeats from now on (DBOS's launch may outlast the heartbeat timeout)
             self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
             if self.checkpointer is not None:
                 self.checkpointer.should_run = self.cluster.is_leader  # once per cluster
                 self.checkpointer.start()  # a bad key file stops heald here, before anything runs
         except BaseException:
+            self.cluster.stop_heartbeats()
+            self.cluster.leave()
             self.instance_lock.release()  # nothing acted: another heald may start on this state
             self.instance_lock = None
             raise
@@ -185,7 +188,7 @@ class Runtime:
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
         self._record_services(services, open_incidents)
         self.resume_open_incidents()
-        self.cluster.start()  # heartbeats; takes this worker's leases, recovers dead workers' healings
+        self.cluster.recovering = True  # DBOS runs: this worker may recover dead workers' healings
         self._start_reaper()
         if self.probes:
             self.probes.start()  # each probe runs where its lease is held
