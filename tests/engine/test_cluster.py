@@ -339,6 +339,19 @@ def test_the_same_alertmanager_message_posted_to_two_workers_is_stored_once(
         assert httpx.post(f"{w2.url}/v1/webhooks/alertmanager", json=resolved, timeout=30).status_code == 202
         assert store.count_signals_by_source() == {"alertmanager": 2}
         store.close()
+
+        # `heald workers` reads the database: both live, one leader
+        listed = run_heald("--config", str(cluster.config), "workers", "--json", env=w1.env)
+        assert listed.returncode == 0, listed.stderr
+        rows = {w["executor_id"]: w for w in json.loads(listed.stdout)}
+        assert set(rows) == {"w1", "w2"} and all(w["live"] and w["state"] == "running" for w in rows.values())
+        assert sum(w["leader"] for w in rows.values()) == 1
+        # a third worker given w1's executor id is refused, naming the live one, and w1 runs on
+        twin = run_heald("--config", str(cluster.config), "serve", "--port", str(free_port()),
+                         env={**w1.env, "HEALD_STATE_DIR": str(tmp_path / "state-twin")}, timeout=120)
+        assert twin.returncode == 1, twin.stderr[-2000:]
+        assert f"executor_id 'w1' is in use by a live heald (pid {w1.proc.pid}" in twin.stderr
+        assert w1.up() and workers_table(pg_url)["w1"]["pid"] == w1.proc.pid
     finally:
         target.close()
 

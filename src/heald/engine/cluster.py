@@ -178,7 +178,7 @@ class Cluster:
         self.on_lease, self.on_recovered, self.on_fenced = on_lease, on_recovered, on_fenced
         self.lease_names = sorted(set(lease_names))
         self.single = is_sqlite(normalize_url(config.database))
-        self.engine = create_engine(config.database)
+        self.engine = create_engine(config.database, pool_size=1, max_overflow=2)  # a heartbeat at a time
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.api_url = config.cluster.advertise_url or f"http://{self.host}:{config.api.port}"
         self.leader = self.single
