@@ -399,7 +399,12 @@ def main() -> None:
             rows.append(am)
         for n in args.workers:
             rows.append(run_heald(n, sent, batch, args.concurrency, args.fanout))
-    failovers = [one_failover() for _ in range(args.failovers)]
+            print(f"done: {rows[-1].target} batch {batch}: {rows[-1].alerts_per_s:.0f} alerts/s", file=sys.stderr,
+                  flush=True)
+    failovers = []
+    for i in range(args.failovers):
+        failovers.append(one_failover())
+        print(f"done: failover {i + 1}: {failovers[-1]}", file=sys.stderr, flush=True)
     summary = {"alerts": args.alerts, "fingerprints": args.fingerprints, "concurrency": args.concurrency,
                "fanout": args.fanout, "batches": args.batch, "rows": [asdict(r) for r in rows],
                "failovers": failovers,
