@@ -204,11 +204,13 @@ def start_worker(config: Path, tmp: Path, eid: str, failpoints: str = "") -> tup
     return proc, port, log
 
 
-def wait_up(port: int, proc: subprocess.Popen[bytes], path: str = "/healthz", timeout: float = 120) -> None:
+def wait_up(port: int, proc: subprocess.Popen[bytes], path: str = "/healthz", timeout: float = 120,
+            log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"process on port {port} exited with {proc.returncode}")
+            tail = log.read_text()[-1000:] if log is not None and log.exists() else ""
+            raise RuntimeError(f"process on port {port} exited with {proc.returncode}: {tail}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
                 return
@@ -258,8 +260,8 @@ def run_heald(workers: int, sent: list[dict[str, Any]], batch: int, concurrency:
         started = [start_worker(config, tmp, f"w{i + 1}") for i in range(workers)]
         procs = [p for p, _, _ in started]
         try:
-            for p, port, _ in started:
-                wait_up(port, p)
+            for p, port, log in started:
+                wait_up(port, p, log=log)
             urls = [f"http://127.0.0.1:{port}/v1/webhooks/alertmanager" for _, port, _ in started]
             kill = (len(messages) // 2, procs[-1]) if workers > 1 else None
             t0 = time.perf_counter()
@@ -347,15 +349,15 @@ def one_failover() -> dict[str, float]:
         w1, p1, log1 = start_worker(config, tmp, "w1", "act.after_apply")
         procs = [w1]
         try:
-            wait_up(p1, w1)
+            wait_up(p1, w1, log=log1)
             deadline = time.monotonic() + 120
             while "failpoint act.after_apply reached" not in log1.read_text():
                 if time.monotonic() > deadline:
                     raise RuntimeError("w1 never reached its fail point")
                 time.sleep(0.1)
-            w2, p2, _ = start_worker(config, tmp, "w2")
+            w2, p2, log2 = start_worker(config, tmp, "w2")
             procs.append(w2)
-            wait_up(p2, w2)
+            wait_up(p2, w2, log=log2)
             engine = sa.create_engine(normalize_url(url))
             killed = time.monotonic()
             w1.send_signal(signal.SIGKILL)
@@ -375,6 +377,11 @@ def one_failover() -> dict[str, float]:
             target.server.shutdown()
     return {"recovered_s": recovered if recovered is not None else float("nan"),
             "resolved_s": resolved if resolved is not None else float("nan"), "remedy_runs": runs}
+
+
+def _median(values: list[float]) -> float | None:
+    ok = [v for v in values if v == v]  # NaN: a failover that did not complete
+    return statistics.median(ok) if ok else None
 
 
 def main() -> None:
@@ -401,15 +408,19 @@ def main() -> None:
             rows.append(run_heald(n, sent, batch, args.concurrency, args.fanout))
             print(f"done: {rows[-1].target} batch {batch}: {rows[-1].alerts_per_s:.0f} alerts/s", file=sys.stderr,
                   flush=True)
-    failovers = []
+    failovers: list[dict[str, Any]] = []
     for i in range(args.failovers):
-        failovers.append(one_failover())
+        try:
+            failovers.append(one_failover())
+        except Exception as exc:  # a worker that could not start (e.g. the server's connection limit): reported
+            failovers.append({"recovered_s": float("nan"), "resolved_s": float("nan"), "remedy_runs": -1,
+                              "error": str(exc)[-1500:]})
         print(f"done: failover {i + 1}: {failovers[-1]}", file=sys.stderr, flush=True)
     summary = {"alerts": args.alerts, "fingerprints": args.fingerprints, "concurrency": args.concurrency,
                "fanout": args.fanout, "batches": args.batch, "rows": [asdict(r) for r in rows],
                "failovers": failovers,
-               "failover_median_resolved_s": statistics.median(f["resolved_s"] for f in failovers) if failovers else None,
-               "failover_median_recovered_s": statistics.median(f["recovered_s"] for f in failovers) if failovers else None,
+               "failover_median_resolved_s": _median([f["resolved_s"] for f in failovers]),
+               "failover_median_recovered_s": _median([f["recovered_s"] for f in failovers]),
                "loadavg": os.getloadavg()}
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -427,10 +438,13 @@ def main() -> None:
     for i, f in enumerate(failovers, 1):
         print(f"failover {i}: dead worker claimed and its workflow re-enqueued after {f['recovered_s']:.2f} s, "
               f"healing finished on the other worker after {f['resolved_s']:.2f} s, remedy ran {f['remedy_runs']}x")
-    if failovers:
-        print(f"failover median of {len(failovers)}: recovered {summary['failover_median_recovered_s']:.2f} s, "
-              f"resolved {summary['failover_median_resolved_s']:.2f} s (heartbeat timeout 3 s, interval 0.5 s); "
-              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for f in failovers:
+        if "error" in f:
+            print(f"failover failed: {f['error']}")
+    if summary["failover_median_resolved_s"] is not None:
+        print(f"failover median of {sum(1 for f in failovers if 'error' not in f)}: recovered "
+              f"{summary['failover_median_recovered_s']:.2f} s, resolved {summary['failover_median_resolved_s']:.2f} s "
+              f"(heartbeat timeout 3 s, interval 0.5 s); load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
