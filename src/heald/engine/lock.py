@@ -98,7 +98,8 @@ class InstanceLock:
                 return
             holder = conn.execute(sa.text(
                 "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.classid = :a AND l.objid = :b AND l.objsubid = 2 AND l.granted"),
+                "WHERE l.locktype = 'advisory' AND l.classid = :a AND l.objid = :b AND l.objsubid = 2 AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
                 {"a": _PG_KEYS[0], "b": _PG_KEYS[1]}).first()
         except BaseException:
             conn.close()
