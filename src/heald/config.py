@@ -1135,6 +1135,36 @@ class AuditConfig(_Section):
     notify_channels: list[str] = Field(default_factory=list, description="webhook channels sent each checkpoint")
 
 
+class ClusterConfig(_Section):
+    """Several heald workers on one PostgreSQL database (:mod:`heald.engine.cluster`; see
+    docs/deploy.md). Each worker heartbeats in the database every
+    ``heartbeat_interval_seconds``; one silent for ``heartbeat_timeout_seconds`` is dead: one
+    live worker has DBOS recover its pending healings, and its probes and log tailers (leased
+    for ``heartbeat_timeout_seconds`` at a time) move to live workers. On SQLite there is one
+    worker only."""
+
+    heartbeat_interval_seconds: Seconds = Field(default=2.0, description="time between two heartbeats of a worker")
+    heartbeat_timeout_seconds: Seconds = Field(
+        default=15.0, description="a worker whose last heartbeat is older is dead: its healings are recovered by a "
+                                  "live worker and its probe and log leases expire (at least 3 heartbeat intervals)")
+    dedup_window_seconds: float = Field(
+        default=60.0, ge=0,
+        description="with several workers (database_lock: false): a webhook message without a delivery id whose signals "
+                    "(fingerprint, status, start, end) equal a message accepted by any worker this many seconds before "
+                    "is the same notification sent to two workers (Alertmanager with several webhook URLs, an HA pair) "
+                    "and is stored once; 0: off")
+    advertise_url: str | None = Field(default=None, max_length=500,
+                                      description="this worker's API URL as others reach it, shown by 'heald workers' "
+                                                  "(default http://<host>:<api.port>)")
+
+    @model_validator(mode="after")
+    def _timeout_covers_beats(self) -> ClusterConfig:
+        if self.heartbeat_timeout_seconds < 3 * self.heartbeat_interval_seconds:
+            raise ValueError(f"heartbeat_timeout_seconds: expected at least 3 × heartbeat_interval_seconds "
+                             f"({3 * self.heartbeat_interval_seconds:g}), got {self.heartbeat_timeout_seconds:g}")
+        return self
+
+
 class IdentityConfig(_Section):
     """How heald recognises itself in a signal, so that it never remedies itself however a
     signal names it (DESIGN.md invariant 7). A signal names heald when its ``service``, or its
@@ -1163,8 +1193,9 @@ class HealdConfig(_Section):
                                         "audit checkpoints and key, CI clones")
     environment: str = Field(default="development",
                              description="the environment incidents belong to; selects policy.environments.<name> (production is stricter)")
-    executor_id: str = Field(default="local",
-                             description="this worker's id, unique per heald process sharing a database")
+    executor_id: str = Field(default="local", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@:-]{0,99}$",
+                             description="this worker's id, unique per heald process sharing a database (letters, "
+                                         "digits and _.@:-, at most 100)")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info",
                                                                     description="level of heald's own logs (on stderr)")
     log_format: Literal["json", "console"] = Field(
@@ -1204,6 +1235,8 @@ class HealdConfig(_Section):
                                description="signed checkpoints of the audit chain (see audit)")
     identity: IdentityConfig = Field(default_factory=IdentityConfig,
                                      description="how heald recognises itself in signals (see identity)")
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig,
+                                   description="several workers on one PostgreSQL database (see cluster)")
     database_lock: bool = Field(
         default=True,
         description="hold an exclusive lock on the database (a PostgreSQL advisory lock; a lock file beside a SQLite "

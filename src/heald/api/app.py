@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from heald import __version__
 from heald import http_limits as limits
-from heald.api import breakers, docs, incidents, learning, ops, pause, reports, signals, silences, tokens
+from heald.api import breakers, docs, incidents, learning, ops, pause, reports, signals, silences, tokens, workers
 from heald.engine import Runtime
 
 
@@ -27,7 +27,8 @@ def create_app(rt: Runtime) -> FastAPI:
                   description="Self-healing control plane: signals → incidents → diagnosis → gated remedies → verification.")
     app.state.runtime = rt
     limits.install(app, rt.config.api.max_body_bytes)
-    routers = [module.routes(rt) for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences, pause)]
+    routers = [module.routes(rt) for module in (signals, incidents, ops, tokens, learning, reports, breakers, silences, pause,
+                                                    workers)]
     for router in routers:
         app.include_router(router)
     from heald import ui

@@ -14,9 +14,14 @@ worker is scraped and survive restarts:
 * ``heald_breaker_open{target}`` (1 while the target's circuit breaker is open) and
   ``heald_breaker_failures{target}`` (consecutive failed verifications).
 
-Two are this process's own: ``heald_probe_up{service,probe,type}`` (1 when the last check of
-a probe this worker runs passed, 0 when it failed; a check without data leaves it unchanged)
-and ``heald_build_info{version,python_version}`` (always 1), beside prometheus-client's
+These are this process's own (each worker of a cluster exposes its own, labelled by its
+``heald_worker_info{executor_id}``): ``heald_probe_up{service,probe,type}`` (1 when the last check of
+a probe this worker runs passed, 0 when it failed; a check without data leaves it unchanged),
+``heald_probe_checks_total{service,probe}`` (the checks this worker ran: a probe is leased to
+one worker, :mod:`heald.engine.cluster`), ``heald_cluster_leader`` (1 on the worker doing the
+once-per-cluster work), ``heald_cluster_leases_held``, ``heald_cluster_workers_live`` (live
+workers on the database), ``heald_cluster_recovered_workflows_total`` (pending healings of dead
+workers this worker had DBOS recover), ``heald_build_info{version,python_version}`` (always 1), beside prometheus-client's
 process collector (``process_cpu_seconds_total``, ``process_resident_memory_bytes``, open
 file descriptors, start time) and platform collector (``python_info``).
 
@@ -36,6 +41,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from heald import __version__
 from heald.config import ProbeConfig
+from heald.engine.cluster import Cluster, list_workers
 from heald.models import IncidentState
 from heald.sources import SOURCE_METRICS
 from heald.sources.probes import ProbeResult, ProbeRunner
@@ -119,13 +125,14 @@ class ProbeCollector(Collector):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._up: dict[tuple[str, str, str], int] = {}
+        self._checks: dict[tuple[str, str], int] = {}
 
     def record(self, service: str, probe: ProbeConfig, result: ProbeResult) -> None:
-        """Note one check's result (a check without data changes nothing)."""
-        if result.no_data:
-            return
+        """Note one check's result (a check without data changes nothing but the count)."""
         with self._lock:
-            self._up[(service, probe.label, probe.type)] = 1 if result.ok else 0
+            self._checks[(service, probe.label)] = self._checks.get((service, probe.label), 0) + 1
+            if not result.no_data:
+                self._up[(service, probe.label, probe.type)] = 1 if result.ok else 0
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("heald_probe_up", "1 when the last check of the probe passed, 0 when it failed",
@@ -133,7 +140,34 @@ class ProbeCollector(Collector):
         with self._lock:
             for labels, value in sorted(self._up.items()):
                 up.add_metric(list(labels), value)
+            checks = CounterMetricFamily("heald_probe_checks", "Checks of the probe this worker ran",
+                                         labels=["service", "probe"])
+            for (service, probe), n in sorted(self._checks.items()):
+                checks.add_metric([service, probe], n)
         yield up
+        yield checks
+
+
+class ClusterCollector(Collector):
+    """This worker's place in the cluster (see the module docstring)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+
+    def collect(self) -> Iterator[Metric]:
+        c = self.cluster
+        info = GaugeMetricFamily("heald_worker_info", "This worker's executor id (always 1)", labels=["executor_id"])
+        info.add_metric([c.executor_id], 1)
+        yield info
+        yield GaugeMetricFamily("heald_cluster_leader", "1 while this worker does the once-per-cluster work",
+                                value=1 if c.is_leader() else 0)
+        yield GaugeMetricFamily("heald_cluster_leases_held", "Probe and log leases this worker holds",
+                                value=len(c.held()))
+        live = sum(1 for w in list_workers(c.engine, c.timeout) if w.live)
+        yield GaugeMetricFamily("heald_cluster_workers_live", "Workers heartbeating on this database", value=live)
+        yield CounterMetricFamily("heald_cluster_recovered_workflows",
+                                  "Pending healings of dead or stopped workers this worker had DBOS recover",
+                                  value=c.recovered)
 
 
 class BuildCollector(Collector):
@@ -160,9 +194,9 @@ def watch_probes(probes: ProbeRunner | None, collector: ProbeCollector) -> None:
     probes.on_result = both
 
 
-def registry_for(store: Store, probes: ProbeRunner | None = None) -> CollectorRegistry:
+def registry_for(store: Store, probes: ProbeRunner | None = None, cluster: Cluster | None = None) -> CollectorRegistry:
     """A registry with every collector above over ``store`` (and ``probes``, the runtime's
-    probe runner, when this process runs probes)."""
+    probe runner, when this process runs probes; ``cluster``, this worker's membership)."""
     reg = CollectorRegistry(auto_describe=False)
     reg.register(StoreCollector(store))
     for collector in SOURCE_METRICS:
@@ -171,6 +205,8 @@ def registry_for(store: Store, probes: ProbeRunner | None = None) -> CollectorRe
     watch_probes(probes, probe_collector)
     reg.register(probe_collector)
     reg.register(BuildCollector())
+    if cluster is not None:
+        reg.register(ClusterCollector(cluster))
     ProcessCollector(registry=reg)
     PlatformCollector(registry=reg)
     return reg

@@ -19,7 +19,7 @@ from heald.models import Role
 
 def routes(rt: Runtime) -> APIRouter:
     router = APIRouter(tags=["operations"], route_class=HealdRoute)
-    registry = registry_for(rt.store, rt.probes)
+    registry = registry_for(rt.store, rt.probes, rt.cluster)
 
     @router.get("/v1/audit/verify", tags=["audit"], dependencies=[Depends(require(Role.viewer))])
     def audit_verify() -> dict[str, Any]:

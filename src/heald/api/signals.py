@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from heald.auth import Principal, require, webhook_principal
 from heald.correlate import IngestResult
 from heald.engine import Runtime
+from heald.engine.cluster import fanout_delivery_id
 from heald.engine.runtime import IngestIncomplete
 from heald.http_limits import HealdRoute
 from heald.jsontext import quote
@@ -121,7 +122,8 @@ def routes(rt: Runtime) -> APIRouter:
         if len(signals) > cap:
             return JSONResponse({"detail": f"too many alerts or events in one message: {len(signals)}; at most {cap} "
                                            f"are accepted (api.max_signals_per_message)"}, 413)
-        delivery = plugin.delivery_id(request.headers)
+        # a message without its sender's delivery id: the same one sent to several workers is one delivery
+        delivery = plugin.delivery_id(request.headers) or fanout_delivery_id(rt.store, rt.config, source, signals)
         try:
             if delivery:
                 results = await run_in_threadpool(rt.ingest_delivery, source, delivery, signals, f"source:{source}")

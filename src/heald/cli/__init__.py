@@ -80,6 +80,7 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
     use: status 1); only then do the managed services, DBOS and the probes start."""
     from heald.api.server import bind_socket, make_server
     from heald.engine import Runtime
+    from heald.engine.cluster import ExecutorIdInUse
     from heald.engine.lock import AlreadyRunning
     from heald.engine.lock import acquire as acquire_instance_lock
     from heald.log import configure
@@ -111,6 +112,11 @@ def serve(host: str | None = typer.Option(None, help="Listen address (default: a
         rt.stop()
         sock.close()
         fail(f"audit: {exc}")
+    except ExecutorIdInUse as exc:
+        rt.stop()
+        sock.close()
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from None
     if not cfg.api.auth:
         err.print("[yellow]warning:[/] api.auth is false: anyone who reaches the API can send signals and approve "
                   "remedies. Use it only for local development.")
@@ -309,3 +315,4 @@ from heald.cli import policy as _policy  # noqa: E402,F401
 from heald.cli import runbooks as _runbooks  # noqa: E402,F401
 from heald.cli import sandbox as _sandbox  # noqa: E402,F401
 from heald.cli import tokens as _tokens  # noqa: E402,F401
+from heald.cli import workers as _workers  # noqa: E402,F401

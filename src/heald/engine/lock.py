@@ -8,7 +8,8 @@ invariant 1). So the first thing a heald does, before anything acts, is take:
 - an exclusive ``flock(2)`` on ``<state_dir>/heald.lock`` (its pid is written in it), held
   until the process ends (the kernel drops it when the process dies, so a killed heald never
   leaves a stale lock);
-- for a SQLite database outside the state directory, the same on ``<database>.heald-lock``;
+- for a SQLite database, the same on ``<database>.heald-lock`` (SQLite serves one heald
+  process: a second worker with its own state directory but the same database file is refused);
 - for PostgreSQL, a session-level advisory lock (``pg_try_advisory_lock``) held on a dedicated
   connection whose ``application_name`` names this heald's pid and host, unless
   ``database_lock: false`` (several workers sharing one database, each with its own state
@@ -97,7 +98,8 @@ class InstanceLock:
                 return
             holder = conn.execute(sa.text(
                 "SELECT a.application_name, a.client_addr FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE l.locktype = 'advisory' AND l.classid = :a AND l.objid = :b AND l.objsubid = 2 AND l.granted"),
+                "WHERE l.locktype = 'advisory' AND l.classid = :a AND l.objid = :b AND l.objsubid = 2 AND l.granted "
+                "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"),
                 {"a": _PG_KEYS[0], "b": _PG_KEYS[1]}).first()
         except BaseException:
             conn.close()
@@ -124,10 +126,12 @@ def acquire(config: HealdConfig) -> InstanceLock:
             db = sa.make_url(url).database
             if db and db != ":memory:" and not db.startswith("file:"):
                 path = Path(db).resolve()
-                if not path.is_relative_to(config.state_dir.resolve()):
-                    if not path.parent.exists():
-                        private_dir(path.parent)
-                    lock._lock_file(path.with_name(path.name + ".heald-lock"), f"the database {path}")
+                if not path.parent.exists():
+                    private_dir(path.parent)
+                # also inside the state directory: another heald with another state_dir may name this file
+                lock._lock_file(path.with_name(path.name + ".heald-lock"),
+                                f"the SQLite database {path} (SQLite serves one heald process only; for several "
+                                "workers use a PostgreSQL database_url with database_lock: false, see docs/deploy.md)")
         elif config.database_lock:
             lock._lock_postgres(url)
     except BaseException:

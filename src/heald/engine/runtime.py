@@ -32,6 +32,7 @@ from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks
 from heald.diagnose.targets import target_logs_evidence
+from heald.engine.cluster import Cluster, log_lease, probe_lease
 from heald.engine.lock import InstanceLock
 from heald.engine.lock import acquire as acquire_instance_lock
 from heald.engine.steps import Deps, workflow_id
@@ -137,6 +138,9 @@ class Runtime:
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest, store=self.store) if run_probes else None
         self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
+        self.cluster = self._cluster()
+        if self.probes is not None:
+            self.probes.owns = lambda service, probe: self.cluster.owns(probe_lease(service, probe))
         self.changes = ChangeTracker(config)
         self.rng = random.Random()  # the plan's Thompson draws; a test may seed it
         self.notifier = Notifier(config.notifications, self.store)
@@ -164,10 +168,15 @@ class Runtime:
         try:
             prepare_state_dir(self.config)
             self.store.migrate()
+            self.cluster.join()  # raises ExecutorIdInUse when a live worker has this executor id
+            self.cluster.start()  # heartbeats from now on (DBOS's launch may outlast the heartbeat timeout)
             self.checkpointer = audit_checkpointer(self.config, self.store, self.notifier)
             if self.checkpointer is not None:
+                self.checkpointer.should_run = self.cluster.is_leader  # once per cluster
                 self.checkpointer.start()  # a bad key file stops heald here, before anything runs
         except BaseException:
+            self.cluster.stop_heartbeats()
+            self.cluster.leave()
             self.instance_lock.release()  # nothing acted: another heald may start on this state
             self.instance_lock = None
             raise
@@ -182,11 +191,13 @@ class Runtime:
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
         self._record_services(services, open_incidents)
         self.resume_open_incidents()
+        self.cluster.recovering = True  # DBOS runs: this worker may recover dead workers' healings
         self._start_reaper()
         if self.probes:
-            self.probes.start()
-        for tailer in self.log_tailers:
-            tailer.start()
+            self.probes.start()  # each probe runs where its lease is held
+        if self.cluster.single:
+            for tailer in self.log_tailers:
+                tailer.start()  # else started and stopped with their leases (_on_lease)
 
     def stop(self, *, stop_services: bool = False) -> None:
         """Stop probes and DBOS, write a last audit checkpoint; with ``stop_services`` also
@@ -198,6 +209,9 @@ class Runtime:
         for tailer in self.log_tailers:
             tailer.stop()
         if self.started:
+            if self.checkpointer is not None and self.cluster.is_leader():
+                self.checkpointer.should_run = lambda: True  # the leader writes the last checkpoint
+            self.cluster.stop_heartbeats()
             # Workflows still waiting (an approval, a cooldown) stay PENDING and resume at the next
             # start; their threads fail noisily as DBOS goes away, which is expected here.
             logging.getLogger("dbos").setLevel(logging.CRITICAL)
@@ -205,6 +219,7 @@ class Runtime:
             DBOS.destroy(destroy_registry=False)
             _stop_retrying(sys_db)  # a wait woken below must not retry the gone database forever
             _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
+            self.cluster.leave()  # only now: a live worker recovers what is still pending here
             self.started = False
         from heald.verify import close_http_client
 
@@ -220,6 +235,39 @@ class Runtime:
         if self.instance_lock is not None:
             self.instance_lock.release()
             self.instance_lock = None
+
+    # -- the cluster (heald.engine.cluster) -------------------------------------------------
+    def _cluster(self) -> Cluster:
+        """This worker's membership of the cluster: leases for its probes and log tailers,
+        DBOS's recovery of dead workers' healings, audited."""
+        names = [probe_lease(svc, p.label) for svc, cfg in self.config.services.items() for p in cfg.probes] \
+            if self.probes is not None else []
+        names += [log_lease(t.miner.name) for t in self.log_tailers]
+        return Cluster(self.config, recover=lambda ids: len(DBOS._recover_pending_workflows(ids)),
+                       pending=lambda eid: len(DBOS.list_workflows(
+                           status="PENDING", executor_id=eid, app_version=__version__, load_input=False,
+                           load_output=False)),
+                       lease_names=names, on_lease=self._on_lease, on_recovered=self._on_recovered,
+                       on_fenced=_fenced)
+
+    def _on_lease(self, name: str, held: bool) -> None:
+        """Start or stop the log tailer of a lease this worker gained or lost (probes ask
+        :meth:`Cluster.owns` before each check)."""
+        for i, tailer in enumerate(self.log_tailers):
+            if log_lease(tailer.miner.name) != name:
+                continue
+            if held and not self._reaper_stop.is_set():
+                fresh = LogTailer(tailer.cfg, self.ingest, self.config.state_dir / "logs")
+                self.log_tailers[i] = fresh  # a stopped tailer does not start again
+                fresh.start()
+            elif not held:
+                tailer.stop()
+
+    def _on_recovered(self, executor_id: str, workflows: int) -> None:
+        self.store.record(actor="heald", event="worker.recovered",
+                          reason=f"worker {executor_id} stopped heartbeating or stopped; {self.config.executor_id} had "
+                                 f"DBOS recover its {workflows} pending workflow(s)",
+                          details={"dead": executor_id, "by": self.config.executor_id, "workflows": workflows})
 
     def open_incidents_by_service(self) -> dict[str, int]:
         """{service: the id of its newest open incident} over the incidents not yet ended."""
@@ -384,7 +432,7 @@ class Runtime:
 
         def loop() -> None:
             while True:
-                if self.started:
+                if self.started and self.cluster.is_leader():  # once per cluster
                     self.reap_stranded_incidents()
                 if self._reaper_stop.wait(self.reap_interval_seconds):
                     return
@@ -531,6 +579,14 @@ class Runtime:
         """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
         return submit_approval(self.store, incident_id, approver, verdict, comment,
                                lambda wf, msg: DBOS.send(wf, msg, topic=APPROVAL_TOPIC))
+
+
+def _fenced(reason: str) -> None:
+    """Another worker took over this one's healings (it was declared dead while it still ran):
+    stop at once, before this process acts on anything that is now another worker's."""
+    log.critical("heald.fenced", reason=reason)
+    logging.shutdown()
+    os._exit(70)
 
 
 def _last_instance(proc: Any) -> str:

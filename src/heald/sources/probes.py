@@ -472,6 +472,9 @@ class ProbeRunner:
         self._threads: list[threading.Thread] = []
         self._states: dict[tuple[str, str], ProbeState] = {}
         self.http: httpx.Client | None = None
+        #: ``owns(service, probe label)``: whether this worker runs that probe now (several workers
+        #: on one database lease each probe to one of them, :mod:`heald.engine.cluster`); None: all.
+        self.owns: Callable[[str, str], bool] | None = None
 
     def start(self) -> None:
         """Start one thread per probe (and the runner's HTTP client)."""
@@ -501,7 +504,18 @@ class ProbeRunner:
         first_failure: datetime | None = state.first_failure
         fired: str | None = state.fingerprint  # the fingerprint of the signal firing now
         next_at = time.monotonic()
+        running_here = True
         while not self._stop.is_set():
+            if self.owns is not None and not self.owns(service, probe.label):
+                running_here = False  # another worker runs it; its state is in the store
+                self._stop.wait(min(probe.interval_seconds, 0.5))
+                next_at = time.monotonic()
+                continue
+            if not running_here:  # taken over: go on from where its last runner left it
+                running_here, check = True, make_checker(probe, service, self.supervisor, self.config, http=self.http)
+                state = self._reload(service, probe)
+                failures, successes, firing = state.failures, state.successes, state.firing
+                first_failure, fired = state.first_failure, state.fingerprint
             result = check()
             if self._stop.is_set():  # stopped during the check: its client may be closed under it
                 break
@@ -535,6 +549,17 @@ class ProbeRunner:
                 next_at = time.monotonic()
                 delay = 0
             self._stop.wait(delay)
+
+    def _reload(self, service: str, probe: ProbeConfig) -> ProbeState:
+        """The probe's state as its last runner stored it (a fresh one without a store)."""
+        if self.store is not None:
+            try:
+                self._states = load_probe_states(self.store)
+            except Exception:
+                import structlog
+
+                structlog.get_logger("heald.probes").exception("probe.state_load_failed", service=service)
+        return self._states.get((service, probe.label), ProbeState())
 
     def _save(self, service: str, probe: ProbeConfig, state: ProbeState) -> None:
         """Store ``state`` when it differs from the last stored (streaks are counted only as far

@@ -70,6 +70,9 @@ _HEALED: tuple[sa.ColumnElement[bool], ...] = (OutcomeRow.result == "healed", Ou
 T = TypeVar("T")
 
 
+#: The advisory lock key serializing migrations on PostgreSQL ("heald mig").
+_MIGRATION_LOCK = 0x6865616C64206D69
+
 class StoreError(RuntimeError):
     """A request the store refuses: an unknown incident, a transition the state machine forbids."""
 
@@ -180,10 +183,14 @@ class Store:
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+        """Bring the schema to the newest migration (idempotent). On PostgreSQL, workers
+        starting at once migrate one after the other (a transaction-level advisory lock): the
+        others then find the schema current."""
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with write_gate(self.engine), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 

@@ -304,6 +304,9 @@ class Checkpointer:
         self.interval_s = interval_s
         self.on_written = on_written
         self.last_error: str | None = None
+        #: None, or whether this process writes the checkpoints now (several workers on one
+        #: database: only the elected one, :mod:`heald.engine.cluster`)
+        self.should_run: Callable[[], bool] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._key: Ed25519PrivateKey | None = None
@@ -318,6 +321,9 @@ class Checkpointer:
     def _run(self) -> None:
         full = True  # the whole chain once after start; then from the newest checkpoint on
         while not self._stop.wait(self.interval_s):
+            if self.should_run is not None and not self.should_run():
+                full = True  # another worker wrote meanwhile: the whole chain at the next turn
+                continue
             if self.checkpoint(full=full) is not None or self.last_error is None:
                 full = False
 
@@ -348,7 +354,8 @@ class Checkpointer:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
-        self.checkpoint()
+        if self.should_run is None or self.should_run():
+            self.checkpoint()
 
 
 def verify_configured(store: Store, checkpoint_file: Path, key_file: Path) -> audit.AuditReport:

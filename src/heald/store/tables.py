@@ -339,3 +339,36 @@ class PauseRow(Base):
     reason: Mapped[str] = mapped_column(sa.Text, default="")
     actor: Mapped[str] = mapped_column(sa.String(200), default="")
     changed_at: Mapped[datetime]
+
+
+class WorkerRow(Base):
+    """One heald worker sharing this database (:mod:`heald.engine.cluster`): who it is, where,
+    its last heartbeat and, once it stopped or died, which worker recovered its pending
+    healings. Times are the database's clock in seconds since the epoch, so that workers on
+    machines whose clocks differ compare them alike."""
+
+    __tablename__ = "heald_workers"
+    executor_id: Mapped[str] = mapped_column(sa.String(100), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int]
+    version: Mapped[str] = mapped_column(sa.String(50))
+    api_url: Mapped[str | None] = mapped_column(sa.String(500))
+    state: Mapped[str] = mapped_column(sa.String(20))  # running | stopped | dead
+    started_at: Mapped[float]
+    heartbeat_at: Mapped[float]
+    leader: Mapped[bool] = mapped_column(default=False)
+    recovered_by: Mapped[str | None] = mapped_column(sa.String(100))
+    recovered_at: Mapped[float | None]
+    recovered_workflows: Mapped[int] = mapped_column(default=0)
+
+
+class ClusterLeaseRow(Base):
+    """Which worker runs a probe or log tailer (``name``: ``probe:<service>/<probe>`` or
+    ``log:<name>``) until ``expires_at`` (the database's clock, seconds since the epoch); its
+    holder renews it with every heartbeat (:mod:`heald.engine.cluster`)."""
+
+    __tablename__ = "heald_leases"
+    name: Mapped[str] = mapped_column(sa.String(500), primary_key=True)
+    executor_id: Mapped[str] = mapped_column(sa.String(100))
+    acquired_at: Mapped[float]
+    expires_at: Mapped[float]
