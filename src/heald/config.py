@@ -471,6 +471,12 @@ class HealingConfig(_Section):
     """Bounds on every healing loop (DESIGN.md invariant 4)."""
 
     group_wait_seconds: float = Field(default=0.5, ge=0, description="wait for more signals before diagnosing")
+    max_concurrent: int = Field(
+        default=32, ge=1, le=1024,
+        description="healings running at once in one heald (the worker concurrency of DBOS's healing queue); the "
+                    "others wait in the queue (ENQUEUED), holding no thread. A healing waiting for an approval or a "
+                    "human holds its place: keep it above the incidents expected to wait at once. The store's "
+                    "database pool is sized from it")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
     retry_delay_seconds: float = Field(
         default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),

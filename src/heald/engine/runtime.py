@@ -9,18 +9,21 @@ incident it opens. :func:`submit_approval` records a human's verdict and wakes t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from dbos import DBOS, DBOSClient, SetWorkflowID
+from dbos import DBOS, DBOSClient, Queue, SetEnqueueOptions, SetWorkflowID
 from sqlalchemy.orm import Session
 
 from heald import __version__, correlate
@@ -43,6 +46,7 @@ from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, Store
 from heald.store.checkpoints import Checkpointer
+from heald.store.db import sqlite_file
 from heald.store.retry import TransientDatabaseError, is_transient
 from heald.supervise import Supervisor
 
@@ -85,6 +89,31 @@ def dbos_config(config: HealdConfig) -> dict[str, Any]:
             "notification_listener_polling_interval_sec": 0.1}
 
 
+#: DBOS's queue the healing workflows run from (:meth:`Runtime.start_healing`).
+HEALING_QUEUE = "heald-healing"
+#: Seconds between two polls of :data:`HEALING_QUEUE` by DBOS (the latency of a start).
+HEALING_QUEUE_POLL_SECONDS = 0.1
+
+
+def register_healing_queue(config: HealdConfig) -> Queue:
+    """Declare :data:`HEALING_QUEUE` in the launched DBOS, running at most
+    ``healing.max_concurrent`` healings at once in this process. Not partitioned by target: a
+    healing waiting hours for an approval would hold its target's partition and starve a
+    second incident about it; the per-target lease (:mod:`heald.budgets`) keeps two healings
+    from acting on one target at once."""
+    return DBOS.register_queue(HEALING_QUEUE, worker_concurrency=config.healing.max_concurrent,
+                               polling_interval_sec=HEALING_QUEUE_POLL_SECONDS, on_conflict="always_update")
+
+
+def healing_queue() -> Queue:
+    """:data:`HEALING_QUEUE` of the launched DBOS. Raises RuntimeError before
+    :func:`register_healing_queue`."""
+    queue = DBOS.retrieve_queue(HEALING_QUEUE)
+    if queue is None:
+        raise RuntimeError(f"DBOS queue {HEALING_QUEUE} is not registered (heald's runtime is not started)")
+    return queue
+
+
 def prepare_state_dir(config: HealdConfig) -> None:
     """Create the state directory readable by its owner only (0700) and DBOS's SQLite file
     0600. When heald runs as root and CI work trees live inside it (the default
@@ -96,6 +125,16 @@ def prepare_state_dir(config: HealdConfig) -> None:
     private_dir(config.state_dir, mode)
     if config.dbos_database.startswith("sqlite"):
         private_file(config.state_dir / "dbos.sqlite")
+        if (db_file := sqlite_file(config.dbos_database)) is not None:
+            use_wal(db_file)
+
+
+def use_wal(db_file: Path) -> None:
+    """Put the SQLite database ``db_file`` (DBOS's system database) in WAL mode, which the
+    file keeps: DBOS opens it in rollback-journal mode, where every checkpoint of a workflow
+    waits for the readers and they for it."""
+    with contextlib.closing(sqlite3.connect(db_file, timeout=30.0)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def audit_checkpointer(config: HealdConfig, store: Store, notifier: Notifier) -> Checkpointer | None:
@@ -173,6 +212,7 @@ class Runtime:
         services = self.supervisor.start_all(open_incidents) if self.manage_services else {}
         DBOS(config=dbos_config(self.config))  # type: ignore[arg-type]
         DBOS.launch()
+        register_healing_queue(self.config)
         self.started = True
         self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
                           details={"executor_id": self.config.executor_id, "services": services, "pid": os.getpid(),
@@ -497,18 +537,46 @@ class Runtime:
         with a message stored in one transaction (a crash before this point leaves them to
         :meth:`resume_open_incidents`) — and end the incidents joined whose workflow died
         meanwhile (:meth:`reap_joined`)."""
+        from heald.correlate.targets import group_wait_for, resolve_service
+
         self.wake_waiting_healings(signals, results)
-        for result in results:
+        for signal, result in zip(signals, results, strict=True):
             if result.opened and result.incident_id is not None:
-                self.start_healing(result.incident_id)
+                if (service := resolve_service(signal, self.config)) != signal.service:
+                    signal = signal.model_copy(update={"service": service})  # as correlation resolved it
+                self.start_healing(result.incident_id, group_wait_for(signal, self.config))
         self.reap_joined(results)
 
-    def start_healing(self, incident_id: int) -> None:
-        """Start (or find, if already started) the durable workflow of an incident."""
+    def start_healing(self, incident_id: int, delay_seconds: float | None = None) -> None:
+        """Enqueue the durable workflow of an incident on DBOS's healing queue
+        (:data:`HEALING_QUEUE`: at most ``healing.max_concurrent`` run at once in this heald, the
+        others wait ENQUEUED), to run once its group_wait is over: in ``delay_seconds`` (None:
+        what is left of its route's group_wait since the incident was detected, read from the
+        store). Until then it is DELAYED in DBOS's system database and holds no thread.
+        Idempotent: the workflow id is the incident's (:func:`workflow_id`), and an incident
+        whose workflow exists, in whatever state, is left to it."""
         from heald.engine.workflow import heal_incident
 
-        with SetWorkflowID(workflow_id(incident_id)):
-            DBOS.start_workflow(heal_incident, incident_id)
+        delay = self._group_wait_left(incident_id) if delay_seconds is None else delay_seconds
+        with SetWorkflowID(workflow_id(incident_id)), SetEnqueueOptions(delay_seconds=delay if delay > 0 else None):
+            healing_queue().enqueue(heal_incident, incident_id, True)
+
+    def _group_wait_left(self, incident_id: int) -> float:
+        """Seconds left of incident ``incident_id``'s group_wait (its first signal's route's,
+        :func:`heald.correlate.targets.group_wait_for`), counted from its detection; 0 when over."""
+        from heald.correlate.targets import group_wait_for
+        from heald.store import signal_model
+        from heald.store.tables import IncidentRow, SignalRow
+
+        with self.store.read() as s:
+            detected = s.scalar(sa.select(IncidentRow.detected_at).where(IncidentRow.id == incident_id))
+            first = s.scalar(sa.select(SignalRow).where(SignalRow.incident_id == incident_id)
+                             .order_by(SignalRow.id).limit(1))
+            wait = group_wait_for(signal_model(first), self.config) if first is not None \
+                else self.config.healing.group_wait_seconds
+        if detected is None:
+            return 0.0
+        return max(0.0, wait - (utcnow() - detected).total_seconds())
 
     def deps(self) -> Deps:
         """What the healing's stages use (:mod:`heald.engine.steps`), from this Runtime."""
