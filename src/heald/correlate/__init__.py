@@ -17,6 +17,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -32,7 +33,7 @@ from heald.store.db import lock
 from heald.store.tables import IncidentRow, SignalRow
 
 __all__ = ["IngestResult", "Join", "JoinedBy", "audit_join", "find_incident", "fingerprint", "group_key",
-           "grouping_key", "ingest", "open_incident", "store_signal"]
+           "grouping_key", "ingest", "ingest_all", "open_incident", "store_signal"]
 
 
 class JoinedBy(StrEnum):
@@ -106,6 +107,15 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
                         signal.suppressed_by, join.how)
 
 
+def ingest_all(session: Session, signals: list[Signal], config: HealdConfig,
+               actor: str | None = None) -> list[IngestResult]:
+    """:func:`ingest` each of ``signals`` in order, in the caller's transaction, their audit
+    entries appended together at the end (:func:`heald.store.audit.batched`: one head read and
+    one insert for all of them, the same chain as one by one). Returns their results in order."""
+    with audit.batched(session):
+        return [ingest(session, s, config, actor=actor) for s in signals]
+
+
 def find_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
                   now: datetime) -> Join:
     """The incident ``signal`` (fingerprint ``fp``, grouping key ``key``, its service already
@@ -126,9 +136,7 @@ def find_incident(session: Session, signal: Signal, fp: str, key: str, config: H
     root cause. A resolved signal is else recorded with the latest incident its fingerprint
     fired in, and never opens one. Anything else firing opens a new incident."""
     open_states = [s.value for s in OPEN_STATES]
-    by_fp = session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
-        SignalRow.fingerprint == fp, IncidentRow.state.in_(open_states)).order_by(IncidentRow.id.desc()).limit(1))
-    if by_fp is not None:
+    if (by_fp := _open_incident_holding(session, SignalRow.fingerprint, fp, open_states)) is not None:
         return Join(JoinedBy.same_fingerprint, by_fp)
     if (by_key := _open_incident_of_group(session, key, open_states)) is not None:
         return _root(Join(JoinedBy.same_group, by_key), signal, config)
@@ -244,7 +252,7 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
         return
     who = actor or f"source:{signal.source}"
     if join.how == JoinedBy.new_incident:
-        audit.append(session, actor=who, event="incident.opened", incident_id=incident.id,
+        audit.append_later(session, actor=who, event="incident.opened", incident_id=incident.id,
                      reason=signal.summary or f"{signal.kind} from {signal.source}",
                      details={"signal_id": row.id, "fingerprint": row.fingerprint, "group_key": key,
                               "service": signal.service})
@@ -266,10 +274,10 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
         reason += (f" (it began while {incident.service}'s incident was open, which explains it; that incident "
                    f"is {incident.state} and its verification covered {signal.service}: recorded, not reopened)")
         details["explained_by_dependency"] = incident.service
-    audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
+    audit.append_later(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
                  reason=reason, details=details)
     if join.how == JoinedBy.took_over_dependent:
-        audit.append(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
+        audit.append_later(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
                      reason=f"{join.related} depends on {signal.service}, which fails too: the incident is "
                             f"now about {signal.service}, the likelier root cause",
                      details={"from": join.related, "to": signal.service, "group_key": key})
@@ -282,8 +290,31 @@ def _open_incident_of_group(session: Session, key: str, states: list[str]) -> In
                             .order_by(IncidentRow.id.desc()).limit(1))
     if by_key is not None:
         return by_key
-    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
-        SignalRow.group_key == key, IncidentRow.state.in_(states)).order_by(IncidentRow.id.desc()).limit(1))
+    return _open_incident_holding(session, SignalRow.group_key, key, states)
+
+
+def _newest_incident_holding(session: Session, column: sa.orm.InstrumentedAttribute[Any], value: str) -> int | None:
+    """The id of the newest incident holding a signal whose ``column`` (fingerprint or grouping
+    key) is ``value``: one seek in the index on (``column``, incident_id), whatever the history."""
+    return session.scalar(sa.select(SignalRow.incident_id).where(column == value, SignalRow.incident_id.is_not(None))
+                          .order_by(SignalRow.incident_id.desc()).limit(1))
+
+
+def _open_incident_holding(session: Session, column: sa.orm.InstrumentedAttribute[Any], value: str,
+                           states: list[str]) -> IncidentRow | None:
+    """The newest incident in one of ``states`` holding a signal whose ``column`` is ``value``.
+    The newest incident holding one is almost always it (a fingerprint joins its open
+    incident); only when that one has ended are the older incidents in ``states`` probed, one
+    index seek each."""
+    newest = _newest_incident_holding(session, column, value)
+    if newest is None:
+        return None
+    incident = session.get(IncidentRow, newest)
+    if incident is not None and incident.state in states:
+        return incident
+    holds = sa.select(SignalRow.id).where(SignalRow.incident_id == IncidentRow.id, column == value).exists()
+    return session.scalar(sa.select(IncidentRow).where(IncidentRow.state.in_(states), IncidentRow.id < newest, holds)
+                          .order_by(IncidentRow.id.desc()).limit(1))
 
 
 def _open_incident_of_target(session: Session, signal: Signal, config: HealdConfig,
@@ -333,8 +364,8 @@ def _explaining_incident(session: Session, services: list[str], began: datetime)
 
 def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
     """The newest incident, open or closed, where fingerprint ``fp`` was seen."""
-    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
-                          .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
+    newest = _newest_incident_holding(session, SignalRow.fingerprint, fp)
+    return session.get(IncidentRow, newest) if newest is not None else None
 
 
 def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: str, now: datetime,
@@ -342,7 +373,7 @@ def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: 
     """Record a silenced or inhibited signal: stored and audited, joined to no incident."""
     row = store_signal(session, signal, fp, now, None, why, key)
     silenced = why.startswith("silence ")
-    audit.append(session, actor=actor or f"source:{signal.source}",
+    audit.append_later(session, actor=actor or f"source:{signal.source}",
                  event="signal.silenced" if silenced else "signal.inhibited",
                  reason=f"{signal.summary or signal.kind} from {signal.source}: {why}; it starts nothing",
                  details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})

@@ -508,7 +508,7 @@ class Runtime:
         return len(woken)
 
     def _ingest_chunk(self, signals: list[Signal], actor: str | None, session: Session) -> list[correlate.IngestResult]:
-        return [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
+        return correlate.ingest_all(session, signals, self.config, actor=actor)
 
     def _commit_chunk(self, store: Callable[[Session], list[correlate.IngestResult] | None],
                       done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
