@@ -59,6 +59,18 @@ ATTENTION_TOPIC = "attention"
 _JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
 
+#: Times a chunk is stored again after its signals joined an incident whose workflow was dead.
+_DEAD_JOIN_TRIES = 3
+
+
+class _JoinedDead(Exception):
+    """A chunk's signals joined open incidents whose workflows are dead (rolls the chunk back)."""
+
+    def __init__(self, incident_ids: list[int]):
+        super().__init__(f"signals joined incidents {incident_ids}, whose healing workflows are dead")
+        self.incident_ids = incident_ids
+
+
 class IngestIncomplete(RuntimeError):
     """Storing a message of ``total`` signals stopped on ``cause``, a transient database error
     (:func:`heald.store.retry.is_transient`) that outlived the store's retries, after this call had stored (committed, their incidents'
@@ -312,8 +324,8 @@ class Runtime:
         reason, audited, its leases freed and the channels told — so the next signal about the
         target opens a new incident with a new workflow instead of joining a dead one. Live
         workflows (``PENDING``, ``ENQUEUED``, ``DELAYED``) are left alone; finding the others
-        takes two queries (:meth:`_without_live_workflow`), so ingestion calls it before
-        correlating. Nothing happens before :meth:`start` (no DBOS). Returns
+        takes two queries (:meth:`_without_live_workflow`); ingestion checks only the
+        incidents its signals join, in its transaction (:meth:`_commit_checked`). Nothing happens before :meth:`start` (no DBOS). Returns
         {"started": [...], "resumed": [...], "failed": [...]} (incident ids). Never raises for one
         incident's trouble (logged; the next sweep tries again)."""
         done: dict[str, list[int]] = {"started": [], "resumed": [], "failed": []}
@@ -356,9 +368,9 @@ class Runtime:
 
     def reap_joined(self, results: list[correlate.IngestResult]) -> None:
         """After an ingestion: :meth:`reap_stranded_incidents` for the incidents the signals
-        joined (not those they opened). Ingestion reaps before it correlates, so a signal joins
-        no incident whose workflow was already dead; one that died meanwhile ends now, and the
-        target's next signal opens a new incident."""
+        joined (not those they opened): the last resort of :meth:`_commit_checked` when a
+        chunk kept joining dead incidents; they end now, and the target's next signal opens a
+        new incident."""
         joined = [r.incident_id for r in results if r.incident_id is not None and not r.opened]
         if joined:
             self.reap_stranded_incidents(joined)
@@ -442,13 +454,12 @@ class Runtime:
         from heald.ci.incident import from_outside
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
         try:
             for start in range(0, len(signals), size):
                 chunk = signals[start:start + size]
-                part = self._commit_chunk(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
+                part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
                 assert part is not None
                 for signal, result in zip(chunk, part, strict=True):
                     log.info("signal.ingested", source=signal.source, service=signal.service,
@@ -469,12 +480,11 @@ class Runtime:
         from heald.correlate.deliveries import ingest_delivery
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
         try:
             for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery without any
-                part = self._commit_chunk(lambda session: ingest_delivery(
+                part = self._commit_checked(lambda session: ingest_delivery(
                     session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
                 if part is None:
                     if chunk == 0:
@@ -510,6 +520,55 @@ class Runtime:
     def _ingest_chunk(self, signals: list[Signal], actor: str | None, session: Session) -> list[correlate.IngestResult]:
         return correlate.ingest_all(session, signals, self.config, actor=actor)
 
+    def _commit_checked(self, store: Callable[[Session], list[correlate.IngestResult] | None],
+                        done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
+        """:meth:`_commit_chunk`, refusing to commit a chunk whose signals joined an open incident
+        whose healing workflow is dead (:meth:`_dead_joined`, in the chunk's transaction): the
+        chunk is rolled back, those incidents are reaped (:meth:`reap_stranded_incidents`: a
+        cancelled workflow resumes, a failed one ends its incident ``failed``) and the chunk is
+        stored again — so no signal joins an incident nobody heals, and each is stored once. The
+        check costs one query of DBOS's system database per chunk, whatever the number of open
+        incidents. After :data:`_DEAD_JOIN_TRIES` tries the chunk is stored and its incidents
+        reaped right after (:meth:`reap_joined`)."""
+        def checked(session: Session) -> list[correlate.IngestResult] | None:
+            part = store(session)
+            if part is not None and (dead := self._dead_joined(session, part)):
+                raise _JoinedDead(dead)
+            return part
+
+        for _ in range(_DEAD_JOIN_TRIES):
+            try:
+                return self._commit_chunk(checked, done, total)
+            except _JoinedDead as exc:
+                self.reap_stranded_incidents(exc.incident_ids)
+        part = self._commit_chunk(store, done, total)
+        self.reap_joined(part or [])
+        return part
+
+    def _dead_joined(self, session: Session, results: list[correlate.IngestResult]) -> list[int]:
+        """The open incidents ``results`` joined (not opened) whose healing workflow is dead:
+        ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED, or SUCCESS with the incident open. An
+        incident without a workflow yet is not among them: its opener enqueues it after its
+        commit (the periodic sweep starts one left by a crash). Reads ``session`` (the chunk's
+        transaction) and DBOS's system database, nothing else."""
+        from dbos import WorkflowStatusString
+
+        from heald.models import OPEN_STATES
+        from heald.store.tables import IncidentRow
+
+        if not self.started:
+            return []
+        open_states = {st.value for st in OPEN_STATES}
+        joined = sorted({r.incident_id for r in results if r.incident_id is not None and not r.opened})
+        open_ids = [i for i in joined if (row := session.get(IncidentRow, i)) is not None and row.state in open_states]
+        if not open_ids:
+            return []
+        dead = {w.workflow_id for w in DBOS.list_workflows(
+            workflow_ids=[workflow_id(i) for i in open_ids], load_input=False, load_output=False,
+            status=[WorkflowStatusString.ERROR.value, WorkflowStatusString.CANCELLED.value,
+                    WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value, WorkflowStatusString.SUCCESS.value])}
+        return [i for i in open_ids if workflow_id(i) in dead]
+
     def _commit_chunk(self, store: Callable[[Session], list[correlate.IngestResult] | None],
                       done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
         """Run ``store`` (storing one chunk of a message's signals) in a transaction of its
@@ -535,8 +594,8 @@ class Runtime:
         (:meth:`wake_waiting_healings`), start the healings of the incidents ``results`` opened —
         only now, so that its alerts have joined their incidents before these are diagnosed, as
         with a message stored in one transaction (a crash before this point leaves them to
-        :meth:`resume_open_incidents`) — and end the incidents joined whose workflow died
-        meanwhile (:meth:`reap_joined`)."""
+        :meth:`resume_open_incidents` and the periodic sweep). The incidents joined were checked
+        in each chunk's transaction (:meth:`_commit_checked`)."""
         from heald.correlate.targets import group_wait_for, resolve_service
 
         self.wake_waiting_healings(signals, results)
@@ -545,7 +604,6 @@ class Runtime:
                 if (service := resolve_service(signal, self.config)) != signal.service:
                     signal = signal.model_copy(update={"service": service})  # as correlation resolved it
                 self.start_healing(result.incident_id, group_wait_for(signal, self.config))
-        self.reap_joined(results)
 
     def start_healing(self, incident_id: int, delay_seconds: float | None = None) -> None:
         """Enqueue the durable workflow of an incident on DBOS's healing queue

@@ -25,6 +25,7 @@ heald's tables must call :func:`take_writer_lock` first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import deque
@@ -174,10 +175,16 @@ def write_gate(engine: Engine) -> AbstractContextManager[None]:
     db_file = sqlite_file(engine)
     if db_file is None:
         return nullcontext()
-    key = str(db_file.resolve())
+    key = _gate_key(db_file)
     with _gates_lock:
         gate = _gates.setdefault(key, _FairLock())
     return _turn(gate)
+
+
+@functools.lru_cache(maxsize=64)
+def _gate_key(db_file: Path) -> str:
+    """The gate of a database file is its real path (resolved once: it walks the directories)."""
+    return str(db_file.resolve())
 
 
 @contextmanager
