@@ -82,8 +82,11 @@ def test_duplicates_of_open_incidents_cost_no_query_per_signal(tmp_path: Path, s
     with statements(store) as seen:
         results = ingest_all(store, c, [sig(f"svc{k}") for k in range(50)])
     assert all(r.joined == JoinedBy.same_fingerprint for r in results)
-    # a handful per chunk (lock, look-ups, the INSERTs, the audit), not one or more per signal
-    assert len(seen) < 15, seen
+    # a few reads per chunk (the fingerprints' and keys' newest incidents, those incidents, the
+    # audit head), not one or more per signal (SQLAlchemy sends the rows of the one multi-row
+    # INSERT to SQLite one by one: it cannot match RETURNING rows to parameters otherwise)
+    reads = [q for q in seen if q.lstrip().upper().startswith("SELECT")]
+    assert len(reads) <= 8, reads  # PostgreSQL: and the writer lock, the named locks (one statement)
     assert not [q for q in seen if "silences" in q]
 
 

@@ -29,7 +29,7 @@ from heald.correlate.inhibit import suppressed_by
 from heald.correlate.targets import COMMIT_LABEL, group_by_for, resolve_service, target_of
 from heald.models import OPEN_STATES, Signal, SignalStatus, utcnow
 from heald.store import audit
-from heald.store.db import lock, take_writer_lock
+from heald.store.db import lock, lock_all
 from heald.store.tables import IncidentRow, SignalRow
 
 __all__ = ["IngestResult", "Join", "JoinedBy", "audit_join", "find_incident", "fingerprint", "group_key",
@@ -116,17 +116,23 @@ def _correlate(session: Session, signal: Signal, config: HealdConfig) -> _Stored
     if (why := suppressed_by(session, signal, fp, config, now)) is not None:
         return _Stored(signal, fp, key, store_signal(session, signal, fp, now, None, why, key, flush=False),
                        suppressed=why)
-    if has_dependencies(config, signal.service):  # one lock for the whole map (taken first, always): no race
-        lock(session, "heald.correlate.dependencies")
-    if (target := target_of(signal.service, signal.labels, config)) is not None:  # target before key, always
-        lock(session, f"heald.correlate.target.{target}")
-    lock(session, f"heald.correlate.{key}")
+    for name in _lock_names(signal, key, config):
+        lock(session, name)
     join = find_incident(session, signal, fp, key, config, now)
     incident = open_incident(session, signal, fp, key, config, now) if join.how == JoinedBy.new_incident \
         else _join(join, signal, fp, key, now)
     row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by, key,
                        flush=False)
     return _Stored(signal, fp, key, row, join, incident)
+
+
+def _lock_names(signal: Signal, key: str, config: HealdConfig) -> list[str]:
+    """The locks correlating ``signal`` (its service resolved) takes, in order: the dependency
+    map's (one lock for the whole map, first, always: no race), its target's, its grouping key's."""
+    names = ["heald.correlate.dependencies"] if has_dependencies(config, signal.service) else []
+    if (target := target_of(signal.service, signal.labels, config)) is not None:  # target before key, always
+        names.append(f"heald.correlate.target.{target}")
+    return [*names, f"heald.correlate.{key}"]
 
 
 def _record(session: Session, stored: _Stored, actor: str | None) -> IngestResult:
@@ -151,13 +157,16 @@ def ingest_all(session: Session, signals: list[Signal], config: HealdConfig,
     """:func:`ingest` each of ``signals`` in order, in the caller's transaction, their audit
     entries appended together at the end (:func:`heald.store.audit.batched`: one head read and
     one insert for all of them, the same chain as one by one). Returns their results in order."""
-    take_writer_lock(session)  # PostgreSQL: what is read below stays true until the commit
-    fps, keys = set(), set()
+    fps, keys, names = set(), set(), []
     for signal in signals:
         if (service := resolve_service(signal, config)) is not None and service != signal.service:
             signal = signal.model_copy(update={"service": service})
         fps.add(signal.fingerprint or fingerprint(signal))
-        keys.add(grouping_key(signal, config))
+        keys.add(key := grouping_key(signal, config))
+        names += _lock_names(signal, key, config)
+    # PostgreSQL: the writer lock and every lock ingest() takes, in one statement; what is read
+    # below stays true until the commit
+    lock_all(session, names)
     session.info[_NEWEST] = {**_newest_of(session, SignalRow.fingerprint, fps),
                              **_newest_of(session, SignalRow.group_key, keys)}
     try:
