@@ -3,8 +3,9 @@
 :class:`Runtime` holds what the stages use (configuration, store, supervisor, runbooks,
 reasoners, notifier; :meth:`Runtime.deps` hands them to :mod:`heald.engine.steps`), starts DBOS
 (which resumes unfinished healings) and wires sources to correlation: :meth:`Runtime.ingest`
-stores a signal and starts the healing (:func:`heald.engine.workflow.heal_incident`) of the
-incident it opens. :func:`submit_approval` records a human's verdict and wakes the workflow.
+stores a signal and, once committed, enqueues the healing (:func:`heald.engine.workflow.heal_incident`)
+of the incident it opens on DBOS's healing queue (:data:`HEALING_QUEUE`), delayed by its
+group_wait. :func:`submit_approval` records a human's verdict and wakes the workflow.
 """
 
 from __future__ import annotations
