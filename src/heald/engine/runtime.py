@@ -128,8 +128,11 @@ def sqlite_system_engine(config: HealdConfig) -> sa.Engine:
 
 #: DBOS's queue the healing workflows run from (:meth:`Runtime.start_healing`).
 HEALING_QUEUE = "heald-healing"
+#: A group_wait shorter than this (seconds) is slept in the healing's workflow rather than spent
+#: DELAYED in DBOS's queue (:meth:`Runtime.start_healing`).
+SLEPT_GROUP_WAIT_SECONDS = 1.0
 #: Seconds between two polls of :data:`HEALING_QUEUE` by DBOS (the latency of a start).
-HEALING_QUEUE_POLL_SECONDS = 0.2
+HEALING_QUEUE_POLL_SECONDS = 0.1
 
 
 def register_healing_queue(config: HealdConfig) -> Queue:
@@ -641,13 +644,20 @@ class Runtime:
         (:data:`HEALING_QUEUE`: at most ``healing.max_concurrent`` run at once in this heald, the
         others wait ENQUEUED), to run once its group_wait is over: in ``delay_seconds`` (None:
         what is left of its route's group_wait since the incident was detected, read from the
-        store). Until then it is DELAYED in DBOS's system database and holds no thread.
+        store). Until then it is DELAYED in DBOS's system database and holds no thread — but a
+        group_wait under :data:`SLEPT_GROUP_WAIT_SECONDS` is slept by the workflow itself, as
+        one of the queue's running healings (DBOS moves a delayed workflow to its queue only
+        once a second, which would add up to a second to every short group_wait).
         Idempotent: the workflow id is the incident's (:func:`workflow_id`), and an incident
         whose workflow exists, in whatever state, is left to it."""
         from heald.engine.workflow import heal_incident
 
         delay = self._group_wait_left(incident_id) if delay_seconds is None else delay_seconds
-        with SetWorkflowID(workflow_id(incident_id)), SetEnqueueOptions(delay_seconds=delay if delay > 0 else None):
+        if delay < SLEPT_GROUP_WAIT_SECONDS:  # DBOS promotes delayed workflows once a second: sleep a short one
+            with SetWorkflowID(workflow_id(incident_id)):
+                healing_queue().enqueue(heal_incident, incident_id, False)
+            return
+        with SetWorkflowID(workflow_id(incident_id)), SetEnqueueOptions(delay_seconds=delay):
             healing_queue().enqueue(heal_incident, incident_id, True)
 
     def _group_wait_left(self, incident_id: int) -> float:
