@@ -592,9 +592,11 @@ class Runtime:
 
         if not self.started:
             return []
-        open_states = {st.value for st in OPEN_STATES}
         joined = sorted({r.incident_id for r in results if r.incident_id is not None and not r.opened})
-        open_ids = [i for i in joined if (row := session.get(IncidentRow, i)) is not None and row.state in open_states]
+        if not joined:
+            return []
+        open_ids = list(session.scalars(sa.select(IncidentRow.id).where(
+            IncidentRow.id.in_(joined), IncidentRow.state.in_([st.value for st in OPEN_STATES]))))
         if not open_ids:
             return []
         dead = {w.workflow_id for w in DBOS.list_workflows(
