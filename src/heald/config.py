@@ -505,10 +505,13 @@ class HealingConfig(_Section):
     """Bounds on every healing loop (DESIGN.md invariant 4)."""
 
     group_wait_seconds: float = Field(default=0.5, ge=0, description="wait for more signals before diagnosing")
+    max_concurrent: int = Field(
+        default=128, ge=1, le=1024,
+        description="healings running at once in one heald (the worker concurrency of DBOS's healing queue); the "
+                    "others wait in the queue (ENQUEUED), holding no thread. A healing waiting for an approval or a "
+                    "human holds its place: keep it well above the incidents expected to wait at once. The store's "
+                    "database pools are sized from it (at most 32 + 4 kept open; more threads wait for a connection)")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
-    max_concurrent: int = Field(default=16, ge=1, le=1000,
-                                description="healing workflows run at once (a DBOS queue's concurrency); the store's "
-                                            "connection pool is sized from it")
     retry_delay_seconds: float = Field(
         default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),
         description="pause between two attempts on the same incident (formerly cooldown_seconds, a deprecated alias); "

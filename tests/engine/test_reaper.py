@@ -97,10 +97,11 @@ def test_the_periodic_sweep_starts_the_workflow_an_open_incident_lacks(tmp_path:
         rt.stop()
 
 
-def test_a_workflow_that_dies_while_a_batch_joins_it_ends_its_incident_right_after(
+def test_a_batch_that_joins_an_incident_whose_workflow_died_is_stored_once_in_a_new_incident(
         tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The check after correlating: an incident whose workflow died after the check before it
-    (here: a sweep that saw it live) is ended as soon as a signal joins it."""
+    """The check in the chunk's transaction (no sweep of every open incident before ingesting):
+    the chunk that joined the dead incident is rolled back, the incident ends failed, and the
+    chunk is stored again — once — joining a new incident."""
     rt = start_runtime(make_config(tmp_path, healing=HAND_OVER_EXPIRES), manage_services=False, run_probes=False, tail_logs=False)
 
     def broken(*_: object) -> None:
@@ -111,10 +112,17 @@ def test_a_workflow_that_dies_while_a_batch_joins_it_ends_its_incident_right_aft
     assert first.incident_id is not None
     wait_for(lambda: wf_status(first.incident_id) == "ERROR", what="the workflow to fail")
     monkeypatch.undo()
-    monkeypatch.setattr(rt, "_without_live_workflow", lambda ids: [] if ids is None else list(ids))  # the race
-    joined = rt.ingest(sig(summary="still down"))
-    assert joined.incident_id == first.incident_id and not joined.opened
+    swept: list[object] = []
+    real_sweep = rt._without_live_workflow
+    monkeypatch.setattr(rt, "_without_live_workflow", lambda ids: swept.append(ids) or real_sweep(ids))
+    batch = rt.ingest_many([sig(summary=f"still down {k}") for k in range(3)])
+    assert None not in swept  # only the incidents joined were looked at, not every open one
+    assert len({r.incident_id for r in batch}) == 1 and batch[0].opened
+    assert batch[0].incident_id not in (first.incident_id, None)
     assert rt.store.get_incident(first.incident_id).state == IncidentState.failed
+    assert [s.summary for s in rt.store.signals_for(first.incident_id)] == ["down"]
+    assert sorted(s.summary for s in rt.store.signals_for(batch[0].incident_id)) == [f"still down {k}" for k in range(3)]
+    assert rt.store.verify_audit().intact
 
 
 def test_a_workflow_that_ends_in_error_has_its_incident_ended_by_the_periodic_sweep_alone(

@@ -24,7 +24,7 @@ def test_both_pools_are_sized_from_max_concurrent_plus_the_api_threads(db_url: s
         for engine in (store.engine, store.read_engine):
             pool = engine.pool
             assert isinstance(pool, sa.pool.QueuePool)
-            assert pool.size() == 50 + db.BACKGROUND_THREADS
+            assert pool.size() == min(50, db.MAX_POOLED_WORKFLOWS) + db.BACKGROUND_THREADS
             assert pool._max_overflow == db.API_THREADS  # noqa: SLF001 -- QueuePool has no public getter
             assert pool.timeout() == db.POOL_TIMEOUT
     finally:
@@ -33,7 +33,9 @@ def test_both_pools_are_sized_from_max_concurrent_plus_the_api_threads(db_url: s
 
 def test_the_runtime_sizes_the_store_and_dbos_from_the_healing_config(tmp_path: Path) -> None:
     cfg = make_config(tmp_path, healing={"max_concurrent": 64})
-    assert dbos_config(cfg)["sys_db_pool_size"] == 64 + db.BACKGROUND_THREADS
+    assert dbos_config(cfg)["sys_db_pool_size"] == db.MAX_POOLED_WORKFLOWS + db.BACKGROUND_THREADS
+    small = make_config(tmp_path, healing={"max_concurrent": 24})
+    assert dbos_config(small)["sys_db_pool_size"] == 24 + db.BACKGROUND_THREADS
     with pytest.raises(ValueError, match="max_concurrent"):
         HealdConfig.model_validate({"healing": {"max_concurrent": 0}})
     with pytest.raises(ValueError, match="concurrency"):

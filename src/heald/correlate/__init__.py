@@ -8,7 +8,10 @@ key, about the same target (whatever its alert name), or of a service it depends
 (:mod:`heald.correlate.dependencies`), or opens a new incident. It runs in the caller's
 transaction, so a signal that was accepted is stored before anything answers (DESIGN.md
 invariant 6), and writers on one grouping key, one target (and on the dependency map) are
-serialized.
+serialized. :func:`ingest_all` does the same for a chunk of a message's signals at the cost of
+a few statements for the whole chunk: the newest incidents of its fingerprints and grouping keys
+read at once (an index seek each, never the fingerprint's history), its signals stored in one
+flush, their audit entries appended together.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -28,11 +32,11 @@ from heald.correlate.inhibit import suppressed_by
 from heald.correlate.targets import COMMIT_LABEL, group_by_for, resolve_service, target_of
 from heald.models import OPEN_STATES, Signal, SignalStatus, utcnow
 from heald.store import audit
-from heald.store.db import lock
+from heald.store.db import lock, lock_all
 from heald.store.tables import IncidentRow, SignalRow
 
 __all__ = ["IngestResult", "Join", "JoinedBy", "audit_join", "find_incident", "fingerprint", "group_key",
-           "grouping_key", "ingest", "open_incident", "store_signal"]
+           "grouping_key", "ingest", "ingest_all", "open_incident", "store_signal"]
 
 
 class JoinedBy(StrEnum):
@@ -85,25 +89,125 @@ def ingest(session: Session, signal: Signal, config: HealdConfig, actor: str | N
     ``suppressed_by`` reason and joins nothing. A signal that began before the incident it joins
     moves that incident's start back (not a closed incident it is only recorded with).
     """
+    stored = _correlate(session, signal, config)
+    session.flush()
+    return _record(session, stored, actor)
+
+
+@dataclass
+class _Stored:
+    """A signal correlated and added to the session (not yet flushed: no id before the flush),
+    waiting for its audit entry and result (:func:`_record`)."""
+
+    signal: Signal
+    fp: str
+    key: str
+    row: SignalRow
+    join: Join | None = None  #: None: suppressed
+    incident: IncidentRow | None = None
+    suppressed: str | None = None
+
+
+def _correlate(session: Session, signal: Signal, config: HealdConfig) -> _Stored:
+    """The first half of :func:`ingest`: suppression, locks, :func:`find_incident`, the incident
+    opened or joined, the signal added to the session (unflushed)."""
     now = utcnow()
     if (service := resolve_service(signal, config)) is not None and service != signal.service:
         signal = signal.model_copy(update={"service": service})
     fp = signal.fingerprint or fingerprint(signal)
     key = grouping_key(signal, config)
     if (why := suppressed_by(session, signal, fp, config, now)) is not None:
-        return _store_suppressed(session, signal, fp, key, why, now, actor)
-    if has_dependencies(config, signal.service):  # one lock for the whole map (taken first, always): no race
-        lock(session, "heald.correlate.dependencies")
-    if (target := target_of(signal.service, signal.labels, config)) is not None:  # target before key, always
-        lock(session, f"heald.correlate.target.{target}")
-    lock(session, f"heald.correlate.{key}")
+        return _Stored(signal, fp, key, store_signal(session, signal, fp, now, None, why, key, flush=False),
+                       suppressed=why)
+    for name in _lock_names(signal, key, config):
+        lock(session, name)
     join = find_incident(session, signal, fp, key, config, now)
     incident = open_incident(session, signal, fp, key, config, now) if join.how == JoinedBy.new_incident \
         else _join(join, signal, fp, key, now)
-    row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by, key)
-    audit_join(session, signal, join, row, incident, key, actor)
+    row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by, key,
+                       flush=False)
+    return _Stored(signal, fp, key, row, join, incident)
+
+
+def _lock_names(signal: Signal, key: str, config: HealdConfig) -> list[str]:
+    """The locks correlating ``signal`` (its service resolved) takes, in order: the dependency
+    map's (one lock for the whole map, first, always: no race), its target's, its grouping key's."""
+    names = ["heald.correlate.dependencies"] if has_dependencies(config, signal.service) else []
+    if (target := target_of(signal.service, signal.labels, config)) is not None:  # target before key, always
+        names.append(f"heald.correlate.target.{target}")
+    return [*names, f"heald.correlate.{key}"]
+
+
+def _record(session: Session, stored: _Stored, actor: str | None) -> IngestResult:
+    """The second half of :func:`ingest`, once the signal is flushed: its audit entry and result."""
+    signal, row, incident, join = stored.signal, stored.row, stored.incident, stored.join
+    if join is None:
+        why = stored.suppressed or ""
+        silenced = why.startswith("silence ")
+        audit.append_later(session, actor=actor or f"source:{signal.source}",
+                           event="signal.silenced" if silenced else "signal.inhibited",
+                           reason=f"{signal.summary or signal.kind} from {signal.source}: {why}; it starts nothing",
+                           details={"signal_id": row.id, "fingerprint": stored.fp, "group_key": stored.key,
+                                    "service": signal.service})
+        return IngestResult(row.id, None, False, why, JoinedBy.silenced if silenced else JoinedBy.inhibited)
+    audit_join(session, signal, join, row, incident, stored.key, actor)
     return IngestResult(row.id, incident.id if incident else None, join.how == JoinedBy.new_incident,
                         signal.suppressed_by, join.how)
+
+
+def ingest_all(session: Session, signals: list[Signal], config: HealdConfig,
+               actor: str | None = None) -> list[IngestResult]:
+    """:func:`ingest` each of ``signals`` in order, in the caller's transaction, their audit
+    entries appended together at the end (:func:`heald.store.audit.batched`: one head read and
+    one insert for all of them, the same chain as one by one). Returns their results in order."""
+    fps, keys, names = set(), set(), []
+    for signal in signals:
+        if (service := resolve_service(signal, config)) is not None and service != signal.service:
+            signal = signal.model_copy(update={"service": service})
+        fps.add(signal.fingerprint or fingerprint(signal))
+        keys.add(key := grouping_key(signal, config))
+        names += _lock_names(signal, key, config)
+    # PostgreSQL: the writer lock and every lock ingest() takes, in one statement; what is read
+    # below stays true until the commit
+    lock_all(session, names)
+    session.info[_NEWEST] = {**_newest_of(session, SignalRow.fingerprint, fps),
+                             **_newest_of(session, SignalRow.group_key, keys)}
+    try:
+        with audit.batched(session):
+            stored = [_correlate(session, s, config) for s in signals]
+            session.flush()  # the signals not flushed yet by a query in between: one multi-row INSERT
+            return [_record(session, st, actor) for st in stored]
+    finally:
+        session.info.pop(_NEWEST, None)
+        session.info.pop(_HELD, None)
+
+
+#: ``session.info`` key, during :func:`ingest_all`: {(column, value): the newest incident holding
+#: a signal with that fingerprint or grouping key, or None}, read for the whole chunk at once and
+#: kept exact as its signals are stored (:func:`store_signal`).
+_NEWEST = "heald.correlate.newest"
+_HELD = "heald.correlate.incidents"
+
+
+def _newest_of(session: Session, column: sa.orm.InstrumentedAttribute[Any],
+               values: set[str]) -> dict[tuple[str, str], int | None]:
+    """{(column, value): :func:`_newest_incident_holding`} for every value, in one query (an
+    index seek each), and the incidents found loaded into ``session`` (one more query)."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    table, name = SignalRow.__tablename__, column.key
+    rows_sql = ", ".join(f"(:v{i})" for i in range(len(ordered)))
+    # only placeholders and heald's own table and column names are formatted in (no value)
+    stmt = sa.text(f"SELECT v.column1, (SELECT s.incident_id FROM {table} s WHERE s.{name} = v.column1 "
+                   f"AND s.incident_id IS NOT NULL ORDER BY s.incident_id DESC LIMIT 1) FROM (VALUES {rows_sql}) AS v")
+    found: dict[tuple[str, str], int | None] = {
+        (name, str(row[0])): (int(row[1]) if row[1] is not None else None)
+        for row in session.execute(stmt, {f"v{i}": v for i, v in enumerate(ordered)})}
+    if ids := sorted({i for i in found.values() if i is not None}):
+        # into the identity map, held until the chunk ends (the map itself only holds weak references)
+        session.info.setdefault(_HELD, []).extend(session.scalars(sa.select(IncidentRow).where(IncidentRow.id.in_(ids))))
+    return found
 
 
 def find_incident(session: Session, signal: Signal, fp: str, key: str, config: HealdConfig,
@@ -126,9 +230,7 @@ def find_incident(session: Session, signal: Signal, fp: str, key: str, config: H
     root cause. A resolved signal is else recorded with the latest incident its fingerprint
     fired in, and never opens one. Anything else firing opens a new incident."""
     open_states = [s.value for s in OPEN_STATES]
-    by_fp = session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
-        SignalRow.fingerprint == fp, IncidentRow.state.in_(open_states)).order_by(IncidentRow.id.desc()).limit(1))
-    if by_fp is not None:
+    if (by_fp := _open_incident_holding(session, SignalRow.fingerprint, fp, open_states)) is not None:
         return Join(JoinedBy.same_fingerprint, by_fp)
     if (by_key := _open_incident_of_group(session, key, open_states)) is not None:
         return _root(Join(JoinedBy.same_group, by_key), signal, config)
@@ -220,10 +322,11 @@ def _retarget(join: Join, signal: Signal, fp: str, key: str) -> None:
 
 
 def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incident_id: int | None,
-                 suppressed: str | None, key: str | None = None) -> SignalRow:
+                 suppressed: str | None, key: str | None = None, *, flush: bool = True) -> SignalRow:
     """Store ``signal`` with its fingerprint, received ``now``, with incident ``incident_id``
     (None: none), the reason it was ``suppressed`` (None: it was not) and the grouping ``key``
-    it was correlated under."""
+    it was correlated under. Without ``flush`` the row is only added to the session (its id
+    is known after the next flush)."""
     row = SignalRow(
         source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
         severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
@@ -231,7 +334,13 @@ def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incid
         received_at=now, raw_ref=signal.raw_ref, incident_id=incident_id, suppressed_by=suppressed, group_key=key,
     )
     session.add(row)
-    session.flush()
+    if flush:
+        session.flush()
+    memo: dict[tuple[str, str], int | None] | None = session.info.get(_NEWEST)
+    if memo is not None and incident_id is not None:  # what _newest_incident_holding now answers
+        for k in (("fingerprint", fp), ("group_key", key)):
+            if k[1] is not None and k in memo:
+                memo[k] = max(memo[k] or 0, incident_id)
     return row
 
 
@@ -244,7 +353,7 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
         return
     who = actor or f"source:{signal.source}"
     if join.how == JoinedBy.new_incident:
-        audit.append(session, actor=who, event="incident.opened", incident_id=incident.id,
+        audit.append_later(session, actor=who, event="incident.opened", incident_id=incident.id,
                      reason=signal.summary or f"{signal.kind} from {signal.source}",
                      details={"signal_id": row.id, "fingerprint": row.fingerprint, "group_key": key,
                               "service": signal.service})
@@ -266,10 +375,10 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
         reason += (f" (it began while {incident.service}'s incident was open, which explains it; that incident "
                    f"is {incident.state} and its verification covered {signal.service}: recorded, not reopened)")
         details["explained_by_dependency"] = incident.service
-    audit.append(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
+    audit.append_later(session, actor=who, event=f"signal.{signal.status.value}", incident_id=incident.id,
                  reason=reason, details=details)
     if join.how == JoinedBy.took_over_dependent:
-        audit.append(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
+        audit.append_later(session, actor="heald", event="incident.retargeted", incident_id=incident.id,
                      reason=f"{join.related} depends on {signal.service}, which fails too: the incident is "
                             f"now about {signal.service}, the likelier root cause",
                      details={"from": join.related, "to": signal.service, "group_key": key})
@@ -282,8 +391,35 @@ def _open_incident_of_group(session: Session, key: str, states: list[str]) -> In
                             .order_by(IncidentRow.id.desc()).limit(1))
     if by_key is not None:
         return by_key
-    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id).where(
-        SignalRow.group_key == key, IncidentRow.state.in_(states)).order_by(IncidentRow.id.desc()).limit(1))
+    return _open_incident_holding(session, SignalRow.group_key, key, states)
+
+
+def _newest_incident_holding(session: Session, column: sa.orm.InstrumentedAttribute[Any], value: str) -> int | None:
+    """The id of the newest incident holding a signal whose ``column`` (fingerprint or grouping
+    key) is ``value``: one seek in the index on (``column``, incident_id), whatever the history
+    (none in :func:`ingest_all`, which read them for its chunk)."""
+    memo: dict[tuple[str, str], int | None] | None = session.info.get(_NEWEST)
+    if memo is not None and (column.key, value) in memo:
+        return memo[(column.key, value)]
+    return session.scalar(sa.select(SignalRow.incident_id).where(column == value, SignalRow.incident_id.is_not(None))
+                          .order_by(SignalRow.incident_id.desc()).limit(1))
+
+
+def _open_incident_holding(session: Session, column: sa.orm.InstrumentedAttribute[Any], value: str,
+                           states: list[str]) -> IncidentRow | None:
+    """The newest incident in one of ``states`` holding a signal whose ``column`` is ``value``.
+    The newest incident holding one is almost always it (a fingerprint joins its open
+    incident); only when that one has ended are the older incidents in ``states`` probed, one
+    index seek each."""
+    newest = _newest_incident_holding(session, column, value)
+    if newest is None:
+        return None
+    incident = session.get(IncidentRow, newest)
+    if incident is not None and incident.state in states:
+        return incident
+    holds = sa.select(SignalRow.id).where(SignalRow.incident_id == IncidentRow.id, column == value).exists()
+    return session.scalar(sa.select(IncidentRow).where(IncidentRow.state.in_(states), IncidentRow.id < newest, holds)
+                          .order_by(IncidentRow.id.desc()).limit(1))
 
 
 def _open_incident_of_target(session: Session, signal: Signal, config: HealdConfig,
@@ -333,17 +469,5 @@ def _explaining_incident(session: Session, services: list[str], began: datetime)
 
 def _latest_with_fingerprint(session: Session, fp: str) -> IncidentRow | None:
     """The newest incident, open or closed, where fingerprint ``fp`` was seen."""
-    return session.scalar(sa.select(IncidentRow).join(SignalRow, SignalRow.incident_id == IncidentRow.id)
-                          .where(SignalRow.fingerprint == fp).order_by(IncidentRow.id.desc()).limit(1))
-
-
-def _store_suppressed(session: Session, signal: Signal, fp: str, key: str, why: str, now: datetime,
-                      actor: str | None) -> IngestResult:
-    """Record a silenced or inhibited signal: stored and audited, joined to no incident."""
-    row = store_signal(session, signal, fp, now, None, why, key)
-    silenced = why.startswith("silence ")
-    audit.append(session, actor=actor or f"source:{signal.source}",
-                 event="signal.silenced" if silenced else "signal.inhibited",
-                 reason=f"{signal.summary or signal.kind} from {signal.source}: {why}; it starts nothing",
-                 details={"signal_id": row.id, "fingerprint": fp, "group_key": key, "service": signal.service})
-    return IngestResult(row.id, None, False, why, JoinedBy.silenced if silenced else JoinedBy.inhibited)
+    newest = _newest_incident_holding(session, SignalRow.fingerprint, fp)
+    return session.get(IncidentRow, newest) if newest is not None else None

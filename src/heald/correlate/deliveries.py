@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from heald.config import HealdConfig
-from heald.correlate import IngestResult, ingest
+from heald.correlate import IngestResult, ingest_all
 from heald.models import Signal, utcnow
 from heald.store.db import lock
 from heald.store.tables import WebhookDeliveryRow
@@ -32,7 +32,7 @@ def ingest_delivery(session: Session, source: str, delivery_id: str, signals: li
     if row is not None and stored >= len(signals):
         return None
     chunk = signals[stored:] if limit is None else signals[stored:stored + limit]
-    results = [ingest(session, s, config, actor=actor) for s in chunk]
+    results = ingest_all(session, chunk, config, actor=actor)
     ids = [r.signal_id for r in results]
     if row is None:
         session.add(WebhookDeliveryRow(source=source, delivery_id=delivery_id, signal_ids=ids, received_at=utcnow()))

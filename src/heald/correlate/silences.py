@@ -19,7 +19,10 @@ database, no clock), so a cache of active silences can call it.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -76,9 +79,12 @@ def parse_matchers(texts: list[str], field: str = "matchers") -> list[Matcher]:
 class SilenceLike(Protocol):
     """What :func:`in_effect` reads of a silence (a :class:`SilenceRow` or a cached copy)."""
 
-    starts_at: datetime
-    ends_at: datetime
-    recurrence: dict[str, Any] | None
+    @property
+    def starts_at(self) -> datetime: ...
+    @property
+    def ends_at(self) -> datetime: ...
+    @property
+    def recurrence(self) -> dict[str, Any] | None: ...
 
 
 def parse_recurrence(schedule: str, window_seconds: float, timezone: str = "UTC") -> dict[str, Any]:
@@ -205,7 +211,9 @@ def create_silence(store: Store, matchers: list[str], ends_at: datetime, *, crea
                             f"{ends_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC: {comment}",
                      details={"silence_id": row.id, "matchers": row.matchers, "starts_at": start.isoformat(),
                               "ends_at": ends_at.isoformat(), "recurrence": recurrence})
-        return silence_json(row, now)
+        created = silence_json(row, now)
+    invalidate_silences()  # committed: this process's next signal sees it
+    return created
 
 
 #: The most silences one call of :func:`list_silences` gives.
@@ -251,22 +259,92 @@ def expire_silence(store: Store, silence_id: int, by: str) -> dict[str, Any]:
             row.ends_at, row.expired_at, row.expired_by = now, now, by
             audit.append(s, actor=by, event="silence.expired", reason=f"silence {silence_id} expired",
                          details={"silence_id": silence_id, "matchers": row.matchers})
-        return silence_json(row, now)
+        expired = silence_json(row, now)
+    invalidate_silences()
+    return expired
 
 
-def active_silence(session: Session, labels: dict[str, str], now: datetime | None = None) -> SilenceRow | None:
-    """The oldest silence in effect at ``now`` (:func:`in_effect`: a recurring one only inside
-    its windows) whose matchers all match ``labels``, or None."""
+@dataclass(frozen=True)
+class Silence:
+    """A silence as matched at intake: its id, matchers (as stored, and parsed), time window
+    ``[starts_at, ends_at)`` (aware UTC) and comment. :func:`active_silence` evaluates the
+    window at each signal's arrival."""
+
+    id: int
+    matchers: tuple[str, ...]
+    parsed: tuple[Matcher, ...]
+    starts_at: datetime
+    ends_at: datetime
+    comment: str
+    recurrence: dict[str, Any] | None = None
+
+    def active_at(self, now: datetime) -> bool:
+        """Whether this silence silences signals at ``now`` (:func:`in_effect`: its period and,
+        when recurring, one of its windows)."""
+        return in_effect(self, now)
+
+
+#: Seconds a process keeps its list of silences before reading it again: the longest a silence
+#: created or expired by another process (the CLI, another heald) goes unseen. Those this
+#: process creates or expires take effect at once (:func:`invalidate_silences`).
+SILENCE_CACHE_SECONDS = 1.0
+
+
+@dataclass
+class _Cached:
+    loaded: float  #: time.monotonic() of the read
+    since: datetime  #: the silences that had ended by this time are left out
+    silences: list[Silence]
+
+
+_cache: dict[str, _Cached] = {}
+_cache_lock = threading.Lock()
+_generation = 0  # bumped by invalidate_silences(): a read begun before it is not kept
+
+
+def invalidate_silences() -> None:
+    """Forget the silences read so far (every database): the next signal reads them again."""
+    global _generation
+    with _cache_lock:
+        _generation += 1
+        _cache.clear()
+
+
+def _silences(session: Session, now: datetime) -> list[Silence]:
+    """The silences not yet ended (pending or active), oldest first: from this process's cache
+    (:data:`SILENCE_CACHE_SECONDS`), else one query."""
+    key = str(session.get_bind().engine.url)
+    with _cache_lock:
+        cached, generation = _cache.get(key), _generation
+    clock = time.monotonic()
+    if cached is not None and clock - cached.loaded < SILENCE_CACHE_SECONDS and now >= cached.since:
+        return cached.silences
+    rows = session.scalars(sa.select(SilenceRow).where(SilenceRow.ends_at > now).order_by(SilenceRow.id))
+    loaded = [Silence(r.id, tuple(r.matchers), tuple(parse_matcher(m) for m in r.matchers), _aware(r.starts_at),
+                      _aware(r.ends_at), r.comment, r.recurrence) for r in rows]
+    with _cache_lock:
+        if generation == _generation:
+            _cache[key] = _Cached(clock, now, loaded)
+    return loaded
+
+
+def _aware(t: datetime) -> datetime:
+    """A stored time as aware UTC (SQLite hands back naive datetimes)."""
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def active_silence(session: Session, labels: dict[str, str], now: datetime | None = None) -> Silence | None:
+    """The oldest silence active at ``now`` whose matchers all match ``labels``, or None. The
+    silences come from a per-process cache (:func:`_silences`): no query per signal; each
+    one's time window is evaluated at ``now``."""
     now = now or utcnow()
-    rows = session.scalars(sa.select(SilenceRow).where(SilenceRow.starts_at <= now, SilenceRow.ends_at > now)
-                           .order_by(SilenceRow.id))
-    for row in rows:
-        if in_effect(row, now) and matches_all([parse_matcher(m) for m in row.matchers], labels):
-            return row
+    for silence in _silences(session, now):
+        if silence.active_at(now) and matches_all(list(silence.parsed), labels):
+            return silence
     return None
 
 
-def describe(row: SilenceRow) -> str:
+def describe(row: SilenceRow | Silence) -> str:
     """``silence N: <matchers> until <time> (<comment>)``, the ``suppressed_by`` of a signal."""
     rec = getattr(row, "recurrence", None)
     every = f" (window at '{rec['schedule']}' {rec['timezone']})" if rec else ""

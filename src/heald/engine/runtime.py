@@ -3,24 +3,28 @@
 :class:`Runtime` holds what the stages use (configuration, store, supervisor, runbooks,
 reasoners, notifier; :meth:`Runtime.deps` hands them to :mod:`heald.engine.steps`), starts DBOS
 (which resumes unfinished healings) and wires sources to correlation: :meth:`Runtime.ingest`
-stores a signal and starts the healing (:func:`heald.engine.workflow.heal_incident`) of the
-incident it opens. :func:`submit_approval` records a human's verdict and wakes the workflow.
+stores a signal and, once committed, enqueues the healing (:func:`heald.engine.workflow.heal_incident`)
+of the incident it opens on DBOS's healing queue (:data:`HEALING_QUEUE`), delayed by its
+group_wait. :func:`submit_approval` records a human's verdict and wakes the workflow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
-from dbos import DBOS, DBOSClient, SetWorkflowID
+from dbos import DBOS, DBOSClient, Queue, SetEnqueueOptions, SetWorkflowID
 from sqlalchemy.orm import Session
 
 from heald import __version__, correlate
@@ -44,7 +48,7 @@ from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, Store
 from heald.store.checkpoints import Checkpointer
-from heald.store.db import BACKGROUND_THREADS
+from heald.store.db import BACKGROUND_THREADS, MAX_POOLED_WORKFLOWS, sqlite_file
 from heald.store.retry import TransientDatabaseError, is_transient
 from heald.supervise import Supervisor
 
@@ -56,6 +60,18 @@ ATTENTION_TOPIC = "attention"
 #: An incident opened this recently without a workflow is left to its opener by the reaper.
 _JUST_OPENED_SECONDS = 10.0
 _runtime: Runtime | None = None
+
+#: Times a chunk is stored again after its signals joined an incident whose workflow was dead.
+_DEAD_JOIN_TRIES = 3
+
+
+class _JoinedDead(Exception):
+    """A chunk's signals joined open incidents whose workflows are dead (rolls the chunk back)."""
+
+    def __init__(self, incident_ids: list[int]):
+        super().__init__(f"signals joined incidents {incident_ids}, whose healing workflows are dead")
+        self.incident_ids = incident_ids
+
 
 class IngestIncomplete(RuntimeError):
     """Storing a message of ``total`` signals stopped on ``cause``, a transient database error
@@ -82,11 +98,64 @@ def runtime() -> Runtime:
 def dbos_config(config: HealdConfig) -> dict[str, Any]:
     """DBOS's configuration for heald: its system database, a version pinned to heald's (so a
     restarted heald recovers the workflows the previous one left), this worker's executor id."""
-    return {"name": "heald", "system_database_url": config.dbos_database, "application_version": __version__,
-            "executor_id": config.executor_id, "log_level": "WARNING",
-            "notification_listener_polling_interval_sec": 0.1,
-            # DBOS records every step of every running healing: a connection each, as the store's pool
-            "sys_db_pool_size": max(20, config.healing.max_concurrent + BACKGROUND_THREADS)}
+    cfg: dict[str, Any] = {
+        "name": "heald", "system_database_url": config.dbos_database, "application_version": __version__,
+        "executor_id": config.executor_id, "log_level": "WARNING",
+        "notification_listener_polling_interval_sec": 0.1,
+        # DBOS records every step of every running healing: a connection each, as the store's pool
+        "sys_db_pool_size": max(20, min(config.healing.max_concurrent, MAX_POOLED_WORKFLOWS) + BACKGROUND_THREADS)}
+    if sqlite_file(config.dbos_database) is not None:
+        cfg["system_database_engine"] = sqlite_system_engine(config)
+    return cfg
+
+
+def sqlite_system_engine(config: HealdConfig) -> sa.Engine:
+    """DBOS's SQLite system database engine, as DBOS makes it (``IMMEDIATE`` transactions, a
+    30 s busy timeout, foreign keys) but in WAL mode with ``synchronous=NORMAL``, as heald's
+    own store: a commit (each workflow checkpoint, each enqueue) no longer waits for an fsync;
+    a power cut may lose the last ones, which the reaper and :meth:`Runtime.resume_open_incidents`
+    redo. Its pool grows by ``healing.max_concurrent`` (at most :data:`MAX_POOLED_WORKFLOWS`) beyond DBOS's 20 connections."""
+    engine = sa.create_engine(config.dbos_database, pool_size=20,
+                               max_overflow=min(config.healing.max_concurrent, MAX_POOLED_WORKFLOWS),
+                              pool_timeout=30, pool_pre_ping=True)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = "IMMEDIATE"
+        dbapi_conn.execute("PRAGMA busy_timeout=30000")
+        dbapi_conn.execute("PRAGMA foreign_keys=ON")
+        dbapi_conn.execute("PRAGMA journal_mode=WAL")
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
+
+
+#: DBOS's queue the healing workflows run from (:meth:`Runtime.start_healing`).
+HEALING_QUEUE = "heald-healing"
+#: A group_wait shorter than this (seconds) is slept in the healing's workflow rather than spent
+#: DELAYED in DBOS's queue (:meth:`Runtime.start_healing`).
+SLEPT_GROUP_WAIT_SECONDS = 1.0
+#: Seconds between two polls of :data:`HEALING_QUEUE` by DBOS (the latency of a start).
+HEALING_QUEUE_POLL_SECONDS = 0.1
+
+
+def register_healing_queue(config: HealdConfig) -> Queue:
+    """Declare :data:`HEALING_QUEUE` in the launched DBOS, running at most
+    ``healing.max_concurrent`` healings at once in this process. Not partitioned by target: a
+    healing waiting hours for an approval would hold its target's partition and starve a
+    second incident about it; the per-target lease (:mod:`heald.budgets`) keeps two healings
+    from acting on one target at once."""
+    return DBOS.register_queue(HEALING_QUEUE, worker_concurrency=config.healing.max_concurrent,
+                               polling_interval_sec=HEALING_QUEUE_POLL_SECONDS, on_conflict="always_update")
+
+
+def healing_queue() -> Queue:
+    """:data:`HEALING_QUEUE` of the launched DBOS. Raises RuntimeError before
+    :func:`register_healing_queue`."""
+    queue = DBOS.retrieve_queue(HEALING_QUEUE)
+    if queue is None:
+        raise RuntimeError(f"DBOS queue {HEALING_QUEUE} is not registered (heald's runtime is not started)")
+    return queue
 
 
 def prepare_state_dir(config: HealdConfig) -> None:
@@ -100,6 +169,16 @@ def prepare_state_dir(config: HealdConfig) -> None:
     private_dir(config.state_dir, mode)
     if config.dbos_database.startswith("sqlite"):
         private_file(config.state_dir / "dbos.sqlite")
+        if (db_file := sqlite_file(config.dbos_database)) is not None:
+            use_wal(db_file)
+
+
+def use_wal(db_file: Path) -> None:
+    """Put the SQLite database ``db_file`` (DBOS's system database) in WAL mode, which the
+    file keeps: DBOS opens it in rollback-journal mode, where every checkpoint of a workflow
+    waits for the readers and they for it."""
+    with contextlib.closing(sqlite3.connect(db_file, timeout=30.0)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
 
 
 def audit_checkpointer(config: HealdConfig, store: Store, notifier: Notifier) -> Checkpointer | None:
@@ -148,6 +227,7 @@ class Runtime:
         self.started = False
         self._lock = threading.Lock()
         self._reaper_stop = threading.Event()
+        self._dbos_engine: sa.Engine | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -183,8 +263,11 @@ class Runtime:
         _runtime = self
         open_incidents = self.open_incidents_by_service() if self.manage_services else {}
         services = self.supervisor.start_all(open_incidents) if self.manage_services else {}
-        DBOS(config=dbos_config(self.config))  # type: ignore[arg-type]
+        dbos_cfg = dbos_config(self.config)
+        self._dbos_engine = dbos_cfg.get("system_database_engine")  # DBOS does not dispose an engine it was given
+        DBOS(config=dbos_cfg)  # type: ignore[arg-type]
         DBOS.launch()
+        register_healing_queue(self.config)
         self.started = True
         self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
                           details={"executor_id": self.config.executor_id, "services": services, "pid": os.getpid(),
@@ -219,6 +302,9 @@ class Runtime:
             DBOS.destroy(destroy_registry=False)
             _stop_retrying(sys_db)  # a wait woken below must not retry the gone database forever
             _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
+            if self._dbos_engine is not None:
+                self._dbos_engine.dispose()
+                self._dbos_engine = None
             self.cluster.leave()  # only now: a live worker recovers what is still pending here
             self.started = False
         from heald.verify import close_http_client
@@ -326,8 +412,8 @@ class Runtime:
         reason, audited, its leases freed and the channels told — so the next signal about the
         target opens a new incident with a new workflow instead of joining a dead one. Live
         workflows (``PENDING``, ``ENQUEUED``, ``DELAYED``) are left alone; finding the others
-        takes two queries (:meth:`_without_live_workflow`), so ingestion calls it before
-        correlating. Nothing happens before :meth:`start` (no DBOS). Returns
+        takes two queries (:meth:`_without_live_workflow`); ingestion checks only the
+        incidents its signals join, in its transaction (:meth:`_commit_checked`). Nothing happens before :meth:`start` (no DBOS). Returns
         {"started": [...], "resumed": [...], "failed": [...]} (incident ids). Never raises for one
         incident's trouble (logged; the next sweep tries again)."""
         done: dict[str, list[int]] = {"started": [], "resumed": [], "failed": []}
@@ -370,9 +456,9 @@ class Runtime:
 
     def reap_joined(self, results: list[correlate.IngestResult]) -> None:
         """After an ingestion: :meth:`reap_stranded_incidents` for the incidents the signals
-        joined (not those they opened). Ingestion reaps before it correlates, so a signal joins
-        no incident whose workflow was already dead; one that died meanwhile ends now, and the
-        target's next signal opens a new incident."""
+        joined (not those they opened): the last resort of :meth:`_commit_checked` when a
+        chunk kept joining dead incidents; they end now, and the target's next signal opens a
+        new incident."""
         joined = [r.incident_id for r in results if r.incident_id is not None and not r.opened]
         if joined:
             self.reap_stranded_incidents(joined)
@@ -456,13 +542,12 @@ class Runtime:
         from heald.ci.incident import from_outside
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
         try:
             for start in range(0, len(signals), size):
                 chunk = signals[start:start + size]
-                part = self._commit_chunk(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
+                part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
                 assert part is not None
                 for signal, result in zip(chunk, part, strict=True):
                     log.info("signal.ingested", source=signal.source, service=signal.service,
@@ -483,12 +568,11 @@ class Runtime:
         from heald.correlate.deliveries import ingest_delivery
 
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
-        self.reap_stranded_incidents()  # no signal joins an incident whose workflow is dead
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
         try:
             for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery without any
-                part = self._commit_chunk(lambda session: ingest_delivery(
+                part = self._commit_checked(lambda session: ingest_delivery(
                     session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
                 if part is None:
                     if chunk == 0:
@@ -522,7 +606,58 @@ class Runtime:
         return len(woken)
 
     def _ingest_chunk(self, signals: list[Signal], actor: str | None, session: Session) -> list[correlate.IngestResult]:
-        return [correlate.ingest(session, s, self.config, actor=actor) for s in signals]
+        return correlate.ingest_all(session, signals, self.config, actor=actor)
+
+    def _commit_checked(self, store: Callable[[Session], list[correlate.IngestResult] | None],
+                        done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
+        """:meth:`_commit_chunk`, refusing to commit a chunk whose signals joined an open incident
+        whose healing workflow is dead (:meth:`_dead_joined`, in the chunk's transaction): the
+        chunk is rolled back, those incidents are reaped (:meth:`reap_stranded_incidents`: a
+        cancelled workflow resumes, a failed one ends its incident ``failed``) and the chunk is
+        stored again — so no signal joins an incident nobody heals, and each is stored once. The
+        check costs one query of DBOS's system database per chunk, whatever the number of open
+        incidents. After :data:`_DEAD_JOIN_TRIES` tries the chunk is stored and its incidents
+        reaped right after (:meth:`reap_joined`)."""
+        def checked(session: Session) -> list[correlate.IngestResult] | None:
+            part = store(session)
+            if part is not None and (dead := self._dead_joined(session, part)):
+                raise _JoinedDead(dead)
+            return part
+
+        for _ in range(_DEAD_JOIN_TRIES):
+            try:
+                return self._commit_chunk(checked, done, total)
+            except _JoinedDead as exc:
+                self.reap_stranded_incidents(exc.incident_ids)
+        part = self._commit_chunk(store, done, total)
+        self.reap_joined(part or [])
+        return part
+
+    def _dead_joined(self, session: Session, results: list[correlate.IngestResult]) -> list[int]:
+        """The open incidents ``results`` joined (not opened) whose healing workflow is dead:
+        ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED, or SUCCESS with the incident open. An
+        incident without a workflow yet is not among them: its opener enqueues it after its
+        commit (the periodic sweep starts one left by a crash). Reads ``session`` (the chunk's
+        transaction) and DBOS's system database, nothing else."""
+        from dbos import WorkflowStatusString
+
+        from heald.models import OPEN_STATES
+        from heald.store.tables import IncidentRow
+
+        if not self.started:
+            return []
+        joined = sorted({r.incident_id for r in results if r.incident_id is not None and not r.opened})
+        if not joined:
+            return []
+        open_ids = list(session.scalars(sa.select(IncidentRow.id).where(
+            IncidentRow.id.in_(joined), IncidentRow.state.in_([st.value for st in OPEN_STATES]))))
+        if not open_ids:
+            return []
+        dead = {w.workflow_id for w in DBOS.list_workflows(
+            workflow_ids=[workflow_id(i) for i in open_ids], load_input=False, load_output=False,
+            status=[WorkflowStatusString.ERROR.value, WorkflowStatusString.CANCELLED.value,
+                    WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value, WorkflowStatusString.SUCCESS.value])}
+        return [i for i in open_ids if workflow_id(i) in dead]
 
     def _commit_chunk(self, store: Callable[[Session], list[correlate.IngestResult] | None],
                       done: list[correlate.IngestResult], total: int) -> list[correlate.IngestResult] | None:
@@ -549,20 +684,54 @@ class Runtime:
         (:meth:`wake_waiting_healings`), start the healings of the incidents ``results`` opened —
         only now, so that its alerts have joined their incidents before these are diagnosed, as
         with a message stored in one transaction (a crash before this point leaves them to
-        :meth:`resume_open_incidents`) — and end the incidents joined whose workflow died
-        meanwhile (:meth:`reap_joined`)."""
-        self.wake_waiting_healings(signals, results)
-        for result in results:
-            if result.opened and result.incident_id is not None:
-                self.start_healing(result.incident_id)
-        self.reap_joined(results)
+        :meth:`resume_open_incidents` and the periodic sweep). The incidents joined were checked
+        in each chunk's transaction (:meth:`_commit_checked`)."""
+        from heald.correlate.targets import group_wait_for, resolve_service
 
-    def start_healing(self, incident_id: int) -> None:
-        """Start (or find, if already started) the durable workflow of an incident."""
+        self.wake_waiting_healings(signals, results)
+        for signal, result in zip(signals, results, strict=True):
+            if result.opened and result.incident_id is not None:
+                if (service := resolve_service(signal, self.config)) != signal.service:
+                    signal = signal.model_copy(update={"service": service})  # as correlation resolved it
+                self.start_healing(result.incident_id, group_wait_for(signal, self.config))
+
+    def start_healing(self, incident_id: int, delay_seconds: float | None = None) -> None:
+        """Enqueue the durable workflow of an incident on DBOS's healing queue
+        (:data:`HEALING_QUEUE`: at most ``healing.max_concurrent`` run at once in this heald, the
+        others wait ENQUEUED), to run once its group_wait is over: in ``delay_seconds`` (None:
+        what is left of its route's group_wait since the incident was detected, read from the
+        store). Until then it is DELAYED in DBOS's system database and holds no thread — but a
+        group_wait under :data:`SLEPT_GROUP_WAIT_SECONDS` is slept by the workflow itself, as
+        one of the queue's running healings (DBOS moves a delayed workflow to its queue only
+        once a second, which would add up to a second to every short group_wait).
+        Idempotent: the workflow id is the incident's (:func:`workflow_id`), and an incident
+        whose workflow exists, in whatever state, is left to it."""
         from heald.engine.workflow import heal_incident
 
-        with SetWorkflowID(workflow_id(incident_id)):
-            DBOS.start_workflow(heal_incident, incident_id)
+        delay = self._group_wait_left(incident_id) if delay_seconds is None else delay_seconds
+        if delay < SLEPT_GROUP_WAIT_SECONDS:  # DBOS promotes delayed workflows once a second: sleep a short one
+            with SetWorkflowID(workflow_id(incident_id)):
+                healing_queue().enqueue(heal_incident, incident_id, False)
+            return
+        with SetWorkflowID(workflow_id(incident_id)), SetEnqueueOptions(delay_seconds=delay):
+            healing_queue().enqueue(heal_incident, incident_id, True)
+
+    def _group_wait_left(self, incident_id: int) -> float:
+        """Seconds left of incident ``incident_id``'s group_wait (its first signal's route's,
+        :func:`heald.correlate.targets.group_wait_for`), counted from its detection; 0 when over."""
+        from heald.correlate.targets import group_wait_for
+        from heald.store import signal_model
+        from heald.store.tables import IncidentRow, SignalRow
+
+        with self.store.read() as s:
+            detected = s.scalar(sa.select(IncidentRow.detected_at).where(IncidentRow.id == incident_id))
+            first = s.scalar(sa.select(SignalRow).where(SignalRow.incident_id == incident_id)
+                             .order_by(SignalRow.id).limit(1))
+            wait = group_wait_for(signal_model(first), self.config) if first is not None \
+                else self.config.healing.group_wait_seconds
+        if detected is None:
+            return 0.0
+        return max(0.0, wait - (utcnow() - detected).total_seconds())
 
     def deps(self) -> Deps:
         """What the healing's stages use (:mod:`heald.engine.steps`), from this Runtime."""

@@ -48,9 +48,11 @@ class Stopped:
 
 
 @DBOS.workflow(max_recovery_attempts=50)
-def heal_incident(incident_id: int) -> str:
-    """Heal one incident; returns its final state. Reads top to bottom as the pipeline."""
-    if (wait := group_wait_seconds(incident_id)) > 0:  # the incident's route's group_wait
+def heal_incident(incident_id: int, waited: bool = False) -> str:
+    """Heal one incident; returns its final state. Reads top to bottom as the pipeline.
+    ``waited``: the incident's group_wait is over already (it was enqueued with that delay,
+    :meth:`heald.engine.runtime.Runtime.start_healing`, holding no thread meanwhile)."""
+    if not waited and (wait := group_wait_seconds(incident_id)) > 0:  # the incident's route's group_wait
         DBOS.sleep(wait)  # let correlated signals join before diagnosing
     reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
     attempt = 0

@@ -17,7 +17,8 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -81,6 +82,66 @@ def append(session: Session, *, actor: str, event: str, reason: str = "",
 
 
 LAST_ENTRY = "heald.audit.last"
+_PENDING = "heald.audit.pending"
+
+
+@contextmanager
+def batched(session: Session) -> Iterator[None]:
+    """Within it, :func:`append_later` buffers the entries of ``session``'s transaction; at the
+    end (no exception) they are appended in the order given, all at once: one read of the head,
+    one multi-row insert, the head moved entry by entry in one statement batch (its trigger
+    lets it move to the next entry only). The chain is the same as with one :func:`append`
+    each, at a fraction of the cost (an ingested message's signals, :mod:`heald.correlate`)."""
+    if session.info.get(_PENDING) is not None:  # nested: the outer one writes
+        yield
+        return
+    pending: list[dict[str, Any]] = []
+    session.info[_PENDING] = pending
+    try:
+        yield
+    finally:
+        session.info.pop(_PENDING, None)
+    if pending:
+        _append_all(session, pending)
+
+
+def append_later(session: Session, *, actor: str, event: str, reason: str = "", incident_id: int | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+    """:func:`append`, buffered until the end of the :func:`batched` block ``session`` is in (at
+    once outside one)."""
+    pending: list[dict[str, Any]] | None = session.info.get(_PENDING)
+    if pending is None:
+        append(session, actor=actor, event=event, reason=reason, incident_id=incident_id, details=details)
+        return
+    pending.append({"actor": actor, "event": event, "reason": reason, "incident_id": incident_id,
+                    "details": _canonical(details or {})})
+
+
+def _append_all(session: Session, entries: list[dict[str, Any]]) -> None:
+    """Append ``entries`` (dicts of :func:`append`'s arguments, details canonical) in order."""
+    lock(session, _LOCK)
+    head = session.get(AuditHeadRow, 1)
+    seq = head.seq if head else 0
+    prev = head.hash if head else GENESIS
+    ts = utcnow()
+    rows = []
+    for e in entries:
+        seq += 1
+        digest = entry_hash(seq, ts.isoformat(), e["actor"], e["event"], e["incident_id"], e["reason"], e["details"],
+                            prev)
+        rows.append({**e, "seq": seq, "ts": ts, "prev_hash": prev, "hash": digest})
+        prev = digest
+    session.execute(sa.insert(AuditRow), rows)
+    moves = [{"seq": r["seq"], "hash": r["hash"]} for r in rows]
+    if head is None:
+        session.add(AuditHeadRow(id=1, seq=moves[0]["seq"], hash=moves[0]["hash"]))
+        session.flush()
+        moves = moves[1:]
+    if moves:
+        session.execute(sa.text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"), moves)
+    if head is not None:
+        session.expire(head)  # moved by the statements above, behind the ORM's back
+    session.info[LAST_ENTRY] = (rows[-1]["seq"], rows[-1]["hash"])
 
 
 def committed(session: Session, entry: tuple[int, str]) -> bool:

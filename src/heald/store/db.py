@@ -25,6 +25,7 @@ heald's tables must call :func:`take_writer_lock` first.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections import deque
@@ -95,18 +96,23 @@ BACKGROUND_THREADS = 4
 POOL_TIMEOUT = 10.0
 #: Healing workflows that run at once when the caller does not say (``healing.max_concurrent``).
 DEFAULT_CONCURRENCY = 16
+#: The most connections an engine keeps open for healing workflows, whatever
+#: ``healing.max_concurrent`` (most running healings wait: for a verification window, an
+#: approval, a human; they hold no connection meanwhile).
+MAX_POOLED_WORKFLOWS = 32
 
 
 def pool_settings(concurrency: int = DEFAULT_CONCURRENCY) -> dict[str, Any]:
     """SQLAlchemy ``QueuePool`` arguments for an engine used by ``concurrency`` healing workflows
     at once (``healing.max_concurrent``) plus the API's threads: each workflow and each background
     thread (:data:`BACKGROUND_THREADS`) uses at most one connection of an engine at a time, so
-    they keep ``concurrency + BACKGROUND_THREADS`` connections open; the API's threads
+    they keep ``min(concurrency, MAX_POOLED_WORKFLOWS) + BACKGROUND_THREADS`` connections open; the API's threads
     (:data:`API_THREADS`) may add as many, closed again when returned. A thread that finds none
     free waits :data:`POOL_TIMEOUT` seconds, then retries (never fails a healing on it)."""
     if concurrency < 1:
         raise ValueError(f"concurrency: expected at least 1 workflow, got {concurrency}")
-    return {"pool_size": concurrency + BACKGROUND_THREADS, "max_overflow": API_THREADS, "pool_timeout": POOL_TIMEOUT}
+    return {"pool_size": min(concurrency, MAX_POOLED_WORKFLOWS) + BACKGROUND_THREADS, "max_overflow": API_THREADS,
+            "pool_timeout": POOL_TIMEOUT}
 
 
 def create_engine(url: str, *, read_only: bool = False, concurrency: int | None = None, **kwargs: Any) -> Engine:
@@ -203,10 +209,16 @@ def write_gate(engine: Engine) -> AbstractContextManager[None]:
     db_file = sqlite_file(engine)
     if db_file is None:
         return nullcontext()
-    key = str(db_file.resolve())
+    key = _gate_key(db_file)
     with _gates_lock:
         gate = _gates.setdefault(key, _FairLock())
     return _turn(gate)
+
+
+@functools.lru_cache(maxsize=64)
+def _gate_key(db_file: Path) -> str:
+    """The gate of a database file is its real path (resolved once: it walks the directories)."""
+    return str(db_file.resolve())
 
 
 @contextmanager
@@ -250,8 +262,36 @@ def lock(session: Session, name: str) -> None:
     """
     if session.get_bind().dialect.name == "postgresql":
         take_writer_lock(session)
-        if name != WRITER_LOCK:
+        if name != WRITER_LOCK and name not in _held(session):
             session.connection().execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(name)})
+            _held(session).add(name)
+
+
+def lock_all(session: Session, names: list[str]) -> None:
+    """:func:`lock` on each of ``names``, in one statement (PostgreSQL; in sorted order, after
+    the writer lock). A later :func:`lock` on one of them in the transaction costs nothing."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    take_writer_lock(session)
+    todo = sorted(set(names) - _held(session) - {WRITER_LOCK})
+    if todo:
+        session.connection().execute(
+            sa.text("SELECT pg_advisory_xact_lock(k) FROM unnest(CAST(:ks AS bigint[])) WITH ORDINALITY AS t(k, n) "
+                    "ORDER BY n"), {"ks": [_advisory_key(n) for n in todo]})
+        _held(session).update(todo)
+
+
+_LOCKS = "heald.named_locks_held"
+
+
+def _held(session: Session) -> set[str]:
+    """The named locks ``session``'s current transaction holds (advisory locks end with it)."""
+    tx = session.get_transaction()
+    held: tuple[Any, set[str]] | None = session.info.get(_LOCKS)
+    if held is None or held[0] is not tx:
+        held = (tx, set())
+        session.info[_LOCKS] = held
+    return held[1]
 
 
 def install_lock_order(sessions: Any) -> None:

@@ -1,0 +1,67 @@
+"""Healings start off the request path (issue 19): on DBOS's healing queue, at most
+``healing.max_concurrent`` at once, each enqueued with its group_wait as a DBOS delay (no thread
+held while it waits); queued and delayed healings count as live for the reaper; DBOS's SQLite
+system database is in WAL mode. Real runtimes, real DBOS on SQLite files."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+from dbos import DBOS
+
+from heald.engine import Runtime, workflow_id
+from heald.models import IncidentState, Signal
+from tests.conftest import make_config, wait_for
+
+
+def sig(service: str) -> Signal:
+    return Signal.model_validate({"source": "test", "service": service, "summary": f"{service} down",
+                                  "labels": {"alertname": "Down", "service": service}})
+
+
+def statuses(ids: list[int]) -> Counter[str]:
+    found = DBOS.list_workflows(workflow_ids=[workflow_id(i) for i in ids], load_input=False, load_output=False)
+    return Counter(w.status for w in found)
+
+
+def test_at_most_max_concurrent_healings_run_the_others_wait_queued_and_count_as_live(
+        tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
+    # nobody answers: each healing hands its incident over to a human and waits there (a minute)
+    cfg = make_config(tmp_path, healing={"max_concurrent": 2, "group_wait_seconds": 0,
+                                         "attention_max_seconds": 60, "attention_check_seconds": 30})
+    rt = start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    ids = [r.incident_id for r in rt.ingest_many([sig(f"svc{k}") for k in range(5)])]
+    assert None not in ids
+    opened = [i for i in ids if i is not None]
+    wait_for(lambda: statuses(opened) == Counter({"PENDING": 2, "ENQUEUED": 3}), what="two running, three queued")
+    wait_for(lambda: sum(rt.store.get_incident(i).state == IncidentState.needs_attention for i in opened) == 2,
+             what="the two running to wait for a human")
+    assert sum(rt.store.get_incident(i).state == IncidentState.observing for i in opened) == 3  # not started
+    assert rt.reap_stranded_incidents() == {"started": [], "resumed": [], "failed": []}  # queued is alive
+    assert statuses(opened) == Counter({"PENDING": 2, "ENQUEUED": 3})
+
+
+def test_the_group_wait_holds_no_thread_and_a_second_start_changes_nothing(
+        tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
+    cfg = make_config(tmp_path, healing={"group_wait_seconds": 600})
+    rt = start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    before = threading.active_count()
+    results = rt.ingest_many([sig(f"svc{k}") for k in range(20)])
+    opened = [r.incident_id for r in results if r.incident_id is not None]
+    assert len(opened) == 20
+    assert statuses(opened) == Counter({"DELAYED": 20})
+    assert threading.active_count() <= before + 2  # not one sleeping thread per incident
+    assert rt.resume_open_incidents() == 20  # heald's restart path: starts nothing twice
+    assert statuses(opened) == Counter({"DELAYED": 20})
+    assert rt.reap_stranded_incidents() == {"started": [], "resumed": [], "failed": []}
+
+
+def test_dbos_sqlite_system_database_is_in_wal_mode(tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
+    cfg = make_config(tmp_path)
+    start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    with sqlite3.connect(cfg.state_dir / "dbos.sqlite") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
