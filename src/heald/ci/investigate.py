@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from heald.ci.repo import RepoCache, Worktree
 from heald.ci.runner import Runner, Step
 from heald.config import HealdConfig
 from heald.diagnose.signatures import classify
-from heald.diagnose.signatures.ci import test_runs
+from heald.diagnose.signatures.ci import failing_ids, test_runs
 from heald.sandbox import Limits, Sandbox, open_sandbox
 
 log = structlog.get_logger("heald.ci")
@@ -114,7 +115,7 @@ class Workspace:
         return detect_checks(files, self.job.test_command)
 
     def install(self, wt: Worktree, files: Files, checks: list[Check], phase: str = "install") -> Step:
-        script = install_script(files, self.config.ci.python, checks, self.job.install_command)
+        script = install_script(files, self.config.ci.python, checks, self.job.install_command, own=str(wt.own))
         return self.runner.install(wt, script, wt.base, phase=phase)
 
     def run_checks(self, wt: Worktree, checks: list[Check], phase: str, commit: str) -> dict[str, Step]:
@@ -218,7 +219,7 @@ def _investigate(ws: Workspace, inv: Investigation) -> None:
     failing = [c for c in checks if not results[c.name].ok]
     inv.failing = [c.name for c in failing]
     if not failing:
-        inv.verdict, inv.category = "not_reproduced", "flaky_test"
+        inv.verdict, inv.category = "not_reproduced", "not_reproduced"
         inv.summary = (f"every check passes at {bad[:12]} in the sandbox ({', '.join(c.name for c in checks)}): the failure "
                        f"does not reproduce (flaky, or specific to the CI machine)")
         return
@@ -239,15 +240,85 @@ def _investigate(ws: Workspace, inv: Investigation) -> None:
         inv.summary = f"{', '.join(c.name for c in lint if not c.fix)} fails and has no autofix"
 
 
+def is_quarantined(test_id: str, quarantine: Iterable[str]) -> bool:
+    """Is ``test_id`` on the quarantine list: equal to an entry, or below one (an entry
+    ``tests/test_net.py`` or ``tests/test_net.py::TestA`` covers the tests in it; a trailing
+    ``*`` is a prefix)?"""
+    for q in quarantine:
+        stem = q.rstrip("*")
+        if test_id == q or (stem and test_id.startswith(stem) and (q.endswith("*") or test_id[len(stem):][:2] in ("::", "[", "."))):
+            return True
+    return False
+
+
+def passes_for(step: Step, tests: Collection[str]) -> bool:
+    """Does ``step`` (a run of a tests check) pass as far as ``tests`` are concerned? Exit 0
+    passes; with ``tests`` given, exit 1 whose output names failing tests (pytest's short summary,
+    unittest's ``FAIL:`` lines) passes when none of ``tests`` (nor their file, by a collection
+    error) is among them. Anything else does not pass: a timeout, pytest's 2 (interrupted), 4
+    (usage error: a test or file that does not exist there), 5 (no tests), a failure heald
+    cannot read."""
+    if step.timed_out:
+        return False
+    if step.exit == 0:
+        return True
+    if not tests or step.exit != 1:
+        return False
+    failed, collect = failing_ids(step.output)
+    if not failed and not collect:
+        return False
+    bad = set(failed) | set(collect)
+    return not any(t in bad or t.split("::")[0] in bad for t in tests)
+
+
+def _hung_test(output: str) -> str:
+    """The test a killed run was in, when its output says (pytest ``-v``'s last ``path::test``
+    without a result, or pytest-timeout's ``Timeout`` banner)."""
+    last = ""
+    for line in output.splitlines():
+        m = re.match(r"^([\w/.\-]+\.py::\S+)", line.strip())
+        if m:
+            last = m.group(1)
+    return last
+
+
 def _tests_failing(ws: Workspace, inv: Investigation, wt: Worktree, files: Files, tests: Check, first: Step,
                    bad: str, good: str | None) -> None:
     cfg = ws.config.ci
     output = first.output
     inv.excerpt = excerpt_of(output)
-    inv.failing_tests = failed_test_ids(output)
-    inv.facts["failing_tests"] = " ".join(inv.failing_tests[:20])
     found = classify(output)
     inv.category = found[0].category if found else "test_failure"
+    pytest_cmd = "pytest" in tests.command
+    if first.timed_out:
+        hung = _hung_test(output)
+        inv.verdict, inv.category = "unresolved", "ci_timeout"
+        inv.facts["hung"] = hung or "unknown"
+        inv.summary = (f"the test run at {bad[:12]} was killed by the per-run timeout ({first.duration_s:.0f} s, "
+                       f"ci.check_timeout_seconds){f'; it was in {hung}' if hung else ''}: a test hangs. heald does "
+                       f"not re-run a hang; give the hanging test a timeout or quarantine it")
+        return
+    if pytest_cmd and first.exit in (4, 5):
+        inv.verdict, inv.category = "unresolved", "test_collection_error"
+        what = "collected no tests (exit 5)" if first.exit == 5 else "stopped with a usage error (exit 4)"
+        inv.summary = (f"pytest {what} at {bad[:12]} with `{tests.command}` ({tests.source or 'detected'}): heald's "
+                       f"test command does not run this project's tests; give the command with --test-cmd")
+        return
+    failed, collect = failing_ids(output)
+    quarantine = ws.job.quarantine
+    held = [t for t in [*failed, *collect] if is_quarantined(t, quarantine)]
+    targets = [t for t in [*failed, *collect] if t not in held]
+    inv.failing_tests = targets
+    inv.facts["failing_tests"] = " ".join(targets[:20])
+    if held:
+        inv.facts["quarantined"] = " ".join(held[:20])
+    timeouts = [t for t in failed if re.search(rf"(?:FAILED|ERROR) {re.escape(t)} - Failed: Timeout", output)]
+    if timeouts:
+        inv.facts["timed_out_tests"] = " ".join(timeouts[:20])
+    if held and not targets:
+        inv.verdict, inv.category = "known_failures", "test_failure"
+        inv.summary = (f"only quarantined tests fail at {bad[:12]} ({', '.join(held[:5])}): nothing new is broken")
+        return
     missing = _MISSING.search(output)
     if missing and not is_local_module(files, missing.group("module")):
         module = missing.group("module")
@@ -269,69 +340,147 @@ def _tests_failing(ws: Workspace, inv: Investigation, wt: Worktree, files: Files
         inv.verdict = "unresolved"
         inv.summary = f"no module named {module!r}, and no distribution heald tried provides it: {distribution_candidates(module)}"
         return
-    command, narrow = narrowed(tests, inv.failing_tests)
+    _judge_and_find(ws, inv, wt, tests, targets, bad, good, cfg.flake_reruns)
+
+
+def _judge_and_find(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check, targets: list[str], bad: str,
+                    good: str | None, reruns: int) -> None:
+    """Per-test judgement (the tests failing at ``bad`` minus those failing at the baseline:
+    ``good``, else the parent of ``bad``, else the first older commit where some of them pass),
+    the flake check on the regression, then bisection (:func:`_find_culprit`)."""
+    cache, runner = ws.cache, ws.runner
+    base = good
+    if base is None:
+        try:
+            base = cache.resolve(f"{bad}^")
+        except GitError:
+            base = None  # the first commit: nothing to compare with
+    regression = list(targets)
+    existing = list(targets)
+    lowest_bad = bad
+    if targets and base is not None:
+        new = _tests_added_by(cache, base, [t for t in targets if "::" in t])
+        existing = [t for t in targets if t not in new]
+        if new:
+            inv.facts["new_tests"] = " ".join(new[:20])
+        if not existing:
+            inv.verdict, inv.category = "never_passed", "test_never_passed"
+            inv.facts["good_sha"] = base
+            inv.summary = (f"{', '.join(new[:5])} did not exist at {base[:12]}: the failing tests were added after it "
+                           f"and have never passed there; reverting would delete them, so heald does not")
+            return
+        regression = _regressed_at(ws, inv, wt, tests, existing, base, "baseline")
+        baseline = [t for t in existing if t not in regression]
+        if baseline:
+            inv.facts["baseline_failures"] = " ".join(baseline[:30])
+            inv.facts["baseline_commit"] = base
+        if regression:
+            good = base
+        elif good is not None:
+            inv.verdict, inv.category = "red_everywhere", "environment_drift"
+            inv.facts["good_sha"] = good
+            inv.summary = (f"every test failing at {bad[:12]} ({_list(existing)}) also fails at the known-good commit "
+                           f"{good[:12]}: baseline failures (environment, or tests that never passed), not a change "
+                           f"between them; no revert")
+            return
+        else:
+            lowest_bad = base
+    elif not targets and good is not None:
+        if not passes_for(runner.at(wt, good, tests.command, phase="baseline"), ()):
+            inv.verdict, inv.category = "red_everywhere", "environment_drift"
+            inv.facts["good_sha"] = good
+            inv.summary = (f"`{tests.command}` also fails at the known-good commit {good[:12]} and names no failing "
+                           f"test heald can judge one by one; no revert")
+            return
+    if good is None:
+        found = _look_back(ws, inv, wt, tests, existing, bad, lowest_bad)
+        if found is None:
+            return
+        good, lowest_bad, regression = found
+    inv.failing_tests = regression or inv.failing_tests
+    command, narrow = narrowed(tests, regression)
     inv.facts["check_command"] = command
+    inv.facts["regression_tests"] = " ".join(regression[:20])
     passes = 0
-    for _ in range(cfg.flake_reruns):
-        if ws.runner.check(wt, tests, phase="rerun", commit=bad, command=command).ok:
+    for _ in range(reruns):
+        step = runner.check(wt, tests, phase="rerun", commit=bad, command=command)
+        if step.timed_out:
+            break  # a hang is not re-run
+        if passes_for(step, regression):
             passes += 1
     if passes:
         inv.verdict, inv.category = "flaky", "flaky_test"
-        inv.facts["reruns"] = f"{passes} of {cfg.flake_reruns}"
-        inv.summary = (f"{', '.join(inv.failing_tests) or tests.command} failed at {bad[:12]} and then passed {passes} of "
-                       f"{cfg.flake_reruns} re-runs at the same commit: a flaky test; heald changes no code for it")
+        inv.facts["reruns"] = f"{passes} of {reruns}"
+        inv.summary = (f"{_list(regression) or tests.command} failed at {bad[:12]} and then passed {passes} of "
+                       f"{reruns} re-runs at the same commit: a flaky test; heald changes no code for it")
         return
-    _find_culprit(ws, inv, wt, tests, command, narrow, bad, good)
+    _find_culprit(ws, inv, wt, tests, command, narrow, bad, good, lowest_bad, regression)
+
+
+def _regressed_at(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check, targets: list[str], sha: str,
+                  phase: str) -> list[str]:
+    """Of ``targets``, those that pass at ``sha`` (run narrowed to them when the command allows)."""
+    command, _ = narrowed(tests, targets)
+    step = ws.runner.at(wt, sha, command, phase=phase)
+    if passes_for(step, ()):
+        return list(targets)
+    if step.timed_out or step.exit != 1:
+        return []
+    failed, collect = failing_ids(step.output)
+    if not failed and not collect:
+        return []
+    gone = set(failed) | set(collect)
+    return [t for t in targets if t not in gone and t.split("::")[0] not in gone]
+
+
+def _look_back(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check, targets: list[str], bad: str,
+               lowest_bad: str) -> tuple[str, str, list[str]] | None:
+    """Walk back the first-parent history (1, 2, 4, … commits, the oldest within
+    ``ci.max_lookback_commits`` last) for a commit where some of ``targets`` pass: (that commit,
+    the newest commit seen failing, the tests that pass there). None (verdict set) when none."""
+    cfg = ws.config.ci
+    chain = ws.cache.first_parent_chain(bad, cfg.max_lookback_commits)
+    tried: list[str] = []
+    start = chain.index(lowest_bad) * 2 if lowest_bad in chain and lowest_bad != bad else 1
+    candidates: list[str] = []
+    i = max(1, start)
+    while i < len(chain):
+        candidates.append(chain[i])
+        i *= 2
+    if len(chain) > 1 and chain[-1] not in candidates and chain[-1] != lowest_bad:
+        candidates.append(chain[-1])
+    if lowest_bad != bad:
+        tried.append(lowest_bad)
+    for sha in candidates:
+        tried.append(sha)
+        if targets:
+            passing = _regressed_at(ws, inv, wt, tests, targets, sha, "search")
+        else:
+            passing = [] if not passes_for(ws.runner.at(wt, sha, tests.command, phase="search"), ()) else ["*"]
+        if passing:
+            return sha, lowest_bad, [t for t in passing if t != "*"]
+        lowest_bad = sha
+    inv.verdict, inv.category = "red_everywhere", "environment_drift"
+    reach = "the first commit" if len(chain) <= cfg.max_lookback_commits else f"{len(chain) - 1} commits back"
+    inv.facts["commits_tried"] = " ".join(s[:12] for s in tried)
+    inv.summary = (f"{_list(targets) or f'`{tests.command}`'} fail{'s' if len(targets) == 1 else ''} at every commit "
+                   f"tried, back to {reach} ({len(tried)} commits): nothing recent broke "
+                   f"{'them' if len(targets) > 1 else 'it'} (environment drift, or tests that never passed); no revert")
+    return None
+
+
+def _list(tests: list[str], n: int = 3) -> str:
+    return ", ".join(tests[:n]) + (f" and {len(tests) - n} more" if len(tests) > n else "")
 
 
 def _find_culprit(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check, command: str, narrow: bool,
-                  bad: str, good: str | None) -> None:
+                  bad: str, good: str, lowest_bad: str, regression: list[str]) -> None:
     cfg = ws.config.ci
     runner = ws.runner
-    ok_codes = (0, 4, 5) if narrow else (0,)
 
     def passes(step: Step) -> bool:
-        return not step.timed_out and step.exit in ok_codes
+        return passes_for(step, regression)
 
-    lowest_bad = bad
-    if good is not None:
-        if not ws.cache.is_ancestor(good, bad):
-            inv.verdict = "unresolved"
-            inv.summary = f"the known-good commit {good[:12]} is not an ancestor of {bad[:12]}"
-            return
-        if not passes(runner.at(wt, good, command, phase="search")):
-            inv.verdict, inv.category = "red_everywhere", "environment_drift"
-            inv.facts["good_sha"] = good
-            inv.summary = (f"{_what(inv, command)} also fails at the known-good commit {good[:12]}: the failure is not a "
-                           f"change between {good[:12]} and {bad[:12]} (environment drift or a test that never passed); "
-                           f"no revert")
-            return
-    else:
-        chain = ws.cache.first_parent_chain(bad, cfg.max_lookback_commits)
-        tried: list[str] = []
-        i = 1
-        while i < len(chain):
-            sha = chain[i]
-            tried.append(sha)
-            if passes(runner.at(wt, sha, command, phase="search")):
-                good = sha
-                break
-            lowest_bad = sha
-            i *= 2
-        if good is None and len(chain) > 1 and chain[-1] not in tried:  # the oldest commit within reach
-            tried.append(chain[-1])
-            if passes(runner.at(wt, chain[-1], command, phase="search")):
-                good = chain[-1]
-            else:
-                lowest_bad = chain[-1]
-        if good is None:
-            inv.verdict, inv.category = "red_everywhere", "environment_drift"
-            reach = "the first commit" if len(chain) <= cfg.max_lookback_commits else f"{len(chain) - 1} commits back"
-            inv.facts["commits_tried"] = " ".join(s[:12] for s in tried)
-            inv.summary = (f"{_what(inv, command)} fails at every commit tried, back to {reach} "
-                           f"({len(tried)} commits): nothing recent broke it (environment drift, or a test that never "
-                           f"passed); no revert")
-            return
     inv.facts["good_sha"] = good
     n = ws.cache.count(good, lowest_bad)
     inv.facts["commits_in_range"] = str(ws.cache.count(good, bad))
@@ -343,9 +492,9 @@ def _find_culprit(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check,
         culprit: str | None = lowest_bad
         inv.facts["bisect_log"] = f"none needed: {lowest_bad[:10]} fails and its parent {good[:10]} passes"
     else:
-        outcome = runner.bisect(wt, good, lowest_bad, command, missing_ok=narrow)
+        outcome = runner.bisect(wt, good, lowest_bad, command, tests=() if narrow else regression)
         inv.bisect_runs = len(outcome.runs)
-        inv.facts["bisect_log"] = " ".join(f"{s[:10]}:{'good' if rc in ok_codes else 'bad'}" for s, rc in outcome.runs)
+        inv.facts["bisect_log"] = " ".join(f"{s[:10]}:{'good' if ok else 'bad'}" for s, _, ok in outcome.judged)
         culprit = outcome.culprit
     if culprit is None:
         inv.verdict = "unresolved"
@@ -365,7 +514,7 @@ def _find_culprit(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check,
         inv.summary = (f"bisection named {culprit[:12]}, but re-running at it ({again.describe()}) and at its parent "
                        f"({before.describe()}) does not confirm it: the failure is not deterministic")
         return
-    new_tests = _tests_added_by(ws.cache, parent, inv.failing_tests) if narrow else []
+    new_tests = _tests_added_by(ws.cache, parent, [t for t in regression if "::" in t])
     if new_tests:
         inv.verdict, inv.category = "never_passed", "test_never_passed"
         inv.summary = (f"{', '.join(new_tests)} did not exist before {culprit[:12]} ({commit.subject!r} by "

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from heald._paths import UnsafePath, parts_of, write_text
+from heald.ci.testcommand import find_test_command
 
 TEST_DIRS = ("tests", "test", "testing")
 CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-pipelines.yml", "Jenkinsfile",
@@ -33,7 +34,6 @@ REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements_d
                      "requirements/dev.txt", "requirements/test.txt", "requirements/tests.txt",
                      "requirements/testing.txt")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
-PYTEST = "python -m pytest -q -rfE -p no:cacheprovider"
 
 #: Import names whose distribution has another name (the common cases; otherwise the module's
 #: top-level name, with ``_`` as ``-``, is tried).
@@ -79,6 +79,10 @@ class Check:
     command: str
     kind: str
     fix: str | None = None
+    #: where the command came from (``tox.ini [testenv] commands: pytest``, ``--test-cmd``)
+    source: str = ""
+    #: extra requirements its declaration installs for it (tox ``deps``), installed best-effort
+    requires: tuple[str, ...] = ()
 
 
 class Files:
@@ -172,37 +176,70 @@ def detect_checks(files: Files, test_command: str | None = None) -> list[Check]:
                      or files.ini("tox.ini").has_section("flake8")):
         checks.append(Check("flake8", "flake8", "lint", None))
     if test_command:
-        checks.append(Check("tests", test_command, "tests"))
-    elif any(is_test_path(p) and p.endswith(".py") for p in files.paths):
-        if uses_pytest(files):
-            checks.append(Check("tests", PYTEST, "tests"))
-        else:
-            start = next((d for d in TEST_DIRS if any(p.startswith(d + "/") for p in files.paths)), ".")
-            checks.append(Check("tests", f"python -m unittest discover -v -s {start} -t .", "tests"))
+        checks.append(Check("tests", test_command, "tests", source="given (--test-cmd or ci.repos.<repo>.test_command)"))
+    else:
+        found = find_test_command(files)
+        if found is not None:
+            checks.append(Check("tests", found.command, "tests", source=found.evidence, requires=found.requires))
     return checks
+
+
+#: pytest options that take the next word as their value (so that word is not a path)
+_PYTEST_VALUE_OPTS = {"-p", "-k", "-m", "-c", "-o", "-W", "-r", "--tb", "--maxfail", "--rootdir", "--confcutdir",
+                      "--basetemp", "--deselect", "--ignore", "--ignore-glob", "--durations", "--log-level",
+                      "--import-mode", "--override-ini", "--pyargs", "--timeout", "--capture", "--color",
+                      "--junitxml", "--junit-xml", "-n", "--dist"}
 
 
 def narrowed(check: Check, test_ids: list[str]) -> tuple[str, bool]:
     """The command that runs only ``test_ids`` (pytest node ids) of a tests check, and whether
-    it was narrowed (only pytest commands are; another runner runs whole)."""
-    if check.kind == "tests" and test_ids and "pytest" in check.command:
-        return f"{check.command} {' '.join(shlex.quote(t) for t in test_ids[:50])}", True
-    return check.command, False
+    it was narrowed. Only a single ``python -m pytest`` command is narrowed: the paths it names
+    are replaced by the ids (appending them would run those paths whole as well); a command
+    with shell operators, another runner, or ``-k``/``--pyargs`` selection runs whole."""
+    if check.kind != "tests" or not test_ids:
+        return check.command, False
+    try:
+        words = shlex.split(check.command)
+    except ValueError:
+        return check.command, False
+    if any(w in ("&&", "||", ";", "|") or w.endswith(";") for w in words) or "pytest" not in words:
+        return check.command, False
+    head, rest = words[:words.index("pytest") + 1], words[words.index("pytest") + 1:]
+    if head[:2] != ["python", "-m"] and head != ["pytest"] or "-k" in rest or "--pyargs" in rest:
+        return check.command, False
+    kept: list[str] = []
+    takes_value = False
+    for w in rest:
+        if takes_value:
+            kept.append(w)
+            takes_value = False
+        elif w.startswith("-"):
+            kept.append(w)
+            takes_value = w in _PYTEST_VALUE_OPTS
+        # else: a path the command names; the node ids replace it
+    ids = [t for t in test_ids[:50] if not t.startswith("-")]
+    if not ids:
+        return check.command, False
+    return shlex.join([*head, *kept, *ids]), True
 
 
 # -- installing ----------------------------------------------------------------------------------
 
-def install_script(files: Files, python: str, checks: list[Check], custom: str | None = None) -> str:
+def install_script(files: Files, python: str, checks: list[Check], custom: str | None = None,
+                   own: str = ".heald") -> str:
     """The shell script of the dependency-install phase: a virtual environment in
-    ``.heald/venv`` of the work tree, the project (editable, with its test extras), its
+    ``<own>/venv`` (``own``: heald's directory for the tree, outside it; relative paths are
+    relative to the tree), the project (editable, with its test extras), its
     requirement files and dependency groups, then any check tool still missing (pinned as
     ``.pre-commit-config.yaml`` pins it)."""
-    pip = ".heald/venv/bin/python -m pip install --quiet --disable-pip-version-check"
-    lines = ["set -eu", f"[ -x .heald/venv/bin/python ] || {python} -m venv .heald/venv"]
+    venv = shlex.quote(f"{own}/venv")
+    vpy = shlex.quote(f"{own}/venv/bin/python")
+    pip = f"{vpy} -m pip install --quiet --disable-pip-version-check"
+    lines = ["set -eu", f"[ -x {vpy} ] || {python} -m venv {venv}"]
     py = files.pyproject()
     groups = [g for g in (py.get("dependency-groups") or {}) if g in TEST_EXTRAS]
     if custom:
-        lines.append(f"export VIRTUAL_ENV=$PWD/.heald/venv PATH=$PWD/.heald/venv/bin:$PATH\n{custom}")
+        lines.append(f"export VIRTUAL_ENV={venv} PATH={venv}/bin:$PATH\n{custom}")
     else:
         if groups:
             lines.append(f"{pip} --upgrade 'pip>=25.1'")
@@ -221,12 +258,18 @@ def install_script(files: Files, python: str, checks: list[Check], custom: str |
             lines.append(f"{pip} --group {shlex.quote(g)}")
     pins = files.precommit_revs()
     for c in checks:
+        if c.requires and not custom:  # tox deps: best-effort, old pins may not install on today's Python
+            reqs = " ".join(shlex.quote(r) for r in c.requires)
+            lines.append(f"{pip} {reqs} || echo 'heald: the declared test requirements did not all install' >&2")
         if c.kind == "tests" and "pytest" in c.command:
-            lines.append(f".heald/venv/bin/python -c 'import pytest' 2>/dev/null || {pip} pytest")
+            lines.append(f"{vpy} -c 'import pytest' 2>/dev/null || {pip} pytest")
+            # per-test timeouts (PYTEST_TIMEOUT in the run's environment); best-effort
+            lines.append(f"{vpy} -c 'import pytest_timeout' 2>/dev/null || {pip} pytest-timeout "
+                         f"|| echo 'heald: pytest-timeout did not install: no per-test timeout' >&2")
         tool = c.name.split()[0]
         if c.kind == "lint":
             spec = f"{tool}=={pins[tool]}" if tool in pins else tool
-            lines.append(f"[ -x .heald/venv/bin/{tool} ] || {pip} {shlex.quote(spec)}")
+            lines.append(f"[ -x {venv}/bin/{tool} ] || {pip} {shlex.quote(spec)}")
     return "\n".join(dict.fromkeys(lines))
 
 

@@ -54,8 +54,10 @@ def verify_fix(config: HealdConfig, undo: dict) -> CheckResult:  # type: ignore[
         files = ws.files(undo["sha"])
         checks = [c for c in ws.checks(files) if c.name in set(undo.get("checks") or [])] or ws.checks(files)
         tree = Path(undo.get("worktree") or "/nonexistent")
-        if undo.get("validated_sha") == undo["sha"] and _paths.is_dir(tree, ".heald/venv"):  # never through a link the repository committed
-            wt = Worktree(ws.cache, tree, tree, undo["sha"])  # the validated tree, environment installed
+        root = tree.parent
+        if (undo.get("validated_sha") == undo["sha"] and root.name == tree.name
+                and _paths.is_dir(root, "heald/venv")):  # never through a link
+            wt = Worktree(ws.cache, tree, tree, undo["sha"], root)  # the validated tree, environment installed
         else:
             ws.cache.update(want=[undo["sha"]])
             wt = ws.cache.add_worktree(undo["sha"], "verify")
