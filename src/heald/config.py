@@ -876,6 +876,8 @@ class CiConfig(_Section):
                                          "(default: pip's find-links on the host)")
     index_cache_mb: int = Field(default=4096, ge=16, description="bound on the proxy's cache (least recently used "
                                 "files evicted)")
+    dry_run: bool = Field(default=False, description="do everything (reproduce, bisect, make and validate the fix) "
+                          "but push a branch or open a pull request (heal-ci --dry-run)")
     branch_prefix: str = Field(default="heald/", min_length=1, description="prefix of the branches heald pushes")
     author_name: str = Field(default="heald", description="author name of heald's commits")
     author_email: str = Field(default="heald@localhost", description="author email of heald's commits")

@@ -43,8 +43,8 @@ def test_the_ci_workflow_wins_and_says_where_it_came_from() -> None:
                "tests/unit/test_a.py": "def test_a(): pass\n"})
     [check] = detect_checks(f)
     assert check.command == ("python -m pytest -rfE -p no:cacheprovider --continue-on-collection-errors tests/unit")
-    assert check.source == ".github/workflows/ci.yml (job test, step Run the tests): coverage run -m pytest -n auto " \
-                           "--cov=pkg tests/unit"
+    assert check.source == (".github/workflows/ci.yml (job test, step Run the tests): coverage run -m pytest -n auto "
+                            "--cov=pkg tests/unit")
 
 
 def test_a_tox_only_project_gets_toxs_command_and_deps() -> None:

@@ -75,14 +75,16 @@ def job_from_signal(config: HealdConfig, sig: Signal) -> CiJob:
     url = sig.annotations.get("clone_url") or repo
     return CiJob.for_repo(config, repo, url, sig.labels.get("head_sha", ""), good=sig.annotations.get("good_sha") or None,
                           branch=sig.labels.get("head_branch", ""),
-                          test_command=sig.annotations.get("test_command") or None)
+                          test_command=sig.annotations.get("test_command") or None,
+                          install_command=sig.annotations.get("install_command") or None,
+                          quarantine=tuple(q for q in sig.annotations.get("quarantine", "").splitlines() if q.strip()))
 
 
 def reproduction_signal(inv: Investigation, fingerprint: str) -> Signal:
     """The ``ci_reproduced`` signal for an investigation (see the module docstring)."""
     job = inv.job
     data = inv.as_dict()
-    data["steps"] = [{k: v for k, v in s.items() if k != "output"} for s in data["steps"]]
+    # every step's log stays with the incident (command, exit, duration, the end of its output)
     notes = {k: str(v) for k, v in inv.facts.items() if v not in (None, "")}
     notes.update({"repo_url": job.url, "test_command": inv.facts.get("test_command", job.test_command or ""),
                   "category_hint": inv.category, "test_runs": str(inv.test_runs), "bisect_runs": str(inv.bisect_runs),

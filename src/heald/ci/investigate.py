@@ -51,6 +51,7 @@ from heald.ci.project import (
 )
 from heald.ci.repo import RepoCache, Worktree
 from heald.ci.runner import Runner, Step
+from heald.ci.suspects import Suspect, failure_reasons, suspect_locations
 from heald.config import HealdConfig
 from heald.diagnose.signatures import classify
 from heald.diagnose.signatures.ci import failing_ids, test_runs
@@ -82,6 +83,9 @@ class Investigation:
     test_runs: int = 0
     bisect_runs: int = 0
     duration_s: float = 0.0
+    #: for a human: failing tests with their assertion/exception, baseline failures, suspect
+    #: code locations (:func:`escalation_of`)
+    escalation: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"repo": self.job.repo, "url": self.job.url, "bad": self.bad, "good": self.job.good,
@@ -89,7 +93,8 @@ class Investigation:
                 "category": self.category, "checks": [c.__dict__ for c in self.checks], "failing": self.failing,
                 "failing_tests": self.failing_tests, "excerpt": self.excerpt, "facts": self.facts,
                 "before": self.before, "steps": [s.as_dict(1500) for s in self.steps], "test_runs": self.test_runs,
-                "bisect_runs": self.bisect_runs, "duration_s": round(self.duration_s, 2)}
+                "bisect_runs": self.bisect_runs, "duration_s": round(self.duration_s, 2),
+                "escalation": self.escalation}
 
 
 class Workspace:
@@ -186,10 +191,54 @@ def investigate(config: HealdConfig, job: CiJob, *, sandbox: Sandbox | None = No
         inv.summary = f"heald could not get the repository or its commits: {exc}"
     inv.steps = ws.runner.steps
     inv.test_runs = ws.runner.test_runs
+    try:
+        inv.escalation = escalation_of(ws, inv)
+    except GitError as exc:  # the facts stay; only the suspects from git are missing
+        inv.escalation = {"error": str(exc)[:300]}
     inv.duration_s = time.monotonic() - t0
     log.info("ci.investigated", repo=job.repo, verdict=inv.verdict, test_runs=inv.test_runs,
              seconds=round(inv.duration_s, 1))
     return inv
+
+
+def escalation_of(ws: Workspace, inv: Investigation) -> dict[str, Any]:
+    """What a human needs when heald escalates (and a pull request shows): ``failing_tests``
+    [{id, error}] (the regression first, baseline failures marked), ``baseline_failures``,
+    ``quarantined``, ``suspects`` [{path, line, why, func}] (:mod:`heald.ci.suspects`: tracebacks
+    and the culprit's change, else the newest commits'), ``test_command`` and where it came from."""
+    tests = next((c for c in inv.checks if c.kind == "tests"), None)
+    first = next((s for s in inv.steps if s.phase == "reproduce" and tests is not None and s.command == tests.command),
+                 None)
+    output = first.output if first is not None and not first.ok else ""
+    reasons = failure_reasons(output)
+    baseline = set(inv.facts.get("baseline_failures", "").split())
+    held = set(inv.facts.get("quarantined", "").split())
+    failing = [{"id": t, "error": reasons.get(t, ""),
+                **({"baseline": True} if t in baseline else {}), **({"quarantined": True} if t in held else {})}
+               for t in sorted(reasons, key=lambda t: (t in baseline or t in held))]
+    culprit = inv.facts.get("culprit_sha")
+    if culprit:
+        changed, by = ws.cache.changed_files(culprit), culprit[:12]
+    elif inv.bad:
+        newest = ws.cache.first_parent_chain(inv.bad, 3)
+        changed = list(dict.fromkeys(p for sha in newest for p in ws.cache.changed_files(sha)))
+        by = f"the newest commits ({', '.join(s[:10] for s in newest)})"
+    else:
+        changed, by = [], ""
+    roots = [str(ws.cache.trees)]  # frames under any of heald's work trees of this repository
+    suspects = suspect_locations(output, roots=roots, changed=changed, changed_by=by)
+    suspects = [Suspect(_strip_tree(s.path), s.line, s.why, s.func) for s in suspects]
+    return {"failing_tests": failing[:50], "baseline_failures": sorted(baseline)[:50], "quarantined": sorted(held),
+            "suspects": [s.as_dict() for s in suspects],
+            "test_command": tests.command if tests else None, "test_command_source": tests.source if tests else None}
+
+
+def _strip_tree(path: str) -> str:
+    """A path relative to the trees directory (``<name>/<name>/pkg/x.py``) as the project's."""
+    parts = path.split("/")
+    if len(parts) > 2 and parts[0] == parts[1] and "-" in parts[0]:
+        return "/".join(parts[2:])
+    return path
 
 
 def _investigate(ws: Workspace, inv: Investigation) -> None:
@@ -205,6 +254,7 @@ def _investigate(ws: Workspace, inv: Investigation) -> None:
         inv.summary = "heald found no tests and no lint configuration to reproduce the failure with; give a test command"
         return
     inv.facts["test_command"] = next((c.command for c in checks if c.kind == "tests"), "")
+    inv.facts["test_command_source"] = next((c.source for c in checks if c.kind == "tests"), "")
     wt = ws.cache.add_worktree(bad, "investigate")
     installed = ws.install(wt, files, checks)
     if not installed.ok:
@@ -370,10 +420,7 @@ def _judge_and_find(ws: Workspace, inv: Investigation, wt: Worktree, tests: Chec
                            f"and have never passed there; reverting would delete them, so heald does not")
             return
         regression = _regressed_at(ws, inv, wt, tests, existing, base, "baseline")
-        baseline = [t for t in existing if t not in regression]
-        if baseline:
-            inv.facts["baseline_failures"] = " ".join(baseline[:30])
-            inv.facts["baseline_commit"] = base
+        inv.facts["baseline_commit"] = base
         if regression:
             good = base
         elif good is not None:
@@ -397,13 +444,16 @@ def _judge_and_find(ws: Workspace, inv: Investigation, wt: Worktree, tests: Chec
         if found is None:
             return
         good, lowest_bad, regression = found
+    baseline = [t for t in existing if t not in regression] if regression else []
+    if baseline:  # they fail where the regression passes: the environment's, not the change's
+        inv.facts["baseline_failures"] = " ".join(baseline[:30])
     inv.failing_tests = regression or inv.failing_tests
     command, narrow = narrowed(tests, regression)
     inv.facts["check_command"] = command
     inv.facts["regression_tests"] = " ".join(regression[:20])
     passes = 0
     for _ in range(reruns):
-        step = runner.check(wt, tests, phase="rerun", commit=bad, command=command)
+        step = runner.at(wt, bad, command, phase="rerun")  # the search may have left the tree elsewhere
         if step.timed_out:
             break  # a hang is not re-run
         if passes_for(step, regression):

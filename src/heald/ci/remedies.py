@@ -141,6 +141,12 @@ class _CiRemedy(Remedy[CP]):
                         token=token(ctx.config), trailer=trailer)
         if not fix.ok:
             raise RemedyError(f"the fix was not proposed: {fix.reason}")
+        if ctx.config.ci.dry_run:  # everything but the push and the pull request
+            return RemedyResult(f"dry run: {self.kind} {fix.sha[:12]} on {params.repo} validated in the sandbox "
+                                f"({fix.reason}); not pushed, no pull request",
+                                undo={"dry_run": True, "sha": fix.sha, "validated_sha": fix.sha, "worktree": fix.worktree,
+                                      "repo": params.repo, "repo_url": job.url, "branch": None, "existing": True,
+                                      "changed": fix.changed, "message": fix.message})
         run_url = next((s.annotations.get("html_url", "") for s in signals if s.kind == "ci_failed"), "")
         body = render_body(investigation=inv, diagnosis=diagnosis, fix=fix, incident_id=incident_id, run_url=run_url)
         cache = RepoCache(ctx.config.ci_work_dir, job.repo, job.url, timeout=ctx.config.ci.git_timeout_seconds)

@@ -31,6 +31,11 @@ def ci_checks(incident: Incident, config: HealdConfig, store: Store) -> list[Cal
         return []
     undo = dict(done[-1].undo or {})
     memo: dict[str, CheckResult] = {}
+    if undo.get("dry_run"):
+        def validated_only() -> CheckResult:
+            return CheckResult(name="fix validated in the sandbox (dry run)", ok=True, at=utcnow(),
+                               detail=f"{str(undo.get('sha'))[:12]} passed validation; dry run: nothing was pushed")
+        return [validated_only]
 
     def fix_branch_passes() -> CheckResult:
         if "r" not in memo:
