@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from heald.ci.investigate import is_quarantined, passes_for
-from heald.ci.project import Check, Files, detect_checks, install_script, narrowed
+from heald.ci.project import Check, Files, UnsupportedDeclaration, detect_checks, install_script, narrowed
 from heald.ci.runner import _RUN_LINE, Step
 from heald.ci.testcommand import find_test_command, normalize
 from heald.diagnose.signatures.ci import failing_ids
@@ -143,3 +143,49 @@ def test_a_bisect_run_line_glued_to_git_s_last_line_is_read() -> None:
     out = ("running  /bin/sh step.sh\nabc is the first bad commit\nbisect found first bad commit"
            f"HEALD-RUN {'a' * 40} 1 bad\nHEALD-RUN {'b' * 40} 0 good\n")
     assert [m.group(1)[0] for m in _RUN_LINE.finditer(out)] == ["a", "b"]
+
+
+SETUP_PY = '''from setuptools import setup
+
+REQUIRES = [
+    'colorama',  # colours
+    'psutil',
+]
+
+setup(
+    name='thefuck',
+    install_requires=REQUIRES,
+    entry_points={'console_scripts': ['fuck = thefuck.main:main']},
+)
+'''
+
+
+def test_a_runtime_dependency_of_a_setup_py_project_goes_into_install_requires(tmp_path) -> None:
+    from heald.ci.project import add_install_requires, add_requirement
+
+    # the list a name refers to, comments and quotes kept; requirements-dev.txt is not a runtime declaration
+    f = files({"setup.py": SETUP_PY, "requirements-dev.txt": "pytest\n", "requirements.txt": "pytest\nmock\n"})
+    edit = add_requirement(tmp_path, f, "decorator", "5.1")
+    assert edit.path == "setup.py" and "REQUIRES" in edit.notes[0]
+    text = (tmp_path / "setup.py").read_text()
+    assert "    'psutil',\n    'decorator>=5.1',\n]" in text and "'colorama',  # colours" in text
+    assert not (tmp_path / "requirements.txt").exists()
+    # a literal list in the call, and a call without install_requires
+    inline, where = add_install_requires("from setuptools import setup\nsetup(name='x', install_requires=[\"a\"])\n", "b>=1")
+    assert inline == "from setuptools import setup\nsetup(name='x', install_requires=[\"a\", \"b>=1\"])\n"
+    added, where = add_install_requires("import setuptools\nsetuptools.setup(name='x')\n", "b>=1")
+    assert added == "import setuptools\nsetuptools.setup(name='x', install_requires=[\"b>=1\"])\n" and "new" in where
+    # code that computes the dependencies is not guessed into
+    for src in ("from setuptools import setup\nsetup(install_requires=read_reqs())\n",
+                "from setuptools import setup\nsetup(**kw)\n", "setup(\n"):
+        with pytest.raises(UnsupportedDeclaration):
+            add_install_requires(src, "b>=1")
+    # setup.py that reads requirements.txt: that file is its runtime declaration
+    reads = files({"setup.py": "from setuptools import setup\nsetup(install_requires=open('requirements.txt').read()"
+                               ".split())\n", "requirements.txt": "six\n"})
+    (tmp_path / "r").mkdir()
+    (tmp_path / "c").mkdir()
+    assert add_requirement(tmp_path / "r", reads, "decorator", "5.1").path == "requirements.txt"
+    cfg = files({"setup.cfg": "[metadata]\nname = x\n\n[options]\ninstall_requires =\n    six\n    attrs\npackages = x\n"})
+    add_requirement(tmp_path / "c", cfg, "decorator", "5.1")
+    assert "install_requires =\n    six\n    attrs\n    decorator>=5.1\npackages = x" in (tmp_path / "c" / "setup.cfg").read_text()

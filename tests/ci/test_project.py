@@ -73,8 +73,10 @@ def test_add_requirement_keeps_the_file_and_goes_where_the_project_declares(tmp_
     assert (tmp_path / "requirements/tests.in").read_text() == "pytest\nfreezegun>=1.5.1\n"
     plain = files({"requirements.txt": "flask\n"})
     assert add_requirement(tmp_path, plain, "six", "1.0").path == "requirements.txt"
+    assert add_requirement(tmp_path, files({"setup.py": "setup()"}), "six", "1.0").path == "setup.py"
+    assert (tmp_path / "setup.py").read_text() == 'setup(install_requires=["six>=1.0"])'
     with pytest.raises(UnsupportedDeclaration, match="setup.py"):
-        add_requirement(tmp_path, files({"setup.py": "setup()"}), "six", "1.0")
+        add_requirement(tmp_path, files({"setup.py": "setup(install_requires=reqs())"}), "six", "1.0")
 
 
 def test_add_requirement_never_writes_through_a_symlink(tmp_path: Path) -> None:

@@ -46,6 +46,9 @@ class FixResult:
     after: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     worktree: str = ""
+    #: the fix cannot be made here at all (heald cannot declare the dependency, the fix would
+    #: touch tests): trying again fails the same way
+    deterministic: bool = False
 
 
 def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
@@ -150,11 +153,13 @@ def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str]
             result.sha = wt.commit_tracked(result.message, ci.author_name, ci.author_email)
     except (GitError, UnsupportedDeclaration) as exc:
         result.reason = str(exc)
+        result.deterministic = isinstance(exc, UnsupportedDeclaration)
         return _done(result, ws)
     result.changed = wt.changed_paths(base)
     blocked = forbidden_changes(result.changed, allow_tests=(kind == "lint"))
     if blocked:
         result.reason = f"the fix would change tests or CI configuration, which heald never does: {', '.join(blocked[:5])}"
+        result.deterministic = True
         return _done(result, ws)
     result.after = summarize_results(ws.run_checks(wt, checks, "validate", result.sha))
     result.ok, result.reason = validate(before, result.after, _targets(kind, params, checks))

@@ -37,6 +37,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyResult,
     Target,
@@ -140,6 +141,8 @@ class _CiRemedy(Remedy[CP]):
         fix = build_fix(ctx.config, job, self.kind, self.fix_params(params), before=inv.get("before") or None,
                         token=token(ctx.config), trailer=trailer)
         if not fix.ok:
+            if fix.deterministic:  # said once; a retry would fail the same way (the engine does not retry it)
+                raise RemedyNotApplicable(f"the fix cannot be made here: {fix.reason}")
             raise RemedyError(f"the fix was not proposed: {fix.reason}")
         if ctx.config.ci.dry_run:  # everything but the push and the pull request
             return RemedyResult(f"dry run: {self.kind} {fix.sha[:12]} on {params.repo} validated in the sandbox "

@@ -108,7 +108,8 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
         if verified.passed:
             return close_step(incident_id, IncidentState.resolved,
                               f"healed by {candidate.remedy}: {verified.reason}", verified)
-        tried.append(Tried(candidate_key(candidate.remedy, candidate.params), rolled_back=undone))
+        final = acted.status == ActionStatus.failed and acted.output.startswith("RemedyNotApplicable:")
+        tried.append(Tried(candidate_key(candidate.remedy, candidate.params), rolled_back=undone, final=final))
         if attempt - first >= cfg.max_attempts:
             return Stopped(attempt, f"attempt budget spent: {attempt - first} of {cfg.max_attempts} attempts made, "
                                     f"none healed it; last: {verified.reason}")
