@@ -399,6 +399,17 @@ def _judge_and_find(ws: Workspace, inv: Investigation, wt: Worktree, tests: Chec
     ``good``, else the parent of ``bad``, else the first older commit where some of them pass),
     the flake check on the regression, then bisection (:func:`_find_culprit`)."""
     cache, runner = ws.cache, ws.runner
+    targets, flaky = _rerun(ws, wt, tests, targets, bad, reruns)
+    if flaky:
+        inv.facts["flaky_tests"] = " ".join(flaky[:20])
+    if flaky and not targets:
+        inv.verdict, inv.category = "flaky", "flaky_test"
+        inv.facts["reruns"] = str(reruns)
+        what = _list(flaky) if flaky != ["*"] else f"`{tests.command}`"
+        inv.summary = (f"{what} failed at {bad[:12]} and then passed a re-run at the same commit (of {reruns}): a "
+                       f"flaky test; heald changes no code for it")
+        return
+    inv.failing_tests = targets
     base = good
     if base is None:
         try:
@@ -416,8 +427,16 @@ def _judge_and_find(ws: Workspace, inv: Investigation, wt: Worktree, tests: Chec
         if not existing:
             inv.verdict, inv.category = "never_passed", "test_never_passed"
             inv.facts["good_sha"] = base
-            inv.summary = (f"{', '.join(new[:5])} did not exist at {base[:12]}: the failing tests were added after it "
-                           f"and have never passed there; reverting would delete them, so heald does not")
+            added = _commit_adding(cache, base, bad, new[0])
+            by = ""
+            if added:
+                c = cache.commit(added)
+                inv.facts.update({"culprit_sha": added, "culprit_short": added[:12], "culprit_author": c.author,
+                                  "culprit_date": c.authored_at.isoformat(), "culprit_age": c.age(),
+                                  "culprit_subject": c.subject})
+                by = f" (added by {added[:12]} {c.subject!r}, {c.author})"
+            inv.summary = (f"{', '.join(new[:5])} did not exist at {base[:12]}{by}: the failing tests were added after "
+                           f"it and have never passed; reverting would delete them, so heald does not")
             return
         regression = _regressed_at(ws, inv, wt, tests, existing, base, "baseline")
         inv.facts["baseline_commit"] = base
@@ -451,20 +470,54 @@ def _judge_and_find(ws: Workspace, inv: Investigation, wt: Worktree, tests: Chec
     command, narrow = narrowed(tests, regression)
     inv.facts["check_command"] = command
     inv.facts["regression_tests"] = " ".join(regression[:20])
-    passes = 0
+    _find_culprit(ws, inv, wt, tests, command, narrow, bad, good, lowest_bad, regression)
+
+
+def _commit_adding(cache: RepoCache, base: str, bad: str, test_id: str) -> str | None:
+    """The oldest commit in base..bad that added ``test_id``'s file or its ``def`` (None when
+    git does not say)."""
+    path, _, rest = test_id.partition("::")
+    name = rest.split("::")[-1].split("[")[0]
+    for args in ((f"-Sdef {name}",) if name else ()) + ("--diff-filter=A",):
+        out = cache.git("log", "--format=%H", args, f"{base}..{bad}", "--", path, timeout=60, check=False).split()
+        if out:
+            return out[-1]
+    return None
+
+
+def _rerun(ws: Workspace, wt: Worktree, tests: Check, targets: list[str], bad: str,
+           reruns: int) -> tuple[list[str], list[str]]:
+    """Re-run the failing tests at ``bad`` up to ``reruns`` times (stopping at a hang or once
+    nothing is left): (the tests that failed every time, the ones that passed once: flaky).
+    With no test ids, the whole command: ``(targets, ["*"])`` when a re-run passed."""
+    left = list(targets)
+    flaky: list[str] = []
     for _ in range(reruns):
-        step = runner.at(wt, bad, command, phase="rerun")  # the search may have left the tree elsewhere
+        command, _ = narrowed(tests, left)
+        step = ws.runner.at(wt, bad, command, phase="rerun")
         if step.timed_out:
             break  # a hang is not re-run
-        if passes_for(step, regression):
-            passes += 1
-    if passes:
-        inv.verdict, inv.category = "flaky", "flaky_test"
-        inv.facts["reruns"] = f"{passes} of {reruns}"
-        inv.summary = (f"{_list(regression) or tests.command} failed at {bad[:12]} and then passed {passes} of "
-                       f"{reruns} re-runs at the same commit: a flaky test; heald changes no code for it")
-        return
-    _find_culprit(ws, inv, wt, tests, command, narrow, bad, good, lowest_bad, regression)
+        if not left:
+            if passes_for(step, ()):
+                return [], ["*"]
+            continue
+        passed = left if passes_for(step, ()) else _passing_among(step, left)
+        flaky += passed
+        left = [t for t in left if t not in passed]
+        if not left:
+            break
+    return left, flaky
+
+
+def _passing_among(step: Step, tests: list[str]) -> list[str]:
+    """Of ``tests``, those a run that exited 1 with readable results did not name as failing."""
+    if step.timed_out or step.exit != 1:
+        return []
+    failed, collect = failing_ids(step.output)
+    if not failed and not collect:
+        return []
+    gone = set(failed) | set(collect)
+    return [t for t in tests if t not in gone and t.split("::")[0] not in gone]
 
 
 def _regressed_at(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check, targets: list[str], sha: str,
@@ -474,13 +527,7 @@ def _regressed_at(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check,
     step = ws.runner.at(wt, sha, command, phase=phase)
     if passes_for(step, ()):
         return list(targets)
-    if step.timed_out or step.exit != 1:
-        return []
-    failed, collect = failing_ids(step.output)
-    if not failed and not collect:
-        return []
-    gone = set(failed) | set(collect)
-    return [t for t in targets if t not in gone and t.split("::")[0] not in gone]
+    return _passing_among(step, targets)
 
 
 def _look_back(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check, targets: list[str], bad: str,

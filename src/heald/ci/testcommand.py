@@ -66,9 +66,23 @@ def find_test_command(files: Files) -> TestCommand | None:
 # -- turning a declared command line into heald's ----------------------------------------------
 
 def _subst(line: str) -> str:
+    """tox's substitutions: ``{posargs}`` (and its default) → nothing, ``{toxinidir}`` → ``.``;
+    a word holding any other (``--basetemp={envtmpdir}``) is dropped with the option it is the
+    value of: an empty ``--basetemp`` would make pytest clear the work tree."""
     line = re.sub(r"\{posargs(?::[^}]*)?\}", "", line)
     line = line.replace("{toxinidir}", ".").replace("{tox_root}", ".")
-    return re.sub(r"\{[a-z_]+\}", "", line)
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:
+        return re.sub(r"\S*\{[a-z_]+\}\S*", "", line)
+    kept: list[str] = []
+    for w in words:
+        if re.search(r"\{[a-z_]+\}", w):
+            if kept and kept[-1].startswith("-") and "=" not in kept[-1] and not w.startswith("-"):
+                kept.pop()
+            continue
+        kept.append(w)
+    return shlex.join(kept)
 
 
 def normalize(line: str) -> str | None:
@@ -93,6 +107,9 @@ def normalize(line: str) -> str | None:
         head = "python"
     if re.fullmatch(r"python[\d.]*", head) and len(words) > 2 and words[1] == "-m":
         mod, rest = words[2], words[3:]
+        if mod == "coverage" and "-m" in rest:  # python -m coverage run --source x -m pytest …
+            i = rest.index("-m")
+            mod, rest = (rest[i + 1], rest[i + 2:]) if i + 1 < len(rest) else (mod, rest)
     elif re.fullmatch(r"python[\d.]*", head) and words[1:3] == ["setup.py", "test"]:
         return PYTEST
     elif head in ("pytest", "py.test"):

@@ -28,6 +28,10 @@ def _default_branch(url: str) -> str:
     return ""
 
 
+#: the reproduction's phases that run the project's checks (what the overhead ratio divides by)
+TEST_PHASES = ("reproduce", "baseline", "search", "rerun", "bisect", "culprit", "parent")
+
+
 def result_of(store: Any, incident_id: int, started: float) -> dict[str, Any]:
     """What a CI healing came to, as JSON-ready data (see ``heald heal-ci --help``)."""
     from heald.ci.incident import investigation_data, reproduction
@@ -58,6 +62,8 @@ def result_of(store: Any, incident_id: int, started: float) -> dict[str, Any]:
         "good_sha": facts.get("good_sha"), "commits_in_range": int(facts["commits_in_range"]) if facts.get("commits_in_range") else None,
         "test_runs": inv.get("test_runs"), "bisect_runs": inv.get("bisect_runs"),
         "failed_attempts": [a["output"][-500:] for a in detail["actions"] if a["status"] == "failed"],
+        "test_seconds": round(sum(st.get("duration_s") or 0.0 for st in inv.get("steps", [])
+                                  if st.get("phase") in TEST_PHASES), 2),
         "dry_run": bool(undo.get("dry_run")), "test_command": facts.get("test_command"),
         "test_command_source": facts.get("test_command_source"),
         "escalation": inv.get("escalation"),
