@@ -84,9 +84,9 @@ PROJECTS: dict[str, dict[str, Any]] = {
     "tabulate": {
         "versions": ["0.9.0"],
         "break_after": "0.9.0",
-        "break": ("tabulate/__init__.py", "def _isbool(",
-                  "_heald_isint = _isint\n\n\ndef _isint(string, inttype=int):\n"
-                  "    return _heald_isint(string, inttype) and not str(string).lstrip().startswith(\"-\")\n\n\n"),
+        "break": ("tabulate/__init__.py", "def _padright(",
+                  "_heald_padleft = _padleft\n\n\ndef _padleft(width, s):\n"
+                  "    return _heald_padleft(width + 1, s)\n\n\n"),
         "pad": 6,
         "drop": None,
         "lint": None,
@@ -343,6 +343,9 @@ def main() -> int:
                           f"{row['seconds']:.0f}s {row['verdict']}", file=sys.stderr, flush=True)
     finally:
         if not args.keep:
+            from heald.sandbox.disk import release_under
+
+            release_under(base)  # work trees the sandbox gave a filesystem of their own
             shutil.rmtree(base, ignore_errors=True)
     totals = {"cases": len(rows), "healed": sum(r["healed"] for r in rows),
               "heal_rate": round(sum(r["healed"] for r in rows) / len(rows), 3) if rows else None,

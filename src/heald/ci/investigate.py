@@ -387,9 +387,10 @@ def _tests_failing(ws: Workspace, inv: Investigation, wt: Worktree, files: Files
                 inv.summary = (f"the tests fail at {bad[:12]} with ModuleNotFoundError: no module named {module!r}; the "
                                f"distribution {dist} {version} provides it and installs, but the project does not declare it")
                 return
-        inv.verdict = "unresolved"
-        inv.summary = f"no module named {module!r}, and no distribution heald tried provides it: {distribution_candidates(module)}"
-        return
+        # no distribution provides it: judged with the other failures (at the baseline too, it is
+        # the environment's; a commit that introduced the import is a regression like any other)
+        inv.facts["module_unprovided"] = module
+        inv.category = found[0].category if found else "test_failure"
     _judge_and_find(ws, inv, wt, tests, targets, bad, good, cfg.flake_reruns)
 
 

@@ -32,7 +32,8 @@ CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-p
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements_dev.txt", "requirements-test.txt",
                      "requirements_test.txt", "requirements-tests.txt", "dev-requirements.txt", "test-requirements.txt",
                      "requirements/dev.txt", "requirements/test.txt", "requirements/tests.txt",
-                     "requirements/testing.txt")
+                     "requirements/testing.txt", "requirements-testing.txt", "requirements_tests.txt",
+                     "tests/requirements.txt", "test/requirements.txt", "testing/requirements.txt")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
 
 #: Import names whose distribution has another name (the common cases; otherwise the module's
