@@ -189,3 +189,14 @@ def test_a_runtime_dependency_of_a_setup_py_project_goes_into_install_requires(t
     cfg = files({"setup.cfg": "[metadata]\nname = x\n\n[options]\ninstall_requires =\n    six\n    attrs\npackages = x\n"})
     add_requirement(tmp_path / "c", cfg, "decorator", "5.1")
     assert "install_requires =\n    six\n    attrs\n    decorator>=5.1\npackages = x" in (tmp_path / "c" / "setup.cfg").read_text()
+
+
+def test_a_verification_message_counts_right() -> None:
+    from datetime import UTC, datetime
+
+    from heald.models import CheckResult
+    from heald.verify import _passed_reason
+
+    one = [CheckResult(name="fix branch passes", ok=True, at=datetime.now(UTC), detail="tests: exit 0 in 2.0 s")]
+    assert _passed_reason(one, 0.0, 0) == "the check passed (fix branch passes: tests: exit 0 in 2.0 s)"
+    assert _passed_reason(one * 3, 31.0, 30) == "all 3 checks passed, stable for 31.0 s"

@@ -369,7 +369,13 @@ def _tests_failing(ws: Workspace, inv: Investigation, wt: Worktree, files: Files
         inv.verdict, inv.category = "known_failures", "test_failure"
         inv.summary = (f"only quarantined tests fail at {bad[:12]} ({', '.join(held[:5])}): nothing new is broken")
         return
-    missing = _MISSING.search(output)
+    # a missing module counts when it is why a test failed or a module did not collect (not a
+    # mention in a skip reason or a warning); with no ids to read, anywhere in the output
+    reasons = failure_reasons(output)
+    why = [reasons.get(t, "") for t in targets]
+    if not any(why):  # no reason read for any failing test (unittest, or no ids): the whole output
+        why = [output]
+    missing = next((m for m in (_MISSING.search(w) for w in why) if m), None)
     if missing and not is_local_module(files, missing.group("module")):
         module = missing.group("module")
         inv.category = "missing_module"
@@ -606,6 +612,10 @@ def _find_culprit(ws: Workspace, inv: Investigation, wt: Worktree, tests: Check,
     again = runner.at(wt, culprit, command, phase="culprit")
     before = runner.at(wt, parent, command, phase="parent")
     runner.at(wt, bad, "true", phase="restore", tests=False)
+    if regression and not passes(again) and not again.timed_out:
+        # the log the diagnosis reads: the regression alone, not the baseline failures around it
+        # (a network test failing everywhere would read as a DNS failure and outvote the finding)
+        inv.excerpt = excerpt_of(again.output)
     inv.facts["flake_check"] = f"at the culprit: {again.describe()}; at its parent: {before.describe()}"
     if passes(again) or not passes(before):
         inv.verdict = "unresolved"
