@@ -224,8 +224,8 @@ def _from_tox(files: Files) -> TestCommand | None:
             found = _first_test_line(lines)
             if found:
                 deps = cp.get(section, "deps", fallback="") or cp.get("testenv", "deps", fallback="")
-                reqs = tuple(_subst(re.sub(r"^[\w,{}-]+:\s+", "", d)).strip() for d in deps.splitlines()
-                             if d.strip() and not d.strip().startswith(("-", "{", "#", ".")))
+                reqs = tuple(re.sub(r"^[\w,{}-]+:\s+", "", d).strip() for d in deps.splitlines()
+                             if d.strip() and not d.strip().startswith(("-", "{", "#", ".")) and "{" not in d)
                 return TestCommand(found[1], f"{path} [{section}] commands: {found[0]}", tuple(r for r in reqs if r))
     return None
 
