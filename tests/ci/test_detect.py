@@ -200,3 +200,17 @@ def test_a_verification_message_counts_right() -> None:
     one = [CheckResult(name="fix branch passes", ok=True, at=datetime.now(UTC), detail="tests: exit 0 in 2.0 s")]
     assert _passed_reason(one, 0.0, 0) == "the check passed (fix branch passes: tests: exit 0 in 2.0 s)"
     assert _passed_reason(one * 3, 31.0, 30) == "all 3 checks passed, stable for 31.0 s"
+
+
+def test_a_fix_is_valid_when_only_baseline_failures_remain() -> None:
+    from heald.ci.fix import validate
+
+    def r(ok: bool, failed: list[str]) -> dict:  # type: ignore[type-arg]
+        return {"ok": ok, "exit": 0 if ok else 1, "failed_tests": failed}
+
+    env, reg = "tests/test_env.py::test_net", "tests/test_calc.py::test_add"
+    before = {"tests": r(False, [env, reg])}
+    assert validate(before, {"tests": r(False, [env])}, {"tests"}, baseline=[env])[0]
+    ok, why = validate(before, {"tests": r(False, [env])}, {"tests"})
+    assert not ok and "still fails" in why  # without the baseline, the environment's failure is not excused
+    assert not validate(before, {"tests": r(False, [env, reg])}, {"tests"}, baseline=[env])[0]

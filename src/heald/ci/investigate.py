@@ -54,7 +54,7 @@ from heald.ci.runner import Runner, Step
 from heald.ci.suspects import Suspect, failure_reasons, suspect_locations
 from heald.config import HealdConfig
 from heald.diagnose.signatures import classify
-from heald.diagnose.signatures.ci import failing_ids, test_runs
+from heald.diagnose.signatures.ci import failing_ids
 from heald.sandbox import Limits, Sandbox, open_sandbox
 
 log = structlog.get_logger("heald.ci")
@@ -128,11 +128,10 @@ class Workspace:
 
 
 def failed_test_ids(output: str) -> list[str]:
-    """Failing test ids from a pytest or unittest run's output (its short summary)."""
-    for c in test_runs(output):
-        if c.details.get("tests"):
-            return list(dict.fromkeys(c.details["tests"]))
-    return []
+    """Failing test ids from a pytest or unittest run's output (its short summary), with the
+    test files that did not collect; every one, uncapped."""
+    failed, collect = failing_ids(output)
+    return [*failed, *collect]
 
 
 _FRAME = re.compile(r'^(?:File "(?P<a>[^"]+\.py)", line \d+|(?P<b>\S+\.py):\d+: in )')

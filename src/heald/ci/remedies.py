@@ -138,8 +138,10 @@ class _CiRemedy(Remedy[CP]):
         diagnoses = ctx.store.diagnoses_for(incident_id) if incident_id else []
         diagnosis = diagnoses[-1].model_dump(mode="json") if diagnoses else None
         trailer = f"\n\nHealed-by: heald incident #{incident_id}" if incident_id else ""
+        facts = inv.get("facts") or {}
+        baseline = [*facts.get("baseline_failures", "").split(), *facts.get("quarantined", "").split()]
         fix = build_fix(ctx.config, job, self.kind, self.fix_params(params), before=inv.get("before") or None,
-                        token=token(ctx.config), trailer=trailer)
+                        token=token(ctx.config), trailer=trailer, baseline=baseline)
         if not fix.ok:
             if fix.deterministic:  # said once; a retry would fail the same way (the engine does not retry it)
                 raise RemedyNotApplicable(f"the fix cannot be made here: {fix.reason}")
@@ -167,7 +169,7 @@ class _CiRemedy(Remedy[CP]):
                                           "repo_url": job.url, "gh_repo": gh,
                                           "checks": [n for n, b in fix.before.items()  # what the fix repaired
                                                      if not b["ok"] and fix.after.get(n, {}).get("ok")],
-                                          "test_command": params.test_command})
+                                          "test_command": params.test_command, "baseline": baseline})
 
     def undo(self, params: CP, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         if ctx.store is None or undo.get("existing"):

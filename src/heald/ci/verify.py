@@ -13,8 +13,9 @@ from pathlib import Path
 from heald import _paths
 from heald._git import GitError
 from heald.ci import CiJob
-from heald.ci.investigate import Workspace
+from heald.ci.investigate import Workspace, failed_test_ids
 from heald.ci.repo import Worktree
+from heald.ci.runner import Step
 from heald.config import HealdConfig
 from heald.models import ActionStatus, CheckResult, Incident, utcnow
 from heald.sandbox import SandboxUnavailable
@@ -71,7 +72,15 @@ def verify_fix(config: HealdConfig, undo: dict) -> CheckResult:  # type: ignore[
         results = {c.name: ws.runner.check(wt, c, phase="verify", commit=undo["sha"]) for c in checks}
     except (GitError, SandboxUnavailable) as exc:
         return CheckResult(name=name, ok=False, at=utcnow(), detail=str(exc)[:500])
-    failing = [n for n, r in results.items() if not r.ok]
+    baseline = set(undo.get("baseline") or [])
+
+    def passes(step: Step) -> bool:  # baseline failures (the environment's, quarantined) may remain
+        ids = failed_test_ids(step.output) if step.exit == 1 and not step.timed_out else []
+        return step.ok or (bool(ids) and set(ids) <= baseline)
+
+    failing = [n for n, r in results.items() if not passes(r)]
     detail = "; ".join(f"{n}: {r.describe()}" for n, r in results.items())
+    if baseline and not failing and any(not r.ok for r in results.values()):
+        detail += f" (only baseline failures remain: {', '.join(sorted(baseline)[:5])})"
     return CheckResult(name=name, ok=not failing, at=utcnow(),
                        detail=f"{undo['branch']} at {undo['sha'][:12]}: {detail}")
