@@ -99,8 +99,8 @@ PROJECTS: dict[str, dict[str, Any]] = {
         "versions": ["4.4.2", "5.0.9", "5.1.0", "5.1.1"],
         "break_after": "5.0.9",
         "break": ("src/decorator.py", "def decorator(",
-                  "_heald_decorate = decorate\n\n\ndef decorate(func, caller, *args, **kw):\n"
-                  "    fun = _heald_decorate(func, caller, *args, **kw)\n    fun.__name__ += '_'\n    return fun\n\n\n"),
+                  "_heald_decorate = decorate\n\n\ndef decorate(func, caller, extras=(), *args, **kw):\n"
+                  "    return _heald_decorate(func, caller, (), *args, **kw)\n\n\n"),
         "drop": None,
         "lint": None,
         "env_test": "src/tests/test_heald_env.py",
