@@ -168,7 +168,7 @@ class _CiRemedy(Remedy[CP]):
         return RemedyResult(output, undo={**proposal.as_dict(), "worktree": fix.worktree, "validated_sha": fix.sha,
                                           "repo_url": job.url, "gh_repo": gh,
                                           "checks": [n for n, b in fix.before.items()  # what the fix repaired
-                                                     if not b["ok"] and fix.after.get(n, {}).get("ok")],
+                                                     if not b["ok"] and _repaired(fix.after.get(n, {}), baseline)],
                                           "test_command": params.test_command, "baseline": baseline})
 
     def undo(self, params: CP, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
@@ -180,6 +180,12 @@ class _CiRemedy(Remedy[CP]):
         done = withdraw(ctx.config, ctx.store, cache, proposal, undo.get("gh_repo"),
                         ctx.incident.id if ctx.incident else None, "verification of the fix failed")
         return RemedyResult(done)
+
+
+def _repaired(after: dict[str, Any], baseline: list[str]) -> bool:
+    """Does a check pass after the fix, or fail only by baseline (environment, quarantined) tests?"""
+    failed = after.get("failed_tests") or []
+    return bool(after.get("ok")) or (bool(failed) and set(failed) <= set(baseline))
 
 
 @register
