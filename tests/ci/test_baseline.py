@@ -81,10 +81,10 @@ def test_red_everywhere_names_the_tests_and_keeps_every_steps_log(open_tmp: Path
     """Only baseline failures (and a quarantined test): escalated, with the failing tests, their
     exceptions, and each step's command, exit and output in the incident."""
     tests = TESTS + "\n\ndef test_flaky_upstream():\n    assert False, 'upstream is down'\n"
-    repo, first = new_repo(open_tmp / "calc", tests=tests)
-    commit(repo, "Add environment tests", {"tests/test_env.py": ENV_TESTS})
+    repo, _ = new_repo(open_tmp / "calc", tests=tests)
+    good = commit(repo, "Add environment tests", {"tests/test_env.py": ENV_TESTS})
     history(repo, 2)
-    code, d, err = heal(heald_yaml(), repo, "--bad", "main", "--good", first,
+    code, d, err = heal(heald_yaml(), repo, "--bad", "main", "--good", good,
                         "--quarantine", "tests/test_calc.py::test_flaky_upstream")
     assert code == 1 and d["verdict"] == "red_everywhere", err[-3000:]
     failing = {t["id"]: t for t in d["escalation"]["failing_tests"]}
@@ -116,7 +116,9 @@ def test_a_hanging_test_is_killed_and_reported_not_rerun(open_tmp: Path, heald_y
     assert code == 1 and d["verdict"] == "never_passed", err[-3000:]
     assert [t["id"] for t in d["escalation"]["failing_tests"]] == ["tests/test_calc.py::test_hangs"]
     assert "Timeout" in d["escalation"]["failing_tests"][0]["error"]
-    code, d, err = heal(heald_yaml(ci={"test_timeout_seconds": 600, "check_timeout_seconds": 20}), repo,
+    other = open_tmp / "calc2"  # another repository name: a new incident, not the open one
+    sh("git", "clone", "-q", str(repo), str(other), cwd=open_tmp)
+    code, d, err = heal(heald_yaml(ci={"test_timeout_seconds": 600, "check_timeout_seconds": 20}), other,
                         "--bad", "main", "--good", first)
     assert code == 1 and d["verdict"] == "unresolved" and d["category"] == "ci_timeout", err[-3000:]
     assert "killed by the per-run timeout" in d["summary"] and d["test_runs"] == 1  # no re-run of a hang
