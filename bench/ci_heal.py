@@ -98,7 +98,7 @@ PROJECTS: dict[str, dict[str, Any]] = {
     "decorator": {
         "versions": ["4.4.2", "5.0.9", "5.1.0", "5.1.1"],
         "break_after": "5.0.9",
-        "break": ("src/decorator.py", "def decorator(",
+        "break": ("src/decorator.py", "class ContextManager(",
                   "_heald_decorate = decorate\n\n\ndef decorate(func, caller, extras=(), *args, **kw):\n"
                   "    return _heald_decorate(func, caller, (), *args, **kw)\n\n\n"),
         "drop": None,
