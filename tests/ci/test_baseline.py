@@ -120,7 +120,7 @@ def test_a_hanging_test_is_killed_and_reported_not_rerun(open_tmp: Path, heald_y
     sh("git", "clone", "-q", str(repo), str(other), cwd=open_tmp)
     code, d, err = heal(heald_yaml(ci={"test_timeout_seconds": 600, "check_timeout_seconds": 20}), other,
                         "--bad", "main", "--good", first)
-    assert code == 1 and d["verdict"] == "unresolved" and d["category"] == "ci_timeout", err[-3000:]
+    assert code == 1 and d["verdict"] == "hang" and d["category"] == "ci_timeout", err[-3000:]
     assert "killed by the per-run timeout" in d["summary"] and d["test_runs"] == 1  # no re-run of a hang
 
 

@@ -342,7 +342,7 @@ def _tests_failing(ws: Workspace, inv: Investigation, wt: Worktree, files: Files
     pytest_cmd = "pytest" in tests.command
     if first.timed_out:
         hung = _hung_test(output)
-        inv.verdict, inv.category = "unresolved", "ci_timeout"
+        inv.verdict, inv.category = "hang", "ci_timeout"
         inv.facts["hung"] = hung or "unknown"
         inv.summary = (f"the test run at {bad[:12]} was killed by the per-run timeout ({first.duration_s:.0f} s, "
                        f"ci.check_timeout_seconds){f'; it was in {hung}' if hung else ''}: a test hangs. heald does "
