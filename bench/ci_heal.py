@@ -79,12 +79,59 @@ PROJECTS: dict[str, dict[str, Any]] = {
         "lint": None,
         "new_test": "import more_itertools as mi\n\n\ndef test_heald_new_feature():\n    assert list(mi.take(2, [1])) == [1, 1]\n",
     },
+    # tests configured only in tox.ini ([testenv] commands = pytest -v --doctest-modules …); only
+    # 0.9.0's sdist ships tox.ini, so the history is that release and ordinary commits after it
+    "tabulate": {
+        "versions": ["0.9.0"],
+        "break_after": "0.9.0",
+        "break": ("tabulate/__init__.py", "def _padright(",
+                  "_heald_padleft = _padleft\n\n\ndef _padleft(width, s):\n"
+                  "    return _heald_padleft(width + 1, s)\n\n\n"),
+        "pad": 6,
+        "drop": None,
+        "lint": None,
+        "env_test": "test/test_heald_env.py",
+        "new_test": "from tabulate import tabulate\n\n\ndef test_heald_new_feature():\n"
+                    "    assert tabulate([[1]], tablefmt='heald') == 'heald'\n",
+    },
+    # nose-style layout: unittest test cases in src/tests/test.py (pytest's defaults collect none)
+    "decorator": {
+        "versions": ["4.4.2", "5.0.9", "5.1.0", "5.1.1"],
+        "break_after": "5.0.9",
+        "break": ("src/decorator.py", "class ContextManager(",
+                  "_heald_decorate = decorate\n\n\ndef decorate(func, caller, extras=(), *args, **kw):\n"
+                  "    return _heald_decorate(func, caller, (), *args, **kw)\n\n\n"),
+        "drop": None,
+        "lint": None,
+        "env_test": "src/tests/test_heald_env.py",
+        "new_test": "import unittest\n\nimport decorator\n\n\nclass HealdTest(unittest.TestCase):\n"
+                    "    def test_heald_new_feature(self):\n        self.assertTrue(decorator.__version__.startswith('99'))\n",
+        "new_test_path": "src/tests/test_heald_new.py",
+    },
+    # parametrized ids with '+', ';', spaces and quotes (versions, markers, specifiers); some test
+    # modules import 'pretend', which the project declares only in tests/requirements.txt: their
+    # collection errors are there at every commit (baseline), not the regression
+    "packaging": {
+        "versions": ["23.0", "23.1", "23.2", "24.0"],
+        "break_after": "23.1",
+        "break": ("src/packaging/version.py", "def _parse_letter_version(",
+                  "_heald_version_str = Version.__str__\n\n\ndef _heald_broken_str(self):\n"
+                  "    return _heald_version_str(self).replace(\"+\", \"-\")\n\n\n"
+                  "Version.__str__ = _heald_broken_str\n\n\n"),
+        "drop": None,
+        "lint": None,
+        "env_test": "tests/test_heald_env.py",
+        "new_test": "from packaging.version import Version\n\n\ndef test_heald_new_feature():\n"
+                    "    assert Version('1.0').major == 2\n",
+    },
 }
+ENV_TEST = ("import socket\n\n\ndef test_reaches_the_package_index():\n"
+            "    socket.create_connection(('pypi.org', 443), timeout=5).close()\n")
 # attrs is not in the default set: on this machine its suite is not deterministic at its own
 # releases (hypothesis-driven tests that want a DeprecationWarning on every example fail on some
 # runs, so bisection and validation see noise), which measures attrs' flakiness, not heald.
-DEFAULT_PROJECTS = ("itsdangerous", "more-itertools")
-CASES = ("culprit", "dependency", "lint", "never-passed")
+DEFAULT_PROJECTS = ("itsdangerous", "more-itertools", "tabulate", "decorator", "packaging")
+CASES = ("culprit", "env", "dependency", "lint", "never-passed")
 CODE = (".py", ".toml", ".cfg", ".txt", ".in", ".ini", ".pyi", ".typed")
 
 
@@ -147,8 +194,11 @@ def insert_break(text: str, anchor: str | None, block: str) -> str:
     return text[:i] + block + text[i:]
 
 
-def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], inject: bool) -> tuple[str, str | None]:
-    """The release history (see the module docstring); returns (first commit, injected culprit)."""
+def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], inject: bool,
+                  env: bool = False) -> tuple[str, str | None]:
+    """The release history (see the module docstring); returns (first commit, injected culprit).
+    ``env``: the first commit also adds a test that fails in any sandbox without network (an
+    environment-only failure at every commit)."""
     sh("git", "init", "-q", "-b", "main", cwd=repo)
     culprit = None
     first = None
@@ -158,6 +208,8 @@ def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], i
         files = tree_files(src)
         if broken and module in files:
             files[module] = insert_break(files[module].decode(), anchor, block).encode()
+        if env:
+            files[spec.get("env_test", "tests/test_heald_env.py")] = ENV_TEST.encode()
         if first is None:
             write_tree(repo, files)
             first = commit(repo, f"Release {v}")
@@ -178,6 +230,10 @@ def build_history(repo: Path, releases: dict[str, Path], spec: dict[str, Any], i
             target.write_text(insert_break(target.read_text(), anchor, block))
             culprit = commit(repo, f"Speed up {Path(module).stem}", author="Eve Breaker <eve@example.com>")
             broken = True
+            for i in range(spec.get("pad", 0)):  # ordinary commits after it (a one-release history)
+                with open(repo / "CHANGES.heald", "a") as fh:
+                    fh.write(f"- note {i}\n")
+                commit(repo, f"Changelog note {i}")
     assert first is not None
     return first, culprit
 
@@ -202,12 +258,14 @@ def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, 
     repo = work / "repo"
     repo.mkdir(parents=True)
     work.chmod(0o755)
-    first, culprit = build_history(repo, releases if case == "culprit" else dict(list(releases.items())[-2:]),
-                                   spec, inject=(case == "culprit"))
+    first, culprit = build_history(repo, releases if case in ("culprit", "env") else dict(list(releases.items())[-2:]),
+                                   spec, inject=(case in ("culprit", "env")), env=(case == "env"))
     args: list[str] = []
     expected = culprit
     if case == "culprit":
         args = ["--good", first]
+    elif case == "env":
+        pass  # no --good: heald looks back, judging test by test (the network test fails everywhere)
     elif case == "dependency":
         for path, needle in spec["drop"].items():
             p = repo / path
@@ -220,22 +278,25 @@ def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, 
         p.write_text(text[:i] + "import os\n" + text[i:])
         commit(repo, "Refactor", author="Eve Breaker <eve@example.com>")
     else:
-        (repo / "tests" / "test_heald_new_feature.py").write_text(spec["new_test"])
+        new_test = repo / spec.get("new_test_path", str(Path(spec.get("env_test", "tests/x.py")).parent
+                                                        / "test_heald_new_feature.py"))
+        new_test.write_text(spec["new_test"])
         expected = commit(repo, "Add a test for the next feature", author="Eve Breaker <eve@example.com>")
         args = ["--good", first]
     cfg = work / "heald.yaml"
     cfg.write_text(yaml.safe_dump({"state_dir": str(work / "state"), "ci": {"work_dir": str(work / "ci"),
                                                                            "pip_cache_dir": str(pip_cache)},
                                    "healing": {"group_wait_seconds": 0.05, "max_attempts": 2}}))
-    if spec.get("test_command"):
+    if spec.get("test_command") and os.environ.get("HEALD_BENCH_TEST_CMD"):  # attrs only, on request
         args += ["--test-cmd", spec["test_command"]]
     d, secs = heal(cfg, repo, *args)
     n = d.get("commits_in_range")
     bisect_runs = None
     if d.get("bisect_runs") is not None and d.get("good_sha"):
-        bisect_runs = (1 if case in ("culprit", "never-passed") else 0) + (d.get("bisect_runs") or 0) + 2
+        bisect_runs = (1 if case in ("culprit", "never-passed", "env") else 0) + (d.get("bisect_runs") or 0) + 2
     bound = math.ceil(math.log2(n)) + 3 if n else None
     fixable = case != "never-passed"
+    test_s = d.get("test_seconds") or 0.0
     if fixable:
         healed = d.get("state") == "resolved"
     else:
@@ -247,7 +308,9 @@ def run_case(project: str, case: str, spec: dict[str, Any], releases: dict[str, 
             "remedy": d.get("remedy"), "correct_culprit": (got == expected) if expected else None,
             "commits_in_range": n, "test_runs": d.get("test_runs"), "bisection_runs": bisect_runs, "bisection_bound": bound,
             "within_bound": (bisect_runs <= bound) if (bisect_runs is not None and bound) else None,
-            "bad_revert": bad_revert, "seconds": round(secs, 1), "reason": (d.get("reason") or "")[:300]}
+            "bad_revert": bad_revert, "seconds": round(secs, 1), "test_seconds": round(test_s, 1),
+            "overhead": round(secs / test_s, 2) if test_s else None,
+            "test_command_source": (d.get("test_command_source") or "")[:120], "reason": (d.get("reason") or "")[:300]}
 
 
 def main() -> int:
@@ -280,6 +343,9 @@ def main() -> int:
                           f"{row['seconds']:.0f}s {row['verdict']}", file=sys.stderr, flush=True)
     finally:
         if not args.keep:
+            from heald.sandbox.disk import release_under
+
+            release_under(base)  # work trees the sandbox gave a filesystem of their own
             shutil.rmtree(base, ignore_errors=True)
     totals = {"cases": len(rows), "healed": sum(r["healed"] for r in rows),
               "heal_rate": round(sum(r["healed"] for r in rows) / len(rows), 3) if rows else None,
@@ -290,13 +356,16 @@ def main() -> int:
     if args.json:
         print(json.dumps({"cases": rows, "totals": totals}, indent=2))
         return 0
-    head = f"{'project':15} {'case':13} {'healed?':8} {'culprit?':9} {'runs':>5} {'bisection (≤ bound)':>20} {'time':>8}  verdict"
+    head = (f"{'project':15} {'case':13} {'healed?':8} {'culprit?':9} {'bad rev':8} {'runs':>5} "
+            f"{'bisection (≤ bound)':>20} {'time':>8} {'overhead':>9}  verdict; tests from")
     print(head)
     for r in rows:
         cul = "—" if r["correct_culprit"] is None else ("yes" if r["correct_culprit"] else "NO")
         bis = "—" if r["bisection_runs"] is None else f"{r['bisection_runs']} (≤ {r['bisection_bound']})"
-        print(f"{r['project']:15} {r['case']:13} {'yes' if r['healed'] else 'NO':8} {cul:9} {str(r['test_runs']):>5} "
-              f"{bis:>20} {r['seconds']:>7.1f}s  {r['verdict']}")
+        ovh = "—" if r["overhead"] is None else f"{r['overhead']:.2f}x"
+        print(f"{r['project']:15} {r['case']:13} {'yes' if r['healed'] else 'NO':8} {cul:9} "
+              f"{'YES' if r['bad_revert'] else 'no':8} {str(r['test_runs']):>5} "
+              f"{bis:>20} {r['seconds']:>7.1f}s {ovh:>9}  {r['verdict']}; {r['test_command_source'][:60]}")
     print(f"heal rate: {totals['healed']}/{totals['cases']} = {totals['heal_rate']:.0%}; correct culprits: "
           f"{totals['correct_culprits']}/{totals['culprit_cases']}; bad reverts: {totals['bad_reverts']}; "
           f"bisection within ceil(log2 N)+3: {'yes' if totals['all_within_bound'] else 'NO'}")

@@ -871,6 +871,9 @@ class CiRepoConfig(_Section):
     base_branch: str | None = Field(default=None,
                                     description="branch pull requests target (default: the failing one)")
     install_command: str | None = Field(default=None, description="shell command that installs the dependencies")
+    quarantine: list[str] = Field(default_factory=list, description="known-failing tests of this repository (pytest "
+                                  "node ids or prefixes of them, unittest ids): never counted as the failure, never "
+                                  "a reason to revert; added to ci.quarantine")
 
 
 class PullRequestConfig(_Section):
@@ -889,7 +892,14 @@ class CiConfig(_Section):
     python: str = Field(default="python3", min_length=1, description="interpreter inside the sandbox for the venv")
     install_timeout_seconds: Seconds = Field(default=900.0,
                                              description="limit of installing a repository's dependencies")
-    check_timeout_seconds: Seconds = Field(default=900.0, description="one run of one check (lint, tests)")
+    check_timeout_seconds: Seconds = Field(default=900.0, description="one run of one check (lint, tests): the "
+                                           "per-run timeout; a run it kills is reported as such and not re-run")
+    test_timeout_seconds: Seconds = Field(default=300.0, description="one test of a pytest suite (pytest-timeout, "
+                                          "installed best-effort): a hanging test fails alone as a timeout instead "
+                                          "of the whole run being killed")
+    quarantine: list[str] = Field(default_factory=list, description="known-failing tests (pytest node ids or prefixes "
+                                  "of them, unittest ids) of every repository: a failure of one is never the "
+                                  "regression; a run adds its own (heal-ci --quarantine)")
     git_timeout_seconds: Seconds = Field(default=300.0, description="one git clone, fetch or push")
     flake_reruns: int = Field(default=2, ge=1, le=10, description="re-runs of failing tests before bisecting")
     max_lookback_commits: int = Field(default=64, ge=1, le=100_000,
@@ -906,6 +916,8 @@ class CiConfig(_Section):
                                          "(default: pip's find-links on the host)")
     index_cache_mb: int = Field(default=4096, ge=16, description="bound on the proxy's cache (least recently used "
                                 "files evicted)")
+    dry_run: bool = Field(default=False, description="do everything (reproduce, bisect, make and validate the fix) "
+                          "but push a branch or open a pull request (heal-ci --dry-run)")
     branch_prefix: str = Field(default="heald/", min_length=1, description="prefix of the branches heald pushes")
     author_name: str = Field(default="heald", description="author name of heald's commits")
     author_email: str = Field(default="heald@localhost", description="author email of heald's commits")

@@ -183,7 +183,7 @@ def verify(incident_id: int, checks: list[Check], *, stabilization: float, inter
                 streak_start, streak_t = results[0].at if results else utcnow(), now
             if now - streak_t >= stabilization:
                 return Verification(incident_id=incident_id, action_id=action_id, passed=True,
-                                    reason=f"all {len(checks)} checks passed for {now - streak_t:.1f} s",
+                                    reason=_passed_reason(results, now - streak_t, stabilization),
                                     checks=history, recovered_at=streak_start, started_at=started, finished_at=utcnow())
         else:
             failing = [r for r in results if not r.ok]
@@ -194,3 +194,11 @@ def verify(incident_id: int, checks: list[Check], *, stabilization: float, inter
                                 reason=f"not stable within {timeout:g} s; last failure: {reason or 'none'}",
                                 checks=history, recovered_at=None, started_at=started, finished_at=utcnow())
         sleep(interval)
+
+
+def _passed_reason(results: list[CheckResult], held_s: float, stabilization: float) -> str:
+    """``the check passed (…)`` / ``all 3 checks passed, stable for 30.0 s``: no "all 1 checks",
+    no stability claim where there is no stabilization window."""
+    what = f"the check passed ({results[0].name}: {results[0].detail[:200]})" if len(results) == 1 \
+        else f"all {len(results)} checks passed"
+    return what + (f", stable for {held_s:.1f} s" if stabilization > 0 else "")

@@ -83,7 +83,7 @@ import probe
 
 probe.run("setup")
 # persist: every Python of the work tree's environment runs the probe from now on
-venv = os.path.join(probe.HERE, ".heald", "venv")
+venv = os.environ.get("VIRTUAL_ENV") or os.path.join(probe.HERE, ".heald", "venv")  # beside the tree
 for purelib in __import__("glob").glob(os.path.join(venv, "lib", "python*", "site-packages")):
     with open(os.path.join(purelib, "zz_probe.pth"), "w") as f:
         f.write("import sys; sys.path.insert(0, %r); import probe; probe.run('venv')\\n" % probe.HERE)

@@ -70,7 +70,8 @@ def check_url(value: str, field: str) -> str:
 class CiJob:
     """A CI failure to heal: the repository (``owner/name`` or a name for a local path), its
     clone URL (or path), the failing commit, an optional known-good commit, the branch the
-    failure happened on, and optional commands (default: detected from the repository)."""
+    failure happened on, optional commands (default: detected from the repository) and the
+    tests known to fail (``quarantine``: node ids or prefixes; never counted as the failure)."""
 
     repo: str
     url: str
@@ -79,6 +80,7 @@ class CiJob:
     branch: str = ""
     test_command: str | None = None
     install_command: str | None = None
+    quarantine: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Raises InvalidJob for a revision or URL git could read as an option or a command."""
@@ -90,16 +92,21 @@ class CiJob:
             check_url(self.url, "clone_url")
 
     @classmethod
-    def for_repo(cls, config: HealdConfig, repo: str, url: str, bad: str, **kw: str | None) -> CiJob:
-        """A job with the ``ci.repos.<repo>`` settings applied (they override the signal's)."""
+    def for_repo(cls, config: HealdConfig, repo: str, url: str, bad: str, *, quarantine: tuple[str, ...] = (),
+                 **kw: str | None) -> CiJob:
+        """A job with the ``ci.repos.<repo>`` settings applied (they override the signal's; a
+        command given with the job wins over the configured one) and the quarantine of
+        ``ci.quarantine``, ``ci.repos.<repo>.quarantine`` and ``quarantine`` together."""
         rc = config.ci.repos.get(repo)
+        quarantine = (*config.ci.quarantine, *(rc.quarantine if rc is not None else ()), *quarantine)
         if rc is not None:
             url = rc.url or url
             if rc.test_command and not kw.get("test_command"):
                 kw["test_command"] = rc.test_command
-            if rc.install_command:
+            if rc.install_command and not kw.get("install_command"):
                 kw["install_command"] = rc.install_command
-        return cls(repo=repo, url=url, bad=bad, **kw)  # type: ignore[arg-type]
+        return cls(repo=repo, url=url, bad=bad, quarantine=tuple(dict.fromkeys(q for q in quarantine if q)),
+                   **kw)  # type: ignore[arg-type]
 
 
 def work_dir(config: HealdConfig) -> Path:

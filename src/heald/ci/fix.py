@@ -14,6 +14,7 @@ touch test files (whitespace and imports; the tests then run to prove nothing ch
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,17 +47,22 @@ class FixResult:
     after: dict[str, dict[str, Any]] = field(default_factory=dict)
     steps: list[Step] = field(default_factory=list)
     worktree: str = ""
+    #: the fix cannot be made here at all (heald cannot declare the dependency, the fix would
+    #: touch tests): trying again fails the same way
+    deterministic: bool = False
 
 
 def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]],
-             targets: set[str] | None = None) -> tuple[bool, str]:
+             targets: set[str] | None = None, baseline: Collection[str] = ()) -> tuple[bool, str]:
     """Is the fix valid, comparing each check before and after (see the module docstring)?
 
     ``before``/``after``: {check name: {"ok", "exit", "failed_tests", ...}} as
     :func:`summarize_results` gives them. ``targets``: the checks the fix is meant to repair
     (None: every check that failed). A failing check outside the targets (a formatter the
     project's pinned version no longer agrees with, say) may keep failing as it did — the pull
-    request shows it — but must not fail worse. Returns (valid, why)."""
+    request shows it — but must not fail worse. ``baseline``: test ids that fail at the baseline
+    too (the environment's) or are quarantined: a target check whose only remaining failures are
+    among them counts as repaired. Returns (valid, why)."""
     problems, fixed, unchanged = [], [], []
     for name, b in before.items():
         a = after.get(name)
@@ -70,7 +76,7 @@ def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
             fixed.append(name)
         elif not b["ok"] and not a["ok"]:
             new = sorted(set(a["failed_tests"]) - set(b["failed_tests"]))
-            still = sorted(set(a["failed_tests"]) & set(b["failed_tests"]))
+            still = sorted(set(a["failed_tests"]) & set(b["failed_tests"]) - set(baseline))
             if new:
                 problems.append(f"{name}: tests that passed now fail: {', '.join(new[:5])}")
             elif not target:
@@ -91,7 +97,7 @@ def validate(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
 
 def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str], *,
               before: dict[str, dict[str, Any]] | None = None, sandbox: Sandbox | None = None,
-              token: str | None = None, trailer: str = "") -> FixResult:
+              token: str | None = None, trailer: str = "", baseline: Collection[str] = ()) -> FixResult:
     """Make and validate one fix (see the module docstring). ``params``: ``commit`` for
     ``revert``; ``distribution`` and ``version`` for ``add_dependency``; ``tools``
     (comma-separated check names) for ``lint``. ``before`` is each check's result at the
@@ -150,14 +156,16 @@ def build_fix(config: HealdConfig, job: CiJob, kind: str, params: dict[str, str]
             result.sha = wt.commit_tracked(result.message, ci.author_name, ci.author_email)
     except (GitError, UnsupportedDeclaration) as exc:
         result.reason = str(exc)
+        result.deterministic = isinstance(exc, UnsupportedDeclaration)
         return _done(result, ws)
     result.changed = wt.changed_paths(base)
     blocked = forbidden_changes(result.changed, allow_tests=(kind == "lint"))
     if blocked:
         result.reason = f"the fix would change tests or CI configuration, which heald never does: {', '.join(blocked[:5])}"
+        result.deterministic = True
         return _done(result, ws)
     result.after = summarize_results(ws.run_checks(wt, checks, "validate", result.sha))
-    result.ok, result.reason = validate(before, result.after, _targets(kind, params, checks))
+    result.ok, result.reason = validate(before, result.after, _targets(kind, params, checks), baseline)
     return _done(result, ws)
 
 

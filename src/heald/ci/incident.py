@@ -75,14 +75,16 @@ def job_from_signal(config: HealdConfig, sig: Signal) -> CiJob:
     url = sig.annotations.get("clone_url") or repo
     return CiJob.for_repo(config, repo, url, sig.labels.get("head_sha", ""), good=sig.annotations.get("good_sha") or None,
                           branch=sig.labels.get("head_branch", ""),
-                          test_command=sig.annotations.get("test_command") or None)
+                          test_command=sig.annotations.get("test_command") or None,
+                          install_command=sig.annotations.get("install_command") or None,
+                          quarantine=tuple(q for q in sig.annotations.get("quarantine", "").splitlines() if q.strip()))
 
 
 def reproduction_signal(inv: Investigation, fingerprint: str) -> Signal:
     """The ``ci_reproduced`` signal for an investigation (see the module docstring)."""
     job = inv.job
     data = inv.as_dict()
-    data["steps"] = [{k: v for k, v in s.items() if k != "output"} for s in data["steps"]]
+    # every step's log stays with the incident (command, exit, duration, the end of its output)
     notes = {k: str(v) for k, v in inv.facts.items() if v not in (None, "")}
     notes.update({"repo_url": job.url, "test_command": inv.facts.get("test_command", job.test_command or ""),
                   "category_hint": inv.category, "test_runs": str(inv.test_runs), "bisect_runs": str(inv.bisect_runs),
@@ -129,7 +131,39 @@ def reproduce_incident(config: HealdConfig, store: Store, incident_id: int) -> s
     except SandboxUnavailable as exc:
         inv = Investigation(job=job, bad=job.bad, verdict="sandbox_unavailable", category="sandbox_unavailable",
                             summary=str(exc))
+    _point_to_existing_fix(store, inv)
     incident = store.get_incident(incident_id)
     with store.tx() as session:
         correlate.ingest(session, reproduction_signal(inv, incident.fingerprint), config, actor="heald:sandbox")
     return inv.verdict
+
+
+#: verdict → (the remedy's kind, the fact its failure signature is keyed by); see heald.ci.remedies
+_PROPOSED_BY = {"regression": ("revert", "culprit_sha"), "missing_dependency": ("add_dependency", "module"),
+                "lint": ("lint", "lint_tools")}
+
+
+def _point_to_existing_fix(store: Store, inv: Investigation) -> None:
+    """When the fix for this very failure (same failure signature) is already proposed and its
+    pull request or branch is still open, the verdict becomes ``already_proposed`` pointing to
+    it: a second run on the same failure (within the remedy's cooldown or not) names the branch
+    and pull request instead of escalating as "in cooldown" or proposing it twice."""
+    from heald.ci.pull_request import failure_signature, find
+
+    kind_fact = _PROPOSED_BY.get(inv.verdict)
+    if kind_fact is None or not inv.facts.get(kind_fact[1]):
+        return
+    kind, fact = kind_fact
+    key = inv.facts[fact].lower() if kind == "revert" else inv.facts[fact]
+    if kind == "lint":
+        key = f"{inv.bad.lower()}:{inv.facts[fact]}"
+    found = find(store, inv.job.repo, failure_signature(inv.job.repo, kind, key))
+    if found is None or found.state != "open":
+        return
+    where = f"pull request #{found.number} {found.url}" if found.number else f"branch {found.branch}"
+    inv.facts.update({"existing_branch": found.branch, "existing_fix_sha": found.sha, "existing_fix": where,
+                      "found_verdict": inv.verdict})
+    if found.number:
+        inv.facts["existing_pull_request"] = str(found.number)
+    inv.summary = f"{inv.summary}. The fix is already proposed: {where} (branch {found.branch}, {found.sha[:12]})"
+    inv.verdict = "already_proposed"

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from heald._paths import UnsafePath, parts_of, write_text
+from heald.ci.testcommand import find_test_command
 
 TEST_DIRS = ("tests", "test", "testing")
 CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-pipelines.yml", "Jenkinsfile",
@@ -31,9 +32,9 @@ CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-p
 REQUIREMENT_FILES = ("requirements.txt", "requirements-dev.txt", "requirements_dev.txt", "requirements-test.txt",
                      "requirements_test.txt", "requirements-tests.txt", "dev-requirements.txt", "test-requirements.txt",
                      "requirements/dev.txt", "requirements/test.txt", "requirements/tests.txt",
-                     "requirements/testing.txt")
+                     "requirements/testing.txt", "requirements-testing.txt", "requirements_tests.txt",
+                     "tests/requirements.txt", "test/requirements.txt", "testing/requirements.txt")
 TEST_EXTRAS = ("test", "tests", "testing", "dev")
-PYTEST = "python -m pytest -q -rfE -p no:cacheprovider"
 
 #: Import names whose distribution has another name (the common cases; otherwise the module's
 #: top-level name, with ``_`` as ``-``, is tried).
@@ -79,6 +80,10 @@ class Check:
     command: str
     kind: str
     fix: str | None = None
+    #: where the command came from (``tox.ini [testenv] commands: pytest``, ``--test-cmd``)
+    source: str = ""
+    #: extra requirements its declaration installs for it (tox ``deps``), installed best-effort
+    requires: tuple[str, ...] = ()
 
 
 class Files:
@@ -172,37 +177,70 @@ def detect_checks(files: Files, test_command: str | None = None) -> list[Check]:
                      or files.ini("tox.ini").has_section("flake8")):
         checks.append(Check("flake8", "flake8", "lint", None))
     if test_command:
-        checks.append(Check("tests", test_command, "tests"))
-    elif any(is_test_path(p) and p.endswith(".py") for p in files.paths):
-        if uses_pytest(files):
-            checks.append(Check("tests", PYTEST, "tests"))
-        else:
-            start = next((d for d in TEST_DIRS if any(p.startswith(d + "/") for p in files.paths)), ".")
-            checks.append(Check("tests", f"python -m unittest discover -v -s {start} -t .", "tests"))
+        checks.append(Check("tests", test_command, "tests", source="given (--test-cmd or ci.repos.<repo>.test_command)"))
+    else:
+        found = find_test_command(files)
+        if found is not None:
+            checks.append(Check("tests", found.command, "tests", source=found.evidence, requires=found.requires))
     return checks
+
+
+#: pytest options that take the next word as their value (so that word is not a path)
+_PYTEST_VALUE_OPTS = {"-p", "-k", "-m", "-c", "-o", "-W", "-r", "--tb", "--maxfail", "--rootdir", "--confcutdir",
+                      "--basetemp", "--deselect", "--ignore", "--ignore-glob", "--durations", "--log-level",
+                      "--import-mode", "--override-ini", "--pyargs", "--timeout", "--capture", "--color",
+                      "--junitxml", "--junit-xml", "-n", "--dist"}
 
 
 def narrowed(check: Check, test_ids: list[str]) -> tuple[str, bool]:
     """The command that runs only ``test_ids`` (pytest node ids) of a tests check, and whether
-    it was narrowed (only pytest commands are; another runner runs whole)."""
-    if check.kind == "tests" and test_ids and "pytest" in check.command:
-        return f"{check.command} {' '.join(shlex.quote(t) for t in test_ids[:50])}", True
-    return check.command, False
+    it was narrowed. Only a single ``python -m pytest`` command is narrowed: the paths it names
+    are replaced by the ids (appending them would run those paths whole as well); a command
+    with shell operators, another runner, or ``-k``/``--pyargs`` selection runs whole."""
+    if check.kind != "tests" or not test_ids:
+        return check.command, False
+    try:
+        words = shlex.split(check.command)
+    except ValueError:
+        return check.command, False
+    if any(w in ("&&", "||", ";", "|") or w.endswith(";") for w in words) or "pytest" not in words:
+        return check.command, False
+    head, rest = words[:words.index("pytest") + 1], words[words.index("pytest") + 1:]
+    if head[:2] != ["python", "-m"] and head != ["pytest"] or "-k" in rest or "--pyargs" in rest:
+        return check.command, False
+    kept: list[str] = []
+    takes_value = False
+    for w in rest:
+        if takes_value:
+            kept.append(w)
+            takes_value = False
+        elif w.startswith("-"):
+            kept.append(w)
+            takes_value = w in _PYTEST_VALUE_OPTS
+        # else: a path the command names; the node ids replace it
+    ids = [t for t in test_ids[:50] if not t.startswith("-")]
+    if not ids:
+        return check.command, False
+    return shlex.join([*head, *kept, *ids]), True
 
 
 # -- installing ----------------------------------------------------------------------------------
 
-def install_script(files: Files, python: str, checks: list[Check], custom: str | None = None) -> str:
+def install_script(files: Files, python: str, checks: list[Check], custom: str | None = None,
+                   own: str = ".heald") -> str:
     """The shell script of the dependency-install phase: a virtual environment in
-    ``.heald/venv`` of the work tree, the project (editable, with its test extras), its
+    ``<own>/venv`` (``own``: heald's directory for the tree, outside it; relative paths are
+    relative to the tree), the project (editable, with its test extras), its
     requirement files and dependency groups, then any check tool still missing (pinned as
     ``.pre-commit-config.yaml`` pins it)."""
-    pip = ".heald/venv/bin/python -m pip install --quiet --disable-pip-version-check"
-    lines = ["set -eu", f"[ -x .heald/venv/bin/python ] || {python} -m venv .heald/venv"]
+    venv = shlex.quote(f"{own}/venv")
+    vpy = shlex.quote(f"{own}/venv/bin/python")
+    pip = f"{vpy} -m pip install --quiet --disable-pip-version-check"
+    lines = ["set -eu", f"[ -x {vpy} ] || {python} -m venv {venv}"]
     py = files.pyproject()
     groups = [g for g in (py.get("dependency-groups") or {}) if g in TEST_EXTRAS]
     if custom:
-        lines.append(f"export VIRTUAL_ENV=$PWD/.heald/venv PATH=$PWD/.heald/venv/bin:$PATH\n{custom}")
+        lines.append(f"export VIRTUAL_ENV={venv} PATH={venv}/bin:$PATH\n{custom}")
     else:
         if groups:
             lines.append(f"{pip} --upgrade 'pip>=25.1'")
@@ -221,12 +259,18 @@ def install_script(files: Files, python: str, checks: list[Check], custom: str |
             lines.append(f"{pip} --group {shlex.quote(g)}")
     pins = files.precommit_revs()
     for c in checks:
+        if c.requires and not custom:  # tox deps: best-effort, old pins may not install on today's Python
+            reqs = " ".join(shlex.quote(r) for r in c.requires)
+            lines.append(f"{pip} {reqs} || echo 'heald: the declared test requirements did not all install' >&2")
         if c.kind == "tests" and "pytest" in c.command:
-            lines.append(f".heald/venv/bin/python -c 'import pytest' 2>/dev/null || {pip} pytest")
+            lines.append(f"{vpy} -c 'import pytest' 2>/dev/null || {pip} pytest")
+            # per-test timeouts (PYTEST_TIMEOUT in the run's environment); best-effort
+            lines.append(f"{vpy} -c 'import pytest_timeout' 2>/dev/null || {pip} pytest-timeout "
+                         f"|| echo 'heald: pytest-timeout did not install: no per-test timeout' >&2")
         tool = c.name.split()[0]
         if c.kind == "lint":
             spec = f"{tool}=={pins[tool]}" if tool in pins else tool
-            lines.append(f"[ -x .heald/venv/bin/{tool} ] || {pip} {shlex.quote(spec)}")
+            lines.append(f"[ -x {venv}/bin/{tool} ] || {pip} {shlex.quote(spec)}")
     return "\n".join(dict.fromkeys(lines))
 
 
@@ -280,8 +324,11 @@ def add_requirement(tree: Path, files: Files, distribution: str, version: str, s
     requirements file (and its ``.in`` source when pip-compile made it); with none of those, to
     the runtime dependencies like ``runtime``: PEP 621 ``[project].dependencies`` (or the
     requirements file ``[tool.setuptools.dynamic]`` names), Poetry's
-    ``[tool.poetry.dependencies]``, or a bare ``requirements.txt``. Raises
-    UnsupportedDeclaration otherwise (``setup.py``)."""
+    ``[tool.poetry.dependencies]``, ``setup.py``'s ``install_requires`` (edited with libcst,
+    :func:`add_install_requires`; its ``requirements.txt`` when setup.py reads that file),
+    ``setup.cfg``'s ``[options] install_requires``, or the ``requirements.txt`` of a project
+    without packaging. Never a dev/test requirements file for a runtime dependency. Raises
+    UnsupportedDeclaration when none applies (said once: the remedy is not retried)."""
     import tomlkit
 
     requirement = f"{distribution}>={version}"
@@ -337,10 +384,144 @@ def add_requirement(tree: Path, files: Files, distribution: str, version: str, s
         doc["tool"]["poetry"]["dependencies"][distribution] = f">={version}"
         _write(tree, "pyproject.toml", tomlkit.dumps(doc))
         return DeclarationEdit("pyproject.toml", f'{distribution} = ">={version}"')
-    if files.exists("requirements.txt"):
+    setup_py = files.read("setup.py")
+    if setup_py is not None:
+        if re.search(r"""['"]requirements\.txt['"]""", setup_py) and files.exists("requirements.txt"):
+            edit = _append_line(tree, files, "requirements.txt", requirement)
+            edit.notes.append("setup.py reads its install_requires from it")
+            return edit
+        text, where = add_install_requires(setup_py, requirement)
+        _write(tree, "setup.py", text)
+        return DeclarationEdit("setup.py", requirement, [where])
+    cfg_text = files.read("setup.cfg")
+    if cfg_text is not None:
+        edited = _setup_cfg_requires(cfg_text, requirement)
+        if edited is None:
+            raise UnsupportedDeclaration("setup.cfg has no [options] install_requires, and the project declares its "
+                                         "runtime dependencies nowhere else heald edits")
+        _write(tree, "setup.cfg", edited)
+        return DeclarationEdit("setup.cfg", requirement, ["[options] install_requires"])
+    if files.exists("requirements.txt"):  # an application without packaging: its requirements are its runtime
         return _append_line(tree, files, "requirements.txt", requirement)
-    raise UnsupportedDeclaration("the project declares its dependencies in setup.py/setup.cfg, which heald does not edit")
+    raise UnsupportedDeclaration("the project declares its runtime dependencies nowhere heald can edit "
+                                 "(no [project], Poetry, setup.py, setup.cfg or requirements.txt)")
 
+
+def add_install_requires(source: str, requirement: str) -> tuple[str, str]:
+    """``source`` (a ``setup.py``) with ``requirement`` added to the ``install_requires`` of its
+    ``setup(...)`` call, edited with libcst (a concrete syntax tree: comments, quotes and layout
+    are kept), and where it went: the call's list literal, the module-level list a name there
+    refers to, or a new ``install_requires=[…]`` argument. Raises UnsupportedDeclaration when
+    the file does not parse, has no or several ``setup()`` calls, or computes the value (a
+    function call, ``**kwargs``): heald does not guess into code."""
+    import libcst as cst
+
+    try:
+        module = cst.parse_module(source)
+    except cst.ParserSyntaxError as exc:
+        raise UnsupportedDeclaration(f"setup.py does not parse ({str(exc).splitlines()[0]})") from None
+
+    def string(like: cst.List | None) -> cst.SimpleString:
+        quote = '"'
+        for el in like.elements if like is not None else []:
+            if isinstance(el.value, cst.SimpleString):
+                quote = el.value.value[-1]
+                break
+        return cst.SimpleString(f"{quote}{requirement}{quote}")
+
+    def appended(lst: cst.List) -> cst.List:
+        value = string(lst)
+        els = list(lst.elements)
+        last = els[-1] if els else None
+        if last is not None and isinstance(last.comma, cst.Comma):  # a trailing comma: keep the list's layout
+            # the line break before an element is the whitespace after the comma before it (or after "[")
+            sep = els[-2].comma.whitespace_after if len(els) > 1 and isinstance(els[-2].comma, cst.Comma) \
+                else lst.lbracket.whitespace_after
+            if isinstance(sep, cst.ParenthesizedWhitespace):
+                sep = sep.with_changes(first_line=cst.TrailingWhitespace(), empty_lines=[])  # not its comment
+            els[-1] = last.with_changes(comma=last.comma.with_changes(whitespace_after=sep))
+            return lst.with_changes(elements=[*els, cst.Element(value, comma=last.comma)])
+        return lst.with_changes(elements=[*els, cst.Element(value)])
+
+    class Setup(cst.CSTTransformer):
+        def __init__(self) -> None:
+            self.calls = 0
+            self.where = ""
+            self.name: str | None = None
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            f = updated.func
+            name = f.value if isinstance(f, cst.Name) else f.attr.value if isinstance(f, cst.Attribute) else None
+            if name != "setup":
+                return updated
+            self.calls += 1
+            args = list(updated.args)
+            for i, arg in enumerate(args):
+                if arg.keyword is not None and arg.keyword.value == "install_requires":
+                    if isinstance(arg.value, cst.List):
+                        self.where = "setup(install_requires=[…])"
+                        args[i] = arg.with_changes(value=appended(arg.value))
+                        return updated.with_changes(args=args)
+                    if isinstance(arg.value, cst.Name):
+                        self.name = arg.value.value
+                        return updated
+                    raise UnsupportedDeclaration("setup.py computes install_requires; heald does not edit code that "
+                                                 "computes dependencies")
+            if any(a.star for a in args):
+                raise UnsupportedDeclaration("setup.py passes setup() **kwargs and no install_requires; heald does "
+                                             "not know where the dependencies are")
+            self.where = "setup(install_requires=[…]) (new)"
+            new = cst.Arg(keyword=cst.Name("install_requires"), value=cst.List([cst.Element(string(None))]),
+                          equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                                whitespace_after=cst.SimpleWhitespace("")))
+            return updated.with_changes(args=[*args, new])
+
+    class Named(cst.CSTTransformer):
+        def __init__(self, name: str) -> None:
+            self.name = name
+            self.found = 0
+
+        def leave_Assign(self, original: cst.Assign, updated: cst.Assign) -> cst.Assign:
+            if (len(updated.targets) == 1 and isinstance(updated.targets[0].target, cst.Name)
+                    and updated.targets[0].target.value == self.name and isinstance(updated.value, cst.List)):
+                self.found += 1
+                return updated.with_changes(value=appended(updated.value))
+            return updated
+
+    setup = Setup()
+    edited = module.visit(setup)
+    if setup.calls != 1:
+        raise UnsupportedDeclaration(f"setup.py has {setup.calls} setup() calls; heald edits exactly one")
+    if setup.name is not None:
+        named = Named(setup.name)
+        edited = module.visit(named)
+        if named.found != 1:
+            raise UnsupportedDeclaration(f"setup.py's install_requires is {setup.name}, which is not one list literal "
+                                         f"assigned once; heald does not edit it")
+        setup.where = f"{setup.name} = […] (setup.py's install_requires)"
+    return edited.code, setup.where
+
+
+def _setup_cfg_requires(text: str, requirement: str) -> str | None:
+    """``setup.cfg`` text with ``requirement`` appended to ``[options] install_requires`` (a
+    line of its own, indented like the others), or None when it declares none."""
+    lines = text.splitlines(keepends=True)
+    section = ""
+    for i, line in enumerate(lines):
+        m = re.match(r"^\[([^\]]+)\]", line)
+        if m:
+            section = m.group(1).strip()
+            continue
+        if section == "options" and re.match(r"^install_requires\s*[=:]", line):
+            j = i + 1
+            while j < len(lines) and lines[j].strip() and lines[j][:1] in (" ", "\t"):
+                j += 1
+            indent = re.match(r"^(\s+)", lines[i + 1]).group(1) if i + 1 < j else "    "  # type: ignore[union-attr]
+            if not lines[j - 1].endswith("\n"):
+                lines[j - 1] += "\n"
+            lines.insert(j, f"{indent}{requirement}\n")
+            return "".join(lines)
+    return None
 
 def _append_line(tree: Path, files: Files, path: str, requirement: str) -> DeclarationEdit:
     text = files.read(path) or ""

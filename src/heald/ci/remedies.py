@@ -37,6 +37,7 @@ from heald.remedies.base import (
     Remedy,
     RemedyContext,
     RemedyError,
+    RemedyNotApplicable,
     RemedyParams,
     RemedyResult,
     Target,
@@ -137,10 +138,20 @@ class _CiRemedy(Remedy[CP]):
         diagnoses = ctx.store.diagnoses_for(incident_id) if incident_id else []
         diagnosis = diagnoses[-1].model_dump(mode="json") if diagnoses else None
         trailer = f"\n\nHealed-by: heald incident #{incident_id}" if incident_id else ""
+        facts = inv.get("facts") or {}
+        baseline = [*facts.get("baseline_failures", "").split(), *facts.get("quarantined", "").split()]
         fix = build_fix(ctx.config, job, self.kind, self.fix_params(params), before=inv.get("before") or None,
-                        token=token(ctx.config), trailer=trailer)
+                        token=token(ctx.config), trailer=trailer, baseline=baseline)
         if not fix.ok:
+            if fix.deterministic:  # said once; a retry would fail the same way (the engine does not retry it)
+                raise RemedyNotApplicable(f"the fix cannot be made here: {fix.reason}")
             raise RemedyError(f"the fix was not proposed: {fix.reason}")
+        if ctx.config.ci.dry_run:  # everything but the push and the pull request
+            return RemedyResult(f"dry run: {self.kind} {fix.sha[:12]} on {params.repo} validated in the sandbox "
+                                f"({fix.reason}); not pushed, no pull request",
+                                undo={"dry_run": True, "sha": fix.sha, "validated_sha": fix.sha, "worktree": fix.worktree,
+                                      "repo": params.repo, "repo_url": job.url, "branch": None, "existing": True,
+                                      "changed": fix.changed, "message": fix.message})
         run_url = next((s.annotations.get("html_url", "") for s in signals if s.kind == "ci_failed"), "")
         body = render_body(investigation=inv, diagnosis=diagnosis, fix=fix, incident_id=incident_id, run_url=run_url)
         cache = RepoCache(ctx.config.ci_work_dir, job.repo, job.url, timeout=ctx.config.ci.git_timeout_seconds)
@@ -157,8 +168,8 @@ class _CiRemedy(Remedy[CP]):
         return RemedyResult(output, undo={**proposal.as_dict(), "worktree": fix.worktree, "validated_sha": fix.sha,
                                           "repo_url": job.url, "gh_repo": gh,
                                           "checks": [n for n, b in fix.before.items()  # what the fix repaired
-                                                     if not b["ok"] and fix.after.get(n, {}).get("ok")],
-                                          "test_command": params.test_command})
+                                                     if not b["ok"] and _repaired(fix.after.get(n, {}), baseline)],
+                                          "test_command": params.test_command, "baseline": baseline})
 
     def undo(self, params: CP, ctx: RemedyContext, undo: dict[str, Any]) -> RemedyResult:
         if ctx.store is None or undo.get("existing"):
@@ -169,6 +180,12 @@ class _CiRemedy(Remedy[CP]):
         done = withdraw(ctx.config, ctx.store, cache, proposal, undo.get("gh_repo"),
                         ctx.incident.id if ctx.incident else None, "verification of the fix failed")
         return RemedyResult(done)
+
+
+def _repaired(after: dict[str, Any], baseline: list[str]) -> bool:
+    """Does a check pass after the fix, or fail only by baseline (environment, quarantined) tests?"""
+    failed = after.get("failed_tests") or []
+    return bool(after.get("ok")) or (bool(failed) and set(failed) <= set(baseline))
 
 
 @register

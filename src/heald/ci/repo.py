@@ -159,16 +159,22 @@ class RepoCache:
     # -- work trees ----------------------------------------------------------------------------
     def add_worktree(self, sha: str, purpose: str) -> Worktree:
         """A new work tree checked out (detached) at ``sha``; older ones beyond
-        ``max_worktrees`` are removed."""
+        ``max_worktrees`` are removed. The tree is ``<trees>/<name>/<name>``: its parent
+        ``<trees>/<name>`` (the tree's ``root``) also holds heald's own files for it (``heald/``:
+        the virtual environment, pip's cache, the sandbox's git directory, the sandbox user's
+        home), outside the project's tree, where no test or linter of the project sees them."""
         with self.locked():
             self._prune_old()
             name = f"{self.name}-{purpose}-{time.time_ns()}"
-            path = self.trees / name
+            root = self.trees / name
+            root.mkdir()
+            root.chmod(0o755)
+            path = root / name
             self.git("worktree", "add", "--detach", "--force", "--quiet", str(path), sha, timeout=self.timeout)
         admin = self.git_dir / "worktrees" / name
         if not admin.is_dir():  # git names the admin dir after the path's last component
             raise GitError(f"git did not create {admin}")
-        return Worktree(self, path, admin, sha)
+        return Worktree(self, path, admin, sha, root)
 
     def _prune_old(self) -> None:
         mine = sorted((p for p in self.trees.glob(f"{self.name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
@@ -200,6 +206,21 @@ class Worktree:
     path: Path
     admin: Path
     base: str
+    #: the directory the sandbox binds writable: the tree's parent made for it by
+    #: :meth:`RepoCache.add_worktree` (holding ``heald/`` beside the tree); None: the tree
+    #: itself (heald's files then live in ``<tree>/.heald``)
+    root: Path | None = None
+
+    @property
+    def top(self) -> Path:
+        """The directory bound writable into the sandbox (``root``, else the tree)."""
+        return self.root if self.root is not None else self.path
+
+    @property
+    def own(self) -> Path:
+        """heald's own files for this tree (venv, pip cache, git directory, HOME): outside the
+        tree when it has a ``root``."""
+        return self.root / "heald" if self.root is not None else self.path / ".heald"
 
     def git(self, *args: str, timeout: float | None = None, check: bool = True,
             env: Mapping[str, str] | None = None) -> str:
@@ -226,6 +247,6 @@ class Worktree:
         return [p for p in self.git("diff", "--name-only", base, "HEAD").splitlines() if p]
 
     def remove(self) -> None:
-        release_disk(self.path)  # the sandbox may have given the tree its own filesystem
-        shutil.rmtree(self.path, ignore_errors=True)
+        release_disk(self.top)  # the sandbox may have given the tree its own filesystem
+        shutil.rmtree(self.top, ignore_errors=True)
         self.cache.git("worktree", "prune", check=False)

@@ -4,9 +4,10 @@ at other commits, and ``git bisect run``.
 No run has a network that reaches the host: every run gets a fresh network namespace (only its
 own ``lo``). The install phase reaches the package index only through heald's package-index
 proxy (:mod:`heald.ci.index`), whose unix socket is bound into that run; pip's cache is
-``.heald/pip-cache`` of the run's own work tree.
+``pip-cache`` of the tree's own heald directory (:attr:`heald.ci.repo.Worktree.own`, beside the
+tree, never inside it).
 
-Git work inside the sandbox uses a git directory of its own, ``.heald/git`` in the work tree (a
+Git work inside the sandbox uses a git directory of its own, ``git`` in the tree's heald directory (a
 ``--shared`` clone of heald's cache, which is bound read-only): the sandbox never writes the
 cache, and heald never runs git on anything the sandbox wrote. Everything heald learns from a
 sandbox run it reads from the run's output, never from files the run left behind.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 import shlex
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,8 @@ from heald.sandbox import Limits, RunResult, Sandbox
 
 SANDBOX_GIT = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
 _FIRST_BAD = re.compile(r"^([0-9a-f]{40}) is the first bad commit", re.MULTILINE)
-_RUN_LINE = re.compile(r"^HEALD-RUN ([0-9a-f]{40}) (-?\d+)$", re.MULTILINE)
+# not anchored at the line's start: ``git bisect run``'s last line has no newline of its own
+_RUN_LINE = re.compile(r"HEALD-RUN ([0-9a-f]{40}) (-?\d+) (good|bad)$", re.MULTILINE)
 
 
 @dataclass
@@ -68,11 +71,13 @@ class Step:
 @dataclass
 class BisectOutcome:
     """What ``git bisect run`` found: the first bad commit (None when bisection could not say)
-    and the commits it tested with their exit statuses."""
+    and the commits it tested with their exit statuses (every one, the first included)."""
 
     culprit: str | None
     runs: list[tuple[str, int]]
     step: Step
+    #: each tested commit, its exit status and whether the step counted it good
+    judged: list[tuple[str, int, bool]] = field(default_factory=list)
 
 
 class Runner:
@@ -97,8 +102,13 @@ class Runner:
         return shared_proxy(sources, self.index_cache, self.cfg.index_cache_mb * 1024**2, owner)
 
     def env(self, wt: Worktree) -> dict[str, str]:
-        venv = wt.path / ".heald" / "venv"
+        """The environment of a run in ``wt``: heald's virtual environment first on PATH (it
+        lives outside the project's tree, :attr:`Worktree.own`), a writable HOME of its own,
+        pytest-timeout's per-test limit (``ci.test_timeout_seconds``)."""
+        venv = wt.own / "venv"
         return {"PATH": f"{venv}/bin:/usr/local/bin:/usr/bin:/bin", "VIRTUAL_ENV": str(venv), "CI": "true",
+                "HOME": str(wt.own / "home"), "XDG_CACHE_HOME": str(wt.own / "home" / ".cache"),
+                "PYTEST_TIMEOUT": str(max(1, int(self.cfg.test_timeout_seconds))),
                 "PYTHONDONTWRITEBYTECODE": "1", "PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", **SANDBOX_GIT}
 
     def _limits(self, timeout: float) -> Limits:
@@ -114,16 +124,20 @@ class Runner:
              index: IndexProxy | None = None) -> Step:
         """One sandboxed run, never with network; with ``index``, the package-index proxy's
         socket directory is bound read-only, the forwarder starts first, and pip points at it."""
-        own = wt.path / ".heald"
+        own = wt.own
         if own.is_symlink() or (own.exists() and not own.is_dir()):
             own.unlink()  # a repository's own .heald link or file: never followed on the host
         own.mkdir(exist_ok=True)
+        home = own / "home"
+        if home.is_symlink() or (home.exists() and not home.is_dir()):
+            home.unlink()
+        home.mkdir(exist_ok=True)
         env, read_only = self.env(wt), [self.cache.git_dir]
         if index is not None:
-            env.update(index.env(wt.path / ".heald" / "pip-cache"))
+            env.update(index.env(own / "pip-cache"))
             read_only.append(index.socket_dir)
             script = index.wrap(script, self.cfg.python)
-        r = self.sandbox.run(["/bin/sh", "-c", script], workdir=wt.path, env=env,
+        r = self.sandbox.run(["/bin/sh", "-c", script], workdir=wt.top, cwd=wt.path, env=env,
                              limits=self._limits(timeout), read_only=read_only)
         return self._record(phase, shown, commit, r, package_index=index is not None)
 
@@ -140,9 +154,10 @@ class Runner:
         installed version (None on failure)."""
         dist = re.split(r"[<>=!~\[ ]", requirement, maxsplit=1)[0]
         show_version = f"import importlib.metadata as m; print(); print('HEALD-VERSION', m.version({dist!r}))"
-        script = (f".heald/venv/bin/python -m pip install --quiet {shlex.quote(requirement)} && "
-                  f".heald/venv/bin/python -c {shlex.quote(f'import {probe_module}')} && "
-                  f".heald/venv/bin/python -c {shlex.quote(show_version)}")
+        py = shlex.quote(str(wt.own / "venv" / "bin" / "python"))
+        script = (f"{py} -m pip install --quiet {shlex.quote(requirement)} && "
+                  f"{py} -c {shlex.quote(f'import {probe_module}')} && "
+                  f"{py} -c {shlex.quote(show_version)}")
         step = self.install(wt, script, commit, phase="find-distribution")
         m = re.search(r"^HEALD-VERSION (\S+)$", step.output, re.MULTILINE)
         return step, (m.group(1) if step.ok and m else None)
@@ -161,10 +176,11 @@ class Runner:
     def _git_setup(self, wt: Worktree) -> str:
         """Shell lines that give the sandbox its own git directory for the tree (created once,
         its index set to the tree's base commit, which the tree holds when it is made)."""
-        return (f'if [ ! -f .heald/git/HEAD ]; then\n'
-                f'  git clone --quiet --bare --shared {shlex.quote(str(self.cache.git_dir))} .heald/git\n'
-                f'  GIT_DIR="$PWD/.heald/git" GIT_WORK_TREE="$PWD" git read-tree {wt.base}\nfi\n'
-                f'export GIT_DIR="$PWD/.heald/git" GIT_WORK_TREE="$PWD"\n')
+        gd = shlex.quote(str(wt.own / "git"))
+        return (f'if [ ! -f {gd}/HEAD ]; then\n'
+                f'  git clone --quiet --bare --shared {shlex.quote(str(self.cache.git_dir))} {gd}\n'
+                f'  GIT_DIR={gd} GIT_WORK_TREE="$PWD" git read-tree {wt.base}\nfi\n'
+                f'export GIT_DIR={gd} GIT_WORK_TREE="$PWD"\n')
 
     def at(self, wt: Worktree, sha: str, command: str, *, phase: str, tests: bool = True) -> Step:
         """Check out ``sha`` inside the sandbox (its own git directory) and run ``command``."""
@@ -174,31 +190,53 @@ class Runner:
                   f"unset GIT_DIR GIT_WORK_TREE\n{command}")
         return self._run(wt, script, phase=phase, shown=command, commit=sha, timeout=self.cfg.check_timeout_seconds)
 
-    def bisect(self, wt: Worktree, good: str, bad: str, command: str, *, missing_ok: bool) -> BisectOutcome:
+    def bisect(self, wt: Worktree, good: str, bad: str, command: str, *, missing_ok: bool = False,
+               tests: Sequence[str] = ()) -> BisectOutcome:
         """``git bisect run`` over good..bad inside the sandbox. A step is good when ``command``
-        exits 0 (and, when ``missing_ok``, pytest's 4 or 5: the tests do not exist yet there);
-        anything else, a per-step timeout included, is bad."""
+        exits 0, or, with ``tests`` (pytest node ids or unittest ids: the regression, when the
+        command cannot be narrowed to them), when it exits 1 and its output names none of them as
+        failing. Anything else is bad: pytest's 4 (usage error, e.g. a test file that does not
+        exist there yet), 5 (no tests collected), a per-step timeout (``ci.check_timeout_seconds``).
+        ``missing_ok`` is kept for callers of the older signature and changes nothing: a test that
+        does not exist at a commit did not pass there (the culprit is then the commit that added
+        it, which the caller recognizes as "never passed")."""
+        del missing_ok
         n = self.cache.count(good, bad)
         steps = max(1, math.ceil(math.log2(max(n, 2)))) + 2
-        ok_codes = "0 4 5" if missing_ok else "0"
+        own = shlex.quote(str(wt.own))
+        markers = "\n".join(m for t in tests for m in _failure_markers(t))
+        judge = ('[ "$rc" -eq 0 ] && ok=good\n' if not markers else
+                 '[ "$rc" -eq 0 ] && ok=good\n'
+                 f'if [ "$rc" -eq 1 ] && ! grep -qF -f {own}/bisect-markers {own}/bisect-step.log && '
+                 f'grep -qE "^(FAILED|ERROR|FAIL:|ERROR:) " {own}/bisect-step.log; then ok=good; fi\n')
         step_script = (
             "sha=$(git rev-parse HEAD)\n"
             f"( unset GIT_DIR GIT_WORK_TREE; timeout -k 5 {int(self.cfg.check_timeout_seconds)} /bin/sh -c "
-            f"{shlex.quote(command)} ) > .heald/bisect-step.log 2>&1\n"
-            "rc=$?\n"
-            'echo "HEALD-RUN $sha $rc" >> .heald/bisect-runs.log\n'
-            f'for ok in {ok_codes}; do [ "$rc" -eq "$ok" ] && exit 0; done\n'
+            f"{shlex.quote(command)} ) > {own}/bisect-step.log 2>&1\n"
+            "rc=$?\nok=bad\n" + judge +
+            f'echo "HEALD-RUN $sha $rc $ok" >> {own}/bisect-runs.log\n'
+            '[ "$ok" = good ] && exit 0\n'
             "exit 1\n")
-        script = (f"set -e\n{self._git_setup(wt)}rm -f .heald/bisect-runs.log\n"
-                  f"cat > .heald/bisect-step.sh <<'HEALD_EOF'\n{step_script}HEALD_EOF\n"
+        script = (f"set -e\n{self._git_setup(wt)}rm -f {own}/bisect-runs.log\n"
+                  f"cat > {own}/bisect-markers <<'HEALD_EOF'\n{markers}\nHEALD_EOF\n"
+                  f"cat > {own}/bisect-step.sh <<'HEALD_EOF'\n{step_script}HEALD_EOF\n"
                   f"git bisect reset >/dev/null 2>&1 || true\n"
                   f"git checkout --quiet --force --detach {bad}\n"
-                  f"git bisect start {bad} {good}\nset +e\ngit bisect run /bin/sh .heald/bisect-step.sh\nrc=$?\n"
-                  f"cat .heald/bisect-runs.log\ngit bisect reset >/dev/null 2>&1\nexit $rc\n")
+                  f"git bisect start {bad} {good}\nset +e\ngit bisect run /bin/sh {own}/bisect-step.sh\nrc=$?\n"
+                  f"echo\ncat {own}/bisect-runs.log\ngit bisect reset >/dev/null 2>&1\nexit $rc\n")
         shown = f"git bisect start {bad[:12]} {good[:12]} && git bisect run sh -c {shlex.quote(command)}"
         step = self._run(wt, script, phase="bisect", shown=shown, commit=bad,
                          timeout=self.cfg.check_timeout_seconds * steps + 120)
-        runs = [(m.group(1), int(m.group(2))) for m in _RUN_LINE.finditer(step.output)]
-        self.test_runs += len(runs)
+        judged = [(m.group(1), int(m.group(2)), m.group(3) == "good") for m in _RUN_LINE.finditer(step.output)]
+        self.test_runs += len(judged)
         m = _FIRST_BAD.search(step.output)
-        return BisectOutcome(m.group(1) if m else None, runs, step)
+        return BisectOutcome(m.group(1) if m else None, [(s, rc) for s, rc, _ in judged], step, judged)
+
+
+def _failure_markers(test_id: str) -> list[str]:
+    """The lines a run prints when ``test_id`` fails: pytest's ``FAILED <id>``/``ERROR <id>``
+    (``-rfE``), unittest's ``FAIL: <name> (<module.Class>)``."""
+    if "::" in test_id or test_id.endswith(".py"):
+        return [f"FAILED {test_id}", f"ERROR {test_id}"]
+    where, _, name = test_id.rpartition(".")
+    return [f"FAIL: {name} ({where})", f"ERROR: {name} ({where})"] if where else [test_id]

@@ -13,8 +13,9 @@ from pathlib import Path
 from heald import _paths
 from heald._git import GitError
 from heald.ci import CiJob
-from heald.ci.investigate import Workspace
+from heald.ci.investigate import Workspace, failed_test_ids
 from heald.ci.repo import Worktree
+from heald.ci.runner import Step
 from heald.config import HealdConfig
 from heald.models import ActionStatus, CheckResult, Incident, utcnow
 from heald.sandbox import SandboxUnavailable
@@ -31,6 +32,11 @@ def ci_checks(incident: Incident, config: HealdConfig, store: Store) -> list[Cal
         return []
     undo = dict(done[-1].undo or {})
     memo: dict[str, CheckResult] = {}
+    if undo.get("dry_run"):
+        def validated_only() -> CheckResult:
+            return CheckResult(name="fix validated in the sandbox (dry run)", ok=True, at=utcnow(),
+                               detail=f"{str(undo.get('sha'))[:12]} passed validation; dry run: nothing was pushed")
+        return [validated_only]
 
     def fix_branch_passes() -> CheckResult:
         if "r" not in memo:
@@ -54,8 +60,10 @@ def verify_fix(config: HealdConfig, undo: dict) -> CheckResult:  # type: ignore[
         files = ws.files(undo["sha"])
         checks = [c for c in ws.checks(files) if c.name in set(undo.get("checks") or [])] or ws.checks(files)
         tree = Path(undo.get("worktree") or "/nonexistent")
-        if undo.get("validated_sha") == undo["sha"] and _paths.is_dir(tree, ".heald/venv"):  # never through a link the repository committed
-            wt = Worktree(ws.cache, tree, tree, undo["sha"])  # the validated tree, environment installed
+        root = tree.parent
+        if (undo.get("validated_sha") == undo["sha"] and root.name == tree.name
+                and _paths.is_dir(root, "heald/venv")):  # never through a link
+            wt = Worktree(ws.cache, tree, tree, undo["sha"], root)  # the validated tree, environment installed
         else:
             ws.cache.update(want=[undo["sha"]])
             wt = ws.cache.add_worktree(undo["sha"], "verify")
@@ -64,7 +72,15 @@ def verify_fix(config: HealdConfig, undo: dict) -> CheckResult:  # type: ignore[
         results = {c.name: ws.runner.check(wt, c, phase="verify", commit=undo["sha"]) for c in checks}
     except (GitError, SandboxUnavailable) as exc:
         return CheckResult(name=name, ok=False, at=utcnow(), detail=str(exc)[:500])
-    failing = [n for n, r in results.items() if not r.ok]
+    baseline = set(undo.get("baseline") or [])
+
+    def passes(step: Step) -> bool:  # baseline failures (the environment's, quarantined) may remain
+        ids = failed_test_ids(step.output) if step.exit == 1 and not step.timed_out else []
+        return step.ok or (bool(ids) and set(ids) <= baseline)
+
+    failing = [n for n, r in results.items() if not passes(r)]
     detail = "; ".join(f"{n}: {r.describe()}" for n, r in results.items())
+    if baseline and not failing and any(not r.ok for r in results.values()):
+        detail += f" (only baseline failures remain: {', '.join(sorted(baseline)[:5])})"
     return CheckResult(name=name, ok=not failing, at=utcnow(),
                        detail=f"{undo['branch']} at {undo['sha'][:12]}: {detail}")

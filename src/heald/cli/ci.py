@@ -28,6 +28,10 @@ def _default_branch(url: str) -> str:
     return ""
 
 
+#: the reproduction's phases that run the project's checks (what the overhead ratio divides by)
+TEST_PHASES = ("reproduce", "baseline", "search", "rerun", "bisect", "culprit", "parent")
+
+
 def result_of(store: Any, incident_id: int, started: float) -> dict[str, Any]:
     """What a CI healing came to, as JSON-ready data (see ``heald heal-ci --help``)."""
     from heald.ci.incident import investigation_data, reproduction
@@ -44,6 +48,8 @@ def result_of(store: Any, incident_id: int, started: float) -> dict[str, Any]:
     undo = (last or {}).get("undo") or {}
     outcome = {"resolved": "fix_proposed", "escalated": "escalated",
                "needs_attention": "escalated"}.get(inc["state"], inc["state"])  # handed over: still failing
+    if outcome == "fix_proposed" and undo.get("dry_run"):
+        outcome = "fix_validated_dry_run"
     return {
         "incident_id": incident_id, "state": inc["state"], "outcome": outcome, "reason": inc["closed_reason"],
         "verdict": rep.labels.get("verdict") if rep else None, "summary": inv.get("summary"),
@@ -56,6 +62,11 @@ def result_of(store: Any, incident_id: int, started: float) -> dict[str, Any]:
         "good_sha": facts.get("good_sha"), "commits_in_range": int(facts["commits_in_range"]) if facts.get("commits_in_range") else None,
         "test_runs": inv.get("test_runs"), "bisect_runs": inv.get("bisect_runs"),
         "failed_attempts": [a["output"][-500:] for a in detail["actions"] if a["status"] == "failed"],
+        "test_seconds": round(sum(st.get("duration_s") or 0.0 for st in inv.get("steps", [])
+                                  if st.get("phase") in TEST_PHASES), 2),
+        "dry_run": bool(undo.get("dry_run")), "test_command": facts.get("test_command"),
+        "test_command_source": facts.get("test_command_source"),
+        "escalation": inv.get("escalation"),
         "duration_s": round(time.monotonic() - started, 2),
     }
 
@@ -65,7 +76,15 @@ def heal_ci(
     repo: str = typer.Option(..., "--repo", help="The repository: a clone URL or a local path."),
     bad: str = typer.Option(..., "--bad", help="The failing commit (sha, branch or tag)."),
     good: str | None = typer.Option(None, "--good", help="A commit known to pass (default: heald looks back for one)."),
-    test_cmd: str | None = typer.Option(None, "--test-cmd", help="Shell command that runs the tests (default: detected)."),
+    test_cmd: str | None = typer.Option(None, "--test-cmd", help="Shell command that runs the tests (default: read "
+                                                                 "from the project's CI, tox, nox, Makefile or pytest "
+                                                                 "configuration)."),
+    install_cmd: str | None = typer.Option(None, "--install-cmd", help="Shell command that installs the dependencies "
+                                                                       "into heald's environment (default: detected)."),
+    quarantine: list[str] = typer.Option([], "--quarantine", help="A test known to fail (pytest node id or a prefix of "
+                                                                  "one); never counted as the failure. Repeatable; "
+                                                                  "adds to ci.quarantine."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Do everything but push a branch or open a pull request."),
     branch: str | None = typer.Option(None, "--branch", help="The branch that failed, the pull request's base "
                                                              "(default: the remote's default branch)."),
     github_repo: str | None = typer.Option(None, "--github-repo", help="owner/name on GitHub for the pull request "
@@ -107,13 +126,23 @@ def heal_ci(
         good_sha = cache.resolve(good) if good else None
     except GitError as exc:
         fail(f"--repo/--bad/--good: {exc}")
+    if good_sha is not None and (good_sha == bad_sha or not cache.is_ancestor(good_sha, bad_sha)):
+        fail(f"--good: {good} ({good_sha[:12]}) is not an ancestor of --bad {bad} ({bad_sha[:12]}); give a commit the "
+             f"failing one descends from")
+    for q in quarantine:
+        if not q.strip() or len(q) > 1000 or any(ord(c) < 0x20 for c in q):
+            fail(f"--quarantine: expected a test id (pytest node id or a prefix of one), got {q[:100]!r}")
+    if dry_run:
+        cfg.ci.dry_run = True
     if branch is None:
         branch = bad if cache.succeeds("show-ref", "--verify", "--quiet", f"refs/heads/{bad}") else _default_branch(url)
     signal = Signal(source="heal-ci", kind="ci_failed", service=name, severity=Severity.error,
                     summary=f"CI failed: {name}@{branch or '?'} {bad_sha[:10]} (heald heal-ci)",
                     labels={"repo": name, "head_sha": bad_sha, "head_branch": branch, "event": "heal-ci"},
                     annotations={"clone_url": url, **({"good_sha": good_sha} if good_sha else {}),
-                                 **({"test_command": test_cmd} if test_cmd else {})},
+                                 **({"test_command": test_cmd} if test_cmd else {}),
+                                 **({"install_command": install_cmd} if install_cmd else {}),
+                                 **({"quarantine": "\n".join(quarantine)} if quarantine else {})},
                     fingerprint=fingerprint(name, bad_sha))
     rt = Runtime(cfg, manage_services=False, run_probes=False)
     rt.start()
@@ -162,8 +191,18 @@ def _print(d: dict[str, Any]) -> None:
     if d["culprit"]:
         c = d["culprit"]
         out.print(f"culprit: {c['sha'][:12]} {escape(c['subject'] or '')} — {escape(c['author'] or '')}, {c['age']} old")
+    if d["test_command"]:
+        out.print(f"tests: {escape(d['test_command'])} (from {escape(d['test_command_source'] or 'detection')})")
+    if d["dry_run"]:
+        out.print(f"fix: {d['remedy']} {str(d['fix_sha'])[:12]} validated; dry run: not pushed")
     if d["branch"]:
         out.print(f"fix: {d['remedy']} {str(d['fix_sha'])[:12]} pushed as {d['branch']}")
+    esc = d.get("escalation") or {}
+    if d["state"] != "resolved" and esc:
+        for t in esc.get("failing_tests", [])[:10]:
+            out.print(f"  failing: {escape(t['id'])}: {escape(t.get('error') or '')}")
+        for s in esc.get("suspects", [])[:10]:
+            out.print(f"  suspect: {escape(s['path'])}:{s.get('line') or ''} ({escape(s['why'])})")
     if d["pull_request"]:
         out.print(f"pull request #{d['pull_request']['number']}: {d['pull_request']['url']}")
     elif d["pull_request_note"]:

@@ -75,6 +75,8 @@ CATEGORIES: dict[str, Category] = {c.name: c for c in [
              ("missing_module",)),
     Category("ci_timeout", "the job or a test exceeded its time limit", "ci", ("test_failure",)),
     Category("flaky_test", "a test that fails intermittently and passes on re-run", "ci", ("test_failure",)),
+    Category("not_reproduced", "the CI failure does not reproduce in heald's sandbox (specific to the CI machine, "
+             "or intermittent: no test was seen both failing and passing)", "ci", ()),
     Category("environment_drift", "the CI environment changed (tool, interpreter, runner) and fails on every commit",
              "ci", ("test_failure", "test_collection_error", "dependency_install")),
     # -- none --------------------------------------------------------------------------------

@@ -146,6 +146,9 @@ class Tried:
 
     key: str  # heald.plan.candidate_key(remedy, params)
     rolled_back: bool
+    #: it failed because it cannot act here at all (RemedyNotApplicable): it would fail the same
+    #: way again, so it is not tried again on this incident
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -335,9 +338,13 @@ def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> 
                        heald=remedies.HealdSelf(deps.config, deps.supervisor),
                        service=deps.store.get_incident(incident_id).service)
     rolled_back = {t.key for t in tried if t.rolled_back}
-    kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back]
+    final = {t.key for t in tried if t.final}
+    kept = [c for c in result.plan.candidates if candidate_key(c.remedy, c.params) not in rolled_back | final]
     result.dropped.extend(f"{c.remedy} {c.params}: tried on this incident, did not heal it, and was undone"
-                          for c in result.plan.candidates if c not in kept)
+                          for c in result.plan.candidates if candidate_key(c.remedy, c.params) in rolled_back)
+    result.dropped.extend(f"{c.remedy} {c.params}: failed on this incident in a way a retry repeats (it cannot act "
+                          f"here); not tried again"
+                          for c in result.plan.candidates if candidate_key(c.remedy, c.params) in final - rolled_back)
     if (itself := about_heald(deps.config, deps.store, incident_id, deps.supervisor)) is not None:
         result.dropped.extend(f"{c.remedy} {c.params}: {itself}" for c in kept)  # invariant 7: no remedy at all
         kept = []

@@ -111,7 +111,8 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
         if (ended := learn_step(incident_id, attempt, found.category, candidate.remedy, decided.target, verified,
                                 undone)) is not None:
             return ended
-        tried.append(Tried(candidate_key(candidate.remedy, candidate.params), rolled_back=undone))
+        final = acted.status == ActionStatus.failed and acted.output.startswith("RemedyNotApplicable:")
+        tried.append(Tried(candidate_key(candidate.remedy, candidate.params), rolled_back=undone, final=final))
         if attempt - first >= cfg.max_attempts:
             return Stopped(attempt, f"attempt budget spent: {attempt - first} of {cfg.max_attempts} attempts made, "
                                     f"none healed it; last: {verified.reason}")

@@ -66,6 +66,43 @@ def _system_args() -> list[str]:
     return args
 
 
+_passwd_files: dict[tuple[int, str], Path] = {}
+
+
+def passwd_with_home(uid: int, home: str) -> Path | None:
+    """A copy of the host's ``/etc/passwd`` (format: passwd(5)) in which user ``uid``'s home
+    directory is ``home``, bound over ``/etc/passwd`` in the sandbox: a tool that asks the
+    password database for the home directory (``pwd.getpwuid``, ``~user``) finds the run's
+    writable HOME, not ``/nonexistent``. None when the host has no ``/etc/passwd``; a user it
+    does not list is added. Files are made once per (uid, home) under a private directory."""
+    import tempfile
+
+    key = (uid, home)
+    found = _passwd_files.get(key)
+    if found is not None and found.exists():
+        return found
+    try:
+        lines = Path("/etc/passwd").read_text().splitlines()
+    except OSError:
+        return None
+    out, seen = [], False
+    for line in lines:
+        f = line.split(":")
+        if len(f) == 7 and f[2] == str(uid):
+            f[5], seen = home, True
+            line = ":".join(f)
+        out.append(line)
+    if not seen:
+        out.append(f"sandbox:x:{uid}:{uid}:heald sandbox:{home}:/bin/sh")
+    d = Path(tempfile.mkdtemp(prefix="heald-passwd-"))
+    d.chmod(0o755)
+    path = d / "passwd"
+    path.write_text("\n".join(out) + "\n")
+    path.chmod(0o644)
+    _passwd_files[key] = path
+    return path
+
+
 def _reachable(path: Path, uid: int, gid: int) -> str | None:
     """None when user ``uid``/``gid`` can traverse every directory above ``path``; else the
     first directory that blocks it."""
@@ -121,6 +158,10 @@ class Bubblewrap(Sandbox):
         a = [self.bwrap, "--unshare-all", "--unshare-user"]
         a += ["--die-with-parent", "--new-session", "--disable-userns", "--hostname", "heald-sandbox"]
         a += _system_args()
+        home = {**BASE_ENV, **env}.get("HOME", "/tmp")
+        passwd = passwd_with_home(self.as_user[0] if self.as_user else os.getuid(), home)
+        if passwd is not None:
+            a += ["--ro-bind", str(passwd), "/etc/passwd"]
         a += ["--proc", "/proc", "--dev", "/dev", "--size", str(limits.shm_bytes), "--tmpfs", "/dev/shm",
               "--remount-ro", "/dev", "--size", str(limits.tmp_bytes), "--tmpfs", "/tmp"]
         for p in [*self.cfg.read_only_paths, *read_only]:

@@ -37,7 +37,11 @@ from heald.diagnose.signatures.base import Classification, Rule, register, rule_
 
 _PYTEST_SUMMARY = re.compile(r"={2,} (?P<body>(?:\d+ \w+(?:, )?)+)(?: in [\d.]+s(?: \([\d:]+\))?)? ={2,}")
 _COUNTS = re.compile(r"(?P<n>\d+) (?P<what>failed|passed|errors?|skipped|xfailed|xpassed|rerun|deselected|warnings?)")
-_FAILED_ID = re.compile(r"^(?:\S+\s+)?(?:FAILED|ERROR) (?P<id>[\w/.\-]+\.(?:py|yml|yaml)(?:::[\w\[\]\-./,: ]+?)?)(?: -(?: (?P<why>.*))?)?$")
+#: pytest's short summary line (``-rfE``): ``FAILED path::Class::test[param] - reason``. A
+#: parametrized id may hold any character between its brackets (``+``, ``\``, ``;``, spaces, ``-``).
+_FAILED_ID = re.compile(r"^(?:\S+\s+)?(?:FAILED|ERROR) (?P<id>[\w/.\-]+\.(?:py|yml|yaml)(?:::[\w.\-]+)*(?:\[.*?\])?)"
+                        r"(?: -(?: (?P<why>.*))?)?$")
+_COLLECT_PATH = re.compile(r"ERROR collecting (?P<path>[\w/.\-]+\.py)|^(?:\S+\s+)?ERROR (?P<p2>[\w/.\-]+\.py)(?: - .*)?$")
 _UNITTEST_FAIL = re.compile(r"^(?:\S+\s+)?(?P<kind>FAIL|ERROR): (?P<test>\w+) \((?P<where>[\w.]+)\)")
 _UNITTEST_RESULT = re.compile(r"\bFAILED \((?P<body>(?:failures|errors|skipped|expected failures|unexpected successes)=\d+"
                               r"(?:, (?:failures|errors|skipped|expected failures|unexpected successes)=\d+)*)\)")
@@ -109,6 +113,29 @@ def test_runs(text: str) -> list[Classification]:
     elif counts.get("rerun") and counts.get("passed") and not counts.get("error"):
         out.append(Classification("flaky_test", 0.8, [summary_line], details))
     return out
+
+
+def failing_ids(text: str) -> tuple[list[str], list[str]]:
+    """Every failing test of a pytest (``-rfE`` short summary) or unittest (``FAIL: test (mod.Class)``)
+    run's output, and the test files that could not be collected (pytest's ``ERROR collecting
+    path`` / ``ERROR path``): ``(test ids, collection-error paths)``, in order, without
+    duplicates. Nothing is capped (:func:`test_runs` keeps only the first 20 as details)."""
+    failed: list[str] = []
+    collect: list[str] = []
+    for line in text.splitlines():
+        s = line.strip()
+        fm = _FAILED_ID.match(s)
+        if fm and "::" in fm.group("id"):
+            failed.append(fm.group("id"))
+            continue
+        cm = _COLLECT_PATH.search(s)
+        if cm:
+            collect.append(cm.group("path") or cm.group("p2"))
+            continue
+        um = _UNITTEST_FAIL.match(s)
+        if um:
+            failed.append(f"{um.group('where')}.{um.group('test')}")
+    return list(dict.fromkeys(failed)), list(dict.fromkeys(collect))
 
 
 RULES = [
