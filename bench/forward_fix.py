@@ -5,7 +5,9 @@ Each case is built at run time from a PyPI sdist (downloaded by pip into a cache
 nothing of the project is committed here) and one **real upstream fix** whose commit added a
 test: in the released code that contains the fix, the bench reverts the fix's change to the
 source file (the ``revert`` pairs below are that commit's source hunks, fixed text → the text
-before the fix, read from the project's git history) and removes the tests the fix added. That
+before the fix, read from the project's git history) and removes the tests the fix added. The
+release is the first one containing the fix, except for three more-itertools fixes of 8.8/8.9,
+whose old sdists pip no longer prepares: there 10.8.0, which still contains the fix. That
 is commit 1 ("the bug exists"); commit 2 adds those tests back ("a commit adds a test exposing
 an existing bug"). The fix exists upstream: it is the reverted change, and the function it sits
 in is the ground truth. A case whose revert does not apply to the sdist, or whose added tests do
@@ -106,7 +108,7 @@ CASES: list[dict[str, Any]] = [{'project': 'more-itertools',
               '    shuffle(reservoir)',
               '\n    shuffle(reservoir)')]},
  {'project': 'more-itertools',
-  'version': '8.8.0',
+  'version': '10.8.0',
   'upstream': '2e81a562fbac',
   'subject': 'Fix split_before for an empty collections.',
   'file': 'more_itertools/more.py',
@@ -115,7 +117,7 @@ CASES: list[dict[str, Any]] = [{'project': 'more-itertools',
   'revert': [('        buf.append(item)\n    if buf:\n        yield buf\n',
               '        buf.append(item)\n    yield buf\n')]},
  {'project': 'more-itertools',
-  'version': '8.9.0',
+  'version': '10.8.0',
   'upstream': '82080967e4ea',
   'subject': 'Handle empty in zip_broadcast',
   'file': 'more_itertools/more.py',
@@ -132,7 +134,7 @@ CASES: list[dict[str, Any]] = [{'project': 'more-itertools',
               '                    if next(it, _marker) is not _marker:\n'
               '                        raise UnequalIterablesError')]},
  {'project': 'more-itertools',
-  'version': '8.9.0',
+  'version': '10.8.0',
   'upstream': 'fb89af02fdb7',
   'subject': 'fixed repeat_each() to accept infinite iterators as input',
   'file': 'more_itertools/more.py',
@@ -377,16 +379,40 @@ def without_tests(text: str, tests: list[tuple[str, str]]) -> str:
     return "".join(lines)
 
 
-def truth(text: str, case: dict[str, Any]) -> str:
-    """The qualified name of the function the upstream fix changed (the innermost function
-    around its first changed line, in the fixed file)."""
+def revert(code: str, pairs: list[tuple[str, str]]) -> tuple[str, int]:
+    """``code`` with the upstream fix reverted, and the first line the fix changed (1-based, in
+    the fixed ``code``). Each pair (fixed text, text before the fix, with one line of context)
+    is replaced where it occurs exactly once; else its changed lines alone (the context may have
+    moved since); a pair that only removes blank lines is skipped. Raises LookupError when a
+    pair applies nowhere or in several places."""
+    first = 0
+    for new, old in pairs:
+        a, b = new.splitlines(), old.splitlines()
+        while a and b and a[0] == b[0]:
+            a, b = a[1:], b[1:]
+        while a and b and a[-1] == b[-1]:
+            a, b = a[:-1], b[:-1]
+        if not any(x.strip() for x in a + b):
+            continue  # whitespace only
+        for search, replace in ((new, old), ("\n".join(a), "\n".join(b))):  # noqa: B007 (used after the loop)
+            if search and code.count(search) == 1:
+                break
+        else:
+            raise LookupError(f"the fix's text is not found exactly once in the sdist ({code.count(new)} times)")
+        at = code.index(search)
+        lead = next((i for i, (x, y) in enumerate(zip(search.splitlines() + [""], replace.splitlines() + [""],
+                                                          strict=False)) if x != y), 0)
+        first = first or code[:at].count("\n") + 1 + lead
+        code = code[:at] + replace + code[at + len(search):]
+    if not first:
+        raise LookupError("the fix changes only whitespace")
+    return code, first
+
+
+def truth(text: str, line: int) -> str:
+    """The qualified name of the innermost function around ``line`` of ``text`` ("" when none)."""
     from heald.ci.localize import functions_of
 
-    new, old = case["revert"][0]
-    start = text.index(new)
-    first = next(i for i, (a, b) in enumerate(zip(new.splitlines() + [""], old.splitlines() + [""], strict=False))
-                 if a != b)
-    line = text[:start].count("\n") + 1 + first
     inside = [d for d in functions_of(text) if d[1] <= line <= d[2]]
     return max(inside, key=lambda d: d[1])[0] if inside else ""
 
@@ -397,12 +423,9 @@ def build(case: dict[str, Any], cache: Path, where: Path) -> tuple[Path, str, st
     src = sdist(case["project"], case["version"], cache)
     repo = where / f"{case['project']}-{case['upstream']}"
     shutil.copytree(src, repo, symlinks=True)
-    code = (repo / case["file"]).read_text()
-    function = truth(code, case)
-    for new, old in case["revert"]:
-        if code.count(new) != 1:
-            raise LookupError(f"the fix's text occurs {code.count(new)} times in {case['file']} of the sdist")
-        code = code.replace(new, old, 1)
+    fixed = (repo / case["file"]).read_text()
+    code, line = revert(fixed, case["revert"])
+    function = truth(fixed, line)
     tests_text = (repo / case["test_file"]).read_text()
     (repo / case["file"]).write_text(code)
     (repo / case["test_file"]).write_text(without_tests(tests_text, case["tests"]))

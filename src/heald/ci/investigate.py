@@ -184,6 +184,9 @@ def investigate(config: HealdConfig, job: CiJob, *, sandbox: Sandbox | None = No
         inv.verdict, inv.category = "unresolved", "unknown"
         inv.summary = f"heald could not get the repository or its commits: {exc}"
     inv.steps = ws.runner.steps
+    from heald.ci.repair import localize_investigation  # forward fixes (issue 16): suspects for the escalation
+
+    localize_investigation(ws, inv)
     inv.test_runs = ws.runner.test_runs
     inv.duration_s = time.monotonic() - t0
     log.info("ci.investigated", repo=job.repo, verdict=inv.verdict, test_runs=inv.test_runs,

@@ -167,6 +167,9 @@ def apply_edits(tree: Path, answer: RepairAnswer) -> list[str]:
             raise RepairRefused(f"edit {i}: {exc}") from None
         if text is None:
             raise RepairRefused(f"edit {i}: {edit.path!r} does not exist in the repository (heald never creates files)")
+        if len(edit.search.strip()) >= len(text.strip()) > 0:
+            raise RepairRefused(f"edit {i}: its search text is the whole of {edit.path!r}; heald takes no whole-file "
+                                f"rewrites, only the lines that change")
         count = text.count(edit.search)
         if count != 1:
             raise RepairRefused(f"edit {i}: the search text occurs {count} times in {edit.path!r} (it must occur "
@@ -546,7 +549,7 @@ def render_body(ff: ForwardFix, incident_id: int | None = None) -> str:
 
 
 def propose_forward_fix(config: HealdConfig, store: Any, ff: ForwardFix, *, branch: str,
-                        incident_id: int | None = None) -> Any:
+                        incident_id: int | None = None, signature: str | None = None) -> Any:
     """Push the valid candidate of ``ff`` and open its **draft** pull request, marked as
     model-written (whatever ``ci.pull_requests.draft`` says). Returns the
     :class:`heald.ci.pull_request.Proposal`. Raises ValueError without a valid candidate, and
@@ -559,8 +562,49 @@ def propose_forward_fix(config: HealdConfig, store: Any, ff: ForwardFix, *, bran
     draft = config.model_copy(update={"ci": config.ci.model_copy(update={
         "pull_requests": config.ci.pull_requests.model_copy(update={"draft": True})})})
     cache = RepoCache(config.ci_work_dir, job.repo, job.url, timeout=config.ci.git_timeout_seconds)
-    signature = failure_signature(job.repo, "forward_fix", " ".join(sorted(ff.failing_tests)))
+    signature = signature or failure_signature(job.repo, "forward_fix", " ".join(sorted(ff.failing_tests)))
     title = f"[{MODEL_WRITTEN}] Fix {', '.join(ff.failing_tests[:2])}"[:200]
     return propose(draft, store, cache, fix=fix, kind="forward_fix", signature=signature, title=title,
                    body=render_body(ff, incident_id), base_branch=branch,
                    gh_repo=github_repo(job.repo, job.url, config.ci.github.host), incident_id=incident_id)
+
+
+# -- the escalation and the remedy -----------------------------------------------------------------
+
+#: Verdicts with failing tests and nothing to revert: a forward fix is the only way forward.
+FORWARD_VERDICTS = ("never_passed", "red_everywhere", "regression_unrevertable")
+
+
+def localize_investigation(ws: Workspace, inv: Any) -> Localization | None:
+    """Localize an investigation's failing tests (no model) and keep the result in its facts
+    (``suspects``: one line per suspect; ``localization``: JSON) and summary, so that the
+    escalation carries it; with an LLM endpoint configured, ``forward_fix`` is ``ready`` (the
+    runbook ``ci-forward-fix`` then offers the remedy, for a human to approve). Returns the
+    localization, or None when the investigation has no failing tests or no test output.
+    Never raises for the repository's content."""
+    if inv.verdict not in FORWARD_VERDICTS or not inv.failing_tests or not inv.bad:
+        return None
+    output = next((s.output for s in inv.steps if s.phase == "reproduce" and not s.ok and s.output), "")
+    if not output:
+        return None
+    cfg = ws.config.ci.forward_fix
+    wt = ws.cache.add_worktree(inv.bad, "localize")  # only read by heald: nothing runs in it
+    try:
+        try:
+            parent = ws.cache.resolve(f"{inv.bad}~{cfg.recent_commits}") if cfg.recent_commits else inv.bad
+        except GitError:
+            parent = ws.cache.git("rev-list", "--max-parents=0", inv.bad, timeout=60).split()[0]
+        diff = ws.cache.git("diff", "-U0", "--no-color", parent, inv.bad, timeout=120) if parent != inv.bad else ""
+        loc = localize(wt.path, output, inv.failing_tests, recent=recent_changes(diff), budget_tokens=cfg.context_tokens)
+    finally:
+        wt.remove()
+    if not loc.files:
+        return loc
+    inv.facts["suspects"] = loc.summary()
+    inv.facts["localization"] = json.dumps(loc.as_dict(5))
+    top = loc.functions[:3] or loc.files[:3]
+    inv.summary += " Suspect code (from the tracebacks, the test and the recent diff): " + "; ".join(
+        s.where() for s in top) + "."
+    if endpoint(ws.config) is not None:
+        inv.facts["forward_fix"] = "ready"
+    return loc
