@@ -363,11 +363,11 @@ def without_tests(text: str, tests: list[tuple[str, str]]) -> str:
     spans = []
     for cls, name in tests:
         scope: list[ast.stmt] = mod.body
-        if cls:
-            owners = [n for n in mod.body if isinstance(n, ast.ClassDef) and n.name == cls]
-            if len(owners) != 1:
-                raise LookupError(f"class {cls} found {len(owners)} times")
+        owners = [n for n in mod.body if isinstance(n, ast.ClassDef) and n.name == cls]
+        if cls and len(owners) == 1:
             scope = owners[0].body
+        elif cls:  # the diff's hunk header named a neighbouring class: any class's method of that name
+            scope = [m for n in mod.body if isinstance(n, ast.ClassDef) for m in n.body]
         found = [n for n in scope if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name]
         if len(found) != 1:
             raise LookupError(f"test {cls}.{name} found {len(found)} times")
