@@ -588,16 +588,21 @@ def localize_investigation(ws: Workspace, inv: Any) -> Localization | None:
     if not output:
         return None
     cfg = ws.config.ci.forward_fix
-    wt = ws.cache.add_worktree(inv.bad, "localize")  # only read by heald: nothing runs in it
     try:
+        wt = ws.cache.add_worktree(inv.bad, "localize")  # only read by heald: nothing runs in it
         try:
-            parent = ws.cache.resolve(f"{inv.bad}~{cfg.recent_commits}") if cfg.recent_commits else inv.bad
-        except GitError:
-            parent = ws.cache.git("rev-list", "--max-parents=0", inv.bad, timeout=60).split()[0]
-        diff = ws.cache.git("diff", "-U0", "--no-color", parent, inv.bad, timeout=120) if parent != inv.bad else ""
-        loc = localize(wt.path, output, inv.failing_tests, recent=recent_changes(diff), budget_tokens=cfg.context_tokens)
-    finally:
-        wt.remove()
+            try:
+                parent = ws.cache.resolve(f"{inv.bad}~{cfg.recent_commits}") if cfg.recent_commits else inv.bad
+            except GitError:
+                parent = ws.cache.git("rev-list", "--max-parents=0", inv.bad, timeout=60).split()[0]
+            diff = ws.cache.git("diff", "-U0", "--no-color", parent, inv.bad, timeout=120) if parent != inv.bad else ""
+            loc = localize(wt.path, output, inv.failing_tests, recent=recent_changes(diff),
+                           budget_tokens=cfg.context_tokens)
+        finally:
+            wt.remove()
+    except (GitError, OSError) as exc:  # the escalation goes on without the suspects
+        log.warning("ci.localize_failed", repo=ws.job.repo, error=str(exc)[:300])
+        return None
     if not loc.files:
         return loc
     inv.facts["suspects"] = loc.summary()
