@@ -80,6 +80,9 @@ def test_with_an_endpoint_a_human_approves_and_a_model_written_draft_is_proposed
         assert done.state == IncidentState.resolved, done.closed_reason
     finally:
         chat.close()
+    usage = rt.store.llm_usage_for(inc_id)
+    assert [c["reasoner"] for c in usage["calls"]] == ["forward_fix"] and usage["total"]["prompt_tokens"] == 1200
+    assert usage["total"]["cost_usd"] == pytest.approx(0.0036)
     [create] = [r for r in gh.requests if r["method"] == "POST"]
     body = json.loads(create["body"])
     assert body["draft"] is True and body["title"].startswith("[model-written]") and FAILING in body["title"]

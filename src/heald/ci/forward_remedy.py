@@ -52,6 +52,11 @@ class ForwardFixRemedy(_CiRemedy[ForwardFixParams]):
         job = self._job(params, ctx)
         incident_id = ctx.incident.id if ctx.incident else None
         ff = forward_fix(ctx.config, job, token=token(ctx.config))
+        if incident_id is not None:  # accounted per incident like the diagnosis LLM's calls
+            for r in ff.rounds:
+                if r.usage:
+                    outcome = {"endpoint_failed": "error", "refused": "invalid"}.get(r.outcome, "ok")
+                    ctx.store.add_llm_usage(incident_id, {**r.usage, "reasoner": "forward_fix", "outcome": outcome})
         if ff.best is None:
             raise RemedyError(f"no forward fix proposed ({ff.outcome}): {ff.reason[:1500]}; suspects: "
                               f"{ff.localization.summary(3)}")
