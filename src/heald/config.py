@@ -884,6 +884,23 @@ class PullRequestConfig(_Section):
     draft: bool = Field(default=True, description="open pull requests as drafts")
 
 
+class ForwardFixConfig(_Section):
+    """Forward fixes (:mod:`heald.ci.repair`): a model writes a patch for a failing test that
+    never passed, heald validates it in the sandbox. The endpoint is ``llm``'s (base URL, model,
+    key, prices, timeout); these bound the loop per incident."""
+
+    enabled: bool = Field(default=True, description="try a forward fix when an LLM endpoint is configured")
+    max_rounds: int = Field(default=3, ge=1, le=10, description="model answers tried per incident")
+    max_candidates: int = Field(default=1, ge=1, le=5,
+                                description="valid candidates to collect before choosing the smallest")
+    max_tokens: int = Field(default=60_000, ge=1000, description="prompt + completion tokens per incident")
+    max_cost_usd: float = Field(default=1.0, ge=0, description="model cost per incident (from llm's prices)")
+    context_tokens: int = Field(default=3000, ge=200, le=50_000,
+                                description="budget of the code excerpts given to the model (4 characters a token)")
+    max_changed_lines: int = Field(default=60, ge=1, description="largest change proposed (lines added + removed)")
+    recent_commits: int = Field(default=3, ge=0, le=100, description="commits whose diff counts as recent evidence")
+
+
 class CiConfig(_Section):
     """CI healing (:mod:`heald.ci`): where repositories are cached, how failures are reproduced
     and bisected, and where fixes go. Every loop is bounded here."""
@@ -925,6 +942,8 @@ class CiConfig(_Section):
                                              description="bounds on pull requests (see ci.pull_requests)")
     github: GitHubConfig = Field(default_factory=GitHubConfig, description="the GitHub API (see ci.github)")
     repos: dict[str, CiRepoConfig] = Field(default_factory=dict, description="per repository (owner/name or path)")
+    forward_fix: ForwardFixConfig = Field(default_factory=ForwardFixConfig,
+                                          description="model-written fixes for tests that never passed (see ci.forward_fix)")
 
     @field_validator("index_urls")
     @classmethod

@@ -94,7 +94,9 @@ def reproduction_signal(inv: Investigation, fingerprint: str) -> Signal:
     return Signal(source=SANDBOX_SOURCE, kind=REPRODUCED, service=job.repo, status=SignalStatus.firing,
                   severity=Severity.error, summary=inv.summary[:10_000] or f"reproduced: {inv.verdict}",
                   labels={"repo": job.repo, "head_sha": inv.bad or job.bad, "head_branch": job.branch,
-                          "verdict": inv.verdict},
+                          "verdict": inv.verdict,
+                          # a label, not log text a repository could print: see runbooks/ci_forward_fix.yaml
+                          **({"forward_fix": "ready"} if inv.facts.get("forward_fix") == "ready" else {})},
                   annotations=notes, fingerprint=fingerprint)
 
 

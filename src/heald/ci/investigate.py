@@ -190,6 +190,9 @@ def investigate(config: HealdConfig, job: CiJob, *, sandbox: Sandbox | None = No
         inv.verdict, inv.category = "unresolved", "unknown"
         inv.summary = f"heald could not get the repository or its commits: {exc}"
     inv.steps = ws.runner.steps
+    from heald.ci.repair import localize_investigation  # forward fixes (issue 16): suspects for the escalation
+
+    localize_investigation(ws, inv)
     inv.test_runs = ws.runner.test_runs
     try:
         inv.escalation = escalation_of(ws, inv)

@@ -21,7 +21,7 @@ from heald.models import ActionStatus, CheckResult, Incident, utcnow
 from heald.sandbox import SandboxUnavailable
 from heald.store import Store
 
-CI_REMEDIES = ("revert_commit", "add_dependency", "lint_autofix")
+CI_REMEDIES = ("revert_commit", "add_dependency", "lint_autofix", "forward_fix")
 
 
 def ci_checks(incident: Incident, config: HealdConfig, store: Store) -> list[Callable[[], CheckResult]]:
