@@ -158,6 +158,23 @@ def healing_queue() -> Queue:
     return queue
 
 
+def runbook_log_patterns(runbooks: list[Runbook]) -> list[str]:
+    """The log records runbooks name as mattering: for each runbook that matches log signals
+    (``match.source`` names ``logs``) and has ``match.log`` regexes, one regex that finds a key
+    line where all of them are found. The log tailers add them to ``always_signal``, so a record
+    a runbook is written for is not held back by its level, the warm-up or the rate test.
+    (Records that never matter are named by the log source's ``never_signal``.)"""
+    out: list[str] = []
+    for rb in runbooks:
+        source = rb.match.source
+        sources = [source] if isinstance(source, str) else (source or [])
+        if "logs" not in sources or not rb.match.log:
+            continue
+        found = [rb.match.log] if isinstance(rb.match.log, str) else list(rb.match.log)
+        out.append(found[0] if len(found) == 1 else "".join(f"(?=.*?(?:{p}))" for p in found))
+    return out
+
+
 def prepare_state_dir(config: HealdConfig) -> None:
     """Create the state directory readable by its owner only (0700) and DBOS's SQLite file
     0600. When heald runs as root and CI work trees live inside it (the default
@@ -216,7 +233,9 @@ class Runtime:
         self.reasoners += target_logs_evidence(config)  # adopted containers' logs, units' journals
         self.manage_services = manage_services
         self.probes = ProbeRunner(config, self.supervisor, self.ingest, store=self.store) if run_probes else None
-        self.log_tailers = [LogTailer(lg, self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
+        named = runbook_log_patterns(self.runbooks)  # records a runbook is written for always signal
+        self.log_tailers = [LogTailer(lg.model_copy(update={"always_signal": [*lg.always_signal, *named]}),
+                                      self.ingest, config.state_dir / "logs") for lg in config.logs] if tail_logs else []
         self.cluster = self._cluster()
         if self.probes is not None:
             self.probes.owns = lambda service, probe: self.cluster.owns(probe_lease(service, probe))
