@@ -142,6 +142,23 @@ def loads(data: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
     return value
 
 
+#: A model's answer wrapped in one Markdown code fence (```json … ```), as chat models often write it.
+_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
+
+
+def model_json(content: str | None) -> Any:
+    """A language model's answer as JSON: its text, or the inside of one ```json fence around
+    it, parsed by :func:`loads` (bounded like any body heald receives). Raises ValueError:
+    ``empty answer`` or ``not JSON: <why>``."""
+    if not content:
+        raise ValueError("empty answer")
+    m = _FENCE.match(content)
+    try:
+        return loads(m.group(1) if m else content)
+    except JSONInputError as exc:
+        raise ValueError(f"not JSON: {exc.expected}") from exc
+
+
 def quote(value: object) -> str:
     """``repr(value)`` kept short (strings of at most 60 characters shown, containers' first
     items), for naming a value in a message."""

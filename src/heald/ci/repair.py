@@ -36,7 +36,6 @@ the loop: the result carries the localization for the escalation.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +55,7 @@ from heald.ci.project import Check, forbidden_changes, is_ci_config, is_test_pat
 from heald.ci.repo import Worktree
 from heald.ci.runner import Step
 from heald.config import HealdConfig
+from heald.jsontext import model_json
 from heald.sandbox import Sandbox
 
 log = structlog.get_logger("heald.ci")
@@ -139,14 +139,10 @@ Answer with exactly one JSON object and nothing else:
 def parse_answer(content: str | None) -> RepairAnswer:
     """Validate the model's text as a :class:`RepairAnswer` (a ```json fence is tolerated).
     Raises RepairRefused saying why."""
-    if not content:
-        raise RepairRefused("empty answer")
-    m = re.match(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", content, re.DOTALL)
-    text = m.group(1) if m else content
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RepairRefused(f"not JSON: {exc}") from exc
+        data = model_json(content)
+    except ValueError as exc:
+        raise RepairRefused(str(exc)) from exc
     try:
         return RepairAnswer.model_validate(data)
     except ValidationError as exc:

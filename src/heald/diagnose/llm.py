@@ -32,7 +32,6 @@ incident, also when the answer was rejected.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ from heald.diagnose import Finding, ReasonerUnavailable, signal_context
 from heald.diagnose.categories import CATEGORIES
 from heald.diagnose.runbooks import Runbook, render, signal_text
 from heald.diagnose.signatures import classify
+from heald.jsontext import model_json
 from heald.models import Diagnosis, Incident, RemedyCandidate, Risk, Signal, SignalStatus
 
 
@@ -174,9 +174,6 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError)):  # APITimeoutError is a connection error
         return True
     return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
-
-
-_FENCE = re.compile(r"^\s*```(?:json)?\s*(.*?)\s*```\s*$", re.DOTALL)
 
 
 class LLMReasoner:
@@ -319,14 +316,7 @@ class LLMReasoner:
 
     def parse(self, content: str | None) -> LLMAnswer:
         """Validate the model's text as an :class:`LLMAnswer`. Raises ValueError saying why."""
-        if not content:
-            raise ValueError("empty answer")
-        m = _FENCE.match(content)
-        text = m.group(1) if m else content
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
+        data = model_json(content)
         try:
             return LLMAnswer.model_validate(data, context={"categories": set(self.categories())})
         except ValidationError as exc:
