@@ -232,18 +232,23 @@ def list_silences(store: Store, state: str | None = None, *, limit: int = MAX_LI
         raise SilenceError("limit", f"expected 1 to {MAX_LIST}, got {limit}")
     now = utcnow()
     stmt = sa.select(SilenceRow).order_by(SilenceRow.id.desc()).limit(limit)
-    if before_id is not None:
-        stmt = stmt.where(SilenceRow.id < before_id)
     if state == "expired":
         stmt = stmt.where(SilenceRow.ends_at <= now)
     elif state == "active":
         stmt = stmt.where(SilenceRow.ends_at > now, SilenceRow.starts_at <= now)
-    elif state == "pending":
-        stmt = stmt.where(SilenceRow.ends_at > now, SilenceRow.starts_at > now)
+    elif state == "pending":  # not begun, or a recurring one between two of its windows
+        stmt = stmt.where(SilenceRow.ends_at > now)
     elif unexpired:
         stmt = stmt.where(SilenceRow.ends_at > now)
+    out: list[dict[str, Any]] = []
     with store.read() as s:
-        return [silence_json(r, now) for r in s.scalars(stmt)]
+        while len(out) < limit:  # a recurring silence's state is only known in Python (state_of)
+            page = list(s.scalars(stmt if before_id is None else stmt.where(SilenceRow.id < before_id)))
+            out += [silence_json(r, now) for r in page if state is None or state_of(r, now) == state]
+            if len(page) < limit:
+                break
+            before_id = page[-1].id
+    return out[:limit]
 
 
 def expire_silence(store: Store, silence_id: int, by: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ group_wait. :func:`submit_approval` records a human's verdict and wakes the work
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -19,8 +20,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -145,14 +147,37 @@ def register_healing_queue(config: HealdConfig) -> Queue:
     healing waiting hours for an approval would hold its target's partition and starve a
     second incident about it; the per-target lease (:mod:`heald.budgets`) keeps two healings
     from acting on one target at once."""
-    return DBOS.register_queue(HEALING_QUEUE, worker_concurrency=config.healing.max_concurrent,
-                               polling_interval_sec=HEALING_QUEUE_POLL_SECONDS, on_conflict="always_update")
+    global _healing_queue
+    _healing_queue = off_event_loop(lambda: DBOS.register_queue(
+        HEALING_QUEUE, worker_concurrency=config.healing.max_concurrent,
+        polling_interval_sec=HEALING_QUEUE_POLL_SECONDS, on_conflict="always_update"))
+    return _healing_queue
+
+
+T = TypeVar("T")
+
+
+def off_event_loop(fn: Callable[[], T]) -> T:
+    """``fn()``, called in a short-lived thread when this thread runs an asyncio event loop, else
+    here. DBOS's synchronous calls (``register_queue``, ``retrieve_queue``, ``list_workflows``…)
+    refuse to run on a thread whose loop is running — an application embedding heald in async
+    code, or Playwright's sync API in the same process. Re-raises what ``fn`` raises."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return fn()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="heald-dbos") as pool:
+        return pool.submit(fn).result()
+
+
+_healing_queue: Queue | None = None
 
 
 def healing_queue() -> Queue:
-    """:data:`HEALING_QUEUE` of the launched DBOS. Raises RuntimeError before
+    """:data:`HEALING_QUEUE` of the launched DBOS (kept when it was registered: DBOS's
+    ``retrieve_queue`` cannot run where an event loop runs). Raises RuntimeError before
     :func:`register_healing_queue`."""
-    queue = DBOS.retrieve_queue(HEALING_QUEUE)
+    queue = _healing_queue or off_event_loop(lambda: DBOS.retrieve_queue(HEALING_QUEUE))
     if queue is None:
         raise RuntimeError(f"DBOS queue {HEALING_QUEUE} is not registered (heald's runtime is not started)")
     return queue
@@ -284,15 +309,32 @@ class Runtime:
         services = self.supervisor.start_all(open_incidents) if self.manage_services else {}
         dbos_cfg = dbos_config(self.config)
         self._dbos_engine = dbos_cfg.get("system_database_engine")  # DBOS does not dispose an engine it was given
-        DBOS(config=dbos_cfg)  # type: ignore[arg-type]
-        DBOS.launch()
-        register_healing_queue(self.config)
+        try:
+            DBOS(config=dbos_cfg)  # type: ignore[arg-type]
+            DBOS.launch()
+            register_healing_queue(self.config)
+        except BaseException:  # nothing is left launched: the next start (or a test's) begins clean
+            with contextlib.suppress(Exception):
+                DBOS.destroy(destroy_registry=False)
+            if self._dbos_engine is not None:
+                self._dbos_engine.dispose()
+                self._dbos_engine = None
+            self.cluster.stop_heartbeats()
+            self.cluster.leave()
+            if self.checkpointer is not None:
+                self.checkpointer.stop()
+                self.checkpointer = None
+            if self.instance_lock is not None:
+                self.instance_lock.release()
+                self.instance_lock = None
+            _runtime = None
+            raise
         self.started = True
         self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
                           details={"executor_id": self.config.executor_id, "services": services, "pid": os.getpid(),
                                    "database": self.store.engine.url.render_as_string(hide_password=True)})
         self._record_services(services, open_incidents)
-        self.resume_open_incidents()
+        off_event_loop(self.resume_open_incidents)  # DBOS's status calls refuse a thread running a loop
         self.cluster.recovering = True  # DBOS runs: this worker may recover dead workers' healings
         self._start_reaper()
         if self.probes:
@@ -304,7 +346,7 @@ class Runtime:
     def stop(self, *, stop_services: bool = False) -> None:
         """Stop probes and DBOS, write a last audit checkpoint; with ``stop_services`` also
         the managed services."""
-        global _runtime
+        global _runtime, _healing_queue
         self._reaper_stop.set()
         if self.probes:
             self.probes.stop()  # closes the probes' HTTP client
@@ -319,6 +361,7 @@ class Runtime:
             logging.getLogger("dbos").setLevel(logging.CRITICAL)
             sys_db = _system_database()
             DBOS.destroy(destroy_registry=False)
+            _healing_queue = None  # registered again at the next launch
             _stop_retrying(sys_db)  # a wait woken below must not retry the gone database forever
             _wake_recv_waiters(sys_db)  # a healing in DBOS.recv (an approval wait) would hold the exit for up to 300 s
             if self._dbos_engine is not None:
