@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from heald._git import GitError, run, succeeds
-from heald.sandbox.disk import release as release_disk
+from heald.sandbox.disk import release_under
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class RepoCache:
     def _prune_old(self) -> None:
         mine = sorted((p for p in self.trees.glob(f"{self.name}-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
         for old in mine[:max(0, len(mine) - self.max_worktrees + 1)]:
-            release_disk(old)  # the sandbox may have given the tree its own filesystem
+            release_under(old)  # the sandbox may have given the tree (or its root) its own filesystem
             shutil.rmtree(old, ignore_errors=True)
         self.git("worktree", "prune", check=False)
 
@@ -247,6 +247,6 @@ class Worktree:
         return [p for p in self.git("diff", "--name-only", base, "HEAD").splitlines() if p]
 
     def remove(self) -> None:
-        release_disk(self.top)  # the sandbox may have given the tree its own filesystem
+        release_under(self.top)  # the sandbox may have given the tree (or its root) its own filesystem
         shutil.rmtree(self.top, ignore_errors=True)
         self.cache.git("worktree", "prune", check=False)
