@@ -41,9 +41,10 @@ def sandbox() -> Sandbox:
 def work(open_tmp: Path) -> Iterator[Path]:
     w = open_tmp / "worktree"
     w.mkdir()
+    before = set(_cgroup.leftovers())  # a run SIGKILLed elsewhere on this machine may have left one
     yield w
     # every run removed its cgroup, whatever it did
-    assert _cgroup.leftovers() == [], "a run's cgroup was left behind"
+    assert set(_cgroup.leftovers()) - before == set(), "a run's cgroup was left behind"
 
 
 def py(sb: Sandbox, work: Path, code: str, limits: Limits) -> RunResult:
@@ -259,6 +260,7 @@ def test_many_files_over_the_disk_bound_are_refused(sandbox: Sandbox, work: Path
 def test_a_removed_ci_work_tree_releases_its_filesystem(sandbox: Sandbox, open_tmp: Path) -> None:
     from heald.ci.repo import RepoCache
 
+    before = set(_cgroup.leftovers())
     src = open_tmp / "src"
     src.mkdir()
     for args in (["init", "-q", "-b", "main"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
@@ -277,7 +279,7 @@ def test_a_removed_ci_work_tree_releases_its_filesystem(sandbox: Sandbox, open_t
     assert not disk.is_bounded(trees[1].path) and not disk.image_of(trees[1].path).exists()
     assert not trees[1].path.exists()
     newest.remove()
-    assert _cgroup.leftovers() == []
+    assert set(_cgroup.leftovers()) <= before
 
 
 @root_only
