@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 
 from heald.ci.investigate import is_quarantined, passes_for
-from heald.ci.project import Check, Files, UnsupportedDeclaration, detect_checks, install_script, narrowed
+from heald.ci.project import Check, Files, UnsupportedDeclaration, install_script, narrowed
 from heald.ci.runner import _RUN_LINE, Step
-from heald.ci.testcommand import find_test_command, normalize
+from heald.ci.testcommand import detect_checks, find_test_command, normalize
 from heald.diagnose.signatures.ci import failing_ids
 
 

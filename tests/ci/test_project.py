@@ -13,7 +13,6 @@ from heald.ci.project import (
     Files,
     UnsupportedDeclaration,
     add_requirement,
-    detect_checks,
     distribution_candidates,
     forbidden_changes,
     install_script,
@@ -21,6 +20,7 @@ from heald.ci.project import (
     narrowed,
 )
 from heald.ci.pull_request import failure_signature, github_repo
+from heald.ci.testcommand import detect_checks
 
 
 def files(tree: dict[str, str]) -> Files:

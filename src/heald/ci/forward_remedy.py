@@ -43,7 +43,8 @@ class ForwardFixRemedy(_CiRemedy[ForwardFixParams]):
         return fix.message.splitlines()[0][:200]
 
     def apply(self, params: ForwardFixParams, ctx: RemedyContext) -> RemedyResult:
-        from heald.ci.repair import endpoint, forward_fix, propose_forward_fix
+        from heald.ci.localize import endpoint
+        from heald.ci.repair import forward_fix, propose_forward_fix
 
         if ctx.store is None:
             raise RemedyError("forward_fix needs heald's store (it records the pull request)")

@@ -41,7 +41,6 @@ from heald.ci import CiJob
 from heald.ci.project import (
     Check,
     Files,
-    detect_checks,
     distribution_candidates,
     forbidden_changes,
     install_script,
@@ -52,6 +51,7 @@ from heald.ci.project import (
 from heald.ci.repo import RepoCache, Worktree
 from heald.ci.runner import Runner, Step
 from heald.ci.suspects import Suspect, failure_reasons, suspect_locations
+from heald.ci.testcommand import detect_checks
 from heald.config import HealdConfig
 from heald.diagnose.signatures import classify
 from heald.diagnose.signatures.ci import failing_ids
@@ -190,7 +190,7 @@ def investigate(config: HealdConfig, job: CiJob, *, sandbox: Sandbox | None = No
         inv.verdict, inv.category = "unresolved", "unknown"
         inv.summary = f"heald could not get the repository or its commits: {exc}"
     inv.steps = ws.runner.steps
-    from heald.ci.repair import localize_investigation  # forward fixes (issue 16): suspects for the escalation
+    from heald.ci.localize import localize_investigation  # forward fixes (issue 16): suspects for the escalation
 
     localize_investigation(ws, inv)
     inv.test_runs = ws.runner.test_runs

@@ -21,14 +21,21 @@ as an instruction (a file's text only ever becomes an excerpt, quoted).
 from __future__ import annotations
 
 import ast
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from heald import _paths
+from heald._git import GitError
 from heald.ci.project import is_ci_config, is_test_path
+from heald.config import HealdConfig
+
+log = structlog.get_logger("heald.ci")
 
 #: pytest's long traceback (``path:line: in func``, ``path:line: ErrorType``) and Python's own.
 _PYTEST_FRAME = re.compile(r"^(?P<path>[^\s:][^:\n]*\.py):(?P<line>\d+): (?:in (?P<func>[\w<>.]+)|(?P<err>\w+))")
@@ -395,3 +402,56 @@ def recent_changes(diff: str) -> dict[str, set[int]]:
                 start, count = int(m.group(1)), int(m.group(2) or "1")
                 out[path].update(range(start, start + max(count, 1)))
     return out
+
+
+def endpoint(config: HealdConfig) -> tuple[str, str, str | None] | None:
+    """(base_url, model, key) of the configured LLM endpoint, or None when there is none
+    (``llm.base_url``/``$HEALD_LLM_BASE_URL`` and ``llm.model``/``$HEALD_LLM_MODEL``)."""
+    base, model, key = config.llm.resolved()
+    if not base or not model or not config.ci.forward_fix.enabled:
+        return None
+    return base, model, key
+
+
+#: Verdicts with failing tests and nothing to revert: a forward fix is the only way forward.
+FORWARD_VERDICTS = ("never_passed", "red_everywhere", "regression_unrevertable")
+
+
+def localize_investigation(ws: Any, inv: Any) -> Localization | None:
+    """Localize an investigation's failing tests (no model) and keep the result in its facts
+    (``suspects``: one line per suspect; ``localization``: JSON) and summary, so that the
+    escalation carries it; with an LLM endpoint configured, ``forward_fix`` is ``ready`` (the
+    runbook ``ci-forward-fix`` then offers the remedy, for a human to approve). Returns the
+    localization, or None when the investigation has no failing tests or no test output.
+    Never raises for the repository's content."""
+    if inv.verdict not in FORWARD_VERDICTS or not inv.failing_tests or not inv.bad:
+        return None
+    output = next((s.output for s in inv.steps if s.phase == "reproduce" and not s.ok and s.output), "")
+    if not output:
+        return None
+    cfg = ws.config.ci.forward_fix
+    try:
+        wt = ws.cache.add_worktree(inv.bad, "localize")  # only read by heald: nothing runs in it
+        try:
+            try:
+                parent = ws.cache.resolve(f"{inv.bad}~{cfg.recent_commits}") if cfg.recent_commits else inv.bad
+            except GitError:
+                parent = ws.cache.git("rev-list", "--max-parents=0", inv.bad, timeout=60).split()[0]
+            diff = ws.cache.git("diff", "-U0", "--no-color", parent, inv.bad, timeout=120) if parent != inv.bad else ""
+            loc = localize(wt.path, output, inv.failing_tests, recent=recent_changes(diff),
+                           budget_tokens=cfg.context_tokens)
+        finally:
+            wt.remove()
+    except (GitError, OSError) as exc:  # the escalation goes on without the suspects
+        log.warning("ci.localize_failed", repo=ws.job.repo, error=str(exc)[:300])
+        return None
+    if not loc.files:
+        return loc
+    inv.facts["suspects"] = loc.summary()
+    inv.facts["localization"] = json.dumps(loc.as_dict(5))
+    top = loc.functions[:3] or loc.files[:3]
+    inv.summary += " Suspect code (from the tracebacks, the test and the recent diff): " + "; ".join(
+        s.where() for s in top) + "."
+    if endpoint(ws.config) is not None:
+        inv.facts["forward_fix"] = "ready"
+    return loc

@@ -23,7 +23,6 @@ from typing import Any
 import yaml
 
 from heald._paths import UnsafePath, parts_of, write_text
-from heald.ci.testcommand import find_test_command
 
 TEST_DIRS = ("tests", "test", "testing")
 CI_CONFIG = (".github/", ".gitlab-ci.yml", ".circleci/", ".travis.yml", "azure-pipelines.yml", "Jenkinsfile",
@@ -153,36 +152,6 @@ def uses_pytest(files: Files) -> bool:
         return True
     blob = "\n".join(files.read(p) or "" for p in sorted(files.paths) if is_test_path(p) and p.endswith(".py"))[:2_000_000]
     return "import pytest" in blob or "from pytest" in blob or "import unittest" not in blob
-
-
-def detect_checks(files: Files, test_command: str | None = None) -> list[Check]:
-    """The checks the project's CI most likely runs, lint first (see the module docstring).
-    ``test_command`` replaces the detected test command."""
-    py = files.pyproject()
-    tool = py.get("tool", {})
-    pins = files.precommit_revs()
-    checks: list[Check] = []
-    ruff = "ruff" in tool or files.exists("ruff.toml") or files.exists(".ruff.toml") or "ruff" in pins
-    if ruff:
-        checks.append(Check("ruff", "ruff check --no-cache --no-fix .", "lint", "ruff check --no-cache --fix ."))
-        ruff_cfg = tool.get("ruff", {}) if isinstance(tool.get("ruff"), dict) else {}
-        if "format" in ruff_cfg or "hook:ruff-format" in pins:
-            checks.append(Check("ruff format", "ruff format --no-cache --check .", "lint", "ruff format --no-cache ."))
-    if "black" in tool or "black" in pins:
-        checks.append(Check("black", "black --check .", "lint", "black ."))
-    if ("isort" in tool or files.exists(".isort.cfg") or files.ini("setup.cfg").has_section("isort")
-            or "isort" in pins):
-        checks.append(Check("isort", "isort --check-only .", "lint", "isort ."))
-    if not ruff and (files.exists(".flake8") or files.ini("setup.cfg").has_section("flake8")
-                     or files.ini("tox.ini").has_section("flake8")):
-        checks.append(Check("flake8", "flake8", "lint", None))
-    if test_command:
-        checks.append(Check("tests", test_command, "tests", source="given (--test-cmd or ci.repos.<repo>.test_command)"))
-    else:
-        found = find_test_command(files)
-        if found is not None:
-            checks.append(Check("tests", found.command, "tests", source=found.evidence, requires=found.requires))
-    return checks
 
 
 #: pytest options that take the next word as their value (so that word is not a path)

@@ -50,7 +50,7 @@ from heald._git import GitError
 from heald.ci import CiJob
 from heald.ci.fix import FixResult, validate
 from heald.ci.investigate import Workspace, failed_test_ids, summarize_results
-from heald.ci.localize import Localization, localize, recent_changes
+from heald.ci.localize import Localization, endpoint, localize, recent_changes
 from heald.ci.project import Check, forbidden_changes, is_ci_config, is_test_path, narrowed
 from heald.ci.repo import Worktree
 from heald.ci.runner import Step
@@ -241,15 +241,6 @@ class ForwardFix:
                 "failing_tests": self.failing_tests, "localization": self.localization.as_dict(),
                 "rounds": [r.as_dict() for r in self.rounds], "best": self.best.number if self.best else None,
                 "usage": self.usage, "steps": [s.as_dict(0) for s in self.steps]}
-
-
-def endpoint(config: HealdConfig) -> tuple[str, str, str | None] | None:
-    """(base_url, model, key) of the configured LLM endpoint, or None when there is none
-    (``llm.base_url``/``$HEALD_LLM_BASE_URL`` and ``llm.model``/``$HEALD_LLM_MODEL``)."""
-    base, model, key = config.llm.resolved()
-    if not base or not model or not config.ci.forward_fix.enabled:
-        return None
-    return base, model, key
 
 
 def _changed_lines(wt: Worktree) -> int:
@@ -567,45 +558,3 @@ def propose_forward_fix(config: HealdConfig, store: Any, ff: ForwardFix, *, bran
 
 # -- the escalation and the remedy -----------------------------------------------------------------
 
-#: Verdicts with failing tests and nothing to revert: a forward fix is the only way forward.
-FORWARD_VERDICTS = ("never_passed", "red_everywhere", "regression_unrevertable")
-
-
-def localize_investigation(ws: Workspace, inv: Any) -> Localization | None:
-    """Localize an investigation's failing tests (no model) and keep the result in its facts
-    (``suspects``: one line per suspect; ``localization``: JSON) and summary, so that the
-    escalation carries it; with an LLM endpoint configured, ``forward_fix`` is ``ready`` (the
-    runbook ``ci-forward-fix`` then offers the remedy, for a human to approve). Returns the
-    localization, or None when the investigation has no failing tests or no test output.
-    Never raises for the repository's content."""
-    if inv.verdict not in FORWARD_VERDICTS or not inv.failing_tests or not inv.bad:
-        return None
-    output = next((s.output for s in inv.steps if s.phase == "reproduce" and not s.ok and s.output), "")
-    if not output:
-        return None
-    cfg = ws.config.ci.forward_fix
-    try:
-        wt = ws.cache.add_worktree(inv.bad, "localize")  # only read by heald: nothing runs in it
-        try:
-            try:
-                parent = ws.cache.resolve(f"{inv.bad}~{cfg.recent_commits}") if cfg.recent_commits else inv.bad
-            except GitError:
-                parent = ws.cache.git("rev-list", "--max-parents=0", inv.bad, timeout=60).split()[0]
-            diff = ws.cache.git("diff", "-U0", "--no-color", parent, inv.bad, timeout=120) if parent != inv.bad else ""
-            loc = localize(wt.path, output, inv.failing_tests, recent=recent_changes(diff),
-                           budget_tokens=cfg.context_tokens)
-        finally:
-            wt.remove()
-    except (GitError, OSError) as exc:  # the escalation goes on without the suspects
-        log.warning("ci.localize_failed", repo=ws.job.repo, error=str(exc)[:300])
-        return None
-    if not loc.files:
-        return loc
-    inv.facts["suspects"] = loc.summary()
-    inv.facts["localization"] = json.dumps(loc.as_dict(5))
-    top = loc.functions[:3] or loc.files[:3]
-    inv.summary += " Suspect code (from the tracebacks, the test and the recent diff): " + "; ".join(
-        s.where() for s in top) + "."
-    if endpoint(ws.config) is not None:
-        inv.facts["forward_fix"] = "ready"
-    return loc

@@ -26,12 +26,11 @@ import configparser
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-if TYPE_CHECKING:
-    from heald.ci.project import Files
+from heald.ci.project import TEST_DIRS, Check, Files, is_test_path, uses_pytest
 
 #: ``--continue-on-collection-errors``: a module that fails to import (at every commit, often)
 #: does not stop the rest of the suite from being judged test by test
@@ -261,8 +260,6 @@ def _from_make(files: Files, target: str | None = None) -> TestCommand | None:
 
 
 def _from_layout(files: Files) -> TestCommand | None:
-    from heald.ci.project import TEST_DIRS, is_test_path, uses_pytest
-
     py = [p for p in files.paths if p.endswith(".py")]
     tool = files.pyproject().get("tool", {})
     configured = ("pytest" in tool or files.exists("pytest.ini") or files.ini("setup.cfg").has_section("tool:pytest")
@@ -284,3 +281,33 @@ def _from_layout(files: Files) -> TestCommand | None:
     start = next((d for d in TEST_DIRS if any(p.startswith(d + "/") for p in files.paths)), ".")
     return TestCommand(f"python -m unittest discover -v -s {start} -t .",
                        f"unittest test cases under {start}/, no pytest in sight")
+
+
+def detect_checks(files: Files, test_command: str | None = None) -> list[Check]:
+    """The checks the project's CI most likely runs, lint first (see the module docstring).
+    ``test_command`` replaces the detected test command."""
+    py = files.pyproject()
+    tool = py.get("tool", {})
+    pins = files.precommit_revs()
+    checks: list[Check] = []
+    ruff = "ruff" in tool or files.exists("ruff.toml") or files.exists(".ruff.toml") or "ruff" in pins
+    if ruff:
+        checks.append(Check("ruff", "ruff check --no-cache --no-fix .", "lint", "ruff check --no-cache --fix ."))
+        ruff_cfg = tool.get("ruff", {}) if isinstance(tool.get("ruff"), dict) else {}
+        if "format" in ruff_cfg or "hook:ruff-format" in pins:
+            checks.append(Check("ruff format", "ruff format --no-cache --check .", "lint", "ruff format --no-cache ."))
+    if "black" in tool or "black" in pins:
+        checks.append(Check("black", "black --check .", "lint", "black ."))
+    if ("isort" in tool or files.exists(".isort.cfg") or files.ini("setup.cfg").has_section("isort")
+            or "isort" in pins):
+        checks.append(Check("isort", "isort --check-only .", "lint", "isort ."))
+    if not ruff and (files.exists(".flake8") or files.ini("setup.cfg").has_section("flake8")
+                     or files.ini("tox.ini").has_section("flake8")):
+        checks.append(Check("flake8", "flake8", "lint", None))
+    if test_command:
+        checks.append(Check("tests", test_command, "tests", source="given (--test-cmd or ci.repos.<repo>.test_command)"))
+    else:
+        found = find_test_command(files)
+        if found is not None:
+            checks.append(Check("tests", found.command, "tests", source=found.evidence, requires=found.requires))
+    return checks

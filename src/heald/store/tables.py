@@ -58,8 +58,13 @@ class IncidentRow(Base):
 
 class SignalRow(Base):
     __tablename__ = "signals"
+    #: the incidents of a fingerprint or grouping key, newest first, found without reading the
+    #: signals of their history (heald.correlate.find_incident; migration ingest_indexes); an
+    #: incident's and a service's signals in order (migration growth_indexes)
     __table_args__ = (sa.Index("ix_signals_incident_id_id", "incident_id", "id"),
-                      sa.Index("ix_signals_service_id", "service", "id"))
+                      sa.Index("ix_signals_service_id", "service", "id"),
+                      sa.Index("ix_signals_fingerprint_incident", "fingerprint", "incident_id"),
+                      sa.Index("ix_signals_group_key_incident", "group_key", "incident_id"))
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     source: Mapped[str] = mapped_column(sa.String(100), index=True)
     kind: Mapped[str] = mapped_column(sa.String(100))
@@ -79,10 +84,6 @@ class SignalRow(Base):
     #: the grouping key the signal was correlated under (heald.correlate.ingest): the incident
     #: of a sender's group is found by it even after the incident's own key changed
     group_key: Mapped[str | None] = mapped_column(sa.String(128), index=True)
-    #: the incidents of a fingerprint or grouping key, newest first, found without reading the
-    #: signals of their history (heald.correlate.find_incident; migration ingest_indexes)
-    __table_args__ = (sa.Index("ix_signals_fingerprint_incident", "fingerprint", "incident_id"),
-                      sa.Index("ix_signals_group_key_incident", "group_key", "incident_id"))
 
 
 class DiagnosisRow(Base):
