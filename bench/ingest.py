@@ -401,11 +401,13 @@ def serve_heald(state_dir: str, database_url: str, port: int) -> None:
     from heald.auth import issue_token
     from heald.config import HealdConfig
     from heald.engine import Runtime
+    from heald.log import configure
     from heald.models import Role
 
     state = Path(state_dir)
     cfg = HealdConfig.model_validate({"state_dir": str(state), "database_url": database_url})
     cfg.resolve_paths(state)
+    configure(cfg.log_level, json_logs=cfg.log_format == "json")  # as `heald serve` logs
     rt = Runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
     rt.start()
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="critical",

@@ -166,3 +166,18 @@ def test_a_pending_silence_starts_and_ends_by_its_window_without_a_new_read(tmp_
 def active_silence_now(store: Store, labels: dict[str, str]) -> silences.Silence | None:
     with store.read() as s:
         return active_silence(s, labels)
+
+
+def test_a_chunk_of_new_alerts_reads_the_open_incidents_once(tmp_path: Path, store: Store) -> None:
+    """A chunk whose signals open incidents looks for each one's open incident by grouping key
+    and by target with two reads for the whole chunk, not two per signal; incidents opened
+    earlier in the chunk are found by the signals after them (same key, same target)."""
+    c = cfg(tmp_path)
+    with statements(store) as seen:
+        results = ingest_all(store, c, [*[sig(f"svc{k}") for k in range(40)], sig("svc3", alertname="Slow")])
+    assert sum(r.opened for r in results) == 40
+    # the last one is about svc3 (another alert name: another fingerprint and grouping key): it
+    # joins the incident opened earlier in the same chunk, by target
+    assert results[-1].joined == JoinedBy.same_target and results[-1].incident_id == results[3].incident_id
+    reads = [q for q in seen if q.lstrip().upper().startswith("SELECT") and "incidents" in q]
+    assert len(reads) <= 6, reads

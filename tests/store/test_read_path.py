@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -160,4 +160,64 @@ def _waiting(store: Store) -> int:
     db_file = db.sqlite_file(store.engine)
     assert db_file is not None
     gate = db._gates.get(str(db_file.resolve()))
-    return len(gate._queue) if gate is not None else 0
+    return len(gate._normal) + len(gate._urgent) if gate is not None else 0
+
+
+def test_urgent_writers_go_first_but_never_starve_the_others(sqlite_store: Store) -> None:
+    """Storing signals (``urgent_writes``: a sender waits for the commit) goes before the
+    healings' steps already waiting, at most ``URGENT_RUN`` in a row while a step waits; then
+    the step that waited longest gets its turn. A writer that times out leaves the queue."""
+    from heald.store import db
+
+    store = sqlite_store
+    order: list[str] = []
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with store.tx() as s:
+            audit.append(s, actor="test", event="test.hold", reason="holds the gate")
+            held.set()
+            release.wait(10)
+
+    def writer(name: str, urgent: bool) -> Callable[[], None]:
+        def run() -> None:
+            with db.urgent_writes() if urgent else nullcontext():
+                with store.tx() as s:
+                    audit.append(s, actor="test", event="test.write", reason=name)
+                    order.append(name)
+        return run
+
+    threads = [threading.Thread(target=holder, daemon=True)]
+    threads[0].start()
+    assert held.wait(10)
+    queue = [("step A", False), ("step B", False)] + [(f"signals {i}", True) for i in range(1, db.URGENT_RUN + 2)]
+    for queued, (name, urgent) in enumerate(queue, start=1):
+        t = threading.Thread(target=writer(name, urgent), daemon=True)
+        t.start()
+        threads.append(t)
+        wait_for(lambda n=queued: _waiting(store) >= n, timeout=10, what=f"{name} to queue")
+    release.set()
+    for t in threads:
+        t.join(10)
+    urgent_first = [f"signals {i}" for i in range(1, db.URGENT_RUN + 1)]
+    assert order == [*urgent_first, "step A", f"signals {db.URGENT_RUN + 1}", "step B"]
+    # the order is in the audit chain too, which stays intact
+    assert [e.reason for e in store.audit_entries()][1:] == order
+    with store.read() as s:
+        assert audit.verify(s).intact
+
+
+def test_a_writer_that_times_out_leaves_the_queue() -> None:
+    """A writer whose wait times out is no longer queued: the next release goes to a waiter."""
+    from heald.store.db import _FairLock
+
+    gate = _FairLock()
+    assert gate.acquire(1.0)
+    got: list[bool] = []
+    t = threading.Thread(target=lambda: got.append(gate.acquire(0.05)))
+    t.start()
+    t.join(5)
+    assert got == [False] and not gate._normal and not gate._urgent
+    gate.release()
+    assert gate.acquire(0.05)  # free again: taken at once
+    gate.release()

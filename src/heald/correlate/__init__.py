@@ -17,6 +17,7 @@ flush, their audit entries appended together.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -123,7 +124,7 @@ def _correlate(session: Session, signal: Signal, config: HealdConfig) -> _Stored
         lock(session, name)
     join = find_incident(session, signal, fp, key, config, now)
     incident = open_incident(session, signal, fp, key, config, now) if join.how == JoinedBy.new_incident \
-        else _join(join, signal, fp, key, now)
+        else _join(session, join, signal, fp, key, now)
     row = store_signal(session, signal, fp, now, incident.id if incident else None, signal.suppressed_by, key,
                        flush=False)
     return _Stored(signal, fp, key, row, join, incident)
@@ -160,18 +161,21 @@ def ingest_all(session: Session, signals: list[Signal], config: HealdConfig,
     """:func:`ingest` each of ``signals`` in order, in the caller's transaction, their audit
     entries appended together at the end (:func:`heald.store.audit.batched`: one head read and
     one insert for all of them, the same chain as one by one). Returns their results in order."""
-    fps, keys, names = set(), set(), []
+    fps, keys, names, targeted = set(), set(), [], set()
     for signal in signals:
         if (service := resolve_service(signal, config)) is not None and service != signal.service:
             signal = signal.model_copy(update={"service": service})
         fps.add(signal.fingerprint or fingerprint(signal))
         keys.add(key := grouping_key(signal, config))
         names += _lock_names(signal, key, config)
+        if signal.service and target_of(signal.service, signal.labels, config) is not None:
+            targeted.add(signal.service)
     # PostgreSQL: the writer lock and every lock ingest() takes, in one statement; what is read
     # below stays true until the commit
     lock_all(session, names)
     session.info[_NEWEST] = {**_newest_of(session, SignalRow.fingerprint, fps),
                              **_newest_of(session, SignalRow.group_key, keys)}
+    session.info[_OPEN] = _OpenIncidents(keys, targeted)
     try:
         with audit.batched(session):
             stored = [_correlate(session, s, config) for s in signals]
@@ -180,13 +184,86 @@ def ingest_all(session: Session, signals: list[Signal], config: HealdConfig,
     finally:
         session.info.pop(_NEWEST, None)
         session.info.pop(_HELD, None)
+        session.info.pop(_OPEN, None)
 
 
 #: ``session.info`` key, during :func:`ingest_all`: {(column, value): the newest incident holding
 #: a signal with that fingerprint or grouping key, or None}, read for the whole chunk at once and
 #: kept exact as its signals are stored (:func:`store_signal`).
 _NEWEST = "heald.correlate.newest"
+_OPEN_VALUES = {s.value for s in OPEN_STATES}
 _HELD = "heald.correlate.incidents"
+#: ``session.info`` key, during :func:`ingest_all`: its :class:`_OpenIncidents`.
+_OPEN = "heald.correlate.open"
+
+#: How many open incidents of one service :func:`_open_incident_of_target` looks through.
+_TARGET_SCAN = 50
+
+
+class _OpenIncidents:
+    """The open incidents a chunk's signals may join by grouping key or by target, read for the
+    whole chunk at once by :func:`ingest_all` when a signal first needs them (two queries
+    instead of two per new signal; none for a chunk of duplicates, which join by fingerprint)
+    and kept exact as the chunk opens incidents and takes dependents' incidents over
+    (:meth:`opened`, :meth:`retargeted`): within the chunk's transaction nothing else changes
+    them (the chunk holds the locks of its keys and targets; an incident's state changes only
+    outside ingest).
+
+    ``by_key``: grouping key → the newest open incident with that key (None: none), for every
+    key of the chunk. ``by_service``: service → its newest open incidents (at most
+    :data:`_TARGET_SCAN`, newest first), for the chunk's services whose signals name a target."""
+
+    def __init__(self, keys: set[str], services: set[str]) -> None:
+        self.keys, self.services = keys, services
+        self.by_key: dict[str, IncidentRow | None] = {}
+        self.by_service: dict[str, list[IncidentRow]] = {}
+        self.loaded = False
+
+    def load(self, session: Session) -> _OpenIncidents:
+        """Read both maps once (the rows stay in ``session``'s identity map while referenced here)."""
+        if self.loaded:
+            return self
+        self.loaded = True
+        open_states = [s.value for s in OPEN_STATES]
+        self.by_key = dict.fromkeys(self.keys)
+        if self.keys:
+            for row in session.scalars(sa.select(IncidentRow).where(
+                    IncidentRow.group_key.in_(sorted(self.keys)), IncidentRow.state.in_(open_states))
+                    .order_by(IncidentRow.id.desc())):
+                if row.group_key is not None and self.by_key.get(row.group_key) is None:
+                    self.by_key[row.group_key] = row
+        self.by_service = {svc: [] for svc in self.services}
+        if self.services:
+            rank = sa.func.row_number().over(partition_by=IncidentRow.service, order_by=IncidentRow.id.desc())
+            newest = sa.select(IncidentRow.id.label("id"), rank.label("rank")).where(
+                IncidentRow.service.in_(sorted(self.services)), IncidentRow.state.in_(open_states)).subquery()
+            for row in session.scalars(sa.select(IncidentRow).join(newest, IncidentRow.id == newest.c.id)
+                                       .where(newest.c.rank <= _TARGET_SCAN).order_by(IncidentRow.id.desc())):
+                self.by_service[row.service or ""].append(row)
+        return self
+
+    def opened(self, row: IncidentRow) -> None:
+        """Incident ``row`` was just opened (the newest of its key and service)."""
+        if not self.loaded:  # the read, when it comes, finds it
+            return
+        if row.group_key is not None and row.group_key in self.by_key:
+            self.by_key[row.group_key] = row
+        if row.service in self.by_service:
+            self.by_service[row.service].insert(0, row)
+
+    def retargeted(self, row: IncidentRow, service: str | None, key: str | None) -> None:
+        """Incident ``row`` was moved from ``service`` and grouping ``key`` to its own now."""
+        if not self.loaded:  # the read, when it comes, finds it moved (the session flushes first)
+            return
+        if key is not None and self.by_key.get(key) is row:  # its old key's newest open incident: look again
+            self.by_key.pop(key)
+        if row.group_key in self.by_key and (self.by_key[row.group_key] is None
+                                             or self.by_key[row.group_key].id < row.id):  # type: ignore[union-attr]
+            self.by_key[row.group_key] = row
+        if service in self.by_service and row in self.by_service[service]:
+            self.by_service.pop(service)  # read again on demand: an older one may move up
+        if row.service in self.by_service:
+            self.by_service.pop(row.service)
 
 
 def _newest_of(session: Session, column: sa.orm.InstrumentedAttribute[Any],
@@ -273,6 +350,8 @@ def open_incident(session: Session, signal: Signal, fp: str, key: str, config: H
     )
     session.add(incident)
     session.flush()
+    if (memo := session.info.get(_OPEN)) is not None:
+        memo.opened(incident)
     return incident
 
 
@@ -293,7 +372,7 @@ def _join_by_dependency(session: Session, signal: Signal, config: HealdConfig, n
     return None
 
 
-def _join(join: Join, signal: Signal, fp: str, key: str, now: datetime) -> IncidentRow | None:
+def _join(session: Session, join: Join, signal: Signal, fp: str, key: str, now: datetime) -> IncidentRow | None:
     """Join the incident ``join`` found (None: none): take a dependent's incident over, and move
     an incident's start back to the signal's when it began earlier (not for a closed incident it
     is only recorded with)."""
@@ -301,24 +380,27 @@ def _join(join: Join, signal: Signal, fp: str, key: str, now: datetime) -> Incid
     if incident is None:
         return None
     if join.how == JoinedBy.took_over_dependent:
-        _retarget(join, signal, fp, key)
+        _retarget(session, join, signal, fp, key)
     starts_at = signal.starts_at or now
     if starts_at < incident.started_at and join.how not in (JoinedBy.resolves_closed, JoinedBy.explained_by_dependency):
         incident.started_at = starts_at
     return incident
 
 
-def _retarget(join: Join, signal: Signal, fp: str, key: str) -> None:
+def _retarget(session: Session, join: Join, signal: Signal, fp: str, key: str) -> None:
     """Make a dependent's ``observing`` incident about ``signal``'s service, the likelier root
     cause (:data:`JoinedBy.took_over_dependent`)."""
     incident = join.incident
     assert incident is not None
+    was = (incident.service, incident.group_key)
     incident.service = signal.service
     incident.group_key = key
     incident.fingerprint = fp
     incident.labels = {**incident.labels, "service": signal.service}
     incident.title = ((signal.summary or signal.labels.get("alertname") or signal.kind)[:180]
                       + f" on {signal.service} (and its dependent {join.related})")[:500]
+    if (memo := session.info.get(_OPEN)) is not None:
+        memo.retargeted(incident, *was)
 
 
 def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incident_id: int | None,
@@ -387,8 +469,14 @@ def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, inc
 def _open_incident_of_group(session: Session, key: str, states: list[str]) -> IncidentRow | None:
     """The newest open incident with grouping key ``key``, or holding a signal correlated under it
     (a group that joined an incident by target or dependency keeps joining it)."""
-    by_key = session.scalar(sa.select(IncidentRow).where(IncidentRow.group_key == key, IncidentRow.state.in_(states))
-                            .order_by(IncidentRow.id.desc()).limit(1))
+    memo: _OpenIncidents | None = session.info.get(_OPEN)
+    if memo is not None and key in memo.keys and set(states) == _OPEN_VALUES \
+            and key in memo.load(session).by_key:
+        by_key = memo.by_key[key]
+    else:
+        by_key = session.scalar(sa.select(IncidentRow).where(IncidentRow.group_key == key,
+                                                             IncidentRow.state.in_(states))
+                                .order_by(IncidentRow.id.desc()).limit(1))
     if by_key is not None:
         return by_key
     return _open_incident_holding(session, SignalRow.group_key, key, states)
@@ -428,10 +516,16 @@ def _open_incident_of_target(session: Session, signal: Signal, config: HealdConf
     target = target_of(signal.service, signal.labels, config)
     if target is None:
         return None
-    query = sa.select(IncidentRow).where(IncidentRow.state.in_(states))
-    query = query.where(IncidentRow.service == signal.service) if signal.service \
-        else query.where(IncidentRow.service.is_(None))
-    for row in session.scalars(query.order_by(IncidentRow.id.desc()).limit(50)):
+    memo: _OpenIncidents | None = session.info.get(_OPEN)
+    if memo is not None and signal.service in memo.services and set(states) == _OPEN_VALUES \
+            and signal.service in memo.load(session).by_service:
+        rows: Iterable[IncidentRow] = memo.by_service[signal.service][:_TARGET_SCAN]
+    else:
+        query = sa.select(IncidentRow).where(IncidentRow.state.in_(states))
+        query = query.where(IncidentRow.service == signal.service) if signal.service \
+            else query.where(IncidentRow.service.is_(None))
+        rows = session.scalars(query.order_by(IncidentRow.id.desc()).limit(_TARGET_SCAN))
+    for row in rows:
         if target_of(row.service, {k: str(v) for k, v in (row.labels or {}).items()}, config) == target:
             return row
     return None

@@ -50,7 +50,7 @@ from heald.sources.logs import LogTailer
 from heald.sources.probes import ProbeRunner
 from heald.store import InvalidTransition, Store
 from heald.store.checkpoints import Checkpointer
-from heald.store.db import BACKGROUND_THREADS, MAX_POOLED_WORKFLOWS, sqlite_file
+from heald.store.db import BACKGROUND_THREADS, MAX_POOLED_WORKFLOWS, sqlite_file, urgent_writes
 from heald.store.retry import TransientDatabaseError, is_transient
 from heald.supervise import Supervisor
 
@@ -611,9 +611,7 @@ class Runtime:
                 chunk = signals[start:start + size]
                 part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
                 assert part is not None
-                for signal, result in zip(chunk, part, strict=True):
-                    log.info("signal.ingested", source=signal.source, service=signal.service,
-                             status=signal.status.value, incident_id=result.incident_id, opened=result.opened)
+                _log_ingested(chunk, part)
         finally:
             self._after_ingest(signals[:len(results)], results)
         return results
@@ -728,7 +726,8 @@ class Runtime:
         nothing). Raises IngestIncomplete (``total``: the message's signals) on a transient
         database error."""
         try:
-            part = self.store.transact(store)  # a transient error is retried first (heald.store.retry)
+            with urgent_writes():  # the sender waits for this commit: before the healings' steps waiting
+                part = self.store.transact(store)  # a transient error is retried first (heald.store.retry)
         except Exception as exc:
             if not (isinstance(exc, TransientDatabaseError) or is_transient(exc)):
                 raise
@@ -810,6 +809,22 @@ class Runtime:
         """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
         return submit_approval(self.store, incident_id, approver, verdict, comment,
                                lambda wf, msg: DBOS.send(wf, msg, topic=APPROVAL_TOPIC))
+
+
+def _log_ingested(signals: list[Signal], results: list[correlate.IngestResult]) -> None:
+    """One log line per stored chunk (a line per signal cost more than storing it at
+    Alertmanager's pace): how many, the incidents opened and joined, the sources; each signal
+    at debug level."""
+    if log.is_enabled_for(logging.DEBUG):
+        for signal, result in zip(signals, results, strict=True):
+            log.debug("signal.ingested", source=signal.source, service=signal.service, status=signal.status.value,
+                      incident_id=result.incident_id, opened=result.opened)
+    opened = sorted({r.incident_id for r in results if r.opened and r.incident_id is not None})
+    joined = sorted({r.incident_id for r in results if not r.opened and r.incident_id is not None})
+    log.info("signals.ingested", count=len(results), sources=sorted({s.source for s in signals}),
+             opened=opened[:20], joined=joined[:20], suppressed=sum(1 for r in results if r.suppressed_by),
+             **({"more_incidents": len(opened) + len(joined) - len(opened[:20]) - len(joined[:20])}
+                if len(opened) > 20 or len(joined) > 20 else {}))
 
 
 def _fenced(reason: str) -> None:
