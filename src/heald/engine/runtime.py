@@ -97,13 +97,36 @@ def runtime() -> Runtime:
     return _runtime
 
 
+#: Seconds between DBOS's checks for the messages its waiting healings (an approval, a human's
+#: action) wait for, on a SQLite system database (PostgreSQL's DBOS is told by LISTEN/NOTIFY).
+#: Each check costs one query per waiting healing: at 0.1 s, a hundred healings waiting for a
+#: human took half of heald's CPU. A message this process sends wakes its waiter at once
+#: (:func:`send_now`); this only bounds how late one sent by another process (the CLI's
+#: ``approve``, ``retry``, ``resolve`` on the same database) is seen.
+SQLITE_NOTIFICATION_POLL_SECONDS = 1.0
+
+
+def send_now(wf: str, message: dict[str, Any], topic: str) -> None:
+    """``DBOS.send(wf, message, topic)`` (durable: committed when it returns), then wake this
+    process's healing waiting on that workflow and topic at once rather than at DBOS's next
+    check (:data:`SQLITE_NOTIFICATION_POLL_SECONDS`). Raises what DBOS.send raises."""
+    DBOS.send(wf, message, topic=topic)
+    waiters = getattr(_system_database(), "notifications_map", None)
+    if waiters is None or not hasattr(waiters, "snapshot"):  # another DBOS version: its listener tells it
+        return
+    for _, components, signal in waiters.snapshot():
+        if components[0] == wf and components[1] == topic:
+            signal.set()  # the waiter reads its message from the database, as when the listener wakes it
+
+
 def dbos_config(config: HealdConfig) -> dict[str, Any]:
     """DBOS's configuration for heald: its system database, a version pinned to heald's (so a
     restarted heald recovers the workflows the previous one left), this worker's executor id."""
     cfg: dict[str, Any] = {
         "name": "heald", "system_database_url": config.dbos_database, "application_version": __version__,
         "executor_id": config.executor_id, "log_level": "WARNING",
-        "notification_listener_polling_interval_sec": 0.1,
+        "notification_listener_polling_interval_sec": SQLITE_NOTIFICATION_POLL_SECONDS
+        if sqlite_file(config.dbos_database) is not None else 0.1,
         # DBOS records every step of every running healing: a connection each, as the store's pool
         "sys_db_pool_size": max(20, min(config.healing.max_concurrent, MAX_POOLED_WORKFLOWS) + BACKGROUND_THREADS)}
     if sqlite_file(config.dbos_database) is not None:
@@ -659,7 +682,7 @@ class Runtime:
             try:
                 topic = topics.get(self.store.get_incident(inc_id).state)
                 if topic is not None:
-                    DBOS.send(workflow_id(inc_id), {"signal_id": result.signal_id, "resolved": True}, topic=topic)
+                    send_now(workflow_id(inc_id), {"signal_id": result.signal_id, "resolved": True}, topic)
                     woken.add(inc_id)
             except Exception:  # the wait re-reads the signals at its next wake-up anyway
                 log.exception("wait.wake_failed", incident_id=inc_id)
@@ -802,13 +825,13 @@ class Runtime:
     # -- a human's action on an incident (heald.engine.attention) ----------------------------
     def send(self, wf: str, message: dict[str, Any], topic: str) -> None:
         """Send ``message`` to workflow ``wf`` on ``topic`` (wakes it where it waits)."""
-        DBOS.send(wf, message, topic=topic)
+        send_now(wf, message, topic)
 
     # -- approvals -------------------------------------------------------------------------
     def approve(self, incident_id: int, approver: str, verdict: str, comment: str = "") -> dict[str, Any]:
         """Record an approver's verdict and wake the workflow. See :func:`submit_approval`."""
         return submit_approval(self.store, incident_id, approver, verdict, comment,
-                               lambda wf, msg: DBOS.send(wf, msg, topic=APPROVAL_TOPIC))
+                               lambda wf, msg: send_now(wf, msg, APPROVAL_TOPIC))
 
 
 def _log_ingested(signals: list[Signal], results: list[correlate.IngestResult]) -> None:
