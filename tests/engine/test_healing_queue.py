@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from dbos import DBOS
 
 from heald.engine import Runtime, workflow_id
@@ -53,6 +54,7 @@ def test_the_group_wait_holds_no_thread_and_a_second_start_changes_nothing(
     results = rt.ingest_many([sig(f"svc{k}") for k in range(20)])
     opened = [r.incident_id for r in results if r.incident_id is not None]
     assert len(opened) == 20
+    assert rt.dispatcher.wait_idle()  # enqueued off the request path, each once
     assert statuses(opened) == Counter({"DELAYED": 20})
     assert threading.active_count() <= before + 2  # not one sleeping thread per incident
     assert rt.resume_open_incidents() == 20  # heald's restart path: starts nothing twice
@@ -65,3 +67,35 @@ def test_dbos_sqlite_system_database_is_in_wal_mode(tmp_path: Path, start_runtim
     start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
     with sqlite3.connect(cfg.state_dir / "dbos.sqlite") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_message_is_answered_before_its_healings_are_enqueued(
+        tmp_path: Path, start_runtime: Callable[..., Runtime], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The healings of the incidents a message opened are enqueued off the request path
+    (``Runtime.dispatcher``): storing the message does not wait for DBOS to record them, and
+    they are enqueued in order once it can."""
+    enqueue = threading.Event()
+    started: list[int] = []
+    original = Runtime.start_healing
+
+    def slow_start(self: Runtime, incident_id: int, delay_seconds: float | None = None) -> None:
+        assert enqueue.wait(30), "the test never let DBOS enqueue"
+        started.append(incident_id)
+        original(self, incident_id, delay_seconds)
+
+    monkeypatch.setattr(Runtime, "start_healing", slow_start)
+    cfg = make_config(tmp_path, healing={"group_wait_seconds": 600})
+    rt = start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    answered: list[list[int | None]] = []
+    sender = threading.Thread(target=lambda: answered.append(
+        [r.incident_id for r in rt.ingest_many([sig(f"svc{k}") for k in range(5)])]), daemon=True)
+    sender.start()
+    sender.join(10)
+    try:
+        assert answered and None not in answered[0], "the message waited for DBOS to enqueue its healings"
+        assert rt.store.list_incidents(limit=10) and not started
+    finally:
+        enqueue.set()
+    assert rt.dispatcher.wait_idle()
+    assert started == answered[0]  # in order, each once
+    assert statuses(started) == Counter({"DELAYED": 5})

@@ -138,7 +138,9 @@ def test_silenced_signal_starts_no_healing(tmp_path: Path, start_runtime) -> Non
                              comment="upgrade")
     result = rt.ingest(alert())
     assert result.incident_id is None and result.suppressed_by.startswith(f"silence {silence['id']}")
-    # a healing starts inside ingest (Runtime.start_healing) or never: none was started
+    # the healings of the incidents a message opened are enqueued once it is stored
+    # (Runtime.dispatcher): none was
+    assert rt.dispatcher.wait_idle()
     assert DBOS.list_workflows() == []
     assert rt.store.list_incidents() == [] and rt.store.count_actions_by() == {}
     expire_silence(rt.store, silence["id"], "user:ops")

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -103,7 +103,7 @@ class _Stored:
     signal: Signal
     fp: str
     key: str
-    row: SignalRow
+    row: SignalRow | PendingSignal
     join: Join | None = None  #: None: suppressed
     incident: IncidentRow | None = None
     suppressed: str | None = None
@@ -117,6 +117,8 @@ def _correlate(session: Session, signal: Signal, config: HealdConfig) -> _Stored
         signal = signal.model_copy(update={"service": service})
     fp = signal.fingerprint or fingerprint(signal)
     key = grouping_key(signal, config)
+    if config.correlation.inhibit_rules:
+        insert_pending(session)  # inhibition reads the firing signals: those of this chunk too
     if (why := suppressed_by(session, signal, fp, config, now)) is not None:
         return _Stored(signal, fp, key, store_signal(session, signal, fp, now, None, why, key, flush=False),
                        suppressed=why)
@@ -177,11 +179,14 @@ def ingest_all(session: Session, signals: list[Signal], config: HealdConfig,
                              **_newest_of(session, SignalRow.group_key, keys)}
     session.info[_OPEN] = _OpenIncidents(keys, targeted)
     try:
+        session.info[_PENDING] = []
         with audit.batched(session):
             stored = [_correlate(session, s, config) for s in signals]
-            session.flush()  # the signals not flushed yet by a query in between: one multi-row INSERT
+            insert_pending(session)  # the signals not inserted yet by a read in between: one multi-row INSERT
+            session.flush()
             return [_record(session, st, actor) for st in stored]
     finally:
+        session.info.pop(_PENDING, None)
         session.info.pop(_NEWEST, None)
         session.info.pop(_HELD, None)
         session.info.pop(_OPEN, None)
@@ -404,20 +409,28 @@ def _retarget(session: Session, join: Join, signal: Signal, fp: str, key: str) -
 
 
 def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incident_id: int | None,
-                 suppressed: str | None, key: str | None = None, *, flush: bool = True) -> SignalRow:
+                 suppressed: str | None, key: str | None = None, *, flush: bool = True) -> SignalRow | PendingSignal:
     """Store ``signal`` with its fingerprint, received ``now``, with incident ``incident_id``
     (None: none), the reason it was ``suppressed`` (None: it was not) and the grouping ``key``
     it was correlated under. Without ``flush`` the row is only added to the session (its id
-    is known after the next flush)."""
-    row = SignalRow(
-        source=signal.source, kind=signal.kind, service=signal.service, status=signal.status.value,
-        severity=signal.severity.value, summary=signal.summary, labels=signal.labels,
-        annotations=signal.annotations, fingerprint=fp, starts_at=signal.starts_at or now, ends_at=signal.ends_at,
-        received_at=now, raw_ref=signal.raw_ref, incident_id=incident_id, suppressed_by=suppressed, group_key=key,
-    )
-    session.add(row)
-    if flush:
-        session.flush()
+    is known after the next flush) or, in :func:`ingest_all`, kept as a :class:`PendingSignal`
+    to insert with the chunk's others (:func:`insert_pending`)."""
+    values: dict[str, Any] = {
+        "source": signal.source, "kind": signal.kind, "service": signal.service, "status": signal.status.value,
+        "severity": signal.severity.value, "summary": signal.summary, "labels": signal.labels,
+        "annotations": signal.annotations, "fingerprint": fp, "starts_at": signal.starts_at or now,
+        "ends_at": signal.ends_at, "received_at": now, "raw_ref": signal.raw_ref, "incident_id": incident_id,
+        "suppressed_by": suppressed, "group_key": key}
+    pending: list[PendingSignal] | None = session.info.get(_PENDING)
+    row: SignalRow | PendingSignal
+    if pending is not None and not flush:  # ingest_all: inserted with the chunk's others
+        row = PendingSignal(values)
+        pending.append(row)
+    else:
+        row = SignalRow(**values)
+        session.add(row)
+        if flush:
+            session.flush()
     memo: dict[tuple[str, str], int | None] | None = session.info.get(_NEWEST)
     if memo is not None and incident_id is not None:  # what _newest_incident_holding now answers
         for k in (("fingerprint", fp), ("group_key", key)):
@@ -426,7 +439,42 @@ def store_signal(session: Session, signal: Signal, fp: str, now: datetime, incid
     return row
 
 
-def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow, incident: IncidentRow | None, key: str,
+_PENDING = "heald.correlate.pending"
+
+
+class PendingSignal:
+    """A signal row :func:`ingest_all` stores with the rest of its chunk: one multi-row INSERT
+    (:func:`insert_pending`) instead of an ORM object each (the ORM's unit of work cost more
+    than the rest of correlation). ``id`` is 0 until inserted."""
+
+    __slots__ = ("id", "values")
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        self.id = 0
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.values["fingerprint"])
+
+
+def insert_pending(session: Session) -> None:
+    """Insert the signals :func:`ingest_all` has kept so far (in order: their ids grow in the
+    order they were stored) and give each its id. Called before anything reads the signals
+    table in the chunk's transaction (the ORM's autoflush does not know these rows)."""
+    pending: list[PendingSignal] | None = session.info.get(_PENDING)
+    if not pending:
+        return
+    table = cast(sa.Table, SignalRow.__table__)
+    ids = list(session.scalars(sa.insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                               [p.values for p in pending]))
+    for p, new_id in zip(pending, ids, strict=True):
+        p.id = int(new_id)
+    pending.clear()
+
+
+def audit_join(session: Session, signal: Signal, join: Join, row: SignalRow | PendingSignal, incident: IncidentRow | None,
+               key: str,
                actor: str | None) -> None:
     """Audit how the stored signal ``row`` joined ``incident``: ``incident.opened`` for a new
     one, else ``signal.<status>`` with the reason it joined, and ``incident.retargeted`` for a
@@ -489,6 +537,7 @@ def _newest_incident_holding(session: Session, column: sa.orm.InstrumentedAttrib
     memo: dict[tuple[str, str], int | None] | None = session.info.get(_NEWEST)
     if memo is not None and (column.key, value) in memo:
         return memo[(column.key, value)]
+    insert_pending(session)
     return session.scalar(sa.select(SignalRow.incident_id).where(column == value, SignalRow.incident_id.is_not(None))
                           .order_by(SignalRow.incident_id.desc()).limit(1))
 
@@ -505,6 +554,7 @@ def _open_incident_holding(session: Session, column: sa.orm.InstrumentedAttribut
     incident = session.get(IncidentRow, newest)
     if incident is not None and incident.state in states:
         return incident
+    insert_pending(session)
     holds = sa.select(SignalRow.id).where(SignalRow.incident_id == IncidentRow.id, column == value).exists()
     return session.scalar(sa.select(IncidentRow).where(IncidentRow.state.in_(states), IncidentRow.id < newest, holds)
                           .order_by(IncidentRow.id.desc()).limit(1))
