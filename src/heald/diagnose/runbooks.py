@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from heald.matchers import Matcher, matches_all, parse_matcher
+from heald.matchers import Matcher, check_regexes, matches_all, parse_matcher
 from heald.models import Risk, Signal
 from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, key_line, read_yaml
 
@@ -69,12 +69,7 @@ class RunbookMatch(_Strict):
     @field_validator("log")
     @classmethod
     def _regex(cls, v: str | list[str] | None) -> str | list[str] | None:
-        for text in _as_list(v):
-            try:
-                re.compile(text)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {text!r}: {exc}") from exc
-        return v
+        return check_regexes(v)
 
     @field_validator("category")
     @classmethod
