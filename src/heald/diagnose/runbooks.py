@@ -332,3 +332,18 @@ def load_runbooks(paths: list[Path], include_defaults: bool = True) -> list[Runb
     if problems:
         raise YamlFileError(problems)
     return list(by_name.values())
+
+
+def runbook_log_patterns(runbooks: list[Runbook]) -> list[str]:
+    """The log records runbooks name as mattering: for each runbook that matches log signals
+    (``match.source`` names ``logs``) and has ``match.log`` regexes, one regex that finds a key
+    line where all of them are found. The log tailers add them to ``always_signal``, so a record
+    a runbook is written for is not held back by its level, the warm-up or the rate test.
+    (Records that never matter are named by the log source's ``never_signal``.)"""
+    out: list[str] = []
+    for rb in runbooks:
+        found = _as_list(rb.match.log)
+        if "logs" not in _as_list(rb.match.source) or not found:
+            continue
+        out.append(found[0] if len(found) == 1 else "".join(f"(?=.*?(?:{p}))" for p in found))
+    return out
