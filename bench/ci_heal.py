@@ -27,16 +27,15 @@ import argparse
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import ci_work_dir, sdist
 
 PROJECTS: dict[str, dict[str, Any]] = {
     "itsdangerous": {
@@ -138,26 +137,6 @@ CODE = (".py", ".toml", ".cfg", ".txt", ".in", ".ini", ".pyi", ".typed")
 def sh(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
     return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}).stdout
-
-
-def download(project: str, versions: list[str], cache: Path) -> dict[str, Path]:
-    """Each release's sdist, unpacked (downloaded by pip once into ``cache``)."""
-    out = {}
-    for v in versions:
-        target = cache / f"{project}-{v}"
-        if not target.is_dir():
-            dl = cache / "dl"
-            dl.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                            f"{project}=={v}", "-d", str(dl)], check=True, capture_output=True)
-            sdist = next(p for p in dl.iterdir() if p.name.lower().replace("_", "-").startswith(f"{project}-{v}".lower())
-                         and p.name.endswith(".tar.gz"))
-            with tarfile.open(sdist) as tar:
-                tar.extractall(cache / "unpack", filter="data")
-            unpacked = next(p for p in (cache / "unpack").iterdir() if p.name.lower().replace("_", "-") == f"{project}-{v}".lower())
-            unpacked.rename(target)
-        out[v] = target
-    return out
 
 
 def tree_files(root: Path) -> dict[str, bytes]:
@@ -323,15 +302,11 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     args = ap.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="heald-bench-ci-"))
-    base.chmod(0o755)
-    pip_cache = base / "pip-cache"
-    pip_cache.mkdir()
     rows = []
-    try:
+    with ci_work_dir("heald-bench-ci-", keep=args.keep) as (base, pip_cache):
         for project in [p for p in args.projects.split(",") if p]:
             spec = PROJECTS[project]
-            releases = download(project, spec["versions"], args.cache)
+            releases = {v: sdist(project, v, args.cache) for v in spec["versions"]}
             for case in [c for c in args.cases.split(",") if c]:
                 row = run_case(project, case, spec, releases, base, pip_cache)
                 if row is None:
@@ -341,12 +316,6 @@ def main() -> int:
                     print(f"  {project:15} {case:13} healed={row['healed']} culprit={row['correct_culprit']} "
                           f"runs={row['test_runs']} bisection={row['bisection_runs']}/{row['bisection_bound']} "
                           f"{row['seconds']:.0f}s {row['verdict']}", file=sys.stderr, flush=True)
-    finally:
-        if not args.keep:
-            from heald.sandbox.disk import release_under
-
-            release_under(base)  # work trees the sandbox gave a filesystem of their own
-            shutil.rmtree(base, ignore_errors=True)
     totals = {"cases": len(rows), "healed": sum(r["healed"] for r in rows),
               "heal_rate": round(sum(r["healed"] for r in rows) / len(rows), 3) if rows else None,
               "bad_reverts": sum(r["bad_revert"] for r in rows),

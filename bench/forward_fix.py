@@ -34,11 +34,12 @@ import json
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import ci_work_dir, sdist
 
 CASES: list[dict[str, Any]] = [{'project': 'more-itertools',
   'version': '11.1.0',
@@ -336,26 +337,6 @@ def sh(*args: str, cwd: Path) -> str:
     return subprocess.run(args, cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def sdist(project: str, version: str, cache: Path) -> Path:
-    """The unpacked sdist of ``project`` ``version`` (downloaded by pip once into ``cache``)."""
-    root = cache / f"{project}-{version}"
-    if not root.is_dir():
-        dl = cache / "dl" / f"{project}-{version}"
-        dl.mkdir(parents=True, exist_ok=True)
-        if not any(dl.iterdir()):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
-                            f"{project}=={version}", "-d", str(dl)], check=True, capture_output=True)
-        archive = next(dl.iterdir())
-        tmp = cache / f".{project}-{version}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        [top] = list(tmp.iterdir())
-        top.rename(root)
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
 def without_tests(text: str, tests: list[tuple[str, str]]) -> str:
     """``text`` (a test module) without the test functions ``tests`` ((class or "", name)),
     decorators included. Raises LookupError when one is not found exactly once."""
@@ -528,23 +509,14 @@ def main() -> int:
     wanted = [w for w in args.cases.split(",") if w]
     cases = [c for c in CASES if not wanted or c["project"] in wanted or any(c["upstream"].startswith(w) for w in wanted)]
     args.cache.mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="heald-bench-ff-"))
-    base.chmod(0o755)
-    pip_cache = base / "pip-cache"
-    pip_cache.mkdir()
     rows = []
-    try:
+    with ci_work_dir("heald-bench-ff-") as (base, pip_cache):
         for case in cases:
             row = run_case(case, args.cache, base, pip_cache, args)
             rows.append(row)
             if not args.json:
                 ranks = f"file #{row.get('file_rank')}, function #{row.get('function_rank')}"
                 print(f"  {row['case']}: {row.get('note') or ranks}", file=sys.stderr)
-    finally:
-        from heald.sandbox.disk import release_under
-
-        release_under(base)
-        shutil.rmtree(base, ignore_errors=True)
     result = {"with_model": bool(args.base_url), "model": args.model, "rows": rows,
               "summary": summary(rows, bool(args.base_url))}
     if args.json:

@@ -34,7 +34,6 @@ import http.client
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -44,9 +43,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import sqlalchemy as sa
 import yaml
+from _common import stop, wait_healthy
 
 #: (group, name, path) of every timed request; ``{small}`` is an incident with one signal.
 REQUESTS: list[tuple[str, str, str]] = [
@@ -154,26 +153,8 @@ def start_heald(config_path: Path, state: Path, port: int) -> subprocess.Popen[b
     log = (state / "heald.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "heald.cli", "--config", str(config_path), "serve"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=state)
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"heald did not start; see {state / 'heald.log'}")
-        time.sleep(0.2)
-
-
-def stop_heald(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    wait_healthy(f"http://127.0.0.1:{port}/healthz", proc, state / "heald.log", timeout=300, interval=0.2)
+    return proc
 
 
 def timed(fn: Any, reps: int) -> dict[str, Any]:
@@ -228,7 +209,7 @@ def run_size(n: int, reps: int, work: Path) -> dict[str, Any]:
                 return r.returncode == 0, len(r.stdout)
             rows.append({"group": group, "name": name, **timed(cli, max(1, reps // 2))})
     finally:
-        stop_heald(proc)
+        stop(proc)
     return {"n": n, **counts, "seed_s": seed_s, "start_s": start_s, "requests": rows,
             "loadavg_1m": os.getloadavg()[0], "cpus": os.cpu_count()}
 

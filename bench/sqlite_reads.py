@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -58,6 +57,7 @@ from typing import Any
 
 import httpx
 import yaml
+from _common import stop, wait_healthy
 
 SERVICES = 10
 PROBE_INTERVAL_S = 0.05  # a probe of each endpoint every 50 ms
@@ -190,16 +190,7 @@ def run_one(size: int, mode: str, work: Path, probe: bool = True) -> dict[str, A
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=state)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"heald did not start; see {state / 'heald.log'}")
-            time.sleep(0.1)
+        wait_healthy(f"{base}/healthz", proc, state / "heald.log")
         body = alertmanager_message(size)
         pollers = [Prober(f"{base}/healthz"), Prober(f"{base}/")] if probe else []
         for p in pollers:
@@ -230,12 +221,7 @@ def run_one(size: int, mode: str, work: Path, probe: bool = True) -> dict[str, A
                             "idle_p50_ms": pct(before, 0.5) * 1000}
         return result
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

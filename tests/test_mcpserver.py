@@ -184,6 +184,41 @@ def test_http_operator_creates_a_silence_audited_as_them(mcp_http: str, seeded: 
     assert all(e.details.get("via") == "mcp-http" for e in store.audit_entries() if e.event.startswith("mcp."))
 
 
+def test_http_operator_creates_a_recurring_silence_validated_as_in_the_api(
+        mcp_http: str, seeded: tuple[Path, Store, int]) -> None:
+    _, store, _ = seeded
+    operator = make_token(store, "operator", "otto")
+    weekly = {"schedule": "0 2 * * 0", "window": "2h", "timezone": "Europe/Paris"}
+    bad = [("schedule", "every sunday", "recurrence.schedule"), ("window", "forever", "recurrence.window"),
+           ("timezone", "Nowhere/Land", "recurrence.timezone"), ("window", "30s", "recurrence.window"),
+           ("extra", 1, "extra")]
+
+    async def run() -> tuple[Any, list[Any], Any]:
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {operator}"}, timeout=30) as http, \
+                streamable_http_client(mcp_http, http_client=http) as (read, write, _), \
+                ClientSession(read, write) as session:
+            await session.initialize()
+            tools = {t.name: t for t in (await session.list_tools()).tools}
+            assert "recurrence" in tools["create_silence"].inputSchema["properties"]
+            created = await session.call_tool("create_silence", {"matchers": ['service="shop"'], "duration": "90d",
+                                                                 "comment": "weekly maintenance", "recurrence": weekly})
+            refused = [await session.call_tool("create_silence", {
+                "matchers": ['service="shop"'], "duration": "90d", "comment": "x",
+                "recurrence": {**weekly, key: value}}) for key, value, _ in bad]
+            listed = await session.call_tool("list_silences", {})
+            return created, refused, listed
+
+    created, refused, listed = anyio.run(run)
+    silence = data(created)
+    assert silence["recurrence"] == {"schedule": "0 2 * * 0", "window_seconds": 7200, "timezone": "Europe/Paris"}
+    assert silence["state"] in ("pending", "active") and silence["next_window"] is not None
+    for (_, _, field), result in zip(bad, refused, strict=True):
+        assert field in error_text(result), (field, error_text(result))
+    assert [s["id"] for s in data(listed)] == [silence["id"]]  # nothing made by the refused calls
+    call = next(e for e in store.audit_entries() if e.event == "mcp.call" and e.reason == "create_silence")
+    assert '"recurrence": {"schedule": "0 2 * * 0", "window": "2h"' in call.details["arguments"]
+
+
 @pytest.mark.slow
 def test_approval_over_mcp_resumes_the_healing(tmp_path: Path) -> None:
     signal = {"source": "my-monitor", "service": "svc", "summary": "svc broken",

@@ -405,28 +405,12 @@ class LogSourceConfig(_Section):
     max_lines_per_poll: int = Field(default=5000, ge=1, description="most lines read in one poll")
     poll_interval_seconds: Seconds = Field(default=0.25, description="time between two reads of the file")
 
-    @field_validator("error_pattern")
+    @field_validator("error_pattern", "always_signal", "never_signal")
     @classmethod
-    def _regex(cls, v: str) -> str:
-        import re
+    def _regexes(cls, v: str | list[str]) -> str | list[str]:
+        from heald.matchers import check_regexes
 
-        try:
-            re.compile(v)
-        except re.error as exc:
-            raise ValueError(f"invalid regex: {exc}") from exc
-        return v
-
-    @field_validator("always_signal", "never_signal")
-    @classmethod
-    def _regexes(cls, v: list[str]) -> list[str]:
-        import re
-
-        for i, pattern in enumerate(v):
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"item {i} {pattern!r}: invalid regex: {exc}") from exc
-        return v
+        return check_regexes(v)
 
     @property
     def label(self) -> str:

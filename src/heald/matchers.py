@@ -2,7 +2,8 @@
 ``name=~"regex"``, ``name!~"regex"`` (regexes are anchored, as in Alertmanager).
 
 Used by runbooks to match signals, and by silences and inhibition rules. Source of the syntax:
-prometheus/alertmanager ``pkg/labels/parse.go``.
+prometheus/alertmanager ``pkg/labels/parse.go``. Also holds the one check of a user's regex
+(:func:`compile_regex`, :func:`check_regexes`) that configuration and runbooks validate with.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
+
+_Regexes = TypeVar("_Regexes", bound="str | list[str] | None")
 
 _MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_.]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|(\S*))\s*$')
 
@@ -24,10 +28,7 @@ class Matcher:
 
     def __post_init__(self) -> None:
         if self.op in ("=~", "!~"):
-            try:
-                re.compile(self.value)
-            except re.error as exc:
-                raise ValueError(f"matcher {self.name}{self.op}{self.value!r}: invalid regex: {exc}") from exc
+            compile_regex(self.value, f"matcher {self.name}{self.op}")
 
     def matches(self, labels: Mapping[str, str]) -> bool:
         actual = labels.get(self.name, "")
@@ -54,3 +55,29 @@ def parse_matcher(text: str) -> Matcher:
 
 def matches_all(matchers: list[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
+
+
+def compile_regex(pattern: str, where: str = "") -> re.Pattern[str]:
+    """Compile a regex a user wrote (Python ``re`` syntax, unanchored unless it anchors itself).
+
+    ``where`` says which pattern it is within its field, e.g. ``item 2`` of a list; the field
+    itself is named by whoever reports the error (pydantic's location).
+    Raises ValueError: ``[<where>: ]invalid regex '<pattern>': <reason> at position <n>
+    (expected a Python regular expression)``.
+    """
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        at = f"{where}: " if where else ""
+        raise ValueError(f"{at}invalid regex {pattern!r}: {exc} (expected a Python regular expression)") from exc
+
+
+def check_regexes(value: _Regexes) -> _Regexes:
+    """Validate a field of regexes: one pattern, a list of them, or None. Returns ``value``
+    unchanged; raises ValueError from :func:`compile_regex`, naming the list item (from 0)."""
+    if isinstance(value, str):
+        compile_regex(value)
+    elif value is not None:
+        for i, pattern in enumerate(value):
+            compile_regex(pattern, f"item {i}")
+    return value

@@ -5,7 +5,8 @@ Tools (each returns JSON-ready data, the report Markdown text):
 
 * ``list_incidents(state, service, limit)``, ``get_incident(incident_id)``,
   ``incident_report(incident_id)``, ``list_silences(state)`` — role viewer;
-* ``create_silence(matchers, duration, comment)`` — role operator, as ``POST /v1/silences``;
+* ``create_silence(matchers, duration, comment, recurrence)`` — role operator, as
+  ``POST /v1/silences`` (``recurrence``: a recurring maintenance window, its model);
 * ``approve(incident_id, comment)``, ``reject(incident_id, comment)`` — role approver, as
   ``POST /v1/incidents/{id}/approve``; the verdict is the token's identity's.
 
@@ -35,6 +36,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from heald import __version__
+from heald.api.silences import RecurrenceIn
 from heald.auth import Principal, bearer_token, lookup_token
 from heald.config import HealdConfig
 from heald.models import IncidentState, Role, utcnow
@@ -161,15 +163,22 @@ def build_server(cfg: HealdConfig, store: Store, *, stdio_token: str | None = No
     async def create_silence(ctx: Context[Any, Any, Any], matchers: list[str] = Field(min_length=1, max_length=50),
                              duration: str = Field(description="how long: 30m, 2h, 1d …"),
                              comment: str = Field(min_length=1, max_length=5000,
-                                                  description="why (a maintenance, a known issue)")) -> dict[str, Any]:
+                                                  description="why (a maintenance, a known issue)"),
+                             recurrence: RecurrenceIn | None = Field(
+                                 default=None, description="a recurring maintenance window: silences only inside "
+                                                           "the windows within the duration")) -> dict[str, Any]:
         """Silence the signals matching every one of `matchers` (Alertmanager syntax, e.g.
-        `service="shop"`) from now for `duration` (role operator)."""
+        `service="shop"`) from now for `duration` (role operator). With `recurrence` (a cron
+        `schedule` read in `timezone`, each window lasting `window`, e.g. `{"schedule": "0 2 * * 0",
+        "window": "2h"}`) it silences only inside the schedule's windows within that period."""
         def run(p: Principal) -> dict[str, Any]:
             end = utcnow() + timedelta(seconds=parse_duration(duration))
-            return silences.create_silence(store, matchers, end, created_by=p.actor, comment=comment)
+            return silences.create_silence(store, matchers, end, created_by=p.actor, comment=comment,
+                                           recurrence=recurrence.as_json() if recurrence else None)
 
         return await threaded(ctx, "create_silence", Role.operator,
-                              {"matchers": matchers, "duration": duration, "comment": comment}, run)
+                              {"matchers": matchers, "duration": duration, "comment": comment,
+                               "recurrence": recurrence.model_dump() if recurrence else None}, run)
 
     def verdict(kind: str, incident_id: int, comment: str) -> Any:
         return lambda p: submit_approval(store, incident_id, p.identity, kind, comment, client_send(cfg))

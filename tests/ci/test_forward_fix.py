@@ -18,70 +18,17 @@ import pytest
 
 from heald.ci import CiJob
 from heald.ci.repair import ForwardFix, forward_fix, propose_forward_fix
-from heald.config import HealdConfig
 from heald.store import Store
-from tests.ci.conftest import TOKEN
+from tests.ci.conftest import CORRECT, FAILING, STATS, TOKEN, answer, config_for
 from tests.ci.fake_chat import FakeChat
-from tests.ci.repos import PYPROJECT, bare_remote, commit, sh
-from tests.conftest import make_config
+from tests.ci.repos import sh
 
 pytestmark = pytest.mark.slow
 
-STATS = '''"""Small statistics."""
-
-
-def total(xs):
-    return sum(xs)
-
-
-def mean(xs):
-    return total(xs) // len(xs)
-'''
-
-TESTS = '''from stats import mean, total
-
-
-def test_total():
-    assert total([1, 2, 3]) == 6
-
-
-def test_mean_of_evens():
-    assert mean([2, 4]) == 3
-'''
-
-NEW_TEST = TESTS + '''
-
-def test_mean_is_exact():
-    assert mean([1, 2]) == 1.5
-'''
-
-FAILING = "tests/test_stats.py::test_mean_is_exact"
-
-
-def answer(*edits: tuple[str, str, str], why: str = "mean divides with //, which truncates") -> str:
-    return json.dumps({"explanation": why, "edits": [{"path": p, "search": s, "replace": r} for p, s, r in edits]})
-
-
-CORRECT = answer(("stats.py", "return total(xs) // len(xs)", "return total(xs) / len(xs)"))
 WRONG = answer(("stats.py", "return total(xs) // len(xs)", "return round(total(xs) / len(xs))"), why="round it")
 BREAKS_OTHER = answer(("stats.py", "return total(xs) // len(xs)", "return 1.5"), why="the answer is 1.5")
 TEST_EDIT = answer(("tests/test_stats.py", "== 1.5", "== 1"), why="the test is wrong")
 OUTSIDE = answer(("../../outside.py", "x", "y"), why="fix it elsewhere")
-
-
-@pytest.fixture
-def project(open_tmp: Path) -> tuple[Path, str]:
-    """A repository whose last commit adds a test exposing an old bug (mean truncates); a bare
-    clone is its remote. Returns (remote, failing sha)."""
-    repo = open_tmp / "stats"
-    repo.mkdir()
-    sh("git", "init", "-q", "-b", "main", cwd=repo)
-    pyproject = PYPROJECT.format(deps="", extra="").replace('name = "calc"', 'name = "stats"').replace(
-        'py-modules = ["calc"]', 'py-modules = ["stats"]')
-    commit(repo, "Start", {"pyproject.toml": pyproject, "stats.py": STATS, "tests/test_stats.py": TESTS})
-    commit(repo, "Docs", {"README.md": "stats\n"})
-    bad = commit(repo, "Test that mean is exact", {"tests/test_stats.py": NEW_TEST})
-    return bare_remote(repo, open_tmp / "stats.git"), bad
 
 
 @pytest.fixture
@@ -90,13 +37,6 @@ def chat() -> Iterator[list[FakeChat]]:
     yield servers
     for s in servers:
         s.close()
-
-
-def config_for(open_tmp: Path, pip_cache: Path, chat: FakeChat | None, **ci: object) -> HealdConfig:
-    llm: dict[str, object] = {"base_url": chat.url, "model": "recorded-model", "api_key": "k", "timeout_seconds": 20,
-                              "max_retries": 0, "input_cost_per_million": 2.0, "output_cost_per_million": 8.0} \
-        if chat else {}
-    return make_config(open_tmp, llm=llm, ci={"work_dir": str(open_tmp / "ci"), "pip_cache_dir": str(pip_cache), **ci})
 
 
 def run(open_tmp: Path, pip_cache: Path, project: tuple[Path, str], chat: list[FakeChat], answers: list[object],

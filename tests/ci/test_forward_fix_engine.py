@@ -18,11 +18,9 @@ import pytest
 from heald.ci.incident import investigation_data, reproduction
 from heald.models import IncidentState, Severity, Signal
 from heald.sources.github import fingerprint
-from tests.ci.conftest import TOKEN
+from tests.ci.conftest import CORRECT, FAILING, STATS, TOKEN, config_for
 from tests.ci.fake_chat import FakeChat
-from tests.ci.test_forward_fix import CORRECT, FAILING, STATS, config_for, project  # noqa: F401 (a fixture)
 from tests.conftest import wait_for
-from tests.engine.conftest import start_runtime  # noqa: F401 (a fixture)
 from tests.engine.test_workflow import terminal
 
 pytestmark = pytest.mark.slow
@@ -35,8 +33,8 @@ def failed(remote: Path, bad: str) -> Signal:
                   annotations={"clone_url": str(remote)}, fingerprint=fingerprint("octo/stats", bad))
 
 
-def test_without_an_endpoint_the_escalation_carries_the_localization(open_tmp: Path, pip_cache: Path, project,  # noqa: F811
-                                                                      start_runtime) -> None:  # noqa: F811
+def test_without_an_endpoint_the_escalation_carries_the_localization(open_tmp: Path, pip_cache: Path, project,
+                                                                      start_runtime) -> None:
     remote, bad = project
     rt = start_runtime(config_for(open_tmp, pip_cache, None), manage_services=False, run_probes=False)
     inc_id = rt.ingest(failed(remote, bad)).incident_id
@@ -54,7 +52,7 @@ def test_without_an_endpoint_the_escalation_carries_the_localization(open_tmp: P
 
 
 def test_with_an_endpoint_a_human_approves_and_a_model_written_draft_is_proposed(
-        open_tmp: Path, pip_cache: Path, project, start_runtime, fake_github,  # noqa: F811
+        open_tmp: Path, pip_cache: Path, project, start_runtime, fake_github,
         monkeypatch: pytest.MonkeyPatch) -> None:
     remote, bad = project
     chat = FakeChat([CORRECT])

@@ -56,6 +56,15 @@ def test_errors_name_file_line_and_key(tmp_path: Path) -> None:
     assert f"{p}:7: runbooks.0.remedies.1" in msg and "no parameter(s) ['force']" in msg
 
 
+def test_log_regex_error_names_the_list_item(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("runbooks:\n  - name: a\n    match: {log: ['ok', 'x[']}\n"
+                 "    diagnosis: {category: c, confidence: 1}\n")
+    with pytest.raises(YamlFileError) as e:
+        load_runbooks([p], include_defaults=False)
+    assert f"{p}:3: runbooks.0.match.log: item 1: invalid regex 'x[': unterminated character set" in str(e.value)
+
+
 def test_user_runbook_overrides_a_default(tmp_path: Path) -> None:
     p = tmp_path / "mine.yaml"
     p.write_text("runbooks:\n  - name: process-down\n    match: {labels: ['source=\"probe\"']}\n"

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from heald.diagnose.runbooks import load_runbooks
-from heald.engine.runtime import Runtime, runbook_log_patterns
+from heald.diagnose.runbooks import load_runbooks, runbook_log_patterns
+from heald.engine.runtime import Runtime
 from heald.sources.logs import LogMiner
 from tests.conftest import make_config
 

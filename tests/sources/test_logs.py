@@ -241,8 +241,11 @@ def test_invalid_named_template_regex_is_a_config_error() -> None:
     import pytest
     from pydantic import ValidationError
 
-    with pytest.raises(ValidationError, match=r"(?s)never_signal.*item 1 '\(unclosed': invalid regex"):
+    with pytest.raises(ValidationError, match=r"(?s)never_signal.*item 1: invalid regex '\(unclosed': missing \)"):
         LogSourceConfig(path="a.log", never_signal=["ok", "(unclosed"])
+    with pytest.raises(ValidationError, match=r"(?s)error_pattern.*invalid regex '\[': .* at position 0 "
+                                               r"\(expected a Python regular expression\)"):
+        LogSourceConfig(path="a.log", error_pattern="[")
 
 
 def test_hostile_lines_huge_control_characters_and_invalid_utf8(tmp_path: Path) -> None:

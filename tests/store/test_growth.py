@@ -190,3 +190,43 @@ def test_metrics_histograms_are_counted_by_the_database(store: Store, fire: Call
     ttd = list(families["heald_time_to_detect_seconds"].samples)
     assert {s.name: s.value for s in ttd if not s.name.endswith("_bucket")}["heald_time_to_detect_seconds_count"] == 1
     assert all(s.value == 1 for s in ttd if s.name.endswith("_bucket"))  # opened as the signal came: 0 s
+
+
+def test_metrics_tallies_read_only_the_rows_added_since_their_mark(store: Store, fire: Callable[..., int]) -> None:
+    """Signals by source and escalations (issue 19: /metrics counted the whole history at every
+    scrape): a scrape counts the rows after a mark, and the mark settles SETTLE_SECONDS after a
+    scrape saw them; a row committed late below a scrape's largest id, within that time, counts."""
+    from heald.api.metrics import SETTLE_SECONDS, StoreCollector
+    from heald.models import IncidentState
+    from heald.store.tables import SignalRow
+
+    def figures(c: StoreCollector) -> tuple[dict[str, float], float]:
+        families = {m.name: m for m in c.collect()}
+        signals = {s.labels["source"]: s.value for s in families["heald_signals_received"].samples}
+        return signals, families["heald_escalations"].samples[0].value
+
+    inc = fire(4)
+    with store.tx() as s:  # the third signal's transaction "commits" after the first scrape
+        third = s.get(SignalRow, s.scalars(sa.select(SignalRow.id).order_by(SignalRow.id)).all()[2])
+        assert third is not None
+        late = {c.key: getattr(third, c.key) for c in SignalRow.__mapper__.column_attrs}
+        s.delete(third)
+    now = [0.0]
+    collector = StoreCollector(store, clock=lambda: now[0])
+    assert figures(collector) == ({"test": 3}, 0)
+    now[0] = SETTLE_SECONDS / 2
+    with store.tx() as s:
+        s.add(SignalRow(**late))
+    fire(2, service="db")
+    store.transition(inc, IncidentState.escalated, reason="test: no runbook")
+    assert figures(collector) == ({"test": 6}, 1)
+    now[0] = SETTLE_SECONDS * 2  # the first scrape's rows settle; the second's are still read
+    assert figures(collector) == ({"test": 6}, 1)
+    now[0] = SETTLE_SECONDS * 4  # all settle
+    assert figures(collector) == ({"test": 6}, 1)
+    with store.tx() as s:  # settled rows are not read again: gone (all but the newest), they still count
+        s.execute(sa.delete(SignalRow).where(SignalRow.id < sa.select(sa.func.max(SignalRow.id)).scalar_subquery()))
+    fire(1, service="web")
+    assert figures(collector) == ({"test": 7}, 1)
+    assert figures(StoreCollector(store)) == ({"test": 2}, 1)  # a new process counts what the store holds
+

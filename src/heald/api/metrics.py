@@ -3,7 +3,9 @@
 for counters, ``_info`` for the build) and clean under ``promtool check metrics``.
 
 Most figures are read from the store at scrape time, so they are the same whichever heald
-worker is scraped and survive restarts:
+worker is scraped and survive restarts. The two that count what only grows (signals, audit
+entries) are tallied: a scrape counts only the rows added since a mark (:class:`Tally`), so its
+cost follows the rows added lately, not the history (issue 19):
 
 * ``heald_signals_received_total{source}``, ``heald_incidents{state}``,
   ``heald_remedies_total{remedy,outcome}``;
@@ -32,7 +34,10 @@ from __future__ import annotations
 
 import platform
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Hashable, Iterator
+from typing import Generic, TypeVar
 
 import sqlalchemy as sa
 from prometheus_client import PlatformCollector, ProcessCollector
@@ -46,23 +51,76 @@ from heald.models import IncidentState
 from heald.sources import SOURCE_METRICS
 from heald.sources.probes import ProbeResult, ProbeRunner
 from heald.store import Store
-from heald.store.tables import AuditRow, CircuitBreakerRow, IncidentRow
+from heald.store.tables import CircuitBreakerRow, IncidentRow
 
 #: Time-to-recover histogram buckets, seconds.
 TTR_BUCKETS = (0.5, 1, 2, 3, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 #: Time-to-detect histogram buckets, seconds.
 TTD_BUCKETS = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800)
+#: How long after a scrape saw an id its tally folds the rows up to it in for good, seconds: a
+#: transaction holding a smaller id that commits later than that is not counted (PostgreSQL
+#: hands out ids in insert order, not commit order).
+SETTLE_SECONDS = 60.0
+
+_K = TypeVar("_K", bound=Hashable)
+
+
+class Tally(Generic[_K]):
+    """Counts, by a key, of the rows of a table that only grows (rows never deleted, so ids
+    never reused), kept across scrapes.
+
+    ``count(after, upto)`` counts the rows with ``after < id <= upto`` (``upto`` None: no
+    bound) and returns ``({key: n}, the largest id counted or after)``, reading only that id
+    range. :meth:`totals` adds the rows after the mark to the counts settled below it; the mark
+    moves to the largest id a scrape saw at least ``settle`` seconds (``clock``'s units) before,
+    and the rows up to it are counted once more then and kept. So each scrape reads the rows of
+    the last ``settle`` seconds or so; only the first (and the fold that follows it) reads the
+    history. Thread-safe; a process's tallies start again from the store when it starts."""
+
+    def __init__(self, count: Callable[[int, int | None], tuple[dict[_K, int], int]],
+                 settle: float = SETTLE_SECONDS, clock: Callable[[], float] = time.monotonic):
+        self._count = count
+        self._settle = settle
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._mark = 0
+        self._settled: dict[_K, int] = {}
+        self._seen: deque[tuple[float, int]] = deque()  # (when, the largest id seen), oldest first
+
+    def totals(self) -> dict[_K, int]:
+        """The counts of every row committed so far (see the class docstring)."""
+        with self._lock:
+            now = self._clock()
+            target = self._mark
+            while self._seen and self._seen[0][0] <= now - self._settle:
+                target = self._seen.popleft()[1]
+            if target > self._mark:
+                folded, _ = self._count(self._mark, target)
+                for key, n in folded.items():
+                    self._settled[key] = self._settled.get(key, 0) + n
+                self._mark = target
+            tail, top = self._count(self._mark, None)
+            if top > (self._seen[-1][1] if self._seen else self._mark):
+                self._seen.append((now, top))
+            return {key: self._settled.get(key, 0) + tail.get(key, 0) for key in self._settled.keys() | tail.keys()}
 
 
 class StoreCollector(Collector):
-    """Collects the store's figures (see the module docstring); one set of queries per scrape."""
+    """Collects the store's figures (see the module docstring): one set of queries per scrape,
+    the signals by source and the escalations tallied (:class:`Tally`)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic):
         self.store = store
+        self.signals = Tally(store.count_signals_by_source, clock=clock)
+        self.escalations = Tally(self._escalations, clock=clock)
+
+    def _escalations(self, after: int, upto: int | None) -> tuple[dict[str, int], int]:
+        n, top = self.store.count_escalations(after, upto)
+        return {"escalated": n}, top
 
     def collect(self) -> Iterator[Metric]:
         signals = CounterMetricFamily("heald_signals_received", "Signals received, by source", labels=["source"])
-        for source, n in sorted(self.store.count_signals_by_source().items()):
+        for source, n in sorted(self.signals.totals().items()):
             signals.add_metric([source], n)
         yield signals
 
@@ -94,8 +152,6 @@ class StoreCollector(Collector):
             ttd_row = s.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(ttd), 0.0),
                                           *(sa.func.coalesce(sa.func.sum(sa.case((ttd <= b, 1), else_=0)), 0)
                                             for b in TTD_BUCKETS))).one()
-            escalations = s.scalar(sa.select(sa.func.count()).select_from(AuditRow).where(
-                AuditRow.event == "incident.transition", AuditRow.details["to"].as_string() == "escalated")) or 0
             breakers = s.execute(sa.select(CircuitBreakerRow.target, CircuitBreakerRow.opened_at,
                                            CircuitBreakerRow.failures).order_by(CircuitBreakerRow.target)).all()
         yield HistogramMetricFamily("heald_time_to_detect_seconds",
@@ -103,7 +159,7 @@ class StoreCollector(Collector):
                                     buckets=[(str(float(b)), int(n)) for b, n in zip(TTD_BUCKETS, ttd_row[2:], strict=True)]
                                     + [("+Inf", int(ttd_row[0]))], sum_value=float(ttd_row[1]))
         yield CounterMetricFamily("heald_escalations", "Incidents that ended escalated to a human",
-                                  value=escalations)
+                                  value=self.escalations.totals().get("escalated", 0))
         yield GaugeMetricFamily("heald_approvals_waiting", "Incidents waiting for an approval",
                                 value=counts.get(IncidentState.awaiting_approval.value, 0))
         open_ = GaugeMetricFamily("heald_breaker_open",

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from heald.matchers import Matcher, matches_all, parse_matcher
+from heald.matchers import Matcher, check_regexes, matches_all, parse_matcher
 from heald.models import Risk, Signal
 from heald.yamlfile import YamlFileError, YamlProblem, describe_validation_error, key_line, read_yaml
 
@@ -69,12 +69,7 @@ class RunbookMatch(_Strict):
     @field_validator("log")
     @classmethod
     def _regex(cls, v: str | list[str] | None) -> str | list[str] | None:
-        for text in _as_list(v):
-            try:
-                re.compile(text)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {text!r}: {exc}") from exc
-        return v
+        return check_regexes(v)
 
     @field_validator("category")
     @classmethod
@@ -337,3 +332,18 @@ def load_runbooks(paths: list[Path], include_defaults: bool = True) -> list[Runb
     if problems:
         raise YamlFileError(problems)
     return list(by_name.values())
+
+
+def runbook_log_patterns(runbooks: list[Runbook]) -> list[str]:
+    """The log records runbooks name as mattering: for each runbook that matches log signals
+    (``match.source`` names ``logs``) and has ``match.log`` regexes, one regex that finds a key
+    line where all of them are found. The log tailers add them to ``always_signal``, so a record
+    a runbook is written for is not held back by its level, the warm-up or the rate test.
+    (Records that never matter are named by the log source's ``never_signal``.)"""
+    out: list[str] = []
+    for rb in runbooks:
+        found = _as_list(rb.match.log)
+        if "logs" not in _as_list(rb.match.source) or not found:
+            continue
+        out.append(found[0] if len(found) == 1 else "".join(f"(?=.*?(?:{p}))" for p in found))
+    return out

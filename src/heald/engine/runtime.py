@@ -37,7 +37,7 @@ from heald.correlate.changes import ChangeTracker
 from heald.diagnose import Reasoner, RunbookReasoner
 from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
-from heald.diagnose.runbooks import Runbook, load_runbooks
+from heald.diagnose.runbooks import Runbook, load_runbooks, runbook_log_patterns
 from heald.diagnose.targets import target_logs_evidence
 from heald.engine.cluster import Cluster, log_lease, probe_lease
 from heald.engine.lock import InstanceLock
@@ -205,23 +205,6 @@ def healing_queue() -> Queue:
     if queue is None:
         raise RuntimeError(f"DBOS queue {HEALING_QUEUE} is not registered (heald's runtime is not started)")
     return queue
-
-
-def runbook_log_patterns(runbooks: list[Runbook]) -> list[str]:
-    """The log records runbooks name as mattering: for each runbook that matches log signals
-    (``match.source`` names ``logs``) and has ``match.log`` regexes, one regex that finds a key
-    line where all of them are found. The log tailers add them to ``always_signal``, so a record
-    a runbook is written for is not held back by its level, the warm-up or the rate test.
-    (Records that never matter are named by the log source's ``never_signal``.)"""
-    out: list[str] = []
-    for rb in runbooks:
-        source = rb.match.source
-        sources = [source] if isinstance(source, str) else (source or [])
-        if "logs" not in sources or not rb.match.log:
-            continue
-        found = [rb.match.log] if isinstance(rb.match.log, str) else list(rb.match.log)
-        out.append(found[0] if len(found) == 1 else "".join(f"(?=.*?(?:{p}))" for p in found))
-    return out
 
 
 def prepare_state_dir(config: HealdConfig) -> None:

@@ -450,10 +450,35 @@ class Store:
                                 .where(SignalRow.incident_id == incident_id)) or 0)
 
     @retry_transient
-    def count_signals_by_source(self) -> dict[str, int]:
+    def count_signals_by_source(self, after_id: int = 0, upto_id: int | None = None) -> tuple[dict[str, int], int]:
+        """The signals with ``after_id < id <= upto_id`` (no upper bound when None), counted by
+        source, and the largest id among them (``after_id`` when there are none). Reads only that
+        range of the primary key, so counting the signals added since a mark costs those, not the
+        history (``GET /metrics``, :mod:`heald.api.metrics`)."""
+        # grouped by an expression of the source, not the column: SQLite would otherwise read
+        # all of ix_signals_source (ordered by source) instead of the id range
+        source = sa.func.coalesce(SignalRow.source, "")
+        where = [SignalRow.id > after_id] + ([SignalRow.id <= upto_id] if upto_id is not None else [])
         with self.read() as s:
-            rows = s.execute(sa.select(SignalRow.source, sa.func.count()).group_by(SignalRow.source))
-            return {r[0]: r[1] for r in rows}  # not dict(rows): a Result has keys(); Result.tuples() is deprecated
+            rows = s.execute(sa.select(source, sa.func.count(), sa.func.max(SignalRow.id)).where(*where)
+                             .group_by(source)).all()
+        return {r[0]: int(r[1]) for r in rows}, max((int(r[2]) for r in rows), default=after_id)
+
+    @retry_transient
+    def count_escalations(self, after_seq: int = 0, upto_seq: int | None = None) -> tuple[int, int]:
+        """The audited moves of an incident to ``escalated`` among the audit entries with
+        ``after_seq < seq <= upto_seq`` (no upper bound when None), and the largest seq of those
+        entries (``after_seq`` when there are none). Reads only that range of the chain (the
+        ``event`` index holds the seq)."""
+        where = [AuditRow.seq > after_seq] + ([AuditRow.seq <= upto_seq] if upto_seq is not None else [])
+        with self.read() as s:
+            top = s.scalar(sa.select(sa.func.max(AuditRow.seq)).where(*where))
+            if top is None:
+                return 0, after_seq
+            n = s.scalar(sa.select(sa.func.count()).select_from(AuditRow).where(
+                AuditRow.seq > after_seq, AuditRow.seq <= top, AuditRow.event == "incident.transition",
+                AuditRow.details["to"].as_string() == "escalated"))
+        return int(n or 0), int(top)
 
     # -- healing records --------------------------------------------------------------------
     @retry_transient
