@@ -111,7 +111,7 @@ class StoreCollector(Collector):
 
     def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic):
         self.store = store
-        self.signals = Tally(store.count_signals_by_source, clock=clock)
+        self.signals = Tally(store.count_signals_by_source_range, clock=clock)
         self.escalations = Tally(self._escalations, clock=clock)
 
     def _escalations(self, after: int, upto: int | None) -> tuple[dict[str, int], int]:

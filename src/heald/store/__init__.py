@@ -450,7 +450,13 @@ class Store:
                                 .where(SignalRow.incident_id == incident_id)) or 0)
 
     @retry_transient
-    def count_signals_by_source(self, after_id: int = 0, upto_id: int | None = None) -> tuple[dict[str, int], int]:
+    def count_signals_by_source(self) -> dict[str, int]:
+        """Every stored signal, counted by source (``""``: none)."""
+        return self.count_signals_by_source_range()[0]
+
+    @retry_transient
+    def count_signals_by_source_range(self, after_id: int = 0,
+                                      upto_id: int | None = None) -> tuple[dict[str, int], int]:
         """The signals with ``after_id < id <= upto_id`` (no upper bound when None), counted by
         source, and the largest id among them (``after_id`` when there are none). Reads only that
         range of the primary key, so counting the signals added since a mark costs those, not the
