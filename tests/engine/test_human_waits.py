@@ -17,7 +17,7 @@ from dbos import DBOS
 
 from heald.config import HealdConfig
 from heald.engine import Runtime, attention, workflow_id
-from heald.engine.runtime import _SLOT, _WAITING, HEALING_QUEUE, _rejoining, _swap
+from heald.engine.runtime import HEALING_QUEUE
 from heald.models import ActionStatus, Incident, IncidentState, Signal, SignalStatus
 from tests.conftest import make_config, wait_for
 
@@ -158,6 +158,8 @@ def test_a_healing_waiting_out_a_cooldown_does_not_keep_a_new_one_from_being_hea
 
 def test_a_resumed_healing_waits_for_a_free_slot_before_acting(
         tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
+    from heald.engine.runtime import _rejoining  # the healings of this process taking their slot back
+
     rt = start_runtime(config(tmp_path), run_probes=False)
     risky = rt.ingest(alert("a", "Risky")).incident_id
     assert risky is not None
@@ -207,6 +209,8 @@ def test_dbos_counts_the_healing_queue_as_heald_expects() -> None:
 
     from dbos import _queue
     from dbos._core import ActiveWorkflowById
+
+    from heald.engine.runtime import _SLOT, _WAITING, _swap
 
     source = inspect.getsource(_queue.queue_worker_thread)
     assert "_active_workflows_set.count_for_queue(queue.name)" in source, \
