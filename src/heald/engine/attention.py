@@ -17,6 +17,9 @@ Three parts, used by :func:`heald.engine.workflow.heal_incident` and by the huma
   notification channels every ``notifications.reminder_interval_seconds`` (each reminder
   audited, ``incident.reminder``; none while a silence covers it) until a human acknowledges, retries or resolves it, every
   signal resolves, or ``healing.attention_max_seconds`` passes (then it ends ``escalated``);
+- neither wait holds a slot of the healing queue (``healing.max_concurrent``): each gives it up
+  before its ``DBOS.recv`` (:func:`heald.engine.runtime.leave_healing_queue`), and the healing
+  takes one back before it acts again (:func:`heald.engine.runtime.rejoin_healing_queue`);
 - **the humans' actions** (:func:`retry`, :func:`acknowledge`, :func:`resolve`), from the API,
   the CLI and the dashboard, each audited with the human's identity: they change the store
   under the incident's row lock and wake the workflow (``send(workflow_id, message, topic)``);
