@@ -5,7 +5,9 @@ reasoners, notifier; :meth:`Runtime.deps` hands them to :mod:`heald.engine.steps
 (which resumes unfinished healings) and wires sources to correlation: :meth:`Runtime.ingest`
 stores a signal and, once committed, enqueues the healing (:func:`heald.engine.workflow.heal_incident`)
 of the incident it opens on DBOS's healing queue (:data:`HEALING_QUEUE`), delayed by its
-group_wait. :func:`submit_approval` records a human's verdict and wakes the workflow.
+group_wait. A healing waiting for a human or for a block to lift gives its slot on that queue
+up meanwhile (:func:`leave_healing_queue`, :func:`rejoin_healing_queue`).
+:func:`submit_approval` records a human's verdict and wakes the workflow.
 """
 
 from __future__ import annotations
