@@ -491,10 +491,12 @@ class HealingConfig(_Section):
     group_wait_seconds: float = Field(default=0.5, ge=0, description="wait for more signals before diagnosing")
     max_concurrent: int = Field(
         default=128, ge=1, le=1024,
-        description="healings running at once in one heald (the worker concurrency of DBOS's healing queue); the "
-                    "others wait in the queue (ENQUEUED), holding no thread. A healing waiting for an approval or a "
-                    "human holds its place: keep it well above the incidents expected to wait at once. The store's "
-                    "database pools are sized from it (at most 32 + 4 kept open; more threads wait for a connection)")
+        description="healings acting at once in one heald (the worker concurrency of DBOS's healing queue); the "
+                    "others wait in the queue (ENQUEUED), holding no thread. A healing waiting for an approval, for a "
+                    "human after a hand-over (needs_attention) or for a cooldown or rate limit to lift gives its slot "
+                    "up meanwhile (it keeps a thread, no database connection), and takes one back before it acts "
+                    "again, before any healing still queued. The store's database pools are sized from it (at most "
+                    "32 + 4 kept open; more threads wait for a connection)")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
     retry_delay_seconds: float = Field(
         default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),

@@ -1,11 +1,13 @@
 """Healings start off the request path (issue 19): on DBOS's healing queue, at most
-``healing.max_concurrent`` at once, each enqueued with its group_wait as a DBOS delay (no thread
+``healing.max_concurrent`` acting at once, each enqueued with its group_wait as a DBOS delay (no thread
 held while it waits); queued and delayed healings count as live for the reaper; DBOS's SQLite
 system database is in WAL mode. Real runtimes, real DBOS on SQLite files."""
 
 from __future__ import annotations
 
 import sqlite3
+import sys
+import textwrap
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -18,6 +20,8 @@ from heald.engine import Runtime, workflow_id
 from heald.models import IncidentState, Signal
 from tests.conftest import make_config, wait_for
 
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(600)"]
+
 
 def sig(service: str) -> Signal:
     return Signal.model_validate({"source": "test", "service": service, "summary": f"{service} down",
@@ -29,18 +33,27 @@ def statuses(ids: list[int]) -> Counter[str]:
     return Counter(w.status for w in found)
 
 
-def test_at_most_max_concurrent_healings_run_the_others_wait_queued_and_count_as_live(
+def test_at_most_max_concurrent_healings_act_the_others_wait_queued_and_count_as_live(
         tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
-    # nobody answers: each healing hands its incident over to a human and waits there (a minute)
-    cfg = make_config(tmp_path, healing={"max_concurrent": 2, "group_wait_seconds": 0,
-                                         "attention_max_seconds": 60, "attention_check_seconds": 30})
-    rt = start_runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
+    # each healing restarts its service and then verifies for a minute (its alert never resolves):
+    # it acts all along. (A healing that waits for a human holds no slot: tests/engine/test_human_waits.py.)
+    book = tmp_path / "runbooks.yaml"
+    book.write_text(textwrap.dedent("""
+        runbooks:
+          - name: down
+            match: {labels: ['alertname="Down"']}
+            diagnosis: {category: svc_down, confidence: 0.95, explanation: "down"}
+            remedies: [{remedy: restart_process, risk: low, params: {service: "${service}"}}]
+    """))
+    cfg = make_config(tmp_path, services={f"svc{k}": {"command": SLEEPER} for k in range(5)}, runbooks=[str(book)],
+                      healing={"max_concurrent": 2, "group_wait_seconds": 0, "verify_timeout_seconds": 60})
+    rt = start_runtime(cfg, run_probes=False, tail_logs=False)
     ids = [r.incident_id for r in rt.ingest_many([sig(f"svc{k}") for k in range(5)])]
     assert None not in ids
     opened = [i for i in ids if i is not None]
-    wait_for(lambda: statuses(opened) == Counter({"PENDING": 2, "ENQUEUED": 3}), what="two running, three queued")
-    wait_for(lambda: sum(rt.store.get_incident(i).state == IncidentState.needs_attention for i in opened) == 2,
-             what="the two running to wait for a human")
+    wait_for(lambda: sum(rt.store.get_incident(i).state == IncidentState.verifying for i in opened) == 2,
+             what="two healings to act")
+    assert statuses(opened) == Counter({"PENDING": 2, "ENQUEUED": 3})
     assert sum(rt.store.get_incident(i).state == IncidentState.observing for i in opened) == 3  # not started
     assert rt.reap_stranded_incidents() == {"started": [], "resumed": [], "failed": []}  # queued is alive
     assert statuses(opened) == Counter({"PENDING": 2, "ENQUEUED": 3})

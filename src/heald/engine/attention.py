@@ -17,6 +17,9 @@ Three parts, used by :func:`heald.engine.workflow.heal_incident` and by the huma
   notification channels every ``notifications.reminder_interval_seconds`` (each reminder
   audited, ``incident.reminder``; none while a silence covers it) until a human acknowledges, retries or resolves it, every
   signal resolves, or ``healing.attention_max_seconds`` passes (then it ends ``escalated``);
+- neither wait holds a slot of the healing queue (``healing.max_concurrent``): each gives it up
+  before its ``DBOS.recv`` (:func:`heald.engine.runtime.leave_healing_queue`), and the healing
+  takes one back before it acts again (:func:`heald.engine.runtime.rejoin_healing_queue`);
 - **the humans' actions** (:func:`retry`, :func:`acknowledge`, :func:`resolve`), from the API,
   the CLI and the dashboard, each audited with the human's identity: they change the store
   under the incident's row lock and wake the workflow (``send(workflow_id, message, topic)``);
@@ -41,7 +44,7 @@ import structlog
 from dbos import DBOS
 
 from heald.engine.dbos_steps import now_step, retried
-from heald.engine.runtime import APPROVAL_TOPIC, ATTENTION_TOPIC, runtime
+from heald.engine.runtime import APPROVAL_TOPIC, ATTENTION_TOPIC, leave_healing_queue, runtime
 from heald.engine.steps import (
     Closed,
     Decided,
@@ -315,6 +318,7 @@ def wait_out_block(incident_id: int, attempt: int, found: Found, planned: Planne
             pause = min(pause, max(block.until - now, 0.0) + 0.05)  # never sleep past the moment it lifts
         waits += 1
         record_block_step(incident_id, block, pause, waits)
+        leave_healing_queue()  # no slot held while the block lasts (taken back before acting)
         DBOS.recv(ATTENTION_TOPIC, timeout_seconds=pause)  # a durable sleep that a human's action cuts short
         if (state := _recheck_step(incident_id)) is not None:
             return Closed(state)
@@ -358,6 +362,7 @@ def await_human(incident_id: int, reason: str) -> str | None:
         wake = min(check, since + limit - now_.now)
         if every > 0 and now_.acknowledged_by is None:
             wake = min(wake, next_reminder - now_.now)
+        leave_healing_queue()  # no slot held while it waits for a human (a retry takes one again)
         DBOS.recv(ATTENTION_TOPIC, timeout_seconds=max(wake, 0.05))
 
 

@@ -26,7 +26,7 @@ from dbos import DBOS
 
 from heald.config import HealingConfig
 from heald.engine import steps
-from heald.engine.runtime import APPROVAL_TOPIC, runtime
+from heald.engine.runtime import APPROVAL_TOPIC, leave_healing_queue, runtime
 from heald.engine.steps import (
     Acted,
     ApprovalStatus,
@@ -280,4 +280,5 @@ def await_approval(incident_id: int, decided: Decided) -> str:
         remaining = deadline - now_step()
         if remaining <= 0:
             return expire_approval_step(incident_id, ttl)
+        leave_healing_queue()  # no slot held while a human decides (taken back before acting)
         DBOS.recv(APPROVAL_TOPIC, timeout_seconds=min(remaining, 300.0))

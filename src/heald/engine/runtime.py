@@ -5,7 +5,9 @@ reasoners, notifier; :meth:`Runtime.deps` hands them to :mod:`heald.engine.steps
 (which resumes unfinished healings) and wires sources to correlation: :meth:`Runtime.ingest`
 stores a signal and, once committed, enqueues the healing (:func:`heald.engine.workflow.heal_incident`)
 of the incident it opens on DBOS's healing queue (:data:`HEALING_QUEUE`), delayed by its
-group_wait. :func:`submit_approval` records a human's verdict and wakes the workflow.
+group_wait. A healing waiting for a human or for a block to lift gives its slot on that queue
+up meanwhile (:func:`leave_healing_queue`, :func:`rejoin_healing_queue`).
+:func:`submit_approval` records a human's verdict and wakes the workflow.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -167,14 +169,19 @@ HEALING_QUEUE_POLL_SECONDS = 0.1
 
 def register_healing_queue(config: HealdConfig) -> Queue:
     """Declare :data:`HEALING_QUEUE` in the launched DBOS, running at most
-    ``healing.max_concurrent`` healings at once in this process. Not partitioned by target: a
-    healing waiting hours for an approval would hold its target's partition and starve a
-    second incident about it; the per-target lease (:mod:`heald.budgets`) keeps two healings
-    from acting on one target at once."""
+    ``healing.max_concurrent`` healings at once in this process; a healing waiting for a human
+    or for a block to lift holds no slot meanwhile (:func:`leave_healing_queue`). Not
+    partitioned by target: a healing waiting hours for an approval would hold its target's
+    partition and starve a second incident about it; the per-target lease
+    (:mod:`heald.budgets`) keeps two healings from acting on one target at once."""
     global _healing_queue
     _healing_queue = off_event_loop(lambda: DBOS.register_queue(
         HEALING_QUEUE, worker_concurrency=config.healing.max_concurrent,
         polling_interval_sec=HEALING_QUEUE_POLL_SECONDS, on_conflict="always_update"))
+    if not slot_release_supported():
+        log.error("healing.slot_release_unsupported",
+                  reason="this DBOS version keeps no registry of running workflows that heald knows: a healing "
+                         "waiting for a human holds its slot on the healing queue (healing.max_concurrent)")
     return _healing_queue
 
 
@@ -205,6 +212,128 @@ def healing_queue() -> Queue:
     if queue is None:
         raise RuntimeError(f"DBOS queue {HEALING_QUEUE} is not registered (heald's runtime is not started)")
     return queue
+
+
+# -- a healing's slot on the healing queue, given up while it waits for a human -------------------
+#
+# DBOS 3.4 counts a queue's ``worker_concurrency`` in memory: each poll of the queue subtracts,
+# from the limit, the workflows of this process registered as running from that queue
+# (``DBOS._active_workflows_set.count_for_queue``, one ``(queue_name, partition_key)`` entry per
+# execution, added when the workflow starts and removed when it ends; ``_queue.queue_worker_thread``).
+# The workflow_status row's ``queue_name`` plays no part in that count (only in a queue-wide
+# ``concurrency``, which heald does not set, and in recovery, which puts a PENDING workflow back
+# on its own queue). DBOS has no public call to give a slot back, so a healing that waits for a
+# human swaps its entry for one that names no queue, and swaps it back to act again.
+# tests/engine/test_human_waits.py::test_dbos_counts_the_healing_queue_as_heald_expects fails
+# if a DBOS upgrade changes these internals; without them the waits hold their slot, as before.
+
+#: Seconds between two looks for a free slot by a healing taking its slot back after a wait.
+REJOIN_POLL_SECONDS = 0.05
+#: A healing's entry in DBOS's registry of running workflows while it holds its slot …
+_SLOT: tuple[str, None] = (HEALING_QUEUE, None)
+#: … and while it waits for a human (an entry naming no queue DBOS counts).
+_WAITING: tuple[str, None] = (f"{HEALING_QUEUE} (waiting, no slot)", None)
+_turns = threading.Condition()
+_rejoining: list[object] = []  # healings of this process taking their slot back, first come first served
+
+
+def _running_workflows() -> tuple[Any, Any] | None:
+    """(the launched DBOS, its registry of the workflows running in this process), or None when
+    DBOS is not launched or this DBOS version keeps no such registry (then a waiting healing
+    keeps its slot)."""
+    try:
+        from dbos import _dbos as dbos_module
+    except ImportError:
+        return None
+    instance = getattr(dbos_module, "_dbos_global_instance", None)
+    registry = getattr(instance, "_active_workflows_set", None)
+    if registry is None or not all(hasattr(registry, a) for a in ("_lock", "_m", "count_for_queue")):
+        return None
+    return instance, registry
+
+
+def slot_release_supported() -> bool:
+    """Whether this DBOS lets a healing give its :data:`HEALING_QUEUE` slot up while it waits
+    for a human (:func:`leave_healing_queue`); False before DBOS is launched."""
+    return _running_workflows() is not None
+
+
+def _swap(registry: Any, wf: str, old: tuple[str, None], new: tuple[str, None]) -> bool:
+    """Replace one ``old`` entry of workflow ``wf`` in DBOS's registry by ``new``; False when it has none."""
+    with registry._lock:
+        entries = registry._m.get(wf)
+        if not entries or old not in entries:
+            return False
+        entries[entries.index(old)] = new
+        return True
+
+
+def leave_healing_queue() -> bool:
+    """Give up the calling healing workflow's slot on :data:`HEALING_QUEUE` (one of the
+    ``healing.max_concurrent`` of this process) while it waits for a human — an approval, a
+    hand-over, a block to lift — so that DBOS dequeues the next queued healing at its next
+    poll (:data:`HEALING_QUEUE_POLL_SECONDS`). Workflow code, called just before such a wait's
+    ``DBOS.recv``; a healing already off the queue stays off. Nothing is written anywhere: the
+    workflow stays PENDING on the queue in DBOS's system database, so a heald killed during the
+    wait recovers it there, and its replay gives the slot up again at the same wait. Returns
+    whether the healing is off the queue now (False: it was not dequeued from the healing queue
+    in this process, or this DBOS keeps its count elsewhere — then it waits holding its slot)."""
+    found, wf = _running_workflows(), DBOS.workflow_id
+    if found is None or wf is None:
+        return False
+    registry = found[1]
+    if _swap(registry, wf, _SLOT, _WAITING):
+        log.debug("healing.slot_released", workflow_id=wf)
+        return True
+    with registry._lock:
+        return _WAITING in registry._m.get(wf, ())
+
+
+def rejoin_healing_queue() -> None:
+    """Take the calling healing's slot on :data:`HEALING_QUEUE` back before it acts again
+    (after :func:`leave_healing_queue`; at once when it never left). When
+    ``healing.max_concurrent`` healings of this process are acting, it waits (in memory,
+    looking every :data:`REJOIN_POLL_SECONDS`) until one ends or leaves for a wait of its own.
+    Its slot is taken at once, so DBOS dequeues no new healing meanwhile: healings taking their
+    slot back go first, first come first served, before any healing still ENQUEUED, and at most
+    ``healing.max_concurrent`` act at once. It stops waiting when DBOS is destroyed (heald
+    stops: the workflow's next step fails and it resumes at the next start)."""
+    found, wf = _running_workflows(), DBOS.workflow_id
+    if found is None or wf is None:
+        return
+    registry = found[1]
+    if not _swap(registry, wf, _WAITING, _SLOT):
+        return  # it holds its slot
+    limit = runtime().config.healing.max_concurrent
+    turn = object()
+    waited = time.monotonic()
+    with _turns:
+        _rejoining.append(turn)
+        try:
+            while True:
+                acting = registry.count_for_queue(HEALING_QUEUE) - len(_rejoining)
+                if _rejoining[0] is turn and acting < limit:
+                    break
+                if (now := _running_workflows()) is None or now[1] is not registry:  # DBOS was destroyed
+                    break
+                _turns.wait(REJOIN_POLL_SECONDS)
+        finally:
+            _rejoining.remove(turn)
+            _turns.notify_all()
+    log.debug("healing.slot_taken_back", workflow_id=wf, waited_s=round(time.monotonic() - waited, 3))
+
+
+@contextlib.contextmanager
+def healing_slot() -> Iterator[None]:
+    """Around a healing workflow's body: if it ends (returns or raises) off the healing queue,
+    its slot is put back at once, without waiting for a free one — DBOS's own bookkeeping
+    removes the slot a workflow was dequeued with as it ends, and must find it."""
+    found, wf = _running_workflows(), DBOS.workflow_id  # now: DBOS may be destroyed by the end
+    try:
+        yield
+    finally:
+        if found is not None and wf is not None:
+            _swap(found[1], wf, _WAITING, _SLOT)
 
 
 def prepare_state_dir(config: HealdConfig) -> None:
@@ -478,7 +607,7 @@ class Runtime:
 
         For each open incident, by its workflow's DBOS status: none (a crash between storing the
         signal and starting it) → started; ``CANCELLED`` or ``MAX_RECOVERY_ATTEMPTS_EXCEEDED`` →
-        resumed (``DBOS.resume_workflow``, from its last completed step); ``ERROR`` (a step
+        resumed (``DBOS.resume_workflow`` on the healing queue, from its last completed step); ``ERROR`` (a step
         raised: DBOS would replay the same error, it cannot be resumed), ``SUCCESS`` while the
         incident is still open, or a resume that fails → the incident ends ``failed`` with the
         reason, audited, its leases freed and the channels told — so the next signal about the
@@ -555,7 +684,7 @@ class Runtime:
             return None
         if state in (WorkflowStatusString.CANCELLED.value, WorkflowStatusString.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value):
             try:
-                DBOS.resume_workflow(wf)
+                DBOS.resume_workflow(wf, queue_name=HEALING_QUEUE)  # else DBOS's internal queue, which has no limit
                 return "resumed"
             except Exception as exc:
                 why = f"its healing workflow {wf} was {state.lower()} and could not be resumed: {exc}"

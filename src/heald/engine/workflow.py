@@ -33,6 +33,7 @@ from heald.engine.dbos_steps import (
     undo_step,
     verify_step,
 )
+from heald.engine.runtime import healing_slot, rejoin_healing_queue
 from heald.engine.steps import Closed, Held, Tried, Verified
 from heald.models import ActionStatus, DecisionKind
 from heald.plan import candidate_key
@@ -51,18 +52,22 @@ class Stopped:
 def heal_incident(incident_id: int, waited: bool = False) -> str:
     """Heal one incident; returns its final state. Reads top to bottom as the pipeline.
     ``waited``: the incident's group_wait is over already (it was enqueued with that delay,
-    :meth:`heald.engine.runtime.Runtime.start_healing`, holding no thread meanwhile)."""
-    if not waited and (wait := group_wait_seconds(incident_id)) > 0:  # the incident's route's group_wait
-        DBOS.sleep(wait)  # let correlated signals join before diagnosing
-    reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
-    attempt = 0
-    while True:  # one round per attempt budget: the first, then one per retry a human asks for
-        healed = heal_round(incident_id, attempt)
-        if not isinstance(healed, Stopped):
-            return healed
-        attempt = healed.attempt
-        if (ended := await_human(incident_id, healed.reason)) is not None:  # the target still fails
-            return ended
+    :meth:`heald.engine.runtime.Runtime.start_healing`, holding no thread meanwhile). While it
+    waits for a human (an approval, a hand-over) or for a block to lift, it gives up its slot on
+    the healing queue (:func:`heald.engine.runtime.leave_healing_queue`) and takes it back
+    before it acts again (:func:`heald.engine.runtime.rejoin_healing_queue`)."""
+    with healing_slot():  # put back when it ends off the queue (DBOS removes it as the workflow ends)
+        if not waited and (wait := group_wait_seconds(incident_id)) > 0:  # the incident's route's group_wait
+            DBOS.sleep(wait)  # let correlated signals join before diagnosing
+        reproduce_step(incident_id)  # a CI failure: reproduced in the sandbox once; the findings join as a signal
+        attempt = 0
+        while True:  # one round per attempt budget: the first, then one per retry a human asks for
+            healed = heal_round(incident_id, attempt)
+            if not isinstance(healed, Stopped):
+                return healed
+            attempt = healed.attempt
+            if (ended := await_human(incident_id, healed.reason)) is not None:  # the target still fails
+                return ended
 
 
 def heal_round(incident_id: int, attempt: int) -> str | Stopped:
@@ -73,6 +78,7 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
     first = attempt
     tried: list[Tried] = []  # the candidates applied that did not heal
     while True:
+        rejoin_healing_queue()  # back from a human's retry: acting again takes a slot
         attempt += 1
         found = diagnose_step(incident_id, attempt)
         if isinstance(found, Closed):
@@ -93,6 +99,7 @@ def heal_round(incident_id: int, attempt: int) -> str | Stopped:
                 return Stopped(attempt, verdict)
         assert decided.candidate is not None and decided.target is not None  # the gate chose one to apply
         candidate = decided.candidate
+        rejoin_healing_queue()  # back from an approval or a block: acting again takes a slot
         if (busy := await_lease(incident_id, decided.target, lease)) is not None:
             return Stopped(attempt, busy)
         acted = act_step(incident_id, attempt, candidate)
