@@ -519,9 +519,10 @@ class HealingConfig(_Section):
                                           "handed over to a human (needs_attention; 0: at once). A busy target's "
                                           "lease is waited for policy.budgets.lease_wait_seconds")
     attention_check_seconds: Seconds = Field(
-        default=30.0, description="an incident that needs attention: how often heald re-checks its signals (all "
-                                  "resolved: it ends); a human's retry or resolve wakes it at once. Each check is a "
-                                  "recorded step of the healing's durable workflow: keep checks per wait moderate")
+        default=300.0, description="an incident that needs attention: how often heald re-checks its signals (all "
+                                   "resolved: it ends); a resolved signal, a human's retry or resolve wake it at once, "
+                                   "so the check is a fallback. Each check is a recorded step of the healing's durable "
+                                   "workflow, for every incident waiting: keep checks per wait moderate")
     attention_max_seconds: float = Field(
         default=86400.0, ge=0, description="how long an incident waits in needs_attention for a human before it "
                                            "ends escalated (reminders stop then)")

@@ -53,7 +53,6 @@ from heald.engine.steps import (
     Planned,
     close,
     close_if_resolved_by_source,
-    still_firing,
     workflow_id,
 )
 from heald.models import DecisionKind, IncidentState, Outcome, OutcomeResult, utcnow
@@ -173,7 +172,7 @@ def hand_over(deps: Deps, incident_id: int, reason: str) -> str:
     inc = deps.store.get_incident(incident_id)
     if inc.state.terminal:
         return inc.state.value
-    if inc.state != NEEDS_ATTENTION and not still_firing(deps.store.signals_for(incident_id)):
+    if inc.state != NEEDS_ATTENTION and not deps.store.still_firing(incident_id):
         return close(deps, incident_id, IncidentState.escalated, reason)
     release_lease(deps.store, incident_id)
     deps.store.transition(incident_id, NEEDS_ATTENTION, reason=f"handed over to a human, the target still fails: {reason}",
@@ -190,7 +189,7 @@ def attention(deps: Deps, incident_id: int, since: float) -> Attention:
     from heald.budgets import Budgets
 
     inc = deps.store.get_incident(incident_id)
-    firing = bool(still_firing(deps.store.signals_for(incident_id)))
+    firing = deps.store.still_firing(incident_id)
     acked = next((e.actor for e in deps.store.search_audit(incident_id=incident_id, event="incident.acknowledged",
                                                             limit=1) if e.ts.timestamp() >= since), None)
     silenced = Budgets(deps.config, deps.store, incident_id).silenced() is not None

@@ -103,10 +103,10 @@ def runtime() -> Runtime:
 #: Seconds between DBOS's checks for the messages its waiting healings (an approval, a human's
 #: action) wait for, on a SQLite system database (PostgreSQL's DBOS is told by LISTEN/NOTIFY).
 #: Each check costs one query per waiting healing: at 0.1 s, a hundred healings waiting for a
-#: human took half of heald's CPU. A message this process sends wakes its waiter at once
+#: human took half of heald's CPU; at 1 s, three hundred a third. A message this process sends wakes its waiter at once
 #: (:func:`send_now`); this only bounds how late one sent by another process (the CLI's
 #: ``approve``, ``retry``, ``resolve`` on the same database) is seen.
-SQLITE_NOTIFICATION_POLL_SECONDS = 1.0
+SQLITE_NOTIFICATION_POLL_SECONDS = 2.0
 
 
 def send_now(wf: str, message: dict[str, Any], topic: str) -> None:

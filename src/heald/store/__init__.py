@@ -415,6 +415,18 @@ class Store:
         return rows[:limit], (rows[limit - 1].id if len(rows) > limit else None)
 
     @retry_transient
+    def still_firing(self, incident_id: int) -> bool:
+        """Whether some fingerprint of the incident's signals last arrived firing (its newest
+        signal is firing): :func:`heald.engine.steps.still_firing` is not empty. Counted in the
+        database (one grouped read of the incident's signals' ids, fingerprints and statuses),
+        not by loading every signal."""
+        newest = (sa.select(sa.func.max(SignalRow.id).label("id")).where(SignalRow.incident_id == incident_id)
+                  .group_by(sa.func.coalesce(SignalRow.fingerprint, "")).subquery())
+        with self.read() as s:
+            return s.scalar(sa.select(SignalRow.id).join(newest, SignalRow.id == newest.c.id)
+                            .where(SignalRow.status == SignalStatus.firing.value).limit(1)) is not None
+
+    @retry_transient
     def signal_statuses(self, incident_id: int, *, after_id: int = 0) -> list[SignalStatusRow]:
         """(id, source, service, fingerprint, status) of the incident's signals with an id
         above ``after_id``, oldest first: what a poll that follows the incident's signals
