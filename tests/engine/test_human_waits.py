@@ -232,7 +232,7 @@ def test_the_sweep_resumes_a_cancelled_healing_on_the_healing_queue(
     (DBOS's resume would otherwise put it on its internal queue, which has no limit)."""
     rt = start_runtime(config(tmp_path, group_wait_seconds=3.0), run_probes=False)
     inc_id = rt.ingest(alert("a", "Risky")).incident_id
-    assert inc_id is not None
+    assert inc_id is not None and rt.dispatcher.wait_idle()  # its healing is enqueued (delayed)
     DBOS.cancel_workflow(workflow_id(inc_id))
     assert rt.reap_stranded_incidents()["resumed"] == [inc_id]
     status = DBOS.get_workflow_status(workflow_id(inc_id))

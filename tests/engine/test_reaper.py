@@ -69,8 +69,9 @@ def test_a_cancelled_workflow_is_resumed_by_the_sweep(tmp_path: Path) -> None:
     rt.start()
     try:
         opened = rt.ingest(sig())
-        assert opened.incident_id is not None
+        assert opened.incident_id is not None and rt.dispatcher.wait_idle()  # its healing is enqueued
         DBOS.cancel_workflow(workflow_id(opened.incident_id))
+        assert wf_status(opened.incident_id) == "CANCELLED"
         wait_for(lambda: wf_status(opened.incident_id) != "CANCELLED", what="the sweep to resume it")
         wait_for(lambda: rt.store.get_incident(opened.incident_id).state.terminal, what="the resumed healing to end")
         assert rt.store.get_incident(opened.incident_id).state == IncidentState.escalated
