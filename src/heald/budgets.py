@@ -55,6 +55,7 @@ class Budgets:
 
     def __init__(self, config: HealdConfig, store: Store, incident_id: int, *,
                  supervisor: Supervisor | None = None, now: datetime | None = None):
+        self._about: tuple[str | None] | None = None  # about_heald's answer, once asked
         self.config = config
         self.budgets = config.policy.budgets
         self.store = store
@@ -69,7 +70,7 @@ class Budgets:
         cool = self.budgets.remedy_cooldown_seconds
         if cool <= 0:
             return None
-        with self.store.tx() as s:
+        with self.store.read() as s:
             row = s.scalar(sa.select(ActionRow).where(
                 ActionRow.target == target, ActionRow.remedy == remedy, ActionRow.incident_id != self.incident_id,
                 ActionRow.started_at >= self.now - timedelta(seconds=cool)).order_by(ActionRow.started_at.desc()).limit(1))
@@ -84,7 +85,7 @@ class Budgets:
             ActionRow.started_at >= self.now - timedelta(seconds=window))
         if target is not None:
             stmt = stmt.where(ActionRow.target == target)
-        with self.store.tx() as s:
+        with self.store.read() as s:
             return s.scalar(stmt) or 0
 
     def target_rate_limited(self, target: str) -> str | None:
@@ -109,7 +110,7 @@ class Budgets:
         cool = self.budgets.remedy_cooldown_seconds
         if cool <= 0:
             return None
-        with self.store.tx() as s:
+        with self.store.read() as s:
             last = s.scalar(sa.select(sa.func.max(ActionRow.started_at)).where(
                 ActionRow.target == target, ActionRow.remedy == remedy, ActionRow.incident_id != self.incident_id,
                 ActionRow.started_at >= self.now - timedelta(seconds=cool)))
@@ -121,7 +122,7 @@ class Budgets:
         stmt = sa.select(ActionRow.started_at).where(ActionRow.started_at >= self.now - timedelta(seconds=window))
         if target is not None:
             stmt = stmt.where(ActionRow.target == target)
-        with self.store.tx() as s:
+        with self.store.read() as s:
             starts = sorted(_aware(t) for t in s.scalars(stmt))
         if len(starts) < max_actions:
             return None
@@ -137,7 +138,7 @@ class Budgets:
         return max(ends) if ends else None
 
     def breaker_open(self, target: str) -> str | None:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             row = s.get(CircuitBreakerRow, target)
             if row is None or row.opened_at is None:
                 return None
@@ -148,12 +149,16 @@ class Budgets:
         return heald_itself(self.config, candidate, target, self.supervisor)
 
     def about_heald(self) -> str | None:
-        return about_heald(self.config, self.store, self.incident_id, self.supervisor)
+        """:func:`about_heald` for the incident (asked once: the signals it reads are the same
+        for the whole decision)."""
+        if self._about is None:
+            self._about = (about_heald(self.config, self.store, self.incident_id, self.supervisor),)
+        return self._about[0]
 
     def silenced(self) -> str | None:
         from heald.correlate.silences import active_silence, describe
 
-        with self.store.tx() as s:
+        with self.store.read() as s:
             inc = s.get(IncidentRow, self.incident_id)
             if inc is None:
                 return None
@@ -238,7 +243,7 @@ def acquire_lease(store: Store, target: str, incident_id: int, holder: str, ttl:
             if took_over is not None:
                 row.acquired_at = now
         if row is None or took_over is not None:
-            audit.append(s, actor="heald", event="lease.acquired", incident_id=incident_id,
+            audit.append_later(s, actor="heald", event="lease.acquired", incident_id=incident_id,
                          reason=f"{target} is this incident's to act on until {expires:%H:%M:%S} UTC"
                                 + (f" (incident {took_over}'s lease had expired)" if took_over else ""),
                          details={"target": target, "holder": holder, "expires_at": expires.isoformat()})
@@ -255,7 +260,7 @@ def release_lease(store: Store, incident_id: int, target: str | None = None) -> 
         rows = list(s.scalars(stmt))
         for row in rows:
             s.delete(row)
-            audit.append(s, actor="heald", event="lease.released", incident_id=incident_id,
+            audit.append_later(s, actor="heald", event="lease.released", incident_id=incident_id,
                          reason=f"{row.target} is free for other healings", details={"target": row.target})
         return [r.target for r in rows]
 
@@ -313,7 +318,7 @@ def record_verification_in(s: Session, target: str, passed: bool, incident_id: i
     if row.opened_at is None and trip is not None:
         row.opened_at = now
         row.opened_reason = f"{trip}, the last: {reason[:300]}" if not passed else trip
-        audit.append(s, actor="heald", event="breaker.opened", incident_id=incident_id,
+        audit.append_later(s, actor="heald", event="breaker.opened", incident_id=incident_id,
                      reason=f"{target}: {row.opened_reason}; auto-remediation is off for it until a "
                             f"human resets it (heald breakers reset {target})",
                      details={"target": target, "failures": row.failures,
@@ -367,7 +372,7 @@ def reset_breaker(store: Store, target: str, by: str, reason: str = "") -> dict[
         was_open = row.opened_at is not None
         row.failures, row.opened_at, row.opened_reason, row.recent = 0, None, None, None
         row.reset_at, row.reset_by, row.updated_at = now, by, now
-        audit.append(s, actor=by, event="breaker.reset",
+        audit.append_later(s, actor=by, event="breaker.reset",
                      reason=f"{target}: " + (reason or ("auto-remediation is on again" if was_open
                                                         else "failure count cleared (it was closed)")),
                      details={"target": target, "was_open": was_open})

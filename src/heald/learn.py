@@ -67,7 +67,7 @@ def verified_heals(store: Store) -> set[tuple[int, int, str]]:
     stmt = (sa.select(ActionRow.incident_id, ActionRow.attempt, ActionRow.remedy)
             .join(VerificationRow, VerificationRow.action_id == ActionRow.id)
             .where(VerificationRow.passed.is_(True), VerificationRow.started_at >= ActionRow.started_at).distinct())
-    with store.tx() as s:
+    with store.read() as s:
         return {(i, a, r) for i, a, r in s.execute(stmt)}
 
 

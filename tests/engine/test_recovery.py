@@ -124,10 +124,11 @@ def test_sigkill_mid_healing_resumes_and_applies_the_remedy_once(tmp_path: Path,
 @pytest.mark.parametrize("failpoint", ["plan.after_decide", "finish.after_outcome"])
 def test_sigkill_inside_a_merged_step_reruns_it_and_counts_everything_once(tmp_path: Path, failpoint: str) -> None:
     """plan.after_decide: killed inside the step that plans, decides and takes the lease, after
-    the decision was stored and before the lease; finish.after_outcome: killed inside the step
-    that records the outcome and the breaker's verdict and closes, after their transaction and
-    before the close. On restart the step runs again: the remedy is applied once, the attempt's
-    outcome is recorded once, the breaker counted the verdict once, and the incident resolves."""
+    the step's transaction (plan, decision, lease) committed; finish.after_outcome: killed inside
+    the step that records the outcome and the breaker's verdict and closes, after their one
+    transaction (the close with them) and before DBOS recorded the step. On restart the step runs
+    again: the remedy is applied once, the attempt's outcome is recorded once, the breaker
+    counted the verdict once, and the incident is resolved once."""
     from heald.store.tables import CircuitBreakerRow
 
     config, api_port, starts = write_config(tmp_path)
@@ -145,9 +146,9 @@ def test_sigkill_inside_a_merged_step_reruns_it_and_counts_everything_once(tmp_p
         [inc] = store.list_incidents()
         if failpoint == "plan.after_decide":
             assert inc.state == IncidentState.deciding and store.actions_for(inc.id) == []
-        else:
-            assert inc.state == IncidentState.verifying
-            assert [o.attempt for o in store.outcomes(incident_id=inc.id)] == [1]
+        else:  # the outcome, the breaker's verdict and the close committed together
+            assert inc.state == IncidentState.resolved
+            assert sorted(o.attempt for o in store.outcomes(incident_id=inc.id)) == [0, 1]
 
         second = start_heald(config, log)
         done = wait_for(lambda: (i := store.get_incident(inc.id)).state.terminal and i, timeout=60,

@@ -143,9 +143,11 @@ def sqlite_system_engine(config: HealdConfig) -> sa.Engine:
     own store: a commit (each workflow checkpoint, each enqueue) no longer waits for an fsync;
     a power cut may lose the last ones, which the reaper and :meth:`Runtime.resume_open_incidents`
     redo. Its pool grows by ``healing.max_concurrent`` (at most :data:`MAX_POOLED_WORKFLOWS`) beyond DBOS's 20 connections."""
+    # no pre-ping: a SQLite file's connection does not drop, and a ping is one more statement per
+    # checkpoint (DBOS checks out a connection twice per step)
     engine = sa.create_engine(config.dbos_database, pool_size=20,
                                max_overflow=min(config.healing.max_concurrent, MAX_POOLED_WORKFLOWS),
-                              pool_timeout=30, pool_pre_ping=True)
+                              pool_timeout=30)
 
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

@@ -23,12 +23,14 @@ import structlog
 
 from heald import pause, remedies
 from heald._failpoints import failpoint
+from heald.budgets import Budgets
 from heald.config import HealdConfig
 from heald.diagnose import Finding, Reasoner
 from heald.diagnose import diagnose as run_reasoners
 from heald.diagnose.runbooks import Runbook
 from heald.learn import success_rates
 from heald.models import (
+    DETERMINISTIC_REASONERS,
     Action,
     ActionStatus,
     Decision,
@@ -46,7 +48,7 @@ from heald.models import (
 from heald.notify import Notifier
 from heald.plan import candidate_key, make_plan
 from heald.policy import count_approvers, gate
-from heald.store import InvalidTransition, NotFound, Store
+from heald.store import InvalidTransition, NotFound, Store, audit
 from heald.supervise import Supervisor
 from heald.verify import checks_for
 from heald.verify import verify as verify_recovery
@@ -302,18 +304,33 @@ def reproduce(deps: Deps, incident_id: int) -> str | None:
 def diagnose(deps: Deps, incident_id: int, attempt: int) -> Found | Closed:
     """Move the incident to ``diagnosing``, count the attempt, ask the reasoners about the
     signals still firing and record the diagnosis (:func:`record_diagnosis`). Returns Closed when
-    the incident had ended or every signal resolved at its source (then it ends here)."""
-    inc = deps.store.get_incident(incident_id)
+    the incident had ended or every signal resolved at its source (then it ends here).
+
+    One read transaction, then one write transaction with the transition and the diagnosis
+    (their audit entries in one batch) when every reasoner is a local, deterministic one
+    (:data:`heald.models.DETERMINISTIC_REASONERS`: they answer in microseconds); with a reasoner
+    that may take seconds (an LLM, a metrics or log query) the transition commits first, so the
+    incident shows ``diagnosing`` while it waits, and the diagnosis after."""
+    with deps.store.read():
+        inc = deps.store.get_incident(incident_id)
+        signals = [] if inc.state.terminal else deps.store.signals_for(incident_id)
     if inc.state.terminal:
         return Closed(inc.state.value)
-    signals = deps.store.signals_for(incident_id)
     if (closed := close_if_resolved_by_source(deps, inc, signals)) is not None:
         return closed
-    deps.store.transition(incident_id, IncidentState.diagnosing,  # the attempt counted in the same transaction
-                          reason=f"attempt {attempt}: diagnosing {len(signals)} signals", attempts=max(inc.attempts, attempt))
     active = still_firing(signals)  # a condition that has resolved (a restart's blip) is not evidence
-    finding = run_reasoners(inc, active, list(deps.reasoners), list(deps.runbooks))
-    record_diagnosis(deps.store, incident_id, finding)
+    quick = all(r.name in DETERMINISTIC_REASONERS for r in deps.reasoners)
+    with deps.store.tx() as s, audit.batched(s):
+        deps.store.transition(incident_id, IncidentState.diagnosing,  # the attempt counted in the same transaction
+                              reason=f"attempt {attempt}: diagnosing {len(signals)} signals",
+                              attempts=max(inc.attempts, attempt))
+        if quick:
+            finding = run_reasoners(inc, active, list(deps.reasoners), list(deps.runbooks))
+            record_diagnosis(deps.store, incident_id, finding)
+    if not quick:
+        finding = run_reasoners(inc, active, list(deps.reasoners), list(deps.runbooks))
+        with deps.store.tx() as s, audit.batched(s):
+            record_diagnosis(deps.store, incident_id, finding)
     d = finding.diagnosis
     log.info("incident.diagnosed", incident_id=incident_id, attempt=attempt, category=d.category,
              confidence=d.confidence, reasoner=d.reasoner, runbook=d.runbook, signals=len(active))
@@ -322,14 +339,12 @@ def diagnose(deps: Deps, incident_id: int, attempt: int) -> Found | Closed:
                  finding.runbook.verify.model_dump(exclude_none=True) if finding.runbook else {})
 
 
-def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> Planned:
+def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried], budgets: Budgets | None = None) -> Planned:
     """Rank the candidate remedies (:func:`heald.plan.make_plan`) and record the plan: the next
     candidate is one not tried yet on this incident when there is one; a remedy that was tried
     and rolled back, or that cannot act on its target, is dropped, and every candidate of an
     incident about heald itself (:func:`heald.budgets.about_heald`) is (each recorded as
     ``plan.candidate_dropped``)."""
-    from heald.budgets import about_heald
-
     runbook = next((rb for rb in deps.runbooks if rb.name == found.runbook), None)
     wanted = set(found.signal_ids)
     active = [s for s in deps.store.signals_for(incident_id) if s.id in wanted]
@@ -345,7 +360,8 @@ def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> 
     result.dropped.extend(f"{c.remedy} {c.params}: failed on this incident in a way a retry repeats (it cannot act "
                           f"here); not tried again"
                           for c in result.plan.candidates if candidate_key(c.remedy, c.params) in final - rolled_back)
-    if (itself := about_heald(deps.config, deps.store, incident_id, deps.supervisor)) is not None:
+    facts = budgets or Budgets(deps.config, deps.store, incident_id, supervisor=deps.supervisor)
+    if (itself := facts.about_heald()) is not None:
         result.dropped.extend(f"{c.remedy} {c.params}: {itself}" for c in kept)  # invariant 7: no remedy at all
         kept = []
     deps.store.add_plan(result.plan.model_copy(update={"candidates": kept}))
@@ -357,15 +373,14 @@ def plan(deps: Deps, incident_id: int, found: Found, tried: Sequence[Tried]) -> 
     return Planned(tuple(RemedyCandidate.model_validate(c.model_dump(mode="json")) for c in kept))
 
 
-def decide(deps: Deps, incident_id: int, attempt: int, found: Found, planned: Planned) -> Decided:
+def decide(deps: Deps, incident_id: int, attempt: int, found: Found, planned: Planned,
+           budgets: Budgets | None = None) -> Decided:
     """Run the gate (:func:`heald.policy.gate`) over the plan's candidates under the incident's
     environment and the budgets; record every skipped candidate (``gate.skipped``) and the
     decision."""
-    from heald.budgets import Budgets
-
     inc = deps.store.transition(incident_id, IncidentState.deciding, reason="the gate decides")
     result = gate(found.diagnosis, list(planned.candidates), deps.config.policy,
-                  Budgets(deps.config, deps.store, incident_id, supervisor=deps.supervisor),
+                  budgets or Budgets(deps.config, deps.store, incident_id, supervisor=deps.supervisor),
                   attempt=attempt, max_attempts=deps.config.healing.max_attempts, environment=inc.environment)
     for skipped, why in result.skipped:
         deps.store.record(actor="policy", event="gate.skipped", incident_id=incident_id, reason=why,
@@ -399,13 +414,16 @@ def plan_and_decide(deps: Deps, incident_id: int, attempt: int, found: Found, tr
     """:func:`plan`, then :func:`decide` on that plan, then — for a remedy the gate applies
     without a human (``auto``) — :func:`take_lease` on its target: one step of the workflow, as
     nothing between them needs a checkpoint of its own (each records what it decided in the
-    store, and none acts on a target; run again after a crash, they decide again)."""
-    planned = plan(deps, incident_id, found, tried)
-    decided = decide(deps, incident_id, attempt, found, planned)
+    store, and none acts on a target; run again after a crash, they decide again). All in one
+    transaction, their audit entries appended in one batch at its end."""
+    facts = Budgets(deps.config, deps.store, incident_id, supervisor=deps.supervisor)  # plan and gate ask it once
+    with deps.store.tx() as s, audit.batched(s):
+        planned = plan(deps, incident_id, found, tried, facts)
+        decided = decide(deps, incident_id, attempt, found, planned, facts)
+        lease = None
+        if decided.kind == DecisionKind.auto and decided.target is not None:
+            lease = take_lease(deps, incident_id, decided.target)
     failpoint("plan.after_decide")
-    lease = None
-    if decided.kind == DecisionKind.auto and decided.target is not None:
-        lease = take_lease(deps, incident_id, decided.target)
     return Settled(planned, decided, lease)
 
 
@@ -490,8 +508,11 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
     every signal resolved before heald acted; Held (audited ``action.held``, nothing applied)
     when heald was paused after the gate decided (:mod:`heald.pause`). A remedy that raises is
     a failed action."""
-    inc = deps.store.get_incident(incident_id)
-    if inc.state != IncidentState.acting and (switch := pause.state(deps.store)).paused:
+    with deps.store.read():
+        inc = deps.store.get_incident(incident_id)
+        switch = pause.state(deps.store) if inc.state != IncidentState.acting else None
+        signals = [] if inc.state.terminal or inc.state == IncidentState.acting else deps.store.signals_for(incident_id)
+    if switch is not None and switch.paused:
         reason = f"{switch.describe()}; {candidate.remedy} was decided before the pause and is not applied"
         deps.store.record(actor="heald", event="action.held", incident_id=incident_id, reason=reason,
                           details={"remedy": candidate.remedy, "params": candidate.params, "attempt": attempt})
@@ -500,7 +521,7 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
     # an incident already ``acting`` resumes an action begun before a crash: heald did act (the
     # guard below tells whether it took), so it cannot have been "resolved before heald acted"
     closed = Closed(inc.state.value) if inc.state.terminal else None if inc.state == IncidentState.acting else \
-        close_if_resolved_by_source(deps, inc, deps.store.signals_for(incident_id))
+        close_if_resolved_by_source(deps, inc, signals)
     if closed is not None:
         from heald.budgets import release_lease
 
@@ -511,15 +532,17 @@ def act(deps: Deps, incident_id: int, attempt: int, candidate: RemedyCandidate) 
     key = f"{workflow_id(incident_id)}:attempt-{attempt}:{remedy.name}"
     ctx = remedies.RemedyContext(config=deps.config, supervisor=deps.supervisor, incident=inc,
                                  extra={"idempotency_key": key}, store=deps.store)
-    deps.store.transition(incident_id, IncidentState.acting, reason=f"applying {remedy.name} to {remedy.target(params)}",
-                          details={"remedy": remedy.name, "params": candidate.params})
     try:
         snapshot = remedy.snapshot(params, ctx)
     except remedies.RemedyError as exc:
         snapshot = {"error": str(exc)}
-    action, new = deps.store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy.name,
-                                                 params=candidate.params, idempotency_key=key, snapshot=snapshot,
-                                                 target=str(remedy.target(params))))
+    with deps.store.tx() as s, audit.batched(s):  # the move to acting and the action begun: one commit, before apply
+        deps.store.transition(incident_id, IncidentState.acting,
+                              reason=f"applying {remedy.name} to {remedy.target(params)}",
+                              details={"remedy": remedy.name, "params": candidate.params})
+        action, new = deps.store.begin_action(Action(incident_id=incident_id, attempt=attempt, remedy=remedy.name,
+                                                     params=candidate.params, idempotency_key=key, snapshot=snapshot,
+                                                     target=str(remedy.target(params))))
     assert action.id is not None
     if not new and action.status != ActionStatus.started:
         return _acted(incident_id, remedy.name, Acted(action.id, action.status, action.output, action.undo))
@@ -593,33 +616,36 @@ def _not_applicable(store: Store, incident_id: int, attempt: int, remedy: str) -
 
 def finish(deps: Deps, incident_id: int, attempt: int, category: str, remedy: str, target: str, verified: Verified,
            rolled_back: bool = False) -> str | None:
-    """The end of an attempt, in one step: the attempt's outcome (:func:`learn`) and the
-    verdict on the target's circuit breaker (:func:`record_breaker`) in one transaction — both
-    counted once, also when a crash makes the step run again (an outcome already recorded for
-    the attempt means both were) — then, when it healed, the incident ends ``resolved``
-    (:func:`close`, which frees every lease; returns the final state); else the target's lease is
-    freed for the next attempt and None is returned."""
+    """The end of an attempt, in one step and one transaction: the attempt's outcome
+    (:func:`learn`) and the verdict on the target's circuit breaker (:func:`record_breaker`) —
+    both counted once, also when a crash makes the step run again (an outcome already recorded
+    for the attempt means both were) — then, when it healed, the incident ends ``resolved``
+    (:func:`close`, which frees every lease; returns the final state, and tells the channels
+    after the commit); else the target's lease is freed for the next attempt and None is
+    returned."""
     from heald.budgets import record_verification_in, release_lease
 
-    if not any(o.attempt == attempt for o in deps.store.outcomes(incident_id=incident_id)):
-        healed = verified.passed
-        result = OutcomeResult.healed if healed else OutcomeResult.rolled_back if rolled_back \
-            else OutcomeResult.not_healed
-        if not healed and _not_applicable(deps.store, incident_id, attempt, remedy):
-            result = OutcomeResult.not_applicable  # the remedy could not act on the target: no evidence against it
-        outcome = Outcome(incident_id=incident_id, category=category, remedy=remedy, attempt=attempt, result=result)
-        b = deps.config.policy.budgets
-
-        def record(session: Any) -> None:
-            record_verification_in(session, target, verified.passed, incident_id, b.breaker_failures, verified.reason,
+    with deps.store.tx() as s, audit.batched(s):
+        if not any(o.attempt == attempt for o in deps.store.outcomes(incident_id=incident_id)):
+            healed = verified.passed
+            result = OutcomeResult.healed if healed else OutcomeResult.rolled_back if rolled_back \
+                else OutcomeResult.not_healed
+            if not healed and _not_applicable(deps.store, incident_id, attempt, remedy):
+                result = OutcomeResult.not_applicable  # the remedy could not act on the target: no evidence against it
+            b = deps.config.policy.budgets
+            record_verification_in(s, target, verified.passed, incident_id, b.breaker_failures, verified.reason,
                                    window_seconds=b.breaker_window_seconds, failure_rate=b.breaker_failure_rate,
                                    min_attempts=b.breaker_min_attempts)
-            Store.add_outcome_in(session, outcome)
-        deps.store.transact(record)
+            Store.add_outcome_in(s, Outcome(incident_id=incident_id, category=category, remedy=remedy,
+                                            attempt=attempt, result=result))
+        if verified.passed:
+            closed = _close(deps, incident_id, IncidentState.resolved, f"healed by {remedy}: {verified.reason}",
+                            verified)
+        else:
+            release_lease(deps.store, incident_id, target)
     failpoint("finish.after_outcome")
     if verified.passed:
-        return close(deps, incident_id, IncidentState.resolved, f"healed by {remedy}: {verified.reason}", verified)
-    release_lease(deps.store, incident_id, target)
+        return _closed(deps, incident_id, *closed)
     return None
 
 
@@ -645,13 +671,23 @@ def undo(deps: Deps, incident_id: int, action_id: int, candidate: RemedyCandidat
 def close(deps: Deps, incident_id: int, state: IncidentState, reason: str, verified: Verified | None = None) -> str:
     """End the incident as ``state`` (resolved or escalated) with its outcome and timings, free
     its leases and tell the channels; returns the final state's value. An incident already ended
-    stays as it is; one that cannot take ``state`` ends ``failed`` with the reason."""
+    stays as it is; one that cannot take ``state`` ends ``failed`` with the reason. One
+    transaction; the channels are told after it commits."""
+    with deps.store.tx() as s, audit.batched(s):
+        closed = _close(deps, incident_id, state, reason, verified)
+    return _closed(deps, incident_id, *closed)
+
+
+def _close(deps: Deps, incident_id: int, state: IncidentState, reason: str,
+           verified: Verified | None) -> tuple[str, str | None]:
+    """:func:`close`'s writes, in the caller's transaction: returns the final state's value and
+    what to tell the channels (None: nothing, the incident had ended already)."""
     from heald.budgets import release_lease
 
     release_lease(deps.store, incident_id)
     inc = deps.store.get_incident(incident_id)
     if inc.state.terminal:
-        return inc.state.value
+        return inc.state.value, None
     fields: dict[str, Any] = {}
     if verified is not None and verified.recovered_at is not None:
         fields["recovered_at"] = verified.recovered_at
@@ -669,11 +705,16 @@ def close(deps: Deps, incident_id: int, state: IncidentState, reason: str, verif
         log.exception("close.failed", incident_id=incident_id, state=state.value)
         inc = deps.store.transition(incident_id, IncidentState.failed, reason=f"could not close as {state.value}: {reason}")
         log.info("incident.failed", incident_id=incident_id, reason=inc.closed_reason or reason)
-        notify(deps, incident_id, inc.state.value, inc.closed_reason or reason)
-        return inc.state.value
+        return inc.state.value, inc.closed_reason or reason
     log.info(f"incident.{inc.state.value}", incident_id=incident_id, reason=reason)
-    notify(deps, incident_id, inc.state.value, reason)
-    return inc.state.value
+    return inc.state.value, reason
+
+
+def _closed(deps: Deps, incident_id: int, state: str, told: str | None) -> str:
+    """After :func:`_close` committed: tell the channels (``told``: the reason) and return ``state``."""
+    if told is not None:
+        notify(deps, incident_id, state, told)
+    return state
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -48,7 +49,7 @@ from heald.store.db import (
     sqlite_file,
     write_gate,
 )
-from heald.store.retry import is_transient, retry_transient, retrying
+from heald.store.retry import inside_transaction, is_transient, retry_transient, retrying
 from heald.store.tables import (
     ActionRow,
     ApiTokenRow,
@@ -180,6 +181,8 @@ class Store:
         in_memory = is_sqlite(self.engine) and sqlite_file(self.engine) is None
         self.read_engine = self.engine if in_memory else create_engine(url, read_only=True, concurrency=concurrency)
         self._read_sessions = sessionmaker(self.read_engine, expire_on_commit=False)
+        # the session of this thread's open transaction on this store, and whether it writes (tx/read join it)
+        self._open: ContextVar[tuple[Session, bool] | None] = ContextVar(f"heald.store.open.{id(self)}", default=None)
 
     # -- lifecycle -------------------------------------------------------------------------
     def migrate(self) -> None:
@@ -220,16 +223,31 @@ class Store:
         this process's writers get it in arrival order (:func:`heald.store.db.write_gate`).
         Reads belong in :meth:`read`.
 
+        Opened while this thread is already in a write transaction of this store, it is that
+        transaction (the same session; the outermost block commits): so the writes of one
+        stage of a healing — each through its own method of :class:`Store` — commit together,
+        and their audit entries can be appended in one batch (:func:`heald.store.audit.batched`).
+
         A commit whose answer is lost with its connection (a transient error, see
         :mod:`heald.store.retry`) counts as done when the audit entry the transaction appended
         is in the log, so a caller that retries the work does not do it twice. The public
         methods of :class:`Store` rerun their whole transaction on a transient error
-        (:func:`heald.store.retry.retry_transient`); code that calls ``tx()`` itself retries
-        as fits its work.
+        (:func:`heald.store.retry.retry_transient`) — inside an enclosing transaction they run
+        once and its opener reruns it whole; code that calls ``tx()`` itself retries as fits its
+        work.
         """
+        current = self._open.get()
+        if current is not None and current[1]:
+            yield current[0]
+            return
         with write_gate(self.engine), self._sessions() as session:
             session.begin()
-            yield session  # an error in the block: closing the session rolls back
+            token = self._open.set((session, True))
+            try:
+                with inside_transaction():
+                    yield session  # an error in the block: closing the session rolls back
+            finally:
+                self._open.reset(token)
             try:
                 session.commit()
             except Exception as exc:
@@ -265,9 +283,22 @@ class Store:
         waits for a writer (SQLite: a deferred ``BEGIN`` in WAL mode, seeing the last commit;
         PostgreSQL: ``READ ONLY``, no advisory lock). A write in it raises (SQLite
         ``PRAGMA query_only``: ``attempt to write a readonly database``; PostgreSQL:
-        ``cannot execute … in a read-only transaction``)."""
+        ``cannot execute … in a read-only transaction``).
+
+        Opened while this thread is in a transaction of this store (a :meth:`tx` or another
+        ``read``), it is that transaction's session: the reads of one stage share one
+        transaction (and, in a write transaction, see its writes)."""
+        current = self._open.get()
+        if current is not None:
+            yield current[0]
+            return
         with self._read_sessions.begin() as session:
-            yield session
+            token = self._open.set((session, False))
+            try:
+                with inside_transaction():
+                    yield session
+            finally:
+                self._open.reset(token)
 
     # -- incidents -------------------------------------------------------------------------
     @retry_transient
@@ -379,7 +410,7 @@ class Store:
                 if to.terminal:
                     row.closed_at = now
                     row.closed_reason = reason
-                audit.append(s, actor=actor, event="incident.transition", incident_id=incident_id,
+                audit.append_later(s, actor=actor, event="incident.transition", incident_id=incident_id,
                              reason=reason, details={"from": current.value, "to": to.value, **(details or {})})
                 if outcome is not None:
                     s.flush()
@@ -510,7 +541,7 @@ class Store:
             if inc is not None:
                 inc.category = d.category
             s.flush()
-            audit.append(s, actor=actor, event="diagnosis.made", incident_id=incident_id,
+            audit.append_later(s, actor=actor, event="diagnosis.made", incident_id=incident_id,
                          reason=d.explanation or d.category,
                          details={"category": d.category, "confidence": d.confidence, "reasoner": d.reasoner,
                                   "deterministic_confidence": d.deterministic_confidence,
@@ -535,7 +566,7 @@ class Store:
                                             "cost_usd", "latency_s", "outcome")}
             s.add(LlmUsageRow(incident_id=incident_id, created_at=utcnow(), **fields))
             s.flush()
-            audit.append(s, actor="heald", event="llm.usage", incident_id=incident_id,
+            audit.append_later(s, actor="heald", event="llm.usage", incident_id=incident_id,
                          reason=f"{fields['model']}: {fields['prompt_tokens']}+{fields['completion_tokens']} tokens, "
                                 f"${fields['cost_usd']:.6f}, {fields['latency_s']:.2f} s ({fields['outcome']})",
                          details=fields)
@@ -560,7 +591,7 @@ class Store:
                           candidates=[c.model_dump(mode="json") for c in plan.candidates], created_at=utcnow())
             s.add(row)
             s.flush()
-            audit.append(s, actor="heald", event="plan.made", incident_id=plan.incident_id,
+            audit.append_later(s, actor="heald", event="plan.made", incident_id=plan.incident_id,
                          reason=f"{len(plan.candidates)} candidate remedies",
                          details={"candidates": [{"remedy": c.remedy, "risk": c.risk.value,
                                                   "success_rate": c.success_rate, "samples": c.samples,
@@ -583,7 +614,7 @@ class Store:
                               created_at=utcnow())
             s.add(row)
             s.flush()
-            audit.append(s, actor="policy", event="gate.decided", incident_id=incident_id, reason=d.reason,
+            audit.append_later(s, actor="policy", event="gate.decided", incident_id=incident_id, reason=d.reason,
                          details={"decision": d.kind.value, "required_approvals": d.required_approvals,
                                   "remedy": d.candidate.remedy if d.candidate else None, "decision_id": row.id})
             return row.id
@@ -616,7 +647,7 @@ class Store:
                 details: dict[str, Any] = {"decision_id": decision_id}
                 if counts_as is not None and counts_as != approver:
                     details["counts_as"] = counts_as
-                audit.append(s, actor=f"user:{approver}", event=f"approval.{verdict}", incident_id=incident_id,
+                audit.append_later(s, actor=f"user:{approver}", event=f"approval.{verdict}", incident_id=incident_id,
                              reason=comment or verdict, details=details)
             return True
         except IntegrityError:
@@ -679,7 +710,7 @@ class Store:
                             undo=None, started_at=utcnow(), target=action.target)
             s.add(row)
             s.flush()
-            audit.append(s, actor="heald", event="action.started", incident_id=action.incident_id,
+            audit.append_later(s, actor="heald", event="action.started", incident_id=action.incident_id,
                          reason=f"applying {action.remedy}",
                          details={"action_id": row.id, "remedy": action.remedy, "params": action.params,
                                   "attempt": action.attempt, "idempotency_key": action.idempotency_key,
@@ -694,7 +725,7 @@ class Store:
             if row is None:
                 raise NotFound(f"no action {action_id}")
             row.status, row.output, row.undo, row.finished_at = status.value, output[-20_000:], undo, utcnow()
-            audit.append(s, actor=actor, event=f"action.{status.value}", incident_id=row.incident_id,
+            audit.append_later(s, actor=actor, event=f"action.{status.value}", incident_id=row.incident_id,
                          reason=output[-500:] or status.value,
                          details={"action_id": action_id, "remedy": row.remedy})
             return action_model(row)
@@ -722,7 +753,7 @@ class Store:
                                   finished_at=v.finished_at or utcnow())
             s.add(row)
             s.flush()
-            audit.append(s, actor="heald", event="verification.passed" if v.passed else "verification.failed",
+            audit.append_later(s, actor="heald", event="verification.passed" if v.passed else "verification.failed",
                          incident_id=v.incident_id, reason=v.reason,
                          details={"action_id": v.action_id, "checks": len(v.checks),
                                   "recovered_at": v.recovered_at.isoformat() if v.recovered_at else None})
@@ -754,7 +785,7 @@ class Store:
                          time_to_recover_s=o.time_to_recover_s, created_at=utcnow())
         s.add(row)
         s.flush()
-        audit.append(s, actor="heald", event="outcome.recorded", incident_id=o.incident_id,
+        audit.append_later(s, actor="heald", event="outcome.recorded", incident_id=o.incident_id,
                      reason=f"{o.remedy or 'no remedy'}: {o.result.value}",
                      details=o.model_dump(mode="json", exclude={"created_at"}))
         return o.model_copy(update={"created_at": row.created_at})
@@ -868,7 +899,7 @@ class Store:
                               revoked_by=None)
             s.add(row)
             s.flush()
-            audit.append(s, actor=created_by, event="token.created", reason=f"token {row.id} for {name} with role {role.value}"
+            audit.append_later(s, actor=created_by, event="token.created", reason=f"token {row.id} for {name} with role {role.value}"
                          + (f", counting as {root}" if root != name else ", a root identity"),
                          details={"token_id": row.id, "name": name, "role": role.value, "prefix": prefix,
                                   "sponsor": sponsor, "root_identity": root,
@@ -921,16 +952,21 @@ class Store:
                 raise NotFound(f"no token {token_id}")
             if row.revoked_at is None:
                 row.revoked_at, row.revoked_by = utcnow(), by
-                audit.append(s, actor=by, event="token.revoked", reason=f"token {token_id} of {row.name} revoked",
+                audit.append_later(s, actor=by, event="token.revoked", reason=f"token {token_id} of {row.name} revoked",
                              details={"token_id": token_id, "name": row.name, "role": row.role})
             return token_model(row)
 
     # -- audit -----------------------------------------------------------------------------
     @retry_transient
     def record(self, *, actor: str, event: str, reason: str = "", incident_id: int | None = None,
-               details: dict[str, Any] | None = None) -> AuditEntry:
-        """Append a standalone audit entry (for events with no other row to write)."""
+               details: dict[str, Any] | None = None) -> AuditEntry | None:
+        """Append a standalone audit entry (for events with no other row to write); returns it
+        — or None inside a :func:`heald.store.audit.batched` block, which appends it with the
+        others at its end."""
         with self.tx() as s:
+            if audit.buffering(s):  # inside a batch (one stage's writes): appended with the others
+                audit.append_later(s, actor=actor, event=event, reason=reason, incident_id=incident_id, details=details)
+                return None
             return audit.append(s, actor=actor, event=event, reason=reason, incident_id=incident_id, details=details)
 
     @retry_transient

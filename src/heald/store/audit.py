@@ -59,26 +59,63 @@ def append(session: Session, *, actor: str, event: str, reason: str = "",
     (``incident.transition``, ``action.applied``). Writers are serialized by the writer lock
     (:mod:`heald.store.db`), which the session took before its first write. The entry's (seq,
     hash) is kept in ``session.info["heald.audit.last"]`` so a commit whose answer was lost can
-    be confirmed (:func:`committed`).
+    be confirmed (:func:`committed`). Inside a :func:`batched` block, the entries buffered
+    there are appended first (the chain keeps the order of the calls).
+
+    Cost: two statements (the entry's insert, the head's move), plus one read of the head for
+    the transaction's first entry (the transaction then knows it: :func:`_head`).
     """
     lock(session, _LOCK)
-    head = session.get(AuditHeadRow, 1)
-    seq = (head.seq if head else 0) + 1
-    prev = head.hash if head else GENESIS
+    pending: list[dict[str, Any]] | None = session.info.get(_PENDING)
+    if pending:  # entries buffered before this one come first
+        _append_all(session, pending)
+        pending.clear()
+    session.flush()  # what the entry records (an incident it names) is written before it
+    seq, prev = _head(session)
+    seq += 1
     ts = utcnow()
     clean = _canonical(details or {})
     digest = entry_hash(seq, ts.isoformat(), actor, event, incident_id, reason, clean, prev)
-    row = AuditRow(seq=seq, ts=ts, actor=actor, event=event, incident_id=incident_id,
-                   reason=reason, details=clean, prev_hash=prev, hash=digest)
-    session.add(row)
-    session.flush()  # the entry exists before the head moves to it (the head's trigger checks that)
-    if head is None:
-        session.add(AuditHeadRow(id=1, seq=seq, hash=digest))
-    else:
-        head.seq, head.hash = seq, digest
-    session.flush()
-    session.info[LAST_ENTRY] = (seq, digest)
-    return to_entry(row)
+    values = {"seq": seq, "ts": ts, "actor": actor, "event": event, "incident_id": incident_id, "reason": reason,
+              "details": clean, "prev_hash": prev, "hash": digest}
+    session.execute(_AUDIT.insert(), values)  # the entry exists before the head moves to it (the head's trigger checks that)
+    _move_head(session, [{"seq": seq, "hash": digest}], new=seq == 1)
+    return AuditEntry(**values)
+
+
+_AUDIT: sa.Table = AuditRow.__table__  # type: ignore[assignment]  # a declarative class's Table
+_HEAD_TABLE: sa.Table = AuditHeadRow.__table__  # type: ignore[assignment]
+_HEAD = "heald.audit.head"
+
+
+def _head(session: Session) -> tuple[int, str]:
+    """(seq, hash) of the chain's newest entry as ``session``'s transaction sees it ((0,
+    :data:`GENESIS`) for an empty log): read once per transaction (under the writer lock, which
+    the caller holds), then kept in ``session.info`` and moved by :func:`_move_head`."""
+    tx = session.get_transaction()
+    cached: tuple[Any, int, str] | None = session.info.get(_HEAD)
+    if cached is not None and cached[0] is tx:
+        return cached[1], cached[2]
+    row = session.execute(sa.select(_HEAD_TABLE.c.seq, _HEAD_TABLE.c.hash).where(_HEAD_TABLE.c.id == 1)).first()
+    return (int(row[0]), str(row[1])) if row is not None else (0, GENESIS)
+
+
+def _move_head(session: Session, moves: list[dict[str, Any]], *, new: bool) -> None:
+    """Move the head to each of ``moves`` ({seq, hash}, in order: its trigger lets it move to the
+    next entry only) — creating it at the first when the log was empty (``new``) — and remember
+    the newest for the transaction (:func:`_head`) and for :func:`committed`."""
+    newest = (moves[-1]["seq"], moves[-1]["hash"])
+    if new:
+        session.execute(_HEAD_TABLE.insert(), {"id": 1, **moves[0]})
+        moves = moves[1:]
+    if moves:
+        session.execute(_HEAD_TABLE.update().where(_HEAD_TABLE.c.id == 1)
+                        .values(seq=sa.bindparam("seq"), hash=sa.bindparam("hash")), moves)
+    session.info[_HEAD] = (session.get_transaction(), *newest)
+    session.info[LAST_ENTRY] = newest
+    held = session.identity_map.get(session.identity_key(AuditHeadRow, 1))
+    if held is not None:  # an ORM copy of the head loaded in this session is stale now
+        session.expire(held)
 
 
 LAST_ENTRY = "heald.audit.last"
@@ -105,6 +142,11 @@ def batched(session: Session) -> Iterator[None]:
         _append_all(session, pending)
 
 
+def buffering(session: Session) -> bool:
+    """Whether ``session`` is inside a :func:`batched` block (:func:`append_later` buffers)."""
+    return session.info.get(_PENDING) is not None
+
+
 def append_later(session: Session, *, actor: str, event: str, reason: str = "", incident_id: int | None = None,
                  details: dict[str, Any] | None = None) -> None:
     """:func:`append`, buffered until the end of the :func:`batched` block ``session`` is in (at
@@ -120,9 +162,9 @@ def append_later(session: Session, *, actor: str, event: str, reason: str = "", 
 def _append_all(session: Session, entries: list[dict[str, Any]]) -> None:
     """Append ``entries`` (dicts of :func:`append`'s arguments, details canonical) in order."""
     lock(session, _LOCK)
-    head = session.get(AuditHeadRow, 1)
-    seq = head.seq if head else 0
-    prev = head.hash if head else GENESIS
+    session.flush()  # what the entries record is written before them
+    seq, prev = _head(session)
+    new = seq == 0
     ts = utcnow()
     rows = []
     for e in entries:
@@ -131,17 +173,8 @@ def _append_all(session: Session, entries: list[dict[str, Any]]) -> None:
                             prev)
         rows.append({**e, "seq": seq, "ts": ts, "prev_hash": prev, "hash": digest})
         prev = digest
-    session.execute(sa.insert(AuditRow), rows)
-    moves = [{"seq": r["seq"], "hash": r["hash"]} for r in rows]
-    if head is None:
-        session.add(AuditHeadRow(id=1, seq=moves[0]["seq"], hash=moves[0]["hash"]))
-        session.flush()
-        moves = moves[1:]
-    if moves:
-        session.execute(sa.text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"), moves)
-    if head is not None:
-        session.expire(head)  # moved by the statements above, behind the ORM's back
-    session.info[LAST_ENTRY] = (rows[-1]["seq"], rows[-1]["hash"])
+    session.execute(_AUDIT.insert(), rows)
+    _move_head(session, [{"seq": r["seq"], "hash": r["hash"]} for r in rows], new=new)
 
 
 def committed(session: Session, entry: tuple[int, str]) -> bool:

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import exc as sa_exc
@@ -134,15 +136,37 @@ def retrying(attempts: int = ATTEMPTS, max_seconds: float = MAX_SECONDS, max_wai
                     before_sleep=_log_retry, reraise=True)
 
 
+#: True while this thread runs inside one of the store's transactions (:meth:`heald.store.Store.tx`
+#: or :meth:`~heald.store.Store.read`): the store's work called there joins that transaction, so
+#: a transient error must end it whole and be retried by whoever opened it, not rerun a part
+#: of it on a connection that has rolled back.
+_INSIDE: ContextVar[bool] = ContextVar("heald.store.inside_transaction", default=False)
+
+
+@contextmanager
+def inside_transaction() -> Iterator[None]:
+    """Mark this thread as running inside a transaction (see :data:`_INSIDE`) for the block:
+    :func:`retry_transient` functions called in it run once, their errors go up to the
+    transaction's opener."""
+    token = _INSIDE.set(True)
+    try:
+        yield
+    finally:
+        _INSIDE.reset(token)
+
+
 def retry_transient(fn: Callable[P, T] | None = None, *, attempts: int = ATTEMPTS,
                     max_seconds: float = MAX_SECONDS, pool_wait_seconds: float = 0.0) -> Any:
     """Decorator: run ``fn`` again on a transient database error (see :func:`retrying`). Use it
     on work that is safe to run again after a rollback: one whole transaction, or a step whose
     transactions are each idempotent. When the retries are spent raises
-    :class:`TransientDatabaseError` from the last error."""
+    :class:`TransientDatabaseError` from the last error. Inside a transaction of the store
+    (:func:`inside_transaction`) ``fn`` runs once: the transaction's opener retries it whole."""
     def wrap(f: Callable[P, T]) -> Callable[P, T]:
         @functools.wraps(f)
         def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+            if _INSIDE.get():
+                return f(*args, **kwargs)
             try:
                 for attempt in retrying(attempts, max_seconds, pool_wait_seconds=pool_wait_seconds):
                     with attempt:
