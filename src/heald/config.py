@@ -497,6 +497,11 @@ class HealingConfig(_Section):
                     "up meanwhile (it keeps a thread, no database connection), and takes one back before it acts "
                     "again, before any healing still queued. The store's database pools are sized from it (at most "
                     "32 + 4 kept open; more threads wait for a connection)")
+    max_waiting: int = Field(
+        default=1000, ge=0, le=100_000,
+        description="healings waiting for a human (or a block to lift) that give their slot up meanwhile, at most, in "
+                    "one heald: each still holds a thread; beyond it a waiting healing keeps its slot, as one acting "
+                    "does (0: waits always keep their slot)")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
     retry_delay_seconds: float = Field(
         default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),

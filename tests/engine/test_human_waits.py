@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -238,3 +239,22 @@ def test_the_sweep_resumes_a_cancelled_healing_on_the_healing_queue(
     status = DBOS.get_workflow_status(workflow_id(inc_id))
     assert status is not None and status.queue_name == HEALING_QUEUE
     wait_for(lambda: state(rt, inc_id) == IncidentState.awaiting_approval, what="the resumed healing to wait")
+
+
+def test_beyond_max_waiting_a_waiting_healing_keeps_its_slot(
+        tmp_path: Path, start_runtime: Callable[..., Runtime]) -> None:
+    """Each healing waiting off the queue still holds a thread: at most
+    ``healing.max_waiting`` give their slot up; beyond it a wait keeps its slot, so the next
+    incident waits in the queue (here the bound is 0: the old behaviour), and acts once the
+    waiting one is answered."""
+    rt = start_runtime(config(tmp_path, max_waiting=0), run_probes=False)
+    waiting = rt.ingest(alert("a", "Risky")).incident_id
+    assert waiting is not None
+    wait_for(lambda: state(rt, waiting) == IncidentState.awaiting_approval, what="the approval wait")
+    queued = rt.ingest(alert("b", "Broken")).incident_id
+    assert queued is not None
+    time.sleep(2.0)  # DBOS polls its queue every HEALING_QUEUE_POLL_SECONDS: it had the time to dequeue it
+    assert state(rt, queued) == IncidentState.observing  # still queued: the wait kept the only slot
+    rt.approve(waiting, "alice", "approve")
+    finish(rt, waiting, "a", "Risky")
+    finish(rt, queued, "b", "Broken")

@@ -284,6 +284,14 @@ def leave_healing_queue() -> bool:
     if found is None or wf is None:
         return False
     registry = found[1]
+    with registry._lock:
+        if _WAITING in registry._m.get(wf, ()):
+            return True
+    limit = runtime().config.healing.max_waiting  # each waiting healing keeps a thread: bounded
+    if registry.count_for_queue(_WAITING[0]) >= limit:
+        log.info("healing.slot_kept", workflow_id=wf, reason=f"{limit} healings wait off the queue already "
+                                                              f"(healing.max_waiting)")
+        return False
     if _swap(registry, wf, _SLOT, _WAITING):
         log.debug("healing.slot_released", workflow_id=wf)
         return True
