@@ -51,7 +51,7 @@ def test_demo_serve_keeps_the_dashboard_up_until_ctrl_c(tmp_path) -> None:
             time.sleep(1.0)
             assert c.get("/healthz").status_code == 200  # still serving after the faults
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=180)  # the demo removes its podman containers and images first
         assert proc.returncode == 0, "".join(seen)
         assert "process-crash" in out  # the results table
         with pytest.raises(httpx.TransportError):
