@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -220,3 +220,21 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
+
+
+@pytest.fixture
+def start_runtime() -> Iterator[Callable[..., Runtime]]:
+    """Start a real heald Runtime: ``start(cfg, **Runtime keyword flags)`` returns it started
+    (DBOS on SQLite files under the test's tmp_path); every one started is stopped, its
+    managed services too, when the test ends."""
+    started: list[Runtime] = []
+
+    def start(cfg: HealdConfig, **kw: bool) -> Runtime:
+        rt = Runtime(cfg, **kw)
+        rt.start()
+        started.append(rt)
+        return rt
+
+    yield start
+    for rt in started:
+        rt.stop(stop_services=True)

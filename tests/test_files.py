@@ -13,7 +13,6 @@ import pytest
 
 from heald.store import Store
 from tests.conftest import heald_cmd, make_config
-from tests.engine.conftest import start_runtime  # noqa: F401
 
 
 def mode(path: Path) -> int:
@@ -92,7 +91,7 @@ def test_an_existing_world_readable_database_is_tightened(tmp_path: Path, umask_
     assert mode(tmp_path) == 0o700  # pytest's own; an existing parent is never changed by heald
 
 
-def test_runtime_state_files_are_private(tmp_path: Path, umask_022: None, start_runtime) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 (the fixture)
+def test_runtime_state_files_are_private(tmp_path: Path, umask_022: None, start_runtime) -> None:  # type: ignore[no-untyped-def]
     work = tmp_path / "ci-work"
     cfg = make_config(tmp_path, ci={"work_dir": str(work)},
                       services={"svc": {"command": ["sleep", "30"]}})
@@ -106,7 +105,7 @@ def test_runtime_state_files_are_private(tmp_path: Path, umask_022: None, start_
 
 
 def test_state_dir_is_traversable_only_when_root_keeps_ci_work_trees_in_it(tmp_path: Path, umask_022: None,
-                                                                            start_runtime) -> None:  # type: ignore[no-untyped-def]  # noqa: F811 (the fixture)
+                                                                            start_runtime) -> None:  # type: ignore[no-untyped-def]
     """As root the sandbox runs as an unprivileged user that must reach ``<state_dir>/ci``:
     then the state dir is 0711 (traverse, not list); its files stay 0600."""
     cfg = make_config(tmp_path)

@@ -18,7 +18,6 @@ from tests.ci.fake_chat import FakeChat
 from tests.ci.fake_github import FakeGitHub
 from tests.ci.repos import PYPROJECT, bare_remote, commit, sh
 from tests.conftest import make_config
-from tests.engine.conftest import start_runtime  # noqa: F401 (a fixture)
 
 TOKEN = "ghp_test_token_for_the_fake_api"
 

@@ -17,7 +17,6 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.conftest import free_port
-from tests.engine.conftest import start_runtime  # noqa: F401
 
 
 @dataclass
