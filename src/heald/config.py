@@ -502,6 +502,12 @@ class HealingConfig(_Section):
         description="healings waiting for a human (or a block to lift) that give their slot up meanwhile, at most, in "
                     "one heald: each still holds a thread; beyond it a waiting healing keeps its slot, as one acting "
                     "does (0: waits always keep their slot)")
+    signals_first_seconds: float = Field(
+        default=5.0, ge=0, le=300,
+        description="signals first: during a burst of signals (messages less than 0.1 s apart), the healings' steps "
+                    "wait for its first this many seconds, then run one after another, so that a burst is stored at "
+                    "full speed and its incidents are diagnosed with all its signals (heald.engine.signals_first); "
+                    "0: healings' steps never wait for signals")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
     retry_delay_seconds: float = Field(
         default=5.0, ge=0, validation_alias=AliasChoices("retry_delay_seconds", "cooldown_seconds"),

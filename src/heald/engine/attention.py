@@ -45,6 +45,7 @@ from dbos import DBOS
 
 from heald.engine.dbos_steps import now_step, retried
 from heald.engine.runtime import APPROVAL_TOPIC, ATTENTION_TOPIC, leave_healing_queue, runtime
+from heald.engine.signals_first import yields_to_signals
 from heald.engine.steps import (
     Closed,
     Decided,
@@ -240,6 +241,7 @@ def _notify(deps: Deps, incident_id: int, event: str, reason: str, number: int =
 
 # -- DBOS steps -----------------------------------------------------------------------------------
 
+@yields_to_signals
 @DBOS.step(name="blocked_step")
 @retried
 def _blocked_step(incident_id: int, planned: Planned, decided: Decided) -> dict[str, Any] | None:
@@ -247,6 +249,7 @@ def _blocked_step(incident_id: int, planned: Planned, decided: Decided) -> dict[
     return found.to_json() if found else None
 
 
+@yields_to_signals
 @DBOS.step(name="recheck_step")
 @retried
 def _recheck_step(incident_id: int) -> str | None:
@@ -254,6 +257,7 @@ def _recheck_step(incident_id: int) -> str | None:
     return closed.state if closed else None
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def record_block_step(incident_id: int, block: Blocked, pause: float, number: int) -> None:
@@ -261,6 +265,7 @@ def record_block_step(incident_id: int, block: Blocked, pause: float, number: in
     record_block(runtime().deps(), incident_id, block, pause, number)
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def hand_over_step(incident_id: int, reason: str) -> str:
@@ -268,12 +273,14 @@ def hand_over_step(incident_id: int, reason: str) -> str:
     return hand_over(runtime().deps(), incident_id, reason)
 
 
+@yields_to_signals
 @DBOS.step(name="attention_step")
 @retried
 def _attention_step(incident_id: int, since: float) -> dict[str, Any]:
     return attention(runtime().deps(), incident_id, since).to_json()
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def remind_step(incident_id: int, number: int, reason: str, since: float) -> None:
@@ -281,6 +288,7 @@ def remind_step(incident_id: int, number: int, reason: str, since: float) -> Non
     remind(runtime().deps(), incident_id, number, reason, since)
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def end_attention_step(incident_id: int, why: str) -> str:

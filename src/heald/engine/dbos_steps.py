@@ -14,7 +14,8 @@ their merged results say so, so a healing an older heald left unfinished resumes
 recorded without a decision is followed by ``decide_step``, an outcome recorded alone by
 ``breaker_step`` and ``close_step``, and a diagnosis recorded by the combined
 diagnose-and-plan step brings its plan along (:attr:`Found.recorded_plan`). Each step reruns on a transient database error
-(:data:`retried`); the store's own transactions retry first.
+(:data:`retried`); the store's own transactions retry first. While signals are being stored,
+each step, its checkpoint included, waits its turn (:mod:`heald.engine.signals_first`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dbos import DBOS
 from heald.config import HealingConfig
 from heald.engine import steps
 from heald.engine.runtime import APPROVAL_TOPIC, leave_healing_queue, runtime
+from heald.engine.signals_first import yields_to_signals
 from heald.engine.steps import (
     Acted,
     ApprovalStatus,
@@ -73,6 +75,7 @@ def group_wait_seconds(incident_id: int) -> float:
     return group_wait_for(first[0], rt.config) if first else rt.config.healing.group_wait_seconds
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def now_step() -> float:
@@ -80,6 +83,7 @@ def now_step() -> float:
     return time.time()
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def reproduce_step(incident_id: int) -> str | None:
@@ -87,6 +91,7 @@ def reproduce_step(incident_id: int) -> str | None:
     return steps.reproduce(runtime().deps(), incident_id)
 
 
+@yields_to_signals
 @DBOS.step(name="diagnose_step")
 @retried
 def _diagnose_step(incident_id: int, attempt: int) -> dict[str, Any]:
@@ -99,6 +104,7 @@ def diagnose_step(incident_id: int, attempt: int) -> Found | Closed:
     return closed_or(data) or Found.from_json(data)
 
 
+@yields_to_signals
 @DBOS.step(name="plan_step")
 @retried
 def _plan_step(incident_id: int, attempt: int, found: Found, tried: list[Tried]) -> dict[str, Any]:
@@ -116,6 +122,7 @@ def plan_step(incident_id: int, attempt: int, found: Found, tried: list[Tried]) 
     return Settled.from_json(_plan_step(incident_id, attempt, found, tried))
 
 
+@yields_to_signals
 @DBOS.step(name="decide_step")
 @retried
 def _decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) -> dict[str, Any]:
@@ -127,6 +134,7 @@ def decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) 
     return Decided.from_json(_decide_step(incident_id, attempt, found, planned))
 
 
+@yields_to_signals
 @DBOS.step(name="lease_step")
 @retried
 def _lease_step(incident_id: int, target: str) -> dict[str, Any]:
@@ -138,6 +146,7 @@ def lease_step(incident_id: int, target: str) -> Lease:
     return Lease.from_json(_lease_step(incident_id, target))
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> None:
@@ -145,6 +154,7 @@ def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> No
     steps.record_breaker(runtime().deps(), incident_id, target, passed, reason)
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def enter_approval_step(incident_id: int, decided: Decided) -> None:
@@ -152,6 +162,7 @@ def enter_approval_step(incident_id: int, decided: Decided) -> None:
     steps.enter_approval(runtime().deps(), incident_id, decided)
 
 
+@yields_to_signals
 @DBOS.step(name="approval_status_step")
 @retried
 def _approval_status_step(incident_id: int, decision_id: int, required: int) -> dict[str, Any]:
@@ -168,6 +179,7 @@ def approval_status_step(incident_id: int, decision_id: int, required: int) -> A
     return ApprovalStatus.from_json(_approval_status_step(incident_id, decision_id, required))
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def expire_approval_step(incident_id: int, ttl: float) -> str:
@@ -175,6 +187,7 @@ def expire_approval_step(incident_id: int, ttl: float) -> str:
     return steps.expire_approval(runtime().deps(), incident_id, ttl)
 
 
+@yields_to_signals
 @DBOS.step(name="act_step")
 @retried
 def _act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> dict[str, Any]:
@@ -189,6 +202,7 @@ def act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acte
     return closed_or(data) or Acted.from_json(data)
 
 
+@yields_to_signals
 @DBOS.step(name="verify_step")
 @retried
 def _verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +214,7 @@ def verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> 
     return Verified.from_json(_verify_step(incident_id, action_id, overrides))
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def undo_step(incident_id: int, action_id: int, candidate: RemedyCandidate) -> bool:
@@ -207,6 +222,7 @@ def undo_step(incident_id: int, action_id: int, candidate: RemedyCandidate) -> b
     return steps.undo(runtime().deps(), incident_id, action_id, candidate)
 
 
+@yields_to_signals
 @DBOS.step(name="learn_step")
 @retried
 def _learn_step(incident_id: int, attempt: int, category: str, remedy: str, target: str, verified: Verified,
@@ -231,6 +247,7 @@ def learn_step(incident_id: int, attempt: int, category: str, remedy: str, targe
     return None
 
 
+@yields_to_signals
 @DBOS.step()
 @retried
 def close_step(incident_id: int, state: IncidentState, reason: str, verified: Verified | None = None) -> str:

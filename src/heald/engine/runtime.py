@@ -41,6 +41,7 @@ from heald.diagnose.kb import KnowledgeBaseReasoner
 from heald.diagnose.metrics import metrics_evidence
 from heald.diagnose.runbooks import Runbook, load_runbooks, runbook_log_patterns
 from heald.diagnose.targets import target_logs_evidence
+from heald.engine import signals_first
 from heald.engine.cluster import Cluster, log_lease, probe_lease
 from heald.engine.lock import InstanceLock
 from heald.engine.lock import acquire as acquire_instance_lock
@@ -418,7 +419,8 @@ class Runtime:
         self._lock = threading.Lock()
         self._reaper_stop = threading.Event()
         self._dbos_engine: sa.Engine | None = None
-        self.dispatcher = HealingDispatcher(self.start_healing)
+        self.signals_first = signals_first.SignalsFirst(config.healing.signals_first_seconds)
+        self.dispatcher = HealingDispatcher(self.start_healing, self.signals_first)
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -452,6 +454,7 @@ class Runtime:
             self.instance_lock = None
             raise
         _runtime = self
+        signals_first.current = self.signals_first  # healings' steps yield to signals being stored
         open_incidents = self.open_incidents_by_service() if self.manage_services else {}
         services = self.supervisor.start_all(open_incidents) if self.manage_services else {}
         dbos_cfg = dbos_config(self.config)
@@ -475,6 +478,7 @@ class Runtime:
                 self.instance_lock.release()
                 self.instance_lock = None
             _runtime = None
+            signals_first.current = None
             raise
         self.started = True
         self.store.record(actor="heald", event="heald.started", reason=f"heald {__version__} started",
@@ -529,6 +533,8 @@ class Runtime:
         self.store.close()
         if _runtime is self:
             _runtime = None
+        if signals_first.current is self.signals_first:
+            signals_first.current = None
         if self.instance_lock is not None:
             self.instance_lock.release()
             self.instance_lock = None
@@ -755,14 +761,16 @@ class Runtime:
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
-        try:
-            for start in range(0, len(signals), size):
-                chunk = signals[start:start + size]
-                part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
-                assert part is not None
-                _log_ingested(chunk, part)
-        finally:
-            self._after_ingest(signals[:len(results)], results)
+        with self.signals_first.ingesting():  # the healings' steps take turns meanwhile
+            try:
+                for start in range(0, len(signals), size):
+                    chunk = signals[start:start + size]
+                    part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results,
+                                                len(signals))
+                    assert part is not None
+                    _log_ingested(chunk, part)
+            finally:
+                self._after_ingest(signals[:len(results)], results)
         return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
@@ -779,18 +787,20 @@ class Runtime:
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
-        try:
-            for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery without any
-                part = self._commit_checked(lambda session: ingest_delivery(
-                    session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
-                if part is None:
-                    if chunk == 0:
-                        log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
-                        return None
-                    break
-        finally:
-            # a delivery's results are those of its last signals (an earlier attempt may have stored the first)
-            self._after_ingest(signals[len(signals) - len(results):], results)
+        with self.signals_first.ingesting():  # the healings' steps take turns meanwhile
+            try:
+                for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery alone
+                    part = self._commit_checked(lambda session: ingest_delivery(
+                        session, source, delivery_id, signals, self.config, actor=actor, limit=size), results,
+                        len(signals))
+                    if part is None:
+                        if chunk == 0:
+                            log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
+                            return None
+                        break
+            finally:
+                # a delivery's results are those of its last signals (an earlier attempt may have stored the first)
+                self._after_ingest(signals[len(signals) - len(results):], results)
         return results
 
     def wake_waiting_healings(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
@@ -974,8 +984,10 @@ class HealingDispatcher:
     (:meth:`Runtime.reap_stranded_incidents`) start it; a start that fails is logged and left
     to the sweep too."""
 
-    def __init__(self, start: Callable[[int, float | None], None]) -> None:
+    def __init__(self, start: Callable[[int, float | None], None],
+                 gate: signals_first.SignalsFirst | None = None) -> None:
         self._start = start
+        self._gate = gate  # while signals arrive, each enqueue waits its turn as a healing step does
         self._queue: queue.Queue[tuple[int, float] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -1019,7 +1031,8 @@ class HealingDispatcher:
                     return
                 incident_id, due = item
                 try:
-                    self._start(incident_id, max(0.0, due - time.monotonic()))
+                    with self._gate.healing_turn() if self._gate is not None else contextlib.nullcontext():
+                        self._start(incident_id, max(0.0, due - time.monotonic()))
                 except Exception:  # the periodic sweep starts the workflow an open incident lacks
                     log.exception("healing.enqueue_failed", incident_id=incident_id)
             finally:

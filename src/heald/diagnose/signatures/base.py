@@ -70,7 +70,9 @@ def rule_classifier(rules: list[Rule], max_evidence: int = 5) -> Classifier:
     the same category (independent corroboration) adds a little confidence, up to 0.97."""
     def classify_lines(text: str) -> list[Classification]:
         hits: dict[str, tuple[float, list[str], dict[str, Any], set[int]]] = {}
-        for line in text.splitlines():
+        # each distinct line once, in the order first seen: a repeated line (an alert's duplicates,
+        # a crash loop's same error) adds no hit, evidence or detail the first did not
+        for line in dict.fromkeys(text.splitlines()):
             if len(line) > 4000:
                 line = line[:4000]
             for i, rule in enumerate(rules):
