@@ -25,7 +25,12 @@ Usage::
 
     .venv/bin/python bench/ingest.py [--alerts 20000] [--fingerprints 2000] [--batch 1 --batch 100]
         [--concurrency 1 --concurrency 8 --concurrency 32] [--server sqlite --server postgres
-        --server alertmanager] [--quick] [--json]
+        --server alertmanager] [--baseline /path/to/older/checkout] [--quick] [--json]
+
+``--baseline DIR`` runs another checkout's heald (``DIR/src``, this script's child with it first
+on ``PYTHONPATH``) on SQLite first, as server ``baseline``, and gives the ratio of each sqlite
+and postgres cell to it ("vs base"): e.g. ``git worktree add --detach /tmp/base 3f5a483``.
+Its cells do not decide the exit status.
 
 PostgreSQL: ``HEALD_TEST_POSTGRES_URL`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``);
 a fresh database is created and dropped. ``--quick`` is a tiny run (the smoke test in
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import http.client
+import inspect
 import json
 import os
 import shutil
@@ -130,14 +136,16 @@ class Server:
 class HealdServer(Server):
     """heald in a child process (this script with ``--serve-heald``) on ``database_url``."""
 
-    def __init__(self, name: str, database_url: str, work: Path):
+    def __init__(self, name: str, database_url: str, work: Path, src: Path | None = None):
         self.name, self.url = name, database_url
         self.state = work / name
         self.state.mkdir()
         self.port = _free_port()
         token_file = self.state / "token"
+        env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None  # heald from another checkout
         self.proc = subprocess.Popen([sys.executable, __file__, "--serve-heald", str(self.state), database_url,
-                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=open(self.state / "log", "w"))
+                                      str(self.port)], stdout=subprocess.DEVNULL, stderr=open(self.state / "log", "w"),
+                                     env=env)
         self.pid = self.proc.pid
         deadline = time.monotonic() + 120
         while not token_file.exists() or not token_file.read_text().strip():
@@ -232,6 +240,7 @@ class Cell:
     errors: int
     load_avg: float
     ratio_to_alertmanager: float | None = None
+    ratio_to_baseline: float | None = None
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -339,15 +348,20 @@ def _pg_database(base_url: str) -> tuple[str, sa.Engine, str]:
 
 
 def run(servers: list[str], batches: list[int], concurrencies: list[int], fingerprints: int,
-        alerts: int) -> dict[str, Any]:
-    """The whole benchmark; returns {"cells": [...], "load_avg": [1, 5, 15 min]} (see the module docstring)."""
+        alerts: int, baseline: Path | None = None) -> dict[str, Any]:
+    """The whole benchmark; returns {"cells": [...], "load_avg": [1, 5, 15 min]} (see the module docstring).
+    ``baseline``: another checkout, whose heald runs first on SQLite as server ``baseline``."""
     cells: list[Cell] = []
     with tempfile.TemporaryDirectory(prefix="heald-ingest-bench-") as tmp:
         work = Path(tmp)
-        for name in servers:
+        for name in (["baseline"] if baseline is not None else []) + servers:
             admin = db = None
-            if name == "sqlite":
-                server: Server = HealdServer("sqlite", f"sqlite:///{work / 'sqlite' / 'heald.db'}", work)
+            if name == "baseline":
+                assert baseline is not None
+                server: Server = HealdServer("baseline", f"sqlite:///{work / 'baseline' / 'heald.db'}", work,
+                                             src=baseline / "src")
+            elif name == "sqlite":
+                server = HealdServer("sqlite", f"sqlite:///{work / 'sqlite' / 'heald.db'}", work)
             elif name == "postgres":
                 url, admin, db = _pg_database(os.environ.get("HEALD_TEST_POSTGRES_URL",
                                                              "postgresql://postgres@127.0.0.1:5432/postgres"))
@@ -366,9 +380,12 @@ def run(servers: list[str], batches: list[int], concurrencies: list[int], finger
                         c.execute(sa.text(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
                     admin.dispose()
     am = {(c.phase, c.batch, c.concurrency): c.alerts_per_s for c in cells if c.server == "alertmanager"}
+    base = {(c.phase, c.batch, c.concurrency): c.alerts_per_s for c in cells if c.server == "baseline"}
     for c in cells:
         if (ref := am.get((c.phase, c.batch, c.concurrency))) and c.server != "alertmanager":
             c.ratio_to_alertmanager = round(c.alerts_per_s / ref, 4)
+        if (ref := base.get((c.phase, c.batch, c.concurrency))) and c.server in ("sqlite", "postgres"):
+            c.ratio_to_baseline = round(c.alerts_per_s / ref, 2)
     return {"cells": [asdict(c) for c in cells], "load_avg": [round(x, 2) for x in os.getloadavg()],
             "fingerprints": fingerprints, "alerts_per_cell": alerts, "cpus": os.cpu_count()}
 
@@ -377,14 +394,15 @@ def table(report: dict[str, Any]) -> str:
     """The report as a fixed-width table."""
     head = (f"{'server':<12} {'phase':<10} {'batch':>5} {'conc':>4} {'alerts':>6} {'alerts/s':>9} {'p50ms':>7} "
             f"{'p95ms':>7} {'p99ms':>8} {'cpu ms/al':>9} {'accepted':>8} {'stored':>7} {'lost':>4} {'exact':>5} "
-            f"{'err':>4} {'vs AM':>7} {'load1':>5}")
+            f"{'err':>4} {'vs AM':>7} {'vs base':>7} {'load1':>5}")
     lines = [head, "-" * len(head)]
     for c in report["cells"]:
         ratio = f"{c['ratio_to_alertmanager'] * 100:.1f}%" if c["ratio_to_alertmanager"] is not None else "-"
+        vs_base = f"{c['ratio_to_baseline']:.2f}x" if c.get("ratio_to_baseline") is not None else "-"
         lines.append(f"{c['server']:<12} {c['phase']:<10} {c['batch']:>5} {c['concurrency']:>4} {c['alerts']:>6} "
                      f"{c['alerts_per_s']:>9.1f} {c['p50_ms']:>7.2f} {c['p95_ms']:>7.2f} {c['p99_ms']:>8.2f} "
                      f"{c['cpu_ms_per_alert']:>9.3f} {c['accepted']:>8} {c['stored']:>7} {c['lost']:>4} "
-                     f"{'yes' if c['exact'] else 'NO':>5} {c['errors']:>4} {ratio:>7} {c['load_avg']:>5.2f}")
+                     f"{'yes' if c['exact'] else 'NO':>5} {c['errors']:>4} {ratio:>7} {vs_base:>7} {c['load_avg']:>5.2f}")
     la = report["load_avg"]
     lines.append(f"load average at the end: {la[0]} {la[1]} {la[2]} ({report['cpus']} CPUs); "
                  f"{report['fingerprints']} fingerprints, {report['alerts_per_cell']} alerts per cell")
@@ -398,7 +416,10 @@ def serve_heald(state_dir: str, database_url: str, port: int) -> None:
     import uvicorn
 
     from heald.api.app import create_app
-    from heald.auth import issue_token
+    try:
+        from heald.auth import issue_token
+    except ImportError:  # an older heald (--baseline)
+        from heald.api.auth import issue_token  # type: ignore[no-redef]
     from heald.config import HealdConfig
     from heald.engine import Runtime
     from heald.log import configure
@@ -407,7 +428,7 @@ def serve_heald(state_dir: str, database_url: str, port: int) -> None:
     state = Path(state_dir)
     cfg = HealdConfig.model_validate({"state_dir": str(state), "database_url": database_url})
     cfg.resolve_paths(state)
-    configure(cfg.log_level, json_logs=cfg.log_format == "json")  # as `heald serve` logs
+    configure(cfg.log_level, json_logs=getattr(cfg, "log_format", "text") == "json")  # as `heald serve` logs
     rt = Runtime(cfg, manage_services=False, run_probes=False, tail_logs=False)
     rt.start()
     server = uvicorn.Server(uvicorn.Config(create_app(rt), host="127.0.0.1", port=port, log_level="critical",
@@ -416,7 +437,9 @@ def serve_heald(state_dir: str, database_url: str, port: int) -> None:
     def ready() -> None:
         while not server.started:
             time.sleep(0.05)
-        _, token = issue_token(rt.store, name="bench", role=Role.operator, created_by="bench", sponsor=None)
+        older = "sponsor" not in inspect.signature(issue_token).parameters  # --baseline: an older heald
+        _, token = issue_token(rt.store, name="bench", role=Role.operator, created_by="bench",
+                               **({} if older else {"sponsor": None}))
         tmp = state / "token.tmp"
         tmp.write_text(token)
         tmp.rename(state / "token")
@@ -439,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="a tiny run: 20 fingerprints, 60 alerts, batch 1 and 10, "
                                                         "concurrency 1 and 4")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--baseline", type=Path, help="another checkout (e.g. a git worktree of an older commit): its heald "
+                                                 "runs first, on SQLite, as server 'baseline'; sqlite and postgres "
+                                                 "rows get the ratio to it ('vs base')")
     a = p.parse_args(argv)
     if a.serve_heald:
         serve_heald(a.serve_heald[0], a.serve_heald[1], int(a.serve_heald[2]))
@@ -449,10 +475,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("--alerts", a.alerts), ("--fingerprints", a.fingerprints)):
         if value < 1:
             p.error(f"{name}: expected a positive number, got {value}")
+    if a.baseline is not None and not (a.baseline / "src" / "heald").is_dir():
+        p.error(f"--baseline: expected a heald checkout (with src/heald), got {a.baseline}")
     report = run(a.server or list(SERVERS), a.batch or [1, 100], a.concurrency or [1, 8, 32], a.fingerprints,
-                 max(a.alerts, a.fingerprints))
+                 max(a.alerts, a.fingerprints), a.baseline)
     print(json.dumps(report, indent=2) if a.json else table(report))
-    return 0 if all(c["lost"] == 0 and c["exact"] for c in report["cells"]) else 1
+    return 0 if all(c["lost"] == 0 and c["exact"] for c in report["cells"] if c["server"] != "baseline") else 1
 
 
 if __name__ == "__main__":
