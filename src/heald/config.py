@@ -505,8 +505,9 @@ class HealingConfig(_Section):
     signals_first_seconds: float = Field(
         default=5.0, ge=0, le=300,
         description="signals first: during a burst of signals (messages less than 0.1 s apart), the healings' steps "
-                    "wait for its first this many seconds, then run one after another, so that a burst is stored at "
-                    "full speed and its incidents are diagnosed with all its signals (heald.engine.signals_first); "
+                    "wait for its first this many seconds, then run one after another with at most half of the time, "
+                    "so that a burst is stored at full speed and its incidents are diagnosed with all its signals "
+                    "(heald.engine.signals_first); "
                     "0: healings' steps never wait for signals")
     max_attempts: int = Field(default=3, ge=1, le=20, description="remedy attempts per incident before it escalates")
     retry_delay_seconds: float = Field(

@@ -207,3 +207,26 @@ def test_a_burst_longer_than_the_hold_does_not_stop_healing(tmp_path: Path, star
     rt = start_runtime(cfg, run_probes=False)
     _, seen = _storm(rt, 4.0)
     assert IncidentState.needs_attention in seen  # healed during the burst, once its hold was over
+
+
+def test_past_the_hold_the_steps_get_at_most_half_of_the_time() -> None:
+    gate = SignalsFirst(0.1)
+    spans: list[tuple[float, float, float]] = []  # (start, end, the step's CPU seconds)
+
+    def step() -> None:
+        with gate.healing_turn():
+            t0, c0 = time.monotonic(), time.thread_time()
+            while time.thread_time() - c0 < 0.03:  # a step that computes for 30 ms
+                pass
+            spans.append((t0, time.monotonic(), time.thread_time() - c0))
+
+    with burst(gate, 3.0) as ended:
+        threads = [threading.Thread(target=step) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+    assert len(spans) == 6 and max(end for _, end, _ in spans) < ended[0]  # all ran during the burst
+    spans.sort()
+    for (_, end, cpu), (start, _, _) in zip(spans, spans[1:], strict=False):
+        assert start - end >= cpu * 0.9  # a pause as long as the CPU the step before used

@@ -14,7 +14,8 @@ message is stored in (:meth:`heald.engine.Runtime.ingest_many`), and every heali
 :meth:`SignalsFirst.healing_turn`: at once outside a burst; during one, held for its first
 ``healing.signals_first_seconds`` (as Alertmanager's group_wait holds notifications while a
 group fills: the incidents diagnosed after the burst see all its signals), then one after
-another — a flood of signals delays the healings by that long at most, it never stops them.
+another with at most half of the time (:data:`HEALING_SHARE`) — a flood of signals slows the
+healings down, it never stops them.
 The store's write gate does the same for the write lock (:func:`heald.store.db.urgent_writes`).
 What is not a step — DBOS starting a workflow, recording a sleep or a message — is not held.
 """
@@ -40,6 +41,10 @@ QUIET_SECONDS = 0.1
 #: run this long (so a step that waits — a remedy, a verification, a model's answer — holds the
 #: others back no longer).
 TURN_SECONDS = 0.05
+#: While signals arrive past the hold, the healings' steps get at most this share of the time: a
+#: step that used c seconds of CPU on its thread is followed by a pause of c × (1 / share − 1)
+#: before the next one starts (a step that waits uses little CPU and is followed by a short pause).
+HEALING_SHARE = 0.5
 
 
 class SignalsFirst:
@@ -47,8 +52,9 @@ class SignalsFirst:
 
     A *burst* starts with a message stored after ``QUIET_SECONDS`` without one and lasts until
     ``QUIET_SECONDS`` pass without one. For its first ``hold_seconds`` healing steps wait; after
-    that they run one after another, each starting when the one before it ended or ran
-    ``turn_seconds``, in the order they came. ``hold_seconds`` 0 turns the gate off (steps always
+    that they run one after another, in the order they came, each starting when the one before
+    it ended or ran ``turn_seconds`` and, after a step that used CPU, after a pause that keeps
+    the steps' share of the time to :data:`HEALING_SHARE`. ``hold_seconds`` 0 turns the gate off (steps always
     run at once). Thread-safe; a step run inside another's turn runs at once."""
 
     def __init__(self, hold_seconds: float, *, quiet_seconds: float = QUIET_SECONDS,
@@ -66,6 +72,8 @@ class SignalsFirst:
         self._holder: object | None = None  # the step running in turn, since _held_since
         self._held_since = 0.0
         self._freed = threading.Event()  # set when the holder ends
+        self._next_turn = float("-inf")  # time.monotonic() before which no step takes a turn (the share)
+        self._pause_per_cpu = 1 / HEALING_SHARE - 1
         self._mine = threading.local()  # .held: this thread's step holds the turn
         self.waited = 0  # steps that waited (a figure for the benches)
 
@@ -105,11 +113,14 @@ class SignalsFirst:
             yield
             return
         self._mine.held = True
+        cpu0 = time.thread_time()
         try:
             yield
         finally:
             self._mine.held = False
+            cpu = time.thread_time() - cpu0
             with self._lock:
+                self._next_turn = max(self._next_turn, time.monotonic() + cpu * self._pause_per_cpu)
                 if self._holder is token:
                     self._holder = None
                     self._freed.set()
@@ -127,7 +138,7 @@ class SignalsFirst:
                 now = time.monotonic()
                 free = not self._busy(now)
                 held = self._holder is not None and now - self._held_since < self.turn_seconds
-                if free or (now >= self._burst_start + self.hold_seconds and not held):
+                if free or (now >= max(self._burst_start + self.hold_seconds, self._next_turn) and not held):
                     self._waiters.popleft()
                     if self._waiters:
                         self._waiters[0].set()
@@ -137,7 +148,8 @@ class SignalsFirst:
                     self._holder, self._held_since = object(), now
                     self._freed.clear()
                     return self._holder
-            self._freed.wait(self.turn_seconds)  # the first in line looks again (the others sleep)
+            # the first in line looks again (the others sleep)
+            self._freed.wait(min(self.turn_seconds, max(0.001, self._next_turn - time.monotonic())))
 
 
 #: The gate of the process's running Runtime (None: no Runtime, steps run at once); set by
