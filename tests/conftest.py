@@ -31,6 +31,24 @@ CORPUS = SHARED / "corpus"
 POSTGRES_URL = os.environ.get("HEALD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+#: DBOS's look for messages to waiting healings on SQLite in the test process (seconds), in
+#: place of heald's 2 s (``SQLITE_NOTIFICATION_POLL_SECONDS``): DBOS sleeps that long between
+#: looks in a thread that ``DBOS.destroy`` joins, so each Runtime's stop waited up to 2 s (about
+#: 1 s on average, for some 300 tests). A message heald sends itself wakes its waiter at once
+#: either way; the test that proves so sets its own interval (a minute).
+TEST_NOTIFICATION_POLL_SECONDS = 0.1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quick_dbos_notification_poll() -> Iterator[None]:
+    import importlib
+
+    runtime_module = importlib.import_module("heald.engine.runtime")  # heald.engine.runtime is also a function
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime_module, "SQLITE_NOTIFICATION_POLL_SECONDS", TEST_NOTIFICATION_POLL_SECONDS)
+        yield
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database on the test server, dropped afterwards.
