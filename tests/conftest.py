@@ -49,9 +49,29 @@ def _quick_dbos_notification_poll() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True)
+def _pg_databases_to_drop() -> Iterator[list[str]]:
+    """The PostgreSQL databases :func:`pg_url` made for this test, dropped once every other
+    fixture of the test is torn down. An autouse fixture is set up first, so torn down last:
+    a Runtime a test started before it asked for ``pg_url`` (``start_runtime``, ``api_server``,
+    ``request.getfixturevalue("pg_url")`` inside the test) is stopped before its database goes;
+    dropped under it, its stop retried the lost connections for seconds."""
+    names: list[str] = []
+    yield names
+    if names:
+        admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                for name in names:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the test server, dropped afterwards.
+def pg_url(_pg_databases_to_drop: list[str]) -> str:
+    """A fresh, empty PostgreSQL database on the test server, dropped after the test (see
+    :func:`_pg_databases_to_drop`).
 
     Fails (does not skip) when the server does not answer: CI must run these. Set
     HEALD_TEST_POSTGRES_URL=none to skip them deliberately on a machine without PostgreSQL.
@@ -60,15 +80,13 @@ def pg_url() -> Iterator[str]:
         pytest.skip("HEALD_TEST_POSTGRES_URL=none: PostgreSQL tests deliberately skipped")
     admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
     name = f"heald_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
-    finally:
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
         admin.dispose()
+    _pg_databases_to_drop.append(name)
+    return sa.make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
