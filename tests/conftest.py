@@ -148,8 +148,16 @@ def http_target() -> Iterator[Switchable]:
     t.close()
 
 
+#: ``services.<name>.start_period_seconds`` of a managed service in :func:`make_config` unless
+#: the test sets its own (heald's default is 3 s): every restart watches the new instance this
+#: long, and the tests' services exit within milliseconds when they fail to start. As the
+#: scenario harness (tests/scenarios/conftest.py).
+TEST_START_PERIOD_SECONDS = 1.0
+
+
 def make_config(tmp_path: Path, **data: object) -> HealdConfig:
-    """A validated HealdConfig with state under ``tmp_path`` and fast healing timings."""
+    """A validated HealdConfig with state under ``tmp_path`` and fast healing timings (and a
+    start period of :data:`TEST_START_PERIOD_SECONDS` for managed services that set none)."""
     base: dict[str, object] = {
         "state_dir": str(tmp_path / "state"),
         "healing": {"group_wait_seconds": 0.05, "retry_delay_seconds": 0.2, "stabilization_seconds": 0.3,
@@ -160,6 +168,11 @@ def make_config(tmp_path: Path, **data: object) -> HealdConfig:
             base[k] = {**base[k], **v}  # type: ignore[dict-item]
         else:
             base[k] = v
+    services = base.get("services")
+    if isinstance(services, dict):
+        base["services"] = {name: {"start_period_seconds": TEST_START_PERIOD_SECONDS, **svc}
+                            if isinstance(svc, dict) and svc.get("command") else svc
+                            for name, svc in services.items()}
     cfg = HealdConfig.model_validate(base)
     cfg.resolve_paths(tmp_path)
     return cfg
