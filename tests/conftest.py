@@ -31,9 +31,47 @@ CORPUS = SHARED / "corpus"
 POSTGRES_URL = os.environ.get("HEALD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+#: DBOS's look for messages to waiting healings on SQLite in the test process (seconds), in
+#: place of heald's 2 s (``SQLITE_NOTIFICATION_POLL_SECONDS``): DBOS sleeps that long between
+#: looks in a thread that ``DBOS.destroy`` joins, so each Runtime's stop waited up to 2 s (about
+#: 1 s on average, for some 300 tests). A message heald sends itself wakes its waiter at once
+#: either way; the test that proves so sets its own interval (a minute).
+TEST_NOTIFICATION_POLL_SECONDS = 0.1
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quick_dbos_notification_poll() -> Iterator[None]:
+    import importlib
+
+    runtime_module = importlib.import_module("heald.engine.runtime")  # heald.engine.runtime is also a function
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime_module, "SQLITE_NOTIFICATION_POLL_SECONDS", TEST_NOTIFICATION_POLL_SECONDS)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _pg_databases_to_drop() -> Iterator[list[str]]:
+    """The PostgreSQL databases :func:`pg_url` made for this test, dropped once every other
+    fixture of the test is torn down. An autouse fixture is set up first, so torn down last:
+    a Runtime a test started before it asked for ``pg_url`` (``start_runtime``, ``api_server``,
+    ``request.getfixturevalue("pg_url")`` inside the test) is stopped before its database goes;
+    dropped under it, its stop retried the lost connections for seconds."""
+    names: list[str] = []
+    yield names
+    if names:
+        admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                for name in names:
+                    conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+
+
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on the test server, dropped afterwards.
+def pg_url(_pg_databases_to_drop: list[str]) -> str:
+    """A fresh, empty PostgreSQL database on the test server, dropped after the test (see
+    :func:`_pg_databases_to_drop`).
 
     Fails (does not skip) when the server does not answer: CI must run these. Set
     HEALD_TEST_POSTGRES_URL=none to skip them deliberately on a machine without PostgreSQL.
@@ -42,15 +80,13 @@ def pg_url() -> Iterator[str]:
         pytest.skip("HEALD_TEST_POSTGRES_URL=none: PostgreSQL tests deliberately skipped")
     admin = sa.create_engine(normalize_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
     name = f"heald_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(hide_password=False)
     try:
-        yield url
-    finally:
         with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    finally:
         admin.dispose()
+    _pg_databases_to_drop.append(name)
+    return sa.make_url(normalize_url(POSTGRES_URL)).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -112,8 +148,16 @@ def http_target() -> Iterator[Switchable]:
     t.close()
 
 
+#: ``services.<name>.start_period_seconds`` of a managed service in :func:`make_config` unless
+#: the test sets its own (heald's default is 3 s): every restart watches the new instance this
+#: long, and the tests' services exit within milliseconds when they fail to start. As the
+#: scenario harness (tests/scenarios/conftest.py).
+TEST_START_PERIOD_SECONDS = 1.0
+
+
 def make_config(tmp_path: Path, **data: object) -> HealdConfig:
-    """A validated HealdConfig with state under ``tmp_path`` and fast healing timings."""
+    """A validated HealdConfig with state under ``tmp_path`` and fast healing timings (and a
+    start period of :data:`TEST_START_PERIOD_SECONDS` for managed services that set none)."""
     base: dict[str, object] = {
         "state_dir": str(tmp_path / "state"),
         "healing": {"group_wait_seconds": 0.05, "retry_delay_seconds": 0.2, "stabilization_seconds": 0.3,
@@ -124,6 +168,11 @@ def make_config(tmp_path: Path, **data: object) -> HealdConfig:
             base[k] = {**base[k], **v}  # type: ignore[dict-item]
         else:
             base[k] = v
+    services = base.get("services")
+    if isinstance(services, dict):
+        base["services"] = {name: {"start_period_seconds": TEST_START_PERIOD_SECONDS, **svc}
+                            if isinstance(svc, dict) and svc.get("command") else svc
+                            for name, svc in services.items()}
     cfg = HealdConfig.model_validate(base)
     cfg.resolve_paths(tmp_path)
     return cfg

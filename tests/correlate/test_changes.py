@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from heald.config import HealdConfig
@@ -15,28 +15,40 @@ from heald.models import Signal, SignalStatus, utcnow
 from tests.conftest import make_config
 
 
-def git(repo: Path, *args: str, author: tuple[str, str] = ("Dana Dev", "dana@example.com")) -> str:
+def git(repo: Path, *args: str, author: tuple[str, str] = ("Dana Dev", "dana@example.com"),
+        at: float | None = None) -> str:
+    """Run git in ``repo`` as ``author``; ``at`` (Unix seconds) dates a commit, else now."""
     env = {**os.environ, "GIT_AUTHOR_NAME": author[0], "GIT_AUTHOR_EMAIL": author[1],
            "GIT_COMMITTER_NAME": author[0], "GIT_COMMITTER_EMAIL": author[1]}
+    if at is not None:
+        env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = f"@{int(at)} +0000"
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
-def commit(repo: Path, text: str, message: str, **kw: tuple[str, str]) -> str:
+def commit(repo: Path, text: str, message: str, at: float | None = None, **kw: tuple[str, str]) -> str:
     (repo / "shop.json").write_text(text)
     git(repo, "add", "-A", **kw)
-    git(repo, "commit", "-qm", message, **kw)
+    git(repo, "commit", "-qm", message, at=at, **kw)
     return git(repo, "rev-parse", "HEAD")
+
+
+def watching_since() -> datetime:
+    """A tracker's baseline 2 s ago: a commit made now, its time in whole seconds, is after it
+    (the initial commit, a minute old, is not)."""
+    return utcnow() - timedelta(seconds=2)
 
 
 def setup(tmp_path: Path) -> tuple[HealdConfig, Path, Path]:
     repo = tmp_path / "config"
     repo.mkdir()
     git(repo, "init", "-q", "-b", "main")
-    commit(repo, '{"pool": 5}', "initial config")
+    before = time.time() - 60  # the state heald finds: older than any tracker's baseline
+    commit(repo, '{"pool": 5}', "initial config", at=before)
     releases = tmp_path / "releases"
     for name in ("v9", "v10", "v2"):
         (releases / name).mkdir(parents=True)
     os.symlink(releases / "v9", tmp_path / "current")
+    os.utime(tmp_path / "current", (before, before), follow_symlinks=False)
     c = make_config(tmp_path, services={"shop": {"config_repo": {"path": str(repo)},
                                                  "releases": {"dir": str(releases), "current": "current"}}})
     return c, repo, releases
@@ -49,17 +61,14 @@ def firing(**kw: object) -> Signal:
 
 def test_changes_before_heald_watched_are_not_suspects(tmp_path: Path) -> None:
     c, _, _ = setup(tmp_path)
-    time.sleep(1.1)  # commit times are whole seconds
     tracker = ChangeTracker(c)
     assert tracker.annotate(firing()).annotations == {}
 
 
 def test_a_config_commit_just_before_the_failure_is_the_suspect(tmp_path: Path) -> None:
     c, repo, _ = setup(tmp_path)
-    time.sleep(1.1)
-    tracker = ChangeTracker(c)
+    tracker = ChangeTracker(c, watching_since())
     parent = git(repo, "rev-parse", "HEAD")
-    time.sleep(1.1)
     bad = commit(repo, '{"pool": 0}', "Reduce the DB pool")
     notes = tracker.annotate(firing()).annotations
     assert notes["change_kind"] == "config" and notes["change_id"] == bad and notes["change_previous"] == parent
@@ -77,8 +86,7 @@ def test_a_config_commit_just_before_the_failure_is_the_suspect(tmp_path: Path) 
 
 def test_reverted_commits_and_healds_own_are_not_suspects(tmp_path: Path) -> None:
     c, repo, _ = setup(tmp_path)
-    time.sleep(1.1)
-    tracker = ChangeTracker(c)
+    tracker = ChangeTracker(c, watching_since())
     bad = commit(repo, '{"pool": 0}', "Reduce the DB pool")
     git(repo, "revert", "--no-edit", bad, author=(HEALD_GIT_NAME, HEALD_GIT_EMAIL))
     assert "change_id" not in tracker.annotate(firing()).annotations
