@@ -100,3 +100,57 @@ def test_a_wait_for_a_connection_is_bounded_too() -> None:
     with pytest.raises(TransientDatabaseError):
         retry_transient(never_free, attempts=2, max_seconds=0.1, pool_wait_seconds=0.6)()
     assert 0.6 <= time.monotonic() - t0 < 5 and calls[0] > 2  # more runs than attempts, within the bound
+
+
+@pytest.mark.postgres
+def test_a_step_waits_when_postgresql_has_no_connection_slot_left(pg_url: str) -> None:
+    """PostgreSQL refuses a new connection because its slots are taken ("sorry, too many clients
+    already"; here a real role's ``CONNECTION LIMIT 1``, the same refusal, SQLSTATE 53300): the
+    work never reached the database, so a step waits for a slot as it waits for a pooled
+    connection instead of spending its attempts (200 healings at once on PostgreSQL ended
+    ``failed`` on it)."""
+    import uuid
+
+    from heald.store.db import normalize_url
+
+    role = f"heald_one_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(normalize_url(pg_url), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE ROLE "{role}" LOGIN CONNECTION LIMIT 1'))
+    engine = sa.create_engine(sa.make_url(normalize_url(pg_url)).set(username=role), poolclass=sa.pool.NullPool)
+    ran: list[float] = []
+
+    def step() -> int:
+        with engine.connect() as conn:
+            ran.append(time.monotonic())
+            return int(conn.scalar(sa.text("SELECT 1")) or 0)
+
+    def hold(seconds: float) -> threading.Thread:
+        got = threading.Event()
+
+        def run() -> None:
+            with engine.connect():
+                got.set()
+                time.sleep(seconds)
+        t = threading.Thread(target=run)
+        t.start()
+        assert got.wait(5)
+        return t
+
+    try:
+        holder = hold(2.5)
+        with pytest.raises(TransientDatabaseError) as err:
+            retry_transient(step, attempts=3, max_seconds=1.0)()
+        assert "too many connections" in str(err.value.__cause__) and waited_for_connection(err.value)
+        holder.join()
+
+        holder = hold(2.5)
+        t0 = time.monotonic()
+        assert retry_transient(step, attempts=3, max_seconds=1.0, pool_wait_seconds=30.0)() == 1
+        assert time.monotonic() - t0 >= 2.0 and len(ran) == 1  # it waited for the slot, then ran once
+        holder.join()
+    finally:
+        engine.dispose()
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()

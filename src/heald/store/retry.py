@@ -45,6 +45,11 @@ _CONNECTION_LOST = ("server closed the connection unexpectedly", "terminating co
                     "connection is closed", "consuming input failed", "connection failed",
                     "ssl connection has been closed unexpectedly", "the connection is lost")
 _SQLITE_BUSY = ("database is locked", "database is busy", "database table is locked")
+#: PostgreSQL refusing a new connection because its slots are taken (SQLSTATE ``53300``
+#: too_many_connections; libpq reports it at connect time as a message without a SQLSTATE).
+_NO_SLOT_SQLSTATE = "53300"
+_NO_SLOT = ("too many clients already", "remaining connection slots are reserved",
+            "too many connections for role", "too many connections for database")
 
 #: Default bounds: attempts and wall-clock seconds (whichever comes first), back-off cap (s).
 ATTEMPTS = 8
@@ -84,14 +89,22 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def waited_for_connection(exc: BaseException) -> bool:
-    """True when ``exc`` (or an error it wraps) is SQLAlchemy's pool ``TimeoutError`` ("QueuePool
-    limit … reached"): no connection was free in time, so nothing was sent to the database —
-    running the work again is always safe, and waiting longer is the remedy."""
+    """True when ``exc`` (or an error it wraps) says no connection could be had: SQLAlchemy's
+    pool ``TimeoutError`` ("QueuePool limit … reached"), or PostgreSQL refusing a new connection
+    because its connection slots are taken (``53300``: "sorry, too many clients already", a
+    role's or database's ``CONNECTION LIMIT``). Nothing was sent to the database — running the
+    work again is always safe, and waiting longer is the remedy (with 200 healings at once, the
+    store's and DBOS's pools together may ask for more connections than ``max_connections``)."""
     seen: set[int] = set()
     err: BaseException | None = exc
     while err is not None and id(err) not in seen:
         seen.add(id(err))
         if isinstance(err, sa_exc.TimeoutError):
+            return True
+        orig = err.orig if isinstance(err, sa_exc.DBAPIError) else err
+        if (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == _NO_SLOT_SQLSTATE:
+            return True
+        if type(orig).__name__ == "OperationalError" and any(m in str(orig).lower() for m in _NO_SLOT):
             return True
         err = err.__cause__ or err.__context__
     return False
