@@ -42,6 +42,14 @@ def burst(gate: SignalsFirst, seconds: float, every: float = 0.01) -> Iterator[l
         t.join()
 
 
+def run_all(threads: list[threading.Thread], timeout: float) -> None:
+    """Start ``threads``, then join each (at most ``timeout`` seconds apiece)."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+
+
 def test_outside_a_burst_a_step_runs_at_once() -> None:
     gate = SignalsFirst(5.0)
     t0 = time.monotonic()
@@ -93,11 +101,7 @@ def test_a_long_burst_delays_steps_by_the_hold_then_they_take_turns() -> None:
 
     t0 = time.monotonic()
     with burst(gate, 2.0) as ended:
-        steps = [threading.Thread(target=step) for _ in range(20)]
-        for t in steps:
-            t.start()
-        for t in steps:
-            t.join(5)
+        run_all([threading.Thread(target=step) for _ in range(20)], 5)
     assert len(ran) == 20
     assert min(ran) - t0 >= 0.3  # the hold
     assert max(ran) < ended[0]  # never stopped: all ran while the burst went on
@@ -221,11 +225,7 @@ def test_past_the_hold_the_steps_get_at_most_half_of_the_time() -> None:
             spans.append((t0, time.monotonic(), time.thread_time() - c0))
 
     with burst(gate, 3.0) as ended:
-        threads = [threading.Thread(target=step) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
+        run_all([threading.Thread(target=step) for _ in range(6)], 10)
     assert len(spans) == 6 and max(end for _, end, _ in spans) < ended[0]  # all ran during the burst
     spans.sort()
     for (_, end, cpu), (start, _, _) in zip(spans, spans[1:], strict=False):

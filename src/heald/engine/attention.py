@@ -43,9 +43,8 @@ from typing import Any
 import structlog
 from dbos import DBOS
 
-from heald.engine.dbos_steps import now_step, retried
+from heald.engine.dbos_steps import healing_step, now_step
 from heald.engine.runtime import APPROVAL_TOPIC, ATTENTION_TOPIC, leave_healing_queue, runtime
-from heald.engine.signals_first import yields_to_signals
 from heald.engine.steps import (
     Closed,
     Decided,
@@ -241,56 +240,42 @@ def _notify(deps: Deps, incident_id: int, event: str, reason: str, number: int =
 
 # -- DBOS steps -----------------------------------------------------------------------------------
 
-@yields_to_signals
-@DBOS.step(name="blocked_step")
-@retried
+@healing_step(name="blocked_step")
 def _blocked_step(incident_id: int, planned: Planned, decided: Decided) -> dict[str, Any] | None:
     found = blocked(runtime().deps(), incident_id, planned, decided)
     return found.to_json() if found else None
 
 
-@yields_to_signals
-@DBOS.step(name="recheck_step")
-@retried
+@healing_step(name="recheck_step")
 def _recheck_step(incident_id: int) -> str | None:
     closed = recheck(runtime().deps(), incident_id)
     return closed.state if closed else None
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def record_block_step(incident_id: int, block: Blocked, pause: float, number: int) -> None:
     """:func:`record_block`, recorded."""
     record_block(runtime().deps(), incident_id, block, pause, number)
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def hand_over_step(incident_id: int, reason: str) -> str:
     """:func:`hand_over`, recorded."""
     return hand_over(runtime().deps(), incident_id, reason)
 
 
-@yields_to_signals
-@DBOS.step(name="attention_step")
-@retried
+@healing_step(name="attention_step")
 def _attention_step(incident_id: int, since: float) -> dict[str, Any]:
     return attention(runtime().deps(), incident_id, since).to_json()
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def remind_step(incident_id: int, number: int, reason: str, since: float) -> None:
     """:func:`remind`, recorded (a replay does not remind again)."""
     remind(runtime().deps(), incident_id, number, reason, since)
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def end_attention_step(incident_id: int, why: str) -> str:
     """:func:`end_attention`, recorded."""
     return end_attention(runtime().deps(), incident_id, why)

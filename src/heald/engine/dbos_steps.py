@@ -13,15 +13,17 @@ plans, decides and takes the target's lease (:func:`heald.engine.steps.plan_and_
 their merged results say so, so a healing an older heald left unfinished resumes: a plan
 recorded without a decision is followed by ``decide_step``, an outcome recorded alone by
 ``breaker_step`` and ``close_step``, and a diagnosis recorded by the combined
-diagnose-and-plan step brings its plan along (:attr:`Found.recorded_plan`). Each step reruns on a transient database error
-(:data:`retried`); the store's own transactions retry first. While signals are being stored,
-each step, its checkpoint included, waits its turn (:mod:`heald.engine.signals_first`).
+diagnose-and-plan step brings its plan along (:attr:`Found.recorded_plan`). Every step is made
+by :func:`healing_step`: it reruns on a transient database error (:data:`retried`; the store's
+own transactions retry first) and, its checkpoint included, waits its turn while signals are
+being stored (:mod:`heald.engine.signals_first`).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
 
 from dbos import DBOS
 
@@ -46,6 +48,9 @@ from heald.engine.steps import (
 from heald.models import IncidentState, RemedyCandidate
 from heald.store.retry import retry_transient
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
 #: Every step reruns on a transient database error (a deadlock, a dropped connection: see
 #: :mod:`heald.store.retry`) instead of failing its workflow (a workflow in ERROR is never
 #: resumed by DBOS). Bounded: 12 runs within 120 s, then the error ends the workflow, and the
@@ -55,6 +60,18 @@ from heald.store.retry import retry_transient
 #: to :data:`POOL_WAIT_SECONDS`, without spending those runs.
 POOL_WAIT_SECONDS = 1800.0
 retried = retry_transient(attempts=12, max_seconds=120.0, pool_wait_seconds=POOL_WAIT_SECONDS)
+
+
+def healing_step(name: str | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Make a function a step of the healing workflow: a DBOS step (``name``: the step name DBOS
+    records, None: the function's) that reruns on a transient database error (:data:`retried`,
+    inside the step) and, with its checkpoint, waits its turn while signals are being stored
+    (:func:`heald.engine.signals_first.yields_to_signals`, outside it)."""
+
+    def decorate(fn: Callable[P, R]) -> Callable[P, R]:
+        return yields_to_signals(DBOS.step(name=name)(retried(fn)))
+
+    return decorate
 
 
 def healing_config() -> HealingConfig:
@@ -75,25 +92,19 @@ def group_wait_seconds(incident_id: int) -> float:
     return group_wait_for(first[0], rt.config) if first else rt.config.healing.group_wait_seconds
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def now_step() -> float:
     """The wall clock (epoch seconds), recorded so a replay sees the same value."""
     return time.time()
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def reproduce_step(incident_id: int) -> str | None:
     """:func:`heald.engine.steps.reproduce`, recorded."""
     return steps.reproduce(runtime().deps(), incident_id)
 
 
-@yields_to_signals
-@DBOS.step(name="diagnose_step")
-@retried
+@healing_step(name="diagnose_step")
 def _diagnose_step(incident_id: int, attempt: int) -> dict[str, Any]:
     return steps.diagnose(runtime().deps(), incident_id, attempt).to_json()
 
@@ -104,9 +115,7 @@ def diagnose_step(incident_id: int, attempt: int) -> Found | Closed:
     return closed_or(data) or Found.from_json(data)
 
 
-@yields_to_signals
-@DBOS.step(name="plan_step")
-@retried
+@healing_step(name="plan_step")
 def _plan_step(incident_id: int, attempt: int, found: Found, tried: list[Tried]) -> dict[str, Any]:
     return steps.plan_and_decide(runtime().deps(), incident_id, attempt, found, tried).to_json()
 
@@ -122,9 +131,7 @@ def plan_step(incident_id: int, attempt: int, found: Found, tried: list[Tried]) 
     return Settled.from_json(_plan_step(incident_id, attempt, found, tried))
 
 
-@yields_to_signals
-@DBOS.step(name="decide_step")
-@retried
+@healing_step(name="decide_step")
 def _decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) -> dict[str, Any]:
     return steps.decide(runtime().deps(), incident_id, attempt, found, planned).to_json()
 
@@ -134,9 +141,7 @@ def decide_step(incident_id: int, attempt: int, found: Found, planned: Planned) 
     return Decided.from_json(_decide_step(incident_id, attempt, found, planned))
 
 
-@yields_to_signals
-@DBOS.step(name="lease_step")
-@retried
+@healing_step(name="lease_step")
 def _lease_step(incident_id: int, target: str) -> dict[str, Any]:
     return steps.take_lease(runtime().deps(), incident_id, target).to_json()
 
@@ -146,25 +151,19 @@ def lease_step(incident_id: int, target: str) -> Lease:
     return Lease.from_json(_lease_step(incident_id, target))
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def breaker_step(incident_id: int, target: str, passed: bool, reason: str) -> None:
     """:func:`heald.engine.steps.record_breaker`, recorded."""
     steps.record_breaker(runtime().deps(), incident_id, target, passed, reason)
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def enter_approval_step(incident_id: int, decided: Decided) -> None:
     """:func:`heald.engine.steps.enter_approval`, recorded."""
     steps.enter_approval(runtime().deps(), incident_id, decided)
 
 
-@yields_to_signals
-@DBOS.step(name="approval_status_step")
-@retried
+@healing_step(name="approval_status_step")
 def _approval_status_step(incident_id: int, decision_id: int, required: int) -> dict[str, Any]:
     deps = runtime().deps()
     status = steps.approval_status(deps, incident_id, decision_id, required)
@@ -179,17 +178,13 @@ def approval_status_step(incident_id: int, decision_id: int, required: int) -> A
     return ApprovalStatus.from_json(_approval_status_step(incident_id, decision_id, required))
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def expire_approval_step(incident_id: int, ttl: float) -> str:
     """:func:`heald.engine.steps.expire_approval`, recorded."""
     return steps.expire_approval(runtime().deps(), incident_id, ttl)
 
 
-@yields_to_signals
-@DBOS.step(name="act_step")
-@retried
+@healing_step(name="act_step")
 def _act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> dict[str, Any]:
     return steps.act(runtime().deps(), incident_id, attempt, candidate).to_json()
 
@@ -202,9 +197,7 @@ def act_step(incident_id: int, attempt: int, candidate: RemedyCandidate) -> Acte
     return closed_or(data) or Acted.from_json(data)
 
 
-@yields_to_signals
-@DBOS.step(name="verify_step")
-@retried
+@healing_step(name="verify_step")
 def _verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> dict[str, Any]:
     return steps.verify(runtime().deps(), incident_id, action_id, overrides).to_json()
 
@@ -214,17 +207,13 @@ def verify_step(incident_id: int, action_id: int, overrides: dict[str, Any]) -> 
     return Verified.from_json(_verify_step(incident_id, action_id, overrides))
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def undo_step(incident_id: int, action_id: int, candidate: RemedyCandidate) -> bool:
     """:func:`heald.engine.steps.undo`, recorded."""
     return steps.undo(runtime().deps(), incident_id, action_id, candidate)
 
 
-@yields_to_signals
-@DBOS.step(name="learn_step")
-@retried
+@healing_step(name="learn_step")
 def _learn_step(incident_id: int, attempt: int, category: str, remedy: str, target: str, verified: Verified,
                 rolled_back: bool) -> dict[str, Any]:
     state = steps.finish(runtime().deps(), incident_id, attempt, category, remedy, target, verified, rolled_back)
@@ -247,9 +236,7 @@ def learn_step(incident_id: int, attempt: int, category: str, remedy: str, targe
     return None
 
 
-@yields_to_signals
-@DBOS.step()
-@retried
+@healing_step()
 def close_step(incident_id: int, state: IncidentState, reason: str, verified: Verified | None = None) -> str:
     """:func:`heald.engine.steps.close`, recorded; returns the final state's value."""
     return steps.close(runtime().deps(), incident_id, state, reason, verified)

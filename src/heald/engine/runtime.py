@@ -761,16 +761,14 @@ class Runtime:
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
-        with self.signals_first.ingesting():  # the healings' steps take turns meanwhile
-            try:
-                for start in range(0, len(signals), size):
-                    chunk = signals[start:start + size]
-                    part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results,
-                                                len(signals))
-                    assert part is not None
-                    _log_ingested(chunk, part)
-            finally:
-                self._after_ingest(signals[:len(results)], results)
+        try:
+            for start in range(0, len(signals), size):
+                chunk = signals[start:start + size]
+                part = self._commit_checked(functools.partial(self._ingest_chunk, chunk, actor), results, len(signals))
+                assert part is not None
+                _log_ingested(chunk, part)
+        finally:
+            self._after_ingest(signals[:len(results)], results)
         return results
 
     def ingest_delivery(self, source: str, delivery_id: str, signals: list[Signal],
@@ -787,20 +785,18 @@ class Runtime:
         signals = [self.changes.annotate(from_outside(s)) for s in signals]
         size = self.config.api.signals_per_transaction
         results: list[correlate.IngestResult] = []
-        with self.signals_first.ingesting():  # the healings' steps take turns meanwhile
-            try:
-                for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery alone
-                    part = self._commit_checked(lambda session: ingest_delivery(
-                        session, source, delivery_id, signals, self.config, actor=actor, limit=size), results,
-                        len(signals))
-                    if part is None:
-                        if chunk == 0:
-                            log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
-                            return None
-                        break
-            finally:
-                # a delivery's results are those of its last signals (an earlier attempt may have stored the first)
-                self._after_ingest(signals[len(signals) - len(results):], results)
+        try:
+            for chunk in range(len(signals) // size + 2):  # each chunk stores signals, or the delivery without any
+                part = self._commit_checked(lambda session: ingest_delivery(
+                    session, source, delivery_id, signals, self.config, actor=actor, limit=size), results, len(signals))
+                if part is None:
+                    if chunk == 0:
+                        log.info("delivery.duplicate_dropped", source=source, delivery=delivery_id)
+                        return None
+                    break
+        finally:
+            # a delivery's results are those of its last signals (an earlier attempt may have stored the first)
+            self._after_ingest(signals[len(signals) - len(results):], results)
         return results
 
     def wake_waiting_healings(self, signals: list[Signal], results: list[correlate.IngestResult]) -> int:
@@ -885,7 +881,9 @@ class Runtime:
         nothing). Raises IngestIncomplete (``total``: the message's signals) on a transient
         database error."""
         try:
-            with urgent_writes():  # the sender waits for this commit: before the healings' steps waiting
+            # the sender waits for this commit: it goes before the healings' writes waiting, and
+            # their steps take turns meanwhile (heald.engine.signals_first)
+            with urgent_writes(), self.signals_first.ingesting():
                 part = self.store.transact(store)  # a transient error is retried first (heald.store.retry)
         except Exception as exc:
             if not (isinstance(exc, TransientDatabaseError) or is_transient(exc)):
@@ -984,8 +982,7 @@ class HealingDispatcher:
     (:meth:`Runtime.reap_stranded_incidents`) start it; a start that fails is logged and left
     to the sweep too."""
 
-    def __init__(self, start: Callable[[int, float | None], None],
-                 gate: signals_first.SignalsFirst | None = None) -> None:
+    def __init__(self, start: Callable[[int, float | None], None], gate: signals_first.SignalsFirst) -> None:
         self._start = start
         self._gate = gate  # while signals arrive, each enqueue waits its turn as a healing step does
         self._queue: queue.Queue[tuple[int, float] | None] = queue.Queue()
@@ -1031,7 +1028,7 @@ class HealingDispatcher:
                     return
                 incident_id, due = item
                 try:
-                    with self._gate.healing_turn() if self._gate is not None else contextlib.nullcontext():
+                    with self._gate.healing_turn():
                         self._start(incident_id, max(0.0, due - time.monotonic()))
                 except Exception:  # the periodic sweep starts the workflow an open incident lacks
                     log.exception("healing.enqueue_failed", incident_id=incident_id)

@@ -7,10 +7,10 @@ for milliseconds at a time (the store's reads, DBOS's checkpoints): with the hea
 new incidents running, a webhook message of 100 duplicates that takes 25 ms alone took 0.5–0.7 s
 (``bench/ingest.py``, SQLite, batch 100), and even one healing running beside it doubles it.
 
-:class:`SignalsFirst` keeps the two apart: :meth:`SignalsFirst.ingesting` marks the stretch a
-message is stored in (:meth:`heald.engine.Runtime.ingest_many`), and every healing step
-(:func:`yields_to_signals` on the DBOS steps of :mod:`heald.engine.dbos_steps` and
-:mod:`heald.engine.attention`) and every enqueue of a new healing goes through
+:class:`SignalsFirst` keeps the two apart: :meth:`SignalsFirst.ingesting` marks each transaction
+that stores signals (the one place both :meth:`heald.engine.Runtime.ingest_many` and
+``ingest_delivery`` commit them), and every healing step (:func:`yields_to_signals`, applied by
+:func:`heald.engine.dbos_steps.healing_step`) and every enqueue of a new healing goes through
 :meth:`SignalsFirst.healing_turn`: at once outside a burst; during one, held for its first
 ``healing.signals_first_seconds`` (as Alertmanager's group_wait holds notifications while a
 group fills: the incidents diagnosed after the burst see all its signals), then one after
@@ -54,8 +54,8 @@ class SignalsFirst:
     ``QUIET_SECONDS`` pass without one. For its first ``hold_seconds`` healing steps wait; after
     that they run one after another, in the order they came, each starting when the one before
     it ended or ran ``turn_seconds`` and, after a step that used CPU, after a pause that keeps
-    the steps' share of the time to :data:`HEALING_SHARE`. ``hold_seconds`` 0 turns the gate off (steps always
-    run at once). Thread-safe; a step run inside another's turn runs at once."""
+    the steps' share of the time to :data:`HEALING_SHARE`. ``hold_seconds`` 0 turns the gate
+    off (steps always run at once). Thread-safe; a step run inside another's turn runs at once."""
 
     def __init__(self, hold_seconds: float, *, quiet_seconds: float = QUIET_SECONDS,
                  turn_seconds: float = TURN_SECONDS) -> None:
@@ -73,9 +73,8 @@ class SignalsFirst:
         self._held_since = 0.0
         self._freed = threading.Event()  # set when the holder ends
         self._next_turn = float("-inf")  # time.monotonic() before which no step takes a turn (the share)
-        self._pause_per_cpu = 1 / HEALING_SHARE - 1
         self._mine = threading.local()  # .held: this thread's step holds the turn
-        self.waited = 0  # steps that waited (a figure for the benches)
+        self.waited = 0  # blocks that waited for their turn (or for the burst to end)
 
     @contextlib.contextmanager
     def ingesting(self) -> Iterator[None]:
@@ -120,7 +119,7 @@ class SignalsFirst:
             self._mine.held = False
             cpu = time.thread_time() - cpu0
             with self._lock:
-                self._next_turn = max(self._next_turn, time.monotonic() + cpu * self._pause_per_cpu)
+                self._next_turn = max(self._next_turn, time.monotonic() + cpu * (1 / HEALING_SHARE - 1))
                 if self._holder is token:
                     self._holder = None
                     self._freed.set()

@@ -62,21 +62,34 @@ class TransientDatabaseError(RuntimeError):
     the database is contended or unreachable for now; the request may be retried later."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """True when ``exc`` (or an error it wraps) is a transient database error (see the module
-    docstring): the transaction was rolled back and running it again may succeed."""
+def _chain(exc: BaseException) -> Iterator[tuple[BaseException, BaseException | None]]:
+    """``exc`` and each error it wraps (``__cause__``, else ``__context__``), once each, as
+    (error, the driver's error under it: ``orig`` of a SQLAlchemy ``DBAPIError``, possibly None,
+    else itself)."""
     seen: set[int] = set()
     err: BaseException | None = exc
     while err is not None and id(err) not in seen:
         seen.add(id(err))
+        yield err, (err.orig if isinstance(err, sa_exc.DBAPIError) else err)
+        err = err.__cause__ or err.__context__
+
+
+def _sqlstate(orig: BaseException | None) -> object:
+    """The SQLSTATE a driver error carries (psycopg ``sqlstate``, psycopg2 ``pgcode``), else None."""
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when ``exc`` (or an error it wraps) is a transient database error (see the module
+    docstring): the transaction was rolled back and running it again may succeed."""
+    for err, orig in _chain(exc):
         if isinstance(err, TransientDatabaseError):
             return True
         if isinstance(err, sa_exc.DBAPIError) and err.connection_invalidated:
             return True
         if isinstance(err, sa_exc.TimeoutError):  # no pooled connection free in time
             return True
-        orig = err.orig if isinstance(err, sa_exc.DBAPIError) else err
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        sqlstate = _sqlstate(orig)
         if isinstance(sqlstate, str) and (sqlstate in _RETRY_SQLSTATES or sqlstate.startswith(_RETRY_SQLSTATE_CLASSES)):
             return True
         if isinstance(err, sa_exc.OperationalError | sa_exc.InterfaceError) or type(orig).__name__ in (
@@ -84,7 +97,6 @@ def is_transient(exc: BaseException) -> bool:
             text = str(orig).lower()
             if any(m in text for m in _CONNECTION_LOST) or any(m in text for m in _SQLITE_BUSY):
                 return True
-        err = err.__cause__ or err.__context__
     return False
 
 
@@ -95,18 +107,11 @@ def waited_for_connection(exc: BaseException) -> bool:
     role's or database's ``CONNECTION LIMIT``). Nothing was sent to the database — running the
     work again is always safe, and waiting longer is the remedy (with 200 healings at once, the
     store's and DBOS's pools together may ask for more connections than ``max_connections``)."""
-    seen: set[int] = set()
-    err: BaseException | None = exc
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, sa_exc.TimeoutError):
-            return True
-        orig = err.orig if isinstance(err, sa_exc.DBAPIError) else err
-        if (getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)) == _NO_SLOT_SQLSTATE:
+    for err, orig in _chain(exc):
+        if isinstance(err, sa_exc.TimeoutError) or _sqlstate(orig) == _NO_SLOT_SQLSTATE:
             return True
         if type(orig).__name__ == "OperationalError" and any(m in str(orig).lower() for m in _NO_SLOT):
             return True
-        err = err.__cause__ or err.__context__
     return False
 
 
