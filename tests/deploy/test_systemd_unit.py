@@ -66,8 +66,11 @@ def test_the_unit_starts_heald_restarts_it_after_a_kill_and_stops_it_cleanly(hos
     (host.shared / "heald.yaml").write_text(json.dumps({"api": {"port": port, "auth": False}, "log_level": "warning"}))
     unit = (REPO / "deploy" / "heald.service").read_text()
     assert "ExecStart=/opt/heald/bin/heald --config /etc/heald/heald.yaml serve" in unit
-    unit = unit.replace("/opt/heald/bin/heald --config /etc/heald/heald.yaml",
-                        f"{REPO}/.venv/bin/heald --config /heald-test/heald.yaml")
+    unit = unit.replace("/opt/heald/bin/heald --config /etc/heald/heald.yaml serve",
+                        f"{REPO}/.venv/bin/heald --config /heald-test/heald.yaml serve\n"
+                        # a checkout under /tmp (a CI clone in mktemp -d) is hidden by the unit's
+                        # PrivateTmp=; the installed heald of a real host lives in /opt
+                        f"BindReadOnlyPaths={REPO}")
     host.add_unit("heald.service", unit)
     wait_for(lambda: healthy(port), timeout=90, what="heald under systemd to answer /healthz")
     first = host.show("heald.service")
